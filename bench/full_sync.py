@@ -1,0 +1,229 @@
+"""Full-sync benchmark (issue 2, section 8): a synthetic tenant of N users on the Graph emulator,
+the product's full ``update`` and a second no-change ``update``, and the same users read through
+msgraph-sdk's typed models, as a ratio measured in the same run.
+
+The emulator, the receiver and each ``update`` are separate processes, so the peak RSS reported
+is the product's alone (``os.wait4`` gives each child's own rusage). This prints numbers; it is
+not a timed test, and on a shared machine only ratios within one run are comparable.
+
+    .venv/bin/python bench/full_sync.py --users 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+CREDENTIAL = "sync:secret"
+DOMAINS = "contoso.com,fabrikam.com"
+
+
+class BenchError(Exception):
+    """A run failed: the benchmark exits non-zero."""
+
+
+# --- the services ----------------------------------------------------------------------------
+@contextmanager
+def service(args: list[str], log: Path, ready_timeout: float = 300.0) -> Iterator[str]:
+    """Start ``python -m <args>`` and yield the base URL from its ``READY <url>`` line; stop it
+    on exit. stderr goes to a file so a chatty server can never block on a full pipe."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([PYTHON, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], ready_timeout)
+        line = proc.stdout.readline() if readable else ""  # READY is printed whole and flushed
+        if not line.startswith("READY "):
+            raise BenchError(f"{args[0]} did not start within {ready_timeout:.0f} s (got {line!r}); see {log}")
+        yield line.split()[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the product's update, in its own process ----------------------------------------------------
+@dataclass
+class UpdateRun:
+    wall_seconds: float
+    peak_rss_mb: float
+    summary: dict[str, Any]
+
+    @property
+    def objects(self) -> int:
+        return sum(self.summary.get("read", {}).get("objects", {}).values())
+
+    @property
+    def changes(self) -> int:
+        return sum(c["added"] + c["removed"] for c in self.summary["datasets"].values())
+
+
+def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, tag: str) -> UpdateRun:
+    """``python -m shared update --json`` as a direct child; wall time and its own peak RSS."""
+    env = {
+        **os.environ,
+        "GRAPH_AUTH": "none",
+        "GRAPH_BASE_URL": graph_url,
+        "SYNC_API_URL": sync_url,
+        "SYNC_API_CREDENTIAL": CREDENTIAL,
+        "SYNC_STATE": f"file:{state_dir}",
+    }
+    out_path, err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([PYTHON, "-m", "shared", "update", "--json"], cwd=ROOT, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, not the max over all children
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    lines = out_path.read_text().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"update ({tag}) exited {proc.returncode}; see {err_path}")
+    summary = json.loads(lines[-1])
+    if not summary.get("ok"):
+        raise BenchError(f"update ({tag}) failed: {summary.get('error')}")
+    return UpdateRun(wall, usage.ru_maxrss / 1024, summary)  # ru_maxrss is in KiB on Linux
+
+
+# --- the read paths, in this process ---------------------------------------------------------------
+class CountingSink:
+    """A sink that only counts, so the raw read is timed without the projection."""
+
+    def __init__(self) -> None:
+        self.objects = 0
+
+    def add_user(self, obj: dict[str, Any]) -> None:
+        self.objects += 1
+
+    def add_group(self, obj: dict[str, Any]) -> None:
+        self.objects += 1
+
+    def add_contact(self, obj: dict[str, Any]) -> None:
+        self.objects += 1
+
+    def add_members(self, group_id: str, members: Any) -> None:
+        pass
+
+
+async def raw_read(graph_url: str) -> tuple[int, float]:
+    """The product's read path alone (``GraphSource.read_directory``): (objects, seconds)."""
+    from kiota_abstractions.authentication import AnonymousAuthenticationProvider
+
+    sys.path.insert(0, str(ROOT))
+    from shared.graph import GraphSource
+
+    source = GraphSource(graph_url, AnonymousAuthenticationProvider())
+    sink = CountingSink()
+    try:
+        start = time.perf_counter()
+        stats = await source.read_directory(sink)
+        seconds = time.perf_counter() - start
+    finally:
+        await source.aclose()
+    return sum(stats.objects.values()), seconds
+
+
+async def typed_read(graph_url: str, limit: int) -> tuple[int, float]:
+    """The first ``limit`` users through msgraph-sdk's typed models, the way the SDK's docs
+    page through ``/users``: (users, seconds)."""
+    from kiota_abstractions.authentication import AnonymousAuthenticationProvider
+    from kiota_abstractions.base_request_configuration import RequestConfiguration
+    from msgraph import GraphRequestAdapter, GraphServiceClient
+    from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+
+    adapter = GraphRequestAdapter(AnonymousAuthenticationProvider())
+    adapter.base_url = graph_url
+    client = GraphServiceClient(request_adapter=adapter)
+    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id", "mail", "proxyAddresses"], top=999)
+    users = 0
+    start = time.perf_counter()
+    page = await client.users.get(request_configuration=RequestConfiguration(query_parameters=query))
+    while page is not None:
+        users += len(page.value or [])
+        if users >= limit or not page.odata_next_link:
+            break
+        page = await client.users.with_url(page.odata_next_link).get()
+    return users, time.perf_counter() - start
+
+
+# --- the report ------------------------------------------------------------------------------------
+HEADER = ("| N users | objects | full update s | no-change update s | peak RSS MB | Graph req | sync req "
+          "| raw read µs/obj | full update µs/obj | typed SDK µs/user | typed/raw | typed/update |")
+
+
+def report(n: int, first: UpdateRun, second: UpdateRun, raw: tuple[int, float], typed: tuple[int, float]) -> list[str]:
+    """The table row (wall times; peak RSS is the larger of the two updates) and the details."""
+    raw_us = raw[1] / raw[0] * 1e6
+    update_us = first.wall_seconds / first.objects * 1e6
+    typed_us = typed[1] / typed[0] * 1e6
+    row = (f"| {n:,} | {first.objects:,} | {first.wall_seconds:.1f} | {second.wall_seconds:.1f} "
+           f"| {max(first.peak_rss_mb, second.peak_rss_mb):.0f} "
+           f"| {first.summary['graphRequests']} / {second.summary['graphRequests']} "
+           f"| {first.summary['syncRequests']} / {second.summary['syncRequests']} "
+           f"| {raw_us:.1f} | {update_us:.1f} | {typed_us:,.0f} | {typed_us / raw_us:,.0f}x | {typed_us / update_us:,.0f}x |")
+    return [
+        HEADER,
+        "|" + " --- |" * (HEADER.count("|") - 1),
+        row,
+        "",
+        f"full update: {first.summary['durationSeconds']:.2f} s in-process, peak RSS {first.peak_rss_mb:.0f} MB, "
+        f"{first.changes:,} changes sent; no-change update: {second.summary['durationSeconds']:.2f} s in-process, "
+        f"peak RSS {second.peak_rss_mb:.0f} MB, {second.changes:,} changes sent",
+        f"raw read: {raw[0]:,} objects in {raw[1]:.2f} s; typed read: {typed[0]:,} users in {typed[1]:.1f} s",
+        "summary (full update): " + json.dumps({k: v for k, v in first.summary.items() if k in ("datasets", "read")}),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--typed-sample", type=int, default=5_000, help="users read through the typed models (~6 ms each)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds of emulator sleep per Graph request")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory with the logs")
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="full_sync."))
+    emulator = ["devstack.graph_emulator", "--port", "0", "--users", str(args.users), "--groups", str(args.users // 10),
+                "--seed", str(args.seed), "--latency", str(args.latency)]
+    receiver = ["devstack.sync_receiver", "--port", "0", "--domains", DOMAINS, "--credential", CREDENTIAL, "--no-log-bodies"]
+    print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}; logs in {tmp}", flush=True)
+    try:
+        with service(emulator, tmp / "emulator.err") as graph_url, service(receiver, tmp / "receiver.err") as sync_url:
+            state = tmp / "state"
+            state.mkdir()
+            first = run_update(graph_url, sync_url, state, tmp, "update1")
+            second = run_update(graph_url, sync_url, state, tmp, "update2")
+            if second.changes:
+                print(f"WARNING: the no-change update sent {second.changes} changes", file=sys.stderr)
+            raw = asyncio.run(raw_read(graph_url))
+            typed = asyncio.run(typed_read(graph_url, args.typed_sample))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report(args.users, first, second, raw, typed)))
+    if not args.keep:
+        shutil.rmtree(tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+// The Function App on the Flex Consumption plan (Linux, Python 3.11), with every
+// setting of the product's settings table. It runs as the user-assigned identity
+// only: for host storage (AzureWebJobsStorage__*), for its deployment package
+// (functionAppConfig.deployment), for Key Vault and Graph (AZURE_CLIENT_ID, which
+// DefaultAzureCredential and ManagedIdentityCredential pick up) and for telemetry
+// (APPLICATIONINSIGHTS_AUTHENTICATION_STRING).
+
+@description('Function App name (globally unique).')
+param name string
+
+@description('Flex Consumption plan name.')
+param planName string
+
+@description('Azure region (one that offers Flex Consumption).')
+param location string
+
+@description('Tags for the resources.')
+param tags object = {}
+
+@description('Resource id of the user-assigned identity.')
+param identityId string
+
+@description('Client id of the user-assigned identity.')
+param identityClientId string
+
+@description('Name of the storage account (host storage, deployment package, sync state).')
+param storageAccountName string
+
+@description('Blob container of the deployment package.')
+param deploymentContainerName string
+
+@description('Name of the Application Insights component.')
+param applicationInsightsName string
+
+@description('Maximum number of instances the plan may scale out to.')
+param maximumInstanceCount int = 40
+
+@description('Memory of each instance, in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+// The product's settings (sync-rules.md), each from a parameter or a deployed resource.
+@description('KEY_VAULT_URL: URI of the vault that holds both secrets.')
+param keyVaultUrl string
+
+@description('GRAPH_CLIENT_ID: application (client) id of the app registration.')
+param graphClientId string
+
+@description('GRAPH_AUTH: client_secret or managed_identity.')
+@allowed([
+  'client_secret'
+  'managed_identity'
+])
+param graphAuth string
+
+@description('GRAPH_BASE_URL: the Microsoft Graph root.')
+param graphBaseUrl string
+
+@description('GRAPH_CLIENT_SECRET_NAME: vault secret that holds the client secret.')
+param graphClientSecretName string
+
+@description('SYNC_API_CREDENTIAL_NAME: vault secret that holds the sync API credential.')
+param syncApiCredentialName string
+
+@description('SYNC_API_URL: base URL of the sync API, ending in /v1.')
+param syncApiUrl string
+
+@description('SYNC_DATASETS: datasets to sync, comma-separated.')
+param syncDatasets string
+
+@description('ADDRESS_DOMAINS: optional comma-separated allow-list of domains; empty leaves the setting unset.')
+param addressDomains string
+
+@description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')
+param stateContainerName string
+
+@description('SYNC_SCHEDULE: NCRONTAB schedule of the timer.')
+param syncSchedule string
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+var appSettingsAlways = {
+  // Host storage through the user-assigned identity; no connection string, no key.
+  AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identityClientId
+  // DefaultAzureCredential (Key Vault) and ManagedIdentityCredential (the Graph client
+  // assertion) use the user-assigned identity.
+  AZURE_CLIENT_ID: identityClientId
+  // Telemetry, authenticated with the same identity (local auth is disabled).
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // The product's settings (sync-rules.md). The secrets themselves are never app
+  // settings: the Function reads them from KEY_VAULT_URL.
+  KEY_VAULT_URL: keyVaultUrl
+  GRAPH_TENANT_ID: tenant().tenantId
+  GRAPH_CLIENT_ID: graphClientId
+  GRAPH_AUTH: graphAuth
+  GRAPH_BASE_URL: graphBaseUrl
+  GRAPH_CLIENT_SECRET_NAME: graphClientSecretName
+  SYNC_API_CREDENTIAL_NAME: syncApiCredentialName
+  SYNC_API_URL: syncApiUrl
+  SYNC_DATASETS: syncDatasets
+  SYNC_STATE: 'blob:${stateContainerName}'
+  SYNC_SCHEDULE: syncSchedule
+}
+
+// ADDRESS_DOMAINS is optional: left unset (not set to '') when no allow-list is given.
+var appSettingsOptional = empty(addressDomains) ? {} : { ADDRESS_DOMAINS: addressDomains }
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  // azd deploys the "sync" service of azure.yaml to the site with this tag.
+  tags: union(tags, {
+    'azd-service-name': 'sync'
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+
+  resource appSettings 'config' = {
+    name: 'appsettings'
+    properties: union(appSettingsAlways, appSettingsOptional)
+  }
+
+  // No basic-auth publishing: deployments authenticate with Microsoft Entra ID.
+  resource ftpPublishing 'basicPublishingCredentialsPolicies' = {
+    name: 'ftp'
+    properties: {
+      allow: false
+    }
+  }
+
+  resource scmPublishing 'basicPublishingCredentialsPolicies' = {
+    name: 'scm'
+    properties: {
+      allow: false
+    }
+  }
+}
+
+output name string = functionApp.name
+output id string = functionApp.id
+output defaultHostName string = functionApp.properties.defaultHostName

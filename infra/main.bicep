@@ -1,0 +1,244 @@
+// Entra ID directory sync: the whole product in one resource-group deployment.
+//
+//   identity ──┬─► storage, keyVault, monitoring ──► roles (RBAC, least privilege)
+//              └─► graphApp (app registration, admin consent, federated credential)
+//   functionApp (Flex Consumption) ◄── all of the above; alert ◄── monitoring
+//
+// Modules, one concern each, under app/:
+//   identity.bicep         user-assigned managed identity, the Function's only identity
+//   storage.bicep          storage account (keys off): host storage, deployment package, sync state
+//   monitoring.bicep       Log Analytics + Application Insights (Entra-only ingestion)
+//   alert.bicep            action group + log alert that mails when a sync run fails
+//   keyvault.bicep         Key Vault (RBAC, purge protection) + the sync API credential secret
+//   graph-app.bicep        Entra app registration via the Microsoft Graph Bicep extension
+//   role-assignments.bicep every Azure RBAC assignment
+//   function-app.bicep     Flex Consumption plan + Function App with every product setting
+// The Graph client secret is added after deployment by scripts/rotate-graph-secret.sh
+// (the azd postprovision hook), unless graphAuth is managed_identity.
+
+targetScope = 'resourceGroup'
+
+metadata description = 'Syncs Microsoft Entra ID to the email-security directory sync API from an Azure Function.'
+
+// ---------------------------------------------------------------- parameters
+
+@description('Environment name; with the resource group it makes the resource names unique.')
+@minLength(1)
+@maxLength(64)
+param environmentName string = 'dirsync'
+
+@description('Azure region of the resources. It must offer the Flex Consumption plan.')
+param location string = resourceGroup().location
+
+@description('Base URL of the directory sync API, ending in /v1 (SYNC_API_URL).')
+@minLength(1)
+param syncApiUrl string
+
+@description('The sync API credential: "username:password" (sent as Basic) or a bare token (sent as Bearer). Written to Key Vault; leave empty to keep the vault\'s current secret or to add it later.')
+@secure()
+param syncApiCredential string
+
+@description('Address that receives the mail when a sync run fails.')
+@minLength(3)
+param alertEmail string
+
+@description('How the Function authenticates to Microsoft Graph (GRAPH_AUTH): client_secret uses the secret in Key Vault; managed_identity uses the managed identity as a federated credential, with no secret at all.')
+@allowed([
+  'client_secret'
+  'managed_identity'
+])
+param graphAuth string = 'client_secret'
+
+@description('Graph application permissions to grant: least-privilege (User.Read.All, Group.Read.All, GroupMember.Read.All, OrgContact.Read.All) or directory-read-all (Directory.Read.All, as the vendor\'s guide asks).')
+@allowed([
+  'least-privilege'
+  'directory-read-all'
+])
+param graphPermissionSet string = 'least-privilege'
+
+@description('Microsoft Graph root (GRAPH_BASE_URL).')
+param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
+
+@description('Datasets to sync, comma-separated (SYNC_DATASETS).')
+param syncDatasets string = 'addresses,groups,users'
+
+@description('Optional comma-separated allow-list of address domains (ADDRESS_DOMAINS); empty for none.')
+param addressDomains string = ''
+
+@description('NCRONTAB schedule of the sync timer (SYNC_SCHEDULE). The default runs hourly.')
+param syncSchedule string = '0 0 * * * *'
+
+@description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')
+param stateContainerName string = 'sync-state'
+
+@description('Name of the Key Vault secret that holds the Graph client secret (GRAPH_CLIENT_SECRET_NAME).')
+param graphClientSecretName string = 'graph-client-secret'
+
+@description('Name of the Key Vault secret that holds the sync API credential (SYNC_API_CREDENTIAL_NAME).')
+param syncApiCredentialName string = 'sync-api-credential'
+
+@description('Create the app registration, its admin consent and its federated credential here (Microsoft Graph Bicep extension). Set false only where Graph resources cannot be deployed, such as the Azure portal\'s own Deploy button, and give existingGraphClientId instead.')
+param deployAppRegistration bool = true
+
+@description('Application (client) id of an app registration created outside this deployment; used only when deployAppRegistration is false.')
+param existingGraphClientId string = ''
+
+@description('Stable, tenant-unique key of the app registration: re-deployments update the same app.')
+param appRegistrationUniqueName string = 'entra-dirsync-${uniqueString(subscription().id, resourceGroup().id, environmentName)}'
+
+@description('Display name of the app registration.')
+param appRegistrationDisplayName string = 'Entra directory sync (${environmentName})'
+
+@description('Object id of the principal that may write the Graph client secret (Key Vault Secrets Officer): by default whoever deploys. Empty for none.')
+param secretsOfficerPrincipalId string = deployer().objectId
+
+@description('Maximum number of Flex Consumption instances.')
+param maximumInstanceCount int = 40
+
+@description('Memory of each Flex Consumption instance, in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Tags added to every resource.')
+param tags object = {}
+
+// ---------------------------------------------------------------- names
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
+var allTags = union(tags, {
+  'azd-env-name': environmentName
+})
+var deploymentContainerName = 'app-package'
+var timerFunctionName = 'sync_timer'
+var graphClientId = deployAppRegistration ? graphApp!.outputs.appId : existingGraphClientId
+
+// ---------------------------------------------------------------- modules
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  params: {
+    name: 'id-dirsync-${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: allTags
+    deploymentContainerName: deploymentContainerName
+    stateContainerName: stateContainerName
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    logAnalyticsName: 'log-dirsync-${resourceToken}'
+    applicationInsightsName: 'appi-dirsync-${resourceToken}'
+    location: location
+    tags: allTags
+  }
+}
+
+module alert 'app/alert.bicep' = {
+  name: 'alert'
+  params: {
+    namePrefix: 'dirsync-${resourceToken}'
+    location: location
+    tags: allTags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    alertEmail: alertEmail
+    functionName: timerFunctionName
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyVault'
+  params: {
+    name: 'kv-dirsync-${take(resourceToken, 11)}'
+    location: location
+    tags: allTags
+    syncApiCredentialName: syncApiCredentialName
+    syncApiCredential: syncApiCredential
+  }
+}
+
+module graphApp 'app/graph-app.bicep' = if (deployAppRegistration) {
+  name: 'graphApp'
+  params: {
+    uniqueName: appRegistrationUniqueName
+    displayName: appRegistrationDisplayName
+    managedIdentityPrincipalId: identity.outputs.principalId
+    permissionSet: graphPermissionSet
+  }
+}
+
+module roles 'app/role-assignments.bicep' = {
+  name: 'roles'
+  params: {
+    identityPrincipalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    secretsOfficerPrincipalId: secretsOfficerPrincipalId
+  }
+}
+
+module functionApp 'app/function-app.bicep' = {
+  name: 'functionApp'
+  params: {
+    name: 'func-dirsync-${resourceToken}'
+    planName: 'plan-dirsync-${resourceToken}'
+    location: location
+    tags: allTags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    keyVaultUrl: keyVault.outputs.uri
+    graphClientId: graphClientId
+    graphAuth: graphAuth
+    graphBaseUrl: graphBaseUrl
+    graphClientSecretName: graphClientSecretName
+    syncApiCredentialName: syncApiCredentialName
+    syncApiUrl: syncApiUrl
+    syncDatasets: syncDatasets
+    addressDomains: addressDomains
+    stateContainerName: storage.outputs.stateContainerName
+    syncSchedule: syncSchedule
+  }
+  // The identity must hold its storage role before the host starts and before the
+  // first package is deployed.
+  dependsOn: [
+    roles
+  ]
+}
+
+// ---------------------------------------------------------------- outputs
+// azd stores these in the environment; scripts/rotate-graph-secret.sh reads them.
+// None of them is a secret.
+
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_LOCATION string = location
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output KEY_VAULT_NAME string = keyVault.outputs.name
+output KEY_VAULT_URL string = keyVault.outputs.uri
+output GRAPH_CLIENT_ID string = graphClientId
+output GRAPH_AUTH string = graphAuth
+output GRAPH_CLIENT_SECRET_NAME string = graphClientSecretName
+output GRAPH_PERMISSIONS array = deployAppRegistration ? graphApp!.outputs.grantedPermissions : []
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output STORAGE_ACCOUNT_NAME string = storage.outputs.name

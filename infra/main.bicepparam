@@ -1,0 +1,21 @@
+// Parameters for main.bicep, read from environment variables so that one file serves
+// `azd up` (azd exports its environment's values), `az deployment group create` and
+// the GitHub Actions workflow. Nothing secret is written in this file: the sync API
+// credential comes from the SYNC_API_CREDENTIAL variable when it is set, and is left
+// out (the vault keeps its current secret) when it is not.
+using './main.bicep'
+
+param environmentName = readEnvironmentVariable('AZURE_ENV_NAME', 'dirsync')
+
+// Required: the deployment stops here with the variable's name when either is unset.
+param syncApiUrl = readEnvironmentVariable('SYNC_API_URL')
+param alertEmail = readEnvironmentVariable('ALERT_EMAIL')
+
+param syncApiCredential = readEnvironmentVariable('SYNC_API_CREDENTIAL', '')
+
+param graphAuth = readEnvironmentVariable('GRAPH_AUTH', 'client_secret')
+param graphPermissionSet = readEnvironmentVariable('GRAPH_PERMISSION_SET', 'least-privilege')
+param graphBaseUrl = readEnvironmentVariable('GRAPH_BASE_URL', 'https://graph.microsoft.com/v1.0')
+param syncDatasets = readEnvironmentVariable('SYNC_DATASETS', 'addresses,groups,users')
+param addressDomains = readEnvironmentVariable('ADDRESS_DOMAINS', '')
+param syncSchedule = readEnvironmentVariable('SYNC_SCHEDULE', '0 0 * * * *')

@@ -1,0 +1,99 @@
+"""Address normalization and validation, exactly as the sync API validates them.
+
+An address that passes here is one the service will not reject as ``invalid_address``:
+the projection must never send a value the API would call invalid."""
+
+from __future__ import annotations
+
+import idna
+
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+class InvalidAddress(ValueError):
+    """Why a value is not a valid address; the message is safe to log (it holds no secret)."""
+
+
+def normalize_domain(domain: str) -> str:
+    """Lowercase, and convert an internationalized domain to its A-label form."""
+    domain = domain.strip().lower()
+    if domain.isascii():
+        return domain
+    try:
+        mapped = idna.uts46_remap(domain, std3_rules=False, transitional=False)
+        # Only non-ASCII labels are converted: ASCII labels keep the plain host-name rules.
+        return ".".join(
+            label if label.isascii() else idna.alabel(label).decode("ascii") for label in mapped.split(".")
+        )
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        raise InvalidAddress(f"domain {domain!r} is not a valid internationalized domain ({exc})") from None
+
+
+def check_local_part(local: str) -> None:
+    if not local:
+        raise InvalidAddress("empty local part")
+    if len(local) > 64:
+        raise InvalidAddress("local part longer than 64 octets")
+    for atom in local.split("."):
+        if not atom:
+            raise InvalidAddress("local part has an empty dot-atom (leading, trailing or double dot)")
+        if not all(ch in _ATEXT for ch in atom):
+            raise InvalidAddress("local part has a character outside the RFC 5322 dot-atom set")
+
+
+def check_domain(domain: str) -> None:
+    """Host-name rules of sync-api.md; ``domain`` must already be ASCII."""
+    if not domain:
+        raise InvalidAddress("empty domain")
+    if len(domain) > 253:
+        raise InvalidAddress("domain longer than 253 characters")
+    if domain.endswith("."):
+        raise InvalidAddress("domain has a trailing dot")
+    labels = domain.split(".")
+    if len(labels) < 2:
+        raise InvalidAddress("domain needs at least two labels")
+    for label in labels:
+        if not 1 <= len(label) <= 63:
+            raise InvalidAddress("domain label empty or longer than 63 characters")
+        if not all(ch in _LDH for ch in label):
+            raise InvalidAddress("domain label has a character other than a letter, digit or hyphen")
+        if label[0] == "-" or label[-1] == "-":
+            raise InvalidAddress("domain label starts or ends with a hyphen")
+        if label[:4].lower() == "xn--":
+            _check_a_label(label)
+    if labels[-1].isdigit():
+        raise InvalidAddress("top-level domain is all digits")
+
+
+def _check_a_label(label: str) -> None:
+    try:
+        ulabel = idna.decode(label)
+        again = idna.encode(ulabel).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        raise InvalidAddress(f"label {label!r} is not a valid A-label") from None
+    if again != label.lower():
+        raise InvalidAddress(f"label {label!r} is not a valid A-label")
+
+
+def normalize_address(value: str) -> str:
+    """Strip, lowercase, convert an IDN domain to A-labels, then validate.
+
+    Returns the normalized address or raises ``InvalidAddress`` naming the rule it breaks."""
+    value = value.strip().lower()
+    if value.count("@") != 1:
+        raise InvalidAddress("an address needs exactly one '@'")
+    local, domain = value.split("@")
+    if not local.isascii():
+        raise InvalidAddress("local part is not ASCII")
+    domain = normalize_domain(domain)
+    check_local_part(local)
+    check_domain(domain)
+    address = f"{local}@{domain}"
+    if len(address.encode("ascii")) > 254:
+        raise InvalidAddress("address longer than 254 octets")
+    return address
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]

@@ -1,0 +1,60 @@
+"""How the run authenticates to Graph: the three GRAPH_AUTH modes, built in one place."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from kiota_abstractions.authentication import AnonymousAuthenticationProvider, AuthenticationProvider
+
+from .errors import SecretError
+from .redact import Secret
+from .settings import Settings
+
+TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
+
+_AUTHORITIES = {
+    "graph.microsoft.com": "login.microsoftonline.com",
+    "graph.microsoft.us": "login.microsoftonline.us",
+    "dod-graph.microsoft.us": "login.microsoftonline.us",
+    "microsoftgraph.chinacloudapi.cn": "login.chinacloudapi.cn",
+}
+
+
+def authority_for(graph_base_url: str) -> str:
+    host = (urlsplit(graph_base_url).hostname or "").lower()
+    return _AUTHORITIES.get(host, "login.microsoftonline.com")
+
+
+def graph_token_credential(settings: Settings, client_secret: Secret | None):
+    """The azure-identity credential for the app registration, or None for GRAPH_AUTH=none."""
+    from azure.identity import ClientAssertionCredential, ClientSecretCredential, ManagedIdentityCredential
+
+    if settings.graph_auth == "none":
+        return None
+    authority = authority_for(settings.graph_base_url)
+    if settings.graph_auth == "client_secret":
+        if client_secret is None:
+            raise SecretError("no Graph client secret: set GRAPH_CLIENT_SECRET, or KEY_VAULT_URL with GRAPH_CLIENT_SECRET_NAME")
+        return ClientSecretCredential(
+            settings.graph_tenant_id, settings.graph_client_id, client_secret.reveal(), authority=authority
+        )
+    # managed_identity: the Function's identity signs in as the app through a federated
+    # credential, so no client secret exists to expire or leak.
+    mi = ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
+
+    def assertion() -> str:
+        return mi.get_token(TOKEN_EXCHANGE_SCOPE).token
+
+    return ClientAssertionCredential(settings.graph_tenant_id, settings.graph_client_id, assertion, authority=authority)
+
+
+def graph_auth_provider(settings: Settings, client_secret: Secret | None) -> AuthenticationProvider:
+    credential = graph_token_credential(settings, client_secret)
+    if credential is None:
+        return AnonymousAuthenticationProvider()
+    from kiota_authentication_azure.azure_identity_authentication_provider import (
+        AzureIdentityAuthenticationProvider,
+    )
+
+    host = urlsplit(settings.graph_base_url).hostname or "graph.microsoft.com"
+    return AzureIdentityAuthenticationProvider(credential, scopes=[settings.graph_scope], allowed_hosts=[host])

@@ -1,0 +1,264 @@
+"""Directory objects → the three datasets of sync-api.md, by the rules of the product.
+
+The projector is fed raw Graph objects page by page (so a 100,000-user read never holds the
+raw pages), and ``result()`` gives plain data: dicts of canonical records plus every exclusion
+with its reason. Records are kept in a compact canonical form (tuples with sorted id lists),
+which is also what the state stores, so a diff is a plain comparison."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .addresses import InvalidAddress, domain_of, normalize_address
+
+log = logging.getLogger(__name__)
+
+DATASETS: tuple[str, ...] = ("addresses", "groups", "users")
+
+USER_TYPE = "#microsoft.graph.user"
+GROUP_TYPE = "#microsoft.graph.group"
+
+# Canonical record values, keyed by the record key:
+#   addresses: address -> ()
+#   groups:    id -> (name, (parentId, ...))   parent ids sorted
+#   users:     id -> (address, (groupId, ...)) group ids sorted
+Records = dict[str, tuple]
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A candidate address or a user left out, and why."""
+
+    dataset: str
+    object_id: str
+    object_type: str
+    value: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "objectId": self.object_id,
+            "objectType": self.object_type,
+            "value": self.value,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Projection:
+    datasets: dict[str, Records]
+    exclusions: list[Exclusion] = field(default_factory=list)
+
+    def excluded(self, dataset: str) -> int:
+        return sum(1 for e in self.exclusions if e.dataset == dataset)
+
+
+def to_api_record(dataset: str, key: str, value: tuple) -> dict[str, Any]:
+    """The canonical record as the JSON object sync-api.md defines."""
+    if dataset == "addresses":
+        return {"address": key}
+    if dataset == "groups":
+        return {"id": key, "name": value[0], "parentIds": list(value[1])}
+    if dataset == "users":
+        return {"id": key, "address": value[0], "groupIds": list(value[1])}
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def from_api_record(dataset: str, record: dict[str, Any]) -> tuple[str, tuple]:
+    """A record as the service returns it → (key, canonical value)."""
+    if dataset == "addresses":
+        return str(record["address"]).lower(), ()
+    if dataset == "groups":
+        return str(record["id"]), (str(record["name"]), tuple(sorted(map(str, record.get("parentIds") or ()))))
+    if dataset == "users":
+        return str(record["id"]), (
+            str(record["address"]).lower(),
+            tuple(sorted(map(str, record.get("groupIds") or ()))),
+        )
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def api_key(dataset: str, record: dict[str, Any]) -> str:
+    return str(record["address"]).lower() if dataset == "addresses" else str(record["id"])
+
+
+@dataclass
+class _Candidates:
+    kept: list[str]
+    primary_proxy: str | None  # the first kept "SMTP:" value
+
+
+class Projector:
+    """Accumulates directory objects and derives the datasets once the read is complete."""
+
+    def __init__(self, provisioned: Iterable[str]) -> None:
+        self.provisioned = frozenset(provisioned)
+        self.addresses: set[str] = set()
+        self.exclusions: list[Exclusion] = []
+        self._user_primary: dict[str, str | None] = {}
+        self._group_names: dict[str, str] = {}
+        self._contacts: set[str] = set()
+        self._members: dict[str, dict[str, str | None]] = {}  # group id -> {member id: @odata.type}
+
+    # --- feeding -------------------------------------------------------------------------
+    def add_user(self, obj: dict[str, Any]) -> None:
+        uid = _object_id(obj)
+        if uid in self._user_primary:
+            return  # the same object twice in one read: the first one stands
+        cands = self._candidates(uid, "user", obj)
+        mail = _normalized_or_none(obj.get("mail"))
+        primary = mail if mail is not None and mail in cands.kept else cands.primary_proxy
+        self._user_primary[uid] = primary
+
+    def add_group(self, obj: dict[str, Any]) -> None:
+        gid = _object_id(obj)
+        if gid in self._group_names:
+            # A later page of a group delta carrying more of its members.
+            self.add_members(gid, obj.get("members@delta") or ())
+            return
+        self._candidates(gid, "group", obj)
+        name = obj.get("displayName")
+        if not isinstance(name, str) or not name.strip():
+            mail = obj.get("mail")
+            name = mail if isinstance(mail, str) and mail.strip() else gid
+        self._group_names[gid] = name
+        self._members.setdefault(gid, {})
+        self.add_members(gid, obj.get("members@delta") or ())
+
+    def add_contact(self, obj: dict[str, Any]) -> None:
+        cid = _object_id(obj)
+        if cid not in self._contacts:
+            self._contacts.add(cid)
+            self._candidates(cid, "contact", obj)
+
+    def add_members(self, group_id: str, members: Iterable[dict[str, Any]]) -> None:
+        bucket = self._members.setdefault(group_id, {})
+        for m in members:
+            if not isinstance(m, dict) or "@removed" in m:
+                continue
+            mid = m.get("id")
+            if isinstance(mid, str) and mid:
+                bucket[mid] = m.get("@odata.type")
+
+    # --- deriving ------------------------------------------------------------------------
+    def result(self) -> Projection:
+        users = self._user_records()
+        groups = self._group_records()
+        return Projection(
+            datasets={"addresses": dict.fromkeys(sorted(self.addresses), ()), "groups": groups, "users": users},
+            exclusions=self.exclusions,
+        )
+
+    def _group_records(self) -> Records:
+        parents: dict[str, list[str]] = {gid: [] for gid in self._group_names}
+        for gid, members in self._members.items():
+            if gid not in self._group_names:
+                continue
+            for mid, otype in members.items():
+                if self._is_group(mid, otype) and mid in parents:
+                    parents[mid].append(gid)
+        return {gid: (self._group_names[gid], tuple(sorted(set(parents[gid])))) for gid in sorted(parents)}
+
+    def _user_records(self) -> Records:
+        group_ids: dict[str, list[str]] = {}
+        for gid, members in self._members.items():
+            if gid not in self._group_names:
+                continue
+            for mid, otype in members.items():
+                if self._is_user(mid, otype):
+                    group_ids.setdefault(mid, []).append(gid)
+        owner: dict[str, str] = {}
+        for uid in sorted(self._user_primary):
+            primary = self._user_primary[uid]
+            if primary is None:
+                self.exclusions.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
+                continue
+            if primary in owner:
+                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, owner[primary])
+                self.exclusions.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {owner[primary]}, which has the smaller id"))
+                continue
+            owner[primary] = uid
+        return {
+            uid: (primary, tuple(sorted(set(group_ids.get(uid, ())))))
+            for primary, uid in sorted(owner.items(), key=lambda kv: kv[1])
+        }
+
+    def _is_user(self, mid: str, otype: str | None) -> bool:
+        if otype:
+            return otype == USER_TYPE
+        return mid in self._user_primary
+
+    def _is_group(self, mid: str, otype: str | None) -> bool:
+        if otype:
+            return otype == GROUP_TYPE
+        return mid in self._group_names
+
+    def _candidates(self, oid: str, otype: str, obj: dict[str, Any]) -> _Candidates:
+        """Normalize and check the object's candidates; record the kept ones and exclusions."""
+        raw: list[tuple[str, bool]] = []  # (value, is the uppercase SMTP: primary proxy)
+        mail = obj.get("mail")
+        if isinstance(mail, str) and mail.strip():
+            raw.append((mail, False))
+        proxies = obj.get("proxyAddresses")
+        if isinstance(proxies, list):
+            for p in proxies:
+                if isinstance(p, str) and p[:5].lower() == "smtp:":
+                    raw.append((p[5:], p.startswith("SMTP:")))
+        kept: list[str] = []
+        primary_proxy: str | None = None
+        seen: set[str] = set()
+        for value, is_primary in raw:
+            shown = value.strip().lower()
+            try:
+                address = normalize_address(value)
+            except InvalidAddress as exc:
+                if shown not in seen:
+                    seen.add(shown)
+                    log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
+                    self.exclusions.append(Exclusion("addresses", oid, otype, value, f"invalid address: {exc}"))
+                continue
+            if domain_of(address) not in self.provisioned:
+                if address not in seen:
+                    seen.add(address)
+                    self.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned"))
+                continue
+            if address not in seen:
+                seen.add(address)
+                kept.append(address)
+                self.addresses.add(address)
+            if is_primary and primary_proxy is None:
+                primary_proxy = address
+        return _Candidates(kept, primary_proxy)
+
+
+def _object_id(obj: dict[str, Any]) -> str:
+    oid = obj.get("id")
+    if not isinstance(oid, str) or not oid:
+        raise ValueError("a directory object without an id")
+    return oid
+
+
+def _normalized_or_none(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return normalize_address(value)
+    except InvalidAddress:
+        return None
+
+
+def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str]) -> Projection:
+    """Project a whole directory held in memory (tests, the emulator's snapshot)."""
+    p = Projector(provisioned)
+    for u in directory.get("users", ()):
+        p.add_user(u)
+    for c in directory.get("contacts", ()):
+        p.add_contact(c)
+    for g in directory.get("groups", ()):
+        members = g.get("members") or ()
+        p.add_group({k: v for k, v in g.items() if k != "members"})
+        p.add_members(g["id"], (m if isinstance(m, dict) else {"id": m} for m in members))
+    return p.result()

@@ -1,0 +1,228 @@
+"""Every setting of the product, validated before any network call.
+
+Settings come from app settings in Azure and from environment variables locally; both reach
+us as a mapping of strings. A missing or malformed one raises ``SettingsError`` naming the
+setting and showing a valid value. Secret values are never part of an error."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .addresses import InvalidAddress, check_domain, normalize_domain
+from .errors import SettingsError
+from .netutil import is_loopback_host, url_problem
+from .projection import DATASETS
+
+GRAPH_AUTH_MODES = ("client_secret", "managed_identity", "none")
+DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+DEFAULT_SCHEDULE = "0 0 * * * *"
+
+_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
+_TENANT_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_CRON_FIELD = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
+_TIMESPAN = re.compile(r"^\d{1,2}:\d{2}:\d{2}$")
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    kind: str  # "file" or "blob"
+    where: str  # directory path or container name
+
+
+@dataclass(frozen=True)
+class Settings:
+    graph_auth: str
+    graph_tenant_id: str | None
+    graph_client_id: str | None
+    graph_base_url: str
+    key_vault_url: str | None
+    graph_client_secret_name: str
+    sync_api_credential_name: str
+    sync_api_url: str
+    datasets: tuple[str, ...]
+    address_domains: frozenset[str] | None
+    state: StateLocation
+    schedule: str
+    storage_connection_string: str | None
+    storage_blob_uri: str | None
+    storage_client_id: str | None
+    managed_identity_client_id: str | None
+
+    @property
+    def graph_scope(self) -> str:
+        parts = urlsplit(self.graph_base_url)
+        return f"{parts.scheme}://{parts.netloc}/.default"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; the first problem found raises ``SettingsError``."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    graph_auth = (get("GRAPH_AUTH") or "client_secret").lower()
+    if graph_auth not in GRAPH_AUTH_MODES:
+        raise SettingsError("GRAPH_AUTH", f"unknown mode {graph_auth!r}; use one of {', '.join(GRAPH_AUTH_MODES)}", "client_secret")
+
+    graph_base_url = (get("GRAPH_BASE_URL") or DEFAULT_GRAPH_BASE_URL).rstrip("/")
+    problem = url_problem(graph_base_url)
+    if problem:
+        raise SettingsError("GRAPH_BASE_URL", problem, DEFAULT_GRAPH_BASE_URL)
+    if graph_auth == "none" and not is_loopback_host(urlsplit(graph_base_url).hostname):
+        raise SettingsError("GRAPH_AUTH", "'none' is only allowed when GRAPH_BASE_URL is a loopback address", "client_secret")
+
+    tenant = get("GRAPH_TENANT_ID")
+    client_id = get("GRAPH_CLIENT_ID")
+    if graph_auth != "none":
+        if tenant is None:
+            raise SettingsError("GRAPH_TENANT_ID", "is required", "00000000-0000-0000-0000-000000000000 or contoso.onmicrosoft.com")
+        if not (_is_guid(tenant) or _TENANT_DOMAIN.match(tenant)):
+            raise SettingsError("GRAPH_TENANT_ID", "is neither a GUID nor a tenant domain", "00000000-0000-0000-0000-000000000000")
+        if client_id is None:
+            raise SettingsError("GRAPH_CLIENT_ID", "is required", "00000000-0000-0000-0000-000000000000 (the app registration's Application (client) ID)")
+        if not _is_guid(client_id):
+            raise SettingsError("GRAPH_CLIENT_ID", "is not a GUID", "00000000-0000-0000-0000-000000000000")
+
+    key_vault_url = get("KEY_VAULT_URL")
+    if key_vault_url is not None:
+        parts = urlsplit(key_vault_url)
+        if parts.scheme != "https" or not parts.hostname or (parts.path not in ("", "/")):
+            raise SettingsError("KEY_VAULT_URL", "must be the vault's https URI", "https://my-vault.vault.azure.net/")
+
+    secret_name = get("GRAPH_CLIENT_SECRET_NAME") or "graph-client-secret"
+    if not _SECRET_NAME.match(secret_name):
+        raise SettingsError("GRAPH_CLIENT_SECRET_NAME", "is not a Key Vault secret name (1-127 letters, digits, hyphens)", "graph-client-secret")
+    credential_name = get("SYNC_API_CREDENTIAL_NAME") or "sync-api-credential"
+    if not _SECRET_NAME.match(credential_name):
+        raise SettingsError("SYNC_API_CREDENTIAL_NAME", "is not a Key Vault secret name (1-127 letters, digits, hyphens)", "sync-api-credential")
+
+    if key_vault_url is None:
+        if graph_auth == "client_secret" and get("GRAPH_CLIENT_SECRET") is None:
+            raise SettingsError("GRAPH_CLIENT_SECRET", "is required when KEY_VAULT_URL is unset and GRAPH_AUTH is client_secret", "the app's client secret value")
+        if get("SYNC_API_CREDENTIAL") is None:
+            raise SettingsError("SYNC_API_CREDENTIAL", "is required when KEY_VAULT_URL is unset", "username:password, or a bearer token")
+
+    sync_api_url = get("SYNC_API_URL")
+    if sync_api_url is None:
+        raise SettingsError("SYNC_API_URL", "is required", "https://dirsync.example.net/v1")
+    sync_api_url = sync_api_url.rstrip("/")
+    problem = url_problem(sync_api_url)
+    if problem:
+        raise SettingsError("SYNC_API_URL", problem, "https://dirsync.example.net/v1")
+    if not urlsplit(sync_api_url).path.endswith("/v1") or urlsplit(sync_api_url).query:
+        raise SettingsError("SYNC_API_URL", "must be the API's base URL, ending in /v1", "https://dirsync.example.net/v1")
+
+    datasets = _datasets(get("SYNC_DATASETS"))
+    address_domains = _domains(get("ADDRESS_DOMAINS"))
+    state = _state(get("SYNC_STATE") or "blob:sync-state")
+
+    schedule = get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE
+    if not _valid_schedule(schedule):
+        raise SettingsError("SYNC_SCHEDULE", "is not an NCRONTAB expression of six fields (second minute hour day month day-of-week)", DEFAULT_SCHEDULE)
+
+    conn = get("AzureWebJobsStorage")
+    blob_uri = get("AzureWebJobsStorage__blobServiceUri") or get("AzureWebJobsStorage__serviceUri")
+    account = get("AzureWebJobsStorage__accountName")
+    if blob_uri is None and account is not None:
+        blob_uri = f"https://{account}.blob.core.windows.net"
+    if state.kind == "blob":
+        if conn is None and blob_uri is None:
+            raise SettingsError(
+                "AzureWebJobsStorage",
+                f"SYNC_STATE={state.kind}:{state.where} needs the storage account: set AzureWebJobsStorage (a connection "
+                "string) or AzureWebJobsStorage__blobServiceUri (identity-based)",
+                "https://mystorage.blob.core.windows.net for AzureWebJobsStorage__blobServiceUri",
+            )
+        if conn is not None and conn.lower() != "usedevelopmentstorage=true" and "=" not in conn:
+            raise SettingsError("AzureWebJobsStorage", "is not a storage connection string", "DefaultEndpointsProtocol=https;AccountName=...;EndpointSuffix=core.windows.net")
+        if blob_uri is not None and conn is None:
+            problem = url_problem(blob_uri)
+            if problem:
+                raise SettingsError("AzureWebJobsStorage__blobServiceUri", problem, "https://mystorage.blob.core.windows.net")
+
+    return Settings(
+        graph_auth=graph_auth,
+        graph_tenant_id=tenant,
+        graph_client_id=client_id,
+        graph_base_url=graph_base_url,
+        key_vault_url=key_vault_url,
+        graph_client_secret_name=secret_name,
+        sync_api_credential_name=credential_name,
+        sync_api_url=sync_api_url,
+        datasets=datasets,
+        address_domains=address_domains,
+        state=state,
+        schedule=schedule,
+        storage_connection_string=conn,
+        storage_blob_uri=blob_uri,
+        storage_client_id=get("AzureWebJobsStorage__clientId"),
+        managed_identity_client_id=get("AZURE_CLIENT_ID"),
+    )
+
+
+def _is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+def _datasets(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return DATASETS
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    if not names:
+        raise SettingsError("SYNC_DATASETS", "names no dataset", "addresses,groups,users")
+    for n in names:
+        if n not in DATASETS:
+            raise SettingsError("SYNC_DATASETS", f"unknown dataset {n!r}; the datasets are {', '.join(DATASETS)}", "addresses,groups,users")
+    return tuple(d for d in DATASETS if d in names)
+
+
+def _domains(raw: str | None) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    out: set[str] = set()
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            domain = normalize_domain(part)
+            check_domain(domain)
+        except InvalidAddress as exc:
+            raise SettingsError("ADDRESS_DOMAINS", f"{part!r} is not a domain name ({exc})", "contoso.com,fabrikam.com") from None
+        out.add(domain)
+    if not out:
+        raise SettingsError("ADDRESS_DOMAINS", "is set but names no domain; unset it to sync every provisioned domain", "contoso.com,fabrikam.com")
+    return frozenset(out)
+
+
+def _state(raw: str) -> StateLocation:
+    kind, sep, where = raw.partition(":")
+    kind = kind.strip().lower()
+    where = where.strip()
+    if not sep or kind not in ("file", "blob") or not where:
+        raise SettingsError("SYNC_STATE", f"{raw!r} is neither file:<directory> nor blob:<container>", "blob:sync-state or file:/home/data/sync-state")
+    if kind == "blob" and not _CONTAINER.match(where):
+        raise SettingsError("SYNC_STATE", f"{where!r} is not a blob container name (3-63 lowercase letters, digits, single hyphens)", "blob:sync-state")
+    return StateLocation(kind, where)
+
+
+def _valid_schedule(value: str) -> bool:
+    if _TIMESPAN.match(value):
+        return True
+    fields = value.split()
+    return len(fields) == 6 and all(_CRON_FIELD.match(f) for f in fields)

@@ -1,0 +1,73 @@
+"""The run summary: one plain-data record per run, logged as one structured line."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .projection import DATASETS
+
+MAX_LISTED_REJECTIONS = 1000
+
+
+@dataclass
+class DatasetCounts:
+    added: int = 0
+    removed: int = 0
+    rejected: int = 0
+    excluded: int = 0
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"added": self.added, "removed": self.removed, "rejected": self.rejected, "excluded": self.excluded}
+        if self.rejections:
+            out["rejections"] = self.rejections[:MAX_LISTED_REJECTIONS]
+            if len(self.rejections) > MAX_LISTED_REJECTIONS:
+                out["rejectionsTruncated"] = len(self.rejections) - MAX_LISTED_REJECTIONS
+        return out
+
+
+@dataclass
+class RunSummary:
+    action: str
+    ok: bool = False
+    datasets: dict[str, DatasetCounts] = field(default_factory=lambda: {d: DatasetCounts() for d in DATASETS})
+    graph_requests: int = 0
+    sync_requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+    error: str | None = None
+    exception: Exception | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self, ok: bool, error: str | None = None) -> "RunSummary":
+        self.ok = ok
+        self.error = error
+        self.duration = time.monotonic() - self.started
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "action": self.action,
+            "ok": self.ok,
+            "datasets": {d: c.as_dict() for d, c in self.datasets.items()},
+            "graphRequests": self.graph_requests,
+            "syncRequests": self.sync_requests,
+            "durationSeconds": round(self.duration, 3),
+        }
+        if self.error:
+            out["error"] = self.error
+        out.update(self.extra)
+        return out
+
+    def to_json(self, compact: bool = False) -> str:
+        """``compact`` leaves out the per-record preview and exclusions (for the log line)."""
+        doc = self.as_dict()
+        if compact:
+            for bulky in ("changes", "exclusions"):
+                doc.pop(bulky, None)
+            for counts in doc["datasets"].values():
+                counts.pop("rejections", None)
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)

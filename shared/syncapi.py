@@ -1,0 +1,287 @@
+"""The one adapter that speaks the email-security directory sync API (sync-api.md).
+
+Transport rules live here: https (or loopback http), gzip for large bodies, Idempotency-Key on
+every write, retries with Retry-After/backoff on 429, 5xx and connection faults, and a clear
+error for everything the contract says not to retry. What to send, and in which order, is
+the engine's business."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import httpx
+
+from .errors import (
+    PayloadTooLargeError,
+    SyncApiAuthError,
+    SyncApiError,
+    SyncApiProtocolError,
+    SyncApiRequestError,
+    SyncApiUnavailableError,
+)
+from .netutil import url_problem
+from .redact import Secret
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 1000
+GZIP_ABOVE_BYTES = 16 * 1024
+MAX_RETRY_AFTER_SECONDS = 300.0
+CREDENTIAL_HINT = "SYNC_API_CREDENTIAL (or the Key Vault secret named by SYNC_API_CREDENTIAL_NAME)"
+
+
+@dataclass
+class Rejection:
+    key: Any
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "code": self.code, "message": self.message}
+
+
+@dataclass
+class WriteResult:
+    count: int  # applied / received / committed count, as the endpoint names it
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def auth_header(credential: Secret) -> str:
+    """``user:password`` is sent as Basic, a bare token as Bearer."""
+    value = credential.reveal()
+    if ":" in value:
+        return "Basic " + base64.b64encode(value.encode("utf-8")).decode("ascii")
+    return "Bearer " + value
+
+
+class SyncApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        credential: Secret,
+        *,
+        max_attempts: int = 6,
+        backoff_seconds: float = 0.5,
+        timeout_seconds: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        problem = url_problem(base_url)
+        if problem:
+            raise SyncApiError(f"SYNC_API_URL {problem}")
+        self.base_url = base_url.rstrip("/")
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self.requests = 0
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds, connect=30.0),
+            headers={"Authorization": auth_header(credential), "Accept": "application/json"},
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "SyncApiClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- endpoints -----------------------------------------------------------------------
+    async def domains(self) -> list[str]:
+        doc = await self._call("GET", "/domains")
+        domains = doc.get("domains")
+        if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+            raise SyncApiProtocolError("GET /domains answered without a 'domains' list of strings")
+        return [d.lower() for d in domains]
+
+    async def records(self, dataset: str, page_size: int = 5000) -> AsyncIterator[list[dict[str, Any]]]:
+        token: str | None = None
+        seen_tokens: set[str] = set()
+        while True:
+            path = f"/datasets/{dataset}/records?pageSize={page_size}"
+            if token:
+                path += "&pageToken=" + quote(token, safe="")
+            doc = await self._call("GET", path)
+            records = doc.get("records")
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise SyncApiProtocolError(f"GET {dataset} records answered without a 'records' list")
+            yield records
+            token = doc.get("nextPageToken")
+            if token is None:
+                return
+            if not isinstance(token, str) or token in seen_tokens:
+                raise SyncApiProtocolError(f"GET {dataset} records answered a bad or repeated nextPageToken")
+            seen_tokens.add(token)
+
+    async def post_changes(self, dataset: str, upsert: list[dict[str, Any]], delete: list[str], key: str) -> WriteResult:
+        doc = await self._call("POST", f"/datasets/{dataset}/changes", {"upsert": upsert, "delete": delete}, key=key)
+        return _write_result(doc, "applied", f"POST {dataset} changes")
+
+    async def create_replacement(self, dataset: str) -> str:
+        doc = await self._call("POST", f"/datasets/{dataset}/replacements", {}, expect=(200, 201))
+        rid = doc.get("replacementId")
+        if not isinstance(rid, str) or not rid:
+            raise SyncApiProtocolError(f"POST {dataset} replacements answered without a replacementId")
+        return rid
+
+    async def post_replacement_records(self, dataset: str, rid: str, records: list[dict[str, Any]], key: str) -> WriteResult:
+        doc = await self._call(
+            "POST", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}/records", {"records": records}, key=key
+        )
+        return _write_result(doc, "received", f"POST {dataset} replacement records")
+
+    async def commit_replacement(self, dataset: str, rid: str) -> WriteResult:
+        doc = await self._call("POST", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}/commit", {})
+        return _write_result(doc, "count", f"commit of the {dataset} replacement")
+
+    async def abandon_replacement(self, dataset: str, rid: str) -> None:
+        await self._call("DELETE", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}", None, expect=(204, 200, 404))
+
+    # --- transport -----------------------------------------------------------------------
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> dict[str, Any]:
+        headers: dict[str, str] = {}
+        content: bytes | None = None
+        if body is not None:
+            raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+            if len(raw) > GZIP_ABOVE_BYTES:
+                content = gzip.compress(raw, compresslevel=5, mtime=0)
+                headers["Content-Encoding"] = "gzip"
+            else:
+                content = raw
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        what = f"{method} {path.split('?')[0]}"
+        last = ""
+        for attempt in range(1, self.max_attempts + 1):
+            self.requests += 1
+            delay: float
+            try:
+                resp = await self._http.request(method, self.base_url + path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                last = f"connection fault ({type(exc).__name__})"
+                delay = self._backoff(attempt)
+            else:
+                if resp.status_code in expect:
+                    return _json_body(resp, what) if resp.status_code != 204 else {}
+                if resp.status_code in (429, 503):
+                    last = f"HTTP {resp.status_code}"
+                    # A missing or malformed Retry-After falls back to this client's own backoff
+                    # (it used to be a fixed 2 s, which ignored backoff_seconds).
+                    hinted = _retry_after(resp, what) if "retry-after" in resp.headers else None
+                    delay = self._backoff(attempt) if hinted is None else hinted
+                elif resp.status_code >= 500:
+                    last = f"HTTP {resp.status_code}"
+                    delay = self._backoff(attempt)
+                else:
+                    raise _fatal(resp, what)
+            if attempt < self.max_attempts:
+                log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
+                await asyncio.sleep(delay)
+        raise SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last})")
+
+    def _backoff(self, attempt: int) -> float:
+        return min(30.0, self.backoff_seconds * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)  # noqa: S311
+
+
+def _json_body(resp: httpx.Response, what: str) -> dict[str, Any]:
+    ctype = resp.headers.get("content-type", "")
+    try:
+        doc = json.loads(resp.content)
+    except ValueError:
+        raise SyncApiProtocolError(
+            f"sync API {what} answered HTTP {resp.status_code} with a body that is not JSON "
+            f"(Content-Type {ctype or 'none'}); is a proxy or login page in the way?"
+        ) from None
+    if not isinstance(doc, dict):
+        raise SyncApiProtocolError(f"sync API {what} answered JSON that is not an object")
+    return doc
+
+
+def _write_result(doc: dict[str, Any], count_field: str, what: str) -> WriteResult:
+    count = doc.get(count_field)
+    rejected = doc.get("rejected")
+    if not isinstance(count, int) or isinstance(count, bool) or not isinstance(rejected, list):
+        raise SyncApiProtocolError(f"{what} answered without '{count_field}' and 'rejected'")
+    out: list[Rejection] = []
+    for r in rejected:
+        if not isinstance(r, dict) or not isinstance(r.get("code"), str):
+            raise SyncApiProtocolError(f"{what} answered a malformed rejection")
+        out.append(Rejection(r.get("key"), r["code"], str(r.get("message", ""))))
+    return WriteResult(count, out)
+
+
+def _problem_detail(resp: httpx.Response) -> str:
+    try:
+        doc = resp.json()
+        if isinstance(doc, dict):
+            parts = [str(doc[k]) for k in ("title", "detail") if doc.get(k)]
+            if parts:
+                return ": ".join(parts)[:500]
+    except ValueError:
+        pass
+    return (resp.text or "").strip().replace("\n", " ")[:200] or "no detail"
+
+
+def _fatal(resp: httpx.Response, what: str) -> SyncApiError:
+    status = resp.status_code
+    detail = _problem_detail(resp)
+    if status == 401:
+        return SyncApiAuthError(f"sync API refused the credential (HTTP 401) on {what}: check {CREDENTIAL_HINT}", status)
+    if status == 403:
+        return SyncApiAuthError(
+            f"sync API account lacks the roles (HTTP 403) on {what}: the account in {CREDENTIAL_HINT} needs "
+            "'Mail Platform' and 'LDAP User Groups'",
+            status,
+        )
+    if status == 413:
+        return PayloadTooLargeError(f"sync API {what}: request too large (HTTP 413)", status)
+    if status == 404:
+        return SyncApiRequestError(f"sync API {what}: not found (HTTP 404): {detail}; check SYNC_API_URL", status)
+    if status == 409:
+        return SyncApiRequestError(f"sync API {what}: Idempotency-Key reused with a different body (HTTP 409): {detail}", status)
+    return SyncApiRequestError(f"sync API {what} failed with HTTP {status}: {detail}", status)
+
+
+def _retry_after(resp: httpx.Response, what: str) -> float | None:
+    """Seconds to wait, None when the header is malformed (the caller backs off instead)."""
+    raw = resp.headers.get("retry-after", "").strip()
+    seconds: float | None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+            import datetime as _dt
+
+            seconds = (when - _dt.datetime.now(when.tzinfo or _dt.timezone.utc)).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            seconds = None
+    if seconds is None or seconds != seconds:  # malformed or NaN
+        log.warning("sync API %s sent a malformed Retry-After %r; backing off instead", what, raw[:40])
+        return None
+    if seconds > MAX_RETRY_AFTER_SECONDS:
+        raise SyncApiUnavailableError(
+            f"sync API {what} asked to wait {seconds:.0f} s (Retry-After), more than the {MAX_RETRY_AFTER_SECONDS:.0f} s "
+            "this run will wait; nothing more was sent"
+        )
+    return max(0.0, seconds)

@@ -1,0 +1,94 @@
+"""The two secrets: from Key Vault (with the Function's managed identity) or, locally, from the
+environment. Values are wrapped in ``Secret`` at once; expiry dates are checked so an expiring
+client secret is reported weeks before it breaks the sync."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import SecretError
+from .redact import Secret
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+WARN_DAYS = 30
+ERROR_DAYS = 7
+ROTATE_HINT = "rotate it with infra/scripts/rotate-graph-secret.sh"
+
+
+@dataclass
+class Secrets:
+    graph_client_secret: Secret | None
+    sync_api_credential: Secret
+    expiry_warnings: list[str]
+
+
+def load_secrets(settings: Settings, env: Mapping[str, str] | None = None, *, secret_client: Any = None) -> Secrets:
+    env = os.environ if env is None else env
+    if settings.key_vault_url is None:
+        graph = env.get("GRAPH_CLIENT_SECRET", "").strip()
+        cred = env.get("SYNC_API_CREDENTIAL", "").strip()
+        return Secrets(
+            Secret(graph, "GRAPH_CLIENT_SECRET") if graph else None,
+            Secret(cred, "SYNC_API_CREDENTIAL"),
+            [],
+        )
+    client = secret_client or _secret_client(settings)
+    warnings: list[str] = []
+    graph_secret = None
+    if settings.graph_auth == "client_secret":
+        graph_secret = _read(client, settings, settings.graph_client_secret_name, warnings)
+    cred = _read(client, settings, settings.sync_api_credential_name, warnings)
+    return Secrets(graph_secret, cred, warnings)
+
+
+def _secret_client(settings: Settings) -> Any:
+    from azure.identity import DefaultAzureCredential
+    from azure.keyvault.secrets import SecretClient
+
+    credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
+    return SecretClient(vault_url=settings.key_vault_url, credential=credential)
+
+
+def _read(client: Any, settings: Settings, name: str, warnings: list[str]) -> Secret:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+
+    where = f"secret {name!r} in Key Vault {settings.key_vault_url}"
+    try:
+        bundle = client.get_secret(name)
+    except ResourceNotFoundError:
+        raise SecretError(f"{where} does not exist; create it (for the Graph secret: {ROTATE_HINT})") from None
+    except ClientAuthenticationError as exc:
+        raise SecretError(f"cannot authenticate to Key Vault to read {where}: {type(exc).__name__}; is the managed identity (AZURE_CLIENT_ID) assigned?") from None
+    except HttpResponseError as exc:
+        code = getattr(exc, "status_code", None)
+        if code == 403:
+            raise SecretError(f"the Function's identity may not read {where} (HTTP 403): grant it 'Key Vault Secrets User' on the vault") from None
+        raise SecretError(f"reading {where} failed (HTTP {code})") from None
+    value = (bundle.value or "").strip()
+    if not value:
+        raise SecretError(f"{where} is empty")
+    expires = getattr(getattr(bundle, "properties", None), "expires_on", None)
+    if expires is not None:
+        _check_expiry(where, expires, warnings)
+    return Secret(value, name)
+
+
+def _check_expiry(where: str, expires: dt.datetime, warnings: list[str], now: dt.datetime | None = None) -> None:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=dt.timezone.utc)
+    days = (expires - now).total_seconds() / 86400
+    if days <= ERROR_DAYS:
+        text = f"{where} expires {expires:%Y-%m-%d} ({days:.0f} days); {ROTATE_HINT}"
+        log.error(text)
+        warnings.append(text)
+    elif days <= WARN_DAYS:
+        text = f"{where} expires {expires:%Y-%m-%d} ({days:.0f} days); {ROTATE_HINT}"
+        log.warning(text)
+        warnings.append(text)

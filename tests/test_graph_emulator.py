@@ -1,0 +1,439 @@
+"""The Graph emulator speaks Graph: paging, $select, members, delta rounds, faults, auth, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.graph_emulator import GraphEmulator
+from devstack.tenant import DEMO_DOMAINS, demo_tenant, generate_tenant
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON = dict[str, Any]
+
+
+def _uid(prefix: str, n: int) -> str:
+    return f"{prefix}-{n:05d}"
+
+
+def small_directory(users: int = 250) -> dict:
+    """A hand-made directory whose ids sort in a known order."""
+    return {
+        "users": [
+            {"id": _uid("u", i), "displayName": f"User {i}", "mail": f"user{i}@contoso.com",
+             "proxyAddresses": [f"SMTP:user{i}@contoso.com", f"smtp:u{i}@contoso.onmicrosoft.com"],
+             "userPrincipalName": f"user{i}@contoso.com", "userType": "Member", "accountEnabled": True}
+            for i in range(users)
+        ],
+        "groups": [
+            {"id": "g-big", "displayName": "Big", "mail": "big@contoso.com", "proxyAddresses": ["SMTP:big@contoso.com"],
+             "members": [_uid("u", i) for i in range(users)]},
+            {"id": "g-mixed", "displayName": "Mixed", "mail": None, "proxyAddresses": [],
+             "members": ["u-00001", "g-big", "c-1", "d-1", "sp-1"]},
+            {"id": "g-empty", "displayName": None, "mail": "empty@contoso.com", "proxyAddresses": [], "members": []},
+        ],
+        "contacts": [{"id": "c-1", "displayName": "Contact", "mail": "ext@partner.example",
+                      "proxyAddresses": ["SMTP:ext@partner.example"]}],
+        "devices": [{"id": "d-1", "displayName": "DESKTOP-1"}],
+        "servicePrincipals": [{"id": "sp-1", "displayName": "App"}],
+    }
+
+
+@pytest.fixture
+def emulator() -> Iterator[GraphEmulator]:
+    emu = GraphEmulator(small_directory(), max_members_per_page=100)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    """One client for the module: building an httpx client (its TLS context) costs ~0.1 s."""
+    with httpx.Client(timeout=10) as c:
+        yield c
+
+
+def read_all(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> tuple[list[JSON], list[JSON], str | None]:
+    """Follow @odata.nextLink to the end: (values, pages, final deltaLink)."""
+    values: list[JSON] = []
+    pages: list[JSON] = []
+    while True:
+        resp = client.get(url, headers=headers)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        pages.append(page)
+        values += page["value"]
+        if "@odata.nextLink" not in page:
+            return values, pages, page.get("@odata.deltaLink")
+        assert "@odata.deltaLink" not in page
+        url = page["@odata.nextLink"]
+
+
+# --- collections, paging, $select ---------------------------------------------------------------------------
+def test_paging_follows_next_links_to_the_end(emulator: GraphEmulator, client: httpx.Client) -> None:
+    values, pages, delta = read_all(client, f"{emulator.base_url}/users?$select=id,mail&$top=100")
+    assert [len(p["value"]) for p in pages] == [100, 100, 50]
+    assert [v["id"] for v in values] == [_uid("u", i) for i in range(250)]  # stable order, no repeats
+    assert delta is None
+    for page in pages[:-1]:
+        assert page["@odata.nextLink"].startswith(emulator.base_url + "/users?")
+        assert "$skiptoken=" in page["@odata.nextLink"]
+    assert pages[0]["@odata.context"] == f"{emulator.base_url}/$metadata#users(id,mail)"
+    assert emulator.request_count == 3
+
+
+def test_default_page_size_and_headers(emulator: GraphEmulator, client: httpx.Client) -> None:
+    resp = client.get(f"{emulator.base_url}/users", headers={"client-request-id": "abc"})
+    assert len(resp.json()["value"]) == 100
+    assert resp.headers["content-type"].startswith("application/json;odata.metadata=minimal")
+    assert resp.headers["request-id"] and resp.headers["client-request-id"] == "abc"
+
+
+def test_paging_survives_changes_between_pages(emulator: GraphEmulator, client: httpx.Client) -> None:
+    first = client.get(f"{emulator.base_url}/users?$top=100").json()
+    emulator.delete_user("u-00100")  # the first id of the next page
+    emulator.upsert_user({"id": "u-00000a", "mail": "new@contoso.com"})  # sorts into the page already read
+    rest, _, _ = read_all(client, first["@odata.nextLink"])
+    ids = [v["id"] for v in first["value"] + rest]
+    assert len(ids) == len(set(ids)) == 249
+    assert "u-00100" not in ids
+
+
+def test_select_omits_unselected_and_always_has_id(emulator: GraphEmulator, client: httpx.Client) -> None:
+    plain = client.get(f"{emulator.base_url}/users?$top=1").json()["value"][0]
+    assert "proxyAddresses" not in plain and plain["mail"] == "user0@contoso.com"
+    picked = client.get(f"{emulator.base_url}/users?$select=mail,proxyAddresses&$top=1").json()["value"][0]
+    assert picked == {"id": "u-00000", "mail": "user0@contoso.com",
+                      "proxyAddresses": ["SMTP:user0@contoso.com", "smtp:u0@contoso.onmicrosoft.com"]}
+    # property names are case-insensitive; a known property the object lacks is null
+    odd = client.get(f"{emulator.base_url}/users?$select=MAIL,department&$top=1").json()["value"][0]
+    assert odd == {"id": "u-00000", "mail": "user0@contoso.com", "department": None}
+    groups = client.get(f"{emulator.base_url}/groups?$select=displayName").json()["value"]
+    assert all(set(g) == {"id", "displayName"} for g in groups)
+
+
+def test_select_serves_extra_properties(emulator: GraphEmulator, client: httpx.Client) -> None:
+    emulator.upsert_user({"id": "u-00000", "customFlag": "x"})
+    got = client.get(f"{emulator.base_url}/users/u-00000?$select=customFlag").json()
+    assert got["customFlag"] == "x" and got["id"] == "u-00000" and "@odata.context" in got
+
+
+@pytest.mark.parametrize("query", ["$select=id,noSuchProperty", "$top=1000", "$top=0", "$filter=mail eq 'x'"])
+def test_bad_queries_are_400_in_graph_shape(emulator: GraphEmulator, client: httpx.Client, query: str) -> None:
+    resp = client.get(f"{emulator.base_url}/users?{query}")
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["code"] == "Request_BadRequest" and error["message"]
+    if "noSuchProperty" in query:
+        assert error["message"] == "Could not find a property named 'noSuchProperty' on type 'microsoft.graph.user'."
+
+
+def test_sdk_style_urls(emulator: GraphEmulator, client: httpx.Client) -> None:
+    """msgraph-sdk percent-encodes ``$`` and spells delta as ``delta()``."""
+    page = client.get(f"{emulator.base_url}/users?%24select=id%2Cmail&%24top=2").json()
+    assert page["value"][0] == {"id": "u-00000", "mail": "user0@contoso.com"}
+    values, _, delta = read_all(client, f"{emulator.base_url}/contacts/delta()?%24select=id,mail")
+    assert values == [{"id": "c-1", "mail": "ext@partner.example"}] and "/contacts/delta()?" in delta
+
+
+# --- members ---------------------------------------------------------------------------------------------------
+def test_members_carry_odata_type(emulator: GraphEmulator, client: httpx.Client) -> None:
+    values, _, _ = read_all(client, f"{emulator.base_url}/groups/g-mixed/members?$select=id,mail")
+    assert {v["id"]: v["@odata.type"] for v in values} == {
+        "u-00001": "#microsoft.graph.user", "g-big": "#microsoft.graph.group", "c-1": "#microsoft.graph.orgContact",
+        "d-1": "#microsoft.graph.device", "sp-1": "#microsoft.graph.servicePrincipal"}
+    assert next(v for v in values if v["id"] == "c-1")["mail"] == "ext@partner.example"
+    assert "mail" not in next(v for v in values if v["id"] == "d-1")  # devices have no mail
+
+
+def test_members_page_and_404(emulator: GraphEmulator, client: httpx.Client) -> None:
+    values, pages, _ = read_all(client, f"{emulator.base_url}/groups/g-big/members?$select=id&$top=999")
+    assert len(values) == 250 and len(pages) == 1
+    values, pages, _ = read_all(client, f"{emulator.base_url}/groups/g-big/members?$top=100")
+    assert len(pages) == 3 and len({v["id"] for v in values}) == 250
+    resp = client.get(f"{emulator.base_url}/groups/nope/members")
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "Request_ResourceNotFound"
+
+
+# --- delta -------------------------------------------------------------------------------------------------------
+def test_users_delta_first_round_then_partial_changes(emulator: GraphEmulator, client: httpx.Client) -> None:
+    first, pages, delta_link = read_all(
+        client, f"{emulator.base_url}/users/delta?$select=id,mail,proxyAddresses",
+        headers={"Prefer": "odata.maxpagesize=100"})
+    assert len(first) == 250 and len(pages) == 3 and delta_link and "$deltatoken=" in delta_link
+    assert set(first[0]) == {"id", "mail", "proxyAddresses"}
+    again, _, same = read_all(client, delta_link)
+    assert again == [] and same
+
+    emulator.upsert_user({"id": "u-00003", "mail": "renamed@contoso.com"})  # selected property changes
+    emulator.upsert_user({"id": "u-00004", "displayName": "Not selected"})  # unselected: not reported
+    emulator.upsert_user({"id": "u-00005", "mail": "user5@contoso.com"})  # no actual change
+    emulator.upsert_user({"id": "u-new", "displayName": "New", "mail": "new@contoso.com", "proxyAddresses": []})
+    emulator.delete_user("u-00006")
+    emulator.delete_user("u-00007", permanent=True)
+    changes, _, next_link = read_all(client, delta_link)
+    assert {c["id"]: c for c in changes} == {
+        "u-00003": {"id": "u-00003", "mail": "renamed@contoso.com"},  # partial: id + what changed
+        "u-new": {"id": "u-new", "mail": "new@contoso.com", "proxyAddresses": []},
+        "u-00006": {"id": "u-00006", "@removed": {"reason": "changed"}},
+        "u-00007": {"id": "u-00007", "@removed": {"reason": "deleted"}},
+    }
+    assert read_all(client, next_link)[0] == []
+    assert read_all(client, delta_link)[0] == changes  # an old link can be replayed
+
+
+def test_groups_delta_splits_big_groups_and_tracks_members(emulator: GraphEmulator, client: httpx.Client) -> None:
+    url = f"{emulator.base_url}/groups/delta?$select=displayName,mail,members"
+    values, pages, delta_link = read_all(client, url, headers={"Prefer": "odata.maxpagesize=999"})
+    big = [v for v in values if v["id"] == "g-big"]
+    assert len(big) == 3 and all(v["displayName"] == "Big" for v in big)  # same properties on each slice
+    assert max(sum(len(v.get("members@delta", [])) for v in p["value"]) for p in pages) == 100
+    members = [m for v in big for m in v["members@delta"]]
+    assert len(members) == 250 and {m["@odata.type"] for m in members} == {"#microsoft.graph.user"}
+    mixed = next(v for v in values if v["id"] == "g-mixed")
+    assert len(mixed["members@delta"]) == 5
+    empty = next(v for v in values if v["id"] == "g-empty")
+    assert "members@delta" not in empty and empty["displayName"] is None
+
+    emulator.add_member("g-mixed", "u-00009")
+    emulator.remove_member("g-mixed", "c-1")
+    emulator.delete_user("u-00001")  # also leaves g-big and g-mixed
+    emulator.upsert_group({"id": "g-empty", "members": ["u-00002"], "mail": "empty@contoso.com"})
+    changes, _, _ = read_all(client, delta_link)
+    by_id = {c["id"]: c for c in changes}
+    assert by_id["g-mixed"] == {"id": "g-mixed", "members@delta": [
+        {"@odata.type": "#microsoft.graph.orgContact", "id": "c-1", "@removed": {"reason": "deleted"}},
+        {"@odata.type": "#microsoft.graph.user", "id": "u-00001", "@removed": {"reason": "deleted"}},
+        {"@odata.type": "#microsoft.graph.user", "id": "u-00009"}]}
+    assert by_id["g-big"]["members@delta"] == [
+        {"@odata.type": "#microsoft.graph.user", "id": "u-00001", "@removed": {"reason": "deleted"}}]
+    assert by_id["g-empty"] == {"id": "g-empty", "members@delta": [{"@odata.type": "#microsoft.graph.user", "id": "u-00002"}]}
+
+
+def test_incremental_member_changes_split_across_pages(client: httpx.Client) -> None:
+    with GraphEmulator(small_directory(10), max_members_per_page=100) as emu:
+        _, _, link = read_all(client, f"{emu.base_url}/groups/delta?$select=id,members")
+        for i in range(250):
+            emu.upsert_user({"id": f"new-{i:03d}", "mail": f"n{i}@contoso.com"})
+            emu.add_member("g-mixed", f"new-{i:03d}")
+        values, pages, _ = read_all(client, link)
+        assert len(pages) == 3 and [v["id"] for v in values] == ["g-mixed"] * 3
+        assert len({m["id"] for v in values for m in v["members@delta"]}) == 250
+
+
+def test_changes_during_a_round_come_again_next_round(emulator: GraphEmulator, client: httpx.Client) -> None:
+    page = client.get(f"{emulator.base_url}/users/delta?$select=mail", headers={"Prefer": "odata.maxpagesize=100"}).json()
+    emulator.upsert_user({"id": "u-00001", "mail": "changed-mid-round@contoso.com"})  # already served
+    rest, _, delta_link = read_all(client, page["@odata.nextLink"])
+    assert len(page["value"]) + len(rest) == 250
+    changes, _, _ = read_all(client, delta_link)
+    assert changes == [{"id": "u-00001", "mail": "changed-mid-round@contoso.com"}]
+
+
+def test_default_groups_delta_tracks_members_and_latest_token(emulator: GraphEmulator, client: httpx.Client) -> None:
+    values, _, _ = read_all(client, f"{emulator.base_url}/groups/delta")
+    assert any("members@delta" in v for v in values) and all("proxyAddresses" not in v for v in values)
+    latest = client.get(f"{emulator.base_url}/users/delta?$deltatoken=latest&$select=mail").json()
+    assert latest["value"] == [] and "@odata.deltaLink" in latest
+    emulator.upsert_user({"id": "u-00002", "mail": "x@contoso.com"})
+    assert read_all(client, latest["@odata.deltaLink"])[0] == [{"id": "u-00002", "mail": "x@contoso.com"}]
+
+
+def test_expired_tokens_answer_410_with_location(emulator: GraphEmulator, client: httpx.Client) -> None:
+    page = client.get(f"{emulator.base_url}/users/delta?$select=mail", headers={"Prefer": "odata.maxpagesize=100"}).json()
+    _, _, delta_link = read_all(client, f"{emulator.base_url}/contacts/delta?$select=mail")
+    emulator.expire_delta_tokens()
+    for url in (page["@odata.nextLink"], delta_link):
+        resp = client.get(url)
+        assert resp.status_code == 410
+        assert resp.json()["error"]["code"] == "syncStateNotFound"
+        assert "$deltatoken" not in resp.headers["Location"] and "/delta?" in resp.headers["Location"]
+    restart = client.get(resp.headers["Location"])  # the Location restarts a full round
+    assert restart.status_code == 200 and restart.json()["value"][0]["id"] == "c-1"
+
+
+def test_delta_token_ttl(client: httpx.Client) -> None:
+    with GraphEmulator(small_directory(3), delta_token_ttl=0.2) as emu:
+        _, _, link = read_all(client, f"{emu.base_url}/users/delta")
+        assert client.get(link).status_code == 200
+        time.sleep(0.3)
+        assert client.get(link).status_code == 410
+
+
+def test_foreign_or_garbage_tokens(emulator: GraphEmulator, client: httpx.Client) -> None:
+    with GraphEmulator(small_directory(3)) as other:
+        _, _, link = read_all(client, f"{other.base_url}/users/delta")
+    foreign = link.replace(other.base_url, emulator.base_url)
+    assert client.get(foreign).status_code == 410  # another instance's sync state is gone
+    assert client.get(f"{emulator.base_url}/users/delta?$deltatoken=garbage").status_code == 400
+
+
+# --- faults, latency, auth -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "status", "code"), [
+    ("429", 429, "TooManyRequests"), ("503", 503, "serviceNotAvailable"), ("500", 500, "generalException"),
+    ("410", 410, "syncStateNotFound"), ("410-resync", 410, "resyncRequired"), ("400-syncstate", 400, "syncStateNotFound"),
+])
+def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, status: int, code: str) -> None:
+    emulator.inject_fault(kind, path_contains="/users/delta", times=2, retry_after=7)
+    assert client.get(f"{emulator.base_url}/users?$top=1").status_code == 200  # does not match
+    for _ in range(2):
+        resp = client.get(f"{emulator.base_url}/users/delta")
+        assert resp.status_code == status and resp.json()["error"]["code"] == code
+        assert resp.headers["request-id"]
+        if status in (429, 503):
+            assert resp.headers["Retry-After"] == "7"
+        if status == 410:
+            assert resp.headers["Location"].endswith("/users/delta")
+    assert client.get(f"{emulator.base_url}/users/delta").status_code == 200
+
+
+def test_drop_and_malformed_faults(emulator: GraphEmulator, client: httpx.Client) -> None:
+    emulator.inject_fault("drop", path_contains="/groups")
+    emulator.inject_fault("malformed")
+    with pytest.raises(httpx.TransportError):
+        client.get(f"{emulator.base_url}/groups")
+    resp = client.get(f"{emulator.base_url}/users")  # the queue's next matching fault
+    assert resp.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(resp.content)
+    assert client.get(f"{emulator.base_url}/groups").status_code == 200
+    assert len(emulator.request_log) == 3 and emulator.request_log[0] == ("GET", "/v1.0/groups")
+
+
+def test_http_date_retry_after_and_bad_kind(emulator: GraphEmulator, client: httpx.Client) -> None:
+    emulator.inject_fault("429", retry_after="Wed, 21 Oct 2015 07:28:00 GMT")
+    assert client.get(f"{emulator.base_url}/users").headers["Retry-After"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        emulator.inject_fault("teapot")
+
+
+def test_latency_per_request(client: httpx.Client) -> None:
+    with GraphEmulator(small_directory(3), latency=0.15) as emu:
+        start = time.perf_counter()
+        client.get(f"{emu.base_url}/users")
+        client.get(f"{emu.base_url}/groups")
+        assert time.perf_counter() - start >= 0.3
+
+
+def test_concurrent_requests_overlap_their_latency(client: httpx.Client) -> None:
+    with GraphEmulator(small_directory(3), latency=0.3) as emu:
+        start = time.perf_counter()
+        threads = [threading.Thread(target=lambda: client.get(f"{emu.base_url}/users")) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.perf_counter() - start < 1.0  # 4 x 0.3 s served in parallel
+        assert emu.request_count == 4
+
+
+def test_bearer_auth(client: httpx.Client) -> None:
+    with GraphEmulator(small_directory(3), require_auth=True) as emu:
+        resp = client.get(f"{emu.base_url}/users")
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == "InvalidAuthenticationToken"
+        assert client.get(f"{emu.base_url}/users", headers={"Authorization": "Bearer abc"}).status_code == 200
+
+
+# --- mutations, snapshot, admin API --------------------------------------------------------------------------------
+def test_snapshot_is_a_deep_copy_in_the_team_model(emulator: GraphEmulator) -> None:
+    snap = emulator.snapshot()
+    assert set(snap) == {"users", "groups", "contacts", "devices", "servicePrincipals"}
+    snap["users"][0]["proxyAddresses"].append("smtp:mutated@x")
+    snap["groups"][0]["members"].clear()
+    again = emulator.snapshot()
+    assert again["users"][0]["proxyAddresses"] == ["SMTP:user0@contoso.com", "smtp:u0@contoso.onmicrosoft.com"]
+    assert len(again["groups"][0]["members"]) == 250
+    emulator.upsert_group({"id": "g-new", "displayName": "New", "mail": None, "proxyAddresses": [], "members": ["u-00001"]})
+    emulator.delete_user("u-00001")
+    after = emulator.snapshot()
+    assert next(g for g in after["groups"] if g["id"] == "g-new")["members"] == []
+    with pytest.raises(KeyError):
+        emulator.delete_user("u-00001")
+    with pytest.raises(ValueError):
+        emulator.upsert_contact({"id": "u-00002"})  # an id belongs to one collection
+
+
+def test_admin_endpoints(emulator: GraphEmulator, client: httpx.Client) -> None:
+    admin = emulator.base_url.replace("/v1.0", "/_emulator")
+    _, _, link = read_all(client, f"{emulator.base_url}/users/delta?$select=mail")
+    ops = [{"op": "upsert_user", "args": {"obj": {"id": "u-00001", "mail": "admin@contoso.com"}}},
+           {"op": "add_member", "args": {"group_id": "g-empty", "member_id": "u-00001"}},
+           {"op": "delete_contact", "args": {"id": "c-1"}}]
+    assert client.post(f"{admin}/mutations", json=ops).json()["applied"] == 3
+    assert read_all(client, link)[0] == [{"id": "u-00001", "mail": "admin@contoso.com"}]
+    assert client.post(f"{admin}/mutations", json=[{"op": "explode"}]).status_code == 400
+    client.post(f"{admin}/faults", json={"kind": "503", "path_contains": "/groups", "retry_after": 2})
+    assert client.get(f"{emulator.base_url}/groups").status_code == 503
+    client.post(f"{admin}/expire-delta-tokens")
+    assert client.get(link).status_code == 410
+    stats = client.get(f"{admin}/stats").json()
+    assert stats["requestCount"] == emulator.request_count and stats["objects"]["contacts"] == 0
+    assert client.post(f"{admin}/stats/reset").status_code == 200 and emulator.request_count == 0
+
+
+# --- the tenant generator and the CLI -------------------------------------------------------------------------------
+def test_generate_tenant_is_deterministic_and_realistic() -> None:
+    tenant = generate_tenant(2000, seed=5)
+    assert tenant == generate_tenant(2000, seed=5) and tenant != generate_tenant(2000, seed=6)
+    users, groups = tenant["users"], tenant["groups"]
+    assert len(users) == 2000 and len(groups) == 200 and len(tenant["contacts"]) == 100
+    assert set(users[0]) == {"id", "displayName", "mail", "proxyAddresses", "userPrincipalName", "userType", "accountEnabled"}
+    assert set(groups[0]) == {"id", "displayName", "mail", "proxyAddresses", "members"}
+    proxies = [p for u in users for p in u["proxyAddresses"]]
+    for prefix in ("SMTP:", "smtp:", "X500:", "SIP:"):
+        assert any(p.startswith(prefix) for p in proxies), prefix
+    assert any(p.endswith(".onmicrosoft.com") for p in proxies)
+    guests = [u for u in users if u["userType"] == "Guest"]
+    assert guests and all("#EXT#@" in u["userPrincipalName"] for u in guests)
+    assert any(u["mail"] is None for u in users)
+    memberships = sum(len(g["members"]) for g in groups)
+    assert 5000 < memberships < 7000
+    ids = {c: {o["id"] for o in tenant[c]} for c in tenant}
+    members = {m for g in groups for m in g["members"]}
+    for coll in ("groups", "contacts", "devices", "servicePrincipals"):
+        assert members & ids[coll], f"no {coll} among members"
+    assert len(set().union(*ids.values())) == sum(len(v) for v in tenant.values())  # ids are unique
+
+
+def test_demo_tenant_has_the_nasty_cases(client: httpx.Client) -> None:
+    demo = demo_tenant()
+    assert demo == demo_tenant() and "bücher.example" in DEMO_DOMAINS
+    users = {u["displayName"]: u for u in demo["users"]}
+    assert users["Shared Primary A"]["mail"].lower() == users["Shared Primary B"]["mail"].lower()
+    assert "@bücher.example" in users["Anna Bücher (IDN)"]["mail"]
+    groups = {g["displayName"]: g for g in demo["groups"]}
+    assert groups["Cycle A"]["id"] in groups["Cycle B"]["members"] and groups["Cycle B"]["id"] in groups["Cycle A"]["members"]
+    assert 2500 < len(demo["users"]) < 3000
+    with GraphEmulator(demo) as emu:  # it loads, and serves Unicode as UTF-8
+        got = client.get(f"{emu.base_url}/users/{users['Anna Bücher (IDN)']['id']}?$select=mail").json()
+        assert got["mail"] == "anna@bücher.example"
+
+
+def test_cli_prints_ready_and_serves(client: httpx.Client) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.graph_emulator", "--port", "0", "--users", "50", "--groups", "5", "--seed", "3"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert line.startswith("READY http://127.0.0.1:") and line.endswith("/v1.0"), line
+        base = line.split()[1]
+        values, _, _ = read_all(client, f"{base}/users?$select=id,mail&$top=20")
+        assert len(values) == 50
+        admin = base.replace("/v1.0", "/_emulator")
+        assert client.get(f"{admin}/stats").json()["requestCount"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
