@@ -1,0 +1,137 @@
+"""GRAPH_AUTH modes at the credential-construction level, and secrets from Key Vault."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from types import SimpleNamespace
+
+import pytest
+from azure.identity import ClientAssertionCredential, ClientSecretCredential
+
+from shared import credentials
+from shared.errors import SecretError
+from shared.redact import Secret
+from shared.settings import load_settings
+from shared.vault import load_secrets
+
+BASE = {
+    "GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+    "GRAPH_CLIENT_ID": "66666666-7777-8888-9999-000000000000",
+    "SYNC_API_URL": "https://dirsync.example.net/v1",
+    "SYNC_STATE": "file:/tmp/x",
+    "KEY_VAULT_URL": "https://kv-sync.vault.azure.net/",
+    "AZURE_CLIENT_ID": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+}
+
+
+def test_client_secret_mode_builds_a_client_secret_credential():
+    s = load_settings({**BASE, "GRAPH_AUTH": "client_secret"})
+    cred = credentials.graph_token_credential(s, Secret("the-secret-value", "graph-client-secret"))
+    assert isinstance(cred, ClientSecretCredential)
+    assert cred._client_id == BASE["GRAPH_CLIENT_ID"]
+    provider = credentials.graph_auth_provider(s, Secret("the-secret-value", "graph-client-secret"))
+    assert "graph.microsoft.com" in provider.access_token_provider._allowed_hosts_validator.get_allowed_hosts()
+
+
+def test_managed_identity_mode_uses_the_identity_token_as_client_assertion(monkeypatch):
+    asked: list[tuple] = []
+
+    class FakeMI:
+        def __init__(self, client_id=None):
+            asked.append(("client_id", client_id))
+
+        def get_token(self, *scopes):
+            asked.append(("scopes", scopes))
+            return SimpleNamespace(token="mi-assertion-token")
+
+    monkeypatch.setattr("azure.identity.ManagedIdentityCredential", FakeMI)
+    s = load_settings({**BASE, "GRAPH_AUTH": "managed_identity"})
+    cred = credentials.graph_token_credential(s, None)
+    assert isinstance(cred, ClientAssertionCredential)
+    assert cred._client._client_id == BASE["GRAPH_CLIENT_ID"] if hasattr(cred, "_client") else True
+    # the assertion callback fetches the managed identity's token for the exchange audience
+    func = cred._func if hasattr(cred, "_func") else cred._client._client_credential.assertion_func  # type: ignore[attr-defined]
+    assert func() == "mi-assertion-token"
+    assert ("client_id", BASE["AZURE_CLIENT_ID"]) in asked
+    assert ("scopes", ("api://AzureADTokenExchange/.default",)) in asked
+
+
+def test_none_mode_is_anonymous():
+    s = load_settings({k: v for k, v in BASE.items() if not k.startswith("GRAPH_")} | {"GRAPH_AUTH": "none", "GRAPH_BASE_URL": "http://127.0.0.1:1/v1.0"})
+    assert credentials.graph_token_credential(s, None) is None
+    assert type(credentials.graph_auth_provider(s, None)).__name__ == "AnonymousAuthenticationProvider"
+
+
+def test_national_cloud_authority():
+    assert credentials.authority_for("https://graph.microsoft.us/v1.0") == "login.microsoftonline.us"
+    assert credentials.authority_for("https://microsoftgraph.chinacloudapi.cn/v1.0") == "login.chinacloudapi.cn"
+    assert credentials.authority_for("https://graph.microsoft.com/v1.0") == "login.microsoftonline.com"
+
+
+class FakeVault:
+    """Stands in for azure-keyvault-secrets' SecretClient (no Key Vault emulator exists)."""
+
+    def __init__(self, secrets: dict[str, tuple[str, dt.datetime | None]], error=None):
+        self.secrets = secrets
+        self.error = error
+        self.read: list[str] = []
+
+    def get_secret(self, name):
+        self.read.append(name)
+        if self.error:
+            raise self.error
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if name not in self.secrets:
+            raise ResourceNotFoundError(f"SecretNotFound {name}")
+        value, expires = self.secrets[name]
+        return SimpleNamespace(value=value, properties=SimpleNamespace(expires_on=expires))
+
+
+def test_both_secrets_come_from_the_vault_by_name():
+    s = load_settings({**BASE, "GRAPH_CLIENT_SECRET_NAME": "my-graph", "SYNC_API_CREDENTIAL_NAME": "my-sync"})
+    vault = FakeVault({"my-graph": ("g-secret-canary", None), "my-sync": ("u:p-canary", None)})
+    got = load_secrets(s, {}, secret_client=vault)
+    assert vault.read == ["my-graph", "my-sync"]
+    assert got.graph_client_secret.reveal() == "g-secret-canary"
+    assert got.sync_api_credential.reveal() == "u:p-canary"
+    assert "canary" not in repr(got)
+
+
+def test_managed_identity_mode_reads_only_the_sync_credential():
+    s = load_settings({**BASE, "GRAPH_AUTH": "managed_identity"})
+    vault = FakeVault({"sync-api-credential": ("tok", None)})
+    got = load_secrets(s, {}, secret_client=vault)
+    assert vault.read == ["sync-api-credential"] and got.graph_client_secret is None
+
+
+def test_missing_secret_names_the_vault_and_the_secret():
+    s = load_settings(BASE)
+    with pytest.raises(SecretError) as e:
+        load_secrets(s, {}, secret_client=FakeVault({}))
+    assert "graph-client-secret" in str(e.value) and "kv-sync.vault.azure.net" in str(e.value)
+
+
+def test_forbidden_vault_says_which_role_is_missing():
+    from azure.core.exceptions import HttpResponseError
+
+    err = HttpResponseError(message="Forbidden")
+    err.status_code = 403
+    with pytest.raises(SecretError, match="Key Vault Secrets User"):
+        load_secrets(load_settings(BASE), {}, secret_client=FakeVault({}, error=err))
+
+
+@pytest.mark.parametrize("days, level", [(45, None), (20, logging.WARNING), (3, logging.ERROR), (-1, logging.ERROR)])
+def test_expiring_secret_is_reported_early(caplog, days, level):
+    caplog.set_level(logging.WARNING)
+    exp = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
+    vault = FakeVault({"graph-client-secret": ("g-canary", exp), "sync-api-credential": ("u:p-canary", None)})
+    got = load_secrets(load_settings(BASE), {}, secret_client=vault)
+    records = [r for r in caplog.records if r.name == "shared.vault"]
+    if level is None:
+        assert records == [] and got.expiry_warnings == []
+    else:
+        assert records and records[0].levelno == level
+        assert "graph-client-secret" in records[0].getMessage() and "rotate" in records[0].getMessage()
+        assert "canary" not in records[0].getMessage()
