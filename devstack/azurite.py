@@ -52,7 +52,7 @@ class Azurite:
             f"BlobEndpoint=http://127.0.0.1:{self.port}/{DEV_ACCOUNT};"
         )
 
-    def start(self, timeout: float = 30.0) -> "Azurite":
+    def start(self, timeout: float = 30.0) -> Azurite:
         cmd = [*azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", self.location,
                "--silent", "--skipApiVersionCheck", "--loose", "--disableProductStyleUrl"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # noqa: S603
@@ -78,7 +78,7 @@ class Azurite:
                 self.proc.kill()
         shutil.rmtree(self.location, ignore_errors=True)
 
-    def __enter__(self) -> "Azurite":
+    def __enter__(self) -> Azurite:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

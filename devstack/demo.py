@@ -11,7 +11,6 @@ import json
 import os
 import subprocess  # noqa: S404 - runs the product's own CLI
 import sys
-import tempfile
 from pathlib import Path
 
 from devstack.azurite import Azurite, AzuriteNotInstalled

@@ -202,14 +202,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _copy_obj(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A private copy cheap enough for 100,000 objects (lists of strings are the common case)."""
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        if isinstance(value, list):
-            out[key] = [v if isinstance(v, (str, int, float, bool, type(None))) else copy.deepcopy(v) for v in value]
-        elif isinstance(value, (str, int, float, bool, type(None))):
+        kind = type(value)
+        if kind in _SCALARS:
             out[key] = value
+        elif kind is list and all(type(v) in _SCALARS for v in value):
+            out[key] = value.copy()
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .engine import ACTIONS, Options, run
 from .errors import SyncError

@@ -10,7 +10,7 @@ from .errors import SecretError
 from .redact import Secret
 from .settings import Settings
 
-TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
+TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"  # noqa: S105  # nosec B105 - an audience, not a secret
 
 _AUTHORITIES = {
     "graph.microsoft.com": "login.microsoftonline.com",

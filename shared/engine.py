@@ -8,8 +8,9 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .credentials import graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
@@ -94,28 +95,28 @@ class _Run:
         self.summary = summary
         self.options = options
         self.datasets = settings.datasets
-        self.api: SyncApiClient | None = None
+        self.api = SyncApiClient(settings.sync_api_url, secrets.sync_api_credential, backoff_seconds=options.sync_backoff_seconds)
 
     async def go(self) -> None:
-        api = SyncApiClient(self.settings.sync_api_url, self.secrets.sync_api_credential, backoff_seconds=self.options.sync_backoff_seconds)
-        self.api = api
+        api = self.api
         try:
             if self.action == "refresh":
                 await self._refresh()
                 return
             # The state is read first: a broken state fails the run before any Graph request.
-            state = self._load_state(create=self.action != "test-update")
+            state = self.store.load()
+            if state is None and self.action != "test-update":
+                state = SyncState.new()
+                self.store.save(state)  # the lineage is durable before any batch is journaled
             provisioned = await self._provisioned()
             projection = await self._read(provisioned)
             for d in DATASETS:
                 self.summary.datasets[d].excluded = projection.excluded(d)
             if self.action == "test-update":
                 self._test_update(projection, state)
-            elif self.action == "update":
-                assert state is not None
+            elif state is not None and self.action == "update":
                 await self._update(projection, state)
-            else:
-                assert state is not None
+            elif state is not None:
                 await self._replace(projection, state)
         finally:
             self.summary.sync_requests = api.requests
@@ -123,7 +124,6 @@ class _Run:
 
     # --- reading -------------------------------------------------------------------------
     async def _provisioned(self) -> frozenset[str]:
-        assert self.api is not None
         domains = frozenset(await self.api.domains())
         if self.settings.address_domains is not None:
             domains &= self.settings.address_domains
@@ -166,20 +166,13 @@ class _Run:
         self.summary.extra["exclusions"] = [e.as_dict() for e in projection.exclusions if e.dataset in self.datasets]
 
     # --- update --------------------------------------------------------------------------
-    def _load_state(self, *, create: bool) -> SyncState | None:
-        state = self.store.load()
-        if state is None and create:
-            state = SyncState.new()
-            self.store.save(state)  # the lineage is durable before any batch is journaled
-        return state
-
     async def _update(self, projection: Projection, state: SyncState) -> None:
         diffs: dict[str, DatasetDiff] = {
             d: diff_records(d, projection.datasets[d], state.records(d)) for d in self.datasets
         }
         held = {d: dict(state.records(d)) for d in self.datasets}
         batches = plan_update(diffs, held, self.options.max_items)
-        sender = _BatchSender(self.api, self.store, state, self.summary)  # type: ignore[arg-type]
+        sender = _BatchSender(self.api, self.store, state, self.summary)
         for batch in batches:
             await sender.send(batch)
         sender.finish_counts()
@@ -202,7 +195,6 @@ class _Run:
         self.store.save(state.advanced())
 
     async def _replace_dataset(self, dataset: str, records: Records, state: SyncState) -> None:
-        assert self.api is not None
         api = self.api
         counts = self.summary.datasets[dataset]
         rid = await api.create_replacement(dataset)
@@ -252,7 +244,6 @@ class _Run:
         self.store.save(fresh.advanced())
 
     async def _read_service(self, dataset: str) -> Records:
-        assert self.api is not None
         out: Records = {}
         async for page in self.api.records(dataset):
             for rec in page:

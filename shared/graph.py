@@ -17,8 +17,9 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -244,7 +245,7 @@ class GraphSource:
         raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent")
 
     def _backoff(self, attempt: int) -> float:
-        return self.backoff_seconds * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+        return self.backoff_seconds * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)  # noqa: S311  # nosec B311 - jitter, not crypto
 
 
 class _MalformedPage(Exception):

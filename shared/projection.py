@@ -8,8 +8,9 @@ which is also what the state stores, so a diff is a plain comparison."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .addresses import InvalidAddress, domain_of, normalize_address
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from .addresses import InvalidAddress, check_domain, normalize_domain

@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from .errors import StateConflictError, StateError
 from .projection import DATASETS, Records
@@ -41,7 +42,7 @@ class SyncState:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def new(cls) -> "SyncState":
+    def new(cls) -> SyncState:
         return cls(lineage=uuid.uuid4().hex)
 
     @property
@@ -84,7 +85,7 @@ class SyncState:
         self.seq += 1
         return True
 
-    def advanced(self) -> "SyncState":
+    def advanced(self) -> SyncState:
         """The same content as the next generation, with the journal folded in."""
         return SyncState(self.lineage, self.generation + 1, 0, self.datasets, dict(self.meta))
 
@@ -95,7 +96,7 @@ class SyncState:
             "version": VERSION,
             "lineage": self.lineage,
             "generation": self.generation,
-            "savedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "savedAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "meta": self.meta,
             "datasets": {
                 name: (sorted(recs) if name == "addresses" else {k: _jsonable(v) for k, v in recs.items()})
@@ -106,7 +107,7 @@ class SyncState:
         return gzip.compress(raw, compresslevel=6, mtime=0)
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> "SyncState":
+    def from_bytes(cls, data: bytes, where: str) -> SyncState:
         try:
             doc = json.loads(gzip.decompress(data))
         except (OSError, EOFError, ValueError) as exc:

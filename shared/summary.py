@@ -42,7 +42,7 @@ class RunSummary:
     exception: Exception | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def finish(self, ok: bool, error: str | None = None) -> "RunSummary":
+    def finish(self, ok: bool, error: str | None = None) -> RunSummary:
         self.ok = ok
         self.error = error
         self.duration = time.monotonic() - self.started

@@ -13,9 +13,10 @@ import gzip
 import json
 import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -91,7 +92,7 @@ class SyncApiClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "SyncApiClient":
+    async def __aenter__(self) -> SyncApiClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -200,7 +201,7 @@ class SyncApiClient:
         raise SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last})")
 
     def _backoff(self, attempt: int) -> float:
-        return min(30.0, self.backoff_seconds * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)  # noqa: S311
+        return min(30.0, self.backoff_seconds * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)  # noqa: S311  # nosec B311 - jitter, not crypto
 
 
 def _json_body(resp: httpx.Response, what: str) -> dict[str, Any]:
@@ -273,7 +274,7 @@ def _retry_after(resp: httpx.Response, what: str) -> float | None:
             when = parsedate_to_datetime(raw)
             import datetime as _dt
 
-            seconds = (when - _dt.datetime.now(when.tzinfo or _dt.timezone.utc)).total_seconds()
+            seconds = (when - _dt.datetime.now(when.tzinfo or _dt.UTC)).total_seconds()
         except (TypeError, ValueError, IndexError):
             seconds = None
     if seconds is None or seconds != seconds:  # malformed or NaN

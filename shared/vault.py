@@ -7,8 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SecretError
 from .redact import Secret
@@ -80,9 +81,9 @@ def _read(client: Any, settings: Settings, name: str, warnings: list[str]) -> Se
 
 
 def _check_expiry(where: str, expires: dt.datetime, warnings: list[str], now: dt.datetime | None = None) -> None:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=dt.timezone.utc)
+        expires = expires.replace(tzinfo=dt.UTC)
     days = (expires - now).total_seconds() / 86400
     if days <= ERROR_DAYS:
         text = f"{where} expires {expires:%Y-%m-%d} ({days:.0f} days); {ROTATE_HINT}"

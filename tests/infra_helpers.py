@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import tree_sitter
@@ -47,9 +47,7 @@ def blank_extension_lines(text: str) -> tuple[str, list[str]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if re.match(r"\s*extension\b", line):
             if not EXTENSION_LINE.fullmatch(line.rstrip("\r")):
-                raise BicepSourceError(
-                    f"line {number}: unexpected extension statement: {line.strip()!r}"
-                )
+                raise BicepSourceError(f"line {number}: unexpected extension statement: {line.strip()!r}")
             blanked.append(line.strip())
             out.append(" " * len(line))
         else:
@@ -94,7 +92,7 @@ class Resource:
     condition: tree_sitter.Node | None
     loop: tree_sitter.Node | None
     body: tree_sitter.Node  # the object
-    parent: "Resource | None" = None
+    parent: Resource | None = None
 
 
 @dataclass
@@ -251,7 +249,7 @@ def _collect_resources(bicep: BicepFile, decl: tree_sitter.Node, parent: Resourc
                 _collect_resources(bicep, prop.named_children[0], resource)
 
 
-@lru_cache(maxsize=None)
+@cache
 def parse_bicep(path: Path) -> BicepFile:
     """Parse one .bicep file; raises BicepSourceError on a syntax error."""
     text = path.read_text(encoding="utf-8")
@@ -286,9 +284,7 @@ def parse_bicep(path: Path) -> BicepFile:
             _collect_resources(bicep, node, None)
         elif node.type == "module_declaration":
             condition, _loop, body = _split_value(named[-1])
-            bicep.modules[bicep.text(named[0])] = Module(
-                bicep.text(named[0]), literal(bicep, named[1]), condition, body
-            )
+            bicep.modules[bicep.text(named[0])] = Module(bicep.text(named[0]), literal(bicep, named[1]), condition, body)
         elif node.type == "output_declaration":
             bicep.outputs[bicep.text(named[0])] = named[-1]
         pending_decorators = []

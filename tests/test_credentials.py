@@ -125,7 +125,7 @@ def test_forbidden_vault_says_which_role_is_missing():
 @pytest.mark.parametrize("days, level", [(45, None), (20, logging.WARNING), (3, logging.ERROR), (-1, logging.ERROR)])
 def test_expiring_secret_is_reported_early(caplog, days, level):
     caplog.set_level(logging.WARNING)
-    exp = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
+    exp = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
     vault = FakeVault({"graph-client-secret": ("g-canary", exp), "sync-api-credential": ("u:p-canary", None)})
     got = load_secrets(load_settings(BASE), {}, secret_client=vault)
     records = [r for r in caplog.records if r.name == "shared.vault"]

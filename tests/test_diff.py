@@ -46,7 +46,7 @@ def test_parents_are_sent_before_children_across_requests():
     seen: set[str] = set()
     for b in plan:
         in_batch = {k for k, _ in b.upserts}
-        for k, (name, parents) in b.upserts:
+        for _k, (_name, parents) in b.upserts:
             assert all(p in seen or p in in_batch for p in parents)
         seen |= in_batch
     assert all(b.phase == "group upserts" for b in plan)  # no fix-up pass needed without a cycle

@@ -13,7 +13,6 @@ from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, base_env, nasty_directory, service_view
 
-
 # get_functions() indexes the app once, as the host does; a second call raises.
 FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
 
@@ -41,7 +40,7 @@ def test_the_timer_runs_update_against_the_stack(monkeypatch, tmp_path, azurite)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         user_fn = timer_function().get_user_function()
-        asyncio.run(user_fn(_timer(past_due=True)))
+        user_fn(_timer(past_due=True))
         assert service_view(receiver) == EXPECTED
 
 
@@ -50,7 +49,7 @@ def test_a_failed_run_raises_so_the_platform_records_a_failure(monkeypatch, tmp_
         for k, v in base_env(graph.base_url, receiver.base_url, f"file:{tmp_path}").items():
             monkeypatch.setenv(k, v)
         with pytest.raises(function_app.SyncRunFailed, match="401") as e:
-            asyncio.run(timer_function().get_user_function()(_timer()))
+            timer_function().get_user_function()(_timer())
         assert CREDENTIAL.split(":")[1] not in str(e.value)
 
 
@@ -61,4 +60,16 @@ def test_a_settings_error_raises_too(monkeypatch):
     monkeypatch.setenv("SYNC_API_CREDENTIAL", "u:p")
     monkeypatch.setenv("SYNC_STATE", "file:/tmp/never-used")
     with pytest.raises(function_app.SyncRunFailed, match="SYNC_API_URL"):
-        asyncio.run(timer_function().get_user_function()(_timer()))
+        timer_function().get_user_function()(_timer())
+
+
+def test_the_decorated_function_can_be_called_directly_even_inside_an_event_loop(monkeypatch, tmp_path):
+    with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+        for k, v in base_env(graph.base_url, receiver.base_url, f"file:{tmp_path}").items():
+            monkeypatch.setenv(k, v)
+
+        async def from_async_code() -> None:
+            function_app.sync_timer(_timer())  # the FunctionBuilder calls the user function
+
+        asyncio.run(from_async_code())
+        assert service_view(receiver) == EXPECTED
