@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     emulator = ["devstack.graph_emulator", "--port", "0", "--users", str(args.users), "--groups", str(args.users // 10),
                 "--seed", str(args.seed), "--latency", str(args.latency)]
     receiver = ["devstack.sync_receiver", "--port", "0", "--domains", DOMAINS, "--credential", CREDENTIAL, "--no-log-bodies"]
-    print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}; logs in {tmp}", flush=True)
+    print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}, "
+          f"load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
     try:
         with service(emulator, tmp / "emulator.err") as graph_url, service(receiver, tmp / "receiver.err") as sync_url:
             state = tmp / "state"
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(report(args.users, first, second, raw, typed)))
+    print(f"# load average {os.getloadavg()[0]:.1f} at the end (other processes share the 2 cores)")
     if not args.keep:
         shutil.rmtree(tmp)
     return 0

@@ -58,6 +58,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,56 +83,73 @@ _DELTA_SEGMENTS = {"delta", "delta()", "microsoft.graph.delta", "microsoft.graph
 # Properties Graph knows for each type (a $select outside these and the objects' own extra
 # properties is a 400, as on Graph). Not exhaustive; the ones a directory sync might select.
 KNOWN_PROPERTIES: dict[str, frozenset[str]] = {
-    "users": frozenset((
-        "id accountEnabled ageGroup assignedLicenses assignedPlans businessPhones city companyName country "
-        "createdDateTime creationType deletedDateTime department displayName employeeId employeeType "
-        "externalUserState faxNumber givenName identities imAddresses isResourceAccount jobTitle mail "
-        "mailNickname mobilePhone officeLocation onPremisesDistinguishedName onPremisesDomainName "
-        "onPremisesImmutableId onPremisesLastSyncDateTime onPremisesSamAccountName onPremisesSecurityIdentifier "
-        "onPremisesSyncEnabled onPremisesUserPrincipalName otherMails passwordPolicies postalCode "
-        "preferredDataLocation preferredLanguage proxyAddresses showInAddressList state streetAddress surname "
-        "usageLocation userPrincipalName userType"
-    ).split()),
-    "groups": frozenset((
-        "id classification createdDateTime deletedDateTime description displayName expirationDateTime groupTypes "
-        "isAssignableToRole mail mailEnabled mailNickname membershipRule membershipRuleProcessingState "
-        "onPremisesDomainName onPremisesLastSyncDateTime onPremisesSamAccountName onPremisesSecurityIdentifier "
-        "onPremisesSyncEnabled preferredDataLocation preferredLanguage proxyAddresses renewedDateTime "
-        "securityEnabled securityIdentifier theme visibility"
-    ).split()),
-    "contacts": frozenset((
-        "id addresses companyName deletedDateTime department displayName givenName jobTitle mail mailNickname "
-        "onPremisesLastSyncDateTime onPremisesSyncEnabled phones proxyAddresses surname"
-    ).split()),
-    "devices": frozenset((
-        "id accountEnabled deletedDateTime deviceId displayName isCompliant isManaged operatingSystem "
-        "operatingSystemVersion trustType"
-    ).split()),
-    "servicePrincipals": frozenset((
-        "id accountEnabled appDisplayName appId deletedDateTime displayName servicePrincipalNames "
-        "servicePrincipalType tags"
-    ).split()),
+    "users": frozenset(
+        (
+            "id accountEnabled ageGroup assignedLicenses assignedPlans businessPhones city companyName country "
+            "createdDateTime creationType deletedDateTime department displayName employeeId employeeType "
+            "externalUserState faxNumber givenName identities imAddresses isResourceAccount jobTitle mail "
+            "mailNickname mobilePhone officeLocation onPremisesDistinguishedName onPremisesDomainName "
+            "onPremisesImmutableId onPremisesLastSyncDateTime onPremisesSamAccountName onPremisesSecurityIdentifier "
+            "onPremisesSyncEnabled onPremisesUserPrincipalName otherMails passwordPolicies postalCode "
+            "preferredDataLocation preferredLanguage proxyAddresses showInAddressList state streetAddress surname "
+            "usageLocation userPrincipalName userType"
+        ).split()
+    ),
+    "groups": frozenset(
+        (
+            "id classification createdDateTime deletedDateTime description displayName expirationDateTime groupTypes "
+            "isAssignableToRole mail mailEnabled mailNickname membershipRule membershipRuleProcessingState "
+            "onPremisesDomainName onPremisesLastSyncDateTime onPremisesSamAccountName onPremisesSecurityIdentifier "
+            "onPremisesSyncEnabled preferredDataLocation preferredLanguage proxyAddresses renewedDateTime "
+            "securityEnabled securityIdentifier theme visibility"
+        ).split()
+    ),
+    "contacts": frozenset(
+        (
+            "id addresses companyName deletedDateTime department displayName givenName jobTitle mail mailNickname "
+            "onPremisesLastSyncDateTime onPremisesSyncEnabled phones proxyAddresses surname"
+        ).split()
+    ),
+    "devices": frozenset(
+        (
+            "id accountEnabled deletedDateTime deviceId displayName isCompliant isManaged operatingSystem operatingSystemVersion trustType"
+        ).split()
+    ),
+    "servicePrincipals": frozenset(
+        ("id accountEnabled appDisplayName appId deletedDateTime displayName servicePrincipalNames servicePrincipalType tags").split()
+    ),
 }
 # What Graph returns without $select (proxyAddresses deliberately never; see the module doc).
 DEFAULT_PROPERTIES: dict[str, tuple[str, ...]] = {
-    "users": ("id", "businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone",
-              "officeLocation", "preferredLanguage", "surname", "userPrincipalName"),
-    "groups": ("id", "description", "displayName", "groupTypes", "mail", "mailEnabled", "mailNickname",
-               "securityEnabled", "visibility"),
+    "users": (
+        "id",
+        "businessPhones",
+        "displayName",
+        "givenName",
+        "jobTitle",
+        "mail",
+        "mobilePhone",
+        "officeLocation",
+        "preferredLanguage",
+        "surname",
+        "userPrincipalName",
+    ),
+    "groups": ("id", "description", "displayName", "groupTypes", "mail", "mailEnabled", "mailNickname", "securityEnabled", "visibility"),
     "contacts": ("id", "companyName", "displayName", "givenName", "jobTitle", "mail", "mailNickname", "surname"),
     "devices": ("id", "accountEnabled", "deviceId", "displayName", "operatingSystem"),
     "servicePrincipals": ("id", "accountEnabled", "appId", "displayName", "servicePrincipalType"),
 }
-_COLLECTION_VALUED = frozenset((
-    "businessPhones proxyAddresses otherMails imAddresses identities assignedLicenses assignedPlans groupTypes "
-    "addresses phones servicePrincipalNames tags"
-).split())
+_COLLECTION_VALUED = frozenset(
+    (
+        "businessPhones proxyAddresses otherMails imAddresses identities assignedLicenses assignedPlans groupTypes "
+        "addresses phones servicePrincipalNames tags"
+    ).split()
+)
 
 FAULT_KINDS: tuple[str, ...] = ("429", "503", "500", "drop", "malformed", "410", "410-resync", "400-syncstate")
 CONTENT_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 DEFAULT_PAGE_SIZE = 100
 _MISSING = object()
-
 
 
 def _make_dumps() -> Callable[[Any], str]:
@@ -277,8 +295,7 @@ class GraphEmulator:
         server.emulator = self  # type: ignore[attr-defined]
         self._server = server
         self.base_url = f"http://{host}:{server.server_address[1]}/v1.0"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                         name="graph-emulator", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="graph-emulator", daemon=True)
         self._thread.start()
         return self.base_url
 
@@ -545,8 +562,7 @@ class GraphEmulator:
         resp.headers["Cache-Control"] = "no-cache"
         return resp
 
-    def _graph(self, method: str, path: str, query: str, target: str, headers: Mapping[str, str],
-               request_id: str) -> Response:
+    def _graph(self, method: str, path: str, query: str, target: str, headers: Mapping[str, str], request_id: str) -> Response:
         with self._lock:
             self.request_log.append((method, target))
         if self.latency > 0:
@@ -568,13 +584,15 @@ class GraphEmulator:
             return Response(status, body, extra)
         except GraphError as exc:
             return _error_response(exc, request_id)
+        except Exception:  # an emulator bug: answer in Graph's shape, and show it on stderr
+            traceback.print_exc()
+            return _error_response(GraphError(500, "generalException", "The Graph emulator failed; see its stderr."), request_id)
 
     def _route(self, path: str, params: dict[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
-        segments = [s for s in path[len("/v1.0/"):].split("/") if s]
+        segments = [s for s in path[len("/v1.0/") :].split("/") if s]
         coll = _SEGMENTS.get(segments[0].lower()) if segments else None
         if coll is None:
-            raise GraphError(400, "Request_BadRequest",
-                             f"Resource not found for the segment '{segments[0] if segments else ''}'.")
+            raise GraphError(400, "Request_BadRequest", f"Resource not found for the segment '{segments[0] if segments else ''}'.")
         _reject_unsupported(params, allow_expand_members=coll == "groups" and len(segments) == 2)
         if len(segments) == 1:
             return 200, self._list_page(coll, params), {}
@@ -595,7 +613,7 @@ class GraphEmulator:
         with self._lock:
             ids = self._ids(coll)
             start = bisect.bisect_right(ids, after) if after is not None else 0
-            chunk = ids[start:start + top]
+            chunk = ids[start : start + top]
             cached = self._frags.get((coll, props), {})
             values = [cached.get(oid) or self._fragment(coll, oid, props) for oid in chunk]
             more = start + top < len(ids)
@@ -605,10 +623,13 @@ class GraphEmulator:
         link = None
         if more:
             token = _b64(_dumps({"k": "list", "c": coll, "a": chunk[-1]}).encode())
-            link = self._link(coll, {"$select": _select_text(props) if select is not None else None,
-                                     "$top": str(top), "$skiptoken": token})
-        return _page(self._context(coll, props if select is not None else None), values,
-                     next_link=link, count=count if params.get("$count") == "true" else None)
+            link = self._link(coll, {"$select": _select_text(props) if select is not None else None, "$top": str(top), "$skiptoken": token})
+        return _page(
+            self._context(coll, props if select is not None else None),
+            values,
+            next_link=link,
+            count=count if params.get("$count") == "true" else None,
+        )
 
     def _get_object(self, coll: str, oid: str, params: dict[str, str]) -> bytes:
         props = self._parse_select(coll, params.get("$select"))[0]
@@ -630,8 +651,7 @@ class GraphEmulator:
                 raise _not_found(gid)
             mids = self._member_ids(gid)
             start = bisect.bisect_right(mids, after) if after is not None else 0
-            per_type = {c: DEFAULT_PROPERTIES[c] if requested is None else self._props_for(c, requested)
-                        for c in COLLECTIONS}
+            per_type = {c: DEFAULT_PROPERTIES[c] if requested is None else self._props_for(c, requested) for c in COLLECTIONS}
             values: list[str] = []
             last = None
             i = start
@@ -648,9 +668,10 @@ class GraphEmulator:
         link = None
         if more and last is not None:
             token = _b64(_dumps({"k": "list", "c": f"members:{gid}", "a": last}).encode())
-            link = self._link(f"groups/{quote(gid, safe='')}/members",
-                              {"$select": ",".join(requested) if requested is not None else None,
-                               "$top": str(top), "$skiptoken": token})
+            link = self._link(
+                f"groups/{quote(gid, safe='')}/members",
+                {"$select": ",".join(requested) if requested is not None else None, "$top": str(top), "$skiptoken": token},
+            )
         return _page(f"{self.base_url}/$metadata#directoryObjects", values, next_link=link)
 
     def _list_cursor(self, token: str | None, scope: str) -> str | None:
@@ -665,10 +686,11 @@ class GraphEmulator:
             raise GraphError(400, "Request_BadRequest", "Invalid $skiptoken.") from None
 
     # --- delta ------------------------------------------------------------------------------------------
-    def _delta_page(self, coll: str, segment: str, params: dict[str, str],
-                    headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    def _delta_page(self, coll: str, segment: str, params: dict[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
         """One page of a delta round: a full round (no token) or the changes since a watermark."""
         skip, delta = params.get("$skiptoken"), params.get("$deltatoken")
+        if "$select" in params and "$expand" in params:  # $expand=members (the only one accepted) = track members
+            params = {**params, "$select": params["$select"] + ",members"}
         preferred = _prefer_page_size(headers.get("Prefer"))
         top = params.get("$top")
         with self._lock:
@@ -683,8 +705,7 @@ class GraphEmulator:
                 sel = self._token_select(coll, params["$select"]) if "$select" in params else tok["s"]
                 state = {"lo": tok["w"], "hi": self._seq, "s": sel, "cur": None, "ps": tok.get("ps")}
             else:
-                state = {"lo": None, "hi": self._seq, "s": self._token_select(coll, params.get("$select")),
-                         "cur": None, "ps": None}
+                state = {"lo": None, "hi": self._seq, "s": self._token_select(coll, params.get("$select")), "cur": None, "ps": None}
             if preferred is not None:
                 size = min(preferred, self.max_page_size)
             elif top is not None:
@@ -703,8 +724,9 @@ class GraphEmulator:
         shown = props if state["s"] is not None else None
         return 200, _page(self._context(coll, shown, members), values, next_link=next_link, delta_link=delta_link), extra
 
-    def _delta_values(self, coll: str, state: dict[str, Any], props: tuple[str, ...], members: bool,
-                      size: int) -> tuple[list[str], list[str | None] | None]:
+    def _delta_values(
+        self, coll: str, state: dict[str, Any], props: tuple[str, ...], members: bool, size: int
+    ) -> tuple[list[str], list[str | None] | None]:
         cursor = state.get("cur")
         if state.get("lo") is None:
             ids = self._ids(coll)
@@ -732,7 +754,7 @@ class GraphEmulator:
             try:
                 for i in range(start, len(ids), 256):
                     with self._lock:
-                        for oid in ids[i:i + 256]:
+                        for oid in ids[i : i + 256]:
                             if oid in objects:
                                 self._fragment(coll, oid, props)
                                 if members:
@@ -751,8 +773,7 @@ class GraphEmulator:
             return _Entry(head)
         return _Entry(head, self._member_ids(oid), rendered=self._member_refs_of(oid))
 
-    def _change_entry(self, coll: str, oid: str, change: _ChangeState, props: tuple[str, ...],
-                      members: bool) -> _Entry | None:
+    def _change_entry(self, coll: str, oid: str, change: _ChangeState, props: tuple[str, ...], members: bool) -> _Entry | None:
         """What an incremental round says about one object: removed, whole, or id + what changed."""
         if change.deleted or oid not in self._objects[coll]:
             return _Entry('{"id":' + _quote_json(oid) + ',"@removed":{"reason":"' + change.reason + '"}')
@@ -769,13 +790,14 @@ class GraphEmulator:
             return _Entry(head)
         return _Entry(head, sorted(ops), lambda mid: _render_member_op(mid, ops[mid], self._kind.get(mid)))
 
-    def _pack(self, ids: list[str], cursor: list[str | None] | None, size: int,
-              make: Callable[[str], _Entry | None]) -> tuple[list[str], list[str | None] | None]:
+    def _pack(
+        self, ids: list[str], cursor: list[str | None] | None, size: int, make: Callable[[str], _Entry | None]
+    ) -> tuple[list[str], list[str | None] | None]:
         """Fill one page: at most ``size`` values and ``max_members_per_page`` member entries.
 
         The cursor is ``[last id, last member id or None]``; a group cut mid-members continues
         on the next page with the following slice of its (sorted) member ids."""
-        last_id, member_after = (cursor or [None, None])
+        last_id, member_after = cursor or [None, None]
         if last_id is None:
             i = 0
         elif member_after is None:
@@ -796,9 +818,9 @@ class GraphEmulator:
             start = bisect.bisect_right(refs, member_after) if (member_after is not None and oid == last_id) else 0
             if start < len(refs) and budget == 0:  # members spent: this object opens the next page
                 return values, [ids[i - 1], None]
-            take = refs[start:start + budget]
+            take = refs[start : start + budget]
             if entry.rendered is not None:
-                rendered = entry.rendered[start:start + budget]
+                rendered = entry.rendered[start : start + budget]
                 if None in rendered:
                     rendered = [r for r in rendered if r is not None]
             elif take and entry.render is not None:
@@ -840,7 +862,7 @@ class GraphEmulator:
             self._rounds.move_to_end(key)
             return cached
         seqs = self._log_seqs[coll]
-        log = self._logs[coll][bisect.bisect_right(seqs, lo):bisect.bisect_right(seqs, hi)]
+        log = self._logs[coll][bisect.bisect_right(seqs, lo) : bisect.bisect_right(seqs, hi)]
         states: dict[str, _ChangeState] = {}
         for _, oid, op, detail in log:
             st = states.get(oid)
@@ -881,19 +903,24 @@ class GraphEmulator:
         good = hmac.compare_digest(sig, hmac.new(self._key, raw, hashlib.sha256).digest()[:16])
         if payload.get("c") != coll or payload.get("k") != kind:
             raise GraphError(400, "Request_BadRequest", "The token does not belong to this delta query.")
-        expired = (not good or payload.get("e") != self._epoch
-                   or (self.delta_token_ttl is not None and time.time() - float(payload.get("t", 0)) > self.delta_token_ttl))
+        expired = (
+            not good
+            or payload.get("e") != self._epoch
+            or (self.delta_token_ttl is not None and time.time() - float(payload.get("t", 0)) > self.delta_token_ttl)
+        )
         if expired:
             sel = payload.get("s") if good else None
             location = self._link(f"{coll}/{segment}", {"$select": ",".join(sel) if sel else None})
-            raise GraphError(410, "syncStateNotFound",
-                             "The sync state generation is not found. The delta token is expired and data must be "
-                             "synchronized again.", {"Location": location})
+            raise GraphError(
+                410,
+                "syncStateNotFound",
+                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+                {"Location": location},
+            )
         return payload
 
     def _delta_link(self, coll: str, segment: str, select: list[str] | None, watermark: int, size: int) -> str:
-        token = self._seal({"k": "dl", "c": coll, "w": watermark, "s": select, "ps": size, "e": self._epoch,
-                            "t": time.time()})
+        token = self._seal({"k": "dl", "c": coll, "w": watermark, "s": select, "ps": size, "e": self._epoch, "t": time.time()})
         return f"{self.base_url}/{coll}/{segment}?$deltatoken={token}"
 
     def _token_select(self, coll: str, select: str | None) -> list[str] | None:
@@ -925,8 +952,7 @@ class GraphEmulator:
                 continue
             canonical = known.get(name.lower())
             if canonical is None:
-                raise GraphError(400, "Request_BadRequest",
-                                 f"Could not find a property named '{name}' on type '{_TYPE_NAMES[coll]}'.")
+                raise GraphError(400, "Request_BadRequest", f"Could not find a property named '{name}' on type '{_TYPE_NAMES[coll]}'.")
             if canonical not in out:
                 out.append(canonical)
         return tuple(out), members
@@ -943,8 +969,9 @@ class GraphEmulator:
                 continue
             canonical = known.get(name.lower())
             if canonical is None:
-                raise GraphError(400, "Request_BadRequest",
-                                 f"Could not find a property named '{name}' on type 'microsoft.graph.directoryObject'.")
+                raise GraphError(
+                    400, "Request_BadRequest", f"Could not find a property named '{name}' on type 'microsoft.graph.directoryObject'."
+                )
             if canonical not in out:
                 out.append(canonical)
         return tuple(out)
@@ -994,48 +1021,78 @@ class GraphEmulator:
         if kind == "drop":
             return Response(0, drop=True)
         if kind == "429":
-            exc = GraphError(429, "TooManyRequests", "Too many requests. Retry after the time in the Retry-After header.",
-                             {"Retry-After": fault.retry_after})
+            exc = GraphError(
+                429,
+                "TooManyRequests",
+                "Too many requests. Retry after the time in the Retry-After header.",
+                {"Retry-After": fault.retry_after},
+            )
         elif kind == "503":
-            exc = GraphError(503, "serviceNotAvailable", "The service is temporarily unavailable. Retry after the time "
-                             "in the Retry-After header.", {"Retry-After": fault.retry_after})
+            exc = GraphError(
+                503,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable. Retry after the time in the Retry-After header.",
+                {"Retry-After": fault.retry_after},
+            )
         elif kind == "500":
             exc = GraphError(500, "generalException", "An unspecified error has occurred.")
         elif kind == "410-resync":
-            exc = GraphError(410, "resyncRequired", "The delta token is no longer valid, and the app must reset the "
-                             "sync state.", {"Location": self._reset_location(path)})
+            exc = GraphError(
+                410,
+                "resyncRequired",
+                "The delta token is no longer valid, and the app must reset the sync state.",
+                {"Location": self._reset_location(path)},
+            )
         elif kind == "400-syncstate":
-            exc = GraphError(400, "syncStateNotFound", "The sync state generation is not found. The delta token is "
-                             "expired and data must be synchronized again.")
+            exc = GraphError(
+                400,
+                "syncStateNotFound",
+                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+            )
         else:  # "410"
-            exc = GraphError(410, "syncStateNotFound", "The sync state generation is not found. The delta token is "
-                             "expired and data must be synchronized again.", {"Location": self._reset_location(path)})
+            exc = GraphError(
+                410,
+                "syncStateNotFound",
+                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+                {"Location": self._reset_location(path)},
+            )
         return _error_response(exc, request_id)
 
     def _reset_location(self, path: str) -> str:
         """The initial delta request for the collection of ``path`` (Graph's Location on a 410)."""
-        segments = [s for s in path[len("/v1.0/"):].split("/") if s]
+        segments = [s for s in path[len("/v1.0/") :].split("/") if s]
         coll = _SEGMENTS.get(segments[0].lower(), "users") if segments else "users"
         segment = segments[1] if len(segments) > 1 and segments[1].lower() in _DELTA_SEGMENTS else "delta"
         return f"{self.base_url}/{coll}/{segment}"
 
     # --- admin endpoints (for an emulator in a subprocess) ---------------------------------------------
     _MUTATIONS: dict[str, str] = {
-        "upsert_user": "upsert_user", "delete_user": "delete_user", "upsert_group": "upsert_group",
-        "delete_group": "delete_group", "upsert_contact": "upsert_contact", "delete_contact": "delete_contact",
-        "upsert_device": "upsert_device", "delete_device": "delete_device",
-        "upsert_service_principal": "upsert_service_principal", "delete_service_principal": "delete_service_principal",
-        "add_member": "add_member", "remove_member": "remove_member", "expire_delta_tokens": "expire_delta_tokens",
+        "upsert_user": "upsert_user",
+        "delete_user": "delete_user",
+        "upsert_group": "upsert_group",
+        "delete_group": "delete_group",
+        "upsert_contact": "upsert_contact",
+        "delete_contact": "delete_contact",
+        "upsert_device": "upsert_device",
+        "delete_device": "delete_device",
+        "upsert_service_principal": "upsert_service_principal",
+        "delete_service_principal": "delete_service_principal",
+        "add_member": "add_member",
+        "remove_member": "remove_member",
+        "expire_delta_tokens": "expire_delta_tokens",
     }
 
     def _admin(self, method: str, path: str, body: bytes) -> Response:
         try:
             if method == "GET" and path == "/_emulator/stats":
                 with self._lock:
-                    stats = {"requestCount": self.request_count, "watermark": self._seq,
-                             "objects": {c: len(self._objects[c]) for c in COLLECTIONS},
-                             "memberships": sum(len(m) for m in self._members.values()),
-                             "pendingFaults": sum(f.times for f in self._faults)}
+                    stats = {
+                        "requestCount": self.request_count,
+                        "watermark": self._seq,
+                        "objects": {c: len(self._objects[c]) for c in COLLECTIONS},
+                        "memberships": sum(len(m) for m in self._members.values()),
+                        "pendingFaults": sum(f.times for f in self._faults),
+                    }
                 return _json_response(200, stats)
             if method == "GET" and path == "/_emulator/requests":
                 with self._lock:
@@ -1049,8 +1106,12 @@ class GraphEmulator:
             if path == "/_emulator/faults":
                 data = _json_body(body)
                 for spec in data if isinstance(data, list) else [data]:
-                    self.inject_fault(str(spec["kind"]), path_contains=spec.get("path_contains", ""),
-                                      times=int(spec.get("times", 1)), retry_after=spec.get("retry_after", 1))
+                    self.inject_fault(
+                        str(spec["kind"]),
+                        path_contains=spec.get("path_contains", ""),
+                        times=int(spec.get("times", 1)),
+                        retry_after=spec.get("retry_after", 1),
+                    )
                 return _json_response(200, {"ok": True})
             if path == "/_emulator/faults/clear":
                 self.clear_faults()
@@ -1069,7 +1130,8 @@ class GraphEmulator:
             return _json_response(400, {"error": f"{type(exc).__name__}: {exc}"})
 
     def _apply_mutations(self, ops: Any) -> int:
-        """Apply ``[{"op": name, "args": {...}}]`` in order, atomically with respect to readers."""
+        """Apply ``[{"op": name, "args": {...}}]`` in order, under one lock hold (no reader sees half a
+        batch). The first failing op stops the batch with a 400; the ops before it stay applied."""
         if not isinstance(ops, list):
             raise ValueError("the body must be a JSON list of {op, args}")
         with self._lock:
@@ -1104,8 +1166,9 @@ def _render_member_op(mid: str, op: tuple[str, str | None], current: str | None)
     return ref + "}" if current is not None else None
 
 
-def _page(context: str, values: Iterable[str], *, next_link: str | None = None, delta_link: str | None = None,
-          count: int | None = None) -> bytes:
+def _page(
+    context: str, values: Iterable[str], *, next_link: str | None = None, delta_link: str | None = None, count: int | None = None
+) -> bytes:
     parts = ['{"@odata.context":', _dumps(context)]
     if count is not None:
         parts += [',"@odata.count":', str(count)]
@@ -1118,8 +1181,7 @@ def _page(context: str, values: Iterable[str], *, next_link: str | None = None, 
 
 
 def _error_response(exc: GraphError, request_id: str) -> Response:
-    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": request_id,
-             "client-request-id": request_id}
+    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": request_id, "client-request-id": request_id}
     body = _dumps({"error": {"code": exc.code, "message": exc.message, "innerError": inner}}).encode()
     return Response(exc.status, body, dict(exc.headers))
 
@@ -1136,19 +1198,27 @@ def _json_body(body: bytes) -> Any:
 
 
 def _not_found(oid: str) -> GraphError:
-    return GraphError(404, "Request_ResourceNotFound",
-                      f"Resource '{oid}' does not exist or one of its queried reference-property objects are not present.")
+    return GraphError(
+        404,
+        "Request_ResourceNotFound",
+        f"Resource '{oid}' does not exist or one of its queried reference-property objects are not present.",
+    )
 
 
 def _check_auth(headers: Mapping[str, str]) -> None:
     auth = headers.get("Authorization") or ""
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty." if not auth else
-                         "IDX14100: JWT is not well formed.",
-                         {"WWW-Authenticate": 'Bearer realm="", authorization_uri='
-                          '"https://login.microsoftonline.com/common/oauth2/authorize", '
-                          'client_id="00000003-0000-0000-c000-000000000000"'})
+        raise GraphError(
+            401,
+            "InvalidAuthenticationToken",
+            "Access token is empty." if not auth else "IDX14100: JWT is not well formed.",
+            {
+                "WWW-Authenticate": 'Bearer realm="", authorization_uri='
+                '"https://login.microsoftonline.com/common/oauth2/authorize", '
+                'client_id="00000003-0000-0000-c000-000000000000"'
+            },
+        )
 
 
 def _unquote_path(text: str) -> str:
@@ -1160,8 +1230,18 @@ def _parse_query(query: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         low = key.lower()
-        if not low.startswith("$") and low in {"select", "top", "skiptoken", "deltatoken", "count", "filter",
-                                                 "orderby", "search", "expand", "skip"}:
+        if not low.startswith("$") and low in {
+            "select",
+            "top",
+            "skiptoken",
+            "deltatoken",
+            "count",
+            "filter",
+            "orderby",
+            "search",
+            "expand",
+            "skip",
+        }:
             low = "$" + low
         params[low] = value
     return params
@@ -1185,8 +1265,7 @@ def _parse_top(raw: str | None, limit: int) -> int:
     except ValueError:
         raise GraphError(400, "Request_BadRequest", f"Invalid value '{raw}' for $top.") from None
     if not 1 <= top <= 999:
-        raise GraphError(400, "Request_BadRequest",
-                         f"Invalid page size specified: '{top}'. Must be between 1 and 999 inclusive.")
+        raise GraphError(400, "Request_BadRequest", f"Invalid page size specified: '{top}'. Must be between 1 and 999 inclusive.")
     return min(top, limit)
 
 
@@ -1244,8 +1323,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         reason = self.responses.get(resp.status, ("",))[0]
-        head = [f"HTTP/1.1 {resp.status} {reason}", f"Date: {formatdate(usegmt=True)}",
-                f"Content-Length: {len(resp.body)}"]
+        head = [f"HTTP/1.1 {resp.status} {reason}", f"Date: {formatdate(usegmt=True)}", f"Content-Length: {len(resp.body)}"]
         head += [f"{k}: {v}" for k, v in resp.headers.items()]
         if self.close_connection:
             head.append("Connection: close")
@@ -1279,9 +1357,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         directory = demo_tenant(seed=args.seed)
     else:
         directory = generate_tenant(args.users, args.groups, args.memberships_per_user, seed=args.seed)
-    emulator = GraphEmulator(directory, require_auth=args.require_auth, latency=args.latency,
-                             max_page_size=args.max_page_size, delta_token_ttl=args.delta_token_ttl,
-                             max_members_per_page=args.max_members_per_page)
+    emulator = GraphEmulator(
+        directory,
+        require_auth=args.require_auth,
+        latency=args.latency,
+        max_page_size=args.max_page_size,
+        delta_token_ttl=args.delta_token_ttl,
+        max_members_per_page=args.max_members_per_page,
+    )
     del directory
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,20 +32,64 @@ DEMO_DOMAINS: tuple[str, ...] = ("contoso.com", "fabrikam.com", "bücher.example
 
 # (display form, ASCII form used in mail local parts)
 _FIRST = (
-    ("Anna", "anna"), ("Ben", "ben"), ("Chloé", "chloe"), ("David", "david"), ("Émile", "emile"),
-    ("Fatima", "fatima"), ("Gustav", "gustav"), ("Hana", "hana"), ("Igor", "igor"), ("Jürgen", "juergen"),
-    ("Kenji", "kenji"), ("Lena", "lena"), ("Miguel", "miguel"), ("Nora", "nora"), ("Oskar", "oskar"),
-    ("Priya", "priya"), ("Quentin", "quentin"), ("Rosa", "rosa"), ("Søren", "soeren"), ("Tomás", "tomas"),
-    ("Uma", "uma"), ("Viktor", "viktor"), ("Wei", "wei"), ("Xenia", "xenia"), ("Yusuf", "yusuf"),
-    ("Zoë", "zoe"), ("Aisha", "aisha"), ("Bjørn", "bjoern"), ("Carla", "carla"), ("Dmitri", "dmitri"),
+    ("Anna", "anna"),
+    ("Ben", "ben"),
+    ("Chloé", "chloe"),
+    ("David", "david"),
+    ("Émile", "emile"),
+    ("Fatima", "fatima"),
+    ("Gustav", "gustav"),
+    ("Hana", "hana"),
+    ("Igor", "igor"),
+    ("Jürgen", "juergen"),
+    ("Kenji", "kenji"),
+    ("Lena", "lena"),
+    ("Miguel", "miguel"),
+    ("Nora", "nora"),
+    ("Oskar", "oskar"),
+    ("Priya", "priya"),
+    ("Quentin", "quentin"),
+    ("Rosa", "rosa"),
+    ("Søren", "soeren"),
+    ("Tomás", "tomas"),
+    ("Uma", "uma"),
+    ("Viktor", "viktor"),
+    ("Wei", "wei"),
+    ("Xenia", "xenia"),
+    ("Yusuf", "yusuf"),
+    ("Zoë", "zoe"),
+    ("Aisha", "aisha"),
+    ("Bjørn", "bjoern"),
+    ("Carla", "carla"),
+    ("Dmitri", "dmitri"),
 )
 _LAST = (
-    ("Andersen", "andersen"), ("Bauer", "bauer"), ("Costa", "costa"), ("Dubois", "dubois"),
-    ("Eriksson", "eriksson"), ("Fischer", "fischer"), ("García", "garcia"), ("Hoffmann", "hoffmann"),
-    ("Ivanova", "ivanova"), ("Jensen", "jensen"), ("Kowalski", "kowalski"), ("Lindqvist", "lindqvist"),
-    ("Müller", "mueller"), ("Nakamura", "nakamura"), ("O'Brien", "obrien"), ("Petrov", "petrov"),
-    ("Quinn", "quinn"), ("Rossi", "rossi"), ("Schmidt", "schmidt"), ("Tanaka", "tanaka"), ("Ueda", "ueda"),
-    ("Varga", "varga"), ("Weber", "weber"), ("Xu", "xu"), ("Yılmaz", "yilmaz"), ("Zimmermann", "zimmermann"),
+    ("Andersen", "andersen"),
+    ("Bauer", "bauer"),
+    ("Costa", "costa"),
+    ("Dubois", "dubois"),
+    ("Eriksson", "eriksson"),
+    ("Fischer", "fischer"),
+    ("García", "garcia"),
+    ("Hoffmann", "hoffmann"),
+    ("Ivanova", "ivanova"),
+    ("Jensen", "jensen"),
+    ("Kowalski", "kowalski"),
+    ("Lindqvist", "lindqvist"),
+    ("Müller", "mueller"),
+    ("Nakamura", "nakamura"),
+    ("O'Brien", "obrien"),
+    ("Petrov", "petrov"),
+    ("Quinn", "quinn"),
+    ("Rossi", "rossi"),
+    ("Schmidt", "schmidt"),
+    ("Tanaka", "tanaka"),
+    ("Ueda", "ueda"),
+    ("Varga", "varga"),
+    ("Weber", "weber"),
+    ("Xu", "xu"),
+    ("Yılmaz", "yilmaz"),
+    ("Zimmermann", "zimmermann"),
 )
 _DEPTS = ("Sales", "Marketing", "Engineering", "Finance", "HR", "Legal", "Support", "Operations", "Research", "IT")
 _GUEST_DOMAINS = ("gmail.com", "outlook.com", "partner.example", "supplier.example", "yahoo.co.jp")
@@ -98,14 +142,24 @@ def _make_user(rng: random.Random, i: int, uid: str, domains: tuple[str, ...], i
         ext = rng.choice(_GUEST_DOMAINS)
         mail = f"{local}@{ext}"
         return {
-            "id": uid, "displayName": f"{first} {last} (Guest)", "mail": mail, "proxyAddresses": [f"SMTP:{mail}"],
-            "userPrincipalName": f"{local}_{ext}#EXT#@{initial}", "userType": "Guest", "accountEnabled": True,
+            "id": uid,
+            "displayName": f"{first} {last} (Guest)",
+            "mail": mail,
+            "proxyAddresses": [f"SMTP:{mail}"],
+            "userPrincipalName": f"{local}_{ext}#EXT#@{initial}",
+            "userType": "Guest",
+            "accountEnabled": True,
         }
     domain = _pick_domain(rng, domains)
     if roll < _NO_MAIL_SHARE:
         return {
-            "id": uid, "displayName": f"{first} {last}", "mail": None, "proxyAddresses": [],
-            "userPrincipalName": f"{local}@{domain}", "userType": "Member", "accountEnabled": rng.random() < 0.7,
+            "id": uid,
+            "displayName": f"{first} {last}",
+            "mail": None,
+            "proxyAddresses": [],
+            "userPrincipalName": f"{local}@{domain}",
+            "userType": "Member",
+            "accountEnabled": rng.random() < 0.7,
         }
     if roll < _ONMICROSOFT_MAIL_SHARE:
         domain = initial
@@ -121,9 +175,13 @@ def _make_user(rng: random.Random, i: int, uid: str, domains: tuple[str, ...], i
     if rng.random() < 0.3:
         proxies.append(f"SIP:{mail.lower()}")
     return {
-        "id": uid, "displayName": f"{first} {last}", "mail": mail, "proxyAddresses": proxies,
+        "id": uid,
+        "displayName": f"{first} {last}",
+        "mail": mail,
+        "proxyAddresses": proxies,
         "userPrincipalName": mail if rng.random() < 0.9 else f"{local}@{initial}",
-        "userType": "Member", "accountEnabled": rng.random() < 0.97,
+        "userType": "Member",
+        "accountEnabled": rng.random() < 0.97,
     }
 
 
@@ -241,50 +299,152 @@ def generate_tenant(
 
 _NASTY_USERS: tuple[tuple[str, str | None, tuple[str, ...], str, str, bool], ...] = (
     # (displayName, mail, proxyAddresses, userPrincipalName, userType, accountEnabled)
-    ("Mixed Case", "Mixed.Case@CONTOSO.com",
-     ("SMTP:MIXED.CASE@contoso.com", "smtp:Mixed.Alias@Fabrikam.COM", "sMtP:odd.prefix.case@contoso.com"),
-     "mixed.case@contoso.com", "Member", True),
-    ("Padded Mail", "  padded.mail@contoso.com ", ("SMTP: padded.mail@contoso.com ", "smtp:\tpadded.alias@contoso.com"),
-     "padded.mail@contoso.com", "Member", True),
-    ("Anna Bücher (IDN)", "anna@bücher.example", ("SMTP:anna@bücher.example", "smtp:anna.alias@BÜCHER.example"),
-     "anna@contoso.com", "Member", True),
-    ("Jürgen Non-ASCII Local", "jürgen@bücher.example", ("SMTP:jürgen@bücher.example", "smtp:juergen@bücher.example"),
-     "juergen@contoso.com", "Member", True),
+    (
+        "Mixed Case",
+        "Mixed.Case@CONTOSO.com",
+        ("SMTP:MIXED.CASE@contoso.com", "smtp:Mixed.Alias@Fabrikam.COM", "sMtP:odd.prefix.case@contoso.com"),
+        "mixed.case@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Padded Mail",
+        "  padded.mail@contoso.com ",
+        ("SMTP: padded.mail@contoso.com ", "smtp:\tpadded.alias@contoso.com"),
+        "padded.mail@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Anna Bücher (IDN)",
+        "anna@bücher.example",
+        ("SMTP:anna@bücher.example", "smtp:anna.alias@BÜCHER.example"),
+        "anna@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Jürgen Non-ASCII Local",
+        "jürgen@bücher.example",
+        ("SMTP:jürgen@bücher.example", "smtp:juergen@bücher.example"),
+        "juergen@contoso.com",
+        "Member",
+        True,
+    ),
     ("Already A-label", "bob@xn--bcher-kva.example", ("SMTP:bob@xn--bcher-kva.example",), "bob@contoso.com", "Member", True),
-    ("Primary From Proxy", None, ("SMTP:proxy.primary@contoso.com", "smtp:proxy.alias@contoso.com"),
-     "proxy.primary@contoso.com", "Member", True),
-    ("Foreign Mail, Verified Proxy", "someone.else@gmail.com", ("smtp:foreign.alias@fabrikam.com", "SMTP:foreign.primary@fabrikam.com"),
-     "foreign.primary@fabrikam.com", "Member", True),
-    ("Invalid Values", "not-an-address",
-     ("SMTP:also not an address", "smtp:two@@contoso.com", "smtp:dot..dot@contoso.com", "smtp:.leading.dot@contoso.com",
-      "smtp:trailing.dot.@contoso.com", "smtp:", "smtp:user@-bad-.contoso.com", "smtp:user@contoso", "smtp:user@123.456",
-      "smtp:" + "a" * 65 + "@contoso.com", "smtp:user@" + "b" * 64 + ".contoso.com", 'smtp:"quoted"@contoso.com',
-      "smtp:trailing.dot@contoso.com.", "smtp:invalid.values.ok@contoso.com"),
-     "invalid.values@contoso.com", "Member", True),
-    ("Other Prefixes", "prefixes@contoso.com",
-     ("SMTP:prefixes@contoso.com", _X500 + "prefixes", "SIP:prefixes.sip@contoso.com", "EUM:1234;phone-context=contoso.com",
-      "SPO:SPO_0f0e@SPO_1a2b", "x400:c=US;a= ;p=Contoso;o=Exchange;s=Prefixes;", "sip:lower.sip@contoso.com",
-      "smtp:prefixes.alias@contoso.com"),
-     "prefixes@contoso.com", "Member", True),
-    ("Duplicate Values", "dupe@contoso.com",
-     ("SMTP:dupe@contoso.com", "smtp:DUPE@contoso.com", "smtp:dupe@contoso.com", "smtp:dupe.alias@contoso.com",
-      "smtp:dupe.alias@contoso.com"),
-     "dupe@contoso.com", "Member", True),
-    ("Shared Primary A", "shared.primary@contoso.com", ("SMTP:shared.primary@contoso.com",),
-     "shared.a@contoso.com", "Member", True),
-    ("Shared Primary B", "Shared.Primary@Contoso.com", ("SMTP:shared.primary@contoso.com", "smtp:shared.b@contoso.com"),
-     "shared.b@contoso.com", "Member", True),
-    ("Onmicrosoft Only", "svc.mailbox@contoso.onmicrosoft.com", ("SMTP:svc.mailbox@contoso.onmicrosoft.com",),
-     "svc.mailbox@contoso.onmicrosoft.com", "Member", True),
-    ("Guest From Partner", "guest.person@partner.example", ("SMTP:guest.person@partner.example",),
-     "guest.person_partner.example#EXT#@contoso.onmicrosoft.com", "Guest", True),
-    ("Guest With Verified-Domain Mail", "guest.alias@fabrikam.com", ("SMTP:guest.alias@fabrikam.com",),
-     "guest.alias_fabrikam.com#EXT#@contoso.onmicrosoft.com", "Guest", True),
-    ("Disabled Mailbox", "disabled.user@contoso.com", ("SMTP:disabled.user@contoso.com",),
-     "disabled.user@contoso.com", "Member", False),
+    (
+        "Primary From Proxy",
+        None,
+        ("SMTP:proxy.primary@contoso.com", "smtp:proxy.alias@contoso.com"),
+        "proxy.primary@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Foreign Mail, Verified Proxy",
+        "someone.else@gmail.com",
+        ("smtp:foreign.alias@fabrikam.com", "SMTP:foreign.primary@fabrikam.com"),
+        "foreign.primary@fabrikam.com",
+        "Member",
+        True,
+    ),
+    (
+        "Invalid Values",
+        "not-an-address",
+        (
+            "SMTP:also not an address",
+            "smtp:two@@contoso.com",
+            "smtp:dot..dot@contoso.com",
+            "smtp:.leading.dot@contoso.com",
+            "smtp:trailing.dot.@contoso.com",
+            "smtp:",
+            "smtp:user@-bad-.contoso.com",
+            "smtp:user@contoso",
+            "smtp:user@123.456",
+            "smtp:" + "a" * 65 + "@contoso.com",
+            "smtp:user@" + "b" * 64 + ".contoso.com",
+            'smtp:"quoted"@contoso.com',
+            "smtp:trailing.dot@contoso.com.",
+            "smtp:invalid.values.ok@contoso.com",
+        ),
+        "invalid.values@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Other Prefixes",
+        "prefixes@contoso.com",
+        (
+            "SMTP:prefixes@contoso.com",
+            _X500 + "prefixes",
+            "SIP:prefixes.sip@contoso.com",
+            "EUM:1234;phone-context=contoso.com",
+            "SPO:SPO_0f0e@SPO_1a2b",
+            "x400:c=US;a= ;p=Contoso;o=Exchange;s=Prefixes;",
+            "sip:lower.sip@contoso.com",
+            "smtp:prefixes.alias@contoso.com",
+        ),
+        "prefixes@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Duplicate Values",
+        "dupe@contoso.com",
+        (
+            "SMTP:dupe@contoso.com",
+            "smtp:DUPE@contoso.com",
+            "smtp:dupe@contoso.com",
+            "smtp:dupe.alias@contoso.com",
+            "smtp:dupe.alias@contoso.com",
+        ),
+        "dupe@contoso.com",
+        "Member",
+        True,
+    ),
+    ("Shared Primary A", "shared.primary@contoso.com", ("SMTP:shared.primary@contoso.com",), "shared.a@contoso.com", "Member", True),
+    (
+        "Shared Primary B",
+        "Shared.Primary@Contoso.com",
+        ("SMTP:shared.primary@contoso.com", "smtp:shared.b@contoso.com"),
+        "shared.b@contoso.com",
+        "Member",
+        True,
+    ),
+    (
+        "Onmicrosoft Only",
+        "svc.mailbox@contoso.onmicrosoft.com",
+        ("SMTP:svc.mailbox@contoso.onmicrosoft.com",),
+        "svc.mailbox@contoso.onmicrosoft.com",
+        "Member",
+        True,
+    ),
+    (
+        "Guest From Partner",
+        "guest.person@partner.example",
+        ("SMTP:guest.person@partner.example",),
+        "guest.person_partner.example#EXT#@contoso.onmicrosoft.com",
+        "Guest",
+        True,
+    ),
+    (
+        "Guest With Verified-Domain Mail",
+        "guest.alias@fabrikam.com",
+        ("SMTP:guest.alias@fabrikam.com",),
+        "guest.alias_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+        "Guest",
+        True,
+    ),
+    ("Disabled Mailbox", "disabled.user@contoso.com", ("SMTP:disabled.user@contoso.com",), "disabled.user@contoso.com", "Member", False),
     ("No Mail At All", None, (), "no.mail@contoso.com", "Member", True),
-    ("Only Invalid Candidates", "Ünïcode.Local@contoso.com", ("SMTP:Ünïcode.Local@contoso.com",),
-     "unicode.local@contoso.com", "Member", True),
+    (
+        "Only Invalid Candidates",
+        "Ünïcode.Local@contoso.com",
+        ("SMTP:Ünïcode.Local@contoso.com",),
+        "unicode.local@contoso.com",
+        "Member",
+        True,
+    ),
 )
 
 _NASTY_CONTACTS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
@@ -297,15 +457,24 @@ _NASTY_CONTACTS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
 
 def _nasty_users(new_id: Callable[[], str]) -> list[dict[str, Any]]:
     return [
-        {"id": new_id(), "displayName": name, "mail": mail, "proxyAddresses": list(proxies),
-         "userPrincipalName": upn, "userType": utype, "accountEnabled": enabled}
+        {
+            "id": new_id(),
+            "displayName": name,
+            "mail": mail,
+            "proxyAddresses": list(proxies),
+            "userPrincipalName": upn,
+            "userType": utype,
+            "accountEnabled": enabled,
+        }
         for name, mail, proxies, upn, utype, enabled in _NASTY_USERS
     ]
 
 
-def _nasty_groups(new_id: Callable[[], str], users: list[dict], nasty: list[dict], contacts: list[dict],
-                  others: list[dict]) -> list[dict[str, Any]]:
+def _nasty_groups(
+    new_id: Callable[[], str], users: list[dict], nasty: list[dict], contacts: list[dict], others: list[dict]
+) -> list[dict[str, Any]]:
     """Cycles, a self-loop, nameless groups, odd members and one big group that spans delta pages."""
+
     def group(name: str | None, mail: str | None = None, proxies: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"id": new_id(), "displayName": name, "mail": mail, "proxyAddresses": list(proxies), "members": []}
 
@@ -315,8 +484,11 @@ def _nasty_groups(new_id: Callable[[], str], users: list[dict], nasty: list[dict
     nameless = group(None, "nameless.group@contoso.com", ("SMTP:nameless.group@contoso.com",))
     empty_name = group("")
     idn = group("Bücher Team", "Bücher-Team@BÜCHER.example", ("SMTP:Bücher-Team@BÜCHER.example", "smtp:buecher@contoso.com"))
-    dupes = group("Duplicate Alias Group", "dupe.group@contoso.com",
-                  ("SMTP:dupe.group@contoso.com", "smtp:dupe@contoso.com", "smtp:DUPE.GROUP@contoso.com"))
+    dupes = group(
+        "Duplicate Alias Group",
+        "dupe.group@contoso.com",
+        ("SMTP:dupe.group@contoso.com", "smtp:dupe@contoso.com", "smtp:DUPE.GROUP@contoso.com"),
+    )
     odd = group("Odd Members", "odd.members@fabrikam.com", ("SMTP:odd.members@fabrikam.com",))
     everyone = group("All Demo Users", "all.users@contoso.com", ("SMTP:all.users@contoso.com", _X500 + "all-users"))
     cycle_a["members"] += [cycle_b["id"], nasty[0]["id"]]

@@ -27,6 +27,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# checkov (the offline Bicep scan of infra/) pins packaging<24, which pytest cannot share,
+# so it lives in its own virtual environment.
+if [ ! -x .local/checkov/bin/checkov ]; then
+  echo "setup: installing checkov into .local/checkov"
+  "$PY" -m venv .local/checkov
+  .local/checkov/bin/python -m pip install --quiet -r infra/requirements-checkov.txt
+fi
+
+# `.venv/bin/python -m shared ...` works from any working directory: the repository root is
+# on the venv's import path.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD" > "$site/entra-dirsync.pth"
+
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   command -v npm >/dev/null 2>&1 || { echo "error: npm (Node.js 20) is required for Azurite, the local storage emulator" >&2; exit 1; }
   echo "setup: installing Azurite (npm ci)"

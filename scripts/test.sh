@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The infra checks must not skip checkov silently once setup has installed it.
+export REQUIRE_CHECKOV=1
 exec .venv/bin/python -m pytest -q "$@"

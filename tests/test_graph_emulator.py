@@ -31,20 +31,37 @@ def small_directory(users: int = 250) -> dict:
     """A hand-made directory whose ids sort in a known order."""
     return {
         "users": [
-            {"id": _uid("u", i), "displayName": f"User {i}", "mail": f"user{i}@contoso.com",
-             "proxyAddresses": [f"SMTP:user{i}@contoso.com", f"smtp:u{i}@contoso.onmicrosoft.com"],
-             "userPrincipalName": f"user{i}@contoso.com", "userType": "Member", "accountEnabled": True}
+            {
+                "id": _uid("u", i),
+                "displayName": f"User {i}",
+                "mail": f"user{i}@contoso.com",
+                "proxyAddresses": [f"SMTP:user{i}@contoso.com", f"smtp:u{i}@contoso.onmicrosoft.com"],
+                "userPrincipalName": f"user{i}@contoso.com",
+                "userType": "Member",
+                "accountEnabled": True,
+            }
             for i in range(users)
         ],
         "groups": [
-            {"id": "g-big", "displayName": "Big", "mail": "big@contoso.com", "proxyAddresses": ["SMTP:big@contoso.com"],
-             "members": [_uid("u", i) for i in range(users)]},
-            {"id": "g-mixed", "displayName": "Mixed", "mail": None, "proxyAddresses": [],
-             "members": ["u-00001", "g-big", "c-1", "d-1", "sp-1"]},
+            {
+                "id": "g-big",
+                "displayName": "Big",
+                "mail": "big@contoso.com",
+                "proxyAddresses": ["SMTP:big@contoso.com"],
+                "members": [_uid("u", i) for i in range(users)],
+            },
+            {
+                "id": "g-mixed",
+                "displayName": "Mixed",
+                "mail": None,
+                "proxyAddresses": [],
+                "members": ["u-00001", "g-big", "c-1", "d-1", "sp-1"],
+            },
             {"id": "g-empty", "displayName": None, "mail": "empty@contoso.com", "proxyAddresses": [], "members": []},
         ],
-        "contacts": [{"id": "c-1", "displayName": "Contact", "mail": "ext@partner.example",
-                      "proxyAddresses": ["SMTP:ext@partner.example"]}],
+        "contacts": [
+            {"id": "c-1", "displayName": "Contact", "mail": "ext@partner.example", "proxyAddresses": ["SMTP:ext@partner.example"]}
+        ],
         "devices": [{"id": "d-1", "displayName": "DESKTOP-1"}],
         "servicePrincipals": [{"id": "sp-1", "displayName": "App"}],
     }
@@ -115,8 +132,11 @@ def test_select_omits_unselected_and_always_has_id(emulator: GraphEmulator, clie
     plain = client.get(f"{emulator.base_url}/users?$top=1").json()["value"][0]
     assert "proxyAddresses" not in plain and plain["mail"] == "user0@contoso.com"
     picked = client.get(f"{emulator.base_url}/users?$select=mail,proxyAddresses&$top=1").json()["value"][0]
-    assert picked == {"id": "u-00000", "mail": "user0@contoso.com",
-                      "proxyAddresses": ["SMTP:user0@contoso.com", "smtp:u0@contoso.onmicrosoft.com"]}
+    assert picked == {
+        "id": "u-00000",
+        "mail": "user0@contoso.com",
+        "proxyAddresses": ["SMTP:user0@contoso.com", "smtp:u0@contoso.onmicrosoft.com"],
+    }
     # property names are case-insensitive; a known property the object lacks is null
     odd = client.get(f"{emulator.base_url}/users?$select=MAIL,department&$top=1").json()["value"][0]
     assert odd == {"id": "u-00000", "mail": "user0@contoso.com", "department": None}
@@ -152,8 +172,12 @@ def test_sdk_style_urls(emulator: GraphEmulator, client: httpx.Client) -> None:
 def test_members_carry_odata_type(emulator: GraphEmulator, client: httpx.Client) -> None:
     values, _, _ = read_all(client, f"{emulator.base_url}/groups/g-mixed/members?$select=id,mail")
     assert {v["id"]: v["@odata.type"] for v in values} == {
-        "u-00001": "#microsoft.graph.user", "g-big": "#microsoft.graph.group", "c-1": "#microsoft.graph.orgContact",
-        "d-1": "#microsoft.graph.device", "sp-1": "#microsoft.graph.servicePrincipal"}
+        "u-00001": "#microsoft.graph.user",
+        "g-big": "#microsoft.graph.group",
+        "c-1": "#microsoft.graph.orgContact",
+        "d-1": "#microsoft.graph.device",
+        "sp-1": "#microsoft.graph.servicePrincipal",
+    }
     assert next(v for v in values if v["id"] == "c-1")["mail"] == "ext@partner.example"
     assert "mail" not in next(v for v in values if v["id"] == "d-1")  # devices have no mail
 
@@ -170,8 +194,8 @@ def test_members_page_and_404(emulator: GraphEmulator, client: httpx.Client) -> 
 # --- delta -------------------------------------------------------------------------------------------------------
 def test_users_delta_first_round_then_partial_changes(emulator: GraphEmulator, client: httpx.Client) -> None:
     first, pages, delta_link = read_all(
-        client, f"{emulator.base_url}/users/delta?$select=id,mail,proxyAddresses",
-        headers={"Prefer": "odata.maxpagesize=100"})
+        client, f"{emulator.base_url}/users/delta?$select=id,mail,proxyAddresses", headers={"Prefer": "odata.maxpagesize=100"}
+    )
     assert len(first) == 250 and len(pages) == 3 and delta_link and "$deltatoken=" in delta_link
     assert set(first[0]) == {"id", "mail", "proxyAddresses"}
     again, _, same = read_all(client, delta_link)
@@ -213,12 +237,15 @@ def test_groups_delta_splits_big_groups_and_tracks_members(emulator: GraphEmulat
     emulator.upsert_group({"id": "g-empty", "members": ["u-00002"], "mail": "empty@contoso.com"})
     changes, _, _ = read_all(client, delta_link)
     by_id = {c["id"]: c for c in changes}
-    assert by_id["g-mixed"] == {"id": "g-mixed", "members@delta": [
-        {"@odata.type": "#microsoft.graph.orgContact", "id": "c-1", "@removed": {"reason": "deleted"}},
-        {"@odata.type": "#microsoft.graph.user", "id": "u-00001", "@removed": {"reason": "deleted"}},
-        {"@odata.type": "#microsoft.graph.user", "id": "u-00009"}]}
-    assert by_id["g-big"]["members@delta"] == [
-        {"@odata.type": "#microsoft.graph.user", "id": "u-00001", "@removed": {"reason": "deleted"}}]
+    assert by_id["g-mixed"] == {
+        "id": "g-mixed",
+        "members@delta": [
+            {"@odata.type": "#microsoft.graph.orgContact", "id": "c-1", "@removed": {"reason": "deleted"}},
+            {"@odata.type": "#microsoft.graph.user", "id": "u-00001", "@removed": {"reason": "deleted"}},
+            {"@odata.type": "#microsoft.graph.user", "id": "u-00009"},
+        ],
+    }
+    assert by_id["g-big"]["members@delta"] == [{"@odata.type": "#microsoft.graph.user", "id": "u-00001", "@removed": {"reason": "deleted"}}]
     assert by_id["g-empty"] == {"id": "g-empty", "members@delta": [{"@odata.type": "#microsoft.graph.user", "id": "u-00002"}]}
 
 
@@ -280,11 +307,94 @@ def test_foreign_or_garbage_tokens(emulator: GraphEmulator, client: httpx.Client
     assert client.get(f"{emulator.base_url}/users/delta?$deltatoken=garbage").status_code == 400
 
 
+def _merge(model: dict[str, JSON], values: list[JSON]) -> None:
+    """A minimal delta client: merge partial objects, apply @removed and members@delta."""
+    for value in values:
+        if "@removed" in value:
+            model.pop(value["id"], None)
+            continue
+        obj = model.setdefault(value["id"], {"members": set()})
+        for key, val in value.items():
+            if key == "members@delta":
+                for ref in val:
+                    (obj["members"].discard if "@removed" in ref else obj["members"].add)(ref["id"])
+            elif key != "id":
+                obj[key] = val
+
+
+def _expected(emu: GraphEmulator, coll: str, props: tuple[str, ...]) -> dict[str, JSON]:
+    snap = emu.snapshot()
+    return {o["id"]: {**{p: o.get(p) for p in props}, "members": set(o.get("members", ()))} for o in snap[coll]}
+
+
+def test_delta_rounds_reproduce_the_directory_under_random_changes(client: httpx.Client) -> None:
+    """Small pages and member budgets stress the cursors; changes land between rounds and mid-round."""
+    import random
+
+    rng = random.Random(11)
+    tenant = generate_tenant(1500, seed=2)
+    with GraphEmulator(tenant, max_members_per_page=37) as emu:
+        urls = {
+            "groups": f"{emu.base_url}/groups/delta()?$select=displayName,mail,members",
+            "users": f"{emu.base_url}/users/delta?$select=mail,proxyAddresses",
+        }
+        props = {"groups": ("displayName", "mail"), "users": ("mail", "proxyAddresses")}
+        models: dict[str, dict[str, JSON]] = {"groups": {}, "users": {}}
+        user_ids = [u["id"] for u in tenant["users"]]
+        group_ids = [g["id"] for g in tenant["groups"]]
+
+        def mutate(n: int) -> None:
+            for _ in range(n):
+                roll = rng.random()
+                gid = rng.choice(group_ids)
+                if roll < 0.3:
+                    emu.add_member(gid, rng.choice(user_ids))
+                elif roll < 0.5:
+                    members = emu.snapshot()["groups"]
+                    group = next(g for g in members if g["id"] == gid)
+                    if group["members"]:
+                        emu.remove_member(gid, rng.choice(group["members"]))
+                elif roll < 0.65:
+                    emu.upsert_user({"id": rng.choice(user_ids), "mail": f"m{rng.random()}@contoso.com"})
+                elif roll < 0.75:
+                    uid = user_ids.pop(rng.randrange(len(user_ids)))
+                    emu.delete_user(uid, permanent=rng.random() < 0.5)
+                elif roll < 0.85:
+                    uid = f"new-{rng.random()}"
+                    emu.upsert_user({"id": uid, "mail": f"{uid}@contoso.com", "proxyAddresses": [f"SMTP:{uid}@contoso.com"]})
+                    user_ids.append(uid)
+                    emu.add_member(gid, uid)
+                elif roll < 0.9 and len(group_ids) > 10:
+                    emu.delete_group(group_ids.pop(group_ids.index(gid)))
+                else:
+                    emu.upsert_group({"id": gid, "displayName": f"Renamed {rng.random()}"})
+
+        links = {}
+        for coll, url in urls.items():
+            page = client.get(url, headers={"Prefer": "odata.maxpagesize=13"}).json()
+            mutate(20)  # changes in the middle of the first round
+            rest, _, links[coll] = read_all(client, page["@odata.nextLink"])
+            _merge(models[coll], page["value"] + rest)
+        for _ in range(3):
+            mutate(60)
+            for coll in urls:
+                values, _, links[coll] = read_all(client, links[coll])
+                _merge(models[coll], values)
+                assert models[coll] == _expected(emu, coll, props[coll]), coll
+
+
 # --- faults, latency, auth -------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("kind", "status", "code"), [
-    ("429", 429, "TooManyRequests"), ("503", 503, "serviceNotAvailable"), ("500", 500, "generalException"),
-    ("410", 410, "syncStateNotFound"), ("410-resync", 410, "resyncRequired"), ("400-syncstate", 400, "syncStateNotFound"),
-])
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("429", 429, "TooManyRequests"),
+        ("503", 503, "serviceNotAvailable"),
+        ("500", 500, "generalException"),
+        ("410", 410, "syncStateNotFound"),
+        ("410-resync", 410, "resyncRequired"),
+        ("400-syncstate", 400, "syncStateNotFound"),
+    ],
+)
 def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, status: int, code: str) -> None:
     emulator.inject_fault(kind, path_contains="/users/delta", times=2, retry_after=7)
     assert client.get(f"{emulator.base_url}/users?$top=1").status_code == 200  # does not match
@@ -297,6 +407,14 @@ def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, 
         if status == 410:
             assert resp.headers["Location"].endswith("/users/delta")
     assert client.get(f"{emulator.base_url}/users/delta").status_code == 200
+
+
+def test_a_failed_page_can_be_fetched_again(emulator: GraphEmulator, client: httpx.Client) -> None:
+    first = client.get(f"{emulator.base_url}/users/delta", headers={"Prefer": "odata.maxpagesize=100"}).json()
+    emulator.inject_fault("503", path_contains="$skiptoken")
+    assert client.get(first["@odata.nextLink"]).status_code == 503
+    rest, _, _ = read_all(client, first["@odata.nextLink"])  # tokens are stateless: the retry gets the same page
+    assert len(first["value"]) + len(rest) == 250
 
 
 def test_drop_and_malformed_faults(emulator: GraphEmulator, client: httpx.Client) -> None:
@@ -368,9 +486,11 @@ def test_snapshot_is_a_deep_copy_in_the_team_model(emulator: GraphEmulator) -> N
 def test_admin_endpoints(emulator: GraphEmulator, client: httpx.Client) -> None:
     admin = emulator.base_url.replace("/v1.0", "/_emulator")
     _, _, link = read_all(client, f"{emulator.base_url}/users/delta?$select=mail")
-    ops = [{"op": "upsert_user", "args": {"obj": {"id": "u-00001", "mail": "admin@contoso.com"}}},
-           {"op": "add_member", "args": {"group_id": "g-empty", "member_id": "u-00001"}},
-           {"op": "delete_contact", "args": {"id": "c-1"}}]
+    ops = [
+        {"op": "upsert_user", "args": {"obj": {"id": "u-00001", "mail": "admin@contoso.com"}}},
+        {"op": "add_member", "args": {"group_id": "g-empty", "member_id": "u-00001"}},
+        {"op": "delete_contact", "args": {"id": "c-1"}},
+    ]
     assert client.post(f"{admin}/mutations", json=ops).json()["applied"] == 3
     assert read_all(client, link)[0] == [{"id": "u-00001", "mail": "admin@contoso.com"}]
     assert client.post(f"{admin}/mutations", json=[{"op": "explode"}]).status_code == 400
@@ -425,7 +545,12 @@ def test_cli_prints_ready_and_serves(client: httpx.Client) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack.graph_emulator", "--port", "0", "--users", "50", "--groups", "5", "--seed", "3"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline().strip()  # type: ignore[union-attr]
         assert line.startswith("READY http://127.0.0.1:") and line.endswith("/v1.0"), line
