@@ -176,8 +176,10 @@ class _Run:
         for batch in batches:
             await sender.send(batch)
         sender.finish_counts()
-        state.meta["lastAction"] = "update"
-        self.store.save(state.advanced())
+        if batches or state.seq:
+            state.meta["lastAction"] = "update"
+            self.store.save(state.advanced())
+        # Nothing changed: the state on disk is already exact, so it is not rewritten.
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, projection: Projection, state: SyncState) -> None:

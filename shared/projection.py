@@ -90,6 +90,7 @@ def api_key(dataset: str, record: dict[str, Any]) -> str:
 class _Candidates:
     kept: list[str]
     primary_proxy: str | None  # the first kept "SMTP:" value
+    kept_mail: str | None  # the normalized mail, when it is kept
 
 
 class Projector:
@@ -110,9 +111,7 @@ class Projector:
         if uid in self._user_primary:
             return  # the same object twice in one read: the first one stands
         cands = self._candidates(uid, "user", obj)
-        mail = _normalized_or_none(obj.get("mail"))
-        primary = mail if mail is not None and mail in cands.kept else cands.primary_proxy
-        self._user_primary[uid] = primary
+        self._user_primary[uid] = cands.kept_mail or cands.primary_proxy
 
     def add_group(self, obj: dict[str, Any]) -> None:
         gid = _object_id(obj)
@@ -199,10 +198,10 @@ class Projector:
 
     def _candidates(self, oid: str, otype: str, obj: dict[str, Any]) -> _Candidates:
         """Normalize and check the object's candidates; record the kept ones and exclusions."""
-        raw: list[tuple[str, bool]] = []  # (value, is the uppercase SMTP: primary proxy)
+        raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
         mail = obj.get("mail")
         if isinstance(mail, str) and mail.strip():
-            raw.append((mail, False))
+            raw.append((mail, None))
         proxies = obj.get("proxyAddresses")
         if isinstance(proxies, list):
             for p in proxies:
@@ -210,6 +209,7 @@ class Projector:
                     raw.append((p[5:], p.startswith("SMTP:")))
         kept: list[str] = []
         primary_proxy: str | None = None
+        kept_mail: str | None = None
         seen: set[str] = set()
         for value, is_primary in raw:
             shown = value.strip().lower()
@@ -230,9 +230,11 @@ class Projector:
                 seen.add(address)
                 kept.append(address)
                 self.addresses.add(address)
-            if is_primary and primary_proxy is None:
+            if is_primary is None:
+                kept_mail = address
+            elif is_primary and primary_proxy is None:
                 primary_proxy = address
-        return _Candidates(kept, primary_proxy)
+        return _Candidates(kept, primary_proxy, kept_mail)
 
 
 def _object_id(obj: dict[str, Any]) -> str:
@@ -240,15 +242,6 @@ def _object_id(obj: dict[str, Any]) -> str:
     if not isinstance(oid, str) or not oid:
         raise ValueError("a directory object without an id")
     return oid
-
-
-def _normalized_or_none(value: Any) -> str | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        return normalize_address(value)
-    except InvalidAddress:
-        return None
 
 
 def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str]) -> Projection:

@@ -104,7 +104,7 @@ class SyncState:
             },
         }
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return gzip.compress(raw, compresslevel=6, mtime=0)
+        return gzip.compress(raw, compresslevel=1, mtime=0)  # level 1: 3x faster, ~7% larger
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> SyncState:
