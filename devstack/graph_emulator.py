@@ -39,8 +39,24 @@ Choices where Graph leaves room (documented so tests can rely on them):
   ``Location`` header holding the initial delta request (Graph's "synchronization reset").
   ``/users`` paging skiptokens do not expire.
 
-Run standalone: ``python -m devstack.graph_emulator --port 0 --users 1000`` prints
-``READY <base_url>`` once listening; admin endpoints live under ``/_emulator/``.
+* A member id that names no object (possible only in a loaded directory) is not served.
+* Unsupported query options (``$filter``, ``$orderby``, ``$search``, ``$skip``, ``$expand`` other
+  than ``members`` on groups/delta) answer 400 rather than being silently ignored.
+* Responses are never compressed (loopback), and only GET is served under ``/v1.0``.
+
+Run standalone: ``python -m devstack.graph_emulator --port 0 --users 1000`` (or ``--demo``) prints
+``READY <base_url>`` once listening and serves until SIGTERM/SIGINT. Admin endpoints for an
+emulator in another process (not counted as Graph requests, never faulted or delayed):
+
+* ``POST /_emulator/mutations`` ``[{"op": "upsert_user", "args": {"obj": {...}}}, ...]``; ops are the
+  mutation methods (``upsert_*``/``delete_*`` for users, groups, contacts, devices and service
+  principals, ``add_member``, ``remove_member``, ``expire_delta_tokens``), args their keywords;
+* ``POST /_emulator/faults`` ``{"kind", "path_contains", "times", "retry_after"}`` or a list of them;
+  ``POST /_emulator/faults/clear``;
+* ``POST /_emulator/expire-delta-tokens``; ``POST /_emulator/latency`` ``{"latency": 0.1}``;
+* ``GET /_emulator/stats`` (``requestCount``, ``watermark``, object counts), ``POST
+  /_emulator/stats/reset``, ``GET /_emulator/requests`` (the request log), ``GET
+  /_emulator/snapshot`` (the directory model).
 """
 
 from __future__ import annotations
@@ -49,6 +65,8 @@ import argparse
 import base64
 import bisect
 import copy
+import functools
+import gc
 import hashlib
 import hmac
 import json
@@ -273,7 +291,6 @@ class GraphEmulator:
         self._member_refs: dict[str, list[str | None]] = {}  # group id -> refs aligned with sorted members
         self._dangling_groups: set[str] = set()  # groups holding ids of no object (only from a loaded directory)
         self._parents: dict[str, set[str]] | None = None  # member id -> group ids; built on the first delete
-        self._warming: set[tuple[str, tuple[str, ...], bool]] = set()
         self._frags: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
         self._logs: dict[str, list[tuple[int, str, str, Any]]] = {c: [] for c in COLLECTIONS}
         self._log_seqs: dict[str, list[int]] = {c: [] for c in COLLECTIONS}
@@ -295,7 +312,7 @@ class GraphEmulator:
         server.emulator = self  # type: ignore[attr-defined]
         self._server = server
         self.base_url = f"http://{host}:{server.server_address[1]}/v1.0"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="graph-emulator", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="graph-emulator", daemon=True)
         self._thread.start()
         return self.base_url
 
@@ -370,31 +387,31 @@ class GraphEmulator:
     def upsert_user(self, obj: dict) -> None:
         self._upsert("users", obj)
 
-    def delete_user(self, id: str, *, permanent: bool = False) -> None:  # noqa: A002 - the team's API
+    def delete_user(self, id: str, *, permanent: bool = False) -> None:
         self._delete("users", id, permanent)
 
     def upsert_group(self, obj: dict) -> None:
         self._upsert("groups", obj)
 
-    def delete_group(self, id: str, *, permanent: bool = False) -> None:  # noqa: A002
+    def delete_group(self, id: str, *, permanent: bool = False) -> None:
         self._delete("groups", id, permanent)
 
     def upsert_contact(self, obj: dict) -> None:
         self._upsert("contacts", obj)
 
-    def delete_contact(self, id: str, *, permanent: bool = False) -> None:  # noqa: A002
+    def delete_contact(self, id: str, *, permanent: bool = False) -> None:
         self._delete("contacts", id, permanent)
 
     def upsert_device(self, obj: dict) -> None:
         self._upsert("devices", obj)
 
-    def delete_device(self, id: str, *, permanent: bool = False) -> None:  # noqa: A002
+    def delete_device(self, id: str, *, permanent: bool = False) -> None:
         self._delete("devices", id, permanent)
 
     def upsert_service_principal(self, obj: dict) -> None:
         self._upsert("servicePrincipals", obj)
 
-    def delete_service_principal(self, id: str, *, permanent: bool = False) -> None:  # noqa: A002
+    def delete_service_principal(self, id: str, *, permanent: bool = False) -> None:
         self._delete("servicePrincipals", id, permanent)
 
     def add_member(self, group_id: str, member_id: str) -> None:
@@ -614,12 +631,9 @@ class GraphEmulator:
             ids = self._ids(coll)
             start = bisect.bisect_right(ids, after) if after is not None else 0
             chunk = ids[start : start + top]
-            cached = self._frags.get((coll, props), {})
-            values = [cached.get(oid) or self._fragment(coll, oid, props) for oid in chunk]
+            values = self._fragments(coll, chunk, props)
             more = start + top < len(ids)
             count = len(ids)
-            if more:
-                self._read_ahead(coll, props, ids, start + top, members=False)
         link = None
         if more:
             token = _b64(_dumps({"k": "list", "c": coll, "a": chunk[-1]}).encode())
@@ -730,40 +744,9 @@ class GraphEmulator:
         cursor = state.get("cur")
         if state.get("lo") is None:
             ids = self._ids(coll)
-            values, next_cursor = self._pack(ids, cursor, size, lambda oid: self._full_entry(coll, oid, props, members))
-            if next_cursor is not None:
-                self._read_ahead(coll, props, ids, bisect.bisect_left(ids, next_cursor[0]), members=members)
-            return values, next_cursor
+            return self._pack(ids, cursor, size, lambda oid: self._full_entry(coll, oid, props, members))
         ids, changes = self._changes(coll, state["lo"], state["hi"])
         return self._pack(ids, cursor, size, lambda oid: self._change_entry(coll, oid, changes[oid], props, members))
-
-    def _read_ahead(self, coll: str, props: tuple[str, ...], ids: list[str], start: int, *, members: bool) -> None:
-        """Serialize the rest of a full read in the background while the client parses this page.
-
-        A cold object costs the server ~4 us of Python (dict + JSON), more than a lean client
-        spends parsing it; done ahead, it overlaps with the client's work instead of adding to it.
-        Runs once per (collection, $select) and yields the lock every few hundred objects."""
-        key = (coll, props, members)
-        cache = self._frags.get((coll, props))
-        if start >= len(ids) or key in self._warming or (cache is not None and ids[start] in cache and ids[-1] in cache):
-            return
-        self._warming.add(key)
-        objects = self._objects[coll]
-
-        def run() -> None:
-            try:
-                for i in range(start, len(ids), 256):
-                    with self._lock:
-                        for oid in ids[i : i + 256]:
-                            if oid in objects:
-                                self._fragment(coll, oid, props)
-                                if members:
-                                    self._member_refs_of(oid)
-            finally:
-                with self._lock:
-                    self._warming.discard(key)
-
-        threading.Thread(target=run, name="graph-emulator-read-ahead", daemon=True).start()
 
     def _full_entry(self, coll: str, oid: str, props: tuple[str, ...], members: bool) -> _Entry | None:
         if oid not in self._objects[coll]:
@@ -839,10 +822,21 @@ class GraphEmulator:
         """A group's members@delta entries in sorted-id order, cached: 300,000 in a big tenant."""
         refs = self._member_refs.get(gid)
         if refs is None:
-            refs = self._member_refs[gid] = [self._render_current_member(m) for m in self._member_ids(gid)]
+            known, render = self._refs.get, self._render_current_member
+            refs = self._member_refs[gid] = [known(m) or render(m) for m in self._member_ids(gid)]
             if None in refs:
                 self._dangling_groups.add(gid)
         return refs
+
+    def warm(self) -> None:
+        """Build the caches that do not depend on $select (sorted ids, every group's sorted members and
+        their members@delta entries), so a first groups/delta round costs what a later one does.
+        The CLI calls it before READY; ~0.4 s for 10,000 groups with 300,000 memberships."""
+        with self._lock:
+            for coll in COLLECTIONS:
+                self._ids(coll)
+            for gid in self._members:
+                self._member_refs_of(gid)
 
     def _render_current_member(self, mid: str) -> str | None:
         """``{"@odata.type", "id"}`` of a current member (cached: 300,000 of them in a big tenant)."""
@@ -982,16 +976,22 @@ class GraphEmulator:
 
     def _fragment(self, coll: str, oid: str, props: tuple[str, ...]) -> str:
         """The object's JSON for this $select, cached until the object changes."""
+        return self._fragments(coll, (oid,), props)[0]
+
+    def _fragments(self, coll: str, ids: Sequence[str], props: tuple[str, ...]) -> list[str]:
+        """JSON of several objects for one $select (the per-page loop of a full read: keep it lean)."""
         cache = self._frags.get((coll, props))
         if cache is None:
             if len(self._frags) > 32:
                 self._frags.pop(next(iter(self._frags)))
             cache = self._frags[(coll, props)] = {}
-        text = cache.get(oid)
-        if text is None:
-            get = self._objects[coll][oid].get
-            text = cache[oid] = _dumps({p: get(p, [] if p in _COLLECTION_VALUED else None) for p in props})
-        return text
+        spec, objects, out = _spec(props), self._objects[coll], []
+        for oid in ids:
+            text = cache.get(oid)
+            if text is None:
+                text = cache[oid] = _object_json(objects[oid], spec)
+            out.append(text)
+        return out
 
     def _ids(self, coll: str) -> list[str]:
         ids = self._sorted_ids[coll]
@@ -1144,6 +1144,34 @@ class GraphEmulator:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _spec(props: tuple[str, ...]) -> tuple[tuple[str, str, Any], ...]:
+    """Per selected property: its JSON key prefix, its name, and the value served when absent."""
+    return tuple((_quote_json(p) + ":", p, [] if p in _COLLECTION_VALUED else None) for p in props)
+
+
+def _object_json(obj: Mapping[str, Any], spec: tuple[tuple[str, str, Any], ...]) -> str:
+    """Compact JSON of the selected properties; strings and lists of strings (nearly every value in
+    a directory) skip the generic encoder, which makes a cold 100,000-user read ~25% cheaper."""
+    get = obj.get
+    parts = []
+    for key, prop, default in spec:
+        value = get(prop, default)
+        kind = type(value)
+        if kind is str:
+            parts.append(key + _quote_json(value))
+        elif value is None:
+            parts.append(key + "null")
+        elif kind is list:
+            try:
+                parts.append(key + "[" + ",".join(map(_quote_json, value)) + "]")
+            except TypeError:  # not all strings
+                parts.append(key + _dumps(value))
+        else:
+            parts.append(key + _dumps(value))
+    return "{" + ",".join(parts) + "}"
+
+
 def _value(obj: Mapping[str, Any], prop: str) -> Any:
     value = obj.get(prop, _MISSING)
     if value is _MISSING:
@@ -1307,7 +1335,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: tests and benches read stdout
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and benches read stdout
         pass
 
     def _serve(self) -> None:
@@ -1366,6 +1394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_members_per_page=args.max_members_per_page,
     )
     del directory
+    emulator.warm()
+    gc.collect()
+    gc.freeze()  # the directory lives until exit: keep it out of every later collection
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
