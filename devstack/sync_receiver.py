@@ -1,4 +1,4 @@
-"""A strict local receiver of the sync API (../shared/sync-api.md), on loopback.
+"""A strict local receiver of the directory sync API contract (sync-api.md, v1), on loopback.
 
 It is written from the contract alone and imports nothing from the product
 (`shared/`), so that the tests, the demo and the benchmarks exercise the
