@@ -19,7 +19,6 @@ from .errors import (
     GraphError,
     PayloadTooLargeError,
     StateError,
-    SyncApiAuthError,
     SyncError,
 )
 from .graph import GraphSource, ReadStats
@@ -170,8 +169,8 @@ class _Run:
         diffs: dict[str, DatasetDiff] = {
             d: diff_records(d, projection.datasets[d], state.records(d)) for d in self.datasets
         }
-        held = {d: dict(state.records(d)) for d in self.datasets}
-        batches = plan_update(diffs, held, self.options.max_items)
+        # The plan is complete before the first batch changes the state, so it may read it directly.
+        batches = plan_update(diffs, {d: state.records(d) for d in self.datasets}, self.options.max_items)
         sender = _BatchSender(self.api, self.store, state, self.summary)
         for batch in batches:
             await sender.send(batch)
@@ -350,4 +349,4 @@ def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     return GraphError(f"reading Graph failed ({name}); nothing was sent")
 
 
-__all__ = ["ACTIONS", "Options", "run", "idempotency_key", "SyncApiAuthError"]
+__all__ = ["ACTIONS", "Options", "run", "idempotency_key"]

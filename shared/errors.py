@@ -75,14 +75,3 @@ class StateConflictError(StateError):
     """Someone else wrote the state while this run held it."""
 
 
-class StateLockedError(StateError):
-    """Another run holds the state; this run changes nothing."""
-
-    exit_code = 3
-
-
-class DeletionsHeldError(SyncError):
-    """The deletion guard held deletions: the run's other changes went out, and it ends as failed
-    so the failure alert fires."""
-
-    exit_code = 4

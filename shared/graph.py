@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph_core import GraphClientFactory
 
 from .errors import GraphError, IncompleteReadError
+from .netutil import jittered_backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,9 @@ class GraphSource:
         ri = RequestInformation(Method.GET)
         ri.url = link
         ri.headers.try_add("Accept", "application/json")
-        for name in ("Prefer",):
-            value = first.headers.get(name)
-            if value:
-                ri.headers.try_add(name, next(iter(value)))
+        prefer = first.headers.get("Prefer")
+        if prefer:
+            ri.headers.try_add("Prefer", next(iter(prefer)))
         return ri
 
     async def _fetch(self, request: RequestInformation, what: str, *, unsupported_ok: bool = False) -> dict[str, Any]:
@@ -230,10 +229,10 @@ class GraphSource:
                 if status not in (429, 500, 502, 503, 504) and status < 500:
                     raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {_api_error_text(exc)}") from None
                 last = f"HTTP {status}"
-                delay = _retry_after(exc) or self._backoff(attempt)
+                delay = _retry_after(exc) or jittered_backoff(self.backoff_seconds, attempt)
             except (httpx.TransportError, _MalformedPage) as exc:
                 last = f"{type(exc).__name__}: {exc}" if isinstance(exc, _MalformedPage) else type(exc).__name__
-                delay = self._backoff(attempt)
+                delay = jittered_backoff(self.backoff_seconds, attempt)
             else:
                 return page
             if attempt < self.max_attempts:
@@ -244,8 +243,6 @@ class GraphSource:
                 await asyncio.sleep(delay)
         raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent")
 
-    def _backoff(self, attempt: int) -> float:
-        return self.backoff_seconds * (2 ** (attempt - 1)) * (0.5 + random.random() / 2)  # noqa: S311  # nosec B311 - jitter, not crypto
 
 
 class _MalformedPage(Exception):
@@ -269,10 +266,7 @@ def _retry_after(exc: APIError) -> float | None:
     for key, value in headers.items():
         if key.lower() == "retry-after":
             raw = value if isinstance(value, str) else next(iter(value), "")
-            try:
-                return max(0.0, float(raw))
-            except ValueError:
-                return None
+            return parse_retry_after(raw)
     return None
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
+import math
+import random
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 
@@ -34,3 +38,25 @@ def url_problem(url: str) -> str | None:
     if parts.scheme == "http" and not is_loopback_host(host):
         return f"uses plain http to the non-loopback host {host!r}; only https is allowed there"
     return None
+
+
+def parse_retry_after(raw: str) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date), never
+    negative; None when the value is malformed (including NaN), so the caller backs off."""
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = (when - dt.datetime.now(when.tzinfo or dt.UTC)).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def jittered_backoff(base: float, attempt: int, cap: float = math.inf) -> float:
+    """Exponential backoff for retry ``attempt`` (1-based), capped, with jitter in [50%, 100%]."""
+    return min(cap, base * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)  # noqa: S311  # nosec B311 - jitter, not crypto

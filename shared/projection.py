@@ -82,9 +82,6 @@ def from_api_record(dataset: str, record: dict[str, Any]) -> tuple[str, tuple]:
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
-def api_key(dataset: str, record: dict[str, Any]) -> str:
-    return str(record["address"]).lower() if dataset == "addresses" else str(record["id"])
-
 
 @dataclass
 class _Candidates:

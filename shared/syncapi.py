@@ -12,10 +12,8 @@ import base64
 import gzip
 import json
 import logging
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +27,7 @@ from .errors import (
     SyncApiRequestError,
     SyncApiUnavailableError,
 )
-from .netutil import url_problem
+from .netutil import jittered_backoff, parse_retry_after, url_problem
 from .redact import Secret
 
 log = logging.getLogger(__name__)
@@ -37,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_ITEMS = 1000
 GZIP_ABOVE_BYTES = 16 * 1024
 MAX_RETRY_AFTER_SECONDS = 300.0
+MAX_BACKOFF_SECONDS = 30.0
 CREDENTIAL_HINT = "SYNC_API_CREDENTIAL (or the Key Vault secret named by SYNC_API_CREDENTIAL_NAME)"
 
 
@@ -180,7 +179,7 @@ class SyncApiClient:
                 resp = await self._http.request(method, self.base_url + path, content=content, headers=headers)
             except httpx.TransportError as exc:
                 last = f"connection fault ({type(exc).__name__})"
-                delay = self._backoff(attempt)
+                delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
             else:
                 if resp.status_code in expect:
                     return _json_body(resp, what) if resp.status_code != 204 else {}
@@ -189,10 +188,10 @@ class SyncApiClient:
                     # A missing or malformed Retry-After falls back to this client's own backoff
                     # (it used to be a fixed 2 s, which ignored backoff_seconds).
                     hinted = _retry_after(resp, what) if "retry-after" in resp.headers else None
-                    delay = self._backoff(attempt) if hinted is None else hinted
+                    delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS) if hinted is None else hinted
                 elif resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}"
-                    delay = self._backoff(attempt)
+                    delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
                 else:
                     raise _fatal(resp, what)
             if attempt < self.max_attempts:
@@ -200,8 +199,6 @@ class SyncApiClient:
                 await asyncio.sleep(delay)
         raise SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last})")
 
-    def _backoff(self, attempt: int) -> float:
-        return min(30.0, self.backoff_seconds * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)  # noqa: S311  # nosec B311 - jitter, not crypto
 
 
 def _json_body(resp: httpx.Response, what: str) -> dict[str, Any]:
@@ -266,18 +263,8 @@ def _fatal(resp: httpx.Response, what: str) -> SyncApiError:
 def _retry_after(resp: httpx.Response, what: str) -> float | None:
     """Seconds to wait, None when the header is malformed (the caller backs off instead)."""
     raw = resp.headers.get("retry-after", "").strip()
-    seconds: float | None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(raw)
-            import datetime as _dt
-
-            seconds = (when - _dt.datetime.now(when.tzinfo or _dt.UTC)).total_seconds()
-        except (TypeError, ValueError, IndexError):
-            seconds = None
-    if seconds is None or seconds != seconds:  # malformed or NaN
+    seconds = parse_retry_after(raw)
+    if seconds is None:
         log.warning("sync API %s sent a malformed Retry-After %r; backing off instead", what, raw[:40])
         return None
     if seconds > MAX_RETRY_AFTER_SECONDS:
@@ -285,4 +272,4 @@ def _retry_after(resp: httpx.Response, what: str) -> float | None:
             f"sync API {what} asked to wait {seconds:.0f} s (Retry-After), more than the {MAX_RETRY_AFTER_SECONDS:.0f} s "
             "this run will wait; nothing more was sent"
         )
-    return max(0.0, seconds)
+    return seconds
