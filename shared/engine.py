@@ -4,28 +4,34 @@ state. ``function_app.py`` and ``python -m shared`` both call ``run``."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .credentials import graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
+from .directory import Affected, Cache
 from .errors import (
     CredentialExpiredError,
+    DeletionsHeldError,
+    DeltaExpiredError,
     GraphError,
+    IncompleteReadError,
     PayloadTooLargeError,
     StateError,
+    SyncApiProtocolError,
     SyncError,
 )
-from .graph import GraphSource, ReadStats
-from .projection import DATASETS, Projection, Projector, Records, from_api_record, to_api_record
+from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
+from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
 from .redact import scrub
 from .settings import Settings
-from .state import StateStore, SyncState, open_store
+from .state import StateDB, StateStore, open_store
 from .summary import RunSummary
 from .syncapi import MAX_ITEMS, Rejection, SyncApiClient, WriteResult
 from .vault import Secrets, load_secrets
@@ -34,6 +40,11 @@ log = logging.getLogger(__name__)
 
 ACTIONS = ("test-update", "update", "replace", "refresh")
 REPLACE_ORDER = ("groups", "users", "addresses")  # users' groupIds are checked against live groups
+LINKS_META = "deltaLinks"
+FINGERPRINT_META = "readFingerprint"
+LAST_FULL_META = "lastFullRead"
+CACHE_META = "directoryCache"
+REJECTED_META = "rejected"
 
 
 @dataclass
@@ -43,6 +54,7 @@ class Options:
     graph_backoff_seconds: float = 1.0
     sync_backoff_seconds: float = 0.5
     max_items: int = MAX_ITEMS
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 
 async def run(
@@ -67,6 +79,8 @@ async def run(
         store = store or open_store(settings)
         runner = _Run(action, settings, secrets, store, summary, options)
         await runner.go()
+        if runner.held_error is not None:
+            raise runner.held_error
         summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
@@ -85,6 +99,21 @@ def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Plan:
+    """What one read implies, before anything is sent."""
+
+    kind: str  # "full" or "delta"
+    reason: str
+    diffs: dict[str, DatasetDiff]
+    held_view: dict[str, Records]  # the state records plan_update needs
+    excluded: dict[str, int]
+    projection: Projection | None = None
+    rows: CacheRows | None = None
+    changes: Changes | None = None
+    links: dict[str, str | None] = field(default_factory=dict)
+
+
 class _Run:
     def __init__(self, action: str, settings: Settings, secrets: Secrets, store: StateStore, summary: RunSummary, options: Options) -> None:
         self.action = action
@@ -95,31 +124,33 @@ class _Run:
         self.options = options
         self.datasets = settings.datasets
         self.api = SyncApiClient(settings.sync_api_url, secrets.sync_api_credential, backoff_seconds=options.sync_backoff_seconds)
+        self.held_error: DeletionsHeldError | None = None
+        self.graph_requests = 0
+        self.graph_retries = 0
 
     async def go(self) -> None:
         api = self.api
+        db: StateDB | None = None
         try:
-            if self.action == "refresh":
-                await self._refresh()
-                return
-            # The state is read first: a broken state fails the run before any Graph request.
-            state = self.store.load()
-            if state is None and self.action != "test-update":
-                state = SyncState.new()
-                self.store.save(state)  # the lineage is durable before any batch is journaled
-            provisioned = await self._provisioned()
-            projection = await self._read(provisioned)
-            for d in DATASETS:
-                self.summary.datasets[d].excluded = projection.excluded(d)
+            # The state is opened first: a broken state fails the run before any Graph request.
+            db = self.store.open(readonly=self.action == "test-update", rebuild=self.action == "refresh")
             if self.action == "test-update":
-                self._test_update(projection, state)
-            elif state is not None and self.action == "update":
-                await self._update(projection, state)
-            elif state is not None:
-                await self._replace(projection, state)
+                await self._test_update(db, await self._provisioned())
+                return
+            if db is None:
+                raise StateError(f"internal error: no state opened at {self.store.where}")
+            if self.action == "refresh":
+                await self._refresh(db)
+            elif self.action == "update":
+                await self._update(db, await self._provisioned())
+            else:
+                await self._replace(db, await self._provisioned())
         finally:
             self.summary.sync_requests = api.requests
+            self.summary.graph_requests = self.graph_requests
             await api.aclose()
+            if db is not None:
+                db.close()
 
     # --- reading -------------------------------------------------------------------------
     async def _provisioned(self) -> frozenset[str]:
@@ -131,30 +162,176 @@ class _Run:
             log.warning("no provisioned domain remains (GET /domains ∩ ADDRESS_DOMAINS is empty): no address will be kept")
         return domains
 
-    async def _read(self, provisioned: frozenset[str]) -> Projection:
+    def _source(self) -> GraphSource:
         auth = graph_auth_provider(self.settings, self.secrets.graph_client_secret)
-        source = GraphSource(self.settings.graph_base_url, auth, backoff_seconds=self.options.graph_backoff_seconds)
-        projector = Projector(provisioned)
+        return GraphSource(self.settings.graph_base_url, auth, backoff_seconds=self.options.graph_backoff_seconds)
+
+    async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
+        source = self._source()
         try:
-            stats = await source.read_directory(projector)
+            return await work(source)
         except GraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - azure-identity and kiota raise their own types
             raise _graph_failure(exc, self.settings) from None
         finally:
-            self.summary.graph_requests = source.stats.requests
+            self.graph_requests += source.stats.requests
+            self.graph_retries += source.stats.retries
             await source.aclose()
-        self._note_read(stats)
-        return projector.result()
 
-    def _note_read(self, stats: ReadStats) -> None:
-        self.summary.extra["read"] = {"kind": "full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": stats.retries}
+    async def _read_full(self, provisioned: frozenset[str], *, keep_cache: bool) -> tuple[Projection, CacheRows | None, ReadStats]:
+        rows = CacheRows() if keep_cache else None
+        projector = Projector(provisioned, cache=rows)
+        stats: ReadStats = await self._graph(lambda source: source.read_directory(projector))
+        return projector.result(), rows, stats
+
+    def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
+        ad = self.settings.address_domains
+        return {
+            "datasets": list(self.datasets),
+            "addressDomains": sorted(ad) if ad is not None else None,
+            "provisioned": sorted(provisioned),
+        }
+
+    def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
+        """Why this update must read the directory in full; ``None``: a delta round will do."""
+        links = db.get_meta(LINKS_META)
+        if db.get_meta(CACHE_META) != "complete" or not isinstance(links, dict):
+            if db.get_meta("convertedFrom"):
+                return "the state was converted from the previous release and has no directory cache yet"
+            if db.get_meta(LAST_FULL_META) is None:
+                return "first run: no directory cache yet"
+            return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
+        if any(not isinstance(links.get(c), str) for c in COLLECTIONS):
+            return "a collection has no delta link (its delta endpoint was not served)"
+        old = db.get_meta(FINGERPRINT_META) or {}
+        new = self._fingerprint(provisioned)
+        for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)")):
+            if old.get(key) != new[key]:
+                return f"{setting} changed since the last full read"
+        interval = self.settings.full_sync_interval_hours
+        last = _parse_time(db.get_meta(LAST_FULL_META))
+        if interval <= 0:
+            return "FULL_SYNC_INTERVAL_HOURS is 0: every run reads in full"
+        if last is None or self.options.now() - last >= dt.timedelta(hours=interval):
+            return f"periodic full reconcile (FULL_SYNC_INTERVAL_HOURS={interval:g}; last full read {db.get_meta(LAST_FULL_META)})"
+        return None
+
+    async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> _Plan:
+        reason = self._why_full(db, provisioned)
+        if reason is None:
+            links: dict[str, str] = db.get_meta(LINKS_META)
+            try:
+                source_links: dict[str, str | None] = {}
+
+                async def read(source: GraphSource) -> Changes:
+                    try:
+                        return await source.read_changes(links)
+                    finally:
+                        source_links.update(source.stats.links)
+
+                changes: Changes = await self._graph(read)
+            except DeltaExpiredError as exc:
+                reason = f"{exc}; reading in full"
+                log.warning("%s", reason)
+            else:
+                return self._delta_plan(db, provisioned, changes, source_links)
+        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
+        held_view = {d: db.records(d) for d in self.datasets}
+        diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
+        self.summary.extra["read"] = {"kind": "full", "reason": reason, "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        log.info("read: full (%s)", reason)
+        return _Plan("full", reason, diffs, held_view, {d: projection.excluded(d) for d in DATASETS}, projection=projection, rows=rows, links=dict(stats.links))
+
+    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], changes: Changes, links: dict[str, str | None]) -> _Plan:
+        # Held deletions and last run's rejections are looked at again, whatever changed.
+        held_keys = {d: set(keys) for d, keys in db.held().items()}
+        for d, keys in (db.get_meta(REJECTED_META) or {}).items():
+            held_keys.setdefault(d, set()).update(keys)
+        with db.scratch():  # the merge is redone for good only after the service confirmed
+            cache = db.cache(provisioned)
+            affected = _apply_changes(cache, changes)
+            affected.users |= cache.claimants(affected.primaries)
+            diffs: dict[str, DatasetDiff] = {}
+            held_view: dict[str, Records] = {}
+            for d in self.datasets:
+                keys = affected.keys(d) | held_keys.get(d, set())
+                want = cache.desired(d, sorted(keys))
+                have = db.values(d, keys)
+                upserts = {k: v for k, v in want.items() if v is not None and have.get(k) != v}
+                deletes = sorted(k for k, v in want.items() if v is None and k in have)
+                diffs[d] = DatasetDiff(d, upserts, deletes)
+                held_view[d] = have
+            excluded = cache.excluded()
+        reason = "delta links saved by the last run"
+        counts = {c: len(changes.of(c)) for c in COLLECTIONS}
+        self.summary.extra["read"] = {"kind": "delta", "reason": reason, "objects": counts, "membershipRead": "groups/delta", "graphRetries": self.graph_retries}
+        log.info("read: delta (%s): %s changed objects", reason, counts)
+        return _Plan("delta", reason, diffs, held_view, excluded, changes=changes, links=links)
+
+    def _save_read(self, db: StateDB, plan: _Plan, provisioned: frozenset[str]) -> None:
+        """After the service confirmed the run: the cache and links of this read become the state's."""
+        cache = db.cache(provisioned)
+        if plan.rows is not None:
+            cache.replace_all(plan.rows)
+            db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
+        elif plan.changes is not None:
+            _apply_changes(cache, plan.changes)
+        db.set_meta(CACHE_META, "complete")
+        db.set_meta(LINKS_META, plan.links if all(isinstance(plan.links.get(c), str) for c in COLLECTIONS) else None)
+        db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
+
+    # --- the deletion guard --------------------------------------------------------------------
+    def _guard(self, db: StateDB | None, plan: _Plan) -> dict[str, list[str]]:
+        """Split each dataset's deletions into what is sent and what is held; returns the held
+        keys per dataset (and sets ``self.held_error`` when anything is held)."""
+        s = self.settings
+        held_out: dict[str, list[str]] = {}
+        before = db.held() if db is not None else {}
+        messages = []
+        for d in self.datasets:
+            diff = plan.diffs[d]
+            if not diff.deletes:
+                continue
+            prior = before.get(d, {})
+            approved = [k for k in diff.deletes if prior.get(k) is True]
+            pending = [k for k in diff.deletes if prior.get(k) is not True]
+            total = db.count(d) if db is not None else 0
+            still_held = [k for k in pending if k in prior]
+            over = len(pending) > s.delete_threshold_count or (total > 0 and len(pending) * 100 > s.delete_threshold_percent * total)
+            if pending and (still_held or over):
+                diff.deletes = approved
+                held_out[d] = pending
+                pct = 100.0 * len(pending) / total if total else 100.0
+                why = (f"{len(pending)} of {total} records ({pct:.1f}%) exceeds DELETE_THRESHOLD_COUNT={s.delete_threshold_count} "
+                       f"or DELETE_THRESHOLD_PERCENT={s.delete_threshold_percent:g}") if over else "deletions held by an earlier run are still awaiting approval"
+                messages.append(f"{d}: {len(pending)} held ({why})")
+                log.error("deletion guard: holding %d %s deletions (%s); first: %s", len(pending), d, why, ", ".join(pending[:10]))
+            if approved:
+                log.warning("deletion guard: sending %d approved %s deletions", len(approved), d)
+        if held_out:
+            self.held_error = DeletionsHeldError(
+                "deletion guard tripped, deletions held and not sent: " + "; ".join(messages)
+                + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve with "
+                "'python -m shared approve-deletions' (optionally --dataset NAME); additions and updates were sent"
+            )
+        self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held_out.items()}
+        return held_out
 
     # --- test-update ---------------------------------------------------------------------
-    def _test_update(self, projection: Projection, state: SyncState | None) -> None:
+    async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
+        projection, _, stats = await self._read_full(provisioned, keep_cache=False)
+        self.summary.extra["read"] = {"kind": "full", "reason": "test-update always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
+        diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
+        plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
+        self._guard(db, plan)
+        self.held_error = None  # a preview reports held deletions; it does not fail for them
         preview: dict[str, Any] = {}
+        for d in DATASETS:
+            self.summary.datasets[d].excluded = plan.excluded[d]
         for d in self.datasets:
-            diff = diff_records(d, projection.datasets[d], state.records(d) if state else {})
+            diff = diffs[d]
             self.summary.datasets[d].added = len(diff.upserts)
             self.summary.datasets[d].removed = len(diff.deletes)
             preview[d] = {
@@ -165,37 +342,49 @@ class _Run:
         self.summary.extra["exclusions"] = [e.as_dict() for e in projection.exclusions if e.dataset in self.datasets]
 
     # --- update --------------------------------------------------------------------------
-    async def _update(self, projection: Projection, state: SyncState) -> None:
-        diffs: dict[str, DatasetDiff] = {
-            d: diff_records(d, projection.datasets[d], state.records(d)) for d in self.datasets
-        }
-        # The plan is complete before the first batch changes the state, so it may read it directly.
-        batches = plan_update(diffs, {d: state.records(d) for d in self.datasets}, self.options.max_items)
-        sender = _BatchSender(self.api, self.store, state, self.summary)
+    async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
+        plan = await self._plan(db, provisioned)
+        for d in DATASETS:
+            self.summary.datasets[d].excluded = plan.excluded[d]
+        held = self._guard(db, plan)
+        batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
+        sender = _BatchSender(self.api, self.store, db, self.summary)
         for batch in batches:
             await sender.send(batch)
         sender.finish_counts()
-        if batches or state.seq:
-            state.meta["lastAction"] = "update"
-            self.store.save(state.advanced())
-        # Nothing changed: the state on disk is already exact, so it is not rewritten.
+        db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
+        # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
+        self._save_read(db, plan, provisioned)
+        for d in DATASETS:
+            db.set_held(d, dict.fromkeys(held.get(d, ()), False))
+        db.set_meta("lastAction", "update")
+        db.commit()
+        self.store.publish(db)
 
     # --- replace -------------------------------------------------------------------------
-    async def _replace(self, projection: Projection, state: SyncState) -> None:
+    async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
+        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
+        self.summary.extra["read"] = {"kind": "full", "reason": "replace always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        for d in DATASETS:
+            self.summary.datasets[d].excluded = projection.excluded(d)
         for d in REPLACE_ORDER:
             if d not in self.datasets:
                 continue
-            before = dict(state.records(d))
+            before = db.records(d)
             counts = self.summary.datasets[d]
-            await self._replace_dataset(d, projection.datasets[d], state)
+            await self._replace_dataset(d, projection.datasets[d], db)
             after = await self._read_service(d)
             counts.added = sum(1 for k, v in after.items() if before.get(k) != v)
             counts.removed = sum(1 for k in before if k not in after)
-            state.datasets[d] = after
-        state.meta["lastAction"] = "replace"
-        self.store.save(state.advanced())
+            db.replace_records(d, after)
+            db.set_held(d, {})  # an operator's replace supersedes held deletions
+        plan = _Plan("full", "replace", {}, {}, {}, rows=rows, links=dict(stats.links))
+        self._save_read(db, plan, provisioned)
+        db.set_meta("lastAction", "replace")
+        db.commit()
+        self.store.publish(db)
 
-    async def _replace_dataset(self, dataset: str, records: Records, state: SyncState) -> None:
+    async def _replace_dataset(self, dataset: str, records: Records, db: StateDB) -> None:
         api = self.api
         counts = self.summary.datasets[dataset]
         rid = await api.create_replacement(dataset)
@@ -205,7 +394,7 @@ class _Run:
 
             async def post(chunk: list[dict[str, Any]]) -> None:
                 body = {"records": chunk}
-                key = idempotency_key(f"{state.lineage}:replace:{rid}", dataset, body)
+                key = idempotency_key(f"{db.lineage}:replace:{rid}", dataset, body)
                 try:
                     result = await api.post_replacement_records(dataset, rid, chunk, key)
                 except PayloadTooLargeError:
@@ -229,20 +418,19 @@ class _Run:
             raise
 
     # --- refresh -------------------------------------------------------------------------
-    async def _refresh(self) -> None:
-        try:
-            state = self.store.load()
-        except StateError as exc:
-            log.warning("refresh: the current state is unusable (%s); rebuilding it from the service", exc)
-            state = None
-        fresh = SyncState.new() if state is None else state
+    async def _refresh(self, db: StateDB) -> None:
         counts: dict[str, int] = {}
         for d in self.datasets:
-            fresh.datasets[d] = await self._read_service(d)
-            counts[d] = len(fresh.datasets[d])
-        fresh.meta["lastAction"] = "refresh"
+            recs = await self._read_service(d)
+            db.replace_records(d, recs)
+            counts[d] = len(recs)
+        # The service's copy may differ from what the cache implies: the next update reads in full.
+        db.set_meta(CACHE_META, None)
+        db.set_meta(LINKS_META, None)
+        db.set_meta("lastAction", "refresh")
         self.summary.extra["serviceRecords"] = counts
-        self.store.save(fresh.advanced())
+        db.commit()
+        self.store.publish(db)
 
     async def _read_service(self, dataset: str) -> Records:
         out: Records = {}
@@ -251,23 +439,42 @@ class _Run:
                 try:
                     key, value = from_api_record(dataset, rec)
                 except (KeyError, TypeError, ValueError, AttributeError):
-                    from .errors import SyncApiProtocolError
-
                     raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
                 out[key] = value
         return out
 
 
+def _apply_changes(cache: Cache, changes: Changes) -> Affected:
+    affected = Affected()
+    for collection in COLLECTIONS:
+        try:
+            cache.apply(collection, changes.of(collection), affected)
+        except ValueError as exc:
+            raise IncompleteReadError(f"Graph {collection}/delta: {exc}") from None
+    return affected
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
 class _BatchSender:
     """Sends Update batches one at a time and journals each confirmed one before the next."""
 
-    def __init__(self, api: SyncApiClient, store: StateStore, state: SyncState, summary: RunSummary) -> None:
+    def __init__(self, api: SyncApiClient, store: StateStore, state: StateDB, summary: RunSummary) -> None:
         self.api = api
         self.store = store
         self.state = state
         self.summary = summary
         self.upserted: dict[str, set[str]] = {d: set() for d in DATASETS}
         self.deleted: dict[str, set[str]] = {d: set() for d in DATASETS}
+        self.rejected: dict[str, set[str]] = {d: set() for d in DATASETS}  # tried again next run
 
     async def send(self, batch: Batch) -> None:
         d = batch.dataset
@@ -282,6 +489,7 @@ class _BatchSender:
                 await self.send(half)
             return
         rejected = {_rejection_key(d, r.key) for r in result.rejected}
+        self.rejected[d] |= rejected
         accepted = {k: v for k, v in batch.upserts if k not in rejected}
         entry = self.state.journal_entry(d, accepted, batch.deletes)
         self.store.append_journal(entry)

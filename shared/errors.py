@@ -35,6 +35,10 @@ class GraphError(SyncError):
     """Microsoft Graph could not be read completely."""
 
 
+class DeltaExpiredError(GraphError):
+    """Graph refused a saved delta link (HTTP 410, or its sync-reset error): read in full."""
+
+
 class IncompleteReadError(GraphError):
     """A page failed for good: nothing is sent, because deletions would be computed from it."""
 
@@ -65,6 +69,13 @@ class SyncApiUnavailableError(SyncApiError):
 
 class SyncApiProtocolError(SyncApiError):
     """A 2xx answer that is not the JSON shape the contract promises (e.g. a proxy's HTML page)."""
+
+
+class DeletionsHeldError(SyncError):
+    """The deletion guard held deletions: the run sent everything else, then fails so that
+    someone looks (the failure alert fires)."""
+
+    exit_code = 4
 
 
 class StateError(SyncError):

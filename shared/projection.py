@@ -84,17 +84,34 @@ def from_api_record(dataset: str, record: dict[str, Any]) -> tuple[str, tuple]:
 
 
 @dataclass
-class _Candidates:
+class Candidates:
     kept: list[str]
     primary_proxy: str | None  # the first kept "SMTP:" value
     kept_mail: str | None  # the normalized mail, when it is kept
+    exclusions: list[Exclusion] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str | None:
+        """A user's primary address: the kept mail, else the kept ``SMTP:`` value."""
+        return self.kept_mail or self.primary_proxy
+
+
+@dataclass
+class CacheRows:
+    """What a full read leaves for the directory cache (``shared/directory.py``), as rows."""
+
+    objects: list[tuple[str, str, str, int]] = field(default_factory=list)  # id, kind, data, excluded
+    kept: list[tuple[str, str]] = field(default_factory=list)  # address, object id
+    users: list[tuple[str, str | None]] = field(default_factory=list)  # id, primary address
+    members: list[tuple[str, str, str]] = field(default_factory=list)  # group id, member id, member kind
 
 
 class Projector:
     """Accumulates directory objects and derives the datasets once the read is complete."""
 
-    def __init__(self, provisioned: Iterable[str]) -> None:
+    def __init__(self, provisioned: Iterable[str], *, cache: CacheRows | None = None) -> None:
         self.provisioned = frozenset(provisioned)
+        self.cache = cache  # when set, every object also leaves its cache rows there
         self.addresses: set[str] = set()
         self.exclusions: list[Exclusion] = []
         self._user_primary: dict[str, str | None] = {}
@@ -108,7 +125,10 @@ class Projector:
         if uid in self._user_primary:
             return  # the same object twice in one read: the first one stands
         cands = self._candidates(uid, "user", obj)
-        self._user_primary[uid] = cands.kept_mail or cands.primary_proxy
+        self._user_primary[uid] = cands.primary
+        if self.cache is not None:
+            self._cache_object(uid, "u", obj, cands)
+            self.cache.users.append((uid, cands.primary))
 
     def add_group(self, obj: dict[str, Any]) -> None:
         gid = _object_id(obj)
@@ -116,12 +136,10 @@ class Projector:
             # A later page of a group delta carrying more of its members.
             self.add_members(gid, obj.get("members@delta") or ())
             return
-        self._candidates(gid, "group", obj)
-        name = obj.get("displayName")
-        if not isinstance(name, str) or not name.strip():
-            mail = obj.get("mail")
-            name = mail if isinstance(mail, str) and mail.strip() else gid
-        self._group_names[gid] = name
+        cands = self._candidates(gid, "group", obj)
+        if self.cache is not None:
+            self._cache_object(gid, "g", obj, cands)
+        self._group_names[gid] = group_name(gid, obj)
         self._members.setdefault(gid, {})
         self.add_members(gid, obj.get("members@delta") or ())
 
@@ -129,7 +147,17 @@ class Projector:
         cid = _object_id(obj)
         if cid not in self._contacts:
             self._contacts.add(cid)
-            self._candidates(cid, "contact", obj)
+            cands = self._candidates(cid, "contact", obj)
+            if self.cache is not None:
+                self._cache_object(cid, "c", obj, cands)
+
+    def _cache_object(self, oid: str, kind: str, obj: dict[str, Any], cands: Candidates) -> None:
+        from .directory import compact_json
+
+        if self.cache is None:
+            return
+        self.cache.objects.append((oid, kind, compact_json(kind, obj), len(cands.exclusions)))
+        self.cache.kept.extend((a, oid) for a in cands.kept)
 
     def add_members(self, group_id: str, members: Iterable[dict[str, Any]]) -> None:
         bucket = self._members.setdefault(group_id, {})
@@ -142,6 +170,12 @@ class Projector:
 
     # --- deriving ------------------------------------------------------------------------
     def result(self) -> Projection:
+        if self.cache is not None:
+            from .directory import member_kind
+
+            for gid, members in self._members.items():
+                if gid in self._group_names:
+                    self.cache.members.extend((gid, mid, member_kind(otype)) for mid, otype in members.items())
         users = self._user_records()
         groups = self._group_records()
         return Projection(
@@ -193,45 +227,84 @@ class Projector:
             return otype == GROUP_TYPE
         return mid in self._group_names
 
-    def _candidates(self, oid: str, otype: str, obj: dict[str, Any]) -> _Candidates:
-        """Normalize and check the object's candidates; record the kept ones and exclusions."""
-        raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
-        mail = obj.get("mail")
-        if isinstance(mail, str) and mail.strip():
-            raw.append((mail, None))
-        proxies = obj.get("proxyAddresses")
-        if isinstance(proxies, list):
-            for p in proxies:
-                if isinstance(p, str) and p[:5].lower() == "smtp:":
-                    raw.append((p[5:], p.startswith("SMTP:")))
-        kept: list[str] = []
-        primary_proxy: str | None = None
-        kept_mail: str | None = None
-        seen: set[str] = set()
-        for value, is_primary in raw:
-            shown = value.strip().lower()
-            try:
-                address = normalize_address(value)
-            except InvalidAddress as exc:
-                if shown not in seen:
-                    seen.add(shown)
-                    log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
-                    self.exclusions.append(Exclusion("addresses", oid, otype, value, f"invalid address: {exc}"))
-                continue
-            if domain_of(address) not in self.provisioned:
-                if address not in seen:
-                    seen.add(address)
-                    self.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned"))
-                continue
+    def _candidates(self, oid: str, otype: str, obj: dict[str, Any]) -> Candidates:
+        cands = candidates(oid, otype, obj, self.provisioned)
+        self.addresses.update(cands.kept)
+        self.exclusions.extend(cands.exclusions)
+        return cands
+
+
+def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str]) -> Candidates:
+    """Normalize and check one object's candidate addresses: the kept ones, its primary
+    address, and every exclusion with its reason (invalid values are logged with the id)."""
+    raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
+    mail = obj.get("mail")
+    if isinstance(mail, str) and mail.strip():
+        raw.append((mail, None))
+    proxies = obj.get("proxyAddresses")
+    if isinstance(proxies, list):
+        for p in proxies:
+            if isinstance(p, str) and p[:5].lower() == "smtp:":
+                raw.append((p[5:], p.startswith("SMTP:")))
+    out = Candidates([], None, None)
+    seen: set[str] = set()
+    for value, is_primary in raw:
+        shown = value.strip().lower()
+        try:
+            address = normalize_address(value)
+        except InvalidAddress as exc:
+            if shown not in seen:
+                seen.add(shown)
+                log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
+                out.exclusions.append(Exclusion("addresses", oid, otype, _printable(value), f"invalid address: {exc}"))
+            continue
+        if domain_of(address) not in provisioned:
             if address not in seen:
                 seen.add(address)
-                kept.append(address)
-                self.addresses.add(address)
-            if is_primary is None:
-                kept_mail = address
-            elif is_primary and primary_proxy is None:
-                primary_proxy = address
-        return _Candidates(kept, primary_proxy, kept_mail)
+                out.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned"))
+            continue
+        if address not in seen:
+            seen.add(address)
+            out.kept.append(address)
+        if is_primary is None:
+            out.kept_mail = address
+        elif is_primary and out.primary_proxy is None:
+            out.primary_proxy = address
+    return out
+
+
+MAX_GROUP_NAME = 256  # sync-api.md: groups.name is 1 to 256 characters
+
+
+def _usable_name(value: Any) -> bool:
+    """Not blank, at most 256 characters, and Unicode text that UTF-8 can carry (JSON escapes
+    can smuggle lone surrogates into a Graph string; they would make the request body unsendable)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_GROUP_NAME:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def group_name(gid: str, obj: dict[str, Any]) -> str:
+    """A group record's ``name``: its displayName, where that is empty its mail, else its id
+    (sync-rules.md). A value the sync API cannot take as a name (over 256 characters, or
+    with lone surrogates) counts as empty, so the group is sent rather than rejected."""
+    for value in (obj.get("displayName"), obj.get("mail")):
+        if _usable_name(value):
+            return value
+    return gid
+
+
+def _printable(value: str) -> str:
+    """A raw value as a report can print it: lone surrogates escaped (``\\ud800``)."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _object_id(obj: dict[str, Any]) -> str:

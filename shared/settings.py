@@ -53,6 +53,9 @@ class Settings:
     storage_blob_uri: str | None
     storage_client_id: str | None
     managed_identity_client_id: str | None
+    full_sync_interval_hours: float = 24.0
+    delete_threshold_percent: float = 10.0
+    delete_threshold_count: int = 500
 
     @property
     def graph_scope(self) -> str:
@@ -131,6 +134,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _valid_schedule(schedule):
         raise SettingsError("SYNC_SCHEDULE", "is not an NCRONTAB expression of six fields (second minute hour day month day-of-week)", DEFAULT_SCHEDULE)
 
+    full_interval = _number(get("FULL_SYNC_INTERVAL_HOURS"), "FULL_SYNC_INTERVAL_HOURS", 24.0, "24 (hours; 0 reads in full every run)", 0, 24 * 366)
+    delete_percent = _number(get("DELETE_THRESHOLD_PERCENT"), "DELETE_THRESHOLD_PERCENT", 10.0, "10 (percent of a dataset's records; 100 turns the percentage check off)", 0, 100)
+    delete_count = int(_number(get("DELETE_THRESHOLD_COUNT"), "DELETE_THRESHOLD_COUNT", 500, "500 (deletions per dataset and run)", 0, 10**9, integer=True))
+
     conn = get("AzureWebJobsStorage")
     blob_uri = get("AzureWebJobsStorage__blobServiceUri") or get("AzureWebJobsStorage__serviceUri")
     account = get("AzureWebJobsStorage__accountName")
@@ -168,7 +175,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         storage_blob_uri=blob_uri,
         storage_client_id=get("AzureWebJobsStorage__clientId"),
         managed_identity_client_id=get("AZURE_CLIENT_ID"),
+        full_sync_interval_hours=full_interval,
+        delete_threshold_percent=delete_percent,
+        delete_threshold_count=delete_count,
     )
+
+
+def _number(raw: str | None, name: str, default: float, example: str, low: float, high: float, *, integer: bool = False) -> float:
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not {'a whole number' if integer else 'a number'}", example) from None
+    if not (low <= value <= high) or value != value:
+        raise SettingsError(name, f"{raw!r} is outside {low:g}..{high:g}", example)
+    return value
 
 
 def _is_guid(value: str) -> bool:

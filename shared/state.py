@@ -1,72 +1,195 @@
-"""The change-tracking state: what the service is known to hold, per dataset.
+"""The change-tracking state: what the service is known to hold, and the directory cache that
+delta rounds are merged into.
 
-The state is one gzip'd JSON document, replaced atomically (a crash leaves the old or the new
-one), plus an append-only journal of the batches the service has confirmed since. Each
-confirmed batch is journaled before the next one is sent, so a run killed between two batches
-loses nothing: the next load replays the journal and carries on from there. Journal entries
-name the state they extend (lineage, generation, sequence), so a stale or torn entry is
-ignored rather than applied twice.
+Format: one SQLite database (``state.db``), chosen for three reasons. A delta round touches a
+few rows of a 100,000-user state, and SQLite reads and writes only those pages, where a JSON
+document must be parsed and rewritten whole (2 s each way at 100,000 users). Its commit is
+atomic and survives a crash at any instant. And it needs nothing beyond the standard library.
 
-Backends: ``file:<directory>`` and ``blob:<container>`` (azure-storage-blob)."""
+A run works inside one transaction and commits once at the end, as the next *generation*.
+Batches the service confirms in between are also appended to a journal (a file with fsync,
+or an append blob), each before the next batch is sent, so a process killed between two
+batches loses nothing: the next run replays the journal onto the last committed generation.
+Journal entries name the generation and sequence they extend, so a stale or torn entry is
+ignored rather than applied twice, and the position (lineage:generation:sequence) is part of
+every Idempotency-Key.
+
+Backends: ``file:<directory>`` (the database lives there) and ``blob:<container>`` (the
+database is a block blob, downloaded to a local file, committed there, then uploaded with
+a condition on the ETag it was read at). A state written by the previous release
+(``state.json.gz``) is converted on first open; its directory cache is empty, so that run
+reads the directory in full."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
+import hashlib
 import json
 import logging
 import os
+import shutil
+import sqlite3
+import tempfile
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from .directory import SCHEMA as CACHE_SCHEMA
+from .directory import Cache
 from .errors import StateConflictError, StateError
 from .projection import DATASETS, Records
 
 log = logging.getLogger(__name__)
 
 FORMAT = "entra-dirsync-state"
-VERSION = 1
-STATE_NAME = "state.json.gz"
+VERSION = 2
+DB_NAME = "state.db"
 JOURNAL_NAME = "state.journal.jsonl"
+V1_NAME = "state.json.gz"  # the previous release's format
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (dataset TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (dataset, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held (dataset TEXT NOT NULL, key TEXT NOT NULL, approved INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dataset, key)) WITHOUT ROWID;
+"""
+    + CACHE_SCHEMA
+)
 
 
-@dataclass
-class SyncState:
-    lineage: str
-    generation: int = 0
-    seq: int = 0  # journal entries applied on top of ``generation``
-    datasets: dict[str, Records] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+def _encode(dataset: str, value: tuple) -> str:
+    if dataset == "addresses":
+        return ""
+    return json.dumps([value[0], list(value[1])], separators=(",", ":"), ensure_ascii=False)
 
-    @classmethod
-    def new(cls) -> SyncState:
-        return cls(lineage=uuid.uuid4().hex)
 
+def _decode(dataset: str, text: str) -> tuple:
+    if dataset == "addresses":
+        return ()
+    first, ids = json.loads(text)
+    if not isinstance(first, str) or not isinstance(ids, list):
+        raise ValueError("bad record")
+    return (first, tuple(ids))
+
+
+class StateDB:
+    """One open state database. Everything happens in one transaction until ``commit``."""
+
+    def __init__(self, path: Path, where: str, *, durable: bool = True, readonly: bool = False, discard: bool = False) -> None:
+        self.path = path
+        self.where = where
+        self.readonly = readonly
+        self.discard = discard  # a scratch copy (dry runs): removed on close
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=" + ("DELETE" if durable else "MEMORY"))
+            self.conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "OFF"))
+            self.conn.execute("PRAGMA cache_size=-32768")
+            self.conn.execute("PRAGMA foreign_keys=OFF")
+            fmt = self._meta_raw("format")
+            if fmt is None:
+                if readonly:
+                    raise StateError(f"the state at {where} is empty")
+                self.conn.executescript(SCHEMA)
+                self.conn.execute("BEGIN")
+                self.lineage = uuid.uuid4().hex
+                self.generation = 0
+                self.set_meta("format", FORMAT)
+                self.set_meta("version", VERSION)
+                self.set_meta("lineage", self.lineage)
+                self.set_meta("generation", 0)
+                # The lineage is durable before any batch is journaled against it.
+                self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN")
+            else:
+                if json.loads(fmt) != FORMAT:
+                    raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
+                version = self.get_meta("version")
+                if version != VERSION:
+                    raise StateError(
+                        f"the state at {where} has version {version!r}, this release reads version {VERSION}; "
+                        "run 'refresh' to rebuild it from the service"
+                    )
+                self.lineage = str(self.get_meta("lineage"))
+                self.generation = int(self.get_meta("generation"))
+                self.conn.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            self._close_quietly()
+            raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
+        except (TypeError, ValueError):
+            self._close_quietly()
+            raise StateError(f"the state at {where} is malformed; run 'refresh' to rebuild it from the service") from None
+        self.seq = 0  # journal entries applied on top of ``generation``
+        self.changed = False
+
+    # --- identity --------------------------------------------------------------------------
     @property
     def position(self) -> str:
         """Where this state stands; part of every Idempotency-Key so that a key is never
         reused for a different intention, even when the same body is sent again later."""
         return f"{self.lineage}:{self.generation}:{self.seq}"
 
+    # --- meta --------------------------------------------------------------------------------
+    def _meta_raw(self, key: str) -> str | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None  # no meta table: an empty database
+        return None if row is None else row[0]
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        raw = self._meta_raw(key)
+        return default if raw is None else json.loads(raw)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        if value is None:
+            self.conn.execute("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, ensure_ascii=False)))
+        self.changed = True
+
+    # --- records (what the service holds) ------------------------------------------------------
     def records(self, dataset: str) -> Records:
-        return self.datasets.get(dataset, {})
+        try:
+            return {k: _decode(dataset, v) for k, v in self.conn.execute("SELECT key, value FROM records WHERE dataset=?", (dataset,))}
+        except (ValueError, TypeError):
+            raise StateError(f"the state at {self.where} holds a malformed {dataset} record; run 'refresh' to rebuild it") from None
+
+    def values(self, dataset: str, keys: Iterable[str]) -> Records:
+        out: Records = {}
+        q = self.conn.execute
+        for k in keys:
+            row = q("SELECT value FROM records WHERE dataset=? AND key=?", (dataset, k)).fetchone()
+            if row is not None:
+                out[k] = _decode(dataset, row[0])
+        return out
+
+    def count(self, dataset: str) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM records WHERE dataset=?", (dataset,)).fetchone()[0])
 
     def apply(self, dataset: str, upsert: dict[str, tuple], delete: Iterable[str]) -> None:
-        recs = self.datasets.setdefault(dataset, {})
-        for key in delete:
-            recs.pop(key, None)
-        recs.update(upsert)
+        self.conn.executemany("DELETE FROM records WHERE dataset=? AND key=?", ((dataset, k) for k in delete))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)",
+            ((dataset, k, _encode(dataset, v)) for k, v in upsert.items()),
+        )
+        self.changed = True
 
+    def replace_records(self, dataset: str, records: Records) -> None:
+        self.conn.execute("DELETE FROM records WHERE dataset=?", (dataset,))
+        self.apply(dataset, records, ())
+
+    # --- journal -----------------------------------------------------------------------------
     def journal_entry(self, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> dict[str, Any]:
         return {
             "lineage": self.lineage,
             "generation": self.generation,
             "seq": self.seq + 1,
             "dataset": dataset,
-            "upsert": {k: list(_jsonable(v)) for k, v in upsert.items()},
+            "upsert": {k: [v[0], list(v[1])] if v else [] for k, v in upsert.items()},
             "delete": list(delete),
         }
 
@@ -80,73 +203,138 @@ class SyncState:
         ):
             return False
         dataset = entry["dataset"]
-        upsert = {k: _value_from_json(dataset, v) for k, v in entry["upsert"].items()}
-        self.apply(dataset, upsert, entry["delete"])
+        try:
+            upsert = {k: (() if dataset == "addresses" else (v[0], tuple(v[1]))) for k, v in entry["upsert"].items()}
+            delete = [str(k) for k in entry["delete"]]
+        except (KeyError, TypeError, IndexError, AttributeError):
+            return False
+        self.apply(dataset, upsert, delete)
         self.seq += 1
         return True
 
-    def advanced(self) -> SyncState:
-        """The same content as the next generation, with the journal folded in."""
-        return SyncState(self.lineage, self.generation + 1, 0, self.datasets, dict(self.meta))
+    # --- held deletions (the deletion guard) -----------------------------------------------------
+    def held(self, dataset: str | None = None) -> dict[str, dict[str, bool]]:
+        """dataset -> {key: approved}."""
+        out: dict[str, dict[str, bool]] = {}
+        rows = (
+            self.conn.execute("SELECT dataset, key, approved FROM held WHERE dataset=?", (dataset,))
+            if dataset
+            else self.conn.execute("SELECT dataset, key, approved FROM held")
+        )
+        for d, k, approved in rows:
+            out.setdefault(d, {})[k] = bool(approved)
+        return out
 
-    # --- serialization -------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        doc = {
-            "format": FORMAT,
-            "version": VERSION,
-            "lineage": self.lineage,
-            "generation": self.generation,
-            "savedAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "meta": self.meta,
-            "datasets": {
-                name: (sorted(recs) if name == "addresses" else {k: _jsonable(v) for k, v in recs.items()})
-                for name, recs in self.datasets.items()
-            },
-        }
-        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return gzip.compress(raw, compresslevel=1, mtime=0)  # level 1: 3x faster, ~7% larger
+    def set_held(self, dataset: str, keys: dict[str, bool]) -> None:
+        self.conn.execute("DELETE FROM held WHERE dataset=?", (dataset,))
+        self.conn.executemany("INSERT INTO held (dataset, key, approved) VALUES (?, ?, ?)", ((dataset, k, int(a)) for k, a in keys.items()))
+        self.changed = True
 
-    @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> SyncState:
+    # --- the directory cache ---------------------------------------------------------------------
+    def cache(self, provisioned: frozenset[str]) -> Cache:
+        return Cache(self.conn, provisioned)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[None]:
+        """Changes made inside are undone on exit (used to plan against a merged cache
+        before the service has confirmed anything)."""
+        self.conn.execute("SAVEPOINT scratch")
         try:
-            doc = json.loads(gzip.decompress(data))
-        except (OSError, EOFError, ValueError) as exc:
-            raise StateError(f"the state at {where} is unreadable ({type(exc).__name__}); run 'refresh' to rebuild it from the service") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise StateError(f"the state at {where} is not a sync state document; run 'refresh' to rebuild it")
-        if doc.get("version") != VERSION:
-            raise StateError(
-                f"the state at {where} has version {doc.get('version')!r}, this release reads version {VERSION}; "
-                "run 'refresh' to rebuild it from the service"
-            )
+            yield
+        finally:
+            self.conn.execute("ROLLBACK TO scratch")
+            self.conn.execute("RELEASE scratch")
+
+    # --- ending --------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make everything durable as the next generation (the journal becomes stale)."""
+        if self.readonly:
+            raise StateError("internal error: a read-only state cannot be committed")
+        self.generation += 1
+        self.seq = 0
+        self.set_meta("generation", self.generation)
+        self.set_meta("savedAt", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         try:
-            datasets: dict[str, Records] = {}
-            for name, recs in doc["datasets"].items():
-                if name not in DATASETS:
-                    raise ValueError(name)
-                if name == "addresses":
-                    datasets[name] = dict.fromkeys(recs, ())
-                else:
-                    datasets[name] = {k: _value_from_json(name, v) for k, v in recs.items()}
-            return cls(str(doc["lineage"]), int(doc["generation"]), 0, datasets, dict(doc.get("meta") or {}))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise StateError(f"the state at {where} is malformed; run 'refresh' to rebuild it from the service") from None
+            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot write the state at {self.where}: {exc}") from None
+        self.changed = False
+
+    def close(self) -> None:
+        """Close without committing: anything not committed is rolled back."""
+        self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        conn.close()
+        self.conn = None  # type: ignore[assignment]
+        if self.discard:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
-def _jsonable(value: tuple) -> list[Any]:
-    return [list(v) if isinstance(v, tuple) else v for v in value]
+# --- the previous release's format (read once, to convert) ----------------------------------------
+def _load_v1(data: bytes, journal: bytes, where: str) -> tuple[str, int, dict[str, Records]]:
+    try:
+        doc = json.loads(gzip.decompress(data))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
+            raise ValueError("not a version 1 state")
+        lineage, generation = str(doc["lineage"]), int(doc["generation"])
+        datasets: dict[str, Records] = {}
+        for name, recs in doc["datasets"].items():
+            if name not in DATASETS:
+                raise ValueError(name)
+            if name == "addresses":
+                datasets[name] = dict.fromkeys(recs, ())
+            else:
+                datasets[name] = {}
+                for k, v in recs.items():
+                    first, ids = v
+                    if not isinstance(first, str) or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                        raise ValueError("bad record")
+                    datasets[name][str(k)] = (first, tuple(ids))
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise StateError(f"the previous release's state at {where} is unreadable; run 'refresh' to rebuild it from the service") from None
+    seq = 0
+    for entry in _parse_journal(journal)[0]:
+        if entry.get("lineage") == lineage and entry.get("generation") == generation and entry.get("seq") == seq + 1:
+            try:
+                d = entry["dataset"]
+                recs = datasets.setdefault(d, {})
+                for k in entry["delete"]:
+                    recs.pop(k, None)
+                for k, v in entry["upsert"].items():
+                    recs[k] = () if d == "addresses" else (v[0], tuple(v[1]))
+            except (KeyError, TypeError, IndexError):
+                break
+            seq += 1
+    return lineage, generation, datasets
 
 
-def _value_from_json(dataset: str, value: Any) -> tuple:
-    if dataset == "addresses":
-        return ()
-    first, ids = value
-    if not isinstance(first, str) or not isinstance(ids, list):
-        raise ValueError("bad record")
-    return (first, tuple(ids))
+def _convert_v1(db: StateDB, lineage: str, generation: int, datasets: dict[str, Records]) -> None:
+    db.lineage, db.generation = lineage, generation
+    db.set_meta("lineage", lineage)
+    for name, recs in datasets.items():
+        db.replace_records(name, recs)
+    db.set_meta("convertedFrom", "state.json.gz version 1")
+    db.commit()
+    log.warning(
+        "state %s: converted the previous release's state (state.json.gz, version 1) to version %d; "
+        "it has no directory cache, so this run reads the directory in full",
+        db.where,
+        VERSION,
+    )
 
 
-def _parse_journal(data: bytes) -> list[dict[str, Any]]:
+def _parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
+    """The entries, and whether the journal ends in a torn write."""
     entries = []
     for line in data.splitlines():
         if not line.strip():
@@ -154,25 +342,57 @@ def _parse_journal(data: bytes) -> list[dict[str, Any]]:
         try:
             entry = json.loads(line)
         except ValueError:
-            break  # a torn last write: that batch was never recorded as confirmed
+            return entries, True  # a torn last write: that batch was never recorded as confirmed
         if isinstance(entry, dict):
             entries.append(entry)
-    return entries
+    return entries, False
 
 
-def _with_journal(state: SyncState, entries: list[dict[str, Any]], where: str) -> SyncState:
-    applied = sum(1 for e in entries if state.replay(e))
+def _snapshot(source: Path, target: Path, where: str) -> None:
+    try:
+        src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
+
+
+def _good_prefix(data: bytes) -> int:
+    """Length of the journal up to the end of its last complete, parsable line."""
+    end = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        end += len(line)
+    return end
+
+
+def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
+    """Apply the journal in the open transaction. The position stays where the interrupted
+    run left it, so a batch whose answer was lost is sent again under the same key."""
+    entries, torn = _parse_journal(data)
+    applied = sum(1 for e in entries if db.replay(e))
     if applied:
-        log.info("state %s: replayed %d confirmed batch(es) from the journal of an interrupted run", where, applied)
-    return state
+        log.info("state %s: replayed %d confirmed batch(es) from the journal of an interrupted run", db.where, applied)
+    return applied, torn
 
 
 class StateStore(Protocol):
     where: str
 
-    def load(self) -> SyncState | None: ...
-    def save(self, state: SyncState) -> None: ...
+    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None: ...
     def append_journal(self, entry: dict[str, Any]) -> None: ...
+    def publish(self, db: StateDB) -> None: ...
 
 
 # --- file: ----------------------------------------------------------------------------------
@@ -180,44 +400,81 @@ class FileStateStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
         self.where = f"file:{self.dir}"
-        self.path = self.dir / STATE_NAME
+        self.path = self.dir / DB_NAME
         self.journal = self.dir / JOURNAL_NAME
 
-    def load(self) -> SyncState | None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
+        """The state, with the journal of an interrupted run folded in; ``None`` when there is
+        none and ``readonly`` (a dry run creates nothing). ``rebuild`` (refresh) sets an
+        unreadable state aside instead of failing."""
+        if rebuild:
+            try:
+                return self.open()
+            except StateError as exc:
+                aside = self.dir / f"{DB_NAME}.unreadable-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
+                log.warning("refresh: the state is unusable (%s); keeping it as %s and starting a new one", exc, aside.name)
+                for name in (DB_NAME, V1_NAME, JOURNAL_NAME):
+                    if (self.dir / name).exists():
+                        (self.dir / name).rename(aside if name == DB_NAME else self.dir / f"{name}.unreadable")
+                return self.open()
+        v1 = self.dir / V1_NAME
+        exists = self.path.exists()
+        if not exists and readonly and not v1.exists():
             return None
-        except OSError as exc:
-            raise StateError(f"cannot read the state at {self.where}: {exc.strerror}") from None
-        state = SyncState.from_bytes(data, self.where)
-        try:
-            journal = self.journal.read_bytes()
-        except FileNotFoundError:
-            journal = b""
-        return _with_journal(state, _parse_journal(journal), self.where)
-
-    def save(self, state: SyncState) -> None:
-        data = state.to_bytes()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".{STATE_NAME}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.dir)
-            # The journal only extends the old generation; once the new state is durable,
-            # its entries are stale (and would be ignored anyway).
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory {self.where}: {exc.strerror}") from None
+        if readonly:
+            # A dry run works on a snapshot, so it never holds a lock a running update needs.
+            tmp = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
+            if exists:
+                _snapshot(self.path, tmp, self.where)
+            db = StateDB(tmp, self.where, durable=False, discard=True)
+            if not exists:
+                _convert_v1(db, *_load_v1(v1.read_bytes(), self._journal_bytes(), self.where))
+            _replay(db, self._journal_bytes())
+            return db
+        old = _load_v1(v1.read_bytes(), self._journal_bytes(), self.where) if not exists and v1.exists() else None
+        db = StateDB(self.path, self.where)
+        if old is not None:
+            _convert_v1(db, *old)
+            self.journal.unlink(missing_ok=True)
+            v1.rename(self.dir / (V1_NAME + ".converted"))
+        data = self._journal_bytes()
+        applied, torn = _replay(db, data)  # in the open transaction, committed at the run's end
+        if torn:
+            # Appending after a torn line would hide every later entry: cut it off first.
+            good = _good_prefix(data)
+            try:
+                os.truncate(self.journal, good)
+            except OSError as exc:
+                raise StateError(f"cannot repair the journal at {self.where}: {exc.strerror}") from None
+        elif not applied and self.journal.exists():
+            self._clear_journal()  # only stale entries
+        return db
+
+    def _journal_bytes(self) -> bytes:
+        try:
+            return self.journal.read_bytes()
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise StateError(f"cannot read the journal at {self.where}: {exc.strerror}") from None
+
+    def publish(self, db: StateDB) -> None:
+        """After ``db.commit()``: the database is the durable copy, so the journal is stale."""
+        self._clear_journal()
+
+    def _clear_journal(self) -> None:
+        try:
             self.journal.unlink(missing_ok=True)
         except OSError as exc:
-            raise StateError(f"cannot write the state at {self.where}: {exc.strerror}") from None
+            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, exc.strerror)
 
     def append_journal(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
             with open(self.journal, "ab") as fh:
                 fh.write(line)
                 fh.flush()
@@ -226,27 +483,17 @@ class FileStateStore:
             raise StateError(f"cannot append to the journal at {self.where}: {exc.strerror}") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --- blob: ----------------------------------------------------------------------------------
 class BlobStateStore:
-    """State in a blob container. A block-blob upload is atomic; writes are conditional on the
-    ETag this run read, so two writers cannot silently overwrite each other."""
+    """The database as a block blob. It is worked on in a local copy (kept between runs of a
+    warm instance and reused while the blob's ETag is unchanged) and uploaded after the commit,
+    on the condition that nobody else wrote it meanwhile."""
 
-    def __init__(self, service_client: Any, container: str, account_hint: str) -> None:
+    def __init__(self, service_client: Any, container: str, account_hint: str, local_dir: str | os.PathLike[str] | None = None) -> None:
         self.container = service_client.get_container_client(container)
         self.where = f"blob:{container} ({account_hint})"
+        tag = hashlib.sha256(f"{account_hint}/{container}".encode()).hexdigest()[:16]
+        self.local = Path(local_dir or tempfile.gettempdir()) / f"dirsync-state-{tag}"
         self._etag: str | None = None
         self._journal_ready = False
 
@@ -258,42 +505,93 @@ class BlobStateStore:
         except ResourceExistsError:
             pass
 
-    def load(self) -> SyncState | None:
+    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
+        if rebuild:
+            try:
+                return self.open()
+            except StateConflictError:
+                raise
+            except StateError as exc:
+                log.warning("refresh: the state is unusable (%s); starting a new one (the blob is replaced on success)", exc)
+                path = self.local / DB_NAME
+                path.unlink(missing_ok=True)
+                (self.local / "etag").unlink(missing_ok=True)
+                return StateDB(path, self.where, durable=False)
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
+        self.local.mkdir(parents=True, exist_ok=True)
+        path, stamp = self.local / DB_NAME, self.local / "etag"
         try:
             self._ensure_container()
-            blob = self.container.get_blob_client(STATE_NAME)
-            downloader = blob.download_blob()
-            data = downloader.readall()
-            self._etag = downloader.properties.etag
-        except ResourceNotFoundError:
-            self._etag = None
-            return None
+            blob = self.container.get_blob_client(DB_NAME)
+            try:
+                props = blob.get_blob_properties()
+                self._etag = props.etag
+            except ResourceNotFoundError:
+                self._etag = None
+            if self._etag is None:
+                v1 = self._download(V1_NAME)
+                if v1 is None and readonly:
+                    return None
+                path.unlink(missing_ok=True)
+                stamp.unlink(missing_ok=True)
+            elif not (path.exists() and stamp.exists() and stamp.read_text() == self._etag):
+                stamp.unlink(missing_ok=True)
+                tmp = self.local / f".{DB_NAME}.{uuid.uuid4().hex}.tmp"
+                with open(tmp, "wb") as fh:
+                    downloader = blob.download_blob(etag=self._etag, match_condition=_if_not_modified())
+                    downloader.readinto(fh)
+                os.replace(tmp, path)
+                stamp.write_text(self._etag)
+            journal = self._download(JOURNAL_NAME) or b""
         except AzureError as exc:
             raise StateError(f"cannot read the state at {self.where}: {_azure_reason(exc)}") from None
-        state = SyncState.from_bytes(data, self.where)
-        try:
-            journal = self.container.get_blob_client(JOURNAL_NAME).download_blob().readall()
-        except ResourceNotFoundError:
-            journal = b""
-        except AzureError as exc:
-            raise StateError(f"cannot read the journal at {self.where}: {_azure_reason(exc)}") from None
-        return _with_journal(state, _parse_journal(journal), self.where)
+        except OSError as exc:
+            raise StateError(f"cannot keep a local copy of the state at {self.local}: {exc.strerror}") from None
+        if readonly:
+            work = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
+            if path.exists() and self._etag is not None:
+                work.write_bytes(path.read_bytes())
+            db = StateDB(work, self.where, durable=False, discard=True)
+            if self._etag is None and v1 is not None:
+                _convert_v1(db, *_load_v1(v1, journal, self.where))
+            _replay(db, journal)
+            return db
+        stamp.unlink(missing_ok=True)  # the local copy is about to diverge from the blob
+        db = StateDB(path, self.where, durable=False)
+        if self._etag is None:
+            if v1 is not None:
+                _convert_v1(db, *_load_v1(v1, journal, self.where))
+                journal = b""
+            self.publish(db)  # the lineage is durable before any batch is journaled
+        applied, torn = _replay(db, journal)
+        if torn:
+            # An append blob cannot be cut: fold the journal into a new generation instead.
+            db.commit()
+            self.publish(db)
+        return db
 
-    def save(self, state: SyncState) -> None:
-        from azure.core import MatchConditions
+    def _download(self, name: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.container.get_blob_client(name).download_blob().readall()
+        except ResourceNotFoundError:
+            return None
+
+    def publish(self, db: StateDB) -> None:
+        """Upload the committed database (atomic: the block list is committed at the end)."""
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
-        blob = self.container.get_blob_client(STATE_NAME)
-        data = state.to_bytes()
+        blob = self.container.get_blob_client(DB_NAME)
         try:
-            self._ensure_container()
-            if self._etag is None:
-                result = blob.upload_blob(data, overwrite=True, if_none_match="*")
-            else:
-                result = blob.upload_blob(data, overwrite=True, etag=self._etag, match_condition=MatchConditions.IfNotModified)
+            with open(db.path, "rb") as fh:
+                if self._etag is None:
+                    result = blob.upload_blob(fh, overwrite=True, if_none_match="*", max_concurrency=4)
+                else:
+                    result = blob.upload_blob(fh, overwrite=True, etag=self._etag, match_condition=_if_not_modified(), max_concurrency=4)
             self._etag = result.get("etag")
+            (self.local / "etag").write_text(str(self._etag))
         except (ResourceModifiedError, ResourceExistsError):
             raise StateConflictError(f"the state at {self.where} was changed by someone else during this run; nothing was overwritten") from None
         except AzureError as exc:
@@ -324,9 +622,31 @@ class BlobStateStore:
             raise StateError(f"cannot append to the journal at {self.where}: {_azure_reason(exc)}") from None
 
 
+def _if_not_modified() -> Any:
+    from azure.core import MatchConditions
+
+    return MatchConditions.IfNotModified
+
+
 def _azure_reason(exc: Exception) -> str:
     code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
     return f"{type(exc).__name__}{f' ({code})' if code else ''}"
+
+
+def blob_service(settings: Any) -> tuple[Any, str]:
+    """The blob service client of ``AzureWebJobsStorage`` (connection string or identity)."""
+    from azure.storage.blob import BlobServiceClient
+
+    if settings.storage_connection_string:
+        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
+        return service, service.account_name or "connection string"
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if settings.storage_client_id:
+        credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
+    else:
+        credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
+    return BlobServiceClient(settings.storage_blob_uri, credential=credential), settings.storage_blob_uri
 
 
 def open_store(settings: Any) -> StateStore:
@@ -334,18 +654,5 @@ def open_store(settings: Any) -> StateStore:
     loc = settings.state
     if loc.kind == "file":
         return FileStateStore(loc.where)
-    from azure.storage.blob import BlobServiceClient
-
-    if settings.storage_connection_string:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
-        hint = service.account_name or "connection string"
-    else:
-        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-        if settings.storage_client_id:
-            credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
-        else:
-            credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
-        service = BlobServiceClient(settings.storage_blob_uri, credential=credential)
-        hint = settings.storage_blob_uri
+    service, hint = blob_service(settings)
     return BlobStateStore(service, loc.where, hint)

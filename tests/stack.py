@@ -104,7 +104,10 @@ class CliResult:
 def base_env(graph_url: str, sync_url: str, state: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")}
     return {**keep, "GRAPH_AUTH": "none", "GRAPH_BASE_URL": graph_url, "SYNC_API_URL": sync_url,
-            "SYNC_API_CREDENTIAL": CREDENTIAL, "SYNC_STATE": state, "SYNC_TEST_BACKOFF_SECONDS": "0.01"}
+            "SYNC_API_CREDENTIAL": CREDENTIAL, "SYNC_STATE": state, "SYNC_TEST_BACKOFF_SECONDS": "0.01",
+            # The deletion guard has its own tests (test_guard.py); these directories are tiny,
+            # where any deletion is more than 10 %.
+            "DELETE_THRESHOLD_PERCENT": "100", "DELETE_THRESHOLD_COUNT": "1000000"}
 
 
 def run_cli(action: str, env: dict[str, str], *extra: str, timeout: float = 120) -> CliResult:

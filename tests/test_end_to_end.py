@@ -125,7 +125,7 @@ def test_incremental_update_sends_only_what_changed(env, receiver, graph):
 def test_a_page_that_keeps_failing_fails_the_run_and_sends_nothing(env, receiver, graph, tmp_path, fault):
     assert run_cli("update", env).code == 0
     graph.delete_user(U(1))  # a deletion the broken read must not send
-    before = (tmp_path / "state" / "state.json.gz").read_bytes()
+    before = (tmp_path / "state" / "state.db").read_bytes()
     receiver.clear_log()
     graph.inject_fault(fault, path_contains="/users", times=50, retry_after=0)
     r = run_cli("update", env, "--json")
@@ -133,7 +133,7 @@ def test_a_page_that_keeps_failing_fails_the_run_and_sends_nothing(env, receiver
     assert r.summary["ok"] is False
     assert "nothing was sent" in r.stderr.splitlines()[-1]
     assert posts(receiver) == []
-    assert (tmp_path / "state" / "state.json.gz").read_bytes() == before
+    assert (tmp_path / "state" / "state.db").read_bytes() == before
     assert U(1) in service_view(receiver)["users"]
 
 
@@ -266,4 +266,4 @@ def test_blob_state_in_azurite(graph, receiver, azurite):
     from azure.storage.blob import BlobServiceClient
 
     names = [b.name for b in BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("sync-state-e2e").list_blobs()]
-    assert "state.json.gz" in names
+    assert "state.db" in names

@@ -1,101 +1,195 @@
-"""The change-tracking state: atomic replacement, journal replay, and both backends."""
+"""The change-tracking state: atomic commits, journal replay, both backends, bad files."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 
 import pytest
 
 from shared.errors import StateConflictError, StateError
-from shared.state import FileStateStore, SyncState
+from shared.state import DB_NAME, FileStateStore
+
+SAMPLE = {
+    "addresses": {"a@x.com": (), "b@x.com": ()},
+    "groups": {"g1": ("Sales", ("g2",)), "g2": ("All", ())},
+    "users": {"u1": ("a@x.com", ("g1",))},
+}
 
 
-def sample() -> SyncState:
-    s = SyncState.new()
-    s.datasets = {
-        "addresses": {"a@x.com": (), "b@x.com": ()},
-        "groups": {"g1": ("Sales", ("g2",)), "g2": ("All", ())},
-        "users": {"u1": ("a@x.com", ("g1",))},
-    }
-    return s
+def fill(db) -> None:
+    for d, recs in SAMPLE.items():
+        db.replace_records(d, recs)
 
 
 def roundtrip(store) -> None:
-    assert store.load() is None
-    s = sample()
-    store.save(s)
-    loaded = store.load()
-    assert loaded.datasets == s.datasets and loaded.lineage == s.lineage
-    # a confirmed batch is journaled and replayed on the next load
-    e = loaded.journal_entry("users", {"u2": ("b@x.com", ())}, ["u1"])
+    db = store.open()
+    lineage = db.lineage
+    fill(db)
+    db.commit()
+    store.publish(db)
+    db.close()
+    db = store.open()
+    assert {d: db.records(d) for d in SAMPLE} == SAMPLE and db.lineage == lineage
+    # a confirmed batch is journaled and replayed on the next open, at the same position
+    e = db.journal_entry("users", {"u2": ("b@x.com", ())}, ["u1"])
     store.append_journal(e)
-    again = store.load()
+    db.close()  # a crash: nothing committed
+    again = store.open()
     assert again.records("users") == {"u2": ("b@x.com", ())}
-    assert again.seq == 1 and again.position.endswith(":0:1")
-    # folding the journal into a new generation makes old entries stale
-    store.save(again.advanced())
-    final = store.load()
-    assert final.generation == 1 and final.seq == 0
+    assert again.seq == 1 and again.position.endswith(":1:1")
+    # committing makes a new generation; the old entry is stale
+    again.commit()
+    store.publish(again)
+    again.close()
+    store.append_journal(e)  # a stale entry (generation 1) must not be applied twice
+    final = store.open()
+    assert final.generation == 2 and final.seq == 0
     assert final.records("users") == {"u2": ("b@x.com", ())}
-    store.append_journal(e)  # a stale entry (generation 0) must not be applied twice
-    assert store.load().records("users") == {"u2": ("b@x.com", ())}
+    final.close()
 
 
 def test_file_store_roundtrip(tmp_path):
     roundtrip(FileStateStore(tmp_path / "st"))
 
 
-def test_blob_store_roundtrip(azurite):
+def test_blob_store_roundtrip(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
     from shared.state import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
-    roundtrip(BlobStateStore(svc, "state-roundtrip", "azurite"))
+    roundtrip(BlobStateStore(svc, "state-roundtrip", "azurite", local_dir=tmp_path / "local"))
 
 
-def test_blob_store_refuses_to_overwrite_a_state_written_by_someone_else(azurite):
+def test_blob_store_refuses_to_overwrite_a_state_written_by_someone_else(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
     from shared.state import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
-    a = BlobStateStore(svc, "state-conflict", "azurite")
-    b = BlobStateStore(svc, "state-conflict", "azurite")
-    a.save(sample())
-    sa = a.load()
-    sb = b.load()
-    b.save(sb.advanced())
+    a = BlobStateStore(svc, "state-conflict", "azurite", local_dir=tmp_path / "a")
+    b = BlobStateStore(svc, "state-conflict", "azurite", local_dir=tmp_path / "b")
+    da = a.open()
+    da.close()
+    da = a.open()
+    db = b.open()
+    fill(db)
+    db.commit()
+    b.publish(db)
+    fill(da)
+    da.commit()
     with pytest.raises(StateConflictError):
-        a.save(sa.advanced())
+        a.publish(da)
+    db.close()
+    da.close()
 
 
-def test_torn_journal_line_is_ignored(tmp_path):
+def test_blob_local_copy_is_reused_only_while_the_etag_matches(azurite, tmp_path):
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.state import BlobStateStore
+
+    svc = BlobServiceClient.from_connection_string(azurite.connection_string)
+    a = BlobStateStore(svc, "state-etag", "azurite", local_dir=tmp_path / "a")
+    d = a.open()
+    fill(d)
+    d.commit()
+    a.publish(d)
+    d.close()
+    # someone else writes a newer state; our local copy must not be used
+    b = BlobStateStore(svc, "state-etag", "azurite", local_dir=tmp_path / "b")
+    d = b.open()
+    d.replace_records("users", {})
+    d.commit()
+    b.publish(d)
+    d.close()
+    d = a.open()
+    assert d.records("users") == {}
+    d.close()
+
+
+def test_torn_journal_line_is_cut_and_later_entries_survive(tmp_path):
     store = FileStateStore(tmp_path)
-    s = sample()
-    store.save(s)
-    e1 = s.journal_entry("addresses", {"c@x.com": ()}, [])
+    db = store.open()
+    e1 = db.journal_entry("addresses", {"c@x.com": ()}, [])
     store.append_journal(e1)
     with open(store.journal, "ab") as fh:
-        fh.write(b'{"lineage": "' + s.lineage.encode() + b'", "generation": 0, "seq": 2, "dat')
-    loaded = store.load()
+        fh.write(b'{"lineage": "' + db.lineage.encode() + b'", "generation": 0, "seq": 2, "dat')
+    db.close()
+    loaded = store.open()
     assert "c@x.com" in loaded.records("addresses") and loaded.seq == 1
+    # the torn tail is gone, so the next confirmed batch is readable after a crash
+    loaded.seq = 1
+    e2 = loaded.journal_entry("addresses", {"d@x.com": ()}, [])
+    store.append_journal(e2)
+    loaded.close()
+    again = store.open()
+    assert {"c@x.com", "d@x.com"} <= set(again.records("addresses")) and again.seq == 2
+    again.close()
 
 
-def test_a_crash_while_writing_leaves_the_old_state(tmp_path, monkeypatch):
+def test_an_uncommitted_run_leaves_the_last_commit(tmp_path):
     store = FileStateStore(tmp_path)
-    store.save(sample())
-    before = store.path.read_bytes()
+    db = store.open()
+    fill(db)
+    db.commit()
+    db.replace_records("users", {})
+    db.close()  # killed before the commit
+    db = store.open()
+    assert db.records("users") == SAMPLE["users"]
+    db.close()
 
-    def boom(*a, **k):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("shared.state.os.replace", boom)
-    with pytest.raises(StateError, match="No space left"):
-        store.save(sample())
-    assert store.path.read_bytes() == before
-    assert store.load().datasets == SyncState.from_bytes(before, "x").datasets
+def test_a_dry_run_never_writes_and_never_blocks_a_writer(tmp_path):
+    store = FileStateStore(tmp_path)
+    assert store.open(readonly=True) is None and not (tmp_path / DB_NAME).exists()
+    db = store.open()
+    fill(db)
+    db.commit()
+    before = (tmp_path / DB_NAME).read_bytes()
+    dry = store.open(readonly=True)
+    assert dry.records("users") == SAMPLE["users"]
+    dry.replace_records("users", {})
+    db.replace_records("groups", {})
+    db.commit()  # the writer commits while the dry run is open
+    dry.close()
+    db.close()
+    assert (tmp_path / DB_NAME).read_bytes() != before
+    db = store.open()
+    assert db.records("users") == SAMPLE["users"] and db.records("groups") == {}
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"not a database at all" * 50, "unreadable"),
+        (None, "not a sync state"),
+        ("version", "version 99"),
+    ],
+)
+def test_bad_state_files_give_a_clear_error(tmp_path, content, match):
+    store = FileStateStore(tmp_path)
+    path = tmp_path / DB_NAME
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        if content is None:
+            conn.execute("INSERT INTO meta VALUES ('format', '\"something else\"')")
+        else:
+            conn.execute("INSERT INTO meta VALUES ('format', '\"entra-dirsync-state\"')")
+            conn.execute("INSERT INTO meta VALUES ('version', '99')")
+        conn.commit()
+        conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match=match) as info:
+        store.open()
+    assert "refresh" in str(info.value)
+    assert path.read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -103,15 +197,12 @@ def test_a_crash_while_writing_leaves_the_old_state(tmp_path, monkeypatch):
     [
         (b"not gzip", "unreadable"),
         (gzip.compress(b"{not json"), "unreadable"),
-        (gzip.compress(json.dumps({"format": "other"}).encode()), "not a sync state"),
-        (gzip.compress(json.dumps({"format": "entra-dirsync-state", "version": 99}).encode()), "version 99"),
         (gzip.compress(json.dumps({"format": "entra-dirsync-state", "version": 1, "lineage": "x", "generation": 0,
-                                   "datasets": {"users": {"u": "bad"}}}).encode()), "malformed"),
+                                   "datasets": {"users": {"u": "bad"}}}).encode()), "unreadable"),
     ],
 )
-def test_bad_state_files_give_a_clear_error(tmp_path, content, match):
-    store = FileStateStore(tmp_path)
-    store.path.write_bytes(content)
+def test_a_broken_previous_release_state_gives_a_clear_error(tmp_path, content, match):
+    (tmp_path / "state.json.gz").write_bytes(content)
     with pytest.raises(StateError, match=match) as info:
-        store.load()
+        FileStateStore(tmp_path).open()
     assert "refresh" in str(info.value)

@@ -1,0 +1,509 @@
+"""Run history: one JSON report per run, kept next to the change-tracking state.
+
+The log line of a run is gone once the log retention ends and is hard to find before that;
+an operator asking "what did the last runs do, and is anything waiting for me?" needs the
+answer from the same place the state lives. Each report is the run summary plus the time it
+finished. Reports are named ``runs/<UTC timestamp>-<action>-<random>.json`` so that a plain
+name sort is a time sort and age can be judged without opening them. They are kept for a
+bounded time and count, and each one is bounded in size, so history can never grow without
+limit next to the state.
+
+Backends mirror the state's: ``file:<directory>`` writes ``<directory>/runs/``, and
+``blob:<container>`` writes blobs under ``runs/`` in the same container."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import StateError
+from .projection import DATASETS
+
+log = logging.getLogger(__name__)
+
+RUNS_PREFIX = "runs/"
+MAX_LIST_ENTRIES = 1000
+DEFAULT_MAX_AGE_DAYS = 30
+DEFAULT_MAX_COUNT = 2000
+STATUS_KEYS_SHOWN = 20
+APPROVE_COMMAND = "python -m shared approve-deletions"
+
+_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+# <stamp>-<action>-<8 hex>.json; anything else in runs/ is not ours and is never touched.
+_REPORT_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12}Z)-(?P<action>[a-z0-9-]+)-(?P<rand>[0-9a-f]{8})\.json$")
+_ACTION_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+class ReportStore(Protocol):
+    where: str
+
+    def write(self, report: dict[str, Any], now: dt.datetime | None = None) -> str: ...
+    def recent(self, limit: int = 10) -> list[dict[str, Any]]: ...
+    def prune(self, now: dt.datetime | None = None) -> int: ...
+
+
+# --- helpers shared by both backends ----------------------------------------------------------
+def bounded(doc: Any, limit: int = MAX_LIST_ENTRIES) -> Any:
+    """A copy of ``doc`` in which no list has more than ``limit`` entries, so that one run
+    with a million rejections cannot write a report of gigabytes.
+
+    A list under a dict key ``name`` that is cut gets a sibling ``nameTruncated`` holding the
+    number of entries left out (added to a counter already there, e.g. the summary's own
+    ``rejectionsTruncated``). A list nested directly in a list has no key for a counter; the
+    entries it loses are added to the counter of the nearest enclosing key. Tuples are
+    treated as lists; the input is not modified."""
+    if limit < 0:
+        raise ValueError("limit must not be negative")
+    out, _ = _bounded(doc, limit)
+    return out
+
+
+def _bounded(value: Any, limit: int) -> tuple[Any, int]:
+    """(bounded copy, entries left out of lists nested directly in ``value``, which the
+    caller must account for because they have no key of their own)."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        counters: dict[str, int] = {}
+        for key, item in value.items():
+            if isinstance(item, (list, tuple)):
+                kept, dropped = _bounded_list(item, limit)
+                out[key] = kept
+                if dropped:
+                    counters[f"{key}Truncated"] = dropped
+            else:
+                out[key], _ = _bounded(item, limit)
+        for name, dropped in counters.items():
+            already = out.get(name)
+            out[name] = (already if isinstance(already, int) and not isinstance(already, bool) else 0) + dropped
+        return out, 0
+    if isinstance(value, (list, tuple)):
+        return _bounded_list(value, limit)
+    return value, 0
+
+
+def _bounded_list(items: list[Any] | tuple[Any, ...], limit: int) -> tuple[list[Any], int]:
+    dropped = max(0, len(items) - limit)
+    kept = []
+    for item in items[:limit]:
+        copy, nested_dropped = _bounded(item, limit)
+        kept.append(copy)
+        dropped += nested_dropped
+    return kept, dropped
+
+
+def _utc(now: dt.datetime | None) -> dt.datetime:
+    if now is None:
+        return dt.datetime.now(dt.UTC)
+    if now.tzinfo is None:  # a naive time is taken as UTC, never as the host's local time
+        return now.replace(tzinfo=dt.UTC)
+    return now.astimezone(dt.UTC)
+
+
+def _report_name(action: Any, now: dt.datetime) -> str:
+    slug = _ACTION_UNSAFE.sub("-", str(action or "").lower()).strip("-")[:40].strip("-") or "run"
+    return f"{RUNS_PREFIX}{now.strftime(_STAMP_FORMAT)}-{slug}-{secrets.token_hex(4)}.json"
+
+
+def _stamp_of(name: str) -> dt.datetime | None:
+    """The time encoded in a report name (``runs/`` prefix optional); None if not a report."""
+    m = _REPORT_NAME.match(name.removeprefix(RUNS_PREFIX))
+    if not m:
+        return None
+    try:
+        return dt.datetime.strptime(m["stamp"], _STAMP_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _document(report: dict[str, Any], now: dt.datetime) -> tuple[dict[str, Any], bytes]:
+    # finishedAt comes first for a human reading the file, and always matches the name.
+    doc = {"finishedAt": now.isoformat(timespec="seconds"), **{k: v for k, v in report.items() if k != "finishedAt"}}
+    doc = bounded(doc)
+    # default=str: an odd value in a summary must not cost the run its report.
+    data = json.dumps(doc, ensure_ascii=False, indent=1, default=str).encode("utf-8")
+    return doc, data
+
+
+def _parse_report(data: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _to_prune(names: Iterable[str], now: dt.datetime, max_age_days: float, max_count: int) -> list[str]:
+    """Report names older than the age limit, then the oldest beyond the count limit."""
+    cutoff = now - dt.timedelta(days=max_age_days)
+    dated = sorted(((stamp, name) for name in names if (stamp := _stamp_of(name)) is not None), reverse=True)
+    doomed = [name for stamp, name in dated if stamp < cutoff]
+    young = [name for stamp, name in dated if stamp >= cutoff]
+    doomed.extend(young[max_count:])
+    return doomed
+
+
+def _check_limits(max_age_days: float, max_count: int) -> None:
+    if max_age_days <= 0:
+        raise ValueError("max_age_days must be positive")
+    if max_count < 1:
+        raise ValueError("max_count must be at least 1")
+
+
+def _prune_quietly(store: ReportStore, now: dt.datetime) -> None:
+    """Pruning is housekeeping: its failure is reported, never allowed to fail a run."""
+    try:
+        store.prune(now)
+    except Exception as exc:  # any failure here must stay a warning
+        log.warning("run history %s: could not remove old reports (%s); the next run will try again", store.where, exc)
+
+
+# --- file: ------------------------------------------------------------------------------------
+class FileReportStore:
+    """Reports as files in ``<directory>/runs/``; each one appears complete or not at all."""
+
+    def __init__(self, directory: str | os.PathLike[str], max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_count: int = DEFAULT_MAX_COUNT) -> None:
+        _check_limits(max_age_days, max_count)
+        self.dir = Path(directory) / RUNS_PREFIX.rstrip("/")
+        self.where = f"file:{self.dir}"
+        self.max_age_days = max_age_days
+        self.max_count = max_count
+
+    def write(self, report: dict[str, Any], now: dt.datetime | None = None) -> str:
+        """Write one report and prune old ones; returns the report's name (``runs/...``).
+        ``now`` is the finishing time (tests pass it to control ages)."""
+        now = _utc(now)
+        name = _report_name(report.get("action"), now)
+        _, data = _document(report, now)
+        path = self.dir / name.removeprefix(RUNS_PREFIX)
+        tmp = self.dir / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise StateError(f"cannot write the run report at {self.where}: {exc.strerror or type(exc).__name__}") from None
+        _prune_quietly(self, now)
+        return name
+
+    def _names(self) -> list[str]:
+        try:
+            with os.scandir(self.dir) as entries:
+                return [f"{RUNS_PREFIX}{e.name}" for e in entries if _stamp_of(e.name) is not None]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot list the run reports at {self.where}: {exc.strerror or type(exc).__name__}") from None
+
+    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest ``limit`` readable reports, newest first. A report that cannot be read
+        or parsed is skipped with a warning: one bad file must not hide the others."""
+        out: list[dict[str, Any]] = []
+        for name in sorted(self._names(), reverse=True):
+            if len(out) >= limit:
+                break
+            path = self.dir / name.removeprefix(RUNS_PREFIX)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # pruned by a concurrent run since the listing
+            except OSError as exc:
+                log.warning("run history %s: skipping report %s, it cannot be read (%s)", self.where, name, exc.strerror or type(exc).__name__)
+                continue
+            doc = _parse_report(data)
+            if doc is None:
+                log.warning("run history %s: skipping report %s, it is not a JSON object", self.where, name)
+                continue
+            out.append(doc)
+        return out
+
+    def prune(self, now: dt.datetime | None = None) -> int:
+        """Delete reports older than ``max_age_days`` and the oldest beyond ``max_count``;
+        returns how many were deleted. Files that are not reports are left alone."""
+        deleted = 0
+        for name in _to_prune(self._names(), _utc(now), self.max_age_days, self.max_count):
+            try:
+                (self.dir / name.removeprefix(RUNS_PREFIX)).unlink()
+                deleted += 1
+            except FileNotFoundError:
+                pass  # a concurrent run pruned it first
+            except OSError as exc:
+                raise StateError(f"cannot delete the old run report {name} at {self.where}: {exc.strerror or type(exc).__name__}") from None
+        return deleted
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable where the platform allows it (not on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- blob: ------------------------------------------------------------------------------------
+class BlobReportStore:
+    """Reports as blobs under ``runs/`` in the state's container. A block-blob upload is atomic,
+    so a reader never sees half a report."""
+
+    def __init__(
+        self, container_client: Any, where: str, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_count: int = DEFAULT_MAX_COUNT
+    ) -> None:
+        _check_limits(max_age_days, max_count)
+        self.container = container_client
+        self.where = where
+        self.max_age_days = max_age_days
+        self.max_count = max_count
+
+    def write(self, report: dict[str, Any], now: dt.datetime | None = None) -> str:
+        """Write one report and prune old ones; returns the blob name (``runs/...``)."""
+        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        now = _utc(now)
+        name = _report_name(report.get("action"), now)
+        _, data = _document(report, now)
+        try:
+            try:
+                self.container.create_container()
+            except ResourceExistsError:
+                pass
+            # overwrite=False: a name collision must fail, not replace another run's report.
+            self.container.get_blob_client(name).upload_blob(
+                data, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
+            )
+        except AzureError as exc:
+            raise StateError(f"cannot write the run report at {self.where}: {_azure_reason(exc)}") from None
+        _prune_quietly(self, now)
+        return name
+
+    def _names(self) -> list[str]:
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        try:
+            return [b.name for b in self.container.list_blobs(name_starts_with=RUNS_PREFIX) if _stamp_of(b.name) is not None]
+        except ResourceNotFoundError:
+            return []  # no container yet: no run has written anything
+        except AzureError as exc:
+            raise StateError(f"cannot list the run reports at {self.where}: {_azure_reason(exc)}") from None
+
+    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest ``limit`` readable reports, newest first. A report that cannot be parsed
+        is skipped with a warning; a storage failure raises ``StateError``."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        out: list[dict[str, Any]] = []
+        for name in sorted(self._names(), reverse=True):
+            if len(out) >= limit:
+                break
+            try:
+                data = self.container.get_blob_client(name).download_blob().readall()
+            except ResourceNotFoundError:
+                continue  # pruned by a concurrent run since the listing
+            except AzureError as exc:
+                raise StateError(f"cannot read the run report {name} at {self.where}: {_azure_reason(exc)}") from None
+            doc = _parse_report(data)
+            if doc is None:
+                log.warning("run history %s: skipping report %s, it is not a JSON object", self.where, name)
+                continue
+            out.append(doc)
+        return out
+
+    def prune(self, now: dt.datetime | None = None) -> int:
+        """Delete reports older than ``max_age_days`` and the oldest beyond ``max_count``;
+        returns how many were deleted. Blobs that are not reports are left alone."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        deleted = 0
+        for name in _to_prune(self._names(), _utc(now), self.max_age_days, self.max_count):
+            try:
+                self.container.get_blob_client(name).delete_blob()
+                deleted += 1
+            except ResourceNotFoundError:
+                pass  # a concurrent run pruned it first
+            except AzureError as exc:
+                raise StateError(f"cannot delete the old run report {name} at {self.where}: {_azure_reason(exc)}") from None
+        return deleted
+
+
+def _azure_reason(exc: Exception) -> str:
+    """The error's type and code only: Azure messages can echo request details."""
+    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
+
+
+def open_reports(settings: Any, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_count: int = DEFAULT_MAX_COUNT) -> ReportStore:
+    """The report store next to the state named by SYNC_STATE."""
+    loc = settings.state
+    if loc.kind == "file":
+        return FileReportStore(loc.where, max_age_days, max_count)
+    from azure.storage.blob import BlobServiceClient
+
+    # Mirrors shared.state.open_store; to be shared once both have settled.
+    if settings.storage_connection_string:
+        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
+        hint = service.account_name or "connection string"
+    else:
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+        if settings.storage_client_id:
+            credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
+        else:
+            credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
+        service = BlobServiceClient(settings.storage_blob_uri, credential=credential)
+        hint = settings.storage_blob_uri
+    return BlobReportStore(service.get_container_client(loc.where), f"blob:{loc.where}/{RUNS_PREFIX} ({hint})", max_age_days, max_count)
+
+
+# --- status text ------------------------------------------------------------------------------
+def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | None) -> str:
+    """The text of ``python -m shared status``: the last runs, newest first, then the held
+    deletions and how to approve them.
+
+    ``held`` is the state's current held deletions per dataset. When it is None (the state
+    could not be consulted), the newest report that recorded ``heldDeletions`` is shown
+    instead, labelled as such. Reports are read defensively: an old or odd report renders
+    as dashes, never as an exception."""
+    lines = _runs_table(reports)
+    lines.append("")
+    source = "held deletions"
+    counts: dict[str, int]
+    keys: dict[str, list[str]]
+    if held is not None:
+        keys = {d: [str(k) for k in v] for d, v in held.items() if v}
+        counts = {d: len(v) for d, v in keys.items()}
+    else:
+        counts, keys, when = _held_from_reports(reports)
+        if when:
+            source = f"held deletions (as recorded by the run finished {when})"
+    if not counts:
+        lines.append("no deletions are held")
+        return "\n".join(lines) + "\n"
+    lines.append(f"{source}:")
+    for dataset in _ordered(counts):
+        shown = keys.get(dataset, [])[:STATUS_KEYS_SHOWN]
+        lines.append(f"  {dataset}: {counts[dataset]:,} held")
+        lines.extend(f"    {k}" for k in shown)
+        if counts[dataset] > len(shown):
+            lines.append(f"    ... and {counts[dataset] - len(shown):,} more")
+    lines.append("")
+    lines.append("held deletions are not sent to the service until approved. To approve:")
+    lines.append(f"  all:        {APPROVE_COMMAND}")
+    for dataset in _ordered(counts):
+        lines.append(f"  {dataset + ':':<11} {APPROVE_COMMAND} --dataset {dataset}")
+    return "\n".join(lines) + "\n"
+
+
+def _runs_table(reports: list[dict[str, Any]]) -> list[str]:
+    if not reports:
+        return ["no runs recorded yet"]
+    datasets = _ordered({d for r in reports if isinstance(r.get("datasets"), dict) for d in r["datasets"]})
+    header = ["FINISHED (UTC)", "ACTION", "RESULT", "READ", *(d.upper() for d in datasets), "DURATION", "ERROR"]
+    rows = [header]
+    for r in reports:
+        per = r.get("datasets") if isinstance(r.get("datasets"), dict) else {}
+        rows.append(
+            [
+                _when(r.get("finishedAt")),
+                str(r.get("action") or "-"),
+                "ok" if r.get("ok") is True else "FAILED",
+                _read(r.get("read")),
+                *(_counts(per.get(d)) for d in datasets),
+                _duration(r.get("durationSeconds")),
+                _first_line(r.get("error")),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = [f"last {len(reports)} run(s), newest first:"]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)] + [row[-1]]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _held_from_reports(reports: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, list[str]], str | None]:
+    for r in reports:
+        recorded = r.get("heldDeletions")
+        if not isinstance(recorded, dict):
+            continue
+        counts: dict[str, int] = {}
+        keys: dict[str, list[str]] = {}
+        for dataset, entry in recorded.items():
+            if not isinstance(entry, dict):
+                continue
+            listed = [str(k) for k in entry["keys"]] if isinstance(entry.get("keys"), list) else []
+            count = entry.get("count")
+            count = count if isinstance(count, int) and not isinstance(count, bool) else len(listed)
+            if count > 0:
+                counts[dataset], keys[dataset] = max(count, len(listed)), listed
+        return counts, keys, _when(r.get("finishedAt"))
+    return {}, {}, None
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    """Datasets in the product's order, unknown names after them."""
+    names = set(names)
+    return [d for d in DATASETS if d in names] + sorted(n for n in names if n not in DATASETS)
+
+
+def _when(value: Any) -> str:
+    if not isinstance(value, str):
+        return "-"
+    try:
+        return _utc(dt.datetime.fromisoformat(value)).strftime("%Y-%m-%d %H:%M:%SZ")
+    except ValueError:
+        return value
+
+
+def _read(value: Any) -> str:
+    if not isinstance(value, dict) or not value.get("kind"):
+        return "-"
+    reason = value.get("reason")
+    return f"{value['kind']} ({reason})" if reason else str(value["kind"])
+
+
+def _counts(value: Any) -> str:
+    if not isinstance(value, dict):
+        return "-"
+    text = f"+{_int(value.get('added'))} -{_int(value.get('removed'))}"
+    rejected = _int(value.get("rejected"))
+    return f"{text} rej {rejected}" if rejected else text
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _duration(value: Any) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(int(round(value)), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def _first_line(value: Any) -> str:
+    if not value:
+        return ""
+    lines = str(value).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= 160 else line[:157] + "..."
