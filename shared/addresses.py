@@ -92,6 +92,10 @@ def normalize_address(value: str) -> str:
     local, domain = value.split("@")
     if not local.isascii():
         raise InvalidAddress("local part is not ASCII")
+    if domain != domain.strip():
+        # Only the whole value's surrounding whitespace is stripped: "a@ contoso.com" is not an
+        # address (normalize_domain strips, because it also reads ADDRESS_DOMAINS entries).
+        raise InvalidAddress("whitespace between '@' and the domain, or inside the address")
     domain = normalize_domain(domain)
     check_local_part(local)
     check_domain(domain)

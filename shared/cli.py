@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from .engine import ACTIONS, Options, run
+from .engine import ACTIONS, Options, run, status
 from .errors import SyncError
+from .history import format_status
 from .redact import install_log_redaction, scrub
 from .settings import load_settings
 from .summary import RunSummary
@@ -42,6 +44,12 @@ def print_report(summary: RunSummary) -> None:
                     print(f"    + {rec}")
                 for key in ch["removed"][:5]:
                     print(f"    - {key}")
+    for name, h in summary.extra.get("heldDeletions", {}).items():
+        print(f"  HELD: {h['count']} {name} deletions (deletion guard); first: {', '.join(h['keys'][:5])}")
+    for name, a in summary.extra.get("approved", {}).items():
+        print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
+    if summary.action == "approve-deletions" and not summary.extra.get("approved"):
+        print("  no deletions are held; nothing to approve")
     for w in summary.extra.get("credentialWarnings", []):
         print(f"  warning: {w}")
 
@@ -62,10 +70,19 @@ def test_options(env: Mapping[str, str]) -> Options:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared", description="Sync Microsoft Entra ID to the email-security directory sync API.")
-    parser.add_argument("action", choices=ACTIONS, help="test-update (dry run), update, replace or refresh")
+    parser.add_argument(
+        "action",
+        choices=(*ACTIONS, "status"),
+        help="test-update (dry run), update, replace, refresh, approve-deletions (lets the next update send the "
+        "deletions the guard holds now), or status (the last runs and any held deletions)",
+    )
+    parser.add_argument("--dataset", choices=("addresses", "groups", "users"), help="approve-deletions: only this dataset")
     parser.add_argument("--json", action="store_true", help="print the run summary as one JSON line, last on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.epilog = "exit status: 0 ok, 1 failed, 2 bad setting, 3 another run holds the lock, 4 deletions held by the guard"
     args = parser.parse_args(argv)
+    if args.dataset and args.action != "approve-deletions":
+        parser.error("--dataset goes with approve-deletions")
     configure_logging(args.verbose)
     try:
         settings = load_settings(os.environ)
@@ -75,8 +92,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary.to_json(), flush=True)
         print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
         return exc.exit_code
+    if args.action == "status":
+        try:
+            info = asyncio.run(status(settings))
+        except SyncError as exc:
+            print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
+            return exc.exit_code
+        if args.json:
+            print(json.dumps(info, ensure_ascii=False, separators=(",", ":")), flush=True)
+        else:
+            held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
+            print(format_status(info["runs"], held), end="")
+        return 0
     options = test_options(os.environ)
-    summary = asyncio.run(run(args.action, settings, options=options))
+    summary = asyncio.run(run(args.action, settings, options=options, dataset=args.dataset))
     if args.json:
         print(summary.to_json(), flush=True)
     else:

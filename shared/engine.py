@@ -23,11 +23,14 @@ from .errors import (
     GraphError,
     IncompleteReadError,
     PayloadTooLargeError,
+    SettingsError,
     StateError,
     SyncApiProtocolError,
     SyncError,
 )
 from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
+from .history import ReportStore, open_reports
+from .lock import RunLock, default_holder, open_run_lock
 from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
 from .redact import scrub
 from .settings import Settings
@@ -38,7 +41,8 @@ from .vault import Secrets, load_secrets
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("test-update", "update", "replace", "refresh")
+ACTIONS = ("test-update", "update", "replace", "refresh", "approve-deletions")
+LOCKED_ACTIONS = ("update", "replace", "refresh", "approve-deletions")
 REPLACE_ORDER = ("groups", "users", "addresses")  # users' groupIds are checked against live groups
 LINKS_META = "deltaLinks"
 FINGERPRINT_META = "readFingerprint"
@@ -65,28 +69,131 @@ async def run(
     secrets: Secrets | None = None,
     store: StateStore | None = None,
     options: Options | None = None,
+    lock: RunLock | None = None,
+    reports: ReportStore | None = None,
+    dataset: str | None = None,
 ) -> RunSummary:
     """Run one action; never raises for an expected failure: the summary says ``ok: false``
-    and carries the error (``summary.exception`` keeps the exception for exit codes)."""
+    and carries the error (``summary.exception`` keeps the exception for exit codes).
+
+    Every action but ``test-update`` holds the run lock from before the state is read until
+    the end, so a second run fails at once and changes nothing. Every run leaves a report
+    next to the state and one ``SyncRunSummary`` log record (Application Insights)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
     summary = RunSummary(action)
     options = options or Options()
+    taken: RunLock | None = None
     try:
-        secrets = secrets or load_secrets(settings, env)
-        if secrets.expiry_warnings:
-            summary.extra["credentialWarnings"] = secrets.expiry_warnings
-        store = store or open_store(settings)
-        runner = _Run(action, settings, secrets, store, summary, options)
-        await runner.go()
-        if runner.held_error is not None:
-            raise runner.held_error
+        if action in LOCKED_ACTIONS:
+            candidate = lock or open_run_lock(settings, default_holder(action))
+            candidate.acquire()
+            taken = candidate
+        store = _LockedStore(store or open_store(settings), taken)
+        if action == "approve-deletions":
+            _approve(store, summary, dataset)
+        else:
+            secrets = secrets or load_secrets(settings, env)
+            if secrets.expiry_warnings:
+                summary.extra["credentialWarnings"] = secrets.expiry_warnings
+            runner = _Run(action, settings, secrets, store, summary, options)
+            await runner.go()
+            if runner.held_error is not None:
+                raise runner.held_error
         summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
         summary.finish(False, scrub(str(exc)))
-    log.info("sync summary %s", summary.to_json(compact=True))
+    finally:
+        if taken is not None:
+            taken.release()
+    # One structured record per run: Application Insights keeps it in `traces` (docs/deployment.md).
+    log.info("SyncRunSummary %s", summary.to_json(compact=True))
+    _write_report(settings, summary, reports)
     return summary
+
+
+def _write_report(settings: Settings, summary: RunSummary, reports: ReportStore | None) -> None:
+    try:
+        (reports or open_reports(settings)).write(summary.as_dict())
+    except SyncError as exc:
+        log.warning("could not write the run report: %s", scrub(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - a report must never fail a run that worked
+        log.warning("could not write the run report (%s)", type(exc).__name__)
+
+
+class _LockedStore:
+    """The state store, refusing to write once the run lock was lost (a long run whose lease
+    could not be renewed may no longer be the only writer)."""
+
+    def __init__(self, inner: StateStore, lock: RunLock | None) -> None:
+        self.inner = inner
+        self.lock = lock
+        self.where = inner.where
+
+    def _check(self) -> None:
+        if self.lock is not None and self.lock.lost:
+            raise StateError(f"the run lock on {self.where} was lost during this run; the state was not written")
+
+    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
+        return self.inner.open(readonly=readonly, rebuild=rebuild)
+
+    def append_journal(self, entry: dict[str, Any]) -> None:
+        self._check()
+        self.inner.append_journal(entry)
+
+    def publish(self, db: StateDB) -> None:
+        self._check()
+        self.inner.publish(db)
+
+
+def _approve(store: StateStore, summary: RunSummary, dataset: str | None) -> None:
+    """Mark exactly the deletions held now as approved: the next update sends those that the
+    directory still implies. Deletions held later are not covered."""
+    if dataset is not None and dataset not in DATASETS:
+        raise SettingsError("--dataset", f"unknown dataset {dataset!r}", "users")
+    db = store.open()
+    if db is None:
+        raise StateError(f"no state at {store.where}")
+    try:
+        held = db.held(dataset)
+        approved: dict[str, Any] = {}
+        for d, keys in held.items():
+            pending = sorted(k for k, ok in keys.items() if not ok)
+            db.set_held(d, dict.fromkeys(keys, True))
+            approved[d] = {"count": len(keys), "newlyApproved": len(pending), "keys": sorted(keys)}
+            log.warning("approved %d held %s deletions; the next update sends those still implied by the directory", len(keys), d)
+        summary.extra["approved"] = approved
+        if not approved:
+            log.info("no deletions are held%s; nothing to approve", f" for {dataset}" if dataset else "")
+            return
+        db.set_meta("lastAction", "approve-deletions")
+        db.commit()
+        store.publish(db)
+    finally:
+        db.close()
+
+
+async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
+    """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``.
+    Reads a snapshot: it never waits for, or blocks, a running update."""
+    store = store or open_store(settings)
+    out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
+    db = store.open(readonly=True)
+    if db is not None:
+        try:
+            for d, keys in db.held().items():
+                out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys)}
+            out["lastFullRead"] = db.get_meta(LAST_FULL_META)
+            out["savedAt"] = db.get_meta("savedAt")
+            out["records"] = {d: db.count(d) for d in DATASETS}
+        finally:
+            db.close()
+    try:
+        out["runs"] = (reports or open_reports(settings)).recent(limit)
+    except SyncError as exc:
+        out["runsError"] = scrub(str(exc))
+    return out
 
 
 def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:

@@ -355,21 +355,9 @@ def open_reports(settings: Any, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_
     loc = settings.state
     if loc.kind == "file":
         return FileReportStore(loc.where, max_age_days, max_count)
-    from azure.storage.blob import BlobServiceClient
+    from .state import blob_service
 
-    # Mirrors shared.state.open_store; to be shared once both have settled.
-    if settings.storage_connection_string:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
-        hint = service.account_name or "connection string"
-    else:
-        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-        if settings.storage_client_id:
-            credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
-        else:
-            credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
-        service = BlobServiceClient(settings.storage_blob_uri, credential=credential)
-        hint = settings.storage_blob_uri
+    service, hint = blob_service(settings)
     return BlobReportStore(service.get_container_client(loc.where), f"blob:{loc.where}/{RUNS_PREFIX} ({hint})", max_age_days, max_count)
 
 

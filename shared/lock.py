@@ -384,27 +384,13 @@ def _azure_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 
 
-# --- settings -------------------------------------------------------------------------------
-def _blob_service(settings: Any) -> Any:
-    """The blob service client, built exactly as ``state.open_store`` builds it."""
-    from azure.storage.blob import BlobServiceClient
-
-    if settings.storage_connection_string:
-        return BlobServiceClient.from_connection_string(settings.storage_connection_string)
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-    if settings.storage_client_id:
-        credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
-    else:
-        credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
-    return BlobServiceClient(settings.storage_blob_uri, credential=credential)
-
-
 def open_run_lock(settings: Any, holder: str) -> RunLock:
     """The lock that guards the state named by SYNC_STATE (not yet acquired)."""
     loc = settings.state
     if loc.kind == "file":
         return FileRunLock(loc.where, holder)
     if loc.kind == "blob":
-        return BlobRunLock(_blob_service(settings).get_container_client(loc.where), holder)
+        from .state import blob_service
+
+        return BlobRunLock(blob_service(settings)[0].get_container_client(loc.where), holder)
     raise ValueError(f"unknown state kind {loc.kind!r}")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import io
 import json
 import logging
+import math
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,9 @@ MAX_ITEMS = 1000
 GZIP_ABOVE_BYTES = 16 * 1024
 MAX_RETRY_AFTER_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 30.0
+# An answer larger than this (after gzip) is not one the contract can produce (a page is at
+# most 5,000 records): refuse it rather than let a broken or hostile peer exhaust memory.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CREDENTIAL_HINT = "SYNC_API_CREDENTIAL (or the Key Vault secret named by SYNC_API_CREDENTIAL_NAME)"
 
 
@@ -83,7 +89,8 @@ class SyncApiClient:
         self.requests = 0
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=30.0),
-            headers={"Authorization": auth_header(credential), "Accept": "application/json"},
+            # Only gzip is accepted, so that every answer is decoded here, strictly (see _read_body).
+            headers={"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"},
             transport=transport,
             follow_redirects=False,
         )
@@ -176,13 +183,18 @@ class SyncApiClient:
             self.requests += 1
             delay: float
             try:
-                resp = await self._http.request(method, self.base_url + path, content=content, headers=headers)
+                request = self._http.build_request(method, self.base_url + path, content=content, headers=headers)
+                resp = await self._http.send(request, stream=True)
+                try:
+                    raw = await _read_raw(resp, what)
+                finally:
+                    await resp.aclose()
             except httpx.TransportError as exc:
                 last = f"connection fault ({type(exc).__name__})"
                 delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
             else:
                 if resp.status_code in expect:
-                    return _json_body(resp, what) if resp.status_code != 204 else {}
+                    return _json_body(resp, raw, what) if resp.status_code != 204 else {}
                 if resp.status_code in (429, 503):
                     last = f"HTTP {resp.status_code}"
                     # A missing or malformed Retry-After falls back to this client's own backoff
@@ -193,7 +205,7 @@ class SyncApiClient:
                     last = f"HTTP {resp.status_code}"
                     delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
                 else:
-                    raise _fatal(resp, what)
+                    raise _fatal(resp, raw, what)
             if attempt < self.max_attempts:
                 log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
@@ -201,17 +213,71 @@ class SyncApiClient:
 
 
 
-def _json_body(resp: httpx.Response, what: str) -> dict[str, Any]:
+class _BadBody(Exception):
+    """An answer's body that cannot be decoded: the reason, for the error message."""
+
+
+@dataclass
+class _Raw:
+    body: bytes
+    decoded: bool = False  # True when a transport handed over a response already read and decoded
+
+
+async def _read_raw(resp: httpx.Response, what: str) -> _Raw:
+    """The body as sent (still compressed), at most MAX_RESPONSE_BYTES."""
+    if resp.is_stream_consumed:  # httpx.MockTransport hands over responses already read
+        return _Raw(resp.content, decoded=True)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_raw():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise SyncApiProtocolError(f"sync API {what} answered a body larger than {MAX_RESPONSE_BYTES} bytes; nothing more was sent")
+        chunks.append(chunk)
+    return _Raw(b"".join(chunks))
+
+
+def _decoded(resp: httpx.Response, raw: _Raw) -> bytes:
+    """The body without its Content-Encoding. httpx's own gzip decoder accepts a stream that
+    is cut short (zlib's flush does not check for the end of the stream), so gzip is decoded
+    here: a truncated or corrupt body raises ``_BadBody`` instead of passing as a short one."""
+    if raw.decoded:
+        return raw.body
+    codings = [c.strip().lower() for c in resp.headers.get("content-encoding", "").split(",") if c.strip()]
+    data = raw.body
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        if coding not in ("gzip", "x-gzip"):
+            raise _BadBody(f"an unsupported Content-Encoding {coding!r} (this client accepts gzip)")
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+                data = fh.read(MAX_RESPONSE_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _BadBody(f"a truncated or corrupt gzip body (Content-Encoding: gzip; {exc})") from None
+        if len(data) > MAX_RESPONSE_BYTES:
+            raise _BadBody(f"a gzip body over {MAX_RESPONSE_BYTES} bytes uncompressed")
+    return data
+
+
+def _json_body(resp: httpx.Response, raw: _Raw, what: str) -> dict[str, Any]:
     ctype = resp.headers.get("content-type", "")
     try:
-        doc = json.loads(resp.content)
-    except ValueError:
+        data = _decoded(resp, raw)
+    except _BadBody as exc:
+        raise SyncApiProtocolError(f"sync API {what} answered HTTP {resp.status_code} with {exc}; is a proxy in the way?") from None
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        kind = "an HTML page, not JSON" if "html" in ctype.lower() or data.lstrip()[:1] == b"<" else "a body that is not JSON"
+        if isinstance(exc, RecursionError):
+            kind = "JSON nested too deeply to read"
         raise SyncApiProtocolError(
-            f"sync API {what} answered HTTP {resp.status_code} with a body that is not JSON "
+            f"sync API {what} answered HTTP {resp.status_code} with {kind} "
             f"(Content-Type {ctype or 'none'}); is a proxy or login page in the way?"
         ) from None
     if not isinstance(doc, dict):
-        raise SyncApiProtocolError(f"sync API {what} answered JSON that is not an object")
+        raise SyncApiProtocolError(f"sync API {what} answered JSON of the wrong shape: not an object")
     return doc
 
 
@@ -219,30 +285,34 @@ def _write_result(doc: dict[str, Any], count_field: str, what: str) -> WriteResu
     count = doc.get(count_field)
     rejected = doc.get("rejected")
     if not isinstance(count, int) or isinstance(count, bool) or not isinstance(rejected, list):
-        raise SyncApiProtocolError(f"{what} answered without '{count_field}' and 'rejected'")
+        raise SyncApiProtocolError(f"{what} answered JSON of the wrong shape: without '{count_field}' and 'rejected'")
     out: list[Rejection] = []
     for r in rejected:
         if not isinstance(r, dict) or not isinstance(r.get("code"), str):
-            raise SyncApiProtocolError(f"{what} answered a malformed rejection")
+            raise SyncApiProtocolError(f"{what} answered JSON of the wrong shape: a malformed rejection")
         out.append(Rejection(r.get("key"), r["code"], str(r.get("message", ""))))
     return WriteResult(count, out)
 
 
-def _problem_detail(resp: httpx.Response) -> str:
+def _problem_detail(resp: httpx.Response, raw: _Raw) -> str:
     try:
-        doc = resp.json()
+        data = _decoded(resp, raw)
+    except _BadBody as exc:
+        return f"an unreadable body: {exc}"
+    try:
+        doc = json.loads(data)
         if isinstance(doc, dict):
             parts = [str(doc[k]) for k in ("title", "detail") if doc.get(k)]
             if parts:
                 return ": ".join(parts)[:500]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
-    return (resp.text or "").strip().replace("\n", " ")[:200] or "no detail"
+    return data[:200].decode("utf-8", "replace").strip().replace("\n", " ") or "no detail"
 
 
-def _fatal(resp: httpx.Response, what: str) -> SyncApiError:
+def _fatal(resp: httpx.Response, raw: _Raw, what: str) -> SyncApiError:
     status = resp.status_code
-    detail = _problem_detail(resp)
+    detail = _problem_detail(resp, raw)
     if status == 401:
         return SyncApiAuthError(f"sync API refused the credential (HTTP 401) on {what}: check {CREDENTIAL_HINT}", status)
     if status == 403:
@@ -264,7 +334,9 @@ def _retry_after(resp: httpx.Response, what: str) -> float | None:
     """Seconds to wait, None when the header is malformed (the caller backs off instead)."""
     raw = resp.headers.get("retry-after", "").strip()
     seconds = parse_retry_after(raw)
-    if seconds is None:
+    # parse_retry_after clamps a negative value to 0 and passes "1e309" as infinity: both are
+    # malformed (delay-seconds is a non-negative integer), and neither may mean "at once" or "never".
+    if seconds is None or not math.isfinite(seconds) or raw.startswith("-"):
         log.warning("sync API %s sent a malformed Retry-After %r; backing off instead", what, raw[:40])
         return None
     if seconds > MAX_RETRY_AFTER_SECONDS:
