@@ -68,6 +68,19 @@ param addressDomains string = ''
 @description('NCRONTAB schedule of the sync timer (SYNC_SCHEDULE). The default runs hourly.')
 param syncSchedule string = '0 0 * * * *'
 
+@description('Hours between full reads of the directory, the periodic reconcile (FULL_SYNC_INTERVAL_HOURS); other runs read delta rounds.')
+@minValue(0)
+param fullSyncIntervalHours int = 24
+
+@description('Deletion guard: hold a dataset\'s deletions when they exceed this percentage of its records (DELETE_THRESHOLD_PERCENT).')
+@minValue(0)
+@maxValue(100)
+param deleteThresholdPercent int = 10
+
+@description('Deletion guard: hold a dataset\'s deletions when they exceed this count in one run (DELETE_THRESHOLD_COUNT).')
+@minValue(0)
+param deleteThresholdCount int = 500
+
 @description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')
 param stateContainerName string = 'sync-state'
 
@@ -217,6 +230,9 @@ module functionApp 'app/function-app.bicep' = {
     addressDomains: addressDomains
     stateContainerName: storage.outputs.stateContainerName
     syncSchedule: syncSchedule
+    fullSyncIntervalHours: fullSyncIntervalHours
+    deleteThresholdPercent: deleteThresholdPercent
+    deleteThresholdCount: deleteThresholdCount
   }
   // The identity must hold its storage role before the host starts and before the
   // first package is deployed.

@@ -54,6 +54,10 @@ PRODUCT_SETTINGS = [
     "ADDRESS_DOMAINS",
     "SYNC_STATE",
     "SYNC_SCHEDULE",
+    # added by the delta and safety issues (README settings table)
+    "FULL_SYNC_INTERVAL_HOURS",
+    "DELETE_THRESHOLD_PERCENT",
+    "DELETE_THRESHOLD_COUNT",
 ]
 # The same table's two secrets: only ever read from Key Vault in Azure, never app settings.
 SECRET_SETTINGS = ["GRAPH_CLIENT_SECRET", "SYNC_API_CREDENTIAL"]
@@ -77,6 +81,9 @@ SETTING_DEFAULTS = {
     "stateContainerName": "sync-state",
     "graphClientSecretName": "graph-client-secret",
     "syncApiCredentialName": "sync-api-credential",
+    "fullSyncIntervalHours": 24,
+    "deleteThresholdPercent": 10,
+    "deleteThresholdCount": 500,
 }
 
 # Built-in Azure role definitions (Azure built-in roles reference).
@@ -231,6 +238,11 @@ def check_settings(root: Path) -> list[str]:
     for setting, param in from_params.items():
         if value(setting) != param or param not in fa.params:
             problems.append(f"{setting} must be the function-app.bicep parameter {param}")
+    # ... numbers, as app settings are strings.
+    for setting, param in {"FULL_SYNC_INTERVAL_HOURS": "fullSyncIntervalHours", "DELETE_THRESHOLD_PERCENT": "deleteThresholdPercent",
+                           "DELETE_THRESHOLD_COUNT": "deleteThresholdCount"}.items():
+        if value(setting) != f"string({param})" or param not in fa.params:
+            problems.append(f"{setting} must be string() of the function-app.bicep parameter {param}")
     if "stateContainerName" not in value("SYNC_STATE"):
         problems.append("SYNC_STATE must name the stateContainerName container")
     # ADDRESS_DOMAINS is only set when an allow-list is given (unset, not '').
@@ -250,6 +262,9 @@ def check_settings(root: Path) -> list[str]:
         "addressDomains": "addressDomains",
         "syncSchedule": "syncSchedule",
         "stateContainerName": "storage.outputs.stateContainerName",
+        "fullSyncIntervalHours": "fullSyncIntervalHours",
+        "deleteThresholdPercent": "deleteThresholdPercent",
+        "deleteThresholdCount": "deleteThresholdCount",
     }
     for param, source in expected.items():
         if wired.get(param) != source:

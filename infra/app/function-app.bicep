@@ -81,6 +81,19 @@ param stateContainerName string
 @description('SYNC_SCHEDULE: NCRONTAB schedule of the timer.')
 param syncSchedule string
 
+@description('FULL_SYNC_INTERVAL_HOURS: hours between full reads (a periodic full reconcile); 0 reads in full every run.')
+@minValue(0)
+param fullSyncIntervalHours int
+
+@description('DELETE_THRESHOLD_PERCENT: the deletion guard holds a dataset\'s deletions above this share of its records.')
+@minValue(0)
+@maxValue(100)
+param deleteThresholdPercent int
+
+@description('DELETE_THRESHOLD_COUNT: the deletion guard holds a dataset\'s deletions above this many per run.')
+@minValue(0)
+param deleteThresholdCount int
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -113,6 +126,9 @@ var appSettingsAlways = {
   SYNC_DATASETS: syncDatasets
   SYNC_STATE: 'blob:${stateContainerName}'
   SYNC_SCHEDULE: syncSchedule
+  FULL_SYNC_INTERVAL_HOURS: string(fullSyncIntervalHours)
+  DELETE_THRESHOLD_PERCENT: string(deleteThresholdPercent)
+  DELETE_THRESHOLD_COUNT: string(deleteThresholdCount)
 }
 
 // ADDRESS_DOMAINS is optional: left unset (not set to '') when no allow-list is given.
