@@ -70,4 +70,9 @@ class RunSummary:
                 doc.pop(bulky, None)
             for counts in doc["datasets"].values():
                 counts.pop("rejections", None)
+            for listing in ("heldDeletions", "approved"):
+                for entry in (doc.get(listing) or {}).values():
+                    if isinstance(entry, dict) and len(entry.get("keys", ())) > 20:
+                        entry["keysShown"] = 20
+                        entry["keys"] = entry["keys"][:20]
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
