@@ -50,9 +50,9 @@ def mutate(graph_url: str, users: list[str], groups: list[str], fraction: float,
             ops.append({"op": "upsert_user", "args": {"obj": {"id": uid, "mail": f"changed.{tag}.{i}@contoso.com"}}})
     root = graph_url.rsplit("/v1.0", 1)[0]
     for start in range(0, len(ops), 5000):
-        req = urllib.request.Request(f"{root}/_emulator/mutations", data=json.dumps(ops[start : start + 5000]).encode(),
+        req = urllib.request.Request(f"{root}/_emulator/mutations", data=json.dumps(ops[start : start + 5000]).encode(),  # noqa: S310
                                      headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=300) as resp:  # noqa: S310 - loopback emulator
+        with urllib.request.urlopen(req, timeout=300) as resp:  # noqa: S310 - the loopback emulator, http only
             resp.read()
     return k
 
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds of emulator sleep per Graph request")
     parser.add_argument("--fractions", default="0.001,0.01,0.1")
+    parser.add_argument("--sequential", action="store_true", help="read users, groups and contacts one after another "
+                        "(SYNC_TEST_SEQUENTIAL_READ=1), to measure what reading them concurrently buys")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="incremental_sync."))
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--seed", str(args.seed), "--latency", str(args.latency)]
     receiver = ["devstack.sync_receiver", "--port", "0", "--domains", DOMAINS, "--credential", CREDENTIAL, "--no-log-bodies"]
     print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}, latency {args.latency * 1000:.0f} ms "
-          f"per Graph request, load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
+          f"per Graph request, {'sequential' if args.sequential else 'concurrent'} collection reads, load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
     # The same deterministic tenant the emulator builds, for the ids to change.
     tenant = generate_tenant(args.users, groups=groups_n, seed=args.seed, domains=tuple(DOMAINS.split(",")))
     users = [u["id"] for u in tenant["users"]]
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     os.environ["DELETE_THRESHOLD_COUNT"] = str(10**9)
     os.environ["DELETE_THRESHOLD_PERCENT"] = "100"
+    if args.sequential:
+        os.environ["SYNC_TEST_SEQUENTIAL_READ"] = "1"
     lines = [HEADER, "|" + " --- |" * (HEADER.count("|") - 1)]
     try:
         with service(emulator, tmp / "emulator.err") as graph_url, service(receiver, tmp / "receiver.err") as sync_url:

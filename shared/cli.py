@@ -61,6 +61,8 @@ def test_options(env: Mapping[str, str]) -> Options:
     try:
         if env.get("SYNC_TEST_MAX_ITEMS"):
             options.max_items = max(1, int(env["SYNC_TEST_MAX_ITEMS"]))
+        if env.get("SYNC_TEST_SEQUENTIAL_READ") == "1":
+            options.graph_concurrent = False  # bench/: what reading the collections concurrently buys
         if env.get("SYNC_TEST_BACKOFF_SECONDS"):
             options.graph_backoff_seconds = options.sync_backoff_seconds = float(env["SYNC_TEST_BACKOFF_SECONDS"])
     except ValueError:

@@ -58,6 +58,7 @@ class Options:
     graph_backoff_seconds: float = 1.0
     sync_backoff_seconds: float = 0.5
     max_items: int = MAX_ITEMS
+    graph_concurrent: bool = True
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -84,6 +85,7 @@ async def run(
     summary = RunSummary(action)
     options = options or Options()
     taken: RunLock | None = None
+    report = action != "test-update"  # a dry run over no state leaves nothing behind
     try:
         if action in LOCKED_ACTIONS:
             candidate = lock or open_run_lock(settings, default_holder(action))
@@ -97,7 +99,10 @@ async def run(
             if secrets.expiry_warnings:
                 summary.extra["credentialWarnings"] = secrets.expiry_warnings
             runner = _Run(action, settings, secrets, store, summary, options)
-            await runner.go()
+            try:
+                await runner.go()
+            finally:
+                report = report or runner.found_state
             if runner.held_error is not None:
                 raise runner.held_error
         summary.finish(True)
@@ -109,7 +114,8 @@ async def run(
             taken.release()
     # One structured record per run: Application Insights keeps it in `traces` (docs/deployment.md).
     log.info("SyncRunSummary %s", summary.to_json(compact=True))
-    _write_report(settings, summary, reports)
+    if report:
+        _write_report(settings, summary, reports)
     return summary
 
 
@@ -234,6 +240,7 @@ class _Run:
         self.held_error: DeletionsHeldError | None = None
         self.graph_requests = 0
         self.graph_retries = 0
+        self.found_state = False
 
     async def go(self) -> None:
         api = self.api
@@ -241,6 +248,7 @@ class _Run:
         try:
             # The state is opened first: a broken state fails the run before any Graph request.
             db = self.store.open(readonly=self.action == "test-update", rebuild=self.action == "refresh")
+            self.found_state = db is not None
             if self.action == "test-update":
                 await self._test_update(db, await self._provisioned())
                 return
@@ -271,7 +279,8 @@ class _Run:
 
     def _source(self) -> GraphSource:
         auth = graph_auth_provider(self.settings, self.secrets.graph_client_secret)
-        return GraphSource(self.settings.graph_base_url, auth, backoff_seconds=self.options.graph_backoff_seconds)
+        return GraphSource(self.settings.graph_base_url, auth, backoff_seconds=self.options.graph_backoff_seconds,
+                           concurrent=self.options.graph_concurrent)
 
     async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
         source = self._source()
@@ -401,8 +410,8 @@ class _Run:
             if not diff.deletes:
                 continue
             prior = before.get(d, {})
-            approved = [k for k in diff.deletes if prior.get(k) is True]
-            pending = [k for k in diff.deletes if prior.get(k) is not True]
+            approved = sorted(k for k in diff.deletes if prior.get(k) is True)
+            pending = sorted(k for k in diff.deletes if prior.get(k) is not True)
             total = db.count(d) if db is not None else 0
             still_held = [k for k in pending if k in prior]
             over = len(pending) > s.delete_threshold_count or (total > 0 and len(pending) * 100 > s.delete_threshold_percent * total)
@@ -420,7 +429,8 @@ class _Run:
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(messages)
                 + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve with "
-                "'python -m shared approve-deletions' (optionally --dataset NAME); additions and updates were sent"
+                "'python -m shared approve-deletions' (optionally --dataset NAME) or POST /api/approve-deletions; "
+                "additions and updates were sent"
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held_out.items()}
         return held_out

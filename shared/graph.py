@@ -98,11 +98,13 @@ class GraphSource:
         backoff_seconds: float = 1.0,
         timeout_seconds: float = 120.0,
         member_concurrency: int = 8,
+        concurrent: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.member_concurrency = member_concurrency
+        self.concurrent = concurrent  # False only to measure what concurrency buys (bench/)
         self.stats = ReadStats()
         http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_seconds, connect=30.0), follow_redirects=False)
         options = {RetryHandlerOption.get_key(): RetryHandlerOption(delay=backoff_seconds, max_retries=3)}
@@ -120,8 +122,15 @@ class GraphSource:
 
         Any page that still fails after retries raises ``IncompleteReadError``: the caller
         must send nothing, because deletions computed from a partial read are wrong."""
-        await gather_or_cancel(self._read_users(sink), self._read_groups(sink), self._read_contacts(sink))
+        await self._all(self._read_users(sink), self._read_groups(sink), self._read_contacts(sink))
         return self.stats
+
+    async def _all(self, *aws: Awaitable[Any]) -> None:
+        if self.concurrent:
+            await gather_or_cancel(*aws)
+        else:
+            for aw in aws:
+                await aw
 
     async def _read_users(self, sink: DirectorySink) -> None:
         from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
@@ -206,7 +215,7 @@ class GraphSource:
 
             self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, count_as=None, delta=True)
 
-        await gather_or_cancel(*(one(c) for c in COLLECTIONS))
+        await self._all(*(one(c) for c in COLLECTIONS))
         return changes
 
     async def _read_groups_per_group(self, sink: DirectorySink) -> None:

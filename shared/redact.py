@@ -2,24 +2,35 @@
 
 ``Secret`` hides its value from ``repr``/``str``; ``install_log_redaction`` scrubs every
 registered secret value from every log record, as a last line of defence for messages that
-third-party code (azure-identity, httpx) builds."""
+third-party code (azure-identity, httpx) builds. A value is also scrubbed in the forms it
+travels in: URL-encoded (the token request's form body) and base64 (the Basic header)."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, quote_plus
 
 _lock = threading.Lock()
 _values: set[str] = set()
 MASK = "***"
+MIN_LENGTH = 4
 
 
 class Secret:
-    __slots__ = ("_value", "name")
+    """A secret value; ``name`` is the setting or vault secret it came from, ``where`` says where
+    an operator finds it (e.g. "secret 'x' in Key Vault https://..."), ``fix`` how to replace it."""
 
-    def __init__(self, value: str, name: str) -> None:
+    __slots__ = ("_value", "name", "where", "fix")
+
+    def __init__(self, value: str, name: str, *, where: str | None = None, fix: str | None = None) -> None:
         self._value = value
         self.name = name
+        self.where = where or name
+        self.fix = fix
         register(value)
 
     def reveal(self) -> str:
@@ -34,14 +45,29 @@ class Secret:
         raise TypeError("a Secret cannot be serialized")
 
 
+def _forms(value: str) -> set[str]:
+    """The value as it may appear on the wire: raw, URL-encoded, base64 (without the padding,
+    so that it also matches inside a longer base64 text that starts with it)."""
+    raw = value.encode("utf-8")
+    return {
+        value,
+        quote(value, safe=""),
+        quote_plus(value),
+        base64.b64encode(raw).decode("ascii").rstrip("="),
+        base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),
+    }
+
+
 def register(value: str) -> None:
-    if value and len(value) >= 4:
-        with _lock:
-            _values.add(value)
-            if ":" in value:  # user:password → the password alone is secret too
-                pw = value.split(":", 1)[1]
-                if len(pw) >= 4:
-                    _values.add(pw)
+    if not value or len(value) < MIN_LENGTH:
+        return
+    found = _forms(value)
+    if ":" in value:  # user:password → the password alone is secret too
+        pw = value.split(":", 1)[1]
+        if len(pw) >= MIN_LENGTH:
+            found |= _forms(pw)
+    with _lock:
+        _values.update(f for f in found if len(f) >= MIN_LENGTH)
 
 
 def scrub(text: str) -> str:
@@ -53,29 +79,54 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_record(record: logging.LogRecord) -> None:
+    """Remove every registered value from a record's message, traceback and stack, in place."""
+    if not _values:
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a broken format must not break logging
+        return
+    clean = scrub(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        clean_text = scrub(text)
+        if clean_text != text:  # handlers would format the exception again: keep only the clean text
+            record.exc_text, record.exc_info = clean_text, None
+    elif record.exc_text:
+        record.exc_text = scrub(record.exc_text)
+    if record.stack_info:
+        record.stack_info = scrub(record.stack_info)
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if not _values:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken format must not break logging
-            return True
-        clean = scrub(message)
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = scrub(text)
-            record.exc_info = None
-        if clean != message:
-            record.msg, record.args = clean, None
+        scrub_record(record)
         return True
 
 
 _filter = RedactingFilter()
 
 
+def _redacting_factory(inner: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = inner(*args, **kwargs)
+        scrub_record(record)
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    return factory
+
+
 def install_log_redaction() -> None:
-    """Attach the filter to every handler of the root logger (and future ones via the root)."""
+    """Scrub every record as it is made, whichever logger makes it and whichever handlers see
+    it (a handler attached later, e.g. by the Functions host, or below the root, as the Azure
+    SDK's docs show); the filter on the root's handlers stays for records made elsewhere."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "redacts", False):
+        logging.setLogRecordFactory(_redacting_factory(factory))
     root = logging.getLogger()
     for h in root.handlers:
         if _filter not in h.filters:

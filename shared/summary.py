@@ -29,6 +29,14 @@ class DatasetCounts:
         return out
 
 
+def _first_keys(entry: Any, shown: int = 20) -> Any:
+    """A copy with at most ``shown`` keys listed (the log record stays small; the report and
+    ``--json`` keep them all)."""
+    if not isinstance(entry, dict) or len(entry.get("keys", ())) <= shown:
+        return entry
+    return {**entry, "keys": entry["keys"][:shown], "keysShown": shown}
+
+
 @dataclass
 class RunSummary:
     action: str
@@ -71,8 +79,6 @@ class RunSummary:
             for counts in doc["datasets"].values():
                 counts.pop("rejections", None)
             for listing in ("heldDeletions", "approved"):
-                for entry in (doc.get(listing) or {}).values():
-                    if isinstance(entry, dict) and len(entry.get("keys", ())) > 20:
-                        entry["keysShown"] = 20
-                        entry["keys"] = entry["keys"][:20]
+                if isinstance(doc.get(listing), dict):
+                    doc[listing] = {d: _first_keys(e) for d, e in doc[listing].items()}
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)

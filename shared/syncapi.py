@@ -31,7 +31,7 @@ from .errors import (
     SyncApiUnavailableError,
 )
 from .netutil import jittered_backoff, parse_retry_after, url_problem
-from .redact import Secret
+from .redact import Secret, scrub
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ class SyncApiClient:
         if problem:
             raise SyncApiError(f"SYNC_API_URL {problem}")
         self.base_url = base_url.rstrip("/")
+        # Where the credential lives and how to replace it, for the 401/403 messages.
+        self.credential_where = credential.where
+        self.credential_fix = credential.fix or f"check {CREDENTIAL_HINT}"
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.requests = 0
@@ -205,7 +208,7 @@ class SyncApiClient:
                     last = f"HTTP {resp.status_code}"
                     delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
                 else:
-                    raise _fatal(resp, raw, what)
+                    raise _fatal(resp, raw, what, self)
             if attempt < self.max_attempts:
                 log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
@@ -295,6 +298,9 @@ def _write_result(doc: dict[str, Any], count_field: str, what: str) -> WriteResu
 
 
 def _problem_detail(resp: httpx.Response, raw: _Raw) -> str:
+    """The answer's own words, for the error message. A body can echo the request (its
+    Authorization header): registered secrets are scrubbed before the text is cut short, so
+    that no part of one survives the cut."""
     try:
         data = _decoded(resp, raw)
     except _BadBody as exc:
@@ -304,20 +310,24 @@ def _problem_detail(resp: httpx.Response, raw: _Raw) -> str:
         if isinstance(doc, dict):
             parts = [str(doc[k]) for k in ("title", "detail") if doc.get(k)]
             if parts:
-                return ": ".join(parts)[:500]
+                return scrub(": ".join(parts)[:4096])[:500]
     except (ValueError, RecursionError):
         pass
-    return data[:200].decode("utf-8", "replace").strip().replace("\n", " ") or "no detail"
+    return scrub(data[:4096].decode("utf-8", "replace"))[:200].strip().replace("\n", " ") or "no detail"
 
 
-def _fatal(resp: httpx.Response, raw: _Raw, what: str) -> SyncApiError:
+def _fatal(resp: httpx.Response, raw: _Raw, what: str, client: SyncApiClient) -> SyncApiError:
     status = resp.status_code
     detail = _problem_detail(resp, raw)
     if status == 401:
-        return SyncApiAuthError(f"sync API refused the credential (HTTP 401) on {what}: check {CREDENTIAL_HINT}", status)
+        return SyncApiAuthError(
+            f"sync API refused the credential (HTTP 401) on {what}: the credential in {client.credential_where} is wrong, "
+            f"expired or disabled; {client.credential_fix}",
+            status,
+        )
     if status == 403:
         return SyncApiAuthError(
-            f"sync API account lacks the roles (HTTP 403) on {what}: the account in {CREDENTIAL_HINT} needs "
+            f"sync API account lacks the roles (HTTP 403) on {what}: the account in {client.credential_where} needs "
             "'Mail Platform' and 'LDAP User Groups'",
             status,
         )
@@ -337,7 +347,7 @@ def _retry_after(resp: httpx.Response, what: str) -> float | None:
     # parse_retry_after clamps a negative value to 0 and passes "1e309" as infinity: both are
     # malformed (delay-seconds is a non-negative integer), and neither may mean "at once" or "never".
     if seconds is None or not math.isfinite(seconds) or raw.startswith("-"):
-        log.warning("sync API %s sent a malformed Retry-After %r; backing off instead", what, raw[:40])
+        log.warning("sync API %s sent a malformed Retry-After %r; backing off instead", what, scrub(raw)[:40])
         return None
     if seconds > MAX_RETRY_AFTER_SECONDS:
         raise SyncApiUnavailableError(

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import SecretError
 from .redact import Secret
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 WARN_DAYS = 30
 ERROR_DAYS = 7
 ROTATE_HINT = "rotate it with infra/scripts/rotate-graph-secret.sh"
+SYNC_ENV_HINT = "set it to the sync API account's current username:password (sent as Basic) or token (sent as Bearer)"
 
 
 @dataclass
@@ -35,16 +37,16 @@ def load_secrets(settings: Settings, env: Mapping[str, str] | None = None, *, se
         graph = env.get("GRAPH_CLIENT_SECRET", "").strip()
         cred = env.get("SYNC_API_CREDENTIAL", "").strip()
         return Secrets(
-            Secret(graph, "GRAPH_CLIENT_SECRET") if graph else None,
-            Secret(cred, "SYNC_API_CREDENTIAL"),
+            Secret(graph, "GRAPH_CLIENT_SECRET", fix=ROTATE_HINT) if graph else None,
+            Secret(cred, "SYNC_API_CREDENTIAL", fix=SYNC_ENV_HINT),
             [],
         )
     client = secret_client or _secret_client(settings)
     warnings: list[str] = []
     graph_secret = None
     if settings.graph_auth == "client_secret":
-        graph_secret = _read(client, settings, settings.graph_client_secret_name, warnings)
-    cred = _read(client, settings, settings.sync_api_credential_name, warnings)
+        graph_secret = _read(client, settings, settings.graph_client_secret_name, warnings, ROTATE_HINT)
+    cred = _read(client, settings, settings.sync_api_credential_name, warnings, _sync_fix(settings))
     return Secrets(graph_secret, cred, warnings)
 
 
@@ -56,28 +58,50 @@ def _secret_client(settings: Settings) -> Any:
     return SecretClient(vault_url=settings.key_vault_url, credential=credential)
 
 
-def _read(client: Any, settings: Settings, name: str, warnings: list[str]) -> Secret:
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
-
+def _read(client: Any, settings: Settings, name: str, warnings: list[str], fix: str) -> Secret:
     where = f"secret {name!r} in Key Vault {settings.key_vault_url}"
     try:
         bundle = client.get_secret(name)
-    except ResourceNotFoundError:
-        raise SecretError(f"{where} does not exist; create it (for the Graph secret: {ROTATE_HINT})") from None
-    except ClientAuthenticationError as exc:
-        raise SecretError(f"cannot authenticate to Key Vault to read {where}: {type(exc).__name__}; is the managed identity (AZURE_CLIENT_ID) assigned?") from None
-    except HttpResponseError as exc:
-        code = getattr(exc, "status_code", None)
-        if code == 403:
-            raise SecretError(f"the Function's identity may not read {where} (HTTP 403): grant it 'Key Vault Secrets User' on the vault") from None
-        raise SecretError(f"reading {where} failed (HTTP {code})") from None
+    except Exception as exc:  # noqa: BLE001 - every failure to read the vault is a SecretError
+        failure = _read_failure(exc, where)
+    else:
+        failure = None
+    if failure is not None:
+        # Raised here, not in the except block: the SDK's exception (whose text may echo a
+        # request or a value) does not ride along as __context__.
+        raise failure
     value = (bundle.value or "").strip()
     if not value:
         raise SecretError(f"{where} is empty")
     expires = getattr(getattr(bundle, "properties", None), "expires_on", None)
     if expires is not None:
         _check_expiry(where, expires, warnings)
-    return Secret(value, name)
+    return Secret(value, name, where=where, fix=fix)
+
+
+def _read_failure(exc: Exception, where: str) -> SecretError:
+    """A message naming the vault and the secret, without the SDK's text."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+
+    if isinstance(exc, ResourceNotFoundError):
+        return SecretError(f"{where} does not exist; create it (for the Graph secret: {ROTATE_HINT})")
+    if isinstance(exc, ClientAuthenticationError):
+        return SecretError(f"cannot authenticate to Key Vault to read {where}: {type(exc).__name__}; is the managed identity (AZURE_CLIENT_ID) assigned?")
+    if isinstance(exc, HttpResponseError):
+        code = getattr(exc, "status_code", None)
+        if code == 403:
+            return SecretError(f"the Function's identity may not read {where} (HTTP 403): grant it 'Key Vault Secrets User' on the vault")
+        return SecretError(f"reading {where} failed (HTTP {code})")
+    return SecretError(f"reading {where} failed ({type(exc).__name__}); is the vault reachable from the Function?")
+
+
+def _sync_fix(settings: Settings) -> str:
+    vault = (urlsplit(settings.key_vault_url or "").hostname or "<vault>").split(".")[0]
+    return (
+        "store the account's current username:password (or token) as a new version of that secret: "
+        f"az keyvault secret set --vault-name {vault} --name {settings.sync_api_credential_name} --file /dev/stdin "
+        "(docs/deployment.md, 'Sync API credential')"
+    )
 
 
 def _check_expiry(where: str, expires: dt.datetime, warnings: list[str], now: dt.datetime | None = None) -> None:

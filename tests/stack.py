@@ -3,6 +3,7 @@ receiver, and a way to run the product's CLI exactly as an operator (or the harn
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -115,6 +116,15 @@ def run_cli(action: str, env: dict[str, str], *extra: str, timeout: float = 120)
         [sys.executable, "-m", "shared", action, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@functools.cache
+def app_functions() -> dict[str, Any]:
+    """function_app's functions by name, indexed once as the host does (a second
+    ``get_functions()`` raises), so that every test module can look them up."""
+    import function_app
+
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
 
 
 def posts(receiver) -> list:

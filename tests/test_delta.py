@@ -320,7 +320,8 @@ def test_a_state_from_the_previous_release_loads_and_reads_in_full(stack, caplog
     }
     doc = {"format": "entra-dirsync-state", "version": 1, "lineage": "a" * 32, "generation": 3, "meta": {}, "datasets": recs}
     for f in state.iterdir():
-        f.unlink()
+        if f.is_file():
+            f.unlink()
     (state / "state.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))
     with caplog.at_level("WARNING"):
         s = stack.update()

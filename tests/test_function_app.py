@@ -11,10 +11,9 @@ import pytest
 import function_app
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
-from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, base_env, nasty_directory, service_view
+from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, app_functions, base_env, nasty_directory, service_view
 
-# get_functions() indexes the app once, as the host does; a second call raises.
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
+FUNCTIONS = app_functions()
 
 
 def timer_function():

@@ -697,7 +697,7 @@ def check_bicepparam(root: Path) -> list[str]:
         name, value = match.groups()
         if name not in main.params:
             problems.append(f"main.bicepparam sets {name}, which main.bicep does not declare")
-        if not re.fullmatch(r"readEnvironmentVariable\('[A-Z_]+'(, '[^']*')?\)", value):
+        if not re.fullmatch(r"readEnvironmentVariable\('[A-Z_]+'(, '[^']*')?\)|int\(readEnvironmentVariable\('[A-Z_]+', '\d+'\)\)", value):
             problems.append(f"main.bicepparam: {name} must come from readEnvironmentVariable(), not {value!r}")
         values[name] = value
     for name, param in main.params.items():
