@@ -347,3 +347,20 @@ def test_an_unreadable_state_fails_clearly_and_changes_nothing(stack):
     assert s["ok"] and s["read"]["kind"] == "full"
     assert all(c["added"] == 0 and c["removed"] == 0 for c in s["datasets"].values())
     stack.check()
+
+
+def test_a_delta_page_that_keeps_failing_sends_nothing_and_keeps_the_links(stack):
+    stack.update()
+    db_before = (stack.state / "state.db").read_bytes()
+    stack.graph.delete_user(U(8))
+    stack.graph.upsert_user({"id": U(2), "mail": "bob3@contoso.com"})
+    stack.receiver.clear_log()
+    stack.graph.inject_fault("503", path_contains="groups/delta", times=100)
+    s = stack.update()
+    assert not s["ok"] and "groups/delta" in s["error"] and "nothing was sent" in s["error"]
+    assert [r for r in stack.receiver.request_log if r.method != "GET"] == []
+    assert (stack.state / "state.db").read_bytes() == db_before
+    stack.graph.clear_faults()
+    s = stack.update()
+    assert s["ok"] and s["read"]["kind"] == "delta"
+    stack.check()
