@@ -284,16 +284,20 @@ class _Run:
 
     async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
         source = self._source()
+        failure: SyncError | None = None
         try:
             return await work(source)
         except GraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - azure-identity and kiota raise their own types
-            raise _graph_failure(exc, self.settings) from None
+            failure = _graph_failure(exc, self.settings)
         finally:
             self.graph_requests += source.stats.requests
             self.graph_retries += source.stats.retries
             await source.aclose()
+        # Raised outside the except block, so the SDK's exception (whose text can echo the
+        # token request, secret included) is not kept as the error's __context__.
+        raise failure
 
     async def _read_full(self, provisioned: frozenset[str], *, keep_cache: bool) -> tuple[Projection, CacheRows | None, ReadStats]:
         rows = CacheRows() if keep_cache else None

@@ -99,9 +99,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     key_vault_url = get("KEY_VAULT_URL")
     if key_vault_url is not None:
-        parts = urlsplit(key_vault_url)
-        if parts.scheme != "https" or not parts.hostname or (parts.path not in ("", "/")):
-            raise SettingsError("KEY_VAULT_URL", "must be the vault's https URI", "https://my-vault.vault.azure.net/")
+        problem = url_problem(key_vault_url)  # also: not a URL, or credentials in it
+        parts = urlsplit(key_vault_url) if problem is None else None
+        if parts is None or parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+            raise SettingsError("KEY_VAULT_URL", problem or "must be the vault's https URI", "https://my-vault.vault.azure.net/")
 
     secret_name = get("GRAPH_CLIENT_SECRET_NAME") or "graph-client-secret"
     if not _SECRET_NAME.match(secret_name):
