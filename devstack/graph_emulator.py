@@ -42,7 +42,8 @@ Choices where Graph leaves room (documented so tests can rely on them):
 * A member id that names no object (possible only in a loaded directory) is not served.
 * Unsupported query options (``$filter``, ``$orderby``, ``$search``, ``$skip``, ``$expand`` other
   than ``members`` on groups/delta) answer 400 rather than being silently ignored.
-* Responses are never compressed (loopback), and only GET is served under ``/v1.0``.
+* Responses are never compressed (loopback; the ``truncated_gzip`` fault excepted), and only GET
+  is served under ``/v1.0``.
 
 Run standalone: ``python -m devstack.graph_emulator --port 0 --users 1000`` (or ``--demo``) prints
 ``READY <base_url>`` once listening and serves until SIGTERM/SIGINT. Admin endpoints for an
@@ -67,6 +68,7 @@ import bisect
 import copy
 import functools
 import gc
+import gzip
 import hashlib
 import hmac
 import json
@@ -164,7 +166,16 @@ _COLLECTION_VALUED = frozenset(
     ).split()
 )
 
-FAULT_KINDS: tuple[str, ...] = ("429", "503", "500", "drop", "malformed", "410", "410-resync", "400-syncstate")
+FAULT_KINDS: tuple[str, ...] = (
+    "429", "503", "500", "drop", "malformed", "410", "410-resync", "400-syncstate",
+    "html", "not_json", "wrong_shape", "no_value", "truncated_gzip", "deep_json",
+)
+# Faults that spoil the real answer rather than replace it.
+_BODY_FAULTS = frozenset(("malformed", "truncated_gzip"))
+PROXY_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
+    b"<body><h1>Web proxy</h1><p>Please sign in to continue.</p></body></html>"
+)
 CONTENT_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 DEFAULT_PAGE_SIZE = 100
 _MISSING = object()
@@ -307,7 +318,7 @@ class GraphEmulator:
         """Listen in a background thread; returns the base URL ``http://host:port/v1.0``."""
         if self._server is not None:
             return self.base_url
-        server = ThreadingHTTPServer((host, port), _Handler)
+        server = _Server((host, port), _Handler)
         server.daemon_threads = True
         server.emulator = self  # type: ignore[attr-defined]
         self._server = server
@@ -535,7 +546,13 @@ class GraphEmulator:
         Kinds: ``429``/``503`` (with Retry-After), ``500``, ``drop`` (close the socket without
         answering), ``malformed`` (200 with the real body cut in half), ``410`` (expired delta token:
         syncStateNotFound), ``410-resync`` (resyncRequired), ``400-syncstate`` (400 syncStateNotFound,
-        as Graph answered expired directory tokens according to Microsoft's 2020 announcement)."""
+        as Graph answered expired directory tokens according to Microsoft's 2020 announcement).
+        Hostile 200 answers, as from a broken proxy: ``html`` (a ``text/html`` sign-in page),
+        ``not_json`` (Graph's JSON content type over a body that is not JSON), ``wrong_shape``
+        (``{"value": {}}``), ``no_value`` (an object without ``value``), ``truncated_gzip`` (the
+        real page gzip-compressed with ``Content-Encoding: gzip`` and the stream cut in half,
+        Content-Length matching the cut body), ``deep_json`` (valid JSON nested 100,000 deep, past
+        any recursive parser's limit)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
         if times < 1:
@@ -590,14 +607,18 @@ class GraphEmulator:
             if self.require_auth:
                 _check_auth(headers)
             fault = self._take_fault(target)
-            if fault is not None and fault.kind != "malformed":
+            if fault is not None and fault.kind not in _BODY_FAULTS:
                 return self._fault_response(fault, path, request_id)
             if method != "GET":
                 raise GraphError(405, "Request_BadRequest", f"The emulator serves GET only, not {method}.")
             params = _parse_query(query)
             status, body, extra = self._route(path, params, headers)
-            if fault is not None:  # malformed: the real page, cut short
+            if fault is not None and fault.kind == "malformed":  # the real page, cut short
                 body = body[: max(1, len(body) // 2)]
+            elif fault is not None:  # truncated_gzip: the real page, compressed, the stream cut short
+                packed = gzip.compress(body, mtime=0)
+                body = packed[: max(1, len(packed) // 2)]
+                extra = {**extra, "Content-Encoding": "gzip"}
             return Response(status, body, extra)
         except GraphError as exc:
             return _error_response(exc, request_id)
@@ -1020,6 +1041,19 @@ class GraphEmulator:
         kind = fault.kind
         if kind == "drop":
             return Response(0, drop=True)
+        if kind == "html":
+            return Response(200, PROXY_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+        if kind == "not_json":
+            return Response(200, b"OK: accepted by the gateway")
+        if kind == "deep_json":
+            return Response(200, b"[" * 100_000 + b"]" * 100_000)
+        if kind in ("wrong_shape", "no_value"):
+            doc: dict[str, Any] = {"@odata.context": f"{self.base_url}/$metadata#directoryObjects"}
+            if kind == "wrong_shape":
+                doc["value"] = {}
+            else:
+                doc["items"] = []
+            return Response(200, _dumps(doc).encode())
         if kind == "429":
             exc = GraphError(
                 429,
@@ -1312,6 +1346,15 @@ def _prefer_page_size(prefer: str | None) -> int | None:
 
 
 # --- the socket layer -----------------------------------------------------------------------------------
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (e.g. it cancelled a read after a sibling read failed) is not an
+        emulator fault: no traceback on stderr for it, which would look like a client's crash."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive; each response goes out in one write (headers and body together)."""
 

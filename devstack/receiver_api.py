@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import hashlib
 import hmac
 import json
@@ -34,7 +35,16 @@ from devstack.receiver_store import ApiError, IdempotencyRegistry, Store
 MAX_KEY_LENGTH = 128
 MAX_PAGE_SIZE = 5000
 DEFAULT_PAGE_SIZE = 1000
-FAULT_KINDS = ("429", "503", "500", "drop_before", "drop_after", "401", "html", "wrong_shape")
+FAULT_KINDS = (
+    "429", "503", "500", "drop_before", "drop_after", "401",
+    # hostile 200 answers, as from a broken proxy in front of the service:
+    "html", "wrong_shape", "not_json", "truncated_gzip", "deep_json",
+)
+PROXY_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Proxy sign-in</h1></body></html>"
+# A plausible answer, compressed and cut in half: what a proxy that cuts a gzip stream delivers.
+_GZIP = gzip.compress(json.dumps({"applied": 0, "rejected": [], "note": "x" * 512}).encode(), mtime=0)
+TRUNCATED_GZIP = _GZIP[: len(_GZIP) // 2]
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000  # valid JSON, nested past any parser's recursion limit
 
 
 @dataclass
@@ -250,8 +260,13 @@ class SyncApi:
         if kind == "401":
             return self._error(ApiError(401, "Unauthorized", "injected fault: credentials refused"))
         if kind == "html":
-            page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Proxy sign-in</h1></body></html>"
-            return HttpResponse(200, page, "text/html; charset=utf-8")
+            return HttpResponse(200, PROXY_PAGE, "text/html; charset=utf-8")
+        if kind == "not_json":
+            return HttpResponse(200, b"OK: accepted by the gateway", "application/json")
+        if kind == "truncated_gzip":
+            return HttpResponse(200, TRUNCATED_GZIP, "application/json", [("Content-Encoding", "gzip")])
+        if kind == "deep_json":
+            return HttpResponse(200, DEEP_JSON, "application/json")
         return json_response(200, {"result": "ok", "items": None})
 
     def _handle(self, request: HttpRequest, entry: LoggedRequest) -> HttpResponse:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .projection import GROUP_TYPE, USER_TYPE, candidates
+from .projection import GROUP_TYPE, USER_TYPE, candidates, group_name
 
 PROPS: dict[str, tuple[str, ...]] = {
     "u": ("mail", "proxyAddresses"),
@@ -77,14 +77,6 @@ def member_kind(otype: Any) -> str:
     if otype == GROUP_TYPE:
         return "g"
     return "o"
-
-
-def group_name(gid: str, data: dict[str, Any]) -> str:
-    name = data.get("displayName")
-    if isinstance(name, str) and name.strip():
-        return name
-    mail = data.get("mail")
-    return mail if isinstance(mail, str) and mail.strip() else gid
 
 
 @dataclass

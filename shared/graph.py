@@ -20,8 +20,11 @@ requests); it is kept only as a fallback for a Graph endpoint that does not serv
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -106,7 +109,11 @@ class GraphSource:
         self.member_concurrency = member_concurrency
         self.concurrent = concurrent  # False only to measure what concurrency buys (bench/)
         self.stats = ReadStats()
-        http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_seconds, connect=30.0), follow_redirects=False)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds, connect=30.0),
+            follow_redirects=False,
+            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport()),
+        )
         options = {RetryHandlerOption.get_key(): RetryHandlerOption(delay=backoff_seconds, max_retries=3)}
         self._http = GraphClientFactory.create_with_default_middleware(client=http, options=options)
         self.adapter = GraphRequestAdapter(auth_provider, client=self._http)
@@ -319,8 +326,8 @@ class GraphSource:
                     raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {_api_error_text(exc)}") from None
                 last = f"HTTP {status}"
                 delay = _retry_after(exc) or jittered_backoff(self.backoff_seconds, attempt)
-            except (httpx.TransportError, _MalformedPage) as exc:
-                last = f"{type(exc).__name__}: {exc}" if isinstance(exc, _MalformedPage) else type(exc).__name__
+            except (httpx.TransportError, httpx.DecodingError, _MalformedPage) as exc:
+                last = f"{type(exc).__name__}: {exc}" if isinstance(exc, (_MalformedPage, _BadGzip)) else type(exc).__name__
                 delay = jittered_backoff(self.backoff_seconds, attempt)
             else:
                 return page
@@ -338,12 +345,45 @@ class _MalformedPage(Exception):
     pass
 
 
+class _BadGzip(httpx.DecodingError):
+    """A gzip body cut short or corrupt (httpx's decoder lets a truncated stream pass)."""
+
+
+class _StrictGzipTransport(httpx.AsyncBaseTransport):
+    """Reads a ``Content-Encoding: gzip`` answer whole and checks its gzip stream (end marker,
+    CRC) before httpx decodes it, so a body cut by a proxy fails as such."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self._inner.handle_async_request(request)
+        if resp.headers.get("content-encoding", "").strip().lower() not in ("gzip", "x-gzip"):
+            return resp
+        try:
+            raw = b"".join([chunk async for chunk in resp.stream])  # type: ignore[union-attr]
+        finally:
+            await resp.aclose()
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+                while fh.read(1 << 20):
+                    pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _BadGzip(f"truncated or corrupt gzip body ({exc})", request=request) from None
+        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(raw), extensions=resp.extensions, request=request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def _parse_page(body: bytes | None) -> dict[str, Any]:
     if not body:
         raise _MalformedPage("empty body")
     try:
         page = json.loads(body)
     except ValueError:
+        if body.lstrip()[:1] == b"<":
+            raise _MalformedPage("body is an HTML page, not JSON (is a proxy or sign-in page in the way?)") from None
         raise _MalformedPage("body is not JSON") from None
     if not isinstance(page, dict) or not isinstance(page.get("value"), list):
         raise _MalformedPage("JSON without a 'value' list")

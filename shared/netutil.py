@@ -52,7 +52,7 @@ def parse_retry_after(raw: str) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
         seconds = (when - dt.datetime.now(when.tzinfo or dt.UTC)).total_seconds()
-    if math.isnan(seconds):
+    if not math.isfinite(seconds):  # NaN, or "1e309" read as infinity
         return None
     return max(0.0, seconds)
 

@@ -273,13 +273,13 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
     return out
 
 
-MAX_GROUP_NAME = 256  # sync-api.md: groups.name is 1 to 256 characters
 
 
 def _usable_name(value: Any) -> bool:
-    """Not blank, at most 256 characters, and Unicode text that UTF-8 can carry (JSON escapes
-    can smuggle lone surrogates into a Graph string; they would make the request body unsendable)."""
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_GROUP_NAME:
+    """Not blank, and Unicode text that UTF-8 can carry (JSON escapes can smuggle lone
+    surrogates into a Graph string; they would make the request body unsendable). An over-long
+    name is kept as the rules define it: the service rejects that record and the run reports it."""
+    if not isinstance(value, str) or not value.strip():
         return False
     try:
         value.encode("utf-8")
@@ -290,8 +290,7 @@ def _usable_name(value: Any) -> bool:
 
 def group_name(gid: str, obj: dict[str, Any]) -> str:
     """A group record's ``name``: its displayName, where that is empty its mail, else its id
-    (sync-rules.md). A value the sync API cannot take as a name (over 256 characters, or
-    with lone surrogates) counts as empty, so the group is sent rather than rejected."""
+    (sync-rules.md). A value that cannot be encoded at all (lone surrogates) counts as empty."""
     for value in (obj.get("displayName"), obj.get("mail")):
         if _usable_name(value):
             return value
