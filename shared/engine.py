@@ -368,6 +368,8 @@ class _Run:
         held_keys = {d: set(keys) for d, keys in db.held().items()}
         for d, keys in (db.get_meta(REJECTED_META) or {}).items():
             held_keys.setdefault(d, set()).update(keys)
+        for d in self.datasets:  # records a lost answer left unknown
+            held_keys.setdefault(d, set()).update(db.unknown_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
             cache = db.cache(provisioned)
             affected = _apply_changes(cache, changes)
@@ -601,6 +603,7 @@ class _BatchSender:
         d = batch.dataset
         body = {"upsert": [to_api_record(d, k, v) for k, v in batch.upserts], "delete": list(batch.deletes)}
         key = idempotency_key(self.state.position, d, body)
+        self.store.append_journal(self.state.intent_entry(d, [k for k, _ in batch.upserts] + list(batch.deletes)))
         try:
             result: WriteResult = await self.api.post_changes(d, body["upsert"], body["delete"], key)
         except PayloadTooLargeError:

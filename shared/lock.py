@@ -81,6 +81,24 @@ def default_holder(action: str) -> str:
     return text
 
 
+def _process_tag() -> dict[str, str]:
+    """Who holds a lease, precisely enough to tell whether that process still exists."""
+    return {"pid": str(os.getpid()), "host": _clean(socket.gethostname() or "unknown", 100),
+            "instance": _clean(os.environ.get("WEBSITE_INSTANCE_ID", ""), 100)}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    except OSError:
+        return True
+    return True
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -271,6 +289,8 @@ class BlobRunLock(_LockBase):
                 lease = self.blob.acquire_lease(lease_duration=self.lease_seconds)
         except HttpResponseError as exc:
             if getattr(exc, "error_code", None) in _BUSY_CODES or (exc.status_code == 409 and not getattr(exc, "error_code", None)):
+                if self._holder_is_gone():
+                    return self.acquire()
                 holder, since, seconds = self._read_holder()
                 note = f"its lease expires by itself within {seconds} s after a crashed run"
                 raise RunLockedError(self.where, holder, since, note) from None
@@ -278,7 +298,7 @@ class BlobRunLock(_LockBase):
         except AzureError as exc:
             raise StateError(f"cannot take the run lock on {self.where}: {_azure_reason(exc)}") from None
         self.since = _now()
-        metadata = {"holder": self.holder, "since": self.since, "lease_seconds": str(self.lease_seconds)}
+        metadata = {"holder": self.holder, "since": self.since, "lease_seconds": str(self.lease_seconds), **_process_tag()}
         try:
             self.blob.set_blob_metadata(metadata, lease=lease)
         except AzureError as exc:  # the lock is held; only the name shown to others is missing
@@ -302,6 +322,35 @@ class BlobRunLock(_LockBase):
             self.blob.upload_blob(b"", overwrite=False)
         except ResourceExistsError:  # created meanwhile by another run (and maybe leased: fine)
             pass
+
+    def _holder_is_gone(self) -> bool:
+        """The lease belongs to a process of this very host that no longer exists (killed, or
+        crashed): break it now rather than wait for it to expire. Anything else (another host,
+        a live process, no record of who) is left to its lease."""
+        from azure.core.exceptions import AzureError
+        from azure.storage.blob import BlobLeaseClient
+
+        try:
+            metadata = self.blob.get_blob_properties().metadata or {}
+        except AzureError:
+            return False
+        mine = _process_tag()
+        if not metadata.get("pid") or metadata.get("host") != mine["host"] or metadata.get("instance", "") != mine["instance"]:
+            return False
+        try:
+            pid = int(metadata["pid"])
+        except ValueError:
+            return False
+        if pid == os.getpid() or _process_alive(pid):
+            return False
+        log.warning("run lock %s: its holder (%s) is no longer running on this host; breaking its lease",
+                    self.where, _clean(metadata.get("holder") or UNNAMED))
+        try:
+            BlobLeaseClient(self.blob).break_lease(lease_break_period=0)
+        except AzureError as exc:
+            log.warning("run lock %s: could not break the stale lease (%s)", self.where, _azure_reason(exc))
+            return False
+        return True
 
     def _read_holder(self) -> tuple[str, str | None, int]:
         from azure.core.exceptions import AzureError

@@ -60,13 +60,25 @@ CREATE TABLE IF NOT EXISTS held (dataset TEXT NOT NULL, key TEXT NOT NULL, appro
 )
 
 
+# A record whose state at the service is unknown: a batch naming it was sent, and its answer
+# was never recorded (the process died in between). It equals no projected value, so the next
+# run sends the key again: an upsert when the directory implies it, else a delete (a no-op
+# for a missing key). ``value`` holds UNKNOWN_TEXT for it.
+UNKNOWN: tuple = ("\x00unknown", ())
+UNKNOWN_TEXT = "?"
+
+
 def _encode(dataset: str, value: tuple) -> str:
+    if value is UNKNOWN:
+        return UNKNOWN_TEXT
     if dataset == "addresses":
         return ""
     return json.dumps([value[0], list(value[1])], separators=(",", ":"), ensure_ascii=False)
 
 
 def _decode(dataset: str, text: str) -> tuple:
+    if text == UNKNOWN_TEXT:
+        return UNKNOWN
     if dataset == "addresses":
         return ()
     first, ids = json.loads(text)
@@ -123,6 +135,7 @@ class StateDB:
             self._close_quietly()
             raise StateError(f"the state at {where} is malformed; run 'refresh' to rebuild it from the service") from None
         self.seq = 0  # journal entries applied on top of ``generation``
+        self.run_id = uuid.uuid4().hex[:12]  # ties this run's intents to its confirmations
         self.changed = False
 
     # --- identity --------------------------------------------------------------------------
@@ -183,11 +196,27 @@ class StateDB:
         self.apply(dataset, records, ())
 
     # --- journal -----------------------------------------------------------------------------
+    def intent_entry(self, dataset: str, keys: list[str]) -> dict[str, Any]:
+        """Journaled before a batch is sent: should no confirmation follow (the process died
+        with the request in flight), these keys are marked unknown on the next open."""
+        return {"lineage": self.lineage, "generation": self.generation, "seq": self.seq + 1, "run": self.run_id,
+                "dataset": dataset, "intent": list(keys)}
+
+    def unknown_keys(self, dataset: str) -> list[str]:
+        return [k for (k,) in self.conn.execute("SELECT key FROM records WHERE dataset=? AND value=?", (dataset, UNKNOWN_TEXT))]
+
+    def mark_unknown(self, dataset: str, keys: Iterable[str]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)", ((dataset, k, UNKNOWN_TEXT) for k in keys)
+        )
+        self.changed = True
+
     def journal_entry(self, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> dict[str, Any]:
         return {
             "lineage": self.lineage,
             "generation": self.generation,
             "seq": self.seq + 1,
+            "run": self.run_id,
             "dataset": dataset,
             "upsert": {k: [v[0], list(v[1])] if v else [] for k, v in upsert.items()},
             "delete": list(delete),
@@ -379,12 +408,27 @@ def _good_prefix(data: bytes) -> int:
 
 def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
     """Apply the journal in the open transaction. The position stays where the interrupted
-    run left it, so a batch whose answer was lost is sent again under the same key."""
+    run left it, so a batch whose answer was lost is sent again under the same key. The keys
+    of a batch that was sent but never confirmed are marked unknown (the service may or may
+    not have applied it), in journal order, so a later confirmation overrides the mark."""
     entries, torn = _parse_journal(data)
-    applied = sum(1 for e in entries if db.replay(e))
+    ours = [e for e in entries if e.get("lineage") == db.lineage and e.get("generation") == db.generation]
+    confirmed = {(e.get("run"), e.get("seq")) for e in ours if "intent" not in e}
+    applied = unknown = 0
+    for e in ours:
+        if "intent" in e:
+            if (e.get("run"), e.get("seq")) not in confirmed and e.get("dataset") in DATASETS and isinstance(e["intent"], list):
+                keys = [str(k) for k in e["intent"]]
+                db.mark_unknown(e["dataset"], keys)
+                unknown += len(keys)
+        elif db.replay(e):
+            applied += 1
     if applied:
         log.info("state %s: replayed %d confirmed batch(es) from the journal of an interrupted run", db.where, applied)
-    return applied, torn
+    if unknown:
+        log.warning("state %s: %d record(s) of a batch sent without a recorded answer are marked unknown; this run sends them again",
+                    db.where, unknown)
+    return applied + (1 if unknown else 0), torn
 
 
 class StateStore(Protocol):

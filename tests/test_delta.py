@@ -364,3 +364,21 @@ def test_a_delta_page_that_keeps_failing_sends_nothing_and_keeps_the_links(stack
     s = stack.update()
     assert s["ok"] and s["read"]["kind"] == "delta"
     stack.check()
+
+
+def test_a_batch_applied_without_a_recorded_answer_is_reconciled_even_after_more_churn(stack):
+    """The service applied a batch whose answer never came back (the run died), and the object
+    changed again before the next run: what that batch added must still be taken back."""
+    stack.update()
+    stack.graph.upsert_user({"id": U(8), "mail": "first.move@fabrikam.com"})
+    stack.receiver.inject_fault("drop_after", path_contains="/addresses/changes", times=100)
+    failed = stack.update()
+    assert not failed["ok"]
+    assert "first.move@fabrikam.com" in {r["address"] for r in stack.receiver.records("addresses").values()}
+    stack.receiver._api.faults._faults.clear()
+    stack.graph.upsert_user({"id": U(8), "mail": "second.move@fabrikam.com"})
+    s = stack.update()
+    assert s["ok"], s.get("error")
+    stack.check()
+    addresses = {r["address"] for r in stack.receiver.records("addresses").values()}
+    assert "first.move@fabrikam.com" not in addresses and "second.move@fabrikam.com" in addresses
