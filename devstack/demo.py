@@ -2,8 +2,9 @@
 
 Brings up Azurite (blob state), the Graph emulator with a seeded demo tenant of a few
 thousand objects, and the strict sync API receiver; then runs the real CLI
-(``python -m shared``) three times: ``test-update``, ``update``, and an incremental
-``update`` after a change to the demo directory, printing each summary."""
+(``python -m shared``): ``test-update``, ``update``, an incremental ``update`` (a delta
+round) after a change to the demo directory, and then a mass deletion that the deletion
+guard holds until ``approve-deletions``, printing each summary and ``status``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_CREDENTIAL = "demo-admin:local-demo-only"  # noqa: S105 - the local receiver's demo account
 
 
-def _run(action: str, env: dict[str, str]) -> dict:
+def _run(action: str, env: dict[str, str], *, expect: int = 0) -> dict:
     print(f"\n$ python -m shared {action}", flush=True)
     proc = subprocess.run([sys.executable, "-m", "shared", action, "--json"], cwd=ROOT, env=env,  # noqa: S603
                           capture_output=True, text=True, timeout=600)
@@ -32,10 +33,20 @@ def _run(action: str, env: dict[str, str]) -> dict:
     if warnings:
         print(f"  ({len(warnings)} warnings, e.g. {warnings[0].split(': ', 1)[-1][:140]})")
     _print_summary(summary)
-    if proc.returncode != 0:
+    if proc.returncode != expect:
         print(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed", file=sys.stderr)
-        raise SystemExit(proc.returncode)
+        raise SystemExit(proc.returncode or 1)
+    if expect:
+        print(f"  exit status {proc.returncode}: {proc.stderr.strip().splitlines()[-1][:400]}")
     return summary
+
+
+def _status(env: dict[str, str]) -> None:
+    print("\n$ python -m shared status", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "shared", "status"], cwd=ROOT, env=env,  # noqa: S603
+                          capture_output=True, text=True, timeout=120)
+    for line in proc.stdout.splitlines()[:70]:
+        print(f"  {line}")
 
 
 def _print_summary(s: dict) -> None:
@@ -54,6 +65,8 @@ def _print_summary(s: dict) -> None:
         reasons[reason] = reasons.get(reason, 0) + 1
     for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:6]:
         print(f"    excluded {n:>5} × {reason}")
+    for name, h in (s.get("heldDeletions") or {}).items():
+        print(f"    HELD {h['count']} {name} deletions (deletion guard), e.g. {', '.join(h['keys'][:3])}")
     print("  summary:", json.dumps({k: v for k, v in s.items() if k not in ("changes", "exclusions")})[:600])
 
 
@@ -95,6 +108,15 @@ def main() -> int:
         _run("test-update", env)
         _run("update", env)
         change_directory(graph)
+        _run("update", env)
+        users = graph.snapshot()["users"]
+        gone = users[: len(users) * 3 // 10]
+        for u in gone:
+            graph.delete_user(u["id"])
+        print(f"\n# a wrong filter: {len(gone)} users (30 %) disappear from the directory at once")
+        _run("update", env, expect=4)
+        _status(env)
+        _run("approve-deletions", env)
         _run("update", env)
         held = {d: len(receiver.records(d)) for d in ("addresses", "groups", "users")}
         print(f"\n# the receiver now holds: {held}")
