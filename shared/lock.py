@@ -280,12 +280,19 @@ class BlobRunLock(_LockBase):
         if self._lease is not None:
             raise RuntimeError(f"the run lock on {self.where} is already held by this object")
         started = time.monotonic()
+        self.since = _now()
+        metadata = {"holder": self.holder, "since": self.since, "lease_seconds": str(self.lease_seconds), **_process_tag()}
         try:
             try:
+                # Claim first, without a lease (refused while someone holds one): a run killed
+                # right after taking the lease has then already left its name and process id,
+                # so the next run can see that it is gone.
+                self._claim(metadata)
                 lease = self.blob.acquire_lease(lease_duration=self.lease_seconds)
             except ResourceNotFoundError:
                 self._create_lock_blob()
                 started = time.monotonic()
+                self._claim(metadata)
                 lease = self.blob.acquire_lease(lease_duration=self.lease_seconds)
         except HttpResponseError as exc:
             if getattr(exc, "error_code", None) in _BUSY_CODES or (exc.status_code == 409 and not getattr(exc, "error_code", None)):
@@ -297,10 +304,8 @@ class BlobRunLock(_LockBase):
             raise StateError(f"cannot take the run lock on {self.where}: {_azure_reason(exc)}") from None
         except AzureError as exc:
             raise StateError(f"cannot take the run lock on {self.where}: {_azure_reason(exc)}") from None
-        self.since = _now()
-        metadata = {"holder": self.holder, "since": self.since, "lease_seconds": str(self.lease_seconds), **_process_tag()}
         try:
-            self.blob.set_blob_metadata(metadata, lease=lease)
+            self.blob.set_blob_metadata(metadata, lease=lease)  # again: a racing claim may have overwritten ours
         except AzureError as exc:  # the lock is held; only the name shown to others is missing
             log.warning("run lock %s: could not record the holder (%s)", self.where, _azure_reason(exc))
         with self._mutex:
@@ -322,6 +327,17 @@ class BlobRunLock(_LockBase):
             self.blob.upload_blob(b"", overwrite=False)
         except ResourceExistsError:  # created meanwhile by another run (and maybe leased: fine)
             pass
+
+    def _claim(self, metadata: dict[str, str]) -> None:
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            self.blob.set_blob_metadata(metadata)
+        except HttpResponseError as exc:
+            if exc.status_code == 412 or getattr(exc, "error_code", None) in ("LeaseIdMissing", "LeaseIdMismatchWithBlobOperation"):
+                # Leased by someone: acquire_lease below fails the same way and names the holder.
+                return
+            raise
 
     def _holder_is_gone(self) -> bool:
         """The lease belongs to a process of this very host that no longer exists (killed, or

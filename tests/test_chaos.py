@@ -99,7 +99,9 @@ def test_updates_killed_at_random_instants_lose_nothing(tmp_path, backend, reque
         env = {**base_env(graph.base_url, receiver.base_url, state), "SYNC_TEST_MAX_ITEMS": "3", **extra}
         deadline = time.monotonic() + SECONDS
         kills = finished = 0
-        durations = [1.5]  # of finished runs: kill instants are drawn over a typical run's length
+        # Kill instants are drawn within an estimate of a run's length: a kill says the run takes
+        # longer than that instant (the estimate grows), a finished run says how long it took.
+        estimate = 1.0
         for n in range(ROUNDS):
             if time.monotonic() > deadline:
                 break
@@ -110,14 +112,15 @@ def test_updates_killed_at_random_instants_lose_nothing(tmp_path, backend, reque
             started = time.monotonic()
             proc = subprocess.Popen([sys.executable, "-m", "shared", "update"], cwd=ROOT, env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            typical = sorted(durations)[len(durations) // 2]
-            time.sleep(rng.uniform(0.25, 1.05) * typical)
-            if proc.poll() is not None:
-                durations.append(time.monotonic() - started)
+            kill_at = started + rng.uniform(0.05, 1.0) * estimate
+            while proc.poll() is None and time.monotonic() < kill_at:
+                time.sleep(0.005)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
+                estimate *= 1.2
             else:
+                estimate = (estimate + time.monotonic() - started) / 2
                 finished += 1
             proc.wait()
             assert receiver.keys_reused_with_different_body() == [], f"CHAOS_SEED={SEED} round {n}"

@@ -329,7 +329,7 @@ def test_blob_lock_survives_a_transient_renewal_failure_until_the_lease_runs_out
         def acquire_lease(self, lease_duration):
             return FlakyLease()
 
-        def set_blob_metadata(self, metadata, lease, **kwargs):
+        def set_blob_metadata(self, metadata, lease=None, **kwargs):
             pass
 
     fake_container = SimpleNamespace(container_name="fake", account_name="acct", get_blob_client=lambda name: FakeBlob())
