@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 import azure.functions as func
 
 from shared.cli import configure_logging
-from shared.engine import run, status
+from shared.engine import run
 from shared.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
 from shared.history import bounded
 from shared.lock import RunLockedError
+from shared.operations import status
 from shared.projection import DATASETS
 from shared.redact import register, scrub
 from shared.settings import Settings, load_settings

@@ -10,9 +10,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from .engine import ACTIONS, Options, run, status
+from .engine import ACTIONS, Options, run
 from .errors import SyncError
 from .history import format_status
+from .operations import status
 from .redact import install_log_redaction, scrub
 from .settings import load_settings
 from .summary import RunSummary

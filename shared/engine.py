@@ -23,14 +23,15 @@ from .errors import (
     GraphError,
     IncompleteReadError,
     PayloadTooLargeError,
-    SettingsError,
     StateError,
     SyncApiProtocolError,
     SyncError,
 )
 from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
+from .guard import Thresholds, judge
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
+from .operations import approve_deletions
 from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
 from .redact import scrub
 from .settings import Settings
@@ -93,7 +94,7 @@ async def run(
             taken = candidate
         store = _LockedStore(store or open_store(settings), taken)
         if action == "approve-deletions":
-            _approve(store, summary, dataset)
+            summary.extra["approved"] = approve_deletions(store, dataset)
         else:
             secrets = secrets or load_secrets(settings, env)
             if secrets.expiry_warnings:
@@ -151,55 +152,6 @@ class _LockedStore:
     def publish(self, db: StateDB) -> None:
         self._check()
         self.inner.publish(db)
-
-
-def _approve(store: StateStore, summary: RunSummary, dataset: str | None) -> None:
-    """Mark exactly the deletions held now as approved: the next update sends those that the
-    directory still implies. Deletions held later are not covered."""
-    if dataset is not None and dataset not in DATASETS:
-        raise SettingsError("--dataset", f"unknown dataset {dataset!r}", "users")
-    db = store.open()
-    if db is None:
-        raise StateError(f"no state at {store.where}")
-    try:
-        held = db.held(dataset)
-        approved: dict[str, Any] = {}
-        for d, keys in held.items():
-            pending = sorted(k for k, ok in keys.items() if not ok)
-            db.set_held(d, dict.fromkeys(keys, True))
-            approved[d] = {"count": len(keys), "newlyApproved": len(pending), "keys": sorted(keys)}
-            log.warning("approved %d held %s deletions; the next update sends those still implied by the directory", len(keys), d)
-        summary.extra["approved"] = approved
-        if not approved:
-            log.info("no deletions are held%s; nothing to approve", f" for {dataset}" if dataset else "")
-            return
-        db.set_meta("lastAction", "approve-deletions")
-        db.commit()
-        store.publish(db)
-    finally:
-        db.close()
-
-
-async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
-    """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``.
-    Reads a snapshot: it never waits for, or blocks, a running update."""
-    store = store or open_store(settings)
-    out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
-    db = store.open(readonly=True)
-    if db is not None:
-        try:
-            for d, keys in db.held().items():
-                out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys)}
-            out["lastFullRead"] = db.get_meta(LAST_FULL_META)
-            out["savedAt"] = db.get_meta("savedAt")
-            out["records"] = {d: db.count(d) for d in DATASETS}
-        finally:
-            db.close()
-    try:
-        out["runs"] = (reports or open_reports(settings)).recent(limit)
-    except SyncError as exc:
-        out["runsError"] = scrub(str(exc))
-    return out
 
 
 def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:
@@ -405,41 +357,33 @@ class _Run:
 
     # --- the deletion guard --------------------------------------------------------------------
     def _guard(self, db: StateDB | None, plan: _Plan) -> dict[str, list[str]]:
-        """Split each dataset's deletions into what is sent and what is held; returns the held
+        """Cut each dataset's deletions down to what the guard lets through; returns the held
         keys per dataset (and sets ``self.held_error`` when anything is held)."""
-        s = self.settings
-        held_out: dict[str, list[str]] = {}
+        thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count)
         before = db.held() if db is not None else {}
-        messages = []
+        held: dict[str, list[str]] = {}
+        reasons = []
         for d in self.datasets:
             diff = plan.diffs[d]
             if not diff.deletes:
                 continue
-            prior = before.get(d, {})
-            approved = sorted(k for k in diff.deletes if prior.get(k) is True)
-            pending = sorted(k for k in diff.deletes if prior.get(k) is not True)
-            total = db.count(d) if db is not None else 0
-            still_held = [k for k in pending if k in prior]
-            over = len(pending) > s.delete_threshold_count or (total > 0 and len(pending) * 100 > s.delete_threshold_percent * total)
-            if pending and (still_held or over):
-                diff.deletes = approved
-                held_out[d] = pending
-                pct = 100.0 * len(pending) / total if total else 100.0
-                why = (f"{len(pending)} of {total} records ({pct:.1f}%) exceeds DELETE_THRESHOLD_COUNT={s.delete_threshold_count} "
-                       f"or DELETE_THRESHOLD_PERCENT={s.delete_threshold_percent:g}") if over else "deletions held by an earlier run are still awaiting approval"
-                messages.append(f"{d}: {len(pending)} held ({why})")
-                log.error("deletion guard: holding %d %s deletions (%s); first: %s", len(pending), d, why, ", ".join(pending[:10]))
-            if approved:
-                log.warning("deletion guard: sending %d approved %s deletions", len(approved), d)
-        if held_out:
+            verdict = judge(d, diff.deletes, db.count(d) if db is not None else 0, before.get(d, {}), thresholds)
+            diff.deletes = verdict.send
+            if verdict.approved:
+                log.warning("deletion guard: sending %d approved %s deletions", len(verdict.approved), d)
+            if verdict.tripped:
+                held[d] = verdict.hold
+                reasons.append(f"{d}: {len(verdict.hold)} held ({verdict.reason})")
+                log.error("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
+        if held:
             self.held_error = DeletionsHeldError(
-                "deletion guard tripped, deletions held and not sent: " + "; ".join(messages)
+                "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
                 + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve with "
                 "'python -m shared approve-deletions' (optionally --dataset NAME) or POST /api/approve-deletions; "
                 "additions and updates were sent"
             )
-        self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held_out.items()}
-        return held_out
+        self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
+        return held
 
     # --- test-update ---------------------------------------------------------------------
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:

@@ -4,7 +4,6 @@ an operator (or the harness) drives them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

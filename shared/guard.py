@@ -1,0 +1,64 @@
+"""The deletion guard: how many deletions an unattended run may send on its own.
+
+A wrong filter, a wiped OU or a broken read looks, to a sync, like a mass departure, and
+deleting valid addresses makes the service reject real mail. So when a run would delete more
+of a dataset than the thresholds allow, its deletions are held (everything else is sent) until
+an operator approves them. Once held, deletions stay held, run after run, until approved; a
+held deletion the directory no longer implies simply drops out. Approval covers exactly the
+deletions held when it was given.
+
+Plain data in, plain data out: the engine feeds it each dataset's deletions, the dataset's
+record count and what the state holds (key → approved), and stores what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    percent: float = 10.0  # DELETE_THRESHOLD_PERCENT: of the dataset's records
+    count: int = 500  # DELETE_THRESHOLD_COUNT: per dataset and run
+
+    def exceeded(self, deletions: int, total: int) -> bool:
+        """More than either threshold (equal to one is allowed)."""
+        return deletions > self.count or (total > 0 and deletions * 100 > self.percent * total)
+
+
+@dataclass
+class Verdict:
+    """For one dataset: the deletions to send now, and those to hold."""
+
+    send: list[str]
+    hold: list[str]
+    approved: list[str] = field(default_factory=list)  # sent because an operator approved them
+    reason: str = ""
+
+    @property
+    def tripped(self) -> bool:
+        return bool(self.hold)
+
+
+def judge(dataset: str, deletions: list[str], total: int, prior: Mapping[str, bool], thresholds: Thresholds) -> Verdict:
+    """``prior``: what the state holds for this dataset, key → approved."""
+    approved = sorted(k for k in deletions if prior.get(k) is True)
+    pending = sorted(k for k in deletions if prior.get(k) is not True)
+    if not pending:
+        return Verdict(send=approved, hold=[], approved=approved)
+    still_held = any(k in prior for k in pending)
+    over = thresholds.exceeded(len(pending), total)
+    if not (over or still_held):
+        return Verdict(send=approved + pending, hold=[], approved=approved)
+    if over:
+        share = f"{100.0 * len(pending) / total:.1f}%" if total else "all"
+        reason = (f"{len(pending)} of {total} {dataset} records ({share}) is more than DELETE_THRESHOLD_COUNT={thresholds.count} "
+                  f"or DELETE_THRESHOLD_PERCENT={thresholds.percent:g}")
+    else:
+        reason = "deletions held by an earlier run still await approval"
+    return Verdict(send=approved, hold=pending, approved=approved, reason=reason)
+
+
+def approve(held: Mapping[str, bool]) -> dict[str, bool]:
+    """Approval: every deletion held now becomes approved (and nothing else)."""
+    return dict.fromkeys(held, True)

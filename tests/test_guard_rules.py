@@ -1,0 +1,69 @@
+"""The deletion guard's rules alone (shared/guard.py), at their edges."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.guard import Thresholds, approve, judge
+
+T = Thresholds(percent=10, count=500)
+
+
+def keys(n: int, prefix: str = "k") -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "deletions, total, tripped",
+    [
+        (10, 100, False),  # exactly 10 %: allowed
+        (11, 100, True),  # more than 10 %
+        (500, 100_000, False),  # exactly the count: allowed
+        (501, 100_000, True),  # more than the count, though only 0.5 %
+        (1, 0, False),  # an empty dataset (nothing recorded) has no percentage
+        (0, 100, False),
+    ],
+)
+def test_more_than_either_threshold_trips(deletions, total, tripped):
+    v = judge("users", keys(deletions), total, {}, T)
+    assert v.tripped is tripped
+    assert sorted(v.send + v.hold) == keys(deletions)
+    assert (v.send == []) is (tripped or deletions == 0)
+
+
+def test_the_reason_names_the_numbers_and_the_settings():
+    v = judge("addresses", keys(30), 100, {}, T)
+    assert v.hold == keys(30) and "30 of 100 addresses records (30.0%)" in v.reason
+    assert "DELETE_THRESHOLD_COUNT=500" in v.reason and "DELETE_THRESHOLD_PERCENT=10" in v.reason
+
+
+def test_held_deletions_stay_held_even_under_the_thresholds():
+    held = dict.fromkeys(keys(30), False)
+    v = judge("users", keys(3), 1000, held, T)  # 27 came back; 3 are still implied
+    assert v.hold == keys(3) and v.send == [] and "await approval" in v.reason
+
+
+def test_approval_sends_exactly_what_was_held_and_still_implied():
+    held = approve(dict.fromkeys(keys(30), False))
+    assert all(held.values()) and set(held) == set(keys(30))
+    still = keys(25)  # 5 came back
+    v = judge("users", still, 100, held, T)
+    assert v.send == still and v.hold == [] and v.approved == still
+
+
+def test_a_new_mass_deletion_after_approval_is_not_covered_by_it():
+    held = approve(dict.fromkeys(keys(30), False))
+    new = keys(40, "n")
+    v = judge("users", keys(30) + new, 100, held, T)
+    assert v.send == keys(30) and v.hold == new  # the approved go, the new ones wait
+
+
+def test_a_small_new_deletion_after_approval_goes_by_the_thresholds():
+    held = approve(dict.fromkeys(keys(30), False))
+    v = judge("users", [*keys(30), "n00001"], 1000, held, T)
+    assert v.hold == [] and "n00001" in v.send
+
+
+def test_thresholds_can_switch_the_guard_off():
+    off = Thresholds(percent=100, count=10**9)
+    assert not judge("users", keys(1000), 1000, {}, off).tripped
