@@ -28,7 +28,7 @@ from .errors import (
     SyncError,
 )
 from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
-from .guard import Thresholds, judge
+from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
@@ -361,14 +361,12 @@ class _Run:
         keys per dataset (and sets ``self.held_error`` when anything is held)."""
         thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count)
         before = db.held() if db is not None else {}
+        deletions = {d: plan.diffs[d].deletes for d in self.datasets if plan.diffs[d].deletes}
+        totals = {d: (db.count(d) if db is not None else 0) for d in deletions}
         held: dict[str, list[str]] = {}
         reasons = []
-        for d in self.datasets:
-            diff = plan.diffs[d]
-            if not diff.deletes:
-                continue
-            verdict = judge(d, diff.deletes, db.count(d) if db is not None else 0, before.get(d, {}), thresholds)
-            diff.deletes = verdict.send
+        for d, verdict in judge_all(deletions, totals, before, thresholds).items():
+            plan.diffs[d].deletes = verdict.send
             if verdict.approved:
                 log.warning("deletion guard: sending %d approved %s deletions", len(verdict.approved), d)
             if verdict.tripped:

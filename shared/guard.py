@@ -7,6 +7,11 @@ an operator approves them. Once held, deletions stay held, run after run, until 
 held deletion the directory no longer implies simply drops out. Approval covers exactly the
 deletions held when it was given.
 
+One dataset tripping holds the other datasets' deletions of that run too: a mass departure of
+users also takes their addresses, and those can be few next to the groups' and contacts'
+addresses, so the addresses alone might stay under the thresholds. The damage the guard is
+for is exactly those addresses.
+
 Plain data in, plain data out: the engine feeds it each dataset's deletions, the dataset's
 record count and what the state holds (key → approved), and stores what it returns."""
 
@@ -57,6 +62,22 @@ def judge(dataset: str, deletions: list[str], total: int, prior: Mapping[str, bo
     else:
         reason = "deletions held by an earlier run still await approval"
     return Verdict(send=approved, hold=pending, approved=approved, reason=reason)
+
+
+def judge_all(
+    deletions: Mapping[str, list[str]], totals: Mapping[str, int], prior: Mapping[str, Mapping[str, bool]], thresholds: Thresholds
+) -> dict[str, Verdict]:
+    """Every dataset of one run; when one trips, the others' unapproved deletions are held too."""
+    verdicts = {d: judge(d, keys, totals.get(d, 0), prior.get(d, {}), thresholds) for d, keys in deletions.items()}
+    tripped = [d for d, v in verdicts.items() if v.tripped]
+    if tripped:
+        for d, v in verdicts.items():
+            if not v.tripped:
+                pending = sorted(k for k in v.send if k not in v.approved)
+                if pending:
+                    verdicts[d] = Verdict(send=v.approved, hold=pending, approved=v.approved,
+                                          reason=f"held with the {' and '.join(tripped)} deletions of the same run")
+    return verdicts
 
 
 def approve(held: Mapping[str, bool]) -> dict[str, bool]:

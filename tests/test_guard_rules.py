@@ -67,3 +67,19 @@ def test_a_small_new_deletion_after_approval_goes_by_the_thresholds():
 def test_thresholds_can_switch_the_guard_off():
     off = Thresholds(percent=100, count=10**9)
     assert not judge("users", keys(1000), 1000, {}, off).tripped
+
+
+def test_one_dataset_tripping_holds_the_others_deletions_of_the_run():
+    from shared.guard import judge_all
+
+    # 30 of 100 users go, and their 30 addresses are only 3 % of 1,000 addresses.
+    users, addrs = keys(30, "u"), keys(30, "a")
+    v = judge_all({"users": users, "addresses": addrs}, {"users": 100, "addresses": 1000}, {}, T)
+    assert v["users"].hold == users and v["addresses"].hold == addrs
+    assert "held with the users deletions" in v["addresses"].reason
+    # without a trip, the addresses would have gone
+    assert judge_all({"addresses": addrs}, {"addresses": 1000}, {}, T)["addresses"].send == addrs
+    # approved ones still go
+    approved = approve(dict.fromkeys(addrs[:5], False))
+    v = judge_all({"users": users, "addresses": addrs}, {"users": 100, "addresses": 1000}, {"addresses": approved}, T)
+    assert v["addresses"].send == addrs[:5] and v["addresses"].hold == addrs[5:]
