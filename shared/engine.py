@@ -145,9 +145,12 @@ class _LockedStore:
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
         return self.inner.open(readonly=readonly, rebuild=rebuild)
 
-    def append_journal(self, entry: dict[str, Any]) -> None:
+    def append_journal(self, entry: dict[str, Any]) -> Any:
         self._check()
-        self.inner.append_journal(entry)
+        return self.inner.append_journal(entry)
+
+    def retract_journal(self, token: Any) -> None:
+        self.inner.retract_journal(token)
 
     def publish(self, db: StateDB) -> None:
         self._check()
@@ -545,15 +548,26 @@ class _BatchSender:
         d = batch.dataset
         body = {"upsert": [to_api_record(d, k, v) for k, v in batch.upserts], "delete": list(batch.deletes)}
         key = idempotency_key(self.state.position, d, body)
-        self.store.append_journal(self.state.intent_entry(d, [k for k, _ in batch.upserts] + list(batch.deletes)))
+        # The keys go to the journal before the request: if this process dies with the request
+        # in flight, the next run knows these records may have changed at the service.
+        token = self.store.append_journal(self.state.intent_entry(d, [k for k, _ in batch.upserts] + list(batch.deletes)))
         try:
             result: WriteResult = await self.api.post_changes(d, body["upsert"], body["delete"], key)
         except PayloadTooLargeError:
+            self.store.retract_journal(token)
             if len(batch) <= 1:
                 raise
             for half in _halves(batch):
                 await self.send(half)
             return
+        except SyncError as exc:
+            # An answer came (a refusal, a hostile body, 429/503 to the end): the run fails and
+            # leaves the state as it was; the next round delivers the same changes again. When
+            # an attempt may have been applied unseen, the intent stays: the next run sends
+            # these records again, as after a crash.
+            if not getattr(exc, "maybe_applied", False):
+                self.store.retract_journal(token)
+            raise
         rejected = {_rejection_key(d, r.key) for r in result.rejected}
         self.rejected[d] |= rejected
         accepted = {k: v for k, v in batch.upserts if k not in rejected}

@@ -46,6 +46,10 @@ class IncompleteReadError(GraphError):
 class SyncApiError(SyncError):
     """The sync API refused a request or answered something the contract does not allow."""
 
+    # True when an attempt may have been applied without its answer reaching us (a connection
+    # lost after sending, a gateway error): the caller must treat the records as unknown.
+    maybe_applied = False
+
     def __init__(self, message: str, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)

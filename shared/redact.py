@@ -70,6 +70,13 @@ def register(value: str) -> None:
         _values.update(f for f in found if len(f) >= MIN_LENGTH)
 
 
+def forget_all() -> None:
+    """Drop every registered value. The registry lives as long as the process, which in
+    production runs one configuration; a test suite runs many, one after another."""
+    with _lock:
+        _values.clear()
+
+
 def scrub(text: str) -> str:
     with _lock:
         values = sorted(_values, key=len, reverse=True)

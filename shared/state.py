@@ -435,7 +435,8 @@ class StateStore(Protocol):
     where: str
 
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None: ...
-    def append_journal(self, entry: dict[str, Any]) -> None: ...
+    def append_journal(self, entry: dict[str, Any]) -> Any: ...
+    def retract_journal(self, token: Any) -> None: ...
     def publish(self, db: StateDB) -> None: ...
 
 
@@ -516,15 +517,29 @@ class FileStateStore:
         except OSError as exc:
             log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, exc.strerror)
 
-    def append_journal(self, entry: dict[str, Any]) -> None:
+    def append_journal(self, entry: dict[str, Any]) -> Any:
+        """Returns a token for ``retract_journal`` (the journal's length before)."""
         line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
         try:
             with open(self.journal, "ab") as fh:
+                before = fh.tell()
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
             raise StateError(f"cannot append to the journal at {self.where}: {exc.strerror}") from None
+        return before
+
+    def retract_journal(self, token: Any) -> None:
+        """Take back the last entry (an intent whose batch failed with an answer, while this
+        process lived to see it): the state is left as it was before the batch."""
+        try:
+            if token == 0:
+                self.journal.unlink(missing_ok=True)
+            else:
+                os.truncate(self.journal, token)
+        except OSError as exc:
+            log.warning("state %s: could not take back an intent entry (%s); the next run sends its records again", self.where, exc.strerror)
 
 
 # --- blob: ----------------------------------------------------------------------------------
@@ -648,7 +663,11 @@ class BlobStateStore:
             log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, _azure_reason(exc))
         self._journal_ready = False
 
-    def append_journal(self, entry: dict[str, Any]) -> None:
+    def retract_journal(self, token: Any) -> None:
+        """An append blob cannot be cut: the intent stays, and the next run sends its records
+        again (idempotently) as if the process had died with the batch in flight."""
+
+    def append_journal(self, entry: dict[str, Any]) -> Any:
         from azure.core.exceptions import AzureError, ResourceExistsError
 
         blob = self.container.get_blob_client(JOURNAL_NAME)

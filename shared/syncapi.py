@@ -182,6 +182,7 @@ class SyncApiClient:
             headers["Idempotency-Key"] = key
         what = f"{method} {path.split('?')[0]}"
         last = ""
+        uncertain = False  # an attempt may have been applied without our seeing the answer
         for attempt in range(1, self.max_attempts + 1):
             self.requests += 1
             delay: float
@@ -194,6 +195,7 @@ class SyncApiClient:
                     await resp.aclose()
             except httpx.TransportError as exc:
                 last = f"connection fault ({type(exc).__name__})"
+                uncertain |= not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
                 delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
             else:
                 if resp.status_code in expect:
@@ -206,13 +208,16 @@ class SyncApiClient:
                     delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS) if hinted is None else hinted
                 elif resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}"
+                    uncertain |= resp.status_code in (500, 502, 504)  # a gateway's, or a failure after the work
                     delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
                 else:
                     raise _fatal(resp, raw, what, self)
             if attempt < self.max_attempts:
                 log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
-        raise SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last})")
+        error = SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last})")
+        error.maybe_applied = uncertain
+        raise error
 
 
 

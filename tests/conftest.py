@@ -13,3 +13,13 @@ def azurite():
     az = Azurite().start()
     yield az
     az.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_secret_registry():
+    """Each test registers its own secrets: one test's canary (say the password "secret")
+    must not mask words in the next test's messages."""
+    yield
+    from shared.redact import forget_all
+
+    forget_all()
