@@ -480,6 +480,10 @@ class GraphEmulator:
             del self._kind[oid]
             self._refs.pop(oid, None)
             if coll == "groups":
+                # Its own members leave with it: logged, so that a group recreated with the same
+                # id before the next round comes with the removals of the members it no longer has.
+                for mid in sorted(self._members[oid]):
+                    self._record("groups", oid, "remove", (mid, self._kind.get(mid)))
                 for mid in self._members.pop(oid):
                     self._parents_of(mid).discard(oid)
                 self._sorted_members.pop(oid, None)
@@ -887,8 +891,7 @@ class GraphEmulator:
                 st.created, st.deleted = True, False
             elif op == "delete":
                 st.created, st.deleted, st.reason = False, True, detail
-                st.props.clear()
-                st.members.clear()
+                st.props.clear()  # member removals are kept: a recreated group's entry carries them
             elif op == "props":
                 st.props.update(detail)
             else:  # "add" / "remove": the last operation on a member wins

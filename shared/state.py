@@ -136,6 +136,11 @@ class StateDB:
             raise StateError(f"the state at {where} is malformed; run 'refresh' to rebuild it from the service") from None
         self.seq = 0  # journal entries applied on top of ``generation``
         self.run_id = uuid.uuid4().hex[:12]  # ties this run's intents to its confirmations
+        # Runs that left a batch unconfirmed at this very position. One such run: a resend of
+        # its body reuses its key (the service replays its answer). Two or more: they may have
+        # sent different bodies there, and a resend of the first one's must not be answered
+        # from its stale replay, so the position (and every key) moves on.
+        self.attempts = 0
         self.changed = False
 
     # --- identity --------------------------------------------------------------------------
@@ -143,7 +148,8 @@ class StateDB:
     def position(self) -> str:
         """Where this state stands; part of every Idempotency-Key so that a key is never
         reused for a different intention, even when the same body is sent again later."""
-        return f"{self.lineage}:{self.generation}:{self.seq}"
+        base = f"{self.lineage}:{self.generation}:{self.seq}"
+        return f"{base}~{self.attempts}" if self.attempts > 1 else base
 
     # --- meta --------------------------------------------------------------------------------
     def _meta_raw(self, key: str) -> str | None:
@@ -415,14 +421,17 @@ def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
     ours = [e for e in entries if e.get("lineage") == db.lineage and e.get("generation") == db.generation]
     confirmed = {(e.get("run"), e.get("seq")) for e in ours if "intent" not in e}
     applied = unknown = 0
+    unconfirmed: dict[Any, set[Any]] = {}  # seq -> the runs that sent a batch there unconfirmed
     for e in ours:
         if "intent" in e:
             if (e.get("run"), e.get("seq")) not in confirmed and e.get("dataset") in DATASETS and isinstance(e["intent"], list):
                 keys = [str(k) for k in e["intent"]]
                 db.mark_unknown(e["dataset"], keys)
                 unknown += len(keys)
+                unconfirmed.setdefault(e.get("seq"), set()).add(e.get("run"))
         elif db.replay(e):
             applied += 1
+    db.attempts = len(unconfirmed.get(db.seq + 1, ()))
     if applied:
         log.info("state %s: replayed %d confirmed batch(es) from the journal of an interrupted run", db.where, applied)
     if unknown:
@@ -588,10 +597,19 @@ class BlobStateStore:
                 self._etag = props.etag
             except ResourceNotFoundError:
                 self._etag = None
-            if self._etag is None:
-                v1 = self._download(V1_NAME)
-                if v1 is None and readonly:
+            if readonly:
+                # A dry run never touches the local copy a running update may be working on:
+                # it downloads its own snapshot.
+                v1 = self._download(V1_NAME) if self._etag is None else None
+                if self._etag is None and v1 is None:
                     return None
+                work = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
+                if self._etag is not None:
+                    with open(work, "wb") as fh:
+                        blob.download_blob(etag=self._etag, match_condition=_if_not_modified()).readinto(fh)
+                journal = self._download(JOURNAL_NAME) or b""
+            elif self._etag is None:
+                v1 = self._download(V1_NAME)
                 path.unlink(missing_ok=True)
                 stamp.unlink(missing_ok=True)
             elif not (path.exists() and stamp.exists() and stamp.read_text() == self._etag):
@@ -602,15 +620,13 @@ class BlobStateStore:
                     downloader.readinto(fh)
                 os.replace(tmp, path)
                 stamp.write_text(self._etag)
-            journal = self._download(JOURNAL_NAME) or b""
+            if not readonly:
+                journal = self._download(JOURNAL_NAME) or b""
         except AzureError as exc:
             raise StateError(f"cannot read the state at {self.where}: {_azure_reason(exc)}") from None
         except OSError as exc:
             raise StateError(f"cannot keep a local copy of the state at {self.local}: {exc.strerror}") from None
         if readonly:
-            work = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
-            if path.exists() and self._etag is not None:
-                work.write_bytes(path.read_bytes())
             db = StateDB(work, self.where, durable=False, discard=True)
             if self._etag is None and v1 is not None:
                 _convert_v1(db, *_load_v1(v1, journal, self.where))
