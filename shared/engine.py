@@ -441,11 +441,20 @@ class _Run:
             before = db.records(d)
             counts = self.summary.datasets[d]
             await self._replace_dataset(d, projection.datasets[d], db)
-            after = await self._read_service(d)
+            try:
+                after = await self._read_service(d)
+            except SyncError as exc:
+                raise StateError(
+                    f"the replacement of {d} was committed on the service, but its records could not be read back "
+                    f"({scrub(str(exc))}); run 'refresh' to rebuild the state from the service"
+                ) from None
             counts.added = sum(1 for k, v in after.items() if before.get(k) != v)
             counts.removed = sum(1 for k in before if k not in after)
             db.replace_records(d, after)
             db.set_held(d, {})  # an operator's replace supersedes held deletions
+            # Durable now: a later dataset's failure must not leave this one's state behind the service.
+            db.commit()
+            self.store.publish(db)
         plan = _Plan("full", "replace", {}, {}, {}, rows=rows, links=dict(stats.links))
         self._save_read(db, plan, provisioned)
         db.set_meta("lastAction", "replace")

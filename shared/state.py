@@ -97,11 +97,24 @@ class StateDB:
         self.discard = discard  # a scratch copy (dry runs): removed on close
         try:
             self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=" + ("DELETE" if durable else "MEMORY"))
+            # Checked before anything is set: a file that is not ours is refused untouched.
+            tables = [name for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            fmt = self._meta_raw("format") if tables else None
+            if tables and fmt is None:
+                raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
+            if fmt is not None and json.loads(fmt) != FORMAT:
+                raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
+            if fmt is not None and self.get_meta("version") != VERSION:
+                raise StateError(
+                    f"the state at {where} has version {self.get_meta('version')!r}, this release reads version {VERSION}; "
+                    "run 'refresh' to rebuild it from the service"
+                )
+            # WAL for a state on disk: a dry run's snapshot never waits for a running update's
+            # commit, and the update never waits for the snapshot.
+            self.conn.execute("PRAGMA journal_mode=" + ("WAL" if durable else "MEMORY"))
             self.conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "OFF"))
             self.conn.execute("PRAGMA cache_size=-32768")
             self.conn.execute("PRAGMA foreign_keys=OFF")
-            fmt = self._meta_raw("format")
             if fmt is None:
                 if readonly:
                     raise StateError(f"the state at {where} is empty")
@@ -117,17 +130,12 @@ class StateDB:
                 self.conn.execute("COMMIT")
                 self.conn.execute("BEGIN")
             else:
-                if json.loads(fmt) != FORMAT:
-                    raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
-                version = self.get_meta("version")
-                if version != VERSION:
-                    raise StateError(
-                        f"the state at {where} has version {version!r}, this release reads version {VERSION}; "
-                        "run 'refresh' to rebuild it from the service"
-                    )
                 self.lineage = str(self.get_meta("lineage"))
                 self.generation = int(self.get_meta("generation"))
                 self.conn.execute("BEGIN")
+        except StateError:
+            self._close_quietly()
+            raise
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
             raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
@@ -394,6 +402,10 @@ def _snapshot(source: Path, target: Path, where: str) -> None:
                 dst.close()
         finally:
             src.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StateError(f"the state at {where} is busy (a running update is writing it); try again when it ends") from None
+        raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
     except sqlite3.DatabaseError as exc:
         raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
 
