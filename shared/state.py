@@ -393,7 +393,9 @@ def _parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
 
 def _snapshot(source: Path, target: Path, where: str) -> None:
     try:
-        src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+        # Not mode=ro: a read-only connection to a WAL database leaves its -wal/-shm files
+        # behind; this one, if it is the last to close, removes them. It only reads.
+        src = sqlite3.connect(source)
         try:
             dst = sqlite3.connect(target)
             try:
