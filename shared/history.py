@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .errors import StateError
 from .projection import DATASETS
+from .state import azure_reason
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,23 @@ def _prune_quietly(store: ReportStore, now: dt.datetime) -> None:
         log.warning("run history %s: could not remove old reports (%s); the next run will try again", store.where, exc)
 
 
+def _newest(store: Any, limit: int) -> list[dict[str, Any]]:
+    """Newest first, from the store's ``_names`` and ``_read`` (``None``: skip that one)."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(store._names(), reverse=True):
+        if len(out) >= limit:
+            break
+        data = store._read(name)
+        if data is None:
+            continue
+        doc = _parse_report(data)
+        if doc is None:
+            log.warning("run history %s: skipping report %s, it is not a JSON object", store.where, name)
+            continue
+        out.append(doc)
+    return out
+
+
 # --- file: ------------------------------------------------------------------------------------
 class FileReportStore:
     """Reports as files in ``<directory>/runs/``; each one appears complete or not at all."""
@@ -211,24 +229,16 @@ class FileReportStore:
     def recent(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest ``limit`` readable reports, newest first. A report that cannot be read
         or parsed is skipped with a warning: one bad file must not hide the others."""
-        out: list[dict[str, Any]] = []
-        for name in sorted(self._names(), reverse=True):
-            if len(out) >= limit:
-                break
-            path = self.dir / name.removeprefix(RUNS_PREFIX)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue  # pruned by a concurrent run since the listing
-            except OSError as exc:
-                log.warning("run history %s: skipping report %s, it cannot be read (%s)", self.where, name, exc.strerror or type(exc).__name__)
-                continue
-            doc = _parse_report(data)
-            if doc is None:
-                log.warning("run history %s: skipping report %s, it is not a JSON object", self.where, name)
-                continue
-            out.append(doc)
-        return out
+        return _newest(self, limit)
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return (self.dir / name.removeprefix(RUNS_PREFIX)).read_bytes()
+        except FileNotFoundError:
+            return None  # pruned by a concurrent run since the listing
+        except OSError as exc:
+            log.warning("run history %s: skipping report %s, it cannot be read (%s)", self.where, name, exc.strerror or type(exc).__name__)
+            return None
 
     def prune(self, now: dt.datetime | None = None) -> int:
         """Delete reports older than ``max_age_days`` and the oldest beyond ``max_count``;
@@ -291,7 +301,7 @@ class BlobReportStore:
                 data, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
             )
         except AzureError as exc:
-            raise StateError(f"cannot write the run report at {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot write the run report at {self.where}: {azure_reason(exc)}") from None
         _prune_quietly(self, now)
         return name
 
@@ -303,29 +313,22 @@ class BlobReportStore:
         except ResourceNotFoundError:
             return []  # no container yet: no run has written anything
         except AzureError as exc:
-            raise StateError(f"cannot list the run reports at {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot list the run reports at {self.where}: {azure_reason(exc)}") from None
 
     def recent(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest ``limit`` readable reports, newest first. A report that cannot be parsed
         is skipped with a warning; a storage failure raises ``StateError``."""
+        return _newest(self, limit)
+
+    def _read(self, name: str) -> bytes | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        out: list[dict[str, Any]] = []
-        for name in sorted(self._names(), reverse=True):
-            if len(out) >= limit:
-                break
-            try:
-                data = self.container.get_blob_client(name).download_blob().readall()
-            except ResourceNotFoundError:
-                continue  # pruned by a concurrent run since the listing
-            except AzureError as exc:
-                raise StateError(f"cannot read the run report {name} at {self.where}: {_azure_reason(exc)}") from None
-            doc = _parse_report(data)
-            if doc is None:
-                log.warning("run history %s: skipping report %s, it is not a JSON object", self.where, name)
-                continue
-            out.append(doc)
-        return out
+        try:
+            return self.container.get_blob_client(name).download_blob().readall()
+        except ResourceNotFoundError:
+            return None  # pruned by a concurrent run since the listing
+        except AzureError as exc:
+            raise StateError(f"cannot read the run report {name} at {self.where}: {azure_reason(exc)}") from None
 
     def prune(self, now: dt.datetime | None = None) -> int:
         """Delete reports older than ``max_age_days`` and the oldest beyond ``max_count``;
@@ -340,14 +343,8 @@ class BlobReportStore:
             except ResourceNotFoundError:
                 pass  # a concurrent run pruned it first
             except AzureError as exc:
-                raise StateError(f"cannot delete the old run report {name} at {self.where}: {_azure_reason(exc)}") from None
+                raise StateError(f"cannot delete the old run report {name} at {self.where}: {azure_reason(exc)}") from None
         return deleted
-
-
-def _azure_reason(exc: Exception) -> str:
-    """The error's type and code only: Azure messages can echo request details."""
-    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 
 
 def open_reports(settings: Any, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_count: int = DEFAULT_MAX_COUNT) -> ReportStore:

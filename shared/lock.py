@@ -23,11 +23,13 @@ import os
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from .errors import StateError
+from .state import azure_reason
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,9 @@ def _clean(value: Any, limit: int = 200) -> str:
     return text.strip()[:limit]
 
 
-class _LockBase:
+class _LockBase(ABC):
+    """The context-manager half shared by both locks."""
+
     where: str
 
     def __enter__(self) -> Self:
@@ -120,11 +124,11 @@ class _LockBase:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
 
-    def acquire(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def acquire(self) -> None: ...
 
-    def release(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def release(self) -> None: ...
 
 
 # --- file: ----------------------------------------------------------------------------------
@@ -301,13 +305,13 @@ class BlobRunLock(_LockBase):
                 holder, since, seconds = self._read_holder()
                 note = f"its lease expires by itself within {seconds} s after a crashed run"
                 raise RunLockedError(self.where, holder, since, note) from None
-            raise StateError(f"cannot take the run lock on {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot take the run lock on {self.where}: {azure_reason(exc)}") from None
         except AzureError as exc:
-            raise StateError(f"cannot take the run lock on {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot take the run lock on {self.where}: {azure_reason(exc)}") from None
         try:
             self.blob.set_blob_metadata(metadata, lease=lease)  # again: a racing claim may have overwritten ours
         except AzureError as exc:  # the lock is held; only the name shown to others is missing
-            log.warning("run lock %s: could not record the holder (%s)", self.where, _azure_reason(exc))
+            log.warning("run lock %s: could not record the holder (%s)", self.where, azure_reason(exc))
         with self._mutex:
             self._lease = lease
             self._lost = False
@@ -364,7 +368,7 @@ class BlobRunLock(_LockBase):
         try:
             BlobLeaseClient(self.blob).break_lease(lease_break_period=0)
         except AzureError as exc:
-            log.warning("run lock %s: could not break the stale lease (%s)", self.where, _azure_reason(exc))
+            log.warning("run lock %s: could not break the stale lease (%s)", self.where, azure_reason(exc))
             return False
         return True
 
@@ -401,10 +405,10 @@ class BlobRunLock(_LockBase):
                         self._lost = True
                     log.error(
                         "run lock %s: the lease was lost (%s); another run may take the lock, so this run must not write the state",
-                        self.where, _azure_reason(exc),
+                        self.where, azure_reason(exc),
                     )
                     return
-                log.warning("run lock %s: lease renewal failed (%s); retrying while the lease lasts", self.where, _azure_reason(exc))
+                log.warning("run lock %s: lease renewal failed (%s); retrying while the lease lasts", self.where, azure_reason(exc))
                 wait = min(self.renew_every, 5.0)
                 continue
             with self._mutex:
@@ -441,12 +445,7 @@ class BlobRunLock(_LockBase):
         try:
             lease.release(**self._call_options())
         except AzureError as exc:
-            log.warning("run lock %s: could not release the lease (%s); it expires by itself within %d s", self.where, _azure_reason(exc), self.lease_seconds)
-
-
-def _azure_reason(exc: Exception) -> str:
-    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
+            log.warning("run lock %s: could not release the lease (%s); it expires by itself within %d s", self.where, azure_reason(exc), self.lease_seconds)
 
 
 def open_run_lock(settings: Any, holder: str) -> RunLock:

@@ -637,7 +637,7 @@ class BlobStateStore:
             if not readonly:
                 journal = self._download(JOURNAL_NAME) or b""
         except AzureError as exc:
-            raise StateError(f"cannot read the state at {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot read the state at {self.where}: {azure_reason(exc)}") from None
         except OSError as exc:
             raise StateError(f"cannot keep a local copy of the state at {self.local}: {exc.strerror}") from None
         if readonly:
@@ -684,13 +684,13 @@ class BlobStateStore:
         except (ResourceModifiedError, ResourceExistsError):
             raise StateConflictError(f"the state at {self.where} was changed by someone else during this run; nothing was overwritten") from None
         except AzureError as exc:
-            raise StateError(f"cannot write the state at {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot write the state at {self.where}: {azure_reason(exc)}") from None
         try:
             self.container.get_blob_client(JOURNAL_NAME).delete_blob()
         except ResourceNotFoundError:
             pass
         except AzureError as exc:
-            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, _azure_reason(exc))
+            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, azure_reason(exc))
         self._journal_ready = False
 
     def retract_journal(self, token: Any) -> None:
@@ -712,7 +712,7 @@ class BlobStateStore:
             for start in range(0, len(line), 4 * 1024 * 1024):
                 blob.append_block(line[start : start + 4 * 1024 * 1024])
         except AzureError as exc:
-            raise StateError(f"cannot append to the journal at {self.where}: {_azure_reason(exc)}") from None
+            raise StateError(f"cannot append to the journal at {self.where}: {azure_reason(exc)}") from None
 
 
 def _if_not_modified() -> Any:
@@ -721,7 +721,8 @@ def _if_not_modified() -> Any:
     return MatchConditions.IfNotModified
 
 
-def _azure_reason(exc: Exception) -> str:
+def azure_reason(exc: Exception) -> str:
+    """An Azure SDK error as its type and code only: its message can echo request details."""
     code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
     return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 

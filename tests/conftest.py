@@ -23,3 +23,15 @@ def _fresh_secret_registry():
     from shared.redact import forget_all
 
     forget_all()
+
+
+@pytest.fixture
+def receiver():
+    """The strict sync API receiver with the suite's domains and credential (tests/stack.py)."""
+    from devstack.sync_receiver import SyncReceiver
+    from tests.stack import CREDENTIAL, DOMAINS
+
+    rc = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL)
+    rc.start()
+    yield rc
+    rc.stop()

@@ -52,14 +52,6 @@ class Stack:
         return p
 
 
-@pytest.fixture
-def receiver():
-    rc = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL)
-    rc.start()
-    yield rc
-    rc.stop()
-
-
 def make_graph(directory=None, **kw) -> GraphEmulator:
     em = GraphEmulator(directory if directory is not None else nasty_directory(), **kw)
     em.start()

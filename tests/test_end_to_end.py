@@ -34,14 +34,6 @@ def graph():
 
 
 @pytest.fixture
-def receiver():
-    rc = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL)
-    rc.start()
-    yield rc
-    rc.stop()
-
-
-@pytest.fixture
 def env(graph, receiver, tmp_path):
     return base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
 

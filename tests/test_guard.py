@@ -11,9 +11,8 @@ import time
 import pytest
 
 from devstack.graph_emulator import GraphEmulator
-from devstack.sync_receiver import SyncReceiver
 from devstack.tenant import generate_tenant
-from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, posts, run_cli, service_view
+from tests.stack import DOMAINS, ROOT, base_env, posts, run_cli, service_view
 
 
 @pytest.fixture
@@ -27,14 +26,6 @@ def graph(tenant):
     em.start()
     yield em
     em.stop()
-
-
-@pytest.fixture
-def receiver():
-    rc = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL)
-    rc.start()
-    yield rc
-    rc.stop()
 
 
 @pytest.fixture

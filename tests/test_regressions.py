@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.stack import G, U, service_view
-from tests.test_delta import expected_view, graph, receiver, stack  # noqa: F401 - fixtures
+from tests.test_delta import expected_view, graph, stack  # noqa: F401 - fixtures
 
 
 def _differences(stack) -> dict:  # noqa: F811 - the fixture
