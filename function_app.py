@@ -38,10 +38,12 @@ from shared.operations import status
 from shared.projection import DATASETS
 from shared.redact import register, scrub
 from shared.settings import Settings, load_settings
+from shared.shutdown import install_sigterm_handler, run_cancellable
 from shared.summary import RunSummary
 
 app = func.FunctionApp()
 log = logging.getLogger("sync")
+install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/shutdown.py)
 
 T = TypeVar("T")
 STATUS_LIMIT_DEFAULT = 10
@@ -59,9 +61,9 @@ def _run_to_end(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(run_cancellable(coro))
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(asyncio.run, run_cancellable(coro)).result()
 
 
 @app.function_name(name="sync_timer")

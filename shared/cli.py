@@ -16,6 +16,7 @@ from .history import format_status
 from .operations import status
 from .redact import install_log_redaction, scrub
 from .settings import load_settings
+from .shutdown import run_cancellable
 from .summary import RunSummary
 
 
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_status(info["runs"], held), end="")
         return 0
     options = test_options(os.environ)
-    summary = asyncio.run(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect))
+    summary = asyncio.run(run_cancellable(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
     if args.json:
         print(summary.to_json(), flush=True)
     else:

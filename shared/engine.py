@@ -24,6 +24,7 @@ from .errors import (
     GraphError,
     IncompleteReadError,
     PayloadTooLargeError,
+    RunCancelledError,
     StateError,
     SyncApiProtocolError,
     SyncError,
@@ -116,6 +117,11 @@ async def run(
     except SyncError as exc:
         summary.exception = exc
         summary.finish(False, scrub(str(exc)))
+    except asyncio.CancelledError as exc:  # SIGTERM (shared/shutdown.py): report, summary and lock release still happen
+        summary.exception = RunCancelledError(f"the run was cancelled: {exc.args[0] if exc.args else 'cancelled'}; "
+                                              "what the service confirmed is journaled and the next run goes on from there")
+        summary.finish(False, str(summary.exception))
+        report = report or action != "test-update"
     finally:
         if taken is not None:
             taken.release()

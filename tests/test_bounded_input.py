@@ -300,3 +300,90 @@ def test_a_connection_strings_account_key_is_out_of_repr_and_scrubbed():
         assert key not in scrub(f"failed with {conn}")
     finally:
         forget_all()
+
+
+# --- the blob state's local copy -------------------------------------------------------------------
+@pytest.fixture
+def blob_service(azurite):
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(azurite.connection_string)
+
+
+def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_path, monkeypatch):
+    import stat
+
+    from shared.state import BlobStateStore
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    store = BlobStateStore(blob_service, "state-private", "azurite")
+    db = store.open()
+    db.close()
+    assert store.local.parent == tmp_path / f"dirsync-{os.getuid()}"
+    for d in (store.local.parent, store.local):
+        st = os.lstat(d)
+        assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
+@pytest.mark.parametrize("plant", ["world-writable", "other-owner", "symlink"])
+def test_a_planted_local_state_directory_is_refused(blob_service, tmp_path, monkeypatch, plant):
+    from shared.errors import StateError
+    from shared.state import BlobStateStore
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    store = BlobStateStore(blob_service, "state-planted", "azurite")
+    base = store.local.parent
+    if plant == "symlink":
+        elsewhere = tmp_path / "attacker"
+        elsewhere.mkdir(mode=0o700)
+        base.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        base.mkdir(mode=0o700)
+        if plant == "world-writable":
+            os.chmod(base, 0o777)
+        elif os.getuid() == 0:
+            os.chown(base, 4242, 4242)
+        else:
+            pytest.skip("changing a directory's owner needs root")
+    with pytest.raises(StateError, match=r"local state directory .*(symbolic link|uid 4242|mode 777)"):
+        store.open()
+
+
+# --- SIGTERM ---------------------------------------------------------------------------------------
+def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_lease(azurite, receiver, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from azure.storage.blob import BlobServiceClient
+
+    from devstack.tenant import generate_tenant
+    from tests.stack import ROOT
+
+    graph = GraphEmulator(generate_tenant(300, groups=5, seed=5, domains=tuple(DOMAINS[:2])), latency=0.3)
+    graph.start()
+    try:
+        env = {**base_env(graph.base_url, receiver.base_url, "blob:sigterm-state"), "AzureWebJobsStorage": azurite.connection_string,
+               "TMPDIR": str(tmp_path), "SYNC_TEST_MAX_ITEMS": "20"}
+        proc = subprocess.Popen([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while graph.request_count < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["ok"] is False and "SIGTERM" in summary["error"]
+        assert "SyncRunSummary" in err
+        container = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("sigterm-state")
+        reports = [b.name for b in container.list_blobs(name_starts_with="runs/")]
+        assert len(reports) == 1 and "SIGTERM" in json.loads(container.get_blob_client(reports[0]).download_blob().readall())["error"]
+        # the lease is released: the next run starts at once instead of waiting for it to expire
+        graph.latency = 0.0
+        again = subprocess.run([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+    finally:
+        graph.stop()
