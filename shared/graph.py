@@ -321,7 +321,7 @@ class GraphSource:
                     raise GraphError(
                         f"Graph refused {what} with HTTP {status}: check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
                         "secret and the app's admin-consented permissions (User.Read.All, GroupMember.Read.All, "
-                        "Group.Read.All, OrgContact.Read.All)"
+                        "OrgContact.Read.All; README, 'Graph permissions')"
                     ) from None
                 if status not in (429, 500, 502, 503, 504) and status < 500:
                     raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {_api_error_text(exc)}") from None

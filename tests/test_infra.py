@@ -1357,3 +1357,27 @@ def test_checkov_scans_the_compiled_arm_template(checkov: str, tmp_path: Path) -
     (arm,) = [r for r in reports if r.get("check_type") == "arm"]
     assert arm["results"]["parsing_errors"] == []
     assert arm["summary"]["passed"] > 0
+
+
+def test_deploy_workflow_is_least_privilege_and_pinned() -> None:
+    """Issue 14: a read-only what-if identity of its own, the deployment identity behind the
+    production environment only, no Graph or Key Vault secret rights in CI, every action pinned
+    to a commit, one Bicep version."""
+    path = REPO / ".github/workflows/deploy.yml"
+    workflow = yaml.safe_load(path.read_text())
+    jobs = workflow["jobs"]
+    what_if = next(job for job in jobs.values() if "what-if" in json.dumps(job) and "az deployment group create" not in json.dumps(job))
+    deploy = next(job for job in jobs.values() if "az deployment group create" in json.dumps(job))
+    login = {id(job): [s for s in job["steps"] if str(s.get("uses", "")).startswith("azure/login@")] for job in (what_if, deploy)}
+    assert [s["with"]["client-id"] for s in login[id(what_if)]] == ["${{ vars.AZURE_WHATIF_CLIENT_ID }}"]
+    assert [s["with"]["client-id"] for s in login[id(deploy)]] == ["${{ vars.AZURE_CLIENT_ID }}"]
+    assert deploy["environment"] == "production" and what_if.get("environment") not in (None, "production")
+    assert "--validation-level ProviderNoRbac" in json.dumps(what_if)
+    for job in jobs.values():
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), f"not pinned to a commit: {step['uses']}"
+    text = path.read_text()
+    assert "az bicep upgrade" not in text and re.search(r"BICEP_VERSION: v\d+\.\d+\.\d+", text)
+    assert workflow["env"]["DEPLOY_APP_REGISTRATION"] == "false" and workflow["env"]["SECRETS_OFFICER_PRINCIPAL_ID"] == ""
+    assert "rotate-graph-secret" not in text and "AppRoleAssignment.ReadWrite.All" not in text.split("Neither gets")[0]
