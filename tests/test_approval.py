@@ -208,3 +208,37 @@ def test_the_cli_requires_the_digest_refuses_a_stale_one_and_records_user_and_ho
     assert summary["approver"] == {"kind": "cli", "name": who}
     assert reports(state)[-1]["approver"] == {"kind": "cli", "name": who}
     assert "WEBSITE_AUTH_ENABLED" not in os.environ
+
+
+# --- SIGTERM in the Functions worker (the run's loop on a worker thread) ----------------------------
+def test_a_cancel_from_the_sigterm_handler_ends_a_worker_thread_run_with_its_report(held):
+    import threading
+    import time
+
+    import function_app
+    from shared import shutdown
+    from shared.engine import run
+    from shared.settings import load_settings
+
+    graph, _, state, _ = held
+    graph.latency = 0.5
+    before = len(reports(state))
+    done: dict[str, Any] = {}
+
+    def worker() -> None:
+        done["summary"] = function_app._run_to_end(run("update", load_settings()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not shutdown._running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside the Graph read
+    assert shutdown.cancel_all() == 1
+    thread.join(30)
+    graph.latency = 0.0
+    summary = done["summary"]
+    assert summary.ok is False and "SIGTERM" in summary.error and summary.exception.exit_code == 143
+    assert len(reports(state)) == before + 1 and "SIGTERM" in reports(state)[-1]["error"]
+    code, body = call("operator_approve_deletions", params={"expect": "0" * 16})
+    assert code == 409 and "not the set that was reviewed" in body["error"]  # the lock was released: refused for the digest
