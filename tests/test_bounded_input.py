@@ -340,7 +340,7 @@ def test_a_planted_local_state_directory_is_refused(blob_service, tmp_path, monk
     else:
         base.mkdir(mode=0o700)
         if plant == "world-writable":
-            os.chmod(base, 0o777)
+            os.chmod(base, 0o777)  # noqa: S103 - the planted directory an attacker would leave
         elif os.getuid() == 0:
             os.chown(base, 4242, 4242)
         else:
