@@ -37,7 +37,7 @@ DEFAULT_MAX_AGE_DAYS = 30
 DEFAULT_MAX_COUNT = 2000
 STATUS_KEYS_SHOWN = 20
 APPROVE_COMMAND = "python -m shared approve-deletions"
-MAX_REPORT_BYTES = 8 * 1024 * 1024  # one report file, at most
+MAX_REPORT_BYTES = 4 * 1024 * 1024  # one report file, at most (status reads up to 50: 200 MiB at worst)
 _BULKY = ("changes", "exclusions", "rejections", "heldDeletions", "approved")
 
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
