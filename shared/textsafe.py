@@ -46,9 +46,17 @@ def safe_text(value: Any, limit: int | None = MAX_TEXT, *, backslashes: bool = T
 def safe_tree(doc: Any, limit: int = MAX_TEXT) -> Any:
     """Every string in a JSON-shaped ``doc`` (dict keys too) through ``safe_text``."""
     if isinstance(doc, str):
-        return safe_text(doc, limit)
+        return _safe(doc, limit)
     if isinstance(doc, dict):
-        return {safe_text(k, limit) if isinstance(k, str) else k: safe_tree(v, limit) for k, v in doc.items()}
+        return {_safe(k, limit) if isinstance(k, str) else k: safe_tree(v, limit) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
         return [safe_tree(v, limit) for v in doc]
     return doc
+
+
+def _safe(text: str, limit: int) -> str:
+    # The common case in C: short, printable (str.isprintable is False for every character
+    # _UNSAFE matches: Cc, Cf, Zl, Zp), no backslash: nothing to escape or cut.
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text
+    return safe_text(text, limit)
