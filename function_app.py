@@ -9,7 +9,10 @@ Operator endpoints (function-key auth, under the host's ``api/`` prefix), on the
 
 * ``GET status[?limit=N]``: the last N runs (1-50, default 10) and the held deletions.
 * ``POST test-update``: the preview of what an update would send; changes nothing.
-* ``POST approve-deletions[?dataset=NAME]``: approve the deletions the guard holds now.
+* ``POST approve-deletions?expect=DIGEST[&dataset=NAME]``: approve the deletions the guard
+  holds now, when they are the set reviewed (the digest ``status`` shows; else 409). With App
+  Service authentication on, the caller needs the ``Deletions.Approve`` app role (else 403);
+  the approver is recorded (``shared/approval.py``).
 
 Every answer is JSON, with any registered secret value scrubbed and every list bounded."""
 
@@ -25,6 +28,7 @@ from typing import Any, TypeVar
 
 import azure.functions as func
 
+from shared.approval import ApprovalForbiddenError, ApprovalMismatchError, http_approver
 from shared.cli import configure_logging
 from shared.engine import run
 from shared.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
@@ -34,10 +38,12 @@ from shared.operations import status
 from shared.projection import DATASETS
 from shared.redact import register, scrub
 from shared.settings import Settings, load_settings
+from shared.shutdown import install_sigterm_handler, run_cancellable
 from shared.summary import RunSummary
 
 app = func.FunctionApp()
 log = logging.getLogger("sync")
+install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/shutdown.py)
 
 T = TypeVar("T")
 STATUS_LIMIT_DEFAULT = 10
@@ -55,9 +61,9 @@ def _run_to_end(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(run_cancellable(coro))
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(asyncio.run, run_cancellable(coro)).result()
 
 
 @app.function_name(name="sync_timer")
@@ -90,8 +96,10 @@ def _problem(status_code: int, message: str, **detail: Any) -> func.HttpResponse
 
 
 def _failure_status(exc: BaseException | None) -> int:
-    if isinstance(exc, RunLockedError):
-        return 409
+    if isinstance(exc, (RunLockedError, ApprovalMismatchError)):
+        return 409  # ApprovalMismatchError: the held set is not the one reviewed (shared/approval.py)
+    if isinstance(exc, SettingsError) and exc.setting == "--expect":
+        return 400
     if isinstance(exc, (GraphError, SyncApiError, SecretError)):
         return 502  # a service the sync depends on failed or refused
     return 500
@@ -173,8 +181,8 @@ def _requested_dataset(req: func.HttpRequest) -> str | func.HttpResponse | None:
             doc = req.get_json()
         except ValueError:
             return _problem(400, 'the body must be JSON: {"dataset": NAME}', parameter="dataset")
-        if not isinstance(doc, dict) or set(doc) - {"dataset"}:
-            return _problem(400, 'the body may only hold {"dataset": NAME}', parameter="dataset")
+        if not isinstance(doc, dict) or set(doc) - {"dataset", "expect"}:
+            return _problem(400, 'the body may only hold {"dataset": NAME, "expect": DIGEST}', parameter="dataset")
         from_body = doc.get("dataset")
     if from_query is not None and from_body is not None and from_query != from_body:
         return _problem(400, "the query and the body name different datasets", parameter="dataset")
@@ -193,7 +201,29 @@ def operator_approve_deletions(req: func.HttpRequest) -> func.HttpResponse:
     dataset = _requested_dataset(req)
     if isinstance(dataset, func.HttpResponse):
         return dataset
+    expect = _requested_expect(req)
+    if isinstance(expect, func.HttpResponse):
+        return expect
+    try:
+        approver = http_approver(req.headers, req.params, os.environ)
+    except ApprovalForbiddenError as exc:
+        log.warning("approve-deletions refused: %s", exc)
+        return _problem(403, str(exc))
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings
-    return _summary_response(_run_to_end(run("approve-deletions", settings, dataset=dataset)))
+    return _summary_response(_run_to_end(run("approve-deletions", settings, dataset=dataset, expect=expect, approver=approver)))
+
+
+def _requested_expect(req: func.HttpRequest) -> str | func.HttpResponse | None:
+    """``?expect=DIGEST`` or the body's ``"expect"``: the digest of the reviewed held set."""
+    from_query = req.params.get("expect")
+    from_body = None
+    if req.get_body().strip():
+        doc = req.get_json()  # already checked by _requested_dataset
+        from_body = doc.get("expect")
+        if from_body is not None and not isinstance(from_body, str):
+            return _problem(400, "expect must be the digest text that status shows", parameter="expect")
+    if from_query is not None and from_body is not None and from_query.strip() != from_body.strip():
+        return _problem(400, "the query and the body name different digests", parameter="expect")
+    return from_query if from_query is not None else from_body

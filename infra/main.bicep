@@ -7,6 +7,7 @@
 // Modules, one concern each, under app/:
 //   identity.bicep         user-assigned managed identity, the Function's only identity
 //   storage.bicep          storage account (keys off): host storage, deployment package, sync state
+//   audit.bicep            diagnostic settings (Key Vault AuditEvent, blob reads/writes/deletes), audit retention
 //   monitoring.bicep       Log Analytics + Application Insights (Entra-only ingestion)
 //   alert.bicep            action group + log alert that mails when a sync run fails
 //   keyvault.bicep         Key Vault (RBAC, purge protection) + the sync API credential secret
@@ -49,9 +50,10 @@ param alertEmail string
 ])
 param graphAuth string = 'client_secret'
 
-@description('Graph application permissions to grant: least-privilege (User.Read.All, Group.Read.All, GroupMember.Read.All, OrgContact.Read.All) or directory-read-all (Directory.Read.All, as the vendor\'s guide asks).')
+@description('Graph application permissions to grant: least-privilege (User.Read.All, GroupMember.Read.All, OrgContact.Read.All), group-read-all (the same with Group.Read.All for GroupMember.Read.All; see README, "Graph permissions") or directory-read-all (Directory.Read.All, as the vendor\'s guide asks).')
 @allowed([
   'least-privilege'
+  'group-read-all'
   'directory-read-all'
 ])
 param graphPermissionSet string = 'least-privilege'
@@ -102,8 +104,13 @@ param appRegistrationUniqueName string = 'entra-dirsync-${uniqueString(subscript
 @description('Display name of the app registration.')
 param appRegistrationDisplayName string = 'Entra directory sync (${environmentName})'
 
-@description('Object id of the principal that may write the Graph client secret (Key Vault Secrets Officer): by default whoever deploys. Empty for none.')
-param secretsOfficerPrincipalId string = deployer().objectId
+@description('Object id of the principal that may write the Graph client secret (Key Vault Secrets Officer): azd passes the signed-in user (AZURE_PRINCIPAL_ID, main.bicepparam); empty for none, as in CI, whose identity never gets it.')
+param secretsOfficerPrincipalId string = ''
+
+@description('Days the audit tables (Key Vault AuditEvent, storage blob reads/writes/deletes, the run summaries with their approvers) keep their rows.')
+@minValue(30)
+@maxValue(730)
+param auditRetentionDays int = 365
 
 @description('Maximum number of Flex Consumption instances.')
 param maximumInstanceCount int = 40
@@ -191,6 +198,7 @@ module graphApp 'app/graph-app.bicep' = if (deployAppRegistration) {
     displayName: appRegistrationDisplayName
     managedIdentityPrincipalId: identity.outputs.principalId
     permissionSet: graphPermissionSet
+    federatedCredential: graphAuth == 'managed_identity' // no second way in when a client secret is used
   }
 }
 
@@ -199,9 +207,27 @@ module roles 'app/role-assignments.bicep' = {
   params: {
     identityPrincipalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
+    // known at the start of the deployment (a loop count must be): the host's two containers
+    // (app/storage.bicep), the deployment package and the sync state
+    blobContainerNames: [
+      'azure-webjobs-hosts'
+      'azure-webjobs-secrets'
+      deploymentContainerName
+      stateContainerName
+    ]
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     secretsOfficerPrincipalId: secretsOfficerPrincipalId
+  }
+}
+
+module audit 'app/audit.bicep' = {
+  name: 'audit'
+  params: {
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
+    keyVaultName: keyVault.outputs.name
+    storageAccountName: storage.outputs.name
+    auditRetentionDays: auditRetentionDays
   }
 }
 

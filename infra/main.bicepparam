@@ -22,3 +22,10 @@ param syncSchedule = readEnvironmentVariable('SYNC_SCHEDULE', '0 0 * * * *')
 param fullSyncIntervalHours = int(readEnvironmentVariable('FULL_SYNC_INTERVAL_HOURS', '24'))
 param deleteThresholdPercent = int(readEnvironmentVariable('DELETE_THRESHOLD_PERCENT', '10'))
 param deleteThresholdCount = int(readEnvironmentVariable('DELETE_THRESHOLD_COUNT', '500'))
+
+// Key Vault Secrets Officer (to write the Graph client secret) for a person, never for CI:
+// azd sets AZURE_PRINCIPAL_ID to the signed-in user; CI sets neither, so nobody gets it.
+param secretsOfficerPrincipalId = readEnvironmentVariable('SECRETS_OFFICER_PRINCIPAL_ID', readEnvironmentVariable('AZURE_PRINCIPAL_ID', ''))
+param deployAppRegistration = bool(readEnvironmentVariable('DEPLOY_APP_REGISTRATION', 'true'))
+param existingGraphClientId = readEnvironmentVariable('GRAPH_CLIENT_ID', '')
+param auditRetentionDays = int(readEnvironmentVariable('AUDIT_RETENTION_DAYS', '365'))

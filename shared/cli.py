@@ -16,6 +16,7 @@ from .history import format_status
 from .operations import status
 from .redact import install_log_redaction, scrub
 from .settings import load_settings
+from .shutdown import run_cancellable
 from .summary import RunSummary
 
 
@@ -47,6 +48,8 @@ def print_report(summary: RunSummary) -> None:
                     print(f"    - {key}")
     for name, h in summary.extra.get("heldDeletions", {}).items():
         print(f"  HELD: {h['count']} {name} deletions (deletion guard); first: {', '.join(h['keys'][:5])}")
+    if summary.extra.get("heldCount"):
+        print(f"  held in the state: {summary.extra['heldCount']} deletions, digest {summary.extra.get('heldDigest')} (approve-deletions --expect)")
     for name, a in summary.extra.get("approved", {}).items():
         print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
     if summary.action == "approve-deletions" and not summary.extra.get("approved"):
@@ -80,12 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deletions the guard holds now), or status (the last runs and any held deletions)",
     )
     parser.add_argument("--dataset", choices=("addresses", "groups", "users"), help="approve-deletions: only this dataset")
+    parser.add_argument("--expect", metavar="DIGEST", help="approve-deletions: the digest of the held set you reviewed, as status or test-update shows it (required)")
     parser.add_argument("--json", action="store_true", help="print the run summary as one JSON line, last on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.epilog = "exit status: 0 ok, 1 failed, 2 bad setting, 3 another run holds the lock, 4 deletions held by the guard"
+    parser.epilog = ("exit status: 0 ok, 1 failed, 2 bad setting, 3 another run holds the lock, 4 deletions held by the guard, "
+                     "5 the held deletions are not the set reviewed (--expect)")
     args = parser.parse_args(argv)
-    if args.dataset and args.action != "approve-deletions":
-        parser.error("--dataset goes with approve-deletions")
+    if (args.dataset or args.expect) and args.action != "approve-deletions":
+        parser.error("--dataset and --expect go with approve-deletions")
     configure_logging(args.verbose)
     try:
         settings = load_settings(os.environ)
@@ -108,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_status(info["runs"], held), end="")
         return 0
     options = test_options(os.environ)
-    summary = asyncio.run(run(args.action, settings, options=options, dataset=args.dataset))
+    summary = asyncio.run(run_cancellable(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
     if args.json:
         print(summary.to_json(), flush=True)
     else:

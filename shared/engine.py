@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .approval import Approver, cli_approver, held_count, held_digest
 from .credentials import graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
 from .directory import Affected, Cache
@@ -23,6 +24,7 @@ from .errors import (
     GraphError,
     IncompleteReadError,
     PayloadTooLargeError,
+    RunCancelledError,
     StateError,
     SyncApiProtocolError,
     SyncError,
@@ -38,6 +40,7 @@ from .settings import Settings
 from .state import StateDB, StateStore, open_store
 from .summary import RunSummary
 from .syncapi import MAX_ITEMS, Rejection, SyncApiClient, WriteResult
+from .textsafe import safe_tree
 from .vault import Secrets, load_secrets
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ async def run(
     lock: RunLock | None = None,
     reports: ReportStore | None = None,
     dataset: str | None = None,
+    expect: str | None = None,
+    approver: Approver | None = None,
 ) -> RunSummary:
     """Run one action; never raises for an expected failure: the summary says ``ok: false``
     and carries the error (``summary.exception`` keeps the exception for exit codes).
@@ -94,7 +99,9 @@ async def run(
             taken = candidate
         store = _LockedStore(store or open_store(settings), taken)
         if action == "approve-deletions":
-            summary.extra["approved"] = approve_deletions(store, dataset)
+            who = approver or cli_approver()
+            summary.extra["approver"] = who.as_dict()
+            summary.extra["approved"] = approve_deletions(store, dataset, expect=expect, approver=who)
         else:
             secrets = secrets or load_secrets(settings, env)
             if secrets.expiry_warnings:
@@ -110,9 +117,15 @@ async def run(
     except SyncError as exc:
         summary.exception = exc
         summary.finish(False, scrub(str(exc)))
+    except asyncio.CancelledError as exc:  # SIGTERM (shared/shutdown.py): report, summary and lock release still happen
+        summary.exception = RunCancelledError(f"the run was cancelled: {exc.args[0] if exc.args else 'cancelled'}; "
+                                              "what the service confirmed is journaled and the next run goes on from there")
+        summary.finish(False, str(summary.exception))
+        report = report or action != "test-update"
     finally:
         if taken is not None:
             taken.release()
+    summary.sanitize()  # every outside string escaped and bounded before the log, report and terminal
     # One structured record per run: Application Insights keeps it in `traces` (docs/deployment.md).
     log.info("SyncRunSummary %s", summary.to_json(compact=True))
     if report:
@@ -395,6 +408,9 @@ class _Run:
         plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
         self._guard(db, plan)
         self.held_error = None  # a preview reports held deletions; it does not fail for them
+        stored = {d: keys for d, keys in (db.held() if db is not None else {}).items() if keys}
+        # what approve-deletions --expect compares against: the held set in the state (shared/approval.py)
+        self.summary.extra["heldDigest"], self.summary.extra["heldCount"] = held_digest(stored), held_count(stored)
         preview: dict[str, Any] = {}
         for d in DATASETS:
             self.summary.datasets[d].excluded = plan.excluded[d]
@@ -615,8 +631,9 @@ def _rejection_key(dataset: str, key: Any) -> str:
 def _note_rejections(counts: Any, dataset: str, rejected: list[Rejection]) -> None:
     counts.rejected += len(rejected)
     for r in rejected:
-        counts.rejections.append(r.as_dict())
-        log.warning("sync API rejected %s record %s: %s %s", dataset, r.key, r.code, r.message)
+        entry = safe_tree(r.as_dict())  # the service's text, bounded and escaped (shared/textsafe.py)
+        counts.rejections.append(entry)
+        log.warning("sync API rejected %s record %s: %s %s", dataset, entry.get("key"), entry.get("code"), entry.get("message"))
 
 
 _AADSTS = re.compile(r"AADSTS(\d{5,})")

@@ -90,3 +90,9 @@ class StateConflictError(StateError):
     """Someone else wrote the state while this run held it."""
 
 
+
+
+class RunCancelledError(SyncError):
+    """The run was cancelled (SIGTERM: scale-in, deployment, timeout); it wrote its report."""
+
+    exit_code = 143

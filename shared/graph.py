@@ -42,6 +42,7 @@ from msgraph_core import GraphClientFactory
 
 from .errors import DeltaExpiredError, GraphError, IncompleteReadError
 from .netutil import jittered_backoff, parse_retry_after
+from .textsafe import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class GraphSource:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=30.0),
             follow_redirects=False,
-            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport()),
+            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(), origin=self.base_url),
         )
         options = {RetryHandlerOption.get_key(): RetryHandlerOption(delay=backoff_seconds, max_retries=3)}
         self._http = GraphClientFactory.create_with_default_middleware(client=http, options=options)
@@ -320,7 +321,7 @@ class GraphSource:
                     raise GraphError(
                         f"Graph refused {what} with HTTP {status}: check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
                         "secret and the app's admin-consented permissions (User.Read.All, GroupMember.Read.All, "
-                        "Group.Read.All, OrgContact.Read.All)"
+                        "OrgContact.Read.All; README, 'Graph permissions')"
                     ) from None
                 if status not in (429, 500, 502, 503, 504) and status < 500:
                     raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {_api_error_text(exc)}") from None
@@ -328,6 +329,8 @@ class GraphSource:
                 delay = _retry_after(exc) or jittered_backoff(self.backoff_seconds, attempt)
             except (httpx.TransportError, httpx.DecodingError, _MalformedPage) as exc:
                 last = f"{type(exc).__name__}: {exc}" if isinstance(exc, (_MalformedPage, _BadGzip)) else type(exc).__name__
+                if isinstance(exc, _RefusedAnswer):  # hostile, not transient: no retry
+                    raise IncompleteReadError(f"Graph {what} could not be read ({exc}); nothing was sent") from None
                 delay = jittered_backoff(self.backoff_seconds, attempt)
             else:
                 return page
@@ -349,31 +352,65 @@ class _BadGzip(httpx.DecodingError):
     """A gzip body cut short or corrupt (httpx's decoder lets a truncated stream pass)."""
 
 
-class _StrictGzipTransport(httpx.AsyncBaseTransport):
-    """Reads a ``Content-Encoding: gzip`` answer whole and checks its gzip stream (end marker,
-    CRC) before httpx decodes it, so a body cut by a proxy fails as such."""
+class _RefusedAnswer(_MalformedPage):
+    """An answer that is not a Graph page: a redirect, a request to another host, a body
+    over the size caps. The page fails (and with it the read: nothing is sent)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+
+MAX_PAGE_BYTES = 64 * 1024 * 1024  # one Graph answer, as sent and after gzip (a page of 999 objects is a few MB)
+
+
+class _StrictGzipTransport(httpx.AsyncBaseTransport):
+    """The Graph client's transport, under msgraph's middleware:
+
+    * requests go only to ``origin`` (scheme, host, port of GRAPH_BASE_URL): a redirect the
+      middleware would follow, or any link, to another host fails the page;
+    * a 3xx answer fails the page (Graph's delta and list endpoints do not redirect; the
+      middleware would otherwise follow it and take the other page as directory data);
+    * the body is read whole, at most ``MAX_PAGE_BYTES`` as sent and, for
+      ``Content-Encoding: gzip``, at most ``MAX_PAGE_BYTES`` inflated (a decompression bomb
+      fails after that much, never held in memory), and its gzip stream is checked (end
+      marker, CRC) before httpx decodes it, so a body cut by a proxy fails as such."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, origin: str | None = None, max_bytes: int = MAX_PAGE_BYTES) -> None:
         self._inner = inner
+        self._origin = _origin(httpx.URL(origin)) if origin else None
+        self._max = max_bytes
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._origin is not None and _origin(request.url) != self._origin:
+            raise _RefusedAnswer(f"a request to {safe_text(request.url.host, 100)!r} was refused: Graph reads stay on {self._origin[1]}")
         resp = await self._inner.handle_async_request(request)
-        if resp.headers.get("content-encoding", "").strip().lower() not in ("gzip", "x-gzip"):
-            return resp
+        if 300 <= resp.status_code < 400:
+            await resp.aclose()
+            where = safe_text(httpx.URL(resp.headers.get("location", "")).host or "?", 100)
+            raise _RefusedAnswer(f"Graph answered HTTP {resp.status_code} (a redirect to {where!r}); redirects are not followed")
         try:
-            raw = b"".join([chunk async for chunk in resp.stream])  # type: ignore[union-attr]
+            raw = bytearray()
+            async for chunk in resp.stream:  # type: ignore[union-attr]
+                raw += chunk
+                if len(raw) > self._max:
+                    raise _RefusedAnswer(f"the answer is larger than {self._max} bytes")
         finally:
             await resp.aclose()
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
-                while fh.read(1 << 20):
-                    pass
-        except (OSError, EOFError, zlib.error) as exc:
-            raise _BadGzip(f"truncated or corrupt gzip body ({exc})", request=request) from None
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(raw), extensions=resp.extensions, request=request)
+        if resp.headers.get("content-encoding", "").strip().lower() in ("gzip", "x-gzip"):
+            inflated = 0
+            try:
+                with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+                    while chunk := fh.read(1 << 20):
+                        inflated += len(chunk)
+                        if inflated > self._max:
+                            raise _RefusedAnswer(f"the gzip answer inflates to more than {self._max} bytes")
+            except (OSError, EOFError, zlib.error) as exc:
+                raise _BadGzip(f"truncated or corrupt gzip body ({exc})", request=request) from None
+        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(bytes(raw)), extensions=resp.extensions, request=request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port or {"https": 443, "http": 80}.get(url.scheme))
 
 
 def _parse_page(body: bytes | None) -> dict[str, Any]:

@@ -23,9 +23,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .approval import held_digest
 from .errors import StateError
 from .projection import DATASETS
 from .state import azure_reason
+from .textsafe import safe_text, safe_tree
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ DEFAULT_MAX_AGE_DAYS = 30
 DEFAULT_MAX_COUNT = 2000
 STATUS_KEYS_SHOWN = 20
 APPROVE_COMMAND = "python -m shared approve-deletions"
+MAX_REPORT_BYTES = 4 * 1024 * 1024  # one report file, at most (status reads up to 50: 200 MiB at worst)
+_BULKY = ("changes", "exclusions", "rejections", "heldDeletions", "approved")
 
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # <stamp>-<action>-<8 hex>.json; anything else in runs/ is not ours and is never touched.
@@ -123,13 +127,42 @@ def _stamp_of(name: str) -> dt.datetime | None:
         return None
 
 
-def _document(report: dict[str, Any], now: dt.datetime) -> tuple[dict[str, Any], bytes]:
+def _document(report: dict[str, Any], now: dt.datetime, max_bytes: int | None = None) -> tuple[dict[str, Any], bytes]:
+    """The report as stored: lists bounded, every string escaped and truncated
+    (``shared/textsafe.py``), and at most ``max_bytes`` (``MAX_REPORT_BYTES``) in all: past
+    that, the record lists (preview, exclusions, rejections) are left out, largest first, and
+    ``reportTruncated`` names what was left out; past that again, only the scalar fields stay."""
+    max_bytes = MAX_REPORT_BYTES if max_bytes is None else max_bytes
     # finishedAt comes first for a human reading the file, and always matches the name.
     doc = {"finishedAt": now.isoformat(timespec="seconds"), **{k: v for k, v in report.items() if k != "finishedAt"}}
-    doc = bounded(doc)
-    # default=str: an odd value in a summary must not cost the run its report.
-    data = json.dumps(doc, ensure_ascii=False, indent=1, default=str).encode("utf-8")
+    doc = safe_tree(bounded(doc))
+    data = _encode(doc)
+    if len(data) <= max_bytes:
+        return doc, data
+    size, dropped = len(data), []
+    for bulky in _BULKY:
+        if bulky == "rejections":
+            for counts in (doc.get("datasets") or {}).values():
+                if isinstance(counts, dict) and counts.pop("rejections", None) is not None:
+                    dropped.append("rejections")
+        elif doc.pop(bulky, None) is not None:
+            dropped.append(bulky)
+        doc["reportTruncated"] = {"bytes": size, "maxBytes": max_bytes, "left out": sorted(set(dropped))}
+        data = _encode(doc)
+        if len(data) <= max_bytes:
+            return doc, data
+    doc = {k: v for k, v in doc.items() if not isinstance(v, (dict, list))}
+    doc["reportTruncated"] = {"bytes": size, "maxBytes": max_bytes, "left out": "every list and object"}
+    data = _encode(doc)
+    if len(data) > max_bytes:
+        doc = {"finishedAt": doc["finishedAt"], "reportTruncated": doc["reportTruncated"]}
+        data = _encode(doc)
     return doc, data
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    # default=str: an odd value in a summary must not cost the run its report.
+    return json.dumps(doc, ensure_ascii=False, indent=1, default=str).encode("utf-8")
 
 
 def _parse_report(data: bytes) -> dict[str, Any] | None:
@@ -173,6 +206,9 @@ def _newest(store: Any, limit: int) -> list[dict[str, Any]]:
             break
         data = store._read(name)
         if data is None:
+            continue
+        if len(data) > MAX_REPORT_BYTES:
+            log.warning("run history %s: skipping report %s, it is larger than %d bytes", store.where, name, MAX_REPORT_BYTES)
             continue
         doc = _parse_report(data)
         if doc is None:
@@ -233,7 +269,8 @@ class FileReportStore:
 
     def _read(self, name: str) -> bytes | None:
         try:
-            return (self.dir / name.removeprefix(RUNS_PREFIX)).read_bytes()
+            with open(self.dir / name.removeprefix(RUNS_PREFIX), "rb") as fh:
+                return fh.read(MAX_REPORT_BYTES + 1)  # a larger one is skipped by _newest
         except FileNotFoundError:
             return None  # pruned by a concurrent run since the listing
         except OSError as exc:
@@ -324,7 +361,8 @@ class BlobReportStore:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            return self.container.get_blob_client(name).download_blob().readall()
+            # at most one byte past the cap: a larger report is skipped by _newest
+            return self.container.get_blob_client(name).download_blob(offset=0, length=MAX_REPORT_BYTES + 1).readall()
         except ResourceNotFoundError:
             return None  # pruned by a concurrent run since the listing
         except AzureError as exc:
@@ -366,7 +404,11 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
     ``held`` is the state's current held deletions per dataset. When it is None (the state
     could not be consulted), the newest report that recorded ``heldDeletions`` is shown
     instead, labelled as such. Reports are read defensively: an old or odd report renders
-    as dashes, never as an exception."""
+    as dashes, never as an exception. Every text is escaped and truncated
+    (``shared/textsafe.py``): a report or a key may carry control characters from outside."""
+    digests = {d: held_digest({d: v}) for d, v in held.items() if v} if held is not None else {}
+    overall = held_digest(held) if held is not None else None
+    held = safe_tree(held) if held is not None else None
     lines = _runs_table(reports)
     lines.append("")
     source = "held deletions"
@@ -377,6 +419,7 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
         counts = {d: len(v) for d, v in keys.items()}
     else:
         counts, keys, when = _held_from_reports(reports)
+        keys = safe_tree(keys)
         if when:
             source = f"held deletions (as recorded by the run finished {when})"
     if not counts:
@@ -390,10 +433,14 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
         if counts[dataset] > len(shown):
             lines.append(f"    ... and {counts[dataset] - len(shown):,} more")
     lines.append("")
-    lines.append("held deletions are not sent to the service until approved. To approve:")
-    lines.append(f"  all:        {APPROVE_COMMAND}")
+    lines.append("held deletions are not sent to the service until approved. The approval names the digest of")
+    if overall is None:
+        lines.append("the held set you reviewed; the state could not be read, so run status again when it can be.")
+        return "\n".join(lines) + "\n"
+    lines.append(f"the held set you reviewed ({sum(counts.values()):,} held, digest {overall}). To approve:")
+    lines.append(f"  all:        {APPROVE_COMMAND} --expect {overall}")
     for dataset in _ordered(counts):
-        lines.append(f"  {dataset + ':':<11} {APPROVE_COMMAND} --dataset {dataset}")
+        lines.append(f"  {dataset + ':':<11} {APPROVE_COMMAND} --dataset {dataset} --expect {digests.get(dataset, '-')}")
     return "\n".join(lines) + "\n"
 
 
@@ -402,11 +449,11 @@ def _runs_table(reports: list[dict[str, Any]]) -> list[str]:
         return ["no runs recorded yet"]
     datasets = _ordered({d for r in reports if isinstance(r.get("datasets"), dict) for d in r["datasets"]})
     header = ["FINISHED (UTC)", "ACTION", "RESULT", "READ", *(d.upper() for d in datasets), "DURATION", "ERROR"]
-    rows = [header]
+    rows = [[safe_text(cell, 40) for cell in header]]
     for r in reports:
         per = r.get("datasets") if isinstance(r.get("datasets"), dict) else {}
         rows.append(
-            [
+            [safe_text(cell, 200) for cell in (
                 _when(r.get("finishedAt")),
                 str(r.get("action") or "-"),
                 "ok" if r.get("ok") is True else "FAILED",
@@ -414,7 +461,7 @@ def _runs_table(reports: list[dict[str, Any]]) -> list[str]:
                 *(_counts(per.get(d)) for d in datasets),
                 _duration(r.get("durationSeconds")),
                 _first_line(r.get("error")),
-            ]
+            )]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = [f"last {len(reports)} run(s), newest first:"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .approval import Approver, check_expected, held_count, held_digest, normalize_digest
 from .errors import SettingsError, StateError, SyncError
 from .guard import approve
 from .history import ReportStore, open_reports
@@ -13,29 +14,49 @@ from .projection import DATASETS
 from .redact import scrub
 from .settings import Settings
 from .state import StateStore, open_store
+from .textsafe import safe_tree
 
 log = logging.getLogger(__name__)
 
 
-def approve_deletions(store: StateStore, dataset: str | None = None) -> dict[str, Any]:
+def approve_deletions(
+    store: StateStore, dataset: str | None = None, *, expect: str | None = None, approver: Approver | None = None
+) -> dict[str, Any]:
     """Mark exactly the deletions held now as approved: the next update sends those that the
-    directory still implies. Deletions held later are not covered."""
+    directory still implies. Deletions held later are not covered.
+
+    ``expect`` is the digest of the held set the operator reviewed (``status`` and
+    ``test-update`` show it; ``shared/approval.py``): it is required whenever anything is held,
+    and when the held set (of ``dataset``, or of all) differs, ``ApprovalMismatchError`` is
+    raised and nothing is approved. ``approver`` is logged and returned with each dataset."""
     if dataset is not None and dataset not in DATASETS:
         raise SettingsError("--dataset", f"unknown dataset {dataset!r}", "users")
     db = store.open()
     if db is None:
         raise StateError(f"no state at {store.where}")
     try:
-        held = db.held(dataset)
+        held = {d: keys for d, keys in db.held(dataset).items() if keys}
         approved: dict[str, Any] = {}
+        if not held:
+            log.info("no deletions are held%s; nothing to approve", f" for {dataset}" if dataset else "")
+            return approved
+        scope = f" of {dataset}" if dataset else ""
+        if normalize_digest(expect) is None:
+            raise SettingsError(
+                "--expect",
+                f"approving needs the digest of the held set that was reviewed; {held_count(held)} deletions{scope} are held: "
+                "review them with 'python -m shared status' (or GET status), then pass the digest it shows as "
+                "--expect DIGEST (or ?expect=DIGEST)",
+                "--expect 3f9a0c1d2e4b5a69",
+            )
+        digest = check_expected(held, expect or "", scope)
+        who = str(approver or "unrecorded")
         for d, keys in held.items():
             pending = sorted(k for k, ok in keys.items() if not ok)
             db.set_held(d, approve(keys))
-            approved[d] = {"count": len(keys), "newlyApproved": len(pending), "keys": sorted(keys)}
-            log.warning("approved %d held %s deletions; the next update sends those still implied by the directory", len(keys), d)
-        if not approved:
-            log.info("no deletions are held%s; nothing to approve", f" for {dataset}" if dataset else "")
-            return approved
+            approved[d] = {"count": len(keys), "newlyApproved": len(pending), "keys": sorted(keys), "digest": held_digest({d: keys})}
+            log.warning("approved %d held %s deletions (held-set digest %s) by %s; the next update sends those still implied by the directory",
+                        len(keys), d, digest, who)
         db.set_meta("lastAction", "approve-deletions")
         db.commit()
         store.publish(db)
@@ -52,8 +73,10 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
     db = store.open(readonly=True)
     if db is not None:
         try:
-            for d, keys in db.held().items():
-                out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys)}
+            held = {d: keys for d, keys in db.held().items() if keys}
+            for d, keys in held.items():
+                out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys), "digest": held_digest({d: keys})}
+            out["heldDigest"], out["heldCount"] = held_digest(held), held_count(held)
             out["lastFullRead"] = db.get_meta("lastFullRead")
             out["savedAt"] = db.get_meta("savedAt")
             out["records"] = {d: db.count(d) for d in DATASETS}
@@ -63,4 +86,4 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
         out["runs"] = (reports or open_reports(settings)).recent(limit)
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
-    return out
+    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/textsafe.py)

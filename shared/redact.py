@@ -14,10 +14,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from .textsafe import safe_text
+
 _lock = threading.Lock()
 _values: set[str] = set()
 MASK = "***"
 MIN_LENGTH = 4
+MAX_LOG_MESSAGE = 64 * 1024  # characters of one log message; the rest is cut with a count
 
 
 class Secret:
@@ -87,14 +90,14 @@ def scrub(text: str) -> str:
 
 
 def scrub_record(record: logging.LogRecord) -> None:
-    """Remove every registered value from a record's message, traceback and stack, in place."""
-    if not _values:
-        return
+    """Remove every registered value from a record's message, traceback and stack, in place,
+    and escape the control characters of its message (a newline or an ANSI escape from Graph
+    or the sync API must not forge a log line: ``shared/textsafe.py``)."""
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a broken format must not break logging
         return
-    clean = scrub(message)
+    clean = safe_text(scrub(message), MAX_LOG_MESSAGE, backslashes=False)
     if clean != message:
         record.msg, record.args = clean, None
     if record.exc_info and record.exc_info[1] is not None:

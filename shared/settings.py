@@ -10,13 +10,14 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .addresses import InvalidAddress, check_domain, normalize_domain
 from .errors import SettingsError
 from .netutil import is_loopback_host, url_problem
 from .projection import DATASETS
+from .redact import register
 
 GRAPH_AUTH_MODES = ("client_secret", "managed_identity", "none")
 DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
@@ -49,7 +50,7 @@ class Settings:
     address_domains: frozenset[str] | None
     state: StateLocation
     schedule: str
-    storage_connection_string: str | None
+    storage_connection_string: str | None = field(repr=False)  # may carry an AccountKey: never in repr
     storage_blob_uri: str | None
     storage_client_id: str | None
     managed_identity_client_id: str | None
@@ -141,6 +142,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     conn = get("AzureWebJobsStorage")
     blob_uri = get("AzureWebJobsStorage__blobServiceUri") or get("AzureWebJobsStorage__serviceUri")
+    _check_storage_secrets(conn, {n: get(n) for n in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__serviceUri")})
     account = get("AzureWebJobsStorage__accountName")
     if blob_uri is None and account is not None:
         blob_uri = f"https://{account}.blob.core.windows.net"
@@ -249,3 +251,20 @@ def _valid_schedule(value: str) -> bool:
         return True
     fields = value.split()
     return len(fields) == 6 and all(_CRON_FIELD.match(f) for f in fields)
+
+
+def _check_storage_secrets(conn: str | None, uris: Mapping[str, str | None]) -> None:
+    """A connection string's AccountKey / SharedAccessSignature values are secrets: register
+    them for scrubbing (``shared/redact.py``). A storage URI must not carry a query string (a
+    SAS token would be echoed into status, errors, logs and reports): refused, naming the
+    setting, never the value."""
+    for part in (conn or "").split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() in ("accountkey", "sharedaccesssignature") and value.strip():
+            register(value.strip())
+    for setting, raw in uris.items():
+        if raw and ("?" in raw or "#" in raw):
+            if "?" in raw:
+                register(raw.split("?", 1)[1])
+            raise SettingsError(setting, "must not carry a query string or fragment (a SAS token is a secret: use the "
+                                "function app's managed identity, or a connection string in Key Vault)", "https://mystorage.blob.core.windows.net")

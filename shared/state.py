@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from .directory import SCHEMA as CACHE_SCHEMA
 from .directory import Cache
 from .errors import StateConflictError, StateError
+from .localdir import default_base, private_dir
 from .projection import DATASETS, Records
 
 log = logging.getLogger(__name__)
@@ -575,7 +576,9 @@ class BlobStateStore:
         self.container = service_client.get_container_client(container)
         self.where = f"blob:{container} ({account_hint})"
         tag = hashlib.sha256(f"{account_hint}/{container}".encode()).hexdigest()[:16]
-        self.local = Path(local_dir or tempfile.gettempdir()) / f"dirsync-state-{tag}"
+        # a per-user 0700 directory, checked for owner and mode on every open (shared/localdir.py)
+        self._local_base = None if local_dir else default_base()
+        self.local = Path(local_dir or self._local_base) / f"dirsync-state-{tag}"
         self._etag: str | None = None
         self._journal_ready = False
 
@@ -601,7 +604,7 @@ class BlobStateStore:
                 return StateDB(path, self.where, durable=False)
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        self.local.mkdir(parents=True, exist_ok=True)
+        private_dir(self.local, self._local_base)
         path, stamp = self.local / DB_NAME, self.local / "etag"
         try:
             self._ensure_container()

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .projection import DATASETS
+from .textsafe import safe_text, safe_tree
 
 MAX_LISTED_REJECTIONS = 1000
+MAX_ERROR_TEXT = 4000  # characters of a run's error message (it may quote several outside texts)
 
 
 @dataclass
@@ -54,6 +56,17 @@ class RunSummary:
         self.ok = ok
         self.error = error
         self.duration = time.monotonic() - self.started
+        return self
+
+    def sanitize(self) -> RunSummary:
+        """Every string from outside (Graph ids and names, the sync API's messages) escaped
+        and truncated (``shared/textsafe.py``), before the summary reaches a log line, a run
+        report, the terminal or an HTTP answer."""
+        self.extra = safe_tree(self.extra)
+        if self.error is not None:
+            self.error = safe_text(self.error, MAX_ERROR_TEXT)
+        for counts in self.datasets.values():
+            counts.rejections = safe_tree(counts.rejections)
         return self
 
     def as_dict(self) -> dict[str, Any]:

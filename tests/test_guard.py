@@ -80,7 +80,8 @@ def test_mass_deletion_is_held_reported_and_fails_the_run_then_approval_applies_
     # one of the deleted users comes back: its deletion is no longer implied and simply disappears
     back = gone[0]
     graph.upsert_user(next(u for u in tenant["users"] if u["id"] == back))
-    ap = run_cli("approve-deletions", env, "--json")
+    digest = run_cli("status", env, "--json").summary["heldDigest"]
+    ap = run_cli("approve-deletions", env, "--json", "--expect", digest)
     assert ap.code == 0, ap.stderr
     # a new deletion after the approval is not approved by accident
     late = users[-1]
@@ -108,7 +109,8 @@ def test_approval_per_dataset_and_nothing_new_is_approved(env, graph, receiver, 
     assert r.code == 4
     held = r.summary["heldDeletions"]
     assert {"users", "addresses"} <= set(held)
-    ap = run_cli("approve-deletions", env, "--dataset", "users", "--json")
+    digest = run_cli("status", env, "--json").summary["heldDeletions"]["users"]["digest"]
+    ap = run_cli("approve-deletions", env, "--dataset", "users", "--json", "--expect", digest)
     assert ap.code == 0 and set(ap.summary["approved"]) == {"users"}
     r = run_cli("update", env, "--json")
     # users go; addresses stay held (not approved), so the run still fails

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from shared.approval import held_digest
 from shared.errors import StateError
 from shared.history import BlobReportStore, FileReportStore, bounded, format_status, open_reports
 
@@ -304,9 +305,10 @@ def test_status_shows_runs_and_held_deletions_with_the_approval_command():
     assert "users: 25 held" in text and "groups: 1 held" in text and "addresses:" not in text.split("held deletions")[1]
     assert "user-00" in text and "user-19" in text and "user-20" not in text and "... and 5 more" in text
     assert "g-sales" in text
-    assert "python -m shared approve-deletions\n" in text
-    assert "python -m shared approve-deletions --dataset users" in text
-    assert "python -m shared approve-deletions --dataset groups" in text
+    digest = held_digest({"users": held["users"], "groups": held["groups"]})
+    assert f"python -m shared approve-deletions --expect {digest}\n" in text
+    assert f"python -m shared approve-deletions --dataset users --expect {held_digest({'users': held['users']})}" in text
+    assert f"python -m shared approve-deletions --dataset groups --expect {held_digest({'groups': ['g-sales']})}" in text
     assert "no deletions are held" not in text
 
 
@@ -327,7 +329,8 @@ def test_status_falls_back_to_the_last_recorded_held_deletions():
     assert "as recorded by the run finished 2025-03-02 00:00:00Z" in text
     assert "users: 1,500 held" in text and "u1" in text and "... and 1,498 more" in text
     assert "old" not in text.split("held deletions")[1]
-    assert "--dataset users" in text
+    # no digest from a report: an approval must name the state's held set, read when it can be
+    assert "--expect" not in text and "the state could not be read" in text
 
 
 def test_status_survives_odd_reports():

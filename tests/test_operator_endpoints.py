@@ -18,6 +18,7 @@ import function_app
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from devstack.tenant import generate_tenant
+from shared.approval import held_digest
 from shared.lock import FileRunLock
 from tests.stack import (
     CREDENTIAL,
@@ -229,7 +230,9 @@ def test_held_deletions_show_in_status_are_approved_and_the_next_update_applies_
     graph, receiver, state, keys = held
     code, info = call("operator_status")
     assert code == 200
-    assert info["heldDeletions"]["users"] == {"count": len(keys), "approved": 0, "keys": keys}
+    users_digest = held_digest({"users": keys})
+    assert info["heldDeletions"]["users"] == {"count": len(keys), "approved": 0, "keys": keys, "digest": users_digest}
+    assert info["heldCount"] == sum(h["count"] for h in info["heldDeletions"].values())
     assert {"update"} == {r["action"] for r in info["runs"]} and info["runs"][0]["ok"] is False
     assert "deletion guard" in info["runs"][0]["error"]
 
@@ -243,13 +246,13 @@ def test_held_deletions_show_in_status_are_approved_and_the_next_update_applies_
     assert call("operator_status")[1]["heldDeletions"]["users"]["approved"] == 0
 
     # users first (JSON body), then everything else (no dataset)
-    code, users = call("operator_approve_deletions", body={"dataset": "users"})
+    code, users = call("operator_approve_deletions", body={"dataset": "users", "expect": users_digest})
     assert code == 200 and users["ok"] is True
-    assert users["approved"] == {"users": {"count": len(keys), "newlyApproved": len(keys), "keys": keys}}
+    assert users["approved"] == {"users": {"count": len(keys), "newlyApproved": len(keys), "keys": keys, "digest": users_digest}}
     status = call("operator_status")[1]["heldDeletions"]
     assert status["users"]["approved"] == len(keys)
     assert all(h["approved"] == 0 for d, h in status.items() if d != "users")
-    code, rest = call("operator_approve_deletions")
+    code, rest = call("operator_approve_deletions", params={"expect": info["heldDigest"]})
     assert code == 200 and set(rest["approved"]) == set(status)
 
     receiver.clear_log()
@@ -299,7 +302,7 @@ def test_approval_while_another_run_holds_the_lock_is_409_naming_the_holder(held
         assert call("operator_test_update")[0] == 200
     finally:
         lock.release()
-    assert call("operator_approve_deletions", params={"dataset": "users"})[0] == 200
+    assert call("operator_approve_deletions", params={"dataset": "users", "expect": held_digest({"users": keys})})[0] == 200
 
 
 def test_approval_with_nothing_held_approves_nothing(stack):

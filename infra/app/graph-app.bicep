@@ -4,8 +4,9 @@ extension microsoftGraphV1
 // Bicep extension. This module replaces the vendor guide's manual steps: it registers
 // a single-tenant app, lists its Graph application permissions (so the portal shows
 // them), creates its service principal and grants each permission (one
-// appRoleAssignedTo per role: that is the admin consent). It also trusts the
-// Function's managed identity as a federated credential, for GRAPH_AUTH=managed_identity.
+// appRoleAssignedTo per role: that is the admin consent). Only for
+// GRAPH_AUTH=managed_identity does it trust the Function's managed identity as a
+// federated credential (federatedCredential).
 // The Graph extension cannot create password credentials: the client secret is added
 // by scripts/rotate-graph-secret.sh.
 
@@ -18,12 +19,16 @@ param displayName string
 @description('Principal (object) id of the Function\'s user-assigned identity, trusted as a federated credential.')
 param managedIdentityPrincipalId string
 
-@description('Graph application permissions to grant: least-privilege (default) or directory-read-all (what the vendor\'s guide asks for).')
+@description('Graph application permissions to grant: least-privilege (default), group-read-all or directory-read-all (what the vendor\'s guide asks for).')
 @allowed([
   'least-privilege'
+  'group-read-all'
   'directory-read-all'
 ])
 param permissionSet string = 'least-privilege'
+
+@description('Create the federated credential that trusts the Function\'s managed identity: only for GRAPH_AUTH=managed_identity (with client_secret it would be a second way in).')
+param federatedCredential bool = false
 
 // Well-known ids, named once. Microsoft Graph's appId and the ids of its application
 // permissions (app roles), as listed in the Microsoft Graph permissions reference.
@@ -36,13 +41,19 @@ var graphAppRoleIds = {
   'Directory.Read.All': '7ab1d382-f21e-4acd-a863-ba3e13f7da61'
 }
 
-// What a sync reads (sync-rules.md): users, groups with their direct members, and
-// organizational contacts.
+// What a sync reads (docs/sync-rules.md): users, groups with their direct members, and
+// organizational contacts. Microsoft documents GroupMember.Read.All as the least-privileged
+// application permission for groups/delta and group members (README, "Graph permissions");
+// Group.Read.All also reads every Microsoft 365 group's content, so it is only a choice.
 var permissionSets = {
   'least-privilege': [
     'User.Read.All'
-    'Group.Read.All'
     'GroupMember.Read.All'
+    'OrgContact.Read.All'
+  ]
+  'group-read-all': [
+    'User.Read.All'
+    'Group.Read.All'
     'OrgContact.Read.All'
   ]
   'directory-read-all': [
@@ -73,7 +84,7 @@ resource app 'Microsoft.Graph/applications@v1.0' = {
     }
   ]
 
-  resource functionIdentityCredential 'federatedIdentityCredentials@v1.0' = {
+  resource functionIdentityCredential 'federatedIdentityCredentials@v1.0' = if (federatedCredential) {
     name: '${app.uniqueName}/function-managed-identity'
     description: 'The directory sync Function\'s user-assigned managed identity (GRAPH_AUTH=managed_identity).'
     issuer: federatedIssuer

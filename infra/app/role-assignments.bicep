@@ -1,9 +1,10 @@
 // Every Azure RBAC role assignment of the deployment, each on one resource only.
 // The Function's identity gets exactly:
-//   - Storage Blob Data Owner on the storage account: the Functions host's needs
-//     (timer schedule status, locks, keys), the deployment package and the sync state
-//     blobs with their leases. A timer-only app uses no queues or tables, so no
-//     queue or table role is granted.
+//   - Storage Blob Data Owner on each container that needs it, not on the account:
+//     azure-webjobs-hosts and azure-webjobs-secrets (the Functions host's timer schedule
+//     status, locks and keys), the deployment package container and the sync state
+//     container (state, journal, lease, run reports). A timer-and-HTTP app uses no queues
+//     or tables, so no queue or table role is granted.
 //   - Key Vault Secrets User on the vault: read the two secrets.
 //   - Monitoring Metrics Publisher on Application Insights: Entra-authenticated telemetry.
 // The deploying principal optionally gets Key Vault Secrets Officer on the vault, so
@@ -14,6 +15,9 @@ param identityPrincipalId string
 
 @description('Name of the storage account.')
 param storageAccountName string
+
+@description('The blob containers the Function\'s identity works in (each gets its own Storage Blob Data Owner assignment).')
+param blobContainerNames array
 
 @description('Name of the Key Vault.')
 param keyVaultName string
@@ -32,10 +36,6 @@ var roleIds = {
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
 }
 
-resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: storageAccountName
-}
-
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
 }
@@ -44,16 +44,24 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-resource functionBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, identityPrincipalId, roleIds.storageBlobDataOwner)
-  scope: storage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataOwner)
-    principalId: identityPrincipalId
-    principalType: 'ServicePrincipal'
-    description: 'Directory sync Function: host storage, deployment package and sync state.'
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = [
+  for container in blobContainerNames: {
+    name: '${storageAccountName}/default/${container}'
   }
-}
+]
+
+resource functionBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (container, i) in blobContainerNames: {
+    name: guid(containers[i].id, identityPrincipalId, roleIds.storageBlobDataOwner)
+    scope: containers[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataOwner)
+      principalId: identityPrincipalId
+      principalType: 'ServicePrincipal'
+      description: 'Directory sync Function: blobs of container ${container} only.'
+    }
+  }
+]
 
 resource functionSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(vault.id, identityPrincipalId, roleIds.keyVaultSecretsUser)

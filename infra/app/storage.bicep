@@ -68,6 +68,23 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
         publicAccess: 'None'
       }
     }
+
+    // The Functions host's own containers (timer schedule status and locks; keys), created
+    // here so that its identity's blob role can be scoped to them (role-assignments.bicep)
+    // instead of the whole account.
+    resource hostsContainer 'containers' = {
+      name: 'azure-webjobs-hosts'
+      properties: {
+        publicAccess: 'None'
+      }
+    }
+
+    resource secretsContainer 'containers' = {
+      name: 'azure-webjobs-secrets'
+      properties: {
+        publicAccess: 'None'
+      }
+    }
   }
 }
 
@@ -76,3 +93,7 @@ output id string = storage.id
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
 output deploymentContainerName string = deploymentContainerName
 output stateContainerName string = stateContainerName
+output hostContainerNames array = [
+  'azure-webjobs-hosts'
+  'azure-webjobs-secrets'
+]

@@ -1,0 +1,62 @@
+"""One escaping for every string from outside (Microsoft Graph, the sync API) that reaches a
+log line, a run report or the terminal.
+
+A Graph object id, a display name or a sync API ``detail`` can hold a newline (a forged log
+line), ANSI escape sequences (a rewritten terminal), Unicode line or paragraph separators, or
+40 MB of text. ``safe_text`` turns every control character (C0, DEL, C1, and the Unicode
+format/separator characters that move text: U+2028, U+2029, bidirectional overrides) into a
+visible ``\\xNN`` / ``\\uNNNN`` escape, and truncates to ``limit`` characters with a marker
+saying how many were cut. Backslashes are escaped too, so an escaped text cannot be confused
+with one that already spelled ``\\n``.
+
+``safe_tree`` applies it to every string (keys and values) of a JSON-shaped document."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MAX_TEXT = 500  # characters kept of one outside string
+_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group(0)
+    if ch == "\\":
+        return "\\\\"
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_UNSAFE_LOG = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def safe_text(value: Any, limit: int | None = MAX_TEXT, *, backslashes: bool = True) -> str:
+    """``value`` as text with every control character escaped, at most ``limit`` characters
+    of the original kept (then ``…[N more characters]``; None keeps all). ``backslashes``
+    False leaves a backslash as it is (log lines, where Windows paths are common)."""
+    text = value if isinstance(value, str) else str(value)
+    cut = len(text) - limit if limit is not None else 0
+    if cut > 0:
+        text = text[:limit]
+    text = (_UNSAFE if backslashes else _UNSAFE_LOG).sub(_escape, text)
+    return f"{text}…[{cut} more characters]" if cut > 0 else text
+
+
+def safe_tree(doc: Any, limit: int = MAX_TEXT) -> Any:
+    """Every string in a JSON-shaped ``doc`` (dict keys too) through ``safe_text``."""
+    if isinstance(doc, str):
+        return _safe(doc, limit)
+    if isinstance(doc, dict):
+        return {_safe(k, limit) if isinstance(k, str) else k: safe_tree(v, limit) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [safe_tree(v, limit) for v in doc]
+    return doc
+
+
+def _safe(text: str, limit: int) -> str:
+    # The common case in C: short, printable (str.isprintable is False for every character
+    # _UNSAFE matches: Cc, Cf, Zl, Zp), no backslash: nothing to escape or cut.
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text
+    return safe_text(text, limit)
