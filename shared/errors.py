@@ -90,3 +90,11 @@ class StateConflictError(StateError):
     """Someone else wrote the state while this run held it."""
 
 
+
+
+class ExchangeError(SyncError):
+    """Exchange Online could not be read completely: the run fails and nothing is sent."""
+
+
+class ExchangeAuthError(ExchangeError):
+    """401/403 from Exchange Online: the app lacks Exchange.ManageAsApp or the directory role."""
