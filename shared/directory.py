@@ -7,8 +7,11 @@ group's direct members (``members``), in the state database. Applying a round ch
 rows for the objects it names and returns the record keys they can affect; ``desired``
 then projects exactly those keys from the cache, by the same rules as a full read.
 
-Kinds: ``u`` user, ``g`` group, ``c`` contact; a member is ``u``, ``g``, ``o`` (another
-type: contact, device, service principal) or ``?`` (Graph did not say).
+Kinds: ``u`` user, ``g`` group, ``c`` contact, ``x`` an Exchange Online recipient (id
+``exo:<Guid>``; Exchange has no delta, so every run replaces the whole kind with
+``apply_recipients``, and a recipient that disappeared stops holding its addresses); a member
+is ``u``, ``g``, ``o`` (another type: contact, device, service principal) or ``?`` (Graph did
+not say).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .projection import GROUP_TYPE, USER_TYPE, candidates, group_name
+from .projection import EXCHANGE_SOURCE, GROUP_TYPE, USER_TYPE, candidates, group_name
 
 PROPS: dict[str, tuple[str, ...]] = {
     "u": ("mail", "proxyAddresses"),
     "g": ("displayName", "mail", "proxyAddresses"),
     "c": ("mail", "proxyAddresses"),
+    "x": ("mail", "proxyAddresses"),  # PrimarySmtpAddress, EmailAddresses (plus "type")
 }
 OTYPE = {"u": "user", "g": "group", "c": "contact"}
 KIND_OF = {"users": "u", "groups": "g", "contacts": "c"}
@@ -59,6 +63,22 @@ def compact(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
 
 def compact_json(kind: str, obj: dict[str, Any]) -> str:
     return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=False)
+
+
+def data_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """An Exchange Online recipient → (cache id ``exo:<guid>``, its Guid, the cached data:
+    ``mail`` = PrimarySmtpAddress, ``proxyAddresses`` = the ``smtp:`` EmailAddresses, ``type``
+    = RecipientTypeDetails)."""
+    from .exchange import recipient_id, recipient_object
+
+    oid = recipient_id(rec)
+    data = compact("x", recipient_object(rec))
+    data["type"] = str(rec.get("RecipientTypeDetails") or "")
+    return oid, oid[4:], data
 
 
 def merge(old: dict[str, Any] | None, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +214,33 @@ class Cache:
                 affected.users.add(mid)
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
+
+    # --- Exchange Online: no delta, the whole kind every run ----------------------------------
+    def apply_recipients(self, recipients: Iterable[dict[str, Any]], affected: Affected) -> None:
+        """Make the cached Exchange recipients exactly ``recipients`` (a complete read of the
+        configured types): a changed one is projected again, one that is gone no longer holds
+        its addresses. A recipient listed twice: the first one stands."""
+        q = self.conn.execute
+        old = dict(q("SELECT id, data FROM objects WHERE kind='x'").fetchall())
+        seen: set[str] = set()
+        for rec in recipients:
+            oid, guid, data = recipient_entry(rec)
+            if oid in seen:
+                continue
+            seen.add(oid)
+            text = data_json(data)
+            if old.get(oid) == text:
+                continue
+            self._forget(oid, affected)
+            cands = candidates(guid, data["type"], data, self.provisioned, source=EXCHANGE_SOURCE)
+            q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, 'x', ?, ?)", (oid, text, len(cands.exclusions)))
+            q("DELETE FROM kept WHERE object_id=?", (oid,))
+            self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
+            affected.addresses.update(cands.kept)
+        for oid in old.keys() - seen:
+            self._forget(oid, affected)
+            q("DELETE FROM objects WHERE id=?", (oid,))
+            q("DELETE FROM kept WHERE object_id=?", (oid,))
 
     # --- projecting the affected keys ------------------------------------------------------
     def desired(self, dataset: str, keys: Iterable[str]) -> dict[str, tuple | None]:

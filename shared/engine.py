@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .credentials import graph_auth_provider
+from .credentials import exchange_token_credential, graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
 from .directory import Affected, Cache
 from .errors import (
     CredentialExpiredError,
     DeletionsHeldError,
     DeltaExpiredError,
+    ExchangeError,
     GraphError,
     IncompleteReadError,
     PayloadTooLargeError,
@@ -27,12 +28,13 @@ from .errors import (
     SyncApiProtocolError,
     SyncError,
 )
-from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
+from .exchange import ExchangeSource, token_getter_for
+from .graph import COLLECTIONS, Changes, GraphSource, ReadStats, gather_or_cancel
 from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
-from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
+from .projection import DATASETS, EXCHANGE_SOURCE, GRAPH_SOURCE, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
 from .redact import scrub
 from .settings import Settings
 from .state import StateDB, StateStore, open_store
@@ -180,6 +182,7 @@ class _Plan:
     rows: CacheRows | None = None
     changes: Changes | None = None
     links: dict[str, str | None] = field(default_factory=dict)
+    recipients: list[dict[str, Any]] | None = None  # the Exchange Online read of a delta plan
 
 
 class _Run:
@@ -195,6 +198,8 @@ class _Run:
         self.held_error: DeletionsHeldError | None = None
         self.graph_requests = 0
         self.graph_retries = 0
+        self.exo_requests = 0
+        self.exo_retries = 0
         self.found_state = False
 
     async def go(self) -> None:
@@ -218,6 +223,7 @@ class _Run:
         finally:
             self.summary.sync_requests = api.requests
             self.summary.graph_requests = self.graph_requests
+            self.summary.extra["exoRequests"] = self.exo_requests
             await api.aclose()
             if db is not None:
                 db.close()
@@ -254,22 +260,66 @@ class _Run:
         # token request, secret included) is not kept as the error's __context__.
         raise failure
 
+    async def _exchange(self) -> list[dict[str, Any]]:
+        """Every recipient of EXO_RECIPIENT_TYPES, read in full (Exchange has no delta)."""
+        exo = self.settings.exo
+        failure: SyncError | None = None
+        source: ExchangeSource | None = None
+        try:
+            token = token_getter_for(exchange_token_credential(self.settings, self.secrets.graph_client_secret))
+            source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token,
+                                    backoff_seconds=self.options.graph_backoff_seconds)
+            recipients = await source.read_recipients()
+            log.info("read: Exchange Online, %d recipients of %s in %d pages", len(recipients), ",".join(exo.recipient_types), source.stats.pages)
+            return recipients
+        except SyncError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - azure-identity raises its own types
+            failure = _exchange_failure(exc)
+        finally:
+            if source is not None:
+                self.exo_requests += source.stats.requests
+                self.exo_retries += source.stats.retries
+                await source.aclose()
+        raise failure
+
+    async def _both(self, graph_work: Awaitable[Any] | None) -> tuple[Any, list[dict[str, Any]] | None]:
+        """Graph's read and Exchange Online's, concurrently: the first to fail cancels the
+        other and fails the run, before anything is sent (docs/sync-rules.md)."""
+        if not self.settings.exo.enabled:
+            return (await graph_work if graph_work is not None else None), None
+        if graph_work is None:  # EXO_MODE=only: no Graph request at all
+            return None, await self._exchange()
+        graph_result, recipients = await gather_or_cancel(graph_work, self._exchange())
+        return graph_result, recipients
+
     async def _read_full(self, provisioned: frozenset[str], *, keep_cache: bool) -> tuple[Projection, CacheRows | None, ReadStats]:
         rows = CacheRows() if keep_cache else None
         projector = Projector(provisioned, cache=rows)
-        stats: ReadStats = await self._graph(lambda source: source.read_directory(projector))
+        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: source.read_directory(projector))
+        stats, recipients = await self._both(graph_work)
+        if stats is None:
+            stats = ReadStats()
+            stats.membership_read = "none (EXO_MODE=only)"
+        for rec in recipients or ():
+            projector.add_recipient(rec)
         return projector.result(), rows, stats
 
     def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
         ad = self.settings.address_domains
-        return {
+        out: dict[str, Any] = {
             "datasets": list(self.datasets),
             "addressDomains": sorted(ad) if ad is not None else None,
             "provisioned": sorted(provisioned),
         }
+        if self.settings.exo.enabled:
+            out["exo"] = {"mode": self.settings.exo.mode, "types": list(self.settings.exo.recipient_types)}
+        return out
 
     def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
         """Why this update must read the directory in full; ``None``: a delta round will do."""
+        if self.settings.exo.mode == "only":
+            return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
         links = db.get_meta(LINKS_META)
         if db.get_meta(CACHE_META) != "complete" or not isinstance(links, dict):
             if db.get_meta("convertedFrom"):
@@ -281,8 +331,9 @@ class _Run:
             return "a collection has no delta link (its delta endpoint was not served)"
         old = db.get_meta(FINGERPRINT_META) or {}
         new = self._fingerprint(provisioned)
-        for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)")):
-            if old.get(key) != new[key]:
+        for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),
+                             ("exo", "EXO_MODE or EXO_RECIPIENT_TYPES")):
+            if old.get(key) != new.get(key):
                 return f"{setting} changed since the last full read"
         interval = self.settings.full_sync_interval_hours
         last = _parse_time(db.get_meta(LAST_FULL_META))
@@ -305,20 +356,27 @@ class _Run:
                     finally:
                         source_links.update(source.stats.links)
 
-                changes: Changes = await self._graph(read)
+                changes, recipients = await self._both(self._graph(read))
             except DeltaExpiredError as exc:
                 reason = f"{exc}; reading in full"
                 log.warning("%s", reason)
             else:
-                return self._delta_plan(db, provisioned, changes, source_links)
+                return self._delta_plan(db, provisioned, changes, source_links, recipients)
         projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
-        self.summary.extra["read"] = {"kind": "full", "reason": reason, "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        self.summary.extra["read"] = {"kind": "full", "reason": reason, "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries,
+                                      **self._exo_read()}
         log.info("read: full (%s)", reason)
         return _Plan("full", reason, diffs, held_view, {d: projection.excluded(d) for d in DATASETS}, projection=projection, rows=rows, links=dict(stats.links))
 
-    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], changes: Changes, links: dict[str, str | None]) -> _Plan:
+    def _exo_read(self) -> dict[str, Any]:
+        if not self.settings.exo.enabled:
+            return {}
+        return {"exchange": {"mode": self.settings.exo.mode, "recipientTypes": list(self.settings.exo.recipient_types), "exoRetries": self.exo_retries}}
+
+    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], changes: Changes, links: dict[str, str | None],
+                    recipients: list[dict[str, Any]] | None = None) -> _Plan:
         # Held deletions and last run's rejections are looked at again, whatever changed.
         held_keys = {d: set(keys) for d, keys in db.held().items()}
         for d, keys in (db.get_meta(REJECTED_META) or {}).items():
@@ -327,7 +385,7 @@ class _Run:
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
             cache = db.cache(provisioned)
-            affected = _apply_changes(cache, changes)
+            affected = _apply_changes(cache, changes, recipients)
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -342,9 +400,10 @@ class _Run:
             excluded = cache.excluded()
         reason = "delta links saved by the last run"
         counts = {c: len(changes.of(c)) for c in COLLECTIONS}
-        self.summary.extra["read"] = {"kind": "delta", "reason": reason, "objects": counts, "membershipRead": "groups/delta", "graphRetries": self.graph_retries}
+        self.summary.extra["read"] = {"kind": "delta", "reason": reason, "objects": counts, "membershipRead": "groups/delta", "graphRetries": self.graph_retries,
+                                      **self._exo_read()}
         log.info("read: delta (%s): %s changed objects", reason, counts)
-        return _Plan("delta", reason, diffs, held_view, excluded, changes=changes, links=links)
+        return _Plan("delta", reason, diffs, held_view, excluded, changes=changes, links=links, recipients=recipients)
 
     def _save_read(self, db: StateDB, plan: _Plan, provisioned: frozenset[str]) -> None:
         """After the service confirmed the run: the cache and links of this read become the state's."""
@@ -353,7 +412,7 @@ class _Run:
             cache.replace_all(plan.rows)
             db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
         elif plan.changes is not None:
-            _apply_changes(cache, plan.changes)
+            _apply_changes(cache, plan.changes, plan.recipients)
         db.set_meta(CACHE_META, "complete")
         db.set_meta(LINKS_META, plan.links if all(isinstance(plan.links.get(c), str) for c in COLLECTIONS) else None)
         db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
@@ -388,8 +447,9 @@ class _Run:
 
     # --- test-update ---------------------------------------------------------------------
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
-        projection, _, stats = await self._read_full(provisioned, keep_cache=False)
-        self.summary.extra["read"] = {"kind": "full", "reason": "test-update always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
+        self.summary.extra["read"] = {"kind": "full", "reason": "test-update always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries,
+                                      **self._exo_read()}
         held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
         diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
         plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
@@ -406,6 +466,8 @@ class _Run:
                 "added": [to_api_record(d, k, v) for k, v in diff.upserts.items()],
                 "removed": diff.deletes,
             }
+        if "addresses" in preview and rows is not None:
+            preview["addresses"]["addedFrom"] = _address_sources(rows, diffs["addresses"].upserts.keys())
         self.summary.extra["changes"] = preview
         self.summary.extra["exclusions"] = [e.as_dict() for e in projection.exclusions if e.dataset in self.datasets]
 
@@ -432,7 +494,8 @@ class _Run:
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
         projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
-        self.summary.extra["read"] = {"kind": "full", "reason": "replace always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        self.summary.extra["read"] = {"kind": "full", "reason": "replace always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries,
+                                      **self._exo_read()}
         for d in DATASETS:
             self.summary.datasets[d].excluded = projection.excluded(d)
         for d in REPLACE_ORDER:
@@ -521,14 +584,43 @@ class _Run:
         return out
 
 
-def _apply_changes(cache: Cache, changes: Changes) -> Affected:
+def _apply_changes(cache: Cache, changes: Changes, recipients: list[dict[str, Any]] | None = None) -> Affected:
+    """A delta round merged into the cache, and (EXO_MODE on) Exchange's complete read in
+    place of the cached recipients."""
     affected = Affected()
     for collection in COLLECTIONS:
         try:
             cache.apply(collection, changes.of(collection), affected)
         except ValueError as exc:
             raise IncompleteReadError(f"Graph {collection}/delta: {exc}") from None
+    if recipients is not None:
+        cache.apply_recipients(recipients, affected)
     return affected
+
+
+_GRAPH_TYPES = {"u": "user", "g": "group", "c": "contact"}
+
+
+def _address_sources(rows: CacheRows, addresses: Any) -> list[dict[str, Any]]:
+    """Where each added address comes from: one entry per (address, object) with the source
+    (Graph or Exchange Online), the recipient type (user, group, contact, or the Exchange
+    RecipientTypeDetails) and the object id (an Exchange recipient's Guid)."""
+    wanted = set(addresses)
+    holders: dict[str, list[str]] = {}
+    for address, oid in rows.kept:
+        if address in wanted:
+            holders.setdefault(address, []).append(oid)
+    needed = {oid for oids in holders.values() for oid in oids}
+    kinds = {oid: (kind, data) for oid, kind, data, _ in rows.objects if oid in needed}
+    out: list[dict[str, Any]] = []
+    for address in sorted(holders):
+        for oid in holders[address]:
+            kind, data = kinds.get(oid, ("?", "{}"))
+            if kind == "x":
+                out.append({"address": address, "source": EXCHANGE_SOURCE, "recipientType": json.loads(data).get("type"), "objectId": oid[4:]})
+            else:
+                out.append({"address": address, "source": GRAPH_SOURCE, "recipientType": _GRAPH_TYPES.get(kind, kind), "objectId": oid})
+    return out
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -620,6 +712,13 @@ def _note_rejections(counts: Any, dataset: str, rejected: list[Rejection]) -> No
 
 
 _AADSTS = re.compile(r"AADSTS(\d{5,})")
+
+
+def _exchange_failure(exc: Exception) -> SyncError:
+    """An azure-identity failure to get the Exchange token, without its text beyond the code."""
+    m = _AADSTS.search(scrub(str(exc)))
+    code = f" (AADSTS{m.group(1)})" if m else f" ({type(exc).__name__})"
+    return ExchangeError(f"signing in for Exchange Online failed{code}; check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_AUTH and EXO_BASE_URL; nothing was sent")
 
 
 def _graph_failure(exc: Exception, settings: Settings) -> SyncError:

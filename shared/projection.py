@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 DATASETS: tuple[str, ...] = ("addresses", "groups", "users")
 
+GRAPH_SOURCE = "Graph"
+EXCHANGE_SOURCE = "Exchange Online"
 USER_TYPE = "#microsoft.graph.user"
 GROUP_TYPE = "#microsoft.graph.group"
 
@@ -37,6 +39,7 @@ class Exclusion:
     object_type: str
     value: str | None
     reason: str
+    source: str = "Graph"  # or "Exchange Online"; object_type is then its RecipientTypeDetails
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class Exclusion:
             "objectType": self.object_type,
             "value": self.value,
             "reason": self.reason,
+            "source": self.source,
         }
 
 
@@ -117,6 +121,7 @@ class Projector:
         self._user_primary: dict[str, str | None] = {}
         self._group_names: dict[str, str] = {}
         self._contacts: set[str] = set()
+        self._recipients: set[str] = set()  # Exchange Online recipients (directory cache ids)
         self._members: dict[str, dict[str, str | None]] = {}  # group id -> {member id: @odata.type}
 
     # --- feeding -------------------------------------------------------------------------
@@ -158,6 +163,25 @@ class Projector:
             return
         self.cache.objects.append((oid, kind, compact_json(kind, obj), len(cands.exclusions)))
         self.cache.kept.extend((a, oid) for a in cands.kept)
+
+    def add_recipient(self, rec: dict[str, Any]) -> None:
+        """An Exchange Online recipient (``shared/exchange.py``): its candidates join the
+        addresses dataset; it adds no group or user record. A recipient listed twice: the
+        first one stands."""
+        from .directory import recipient_entry
+
+        oid, guid, data = recipient_entry(rec)
+        if oid in self._recipients:
+            return
+        self._recipients.add(oid)
+        cands = candidates(guid, data["type"], data, self.provisioned, source=EXCHANGE_SOURCE)
+        self.addresses.update(cands.kept)
+        self.exclusions.extend(cands.exclusions)
+        if self.cache is not None:
+            from .directory import data_json
+
+            self.cache.objects.append((oid, "x", data_json(data), len(cands.exclusions)))
+            self.cache.kept.extend((a, oid) for a in cands.kept)
 
     def add_members(self, group_id: str, members: Iterable[dict[str, Any]]) -> None:
         bucket = self._members.setdefault(group_id, {})
@@ -234,9 +258,11 @@ class Projector:
         return cands
 
 
-def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str]) -> Candidates:
+def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str], *, source: str = "Graph") -> Candidates:
     """Normalize and check one object's candidate addresses: the kept ones, its primary
-    address, and every exclusion with its reason (invalid values are logged with the id)."""
+    address, and every exclusion with its reason (invalid values are logged with the id).
+    ``source`` names where the object was read (an Exchange recipient's ``mail`` is its
+    PrimarySmtpAddress and its ``proxyAddresses`` its EmailAddresses)."""
     raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
     mail = obj.get("mail")
     if isinstance(mail, str) and mail.strip():
@@ -256,12 +282,12 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
             if shown not in seen:
                 seen.add(shown)
                 log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
-                out.exclusions.append(Exclusion("addresses", oid, otype, _printable(value), f"invalid address: {exc}"))
+                out.exclusions.append(Exclusion("addresses", oid, otype, _printable(value), f"invalid address: {exc}", source))
             continue
         if domain_of(address) not in provisioned:
             if address not in seen:
                 seen.add(address)
-                out.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned"))
+                out.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned", source))
             continue
         if address not in seen:
             seen.add(address)
