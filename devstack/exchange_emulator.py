@@ -135,6 +135,10 @@ class ExchangeEmulator:
         with self._lock:
             self._faults.append(_Fault(kind, times, retry_after, on_page, status or default))
 
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
     def posts(self) -> list[LoggedRequest]:
         return [r for r in self.request_log if r.method == "POST"]
 
