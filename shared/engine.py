@@ -265,8 +265,10 @@ class _Run:
         exo = self.settings.exo
         failure: SyncError | None = None
         source: ExchangeSource | None = None
+        credential = None
         try:
-            token = token_getter_for(exchange_token_credential(self.settings, self.secrets.graph_client_secret))
+            credential = exchange_token_credential(self.settings, self.secrets.graph_client_secret)
+            token = token_getter_for(credential)
             source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token,
                                     backoff_seconds=self.options.graph_backoff_seconds)
             recipients = await source.read_recipients()
@@ -281,6 +283,8 @@ class _Run:
                 self.exo_requests += source.stats.requests
                 self.exo_retries += source.stats.retries
                 await source.aclose()
+            if credential is not None and hasattr(credential, "close"):
+                credential.close()
         raise failure
 
     async def _both(self, graph_work: Awaitable[Any] | None) -> tuple[Any, list[dict[str, Any]] | None]:
