@@ -253,3 +253,43 @@ def test_emulator_standalone_prints_ready():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# --- the credential: the same app as Graph, the Exchange scope and the cloud's authority ---------
+@pytest.mark.parametrize("base,authority", [("https://outlook.office365.com", "login.microsoftonline.com"),
+                                            ("https://outlook.office365.us", "login.microsoftonline.us"),
+                                            ("https://outlook-dod.office365.us", "login.microsoftonline.us"),
+                                            ("https://partner.outlook.cn", "login.chinacloudapi.cn")])
+def test_exchange_credential_is_the_graph_app_at_the_clouds_authority(base, authority):
+    from azure.identity import ClientSecretCredential
+
+    from shared import credentials
+    from shared.redact import Secret
+    from shared.settings import load_settings
+
+    env = {"GRAPH_TENANT_ID": TENANT, "GRAPH_CLIENT_ID": "66666666-7777-8888-9999-000000000000", "GRAPH_CLIENT_SECRET": "s-canary",
+           "SYNC_API_URL": "https://dirsync.example.net/v1", "SYNC_API_CREDENTIAL": "u:p", "SYNC_STATE": "file:/tmp/x",
+           "EXO_MODE": "augment", "EXO_BASE_URL": base}
+    s = load_settings(env)
+    cred = credentials.exchange_token_credential(s, Secret("s-canary", "GRAPH_CLIENT_SECRET"))
+    assert isinstance(cred, ClientSecretCredential) and cred._client_id == env["GRAPH_CLIENT_ID"]
+    assert credentials.authority_for(base) == authority
+    assert s.exo.scope == f"{base}/.default"
+
+
+def test_a_credential_is_asked_for_the_exchange_scope():
+    from types import SimpleNamespace
+
+    from shared.exchange import token_getter_for
+
+    asked = []
+
+    class Cred:
+        def get_token(self, *scopes):
+            asked.append(scopes)
+            return SimpleNamespace(token="tok-canary", expires_on=4102444800)
+
+    with ExchangeEmulator(people(3), tenant=TENANT, bearer="tok-canary") as emu:
+        got, _ = read(emu, token=token_getter_for(Cred()))
+    assert len(got) == 3 and asked == [(f"{emu.base_url}/.default",)]
+    assert token_getter_for(None) is None
