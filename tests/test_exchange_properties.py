@@ -9,14 +9,14 @@
 
 from __future__ import annotations
 
-import sqlite3
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.exchange_emulator import recipient
-from shared.directory import SCHEMA, Affected, Cache
-from shared.projection import Projector, candidates
+from shared.directory import Affected, Cache, Round, memory_cache
+from shared.projection import candidates
 
 PROVISIONED = frozenset({"contoso.com", "fabrikam.com", "xn--bcher-kva.example"})
 PREFIXES = ["SMTP:", "smtp:", "Smtp:", "X500:", "SIP:", "sip:", "EUM:", "SPO:", "x400:", " smtp:", "smtp: ", ""]
@@ -40,18 +40,17 @@ def kept_of(cache: Cache) -> set[str]:
     return {a for (a,) in cache.conn.execute("SELECT DISTINCT address FROM kept")}
 
 
-def fresh_cache() -> Cache:
-    conn = sqlite3.connect(":memory:")
-    conn.executescript(SCHEMA)
-    return Cache(conn, PROVISIONED)
+def full_read(listing: list[dict]) -> Cache:
+    """A full read of one Exchange listing: applied to an empty cache."""
+    cache = memory_cache(PROVISIONED)
+    cache.apply_recipients(listing, None)
+    return cache
 
 
 @settings(max_examples=300, deadline=None)
 @given(recipients())
 def test_exchange_candidates_are_graph_candidates(rec):
-    p = Projector(PROVISIONED)
-    p.add_recipient(rec)
-    proj = p.result()
+    proj = full_read([rec]).projection()
     graph_shaped = candidates("g", "user", {"mail": rec["PrimarySmtpAddress"], "proxyAddresses": rec["EmailAddresses"]}, PROVISIONED)
     assert set(proj.datasets["addresses"]) == set(graph_shaped.kept)
     assert sorted((e.value, e.reason) for e in proj.exclusions) == sorted((e.value, e.reason) for e in graph_shaped.exclusions)
@@ -62,7 +61,8 @@ def test_exchange_candidates_are_graph_candidates(rec):
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(recipients(), max_size=6), min_size=1, max_size=5))
 def test_cache_follows_any_sequence_of_complete_reads(reads):
-    cache = fresh_cache()
+    cache = memory_cache(PROVISIONED)
+    cache.apply_round(Round(), None)  # no longer empty: recipients now take the incremental path
     before: set[str] = set()
     for listing in reads:
         affected = Affected()
@@ -70,11 +70,9 @@ def test_cache_follows_any_sequence_of_complete_reads(reads):
         after = kept_of(cache)
         assert before ^ after <= affected.addresses
         before = after
-        p = Projector(PROVISIONED)
-        for rec in listing:
-            p.add_recipient(rec)
-        full = p.result()
+        full = full_read(listing).projection()
         assert after == set(full.datasets["addresses"])
         want = cache.desired("addresses", sorted(before | affected.addresses))
         assert {a for a, v in want.items() if v is not None} == after
         assert cache.excluded()["addresses"] == full.excluded("addresses")
+        assert sorted(json.dumps(e.as_dict()) for e in cache.exclusions()) == sorted(json.dumps(e.as_dict()) for e in full.exclusions)
