@@ -40,6 +40,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -82,6 +83,7 @@ class LoggedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.monotonic() of arrival
 
 
 def _json(status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
@@ -97,8 +99,9 @@ class ExchangeEmulator:
     tenant when None)."""
 
     def __init__(self, recipients: Iterable[dict[str, Any]] = (), *, tenant: str | None = None, bearer: str | None = None,
-                 max_page_size: int = MAX_PAGE_SIZE) -> None:
+                 max_page_size: int = MAX_PAGE_SIZE, latency: float = 0.0) -> None:
         self.tenant = tenant
+        self.latency = latency  # seconds of sleep before each answer
         self.bearer = bearer
         self.max_page_size = max_page_size
         self.base_url = ""
@@ -180,7 +183,9 @@ class ExchangeEmulator:
     # --- the protocol ----------------------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response:
         with self._lock:
-            self.request_log.append(LoggedRequest(method, raw_path, {k.lower(): v for k, v in headers.items()}, body))
+            self.request_log.append(LoggedRequest(method, raw_path, {k.lower(): v for k, v in headers.items()}, body, time.monotonic()))
+        if self.latency > 0:
+            time.sleep(self.latency)
         parts = urlsplit(raw_path)
         m = _PATH.match(parts.path)
         if m is None:

@@ -9,6 +9,8 @@ exclusion's source and recipient type."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from devstack.exchange_emulator import ExchangeEmulator, recipient
@@ -202,3 +204,37 @@ def test_turning_exchange_off_removes_its_addresses(env, receiver, exo):
     assert "EXO_MODE" in r.summary["read"]["reason"]
     assert service_view(receiver)["addresses"] == EXPECTED["addresses"]
     assert r.summary["exoRequests"] == 0
+
+
+class TimedGraph(GraphEmulator):
+    """The Graph emulator, noting when each request arrives."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.arrivals: list[float] = []
+
+    def handle(self, method, raw_target, headers, body=b""):
+        if not raw_target.startswith("/_emulator/"):
+            self.arrivals.append(time.monotonic())
+        return super().handle(method, raw_target, headers, body)
+
+
+def test_exchange_is_read_concurrently_with_graph(receiver, tmp_path):
+    """Each source answers after 1 s: read one after the other, one source's first request
+    would come at least 1 s after the other's last one."""
+    latency = 1.0
+    graph = TimedGraph(nasty_directory(), latency=latency)
+    exo = ExchangeEmulator(exchange_recipients(), tenant=TENANT, latency=latency)
+    graph.start()
+    exo.start()
+    try:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"),
+               "GRAPH_TENANT_ID": TENANT, "EXO_MODE": "augment", "EXO_BASE_URL": exo.base_url}
+        r = run_cli("test-update", env, "--json")
+        assert r.code == 0, r.stderr
+        exo_first = exo.posts()[0].at
+        assert exo_first < max(graph.arrivals) + latency  # Exchange did not wait for Graph to finish
+        assert min(graph.arrivals) < exo.posts()[-1].at + latency  # Graph did not wait for Exchange
+    finally:
+        exo.stop()
+        graph.stop()
