@@ -16,7 +16,6 @@ from typing import Any
 from .credentials import exchange_token_credential, graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
 from .directory import Round, memory_cache
-from .exchange import ExchangeSource, token_getter_for
 from .errors import (
     CredentialExpiredError,
     DeletionsHeldError,
@@ -28,6 +27,7 @@ from .errors import (
     SyncApiProtocolError,
     SyncError,
 )
+from .exchange import ExchangeSource, token_getter_for
 from .graph import GraphSource, gather_or_cancel
 from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports

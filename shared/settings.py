@@ -10,8 +10,8 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .addresses import InvalidAddress, check_domain, normalize_domain
@@ -45,8 +45,8 @@ EXO_ALL_TYPES: tuple[str, ...] = (
     "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailNonUniversalGroup", "RoomList",
     "GroupMailbox", "DynamicDistributionGroup", "PublicFolder",
 )
-PASSWORD_SIGN_IN = ("password", "username_password", "basic", "ropc")
-NO_PASSWORD_SIGN_IN = (
+BASIC_SIGN_IN_MODES = ("password", "username_password", "basic", "ropc")
+BASIC_SIGN_IN_REFUSAL = (
     "username and password sign-in is not offered: Exchange Online retired basic authentication, and a password "
     "sign-in cannot pass the multifactor authentication that admin accounts require"
 )
@@ -113,8 +113,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return value or None
 
     graph_auth = (get("GRAPH_AUTH") or "client_secret").lower()
-    if graph_auth in PASSWORD_SIGN_IN:
-        raise SettingsError("GRAPH_AUTH", f"{graph_auth!r}: {NO_PASSWORD_SIGN_IN}", "client_secret or managed_identity")
+    if graph_auth in BASIC_SIGN_IN_MODES:
+        raise SettingsError("GRAPH_AUTH", f"{graph_auth!r}: {BASIC_SIGN_IN_REFUSAL}", "client_secret or managed_identity")
     if graph_auth not in GRAPH_AUTH_MODES:
         raise SettingsError("GRAPH_AUTH", f"unknown mode {graph_auth!r}; use one of {', '.join(GRAPH_AUTH_MODES)}", "client_secret")
 
@@ -228,7 +228,7 @@ def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple
     GRAPH_TENANT_ID and SYNC_DATASETS; raises ``SettingsError`` naming the setting."""
     for name in ("EXO_USERNAME", "EXO_PASSWORD"):
         if get(name) is not None:
-            raise SettingsError(name, NO_PASSWORD_SIGN_IN + "; remove it and grant the app Exchange.ManageAsApp (docs/deployment.md)")
+            raise SettingsError(name, BASIC_SIGN_IN_REFUSAL + "; remove it and grant the app Exchange.ManageAsApp (docs/deployment.md)")
     mode = (get("EXO_MODE") or "off").lower()
     if mode not in EXO_MODES:
         raise SettingsError("EXO_MODE", f"unknown mode {mode!r}; use one of {', '.join(EXO_MODES)}", "augment")

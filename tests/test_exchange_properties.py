@@ -30,8 +30,8 @@ primary = st.builds(lambda local, dom: f"{local}@{dom}", st.sampled_from(LOCALS)
 
 
 @st.composite
-def recipients(draw, guids=st.integers(0, 7)):
-    n = draw(guids)
+def recipients(draw):
+    n = draw(st.integers(0, 7))  # few Guids: listings repeat, change and drop recipients
     return recipient(f"e0000000-0000-4000-8000-{n:012d}", draw(st.sampled_from(TYPES)), draw(primary),
                      emails=draw(st.lists(address, max_size=5)))
 
