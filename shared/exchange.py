@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -154,7 +154,8 @@ class ExchangeSource:
             for rec in page["value"]:
                 out.append({k: rec.get(k) for k in KEPT_PROPERTIES})
             self.stats.recipients = len(out)
-            url = page.get("@odata.nextLink")
+            link = page.get("@odata.nextLink")
+            url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
             if url is not None and _origin(url) != self._origin:
                 # The bearer token goes with every page: never to another host.
                 raise ExchangeError("Exchange Online Get-Recipient: @odata.nextLink points outside EXO_BASE_URL; the read stopped, nothing was sent")

@@ -176,6 +176,28 @@ def test_a_next_link_to_another_host_is_never_followed():
     assert seen == [f"https://outlook.office365.com/adminapi/beta/{TENANT}/InvokeCommand"]
 
 
+def test_a_relative_next_link_is_resolved_against_the_page():
+    pages = {"/adminapi/beta/%s/InvokeCommand" % TENANT: {"value": [recipient(guid(1), "PublicFolder", "a@contoso.com")], "@odata.nextLink": "InvokeCommand?$skiptoken=2"},
+             "/adminapi/beta/%s/InvokeCommand?$skiptoken=2" % TENANT: {"value": [recipient(guid(2), "PublicFolder", "b@contoso.com")]}}
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        target = request.url.raw_path.decode()
+        seen.append((request.method, target, request.content))
+        return httpx.Response(200, json=pages[target])
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=None, transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    got = asyncio.run(go())
+    assert [r["Guid"] for r in got] == [guid(1), guid(2)]
+    assert [m for m, _, _ in seen] == ["POST", "POST"] and seen[0][2] == seen[1][2] == invoke_body(TYPES)
+
+
 def test_one_request_in_flight():
     active = 0
     peak = 0
