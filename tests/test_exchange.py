@@ -177,8 +177,8 @@ def test_a_next_link_to_another_host_is_never_followed():
 
 
 def test_a_relative_next_link_is_resolved_against_the_page():
-    pages = {"/adminapi/beta/%s/InvokeCommand" % TENANT: {"value": [recipient(guid(1), "PublicFolder", "a@contoso.com")], "@odata.nextLink": "InvokeCommand?$skiptoken=2"},
-             "/adminapi/beta/%s/InvokeCommand?$skiptoken=2" % TENANT: {"value": [recipient(guid(2), "PublicFolder", "b@contoso.com")]}}
+    pages = {f"/adminapi/beta/{TENANT}/InvokeCommand": {"value": [recipient(guid(1), "PublicFolder", "a@contoso.com")], "@odata.nextLink": "InvokeCommand?$skiptoken=2"},
+             f"/adminapi/beta/{TENANT}/InvokeCommand?$skiptoken=2": {"value": [recipient(guid(2), "PublicFolder", "b@contoso.com")]}}
     seen = []
 
     def handler(request: httpx.Request) -> httpx.Response:
