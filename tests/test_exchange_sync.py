@@ -238,3 +238,13 @@ def test_exchange_is_read_concurrently_with_graph(receiver, tmp_path):
     finally:
         exo.stop()
         graph.stop()
+
+
+def test_replace_rebuilds_with_both_sources(env, receiver, exo):
+    r = run_cli("replace", env, "--json")
+    assert r.code == 0, r.stderr
+    assert service_view(receiver)["addresses"] == EXPECTED["addresses"] | EXO_ADDRESSES
+    assert r.summary["exoRequests"] == 2
+    again = run_cli("update", env, "--json")  # the replace left a cache that holds the recipients too
+    assert again.code == 0, again.stderr
+    assert again.summary["datasets"]["addresses"]["added"] == again.summary["datasets"]["addresses"]["removed"] == 0
