@@ -1,7 +1,9 @@
 """The local demo: the whole product against the embedded local stack.
 
 Brings up Azurite (blob state), the Graph emulator with a seeded demo tenant of a few
-thousand objects, and the strict sync API receiver; then runs the real CLI
+thousand objects, the Exchange Online emulator with the recipients Graph cannot see (dynamic
+distribution groups, mail-enabled public folders; ``EXO_MODE=augment``), and the strict sync
+API receiver; then runs the real CLI
 (``python -m shared``): ``test-update``, ``update``, an incremental ``update`` (a delta
 round) after a change to the demo directory, and then a mass deletion that the deletion
 guard holds until ``approve-deletions``, printing each summary and ``status``."""
@@ -15,9 +17,10 @@ import sys
 from pathlib import Path
 
 from devstack.azurite import Azurite, AzuriteNotInstalled
+from devstack.exchange_emulator import ExchangeEmulator
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
-from devstack.tenant import DEMO_DOMAINS, demo_tenant
+from devstack.tenant import DEMO_DOMAINS, DEMO_EXO_TENANT, demo_exchange_recipients, demo_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CREDENTIAL = "demo-admin:local-demo-only"  # noqa: S105 - the local receiver's demo account
@@ -50,7 +53,7 @@ def _status(env: dict[str, str]) -> None:
 
 
 def _print_summary(s: dict) -> None:
-    print(f"  ok={s.get('ok')}  {s.get('durationSeconds', 0):.2f} s  graphRequests={s.get('graphRequests')}  syncRequests={s.get('syncRequests')}")
+    print(f"  ok={s.get('ok')}  {s.get('durationSeconds', 0):.2f} s  graphRequests={s.get('graphRequests')}  exoRequests={s.get('exoRequests', 0)}  syncRequests={s.get('syncRequests')}")
     print(f"  {'dataset':<10} {'added':>7} {'removed':>8} {'rejected':>9} {'excluded':>9}")
     for name, c in s.get("datasets", {}).items():
         print(f"  {name:<10} {c['added']:>7} {c['removed']:>8} {c['rejected']:>9} {c['excluded']:>9}")
@@ -59,6 +62,9 @@ def _print_summary(s: dict) -> None:
             print(f"    {name} + {json.dumps(rec)}")
         for key in ch["removed"][:2]:
             print(f"    {name} - {key}")
+    from_exchange = [e for e in ((s.get("changes") or {}).get("addresses") or {}).get("addedFrom", []) if e["source"] == "Exchange Online"]
+    for e in from_exchange[:4]:
+        print(f"    addresses + {e['address']}  (Exchange Online {e['recipientType']} {e['objectId']})")
     reasons: dict[str, int] = {}
     for e in s.get("exclusions") or []:
         reason = e["reason"].split(":")[0].split(" already")[0]
@@ -85,6 +91,15 @@ def change_directory(graph: GraphEmulator) -> None:
     print(f"\n# directory change: hired {joiner['mail']}, removed user {leaver['id']}, renamed and joined group {renamed['id']}")
 
 
+def show_exchange(exo: ExchangeEmulator, receiver: SyncReceiver) -> None:
+    """The addresses only Exchange Online knows, as the receiver now holds them."""
+    held = {r["address"] for r in receiver.records("addresses").values()}
+    print("\n# recipients that Graph cannot see (EXO_MODE=augment), registered at the receiver:")
+    for rec in exo.recipients():
+        primary = rec["PrimarySmtpAddress"].lower()
+        print(f"  {'registered' if primary in held else 'MISSING   '}  {primary:<28} {rec['RecipientTypeDetails']:<26} {rec['DisplayName']}")
+
+
 def main() -> int:
     try:
         azurite = Azurite().start()
@@ -92,21 +107,26 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     graph = GraphEmulator(demo_tenant())
+    exo = ExchangeEmulator(demo_exchange_recipients(), tenant=DEMO_EXO_TENANT)
     receiver = SyncReceiver(domains=list(DEMO_DOMAINS), credential=DEMO_CREDENTIAL)
     try:
         graph.start()
+        exo.start()
         receiver.start()
         snap = graph.snapshot()
-        print("# local stack: Graph emulator", graph.base_url, "| sync API receiver", receiver.base_url, "| Azurite blob", azurite.port)
+        print("# local stack: Graph emulator", graph.base_url, "| Exchange Online emulator", exo.base_url,
+              "| sync API receiver", receiver.base_url, "| Azurite blob", azurite.port)
         print(f"# demo tenant: {len(snap['users'])} users, {len(snap['groups'])} groups, {len(snap['contacts'])} contacts; "
               f"provisioned domains: {', '.join(receiver.domains)}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAPH_", "SYNC_", "KEY_VAULT", "AzureWebJobs"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAPH_", "SYNC_", "KEY_VAULT", "AzureWebJobs", "EXO_"))}
         env.update({
             "GRAPH_AUTH": "none", "GRAPH_BASE_URL": graph.base_url, "SYNC_API_URL": receiver.base_url,
             "SYNC_API_CREDENTIAL": DEMO_CREDENTIAL, "SYNC_STATE": "blob:sync-state", "AzureWebJobsStorage": azurite.connection_string,
+            "GRAPH_TENANT_ID": DEMO_EXO_TENANT, "EXO_MODE": "augment", "EXO_BASE_URL": exo.base_url,
         })
         _run("test-update", env)
         _run("update", env)
+        show_exchange(exo, receiver)
         change_directory(graph)
         _run("update", env)
         users = graph.snapshot()["users"]
@@ -122,6 +142,7 @@ def main() -> int:
         print(f"\n# the receiver now holds: {held}")
     finally:
         receiver.stop()
+        exo.stop()
         graph.stop()
         azurite.stop()
     return 0

@@ -524,3 +524,29 @@ def demo_tenant(seed: int = 7) -> dict[str, list[dict[str, Any]]]:
     directory["servicePrincipals"] += apps
     directory["groups"] += groups
     return directory
+
+
+DEMO_EXO_TENANT = "contoso.onmicrosoft.com"
+
+
+def demo_exchange_recipients() -> list[dict[str, Any]]:
+    """The recipients that only Exchange Online knows, for the demo's Exchange emulator:
+    dynamic distribution groups and mail-enabled public folders (Graph never returns them),
+    salted with the nasty ``EmailAddresses`` values (X500:, SIP:, uppercase SMTP:, mixed case,
+    an IDN domain, an invalid value, an unprovisioned domain). Shape: ``Get-Recipient``'s
+    (``Guid``, ``RecipientTypeDetails``, ``PrimarySmtpAddress``, ``EmailAddresses``, ...)."""
+    from devstack.exchange_emulator import recipient
+
+    def guid(n: int) -> str:
+        return f"e0c5e0c5-0000-4000-8000-{n:012d}"
+
+    return [
+        recipient(guid(1), "DynamicDistributionGroup", "All-Sales@contoso.com", name="All Sales (dynamic)",
+                  emails=["SMTP:All-Sales@contoso.com", "smtp:sales-team@fabrikam.com", "X500:/o=ExchangeLabs/ou=Exchange/cn=Recipients/cn=allsales"]),
+        recipient(guid(2), "DynamicDistributionGroup", "all-managers@contoso.com", name="All Managers (dynamic)",
+                  emails=["SMTP:all-managers@contoso.com", "smtp:managers@bücher.example", "SIP:all-managers@contoso.com"]),
+        recipient(guid(3), "PublicFolder", "support@contoso.com", name="Support (public folder)",
+                  emails=["SMTP:support@contoso.com", "smtp: Help@Contoso.com ", "smtp:support@elsewhere.org"]),
+        recipient(guid(4), "PublicFolder", "invoices@fabrikam.com", name="Invoices (public folder)",
+                  emails=["SMTP:invoices@fabrikam.com", "smtp:bad..invoices@fabrikam.com"]),
+    ]

@@ -58,6 +58,17 @@ param graphAuth string = 'client_secret'
 ])
 param graphPermissionSet string = 'least-privilege'
 
+@description('Exchange Online as a second source (EXO_MODE): off, augment (adds dynamic distribution groups and public folders), or only (Exchange alone; needs syncDatasets = addresses). Anything but off grants Exchange.ManageAsApp and makes the postprovision hook assign exoDirectoryRoleId (docs/deployment.md).')
+@allowed([
+  'off'
+  'augment'
+  'only'
+])
+param exoMode string = 'off'
+
+@description('The Entra directory role that Exchange Online requires for app-only access, assigned to the app\'s service principal by infra/scripts/assign-exchange-role.sh when exoMode is not off. Default: Global Reader (read-only).')
+param exoDirectoryRoleId string = 'f2ef992c-3afb-46b9-b7cf-a126ee74c451'
+
 @description('Microsoft Graph root (GRAPH_BASE_URL).')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
@@ -199,6 +210,7 @@ module graphApp 'app/graph-app.bicep' = if (deployAppRegistration) {
     managedIdentityPrincipalId: identity.outputs.principalId
     permissionSet: graphPermissionSet
     federatedCredential: graphAuth == 'managed_identity' // no second way in when a client secret is used
+    exchangeAccess: exoMode != 'off'
   }
 }
 
@@ -259,6 +271,7 @@ module functionApp 'app/function-app.bicep' = {
     fullSyncIntervalHours: fullSyncIntervalHours
     deleteThresholdPercent: deleteThresholdPercent
     deleteThresholdCount: deleteThresholdCount
+    exoMode: exoMode
   }
   // The identity must hold its storage role before the host starts and before the
   // first package is deployed.
@@ -280,6 +293,10 @@ output GRAPH_CLIENT_ID string = graphClientId
 output GRAPH_AUTH string = graphAuth
 output GRAPH_CLIENT_SECRET_NAME string = graphClientSecretName
 output GRAPH_PERMISSIONS array = deployAppRegistration ? graphApp!.outputs.grantedPermissions : []
+output GRAPH_SERVICE_PRINCIPAL_ID string = deployAppRegistration ? graphApp!.outputs.servicePrincipalId : ''
+output EXO_MODE string = exoMode
+output EXO_DIRECTORY_ROLE_ID string = exoDirectoryRoleId
+output EXO_PERMISSIONS array = deployAppRegistration ? graphApp!.outputs.exchangePermissions : []
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId

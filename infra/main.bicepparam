@@ -29,3 +29,4 @@ param secretsOfficerPrincipalId = readEnvironmentVariable('SECRETS_OFFICER_PRINC
 param deployAppRegistration = bool(readEnvironmentVariable('DEPLOY_APP_REGISTRATION', 'true'))
 param existingGraphClientId = readEnvironmentVariable('GRAPH_CLIENT_ID', '')
 param auditRetentionDays = int(readEnvironmentVariable('AUDIT_RETENTION_DAYS', '365'))
+param exoMode = readEnvironmentVariable('EXO_MODE', 'off')

@@ -17,6 +17,11 @@ _AUTHORITIES = {
     "graph.microsoft.us": "login.microsoftonline.us",
     "dod-graph.microsoft.us": "login.microsoftonline.us",
     "microsoftgraph.chinacloudapi.cn": "login.chinacloudapi.cn",
+    # Exchange Online's admin endpoints, per cloud (EXO_BASE_URL)
+    "outlook.office365.com": "login.microsoftonline.com",
+    "outlook.office365.us": "login.microsoftonline.us",
+    "outlook-dod.office365.us": "login.microsoftonline.us",
+    "partner.outlook.cn": "login.chinacloudapi.cn",
 }
 
 
@@ -25,13 +30,14 @@ def authority_for(graph_base_url: str) -> str:
     return _AUTHORITIES.get(host, "login.microsoftonline.com")
 
 
-def graph_token_credential(settings: Settings, client_secret: Secret | None):
-    """The azure-identity credential for the app registration, or None for GRAPH_AUTH=none."""
+def graph_token_credential(settings: Settings, client_secret: Secret | None, *, base_url: str | None = None):
+    """The azure-identity credential for the app registration, or None for GRAPH_AUTH=none.
+    ``base_url`` (default GRAPH_BASE_URL) picks the cloud's sign-in authority."""
     from azure.identity import ClientAssertionCredential, ClientSecretCredential, ManagedIdentityCredential
 
     if settings.graph_auth == "none":
         return None
-    authority = authority_for(settings.graph_base_url)
+    authority = authority_for(base_url or settings.graph_base_url)
     if settings.graph_auth == "client_secret":
         if client_secret is None:
             raise SecretError("no Graph client secret: set GRAPH_CLIENT_SECRET, or KEY_VAULT_URL with GRAPH_CLIENT_SECRET_NAME")
@@ -58,3 +64,9 @@ def graph_auth_provider(settings: Settings, client_secret: Secret | None) -> Aut
 
     host = urlsplit(settings.graph_base_url).hostname or "graph.microsoft.com"
     return AzureIdentityAuthenticationProvider(credential, scopes=[settings.graph_scope], allowed_hosts=[host])
+
+
+def exchange_token_credential(settings: Settings, client_secret: Secret | None):
+    """The same app credential as Graph (GRAPH_AUTH), signed in at EXO_BASE_URL's cloud; its
+    tokens are asked for the scope ``{EXO_BASE_URL}/.default``. None for GRAPH_AUTH=none."""
+    return graph_token_credential(settings, client_secret, base_url=settings.exo.base_url)

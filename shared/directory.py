@@ -7,24 +7,42 @@ group's direct members (``members``), in the state database. Applying a round ch
 rows for the objects it names and returns the record keys they can affect; ``desired``
 then projects exactly those keys from the cache, by the same rules as a full read.
 
-Kinds: ``u`` user, ``g`` group, ``c`` contact; a member is ``u``, ``g``, ``o`` (another
-type: contact, device, service principal) or ``?`` (Graph did not say).
+Kinds: ``u`` user, ``g`` group, ``c`` contact, ``x`` an Exchange Online recipient (id
+``exo:<Guid>``; Exchange has no delta, so every run replaces the whole kind with
+``apply_recipients``, and a recipient that disappeared stops holding its addresses); a member
+is ``u``, ``g``, ``o`` (another type: contact, device, service principal) or ``?`` (Graph did
+not say).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .projection import GROUP_TYPE, USER_TYPE, candidates, group_name
+from .projection import (
+    DATASETS,
+    EXCHANGE_SOURCE,
+    GRAPH_SOURCE,
+    GROUP_TYPE,
+    USER_TYPE,
+    Exclusion,
+    Projection,
+    Records,
+    candidates,
+    group_name,
+)
+
+log = logging.getLogger(__name__)
 
 PROPS: dict[str, tuple[str, ...]] = {
     "u": ("mail", "proxyAddresses"),
     "g": ("displayName", "mail", "proxyAddresses"),
     "c": ("mail", "proxyAddresses"),
+    "x": ("mail", "proxyAddresses"),  # PrimarySmtpAddress, EmailAddresses (plus "type")
 }
 OTYPE = {"u": "user", "g": "group", "c": "contact"}
 KIND_OF = {"users": "u", "groups": "g", "contacts": "c"}
@@ -39,26 +57,41 @@ CREATE TABLE IF NOT EXISTS members (group_id TEXT NOT NULL, member_id TEXT NOT N
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
 """
 CACHE_TABLES = ("objects", "kept", "users", "members")
+INDEXES = {  # the cache's secondary indexes (also in SCHEMA): rebuilt after a bulk load
+    "kept_by_object": "CREATE INDEX IF NOT EXISTS kept_by_object ON kept (object_id)",
+    "users_by_primary": "CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address)",
+    "members_by_member": "CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id)",
+}
+
+
+def _compact_value(prop: str, value: Any) -> Any:
+    if prop == "proxyAddresses":
+        return [p for p in value if isinstance(p, str) and p[:5].lower() == "smtp:"] if isinstance(value, list) else []
+    return value if isinstance(value, str) else None
 
 
 def compact(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     """The selected properties the object carries; proxy addresses without an ``smtp:`` prefix
     are never candidates, so they are not kept."""
-    out: dict[str, Any] = {}
-    for prop in PROPS[kind]:
-        if prop not in obj:
-            continue
-        value = obj[prop]
-        if prop == "proxyAddresses":
-            value = [p for p in value if isinstance(p, str) and p[:5].lower() == "smtp:"] if isinstance(value, list) else []
-        elif not isinstance(value, str):
-            value = None
-        out[prop] = value
-    return out
+    return {prop: _compact_value(prop, obj[prop]) for prop in PROPS[kind] if prop in obj}
 
 
+# The cached data is JSON with non-ASCII escaped: a Graph string can carry lone surrogates
+# (JSON escapes), which SQLite's UTF-8 text cannot hold; the escapes round-trip them.
 def compact_json(kind: str, obj: dict[str, Any]) -> str:
-    return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=True)
+
+
+def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """An Exchange Online recipient → (cache id ``exo:<guid>``, its Guid, the cached data:
+    ``mail`` = PrimarySmtpAddress, ``proxyAddresses`` = the ``smtp:`` EmailAddresses, ``type``
+    = RecipientTypeDetails)."""
+    from .exchange import recipient_id, recipient_object
+
+    oid = recipient_id(rec)
+    data = compact("x", recipient_object(rec))
+    data["type"] = str(rec.get("RecipientTypeDetails") or "")
+    return oid, oid[4:], data
 
 
 def merge(old: dict[str, Any] | None, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -92,47 +125,145 @@ class Affected:
         return getattr(self, dataset)
 
 
-class Cache:
-    """The cache tables of one open state database (inside the caller's transaction)."""
+class _Net:
+    """What a round's entries about one object say, folded in arrival order.
 
-    def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str]) -> None:
+    ``present``: the last entry was not ``@removed``. ``reset``: an ``@removed`` entry came, so
+    whatever the cache held for the object before the round is gone (a later entry recreates
+    it from nothing). ``props``: the selected properties carried since the last reset, a later
+    value replacing an earlier one. ``members``: member id -> (added, member kind), the last
+    ``members@delta`` entry for a member winning."""
+
+    __slots__ = ("present", "reset", "props", "members")
+
+    def __init__(self) -> None:
+        self.present = True
+        self.reset = False
+        self.props: dict[str, Any] = {}
+        self.members: dict[str, tuple[bool, str]] = {}
+
+
+class Round:
+    """One delta round's entries (a full read's first round as much as a later one), folded
+    per object in the order Graph sent them. Graph documents that, within a round, an object
+    comes back when it changed during the round (the later entry is the newer state), that
+    ``@removed`` removes it (reason ``changed`` or ``deleted``), and that a big group comes in
+    slices that repeat its selected properties, with ``members@delta`` entries that add up and
+    member entries marked ``@removed`` that remove that member (docs/sync-rules.md, "Reading
+    the directory"; Microsoft Graph: "Use delta query to track changes in Microsoft Graph
+    data", "group: delta", "user: delta").
+
+    Pages are fed with ``take(collection, entry)`` as they arrive (a 100,000-user read never
+    holds the raw pages); ``Cache.apply_round`` then applies the fold to the directory cache.
+    Folding first and applying once equals applying every entry one after the other."""
+
+    def __init__(self) -> None:
+        self.nets: dict[str, dict[str, _Net]] = {c: {} for c in KIND_OF}
+        self.entries: dict[str, int] = dict.fromkeys(KIND_OF, 0)
+
+    def take(self, collection: str, obj: dict[str, Any]) -> None:
+        """Fold one entry. Raises ``ValueError`` for an entry without an id."""
+        kind = KIND_OF[collection]
+        oid = obj.get("id")
+        if not isinstance(oid, str) or not oid:
+            raise ValueError(f"a {collection} delta entry without an id")
+        self.entries[collection] += 1
+        nets = self.nets[collection]
+        net = nets.get(oid)
+        if net is None:
+            net = nets[oid] = _Net()
+        if "@removed" in obj:
+            net.present, net.reset = False, True
+            net.props = {}
+            net.members = {}
+        else:
+            net.present = True
+            props = net.props
+            for prop in PROPS[kind]:
+                if prop in obj:
+                    props[prop] = _compact_value(prop, obj[prop])
+        if kind == "g":
+            ops = obj.get("members@delta")
+            if isinstance(ops, list):
+                members = net.members
+                present = net.present
+                for m in ops:
+                    if not isinstance(m, dict):
+                        continue
+                    mid = m.get("id")
+                    if not isinstance(mid, str) or not mid:
+                        continue
+                    if "@removed" in m:
+                        members[mid] = (False, member_kind(m.get("@odata.type")))
+                    elif present:
+                        members[mid] = (True, member_kind(m.get("@odata.type")))
+
+    def distinct(self) -> dict[str, int]:
+        """Distinct objects the round named, per collection (an object sent twice counts once)."""
+        return {c: len(n) for c, n in self.nets.items()}
+
+    def present(self) -> dict[str, int]:
+        """Distinct objects that exist at the end of the round, per collection."""
+        return {c: sum(1 for net in n.values() if net.present) for c, n in self.nets.items()}
+
+
+class Cache:
+    """The cache tables of one open state database (inside the caller's transaction), or of a
+    scratch database (``memory_cache``)."""
+
+    def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], *, empty: bool = False) -> None:
         self.conn = conn
         self.provisioned = provisioned
+        self._empty = empty  # known to hold no object: a round is loaded in bulk
 
     # --- applying a delta round ----------------------------------------------------------
-    def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected) -> None:
-        kind = KIND_OF[collection]
+    def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected | None) -> None:
+        """Apply one collection's entries of a round, in order (``Round`` says how), and add
+        the record keys they can affect to ``affected`` (``None``: not needed, as after a full
+        read, which projects everything). Raises ``ValueError`` for an entry without an id."""
+        rnd = Round()
         for obj in objects:
-            oid = obj.get("id")
-            if not isinstance(oid, str) or not oid:
-                raise ValueError(f"a {collection} delta entry without an id")
-            self._forget(oid, affected)
-            if "@removed" in obj:
-                self._remove(oid, kind, affected)
-            else:
-                self._upsert(oid, kind, obj, affected)
-            if kind == "g":
-                self._member_ops(oid, obj.get("members@delta"), affected)
+            rnd.take(collection, obj)
+        self.apply_round(rnd, affected)
 
-    def _forget(self, oid: str, affected: Affected) -> None:
-        """What the object held before: the keys it could stop affecting."""
+    def apply_round(self, rnd: Round, affected: Affected | None) -> None:
+        """Apply a folded round (every collection) to the cache."""
+        if self._empty:
+            self._load(rnd, affected)
+            return
+        sink = affected if affected is not None else Affected()
+        for collection, nets in rnd.nets.items():
+            kind = KIND_OF[collection]
+            for oid, net in nets.items():
+                self._apply_net(oid, kind, net, sink)
+
+    def _apply_net(self, oid: str, kind: str, net: _Net, affected: Affected) -> None:
         q = self.conn.execute
+        # What the object held before: the keys it could stop affecting.
         affected.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
         for (primary,) in q("SELECT primary_address FROM users WHERE id=?", (oid,)):
             affected.users.add(oid)
             if primary:
                 affected.primaries.add(primary)
+        row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
+        if row is not None and (net.reset or not net.present):
+            self._remove(oid, row[0], affected)
+            row = None
+        if net.present:
+            old = json.loads(row[1]) if row is not None and row[0] == kind else None
+            if row is None and kind == "g":
+                self._children(oid, affected)  # a group that (re)appears becomes a parent again
+            self._upsert(oid, kind, merge(old, kind, net.props), affected)
+        if kind == "g" and net.members:
+            self._member_ops(oid, net.members, net.present, affected)
 
-    def _remove(self, oid: str, kind: str, affected: Affected) -> None:
+    def _remove(self, oid: str, old_kind: str, affected: Affected) -> None:
         q = self.conn.execute
-        row = q("SELECT kind FROM objects WHERE id=?", (oid,)).fetchone()
-        if row is None:
-            return  # a replayed removal, or one of an object never seen: nothing to undo
-        if row[0] == "g":
+        if old_kind == "g":
             affected.groups.add(oid)
             self._children(oid, affected)
             q("DELETE FROM members WHERE group_id=?", (oid,))
-        elif row[0] == "u":
+        elif old_kind == "u":
             affected.users.add(oid)
         q("DELETE FROM objects WHERE id=?", (oid,))
         q("DELETE FROM kept WHERE object_id=?", (oid,))
@@ -145,17 +276,12 @@ class Cache:
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
 
-    def _upsert(self, oid: str, kind: str, obj: dict[str, Any], affected: Affected) -> None:
+    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected) -> None:
         q = self.conn.execute
-        row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
-        old = json.loads(row[1]) if row is not None and row[0] == kind else None
-        if row is None and kind == "g":
-            self._children(oid, affected)  # a group that (re)appears becomes a parent again
-        data = merge(old, kind, obj)
         cands = candidates(oid, OTYPE[kind], data, self.provisioned)
         q(
             "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
-            (oid, kind, json.dumps(data, separators=(",", ":"), ensure_ascii=False), len(cands.exclusions)),
+            (oid, kind, json.dumps(data, separators=(",", ":"), ensure_ascii=True), len(cands.exclusions)),
         )
         q("DELETE FROM kept WHERE object_id=?", (oid,))
         self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
@@ -169,22 +295,13 @@ class Cache:
         elif kind == "g":
             affected.groups.add(oid)
 
-    def _member_ops(self, gid: str, ops: Any, affected: Affected) -> None:
-        if not isinstance(ops, list):
-            return
+    def _member_ops(self, gid: str, ops: dict[str, tuple[bool, str]], group_exists: bool, affected: Affected) -> None:
         q = self.conn.execute
-        group_exists = q("SELECT 1 FROM objects WHERE id=? AND kind='g'", (gid,)).fetchone() is not None
-        for m in ops:
-            if not isinstance(m, dict):
-                continue
-            mid = m.get("id")
-            if not isinstance(mid, str) or not mid:
-                continue
-            mkind = member_kind(m.get("@odata.type"))
-            if "@removed" in m:
+        for mid, (added, mkind) in ops.items():
+            if not added:
                 row = q("SELECT kind FROM members WHERE group_id=? AND member_id=?", (gid, mid)).fetchone()
-                if row is not None:
-                    mkind = row[0] if mkind == "?" else mkind
+                if row is not None and mkind == "?":
+                    mkind = row[0]
                 q("DELETE FROM members WHERE group_id=? AND member_id=?", (gid, mid))
             elif group_exists:
                 q("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", (gid, mid, mkind))
@@ -194,6 +311,102 @@ class Cache:
                 affected.users.add(mid)
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
+
+    def _load(self, rnd: Round, affected: Affected | None) -> None:
+        """A round into a cache that holds nothing: the same fold, written with one bulk
+        insert per table (what makes a 100,000-user full read affordable)."""
+        objects: list[tuple[str, str, str, int]] = []
+        kept: list[tuple[str, str]] = []
+        users: list[tuple[str, str | None]] = []
+        members: list[tuple[str, str, str]] = []
+        provisioned = self.provisioned
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+        for collection, nets in rnd.nets.items():
+            kind, otype = KIND_OF[collection], OTYPE[KIND_OF[collection]]
+            for oid, net in nets.items():
+                if not net.present:
+                    continue  # removed during the round: nothing cached held it
+                cands = candidates(oid, otype, net.props, provisioned)
+                objects.append((oid, kind, dumps(net.props), len(cands.exclusions)))
+                if cands.kept:
+                    kept.extend([(a, oid) for a in cands.kept])
+                if kind == "u":
+                    users.append((oid, cands.primary))
+                elif kind == "g" and net.members:
+                    members.extend([(oid, mid, mk) for mid, (added, mk) in net.members.items() if added])
+        # Rows in primary-key order append to each B-tree instead of splitting pages all over
+        # it, and the secondary indexes are built once at the end rather than row by row.
+        objects.sort()
+        kept.sort()
+        users.sort()
+        members.sort()
+        q, em = self.conn.execute, self.conn.executemany
+        for index in INDEXES:
+            q(f"DROP INDEX IF EXISTS {index}")  # noqa: S608 - fixed index names
+        em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", objects)
+        em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", kept)
+        em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", users)
+        em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", members)
+        for statement in INDEXES.values():
+            q(statement)
+        self._empty = False
+        if affected is not None:
+            affected.addresses.update(a for a, _ in kept)
+            affected.users.update(u for u, _ in users)
+            affected.primaries.update(p for _, p in users if p)
+            affected.groups.update(oid for oid, kind, _, _ in objects if kind == "g")
+            for _, mid, mk in members:
+                if mk in ("u", "?"):
+                    affected.users.add(mid)
+                if mk in ("g", "?"):
+                    affected.groups.add(mid)
+
+    # --- Exchange Online: no delta, the whole kind every run ----------------------------------
+    def apply_recipients(self, recipients: Iterable[dict[str, Any]], affected: Affected | None) -> None:
+        """Make the cached Exchange recipients exactly ``recipients`` (a complete read of the
+        configured types): a changed one is projected again, one that is gone no longer holds
+        its addresses, and the addresses either touches go to ``affected``. A recipient listed
+        twice: the first one stands."""
+        q = self.conn.execute
+        sink = affected if affected is not None else Affected()
+        old = dict(q("SELECT id, data FROM objects WHERE kind='x'").fetchall())
+        seen: set[str] = set()
+        for rec in recipients:
+            oid, guid, data = recipient_entry(rec)
+            if oid in seen:
+                continue
+            seen.add(oid)
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+            if old.get(oid) == text:
+                continue
+            sink.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
+            cands = candidates(guid, data["type"], data, self.provisioned, source=EXCHANGE_SOURCE)
+            q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, 'x', ?, ?)", (oid, text, len(cands.exclusions)))
+            q("DELETE FROM kept WHERE object_id=?", (oid,))
+            self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
+            sink.addresses.update(cands.kept)
+        for oid in old.keys() - seen:
+            sink.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
+            q("DELETE FROM objects WHERE id=?", (oid,))
+            q("DELETE FROM kept WHERE object_id=?", (oid,))
+        self._empty = False
+
+    def sources(self, addresses: Iterable[str]) -> list[dict[str, Any]]:
+        """Where each address comes from: one entry per (address, object) with its source
+        (Graph or Exchange Online), recipient type (user, group, contact, or the Exchange
+        RecipientTypeDetails) and object id (an Exchange recipient's Guid); ``test-update``
+        lists them beside its additions."""
+        q = self.conn.execute
+        out: list[dict[str, Any]] = []
+        for address in sorted(set(addresses)):
+            for oid, kind, data in q(
+                "SELECT o.id, o.kind, o.data FROM kept k JOIN objects o ON o.id = k.object_id WHERE k.address=? ORDER BY o.id", (address,)
+            ):
+                if kind == "x":
+                    out.append({"address": address, "source": EXCHANGE_SOURCE, "recipientType": json.loads(data).get("type"), "objectId": oid[4:]})
+                else:
+                    out.append({"address": address, "source": GRAPH_SOURCE, "recipientType": OTYPE.get(kind, kind), "objectId": oid})
+        return out
 
     # --- projecting the affected keys ------------------------------------------------------
     def desired(self, dataset: str, keys: Iterable[str]) -> dict[str, tuple | None]:
@@ -256,17 +469,89 @@ class Cache:
             for kind, k in (("users", "u"), ("groups", "g"), ("contacts", "c"))
         }
 
-    # --- a full read replaces everything -----------------------------------------------------
-    def replace_all(self, rows: Any) -> None:
-        """Load the rows a full read produced (``projection.CacheRows``) in place of the old cache."""
+    # --- the whole directory, projected (a full read) ------------------------------------------
+    def records(self, dataset: str) -> Records:
+        """Every record of a dataset the cached directory implies, by the rules of
+        docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
+        ``desired``, over every key at once. Canonical values as in ``shared/projection.py``."""
         q = self.conn.execute
-        for table in CACHE_TABLES:
-            q(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
-        self.conn.executemany("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", rows.objects)
-        self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", rows.kept)
-        self.conn.executemany("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", rows.users)
-        self.conn.executemany("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", rows.members)
+        if dataset == "addresses":
+            return dict.fromkeys((a for (a,) in q("SELECT DISTINCT address FROM kept ORDER BY address")), ())
+        if dataset == "groups":
+            names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id")}
+            parents: dict[str, list[str]] = {}
+            # Member rows exist only for cached groups (an add needs the group; a removed group's
+            # rows go with it); scanned in primary-key order, so each list comes out sorted.
+            for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('g', '?') ORDER BY group_id, member_id"):
+                if mid in names and gid in names:
+                    parents.setdefault(mid, []).append(gid)
+            return {gid: (name, tuple(sorted(set(parents[gid]))) if gid in parents else ()) for gid, name in names.items()}
+        if dataset != "users":
+            raise ValueError(f"unknown dataset {dataset!r}")
+        owner: dict[str, str] = {}  # primary address -> the user with the smallest id
+        primary_of: dict[str, str] = {}
+        for uid, primary in q("SELECT id, primary_address FROM users WHERE primary_address IS NOT NULL ORDER BY id"):
+            first = owner.setdefault(primary, uid)
+            if first == uid:
+                primary_of[uid] = primary
+            else:
+                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, first)
+        group_set = {gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'")}
+        group_ids: dict[str, list[str]] = {}
+        for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('u', '?') ORDER BY group_id, member_id"):
+            if mid in primary_of and gid in group_set:
+                group_ids.setdefault(mid, []).append(gid)
+        return {uid: (primary, tuple(sorted(set(group_ids[uid]))) if uid in group_ids else ()) for uid, primary in primary_of.items()}
 
+    def exclusions(self) -> list[Exclusion]:
+        """Every candidate address and user the rules leave out, with its reason, recomputed
+        from the cached objects (``test-update`` reports them): addresses per object in id
+        order, then users in id order."""
+        q = self.conn.execute
+        out: list[Exclusion] = []
+        for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
+            obj = json.loads(data)
+            if kind == "x":  # an Exchange Online recipient
+                out.extend(candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, warn=False, source=EXCHANGE_SOURCE).exclusions)
+                continue
+            out.extend(candidates(oid, OTYPE[kind], obj, self.provisioned, warn=False).exclusions)
+        owner: dict[str, str] = {}
+        for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
+            if primary is None:
+                out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
+                continue
+            first = owner.setdefault(primary, uid)
+            if first != uid:
+                out.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {first}, which has the smaller id"))
+        return out
+
+    def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
+        """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
+        return Projection({d: self.records(d) for d in datasets}, self.exclusions())
+
+    # --- a full read starts from nothing ------------------------------------------------------
     def clear(self) -> None:
+        """Empty the cache (a full read is a round applied to an empty cache)."""
         for table in CACHE_TABLES:
             self.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        self._empty = True
+
+
+def memory_cache(provisioned: Iterable[str]) -> Cache:
+    """An empty cache in a scratch in-memory database (a dry run, tests): never the state."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.executescript(SCHEMA)
+    return Cache(conn, frozenset(provisioned), empty=True)
+
+
+def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: Iterable[str]) -> Projection:
+    """Project a round given as ``(collection, entry)`` pairs in arrival order (tests)."""
+    rnd = Round()
+    for collection, obj in entries:
+        rnd.take(collection, obj)
+    cache = memory_cache(provisioned)
+    try:
+        cache.apply_round(rnd, None)
+        return cache.projection()
+    finally:
+        cache.conn.close()

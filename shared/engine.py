@@ -14,27 +14,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .approval import Approver, cli_approver, held_count, held_digest
-from .credentials import graph_auth_provider
+from .credentials import exchange_token_credential, graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
-from .directory import Affected, Cache
+from .directory import Round, memory_cache
 from .errors import (
     CredentialExpiredError,
     DeletionsHeldError,
     DeltaExpiredError,
+    ExchangeError,
     GraphError,
-    IncompleteReadError,
     PayloadTooLargeError,
     RunCancelledError,
     StateError,
     SyncApiProtocolError,
     SyncError,
 )
-from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
+from .exchange import ExchangeSource, token_getter_for
+from .graph import GraphSource, gather_or_cancel
 from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
-from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
+from .projection import DATASETS, Records, from_api_record, to_api_record
+from .reading import (
+    CACHE_META,
+    FINGERPRINT_META,
+    LAST_FULL_META,
+    LINKS_META,
+    Read,
+    fingerprint,
+    merge_delta,
+    merge_full,
+    read_delta,
+    read_full,
+    why_full,
+)
 from .redact import scrub
 from .settings import Settings
 from .state import StateDB, StateStore, open_store
@@ -48,10 +62,6 @@ log = logging.getLogger(__name__)
 ACTIONS = ("test-update", "update", "replace", "refresh", "approve-deletions")
 LOCKED_ACTIONS = ("update", "replace", "refresh", "approve-deletions")
 REPLACE_ORDER = ("groups", "users", "addresses")  # users' groupIds are checked against live groups
-LINKS_META = "deltaLinks"
-FINGERPRINT_META = "readFingerprint"
-LAST_FULL_META = "lastFullRead"
-CACHE_META = "directoryCache"
 REJECTED_META = "rejected"
 
 
@@ -189,10 +199,7 @@ class _Plan:
     diffs: dict[str, DatasetDiff]
     held_view: dict[str, Records]  # the state records plan_update needs
     excluded: dict[str, int]
-    projection: Projection | None = None
-    rows: CacheRows | None = None
-    changes: Changes | None = None
-    links: dict[str, str | None] = field(default_factory=dict)
+    read: Read | None = None  # full: already merged into the state's cache; delta: merged on save
 
 
 class _Run:
@@ -208,6 +215,8 @@ class _Run:
         self.held_error: DeletionsHeldError | None = None
         self.graph_requests = 0
         self.graph_retries = 0
+        self.exo_requests = 0
+        self.exo_retries = 0
         self.found_state = False
 
     async def go(self) -> None:
@@ -231,6 +240,7 @@ class _Run:
         finally:
             self.summary.sync_requests = api.requests
             self.summary.graph_requests = self.graph_requests
+            self.summary.extra["exoRequests"] = self.exo_requests
             await api.aclose()
             if db is not None:
                 db.close()
@@ -267,71 +277,95 @@ class _Run:
         # token request, secret included) is not kept as the error's __context__.
         raise failure
 
-    async def _read_full(self, provisioned: frozenset[str], *, keep_cache: bool) -> tuple[Projection, CacheRows | None, ReadStats]:
-        rows = CacheRows() if keep_cache else None
-        projector = Projector(provisioned, cache=rows)
-        stats: ReadStats = await self._graph(lambda source: source.read_directory(projector))
-        return projector.result(), rows, stats
+    async def _exchange(self) -> list[dict[str, Any]]:
+        """Every recipient of EXO_RECIPIENT_TYPES, read in full (Exchange has no delta)."""
+        exo = self.settings.exo
+        failure: SyncError | None = None
+        source: ExchangeSource | None = None
+        credential = None
+        try:
+            credential = exchange_token_credential(self.settings, self.secrets.graph_client_secret)
+            source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token_getter_for(credential),
+                                    backoff_seconds=self.options.graph_backoff_seconds)
+            recipients = await source.read_recipients()
+            log.info("read: Exchange Online, %d recipients of %s in %d pages", len(recipients), ",".join(exo.recipient_types), source.stats.pages)
+            return recipients
+        except SyncError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - azure-identity raises its own types
+            failure = _exchange_failure(exc)
+        finally:
+            if source is not None:
+                self.exo_requests += source.stats.requests
+                self.exo_retries += source.stats.retries
+                await source.aclose()
+            if credential is not None and hasattr(credential, "close"):
+                credential.close()
+        # Raised outside the except block: the SDK's exception text stays out of __context__.
+        raise failure
+
+    async def _with_exchange(self, graph_work: Awaitable[Read] | None, reason: str) -> Read:
+        """Graph's round and Exchange Online's complete read, concurrently: the first to fail
+        cancels the other and fails the run before anything is sent (docs/sync-rules.md,
+        "Exchange Online"). ``graph_work`` None: EXO_MODE=only, no Graph request at all."""
+        if graph_work is not None and not self.settings.exo.enabled:
+            return await graph_work
+        if graph_work is None:
+            read = Read("full", reason, Round(), {}, "none (EXO_MODE=only)")
+            read.recipients = await self._exchange()
+            return read
+        read, recipients = await gather_or_cancel(graph_work, self._exchange())
+        read.recipients = recipients
+        return read
+
+    def _read_summary(self, read: Read) -> dict[str, Any]:
+        out = read.summary(self.graph_retries)
+        if self.settings.exo.enabled:
+            out["exchange"] = {"mode": self.settings.exo.mode, "recipientTypes": list(self.settings.exo.recipient_types),
+                               "recipients": len(read.recipients or ()), "exoRetries": self.exo_retries}
+        return out
+
+    async def _read_full(self, reason: str) -> Read:
+        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason))
+        read = await self._with_exchange(graph_work, reason)
+        self.summary.extra["read"] = self._read_summary(read)
+        log.info("read: full (%s)", reason)
+        return read
 
     def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
-        ad = self.settings.address_domains
-        return {
-            "datasets": list(self.datasets),
-            "addressDomains": sorted(ad) if ad is not None else None,
-            "provisioned": sorted(provisioned),
-        }
+        out = fingerprint(self.datasets, self.settings.address_domains, provisioned)
+        if self.settings.exo.enabled:
+            out["exo"] = {"mode": self.settings.exo.mode, "types": list(self.settings.exo.recipient_types)}
+        return out
 
     def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
         """Why this update must read the directory in full; ``None``: a delta round will do."""
-        links = db.get_meta(LINKS_META)
-        if db.get_meta(CACHE_META) != "complete" or not isinstance(links, dict):
-            if db.get_meta("convertedFrom"):
-                return "the state was converted from the previous release and has no directory cache yet"
-            if db.get_meta(LAST_FULL_META) is None:
-                return "first run: no directory cache yet"
-            return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
-        if any(not isinstance(links.get(c), str) for c in COLLECTIONS):
-            return "a collection has no delta link (its delta endpoint was not served)"
-        old = db.get_meta(FINGERPRINT_META) or {}
-        new = self._fingerprint(provisioned)
-        for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)")):
-            if old.get(key) != new[key]:
-                return f"{setting} changed since the last full read"
-        interval = self.settings.full_sync_interval_hours
-        last = _parse_time(db.get_meta(LAST_FULL_META))
-        if interval <= 0:
-            return "FULL_SYNC_INTERVAL_HOURS is 0: every run reads in full"
-        if last is None or self.options.now() - last >= dt.timedelta(hours=interval):
-            return f"periodic full reconcile (FULL_SYNC_INTERVAL_HOURS={interval:g}; last full read {db.get_meta(LAST_FULL_META)})"
-        return None
+        if self.settings.exo.mode == "only":
+            return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
+        return why_full(db.get_meta, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
 
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> _Plan:
         reason = self._why_full(db, provisioned)
         if reason is None:
             links: dict[str, str] = db.get_meta(LINKS_META)
             try:
-                source_links: dict[str, str | None] = {}
-
-                async def read(source: GraphSource) -> Changes:
-                    try:
-                        return await source.read_changes(links)
-                    finally:
-                        source_links.update(source.stats.links)
-
-                changes: Changes = await self._graph(read)
+                reason_delta = "delta links saved by the last run"
+                read = await self._with_exchange(self._graph(lambda source: read_delta(source, links, reason_delta)), reason_delta)
             except DeltaExpiredError as exc:
                 reason = f"{exc}; reading in full"
                 log.warning("%s", reason)
             else:
-                return self._delta_plan(db, provisioned, changes, source_links)
-        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
+                return self._delta_plan(db, provisioned, read)
+        read = await self._read_full(reason)
+        # The state's cache becomes this read's, in the run's open transaction: it is committed
+        # only with the rest of the run, once the service confirmed everything.
+        cache = db.cache(provisioned)
+        merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
-        diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
-        self.summary.extra["read"] = {"kind": "full", "reason": reason, "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
-        log.info("read: full (%s)", reason)
-        return _Plan("full", reason, diffs, held_view, {d: projection.excluded(d) for d in DATASETS}, projection=projection, rows=rows, links=dict(stats.links))
+        diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
+        return _Plan("full", reason, diffs, held_view, cache.excluded(), read=read)
 
-    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], changes: Changes, links: dict[str, str | None]) -> _Plan:
+    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> _Plan:
         # Held deletions and last run's rejections are looked at again, whatever changed.
         held_keys = {d: set(keys) for d, keys in db.held().items()}
         for d, keys in (db.get_meta(REJECTED_META) or {}).items():
@@ -340,7 +374,7 @@ class _Run:
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
             cache = db.cache(provisioned)
-            affected = _apply_changes(cache, changes)
+            affected = merge_delta(cache, read)
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -353,22 +387,21 @@ class _Run:
                 diffs[d] = DatasetDiff(d, upserts, deletes)
                 held_view[d] = have
             excluded = cache.excluded()
-        reason = "delta links saved by the last run"
-        counts = {c: len(changes.of(c)) for c in COLLECTIONS}
-        self.summary.extra["read"] = {"kind": "delta", "reason": reason, "objects": counts, "membershipRead": "groups/delta", "graphRetries": self.graph_retries}
-        log.info("read: delta (%s): %s changed objects", reason, counts)
-        return _Plan("delta", reason, diffs, held_view, excluded, changes=changes, links=links)
+        self.summary.extra["read"] = self._read_summary(read)
+        log.info("read: delta (%s): %s changed objects", read.reason, read.objects)
+        return _Plan("delta", read.reason, diffs, held_view, excluded, read=read)
 
     def _save_read(self, db: StateDB, plan: _Plan, provisioned: frozenset[str]) -> None:
         """After the service confirmed the run: the cache and links of this read become the state's."""
-        cache = db.cache(provisioned)
-        if plan.rows is not None:
-            cache.replace_all(plan.rows)
+        read = plan.read
+        if read is None:
+            raise StateError("internal error: a read to save is missing")
+        if read.kind == "full":  # already merged into the cache (see _plan, _replace)
             db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
-        elif plan.changes is not None:
-            _apply_changes(cache, plan.changes)
+        else:
+            merge_delta(db.cache(provisioned), read)
         db.set_meta(CACHE_META, "complete")
-        db.set_meta(LINKS_META, plan.links if all(isinstance(plan.links.get(c), str) for c in COLLECTIONS) else None)
+        db.set_meta(LINKS_META, read.links if read.links_complete() else None)
         db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
 
     # --- the deletion guard --------------------------------------------------------------------
@@ -401,11 +434,20 @@ class _Run:
 
     # --- test-update ---------------------------------------------------------------------
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
-        projection, _, stats = await self._read_full(provisioned, keep_cache=False)
-        self.summary.extra["read"] = {"kind": "full", "reason": "test-update always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
-        held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
-        diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
-        plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
+        read = await self._read_full("test-update always reads in full")
+        cache = memory_cache(provisioned)  # a scratch cache: a dry run never writes the state
+        try:
+            merge_full(cache, read)
+            del read
+            projection = cache.projection(self.datasets)
+            excluded = cache.excluded()
+            held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
+            diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
+            # Each added address with where it comes from (Graph or Exchange Online) and its recipient type.
+            sources = cache.sources(diffs["addresses"].upserts) if "addresses" in diffs else None
+        finally:
+            cache.conn.close()
+        plan = _Plan("full", "test-update", diffs, held_view, excluded)
         self._guard(db, plan)
         self.held_error = None  # a preview reports held deletions; it does not fail for them
         stored = {d: keys for d, keys in (db.held() if db is not None else {}).items() if keys}
@@ -422,6 +464,8 @@ class _Run:
                 "added": [to_api_record(d, k, v) for k, v in diff.upserts.items()],
                 "removed": diff.deletes,
             }
+        if sources is not None:
+            preview["addresses"]["addedFrom"] = sources
         self.summary.extra["changes"] = preview
         self.summary.extra["exclusions"] = [e.as_dict() for e in projection.exclusions if e.dataset in self.datasets]
 
@@ -447,16 +491,23 @@ class _Run:
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
-        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
-        self.summary.extra["read"] = {"kind": "full", "reason": "replace always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        read = await self._read_full("replace always reads in full")
+        cache = db.cache(provisioned)
+        # The cache is marked incomplete until the end: each dataset is committed as soon as the
+        # service holds it, and a replace that fails later leaves a state whose next update
+        # reads in full.
+        db.set_meta(CACHE_META, None)
+        db.set_meta(LINKS_META, None)
+        merge_full(cache, read)
+        excluded = cache.excluded()
         for d in DATASETS:
-            self.summary.datasets[d].excluded = projection.excluded(d)
+            self.summary.datasets[d].excluded = excluded[d]
         for d in REPLACE_ORDER:
             if d not in self.datasets:
                 continue
             before = db.records(d)
             counts = self.summary.datasets[d]
-            await self._replace_dataset(d, projection.datasets[d], db)
+            await self._replace_dataset(d, cache.records(d), db)
             try:
                 after = await self._read_service(d)
             except SyncError as exc:
@@ -471,7 +522,7 @@ class _Run:
             # Durable now: a later dataset's failure must not leave this one's state behind the service.
             db.commit()
             self.store.publish(db)
-        plan = _Plan("full", "replace", {}, {}, {}, rows=rows, links=dict(stats.links))
+        plan = _Plan("full", "replace", {}, {}, {}, read=read)
         self._save_read(db, plan, provisioned)
         db.set_meta("lastAction", "replace")
         db.commit()
@@ -535,26 +586,6 @@ class _Run:
                     raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
                 out[key] = value
         return out
-
-
-def _apply_changes(cache: Cache, changes: Changes) -> Affected:
-    affected = Affected()
-    for collection in COLLECTIONS:
-        try:
-            cache.apply(collection, changes.of(collection), affected)
-        except ValueError as exc:
-            raise IncompleteReadError(f"Graph {collection}/delta: {exc}") from None
-    return affected
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 class _BatchSender:
@@ -637,6 +668,13 @@ def _note_rejections(counts: Any, dataset: str, rejected: list[Rejection]) -> No
 
 
 _AADSTS = re.compile(r"AADSTS(\d{5,})")
+
+
+def _exchange_failure(exc: Exception) -> SyncError:
+    """An azure-identity failure to get the Exchange token, without its text beyond the code."""
+    m = _AADSTS.search(scrub(str(exc)))
+    code = f" (AADSTS{m.group(1)})" if m else f" ({type(exc).__name__})"
+    return ExchangeError(f"signing in for Exchange Online failed{code}; check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_AUTH and EXO_BASE_URL; nothing was sent")
 
 
 def _graph_failure(exc: Exception, settings: Settings) -> SyncError:

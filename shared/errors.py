@@ -96,3 +96,11 @@ class RunCancelledError(SyncError):
     """The run was cancelled (SIGTERM: scale-in, deployment, timeout); it wrote its report."""
 
     exit_code = 143
+
+
+class ExchangeError(SyncError):
+    """Exchange Online could not be read completely: the run fails and nothing is sent."""
+
+
+class ExchangeAuthError(ExchangeError):
+    """401/403 from Exchange Online: the app lacks Exchange.ManageAsApp or the directory role."""

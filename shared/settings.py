@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .addresses import InvalidAddress, check_domain, normalize_domain
@@ -36,6 +37,42 @@ class StateLocation:
     where: str  # directory path or container name
 
 
+EXO_MODES = ("off", "augment", "only")
+DEFAULT_EXO_BASE_URL = "https://outlook.office365.com"
+EXO_AUGMENT_TYPES: tuple[str, ...] = ("DynamicDistributionGroup", "PublicFolder")
+# Every RecipientTypeDetails value that receives mail (docs/sync-rules.md, "Exchange Online").
+EXO_ALL_TYPES: tuple[str, ...] = (
+    "UserMailbox", "SharedMailbox", "RoomMailbox", "EquipmentMailbox", "MailUser", "GuestMailUser", "MailContact",
+    "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailNonUniversalGroup", "RoomList",
+    "GroupMailbox", "DynamicDistributionGroup", "PublicFolder",
+)
+BASIC_SIGN_IN_MODES = ("password", "username_password", "basic", "ropc")
+BASIC_SIGN_IN_REFUSAL = (
+    "username and password sign-in is not offered: Exchange Online retired basic authentication, and a password "
+    "sign-in cannot pass the multifactor authentication that admin accounts require"
+)
+
+
+@dataclass(frozen=True)
+class ExoSettings:
+    """The Exchange Online source (docs/sync-rules.md, "Exchange Online"): ``mode`` is ``off``,
+    ``augment`` or ``only``; ``recipient_types`` are RecipientTypeDetails values; ``base_url``
+    has no trailing slash; ``tenant`` is GRAPH_TENANT_ID (set whenever the mode is not off)."""
+
+    mode: str = "off"
+    recipient_types: tuple[str, ...] = EXO_AUGMENT_TYPES
+    base_url: str = DEFAULT_EXO_BASE_URL
+    tenant: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def scope(self) -> str:
+        return f"{self.base_url}/.default"
+
+
 @dataclass(frozen=True)
 class Settings:
     graph_auth: str
@@ -57,6 +94,7 @@ class Settings:
     full_sync_interval_hours: float = 24.0
     delete_threshold_percent: float = 10.0
     delete_threshold_count: int = 500
+    exo: ExoSettings = field(default_factory=ExoSettings)
 
     @property
     def graph_scope(self) -> str:
@@ -76,6 +114,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return value or None
 
     graph_auth = (get("GRAPH_AUTH") or "client_secret").lower()
+    if graph_auth in BASIC_SIGN_IN_MODES:
+        raise SettingsError("GRAPH_AUTH", f"{graph_auth!r}: {BASIC_SIGN_IN_REFUSAL}", "client_secret or managed_identity")
     if graph_auth not in GRAPH_AUTH_MODES:
         raise SettingsError("GRAPH_AUTH", f"unknown mode {graph_auth!r}; use one of {', '.join(GRAPH_AUTH_MODES)}", "client_secret")
 
@@ -181,7 +221,56 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         full_sync_interval_hours=full_interval,
         delete_threshold_percent=delete_percent,
         delete_threshold_count=delete_count,
+        exo=_exo_settings(get, graph_auth, tenant, datasets),
     )
+
+
+def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple[str, ...]) -> ExoSettings:
+    """EXO_MODE, EXO_RECIPIENT_TYPES and EXO_BASE_URL, checked against GRAPH_AUTH,
+    GRAPH_TENANT_ID and SYNC_DATASETS; raises ``SettingsError`` naming the setting."""
+    for name in ("EXO_USERNAME", "EXO_PASSWORD"):
+        if get(name) is not None:
+            raise SettingsError(name, BASIC_SIGN_IN_REFUSAL + "; remove it and grant the app Exchange.ManageAsApp (docs/deployment.md)")
+    mode = (get("EXO_MODE") or "off").lower()
+    if mode not in EXO_MODES:
+        raise SettingsError("EXO_MODE", f"unknown mode {mode!r}; use one of {', '.join(EXO_MODES)}", "augment")
+    raw_types = get("EXO_RECIPIENT_TYPES")
+    types = EXO_ALL_TYPES if mode == "only" else EXO_AUGMENT_TYPES
+    if raw_types is not None:
+        known = {t.lower(): t for t in EXO_ALL_TYPES}
+        chosen: list[str] = []
+        for part in raw_types.split(","):
+            name = part.strip()
+            if not name:
+                continue
+            if name.lower() not in known:
+                raise SettingsError("EXO_RECIPIENT_TYPES", f"unknown recipient type {name!r}; the types are {', '.join(EXO_ALL_TYPES)}",
+                                    ",".join(EXO_AUGMENT_TYPES))
+            if known[name.lower()] not in chosen:
+                chosen.append(known[name.lower()])
+        if not chosen:
+            raise SettingsError("EXO_RECIPIENT_TYPES", "names no recipient type; unset it for the default of EXO_MODE", ",".join(EXO_AUGMENT_TYPES))
+        types = tuple(chosen)
+    base_url = (get("EXO_BASE_URL") or DEFAULT_EXO_BASE_URL).rstrip("/")
+    problem = url_problem(base_url)
+    if problem is None and (urlsplit(base_url).query or urlsplit(base_url).fragment):
+        problem = "must not have a query or fragment"
+    if problem:
+        raise SettingsError("EXO_BASE_URL", problem, DEFAULT_EXO_BASE_URL)
+    if mode == "off":
+        return ExoSettings("off", types, base_url, tenant)
+    if tenant is None:
+        raise SettingsError("GRAPH_TENANT_ID", f"is required when EXO_MODE is {mode!r} (the Exchange endpoint's path and routing hint name the tenant), even with GRAPH_AUTH=none",
+                            "00000000-0000-0000-0000-000000000000 or contoso.onmicrosoft.com")
+    if not (_is_guid(tenant) or _TENANT_DOMAIN.match(tenant)):
+        raise SettingsError("GRAPH_TENANT_ID", "is neither a GUID nor a tenant domain", "00000000-0000-0000-0000-000000000000")
+    if graph_auth == "none" and not is_loopback_host(urlsplit(base_url).hostname):
+        raise SettingsError("EXO_BASE_URL", "GRAPH_AUTH=none sends no token, so EXO_BASE_URL must be a loopback address (a local emulator)",
+                            "http://127.0.0.1:8765")
+    if mode == "only" and datasets != ("addresses",):
+        raise SettingsError("SYNC_DATASETS", f"EXO_MODE=only syncs the addresses dataset alone, so SYNC_DATASETS must be 'addresses' (it is {','.join(datasets)!r})",
+                            "addresses")
+    return ExoSettings(mode, types, base_url, tenant)
 
 
 def _number(raw: str | None, name: str, default: float, example: str, low: float, high: float, *, integer: bool = False) -> float:

@@ -58,6 +58,8 @@ PRODUCT_SETTINGS = [
     "FULL_SYNC_INTERVAL_HOURS",
     "DELETE_THRESHOLD_PERCENT",
     "DELETE_THRESHOLD_COUNT",
+    # added by the Exchange Online issue
+    "EXO_MODE",
 ]
 # The same table's two secrets: only ever read from Key Vault in Azure, never app settings.
 SECRET_SETTINGS = ["GRAPH_CLIENT_SECRET", "SYNC_API_CREDENTIAL"]
@@ -84,6 +86,7 @@ SETTING_DEFAULTS = {
     "fullSyncIntervalHours": 24,
     "deleteThresholdPercent": 10,
     "deleteThresholdCount": 500,
+    "exoMode": "off",
 }
 
 # Built-in Azure role definitions (Azure built-in roles reference).
@@ -103,6 +106,11 @@ GRAPH_APP_ROLES = {
     "OrgContact.Read.All": "e1a88a34-94c4-4418-be12-c87b00e26bea",
     "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
 }
+# Office 365 Exchange Online and its app-only permission, and the default directory role that
+# Exchange requires for app-only access (Global Reader, read-only).
+EXCHANGE_ONLINE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
+EXCHANGE_MANAGE_AS_APP = "dc50a0fb-09a3-484d-be87-e023b12c6440"
+GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
 # The smallest documented set for what a sync reads (README, "Graph permissions"); Group.Read.All
 # only as the documented group-read-all choice.
 LEAST_PRIVILEGE = ["User.Read.All", "GroupMember.Read.All", "OrgContact.Read.All"]
@@ -237,6 +245,7 @@ def check_settings(root: Path) -> list[str]:
         "SYNC_DATASETS": "syncDatasets",
         "ADDRESS_DOMAINS": "addressDomains",
         "SYNC_SCHEDULE": "syncSchedule",
+        "EXO_MODE": "exoMode",
     }
     for setting, param in from_params.items():
         if value(setting) != param or param not in fa.params:
@@ -268,6 +277,7 @@ def check_settings(root: Path) -> list[str]:
         "fullSyncIntervalHours": "fullSyncIntervalHours",
         "deleteThresholdPercent": "deleteThresholdPercent",
         "deleteThresholdCount": "deleteThresholdCount",
+        "exoMode": "exoMode",
     }
     for param, source in expected.items():
         if wired.get(param) != source:
@@ -547,8 +557,8 @@ def check_graph_app(root: Path) -> list[str]:
     if role_ids != GRAPH_APP_ROLES:
         problems.append(f"graphAppRoleIds must be {GRAPH_APP_ROLES}, not {role_ids}")
     all_ids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", graph.src.decode())
-    if sorted(all_ids) != sorted([MICROSOFT_GRAPH_APP_ID, *GRAPH_APP_ROLES.values()]):
-        problems.append("each well-known id must be written once, in graphAppRoleIds or microsoftGraphAppId")
+    if sorted(all_ids) != sorted([MICROSOFT_GRAPH_APP_ID, *GRAPH_APP_ROLES.values(), EXCHANGE_ONLINE_APP_ID, EXCHANGE_MANAGE_AS_APP]):
+        problems.append("each well-known id must be written once, in graphAppRoleIds, microsoftGraphAppId or the Exchange variables")
     sets = lit(graph, graph.variables.get("permissionSets"))
     if sets != {"least-privilege": LEAST_PRIVILEGE, "group-read-all": GROUP_READ_ALL, "directory-read-all": ["Directory.Read.All"]}:
         problems.append(f"permission sets must be least-privilege {LEAST_PRIVILEGE}, group-read-all or Directory.Read.All: {sets}")
@@ -565,6 +575,9 @@ def check_graph_app(root: Path) -> list[str]:
     if expr(graph, app, "uniqueName") != "uniqueName":
         problems.append("the app registration needs its stable uniqueName")
     rra = lookup(graph, app, "requiredResourceAccess")
+    if rra.type != "array":  # concat([Microsoft Graph], exchangeRequiredAccess)
+        arrays = [n for n in _descendants(rra) if n.type == "array"]
+        rra = arrays[0] if arrays else rra
     entries = [c for c in rra.named_children if c.type == "object"]
     if len(entries) != 1 or expr(graph, entries[0], "resourceAppId") != "microsoftGraphAppId":
         problems.append("requiredResourceAccess must list Microsoft Graph")
@@ -575,7 +588,7 @@ def check_graph_app(root: Path) -> list[str]:
     granted = graph.text(graph.variables.get("grantedRoleIds")) if "grantedRoleIds" in graph.variables else ""
     if granted != "map(grantedPermissions, permission => graphAppRoleIds[permission])":
         problems.append("grantedRoleIds must map the chosen permission set through graphAppRoleIds")
-    consent = graph.resources_of_type("Microsoft.Graph/appRoleAssignedTo")
+    consent = [r for r in graph.resources_of_type("Microsoft.Graph/appRoleAssignedTo") if r.symbol != "exchangeConsent"]
     if len(consent) != 1 or consent[0].loop is None or "grantedRoleIds" not in graph.text(consent[0].loop):
         problems.append("one appRoleAssignedTo per granted role (the admin consent) is required")
     else:
@@ -650,6 +663,65 @@ def check_audit(root: Path) -> list[str]:
     main = load(root, "main.bicep")
     if module_params(main, "audit").get("auditRetentionDays") != "auditRetentionDays" or "auditRetentionDays" not in main.params:
         problems.append("main.bicep must pass its auditRetentionDays parameter to the audit module")
+    return problems
+
+
+def _descendants(node):
+    for child in node.named_children:
+        yield child
+        yield from _descendants(child)
+
+
+def check_exchange_app(root: Path) -> list[str]:
+    """Exchange.ManageAsApp: named once, granted to the app's service principal on Exchange
+    Online only when exoMode is not off; the directory role assigned by the azd hook."""
+    problems = []
+    graph = load(root, "app/graph-app.bicep")
+    main = load(root, "main.bicep")
+    if lit(graph, graph.variables.get("exchangeOnlineAppId")) != EXCHANGE_ONLINE_APP_ID:
+        problems.append(f"exchangeOnlineAppId must be {EXCHANGE_ONLINE_APP_ID} (Office 365 Exchange Online)")
+    if lit(graph, graph.variables.get("exchangeManageAsAppRoleId")) != EXCHANGE_MANAGE_AS_APP:
+        problems.append(f"exchangeManageAsAppRoleId must be {EXCHANGE_MANAGE_AS_APP} (Exchange.ManageAsApp)")
+    p = graph.params.get("exchangeAccess")
+    if p is None or p.default is None or literal(graph, p.default) is not False:
+        problems.append("graph-app.bicep exchangeAccess must default to false")
+    sps = {r.symbol: r for r in graph.resources_of_type("Microsoft.Graph/servicePrincipals")}
+    exo = sps.get("exchangeOnline")
+    if exo is None or not exo.existing or expr(graph, exo.body, "appId") != "exchangeOnlineAppId":
+        problems.append("Exchange Online's service principal must be looked up by its appId")
+    consent = [r for r in graph.resources_of_type("Microsoft.Graph/appRoleAssignedTo") if r.symbol == "exchangeConsent"]
+    if len(consent) != 1:
+        return problems + ["one appRoleAssignedTo (exchangeConsent) must grant Exchange.ManageAsApp"]
+    body = consent[0].body
+    if (expr(graph, body, "principalId"), expr(graph, body, "resourceId"), expr(graph, body, "appRoleId")) != (
+        "servicePrincipal.id", "exchangeOnline.id", "exchangeManageAsAppRoleId",
+    ):
+        problems.append("exchangeConsent must grant the app's service principal Exchange.ManageAsApp on Exchange Online")
+    if consent[0].condition is None or "exchangeAccess" not in graph.text(consent[0].condition):
+        problems.append("exchangeConsent must be granted only with exchangeAccess")
+    access = graph.text(graph.variables["exchangeRequiredAccess"]) if "exchangeRequiredAccess" in graph.variables else ""
+    if "resourceAppId: exchangeOnlineAppId" not in access or "id: exchangeManageAsAppRoleId" not in access or "type: 'Role'" not in access:
+        problems.append("exchangeRequiredAccess must list Exchange.ManageAsApp as a Role on Exchange Online")
+    apps = [r for r in graph.resources_of_type("Microsoft.Graph/applications") if not r.existing]
+    if apps and "exchangeRequiredAccess" not in expr(graph, apps[0].body, "requiredResourceAccess"):
+        problems.append("the app registration's requiredResourceAccess must include exchangeRequiredAccess")
+    if module_params(main, "graphApp").get("exchangeAccess") != "exoMode != 'off'":
+        problems.append("main.bicep must pass exchangeAccess: exoMode != 'off' to the graph module")
+    src = main.src.decode()
+    if re.search(r"@allowed\(\[\s*'off'\s*'augment'\s*'only'\s*\]\)\s*param exoMode string = 'off'", src) is None:
+        problems.append("main.bicep exoMode must allow exactly off, augment, only and default to off")
+    role = main.params.get("exoDirectoryRoleId")
+    if role is None or role.default is None or literal(main, role.default) != GLOBAL_READER:
+        problems.append(f"main.bicep exoDirectoryRoleId must default to Global Reader ({GLOBAL_READER})")
+    for output, source in (("EXO_MODE", "exoMode"), ("EXO_DIRECTORY_ROLE_ID", "exoDirectoryRoleId")):
+        if text_of(main, main.outputs.get(output)) != source:
+            problems.append(f"main.bicep must output {output} = {source} for the postprovision hook")
+    if "graphApp!.outputs.servicePrincipalId" not in text_of(main, main.outputs.get("GRAPH_SERVICE_PRINCIPAL_ID")):
+        problems.append("main.bicep must output GRAPH_SERVICE_PRINCIPAL_ID for the postprovision hook")
+    script = (root / "scripts/assign-exchange-role.sh")
+    text = script.read_text() if script.is_file() else ""
+    if "roleManagement/directory/roleAssignments" not in text or '"directoryScopeId":"/"' not in text:
+        problems.append("scripts/assign-exchange-role.sh must POST the role assignment at the tenant scope")
     return problems
 
 
@@ -762,6 +834,7 @@ CHECKS = [
     check_secrets,
     check_role_assignments,
     check_graph_app,
+    check_exchange_app,
     check_graph_confinement,
     check_monitoring_and_alert,
     check_bicepparam,
@@ -932,6 +1005,18 @@ MUTATIONS = [
     (check_graph_app, "app/graph-app.bicep", "    subject: managedIdentityPrincipalId\n", "    subject: uniqueName\n"),
     (check_graph_app, "app/graph-app.bicep", "signInAudience: 'AzureADMyOrg'", "signInAudience: 'AzureADMultipleOrgs'"),
     (check_graph_app, "app/graph-app.bicep", "    appRoleId: roleId\n", "    appRoleId: '7ab1d382-f21e-4acd-a863-ba3e13f7da61'\n"),
+    (check_exchange_app, "app/graph-app.bicep", "dc50a0fb-09a3-484d-be87-e023b12c6440", "dc50a0fb-09a3-484d-be87-e023b12c6441"),
+    (check_exchange_app, "app/graph-app.bicep", "00000002-0000-0ff1-ce00-000000000000", "00000003-0000-0000-c000-000000000000"),
+    (check_exchange_app, "app/graph-app.bicep", "  resourceId: exchangeOnline.id\n", "  resourceId: microsoftGraph.id\n"),
+    (check_exchange_app, "app/graph-app.bicep", "'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (exchangeAccess) {", "'Microsoft.Graph/appRoleAssignedTo@v1.0' = {"),
+    (check_exchange_app, "app/graph-app.bicep", "param exchangeAccess bool = false", "param exchangeAccess bool = true"),
+    (check_exchange_app, "app/graph-app.bicep", "  ], exchangeRequiredAccess)", "  ], [])"),
+    (check_exchange_app, "main.bicep", "    exchangeAccess: exoMode != 'off'\n", "    exchangeAccess: true\n"),
+    (check_exchange_app, "main.bicep", "param exoMode string = 'off'", "param exoMode string = 'augment'"),
+    (check_exchange_app, "main.bicep", "f2ef992c-3afb-46b9-b7cf-a126ee74c451", "62e90394-69f5-4237-9190-012177145e10"),
+    (check_exchange_app, "scripts/assign-exchange-role.sh", '"directoryScopeId":"/"', '"directoryScopeId":"/administrativeUnits/x"'),
+    (check_settings, "app/function-app.bicep", "  EXO_MODE: exoMode\n", ""),
+    (check_settings, "main.bicep", "    exoMode: exoMode\n  }", "  }"),
     (check_graph_confinement, "app/identity.bicep", "// The user-assigned", "extension microsoftGraphV1\n// The user-assigned"),
     (check_graph_confinement, "bicepconfig.json", "microsoftgraph/v1.0:1.0.0", "microsoftgraph/v1.0:0.1.9-preview"),
     (check_monitoring_and_alert, "main.bicep", "var timerFunctionName = 'sync_timer'", "var timerFunctionName = 'timer'"),
@@ -1030,6 +1115,12 @@ def test_deployment_doc_covers_every_path() -> None:
         "rotate-graph-secret.sh",
         "traces",
         TIMER_FUNCTION,
+        "Exchange.ManageAsApp",
+        "Global Reader",
+        "View-Only Recipients",
+        "assign-exchange-role.sh",
+        "EXO_MODE",
+        "403",
     ):
         assert needle in doc, needle
 
@@ -1381,3 +1472,53 @@ def test_deploy_workflow_is_least_privilege_and_pinned() -> None:
     assert "az bicep upgrade" not in text and re.search(r"BICEP_VERSION: v\d+\.\d+\.\d+", text)
     assert workflow["env"]["DEPLOY_APP_REGISTRATION"] == "false" and workflow["env"]["SECRETS_OFFICER_PRINCIPAL_ID"] == ""
     assert "rotate-graph-secret" not in text and "AppRoleAssignment.ReadWrite.All" not in text.split("Neither gets")[0]
+
+
+# ----------------------------------------------------------------------------- the Exchange directory role hook
+SERVICE_PRINCIPAL = "77777777-8888-9999-aaaa-bbbbbbbbbbbb"
+
+
+def run_assign(tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None, existing: str = "0"):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    az = bin_dir / "az"
+    az.write_text(FAKE_AZ.replace('sys.exit(', 'print(os.environ.get("FAKE_EXISTING", "0")) if args[:3] == ["rest", "--method", "GET"] else None\nsys.exit(', 1))
+    az.chmod(0o755)
+    log = tmp_path / "az.log"
+    log.write_text("")
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_AZ_LOG": str(log), "FAKE_EXISTING": existing,
+           "EXO_MODE": "augment", "GRAPH_SERVICE_PRINCIPAL_ID": SERVICE_PRINCIPAL, "EXO_DIRECTORY_ROLE_ID": GLOBAL_READER}
+    env.update(env_extra or {})
+    result = subprocess.run(["bash", str(INFRA / "scripts/assign-exchange-role.sh"), *args], env=env, capture_output=True, text=True, timeout=60)
+    return result, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_assign_exchange_role_posts_the_role_assignment(tmp_path: Path) -> None:
+    result, calls = run_assign(tmp_path)
+    assert result.returncode == 0, result.stderr
+    posts = call(calls, "rest", "--method", "POST")
+    assert len(posts) == 1
+    assert flag(posts[0], "--url") == "https://graph.microsoft.com/v1.0/roleManagement/directory/roleAssignments"
+    assert json.loads(flag(posts[0], "--body")) == {"principalId": SERVICE_PRINCIPAL, "roleDefinitionId": GLOBAL_READER, "directoryScopeId": "/"}
+    assert "403" in result.stdout and "propagate" in result.stdout
+
+
+def test_assign_exchange_role_is_idempotent_and_off_does_nothing(tmp_path: Path) -> None:
+    result, calls = run_assign(tmp_path, existing="1")
+    assert result.returncode == 0 and call(calls, "rest", "--method", "GET") and not call(calls, "rest", "--method", "POST")
+    (tmp_path / "off").mkdir()
+    result, calls = run_assign(tmp_path / "off", env_extra={"EXO_MODE": "off"})
+    assert result.returncode == 0 and calls == []
+
+
+@pytest.mark.parametrize("env_extra", [{"EXO_MODE": "sometimes"}, {"GRAPH_SERVICE_PRINCIPAL_ID": ""}, {"EXO_DIRECTORY_ROLE_ID": "Global Reader"}])
+def test_assign_exchange_role_needs_its_inputs(tmp_path: Path, env_extra: dict[str, str]) -> None:
+    result, calls = run_assign(tmp_path, env_extra=env_extra)
+    assert result.returncode == 2 and calls == []
+
+
+def test_azure_yaml_assigns_the_exchange_role_after_provisioning() -> None:
+    azure = yaml.safe_load((REPO / "azure.yaml").read_text())
+    hook = azure["hooks"]["postprovision"]
+    assert "assign-exchange-role.sh" in hook["posix"]["run"] and "assign-exchange-role.ps1" in hook["windows"]["run"]
+    assert (INFRA / "scripts/assign-exchange-role.ps1").is_file()

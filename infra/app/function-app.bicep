@@ -94,6 +94,14 @@ param deleteThresholdPercent int
 @minValue(0)
 param deleteThresholdCount int
 
+@description('EXO_MODE: the Exchange Online source (off, augment, only).')
+@allowed([
+  'off'
+  'augment'
+  'only'
+])
+param exoMode string = 'off'
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -129,6 +137,7 @@ var appSettingsAlways = {
   FULL_SYNC_INTERVAL_HOURS: string(fullSyncIntervalHours)
   DELETE_THRESHOLD_PERCENT: string(deleteThresholdPercent)
   DELETE_THRESHOLD_COUNT: string(deleteThresholdCount)
+  EXO_MODE: exoMode
 }
 
 // ADDRESS_DOMAINS is optional: left unset (not set to '') when no allow-list is given.

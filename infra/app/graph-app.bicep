@@ -7,6 +7,7 @@ extension microsoftGraphV1
 // appRoleAssignedTo per role: that is the admin consent). Only for
 // GRAPH_AUTH=managed_identity does it trust the Function's managed identity as a
 // federated credential (federatedCredential).
+// With exchangeAccess it also grants Exchange Online's Exchange.ManageAsApp.
 // The Graph extension cannot create password credentials: the client secret is added
 // by scripts/rotate-graph-secret.sh.
 
@@ -29,6 +30,9 @@ param permissionSet string = 'least-privilege'
 
 @description('Create the federated credential that trusts the Function\'s managed identity: only for GRAPH_AUTH=managed_identity (with client_secret it would be a second way in).')
 param federatedCredential bool = false
+
+@description('Also grant Exchange Online\'s app-only permission Exchange.ManageAsApp (EXO_MODE augment or only). The Entra directory role that Exchange also requires is assigned by infra/scripts/assign-exchange-role.sh: this extension cannot assign directory roles.')
+param exchangeAccess bool = false
 
 // Well-known ids, named once. Microsoft Graph's appId and the ids of its application
 // permissions (app roles), as listed in the Microsoft Graph permissions reference.
@@ -60,6 +64,22 @@ var permissionSets = {
     'Directory.Read.All'
   ]
 }
+// Office 365 Exchange Online's appId and the id of its application permission
+// Exchange.ManageAsApp (app-only access to the Exchange admin endpoint), named once.
+var exchangeOnlineAppId = '00000002-0000-0ff1-ce00-000000000000'
+var exchangeManageAsAppRoleId = 'dc50a0fb-09a3-484d-be87-e023b12c6440'
+var exchangeRequiredAccess = exchangeAccess ? [
+  {
+    resourceAppId: exchangeOnlineAppId
+    resourceAccess: [
+      {
+        id: exchangeManageAsAppRoleId
+        type: 'Role'
+      }
+    ]
+  }
+] : []
+
 var grantedPermissions = permissionSets[permissionSet]
 var grantedRoleIds = map(grantedPermissions, permission => graphAppRoleIds[permission])
 
@@ -72,7 +92,7 @@ resource app 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
   displayName: displayName
   signInAudience: 'AzureADMyOrg'
-  requiredResourceAccess: [
+  requiredResourceAccess: concat([
     {
       resourceAppId: microsoftGraphAppId
       resourceAccess: [
@@ -82,7 +102,7 @@ resource app 'Microsoft.Graph/applications@v1.0' = {
         }
       ]
     }
-  ]
+  ], exchangeRequiredAccess)
 
   resource functionIdentityCredential 'federatedIdentityCredentials@v1.0' = if (federatedCredential) {
     name: '${app.uniqueName}/function-managed-identity'
@@ -112,9 +132,22 @@ resource adminConsent 'Microsoft.Graph/appRoleAssignedTo@v1.0' = [
   }
 ]
 
+resource exchangeOnline 'Microsoft.Graph/servicePrincipals@v1.0' existing = if (exchangeAccess) {
+  appId: exchangeOnlineAppId
+}
+
+// Admin consent for Exchange.ManageAsApp, granted to the app's service principal.
+resource exchangeConsent 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (exchangeAccess) {
+  principalId: servicePrincipal.id
+  resourceId: exchangeOnline.id
+  appRoleId: exchangeManageAsAppRoleId
+}
+
 output appId string = app.appId
 output objectId string = app.id
 output servicePrincipalId string = servicePrincipal.id
 // The granted permissions as Microsoft Graph itself names their ids: a deploy-time
 // cross-check of the table above.
 output grantedPermissions array = map(filter(microsoftGraph.appRoles, role => contains(grantedRoleIds, role.id)), role => role.value)
+// The Exchange permission as Exchange Online's service principal names it (deploy-time cross-check).
+output exchangePermissions array = exchangeAccess ? map(filter(exchangeOnline!.appRoles, role => role.id == exchangeManageAsAppRoleId), role => role.value) : []

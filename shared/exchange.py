@@ -1,0 +1,309 @@
+"""Read Exchange Online recipients: the one adapter for the Exchange admin endpoint.
+
+There is no public Exchange Online REST API that lists recipients (the official Exchange
+Online Admin API v2.0, in preview since November 2025, has none). The Exchange Online
+PowerShell module (v3) posts each cmdlet to an admin endpoint, and this module does the
+same, for one cmdlet (docs/sync-rules.md, "Exchange Online, for recipients that Graph
+cannot see")::
+
+    POST {EXO_BASE_URL}/adminapi/beta/{GRAPH_TENANT_ID}/InvokeCommand
+    Authorization: Bearer <token for {EXO_BASE_URL}/.default>   (none with GRAPH_AUTH=none)
+    Prefer: odata.maxpagesize=1000
+    X-AnchorMailbox: APP:SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}@{GRAPH_TENANT_ID}
+    {"CmdletInput": {"CmdletName": "Get-Recipient",
+                     "Parameters": {"ResultSize": "Unlimited", "RecipientTypeDetails": [types...]}}}
+
+    200 {"value": [recipient, ...], "@odata.nextLink": "<url>"}
+
+The next page is read by POSTing the same body to ``@odata.nextLink``, until there is none.
+One request is in flight at a time. Throttling (429, or a 503, or an answer that says the
+tenant exceeded the maximum number of concurrent requests) waits ``Retry-After`` or backs
+off; other 5xx, dropped connections and malformed pages are retried with backoff. 401 and 403
+raise ``ExchangeAuthError`` naming ``Exchange.ManageAsApp``, the directory role, and
+Exchange's own ``x-ms-diagnostics`` reason when the answer has one. A page that still fails
+raises ``ExchangeError``: the run fails and sends nothing.
+
+Everything Exchange-specific stays here, so the endpoint can be swapped for another (a
+documented API, when one lists recipients) without touching the rest of the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from .errors import ExchangeAuthError, ExchangeError
+from .netutil import jittered_backoff, parse_retry_after
+from .redact import scrub
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+ANCHOR_MAILBOX = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant}"
+SOURCE = "Exchange Online"
+CONCURRENCY_THROTTLE = re.compile(r"maximum\s+number\s+of\s+concurrent\s+requests", re.IGNORECASE)
+MAX_RETRY_AFTER_SECONDS = 300.0
+# What the engine keeps of a recipient (the rest of Get-Recipient's ~100 properties is dropped).
+KEPT_PROPERTIES = ("Guid", "RecipientTypeDetails", "PrimarySmtpAddress", "EmailAddresses", "DisplayName", "ExternalDirectoryObjectId")
+
+# A token getter: scope → (access token, expiry as POSIX seconds).
+TokenGetter = Callable[[str], Awaitable[tuple[str, float]]]
+
+
+@dataclass
+class ExoStats:
+    requests: int = 0  # every HTTP attempt, retries included (the summary's exoRequests)
+    retries: int = 0
+    pages: int = 0
+    recipients: int = 0
+
+
+def invoke_body(types: Sequence[str]) -> bytes:
+    """The InvokeCommand body for Get-Recipient over ``types``, as the exact bytes sent on
+    every page."""
+    doc = {"CmdletInput": {"CmdletName": "Get-Recipient", "Parameters": {"ResultSize": "Unlimited", "RecipientTypeDetails": list(types)}}}
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def token_getter_for(credential: Any) -> TokenGetter | None:
+    """Wrap an azure-identity (sync) credential as a ``TokenGetter``; None stays None
+    (GRAPH_AUTH=none: no token is sent)."""
+    if credential is None:
+        return None
+
+    async def get(scope: str) -> tuple[str, float]:
+        token = await asyncio.to_thread(credential.get_token, scope)
+        return token.token, float(token.expires_on)
+
+    return get
+
+
+class _Retry(Exception):
+    """One attempt failed in a way that is worth another: ``wait`` seconds from Retry-After
+    (None: back off), ``why`` for the log and the final error."""
+
+    def __init__(self, why: str, wait: float | None = None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.wait = wait
+
+
+class ExchangeSource:
+    """Reads every recipient of the configured types, page by page, one request at a time.
+
+    ``base_url``: EXO_BASE_URL without a trailing slash; ``tenant``: GRAPH_TENANT_ID;
+    ``token``: None for GRAPH_AUTH=none; ``backoff_seconds``: base of the exponential
+    backoff; ``max_attempts``: attempts per page (the first included)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tenant: str,
+        types: Sequence[str],
+        *,
+        token: TokenGetter | None,
+        backoff_seconds: float = 1.0,
+        max_attempts: int = 6,
+        timeout: float = 100.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.tenant = tenant
+        self.types = tuple(types)
+        self.token = token
+        self.backoff_seconds = backoff_seconds
+        self.max_attempts = max(1, max_attempts)
+        self.stats = ExoStats()
+        self.scope = f"{self.base_url}/.default"
+        self._origin = _origin(self.base_url)
+        self._gate = asyncio.Lock()  # one Exchange request in flight at a time
+        self._token: tuple[str, float] | None = None
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/adminapi/beta/{quote(self.tenant, safe='')}/InvokeCommand"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def read_recipients(self) -> list[dict[str, Any]]:
+        """Every recipient of the configured types, each reduced to ``KEPT_PROPERTIES``.
+
+        Raises ``ExchangeAuthError`` (401/403) or ``ExchangeError`` (a page that failed for
+        good, a refused request, a nextLink that leaves EXO_BASE_URL's origin)."""
+        body = invoke_body(self.types)
+        out: list[dict[str, Any]] = []
+        url: str | None = self.url
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen:
+                raise ExchangeError("Exchange Online Get-Recipient: a page's @odata.nextLink repeats an earlier page; the read stopped, nothing was sent")
+            seen.add(url)
+            page = await self._page(url, body)
+            self.stats.pages += 1
+            for rec in page["value"]:
+                out.append({k: rec.get(k) for k in KEPT_PROPERTIES})
+            self.stats.recipients = len(out)
+            link = page.get("@odata.nextLink")
+            url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
+            if url is not None and _origin(url) != self._origin:
+                # The bearer token goes with every page: never to another host.
+                raise ExchangeError("Exchange Online Get-Recipient: @odata.nextLink points outside EXO_BASE_URL; the read stopped, nothing was sent")
+        return out
+
+    # --- one page, with retries ----------------------------------------------------------
+    async def _page(self, url: str, body: bytes) -> dict[str, Any]:
+        last = ""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                async with self._gate:
+                    return await self._attempt(url, body)
+            except _Retry as r:
+                last = r.why
+                if attempt == self.max_attempts:
+                    break
+                self.stats.retries += 1
+                wait = r.wait if r.wait is not None else jittered_backoff(self.backoff_seconds, attempt, cap=60.0)
+                log.warning("Exchange Online Get-Recipient: %s; retry %d of %d in %.1f s", r.why, attempt, self.max_attempts - 1, wait)
+                await asyncio.sleep(wait)
+        raise ExchangeError(
+            f"Exchange Online Get-Recipient: a page could not be read after {self.max_attempts} attempts ({last}); "
+            "the run failed and nothing was sent"
+        )
+
+    async def _attempt(self, url: str, body: bytes) -> dict[str, Any]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Prefer": f"odata.maxpagesize={PAGE_SIZE}",
+            "X-AnchorMailbox": ANCHOR_MAILBOX.format(tenant=self.tenant),
+        }
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {await self._bearer()}"
+        self.stats.requests += 1
+        try:
+            resp = await self._client.post(url, content=body, headers=headers)
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise _Retry(f"connection failed ({type(exc).__name__})") from None
+        status = resp.status_code
+        if status in (401, 403):
+            raise ExchangeAuthError(auth_message(status, resp.headers.get("x-ms-diagnostics")))
+        text = resp.text if status >= 400 else ""
+        if status == 429 or (status >= 400 and CONCURRENCY_THROTTLE.search(text)):
+            raise _Retry(f"throttled (HTTP {status})", _retry_after(resp))
+        if status == 503:
+            raise _Retry("HTTP 503", _retry_after(resp))
+        if status >= 500:
+            raise _Retry(f"HTTP {status}")
+        if status != 200:
+            raise ExchangeError(f"Exchange Online refused Get-Recipient (HTTP {status}{_error_text(text)}); nothing was sent")
+        try:
+            page = json.loads(resp.content)
+        except (ValueError, UnicodeDecodeError):
+            raise _Retry("a malformed page (not JSON)") from None
+        problem = _page_problem(page)
+        if problem:
+            raise _Retry(f"a malformed page ({problem})")
+        return page
+
+    async def _bearer(self) -> str:
+        assert self.token is not None  # noqa: S101 - only called with a token getter
+        if self._token is None or self._token[1] - 300 <= time.time():
+            self._token = await self.token(self.scope)
+        return self._token[0]
+
+
+def auth_message(status: int, diagnostics: str | None) -> str:
+    """The 401/403 message: what the app needs, who grants it, and Exchange's own reason."""
+    text = (
+        f"Exchange Online refused the app (HTTP {status}): it needs the application permission Exchange.ManageAsApp "
+        "(Office 365 Exchange Online) with admin consent, and an Entra directory role that Exchange accepts for app-only "
+        "access (Global Reader by default), assigned to the app's service principal by a Privileged Role Administrator "
+        "(docs/deployment.md). Both take a while to propagate after they are granted: a first run may get 403; run again later."
+    )
+    if diagnostics:
+        reason = _printable(scrub(diagnostics))[:300]
+        text += f" Exchange says (x-ms-diagnostics): {reason}"
+    return text
+
+
+def _printable(value: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in value).strip()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("Retry-After")
+    if raw is None:
+        return None
+    wait = parse_retry_after(raw)
+    return None if wait is None else min(wait, MAX_RETRY_AFTER_SECONDS)
+
+
+def _error_text(text: str) -> str:
+    """Exchange's error code and message from an OData error body, shortened and scrubbed."""
+    try:
+        err = json.loads(text).get("error") or {}
+        code, message = err.get("code"), err.get("message")
+    except (ValueError, AttributeError, TypeError):
+        return ""
+    parts = [str(p) for p in (code, message) if isinstance(p, str) and p]
+    return (": " + _printable(scrub(": ".join(parts)))[:300]) if parts else ""
+
+
+def _page_problem(page: Any) -> str | None:
+    if not isinstance(page, dict):
+        return "the body is not a JSON object"
+    value = page.get("value")
+    if not isinstance(value, list):
+        return "no 'value' list"
+    link = page.get("@odata.nextLink")
+    if link is not None and (not isinstance(link, str) or not link):
+        return "'@odata.nextLink' is not a URL"
+    for rec in value:
+        if not isinstance(rec, dict):
+            return "a recipient that is not an object"
+        guid = rec.get("Guid")
+        if not isinstance(guid, str) or not guid.strip():
+            return "a recipient without a Guid"
+        if not isinstance(rec.get("RecipientTypeDetails"), str):
+            return f"recipient {guid} without RecipientTypeDetails"
+        addresses = rec.get("EmailAddresses")
+        if addresses is not None and not isinstance(addresses, list):
+            return f"recipient {guid} whose EmailAddresses is not a list"
+    return None
+
+
+def recipient_object(rec: dict[str, Any]) -> dict[str, Any]:
+    """A recipient in the shape the candidate rules read (``mail`` and ``proxyAddresses``):
+    ``PrimarySmtpAddress`` plays ``mail`` and ``EmailAddresses`` plays ``proxyAddresses``
+    (docs/sync-rules.md: exactly the rules of Graph candidates)."""
+    primary = rec.get("PrimarySmtpAddress")
+    addresses = rec.get("EmailAddresses")
+    return {
+        "mail": primary if isinstance(primary, str) else None,
+        "proxyAddresses": [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else [],
+    }
+
+
+def recipient_id(rec: dict[str, Any]) -> str:
+    """The directory cache's key of a recipient: its Exchange Guid, marked as Exchange's so
+    that it never meets a Graph object id."""
+    return f"exo:{str(rec['Guid']).strip().lower()}"
+
+
+__all__ = ["ExchangeSource", "ExoStats", "SOURCE", "auth_message", "invoke_body", "recipient_id", "recipient_object", "token_getter_for"]

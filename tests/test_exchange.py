@@ -1,0 +1,317 @@
+"""The Exchange Online adapter (shared/exchange.py) against the protocol-faithful Exchange
+emulator on loopback: paging by POST to the nextLink, the exact body and headers, every fault,
+the 401/403 message, one request in flight, and the emulator's own refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from devstack.exchange_emulator import ExchangeEmulator, recipient
+from shared.errors import ExchangeAuthError, ExchangeError
+from shared.exchange import ExchangeSource, invoke_body
+
+TENANT = "11111111-2222-3333-4444-555555555555"
+ANCHOR = f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{TENANT}"
+TYPES = ("DynamicDistributionGroup", "PublicFolder")
+
+
+def guid(n: int) -> str:
+    return f"e0000000-0000-4000-8000-{n:012d}"
+
+
+def people(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        kind = TYPES[i % 2]
+        out.append(recipient(guid(i), kind, f"r{i}@contoso.com"))
+    out.append(recipient(guid(999), "UserMailbox", "mailbox@contoso.com", entra_id="10000000-0000-0000-0000-000000000001"))
+    return out
+
+
+@pytest.fixture
+def exo():
+    emu = ExchangeEmulator(people(7), tenant=TENANT, max_page_size=3)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def read(emu: ExchangeEmulator, *, token=None, types=TYPES, attempts: int = 4, base_url: str | None = None) -> tuple[list[dict], ExchangeSource]:
+    async def go():
+        src = ExchangeSource(base_url or emu.base_url, TENANT, types, token=token, backoff_seconds=0.001, max_attempts=attempts)
+        try:
+            return await src.read_recipients(), src
+        finally:
+            await src.aclose()
+
+    return asyncio.run(go())
+
+
+def test_pages_by_posting_the_same_body_to_the_next_link(exo):
+    got, src = read(exo)
+    assert sorted(r["Guid"] for r in got) == [guid(i) for i in range(7)]  # the UserMailbox is not asked for
+    posts = exo.posts()
+    assert len(posts) == 3 == src.stats.requests == src.stats.pages  # 7 recipients, 3 a page
+    assert all(p.method == "POST" for p in exo.request_log)
+    assert posts[0].path == f"/adminapi/beta/{TENANT}/InvokeCommand"
+    assert all("$skiptoken=" in p.path for p in posts[1:])
+    assert {p.body for p in posts} == {invoke_body(TYPES)}
+    body = json.loads(posts[0].body)
+    assert body == {"CmdletInput": {"CmdletName": "Get-Recipient", "Parameters": {"ResultSize": "Unlimited", "RecipientTypeDetails": list(TYPES)}}}
+    for p in posts:
+        assert p.headers["prefer"] == "odata.maxpagesize=1000"
+        assert p.headers["x-anchormailbox"] == ANCHOR
+        assert p.headers["content-type"] == "application/json"
+        assert "authorization" not in p.headers  # GRAPH_AUTH=none: no token
+
+
+def test_keeps_only_the_properties_the_rules_read(exo):
+    got, _ = read(exo)
+    assert set(got[0]) == {"Guid", "RecipientTypeDetails", "PrimarySmtpAddress", "EmailAddresses", "DisplayName", "ExternalDirectoryObjectId"}
+
+
+def test_bearer_token_for_the_exchange_scope_on_every_page():
+    scopes = []
+
+    async def token(scope: str):
+        scopes.append(scope)
+        return "exo-token-canary", 4102444800.0
+
+    with ExchangeEmulator(people(5), tenant=TENANT, bearer="exo-token-canary", max_page_size=2) as emu:
+        got, src = read(emu, token=token)
+        assert len(got) == 5 and src.stats.pages == 3
+        assert {p.headers["authorization"] for p in emu.posts()} == {"Bearer exo-token-canary"}
+    assert scopes == [f"{emu.base_url}/.default"]  # fetched once, reused while valid
+
+
+@pytest.mark.parametrize("kind,retry_after", [("429", "0"), ("429", None), ("503", "0"), ("503", None), ("throttle", None), ("malformed", None), ("drop", None)])
+@pytest.mark.parametrize("on_page", [0, 1, 2])
+def test_each_fault_on_any_page_is_retried_and_the_read_is_complete(exo, kind, retry_after, on_page):
+    exo.fail(kind, retry_after=retry_after, on_page=on_page, times=2)
+    got, src = read(exo)
+    assert sorted(r["Guid"] for r in got) == [guid(i) for i in range(7)]
+    assert src.stats.retries == 2 and src.stats.requests == 5
+
+
+def test_other_5xx_is_retried(exo):
+    exo.fail("503", status=502)
+    exo.fail("503", status=500)
+    got, src = read(exo)
+    assert len(got) == 7 and src.stats.retries == 2
+
+
+def test_retry_after_is_honoured(exo, monkeypatch):
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(s):
+        waits.append(s)
+        await real_sleep(0)
+
+    monkeypatch.setattr("shared.exchange.asyncio.sleep", sleep)
+    exo.fail("429", retry_after="7", on_page=1)
+    exo.fail("throttle", retry_after="3", on_page=2)
+    read(exo)
+    assert waits == [7.0, 3.0]
+
+
+@pytest.mark.parametrize("kind", ["429", "503", "throttle", "malformed", "drop"])
+def test_a_page_that_keeps_failing_fails_the_read(exo, kind):
+    exo.fail(kind, on_page=1, times=99, retry_after="0")
+    with pytest.raises(ExchangeError) as e:
+        read(exo, attempts=3)
+    assert "nothing was sent" in str(e.value) and "after 3 attempts" in str(e.value)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_refusal_names_the_permission_the_role_and_exchanges_reason(exo, status):
+    exo.fail(str(status), on_page=1)
+    with pytest.raises(ExchangeAuthError) as e:
+        read(exo)
+    text = str(e.value)
+    assert "Exchange.ManageAsApp" in text and "Global Reader" in text and "directory role" in text
+    assert "propagate" in text and "403" in text
+    assert "does not have the Exchange role assignments" in text  # x-ms-diagnostics
+    assert len(exo.posts()) == 2  # never retried
+
+
+def test_missing_bearer_is_a_401_with_diagnostics():
+    with ExchangeEmulator(people(2), tenant=TENANT, bearer="right") as emu:
+        with pytest.raises(ExchangeAuthError) as e:
+            read(emu)
+    assert "access token is missing or invalid" in str(e.value)
+
+
+def test_a_refused_request_is_not_retried_and_says_what_exchange_said(exo):
+    with pytest.raises(ExchangeError) as e:
+        read(exo, types=("NoSuchType",))
+    assert "HTTP 400" in str(e.value) and "NoSuchType" in str(e.value)
+    assert len(exo.posts()) == 1
+
+
+def test_a_next_link_to_another_host_is_never_followed():
+    page = {"value": [recipient(guid(1), "PublicFolder", "a@contoso.com")], "@odata.nextLink": "https://evil.example/steal"}
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json=page)
+
+    async def go():
+        async def token(scope):
+            return "t", 4102444800.0
+
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=token, transport=httpx.MockTransport(handler))
+        try:
+            await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError, match="outside EXO_BASE_URL"):
+        asyncio.run(go())
+    assert seen == [f"https://outlook.office365.com/adminapi/beta/{TENANT}/InvokeCommand"]
+
+
+def test_a_relative_next_link_is_resolved_against_the_page():
+    pages = {f"/adminapi/beta/{TENANT}/InvokeCommand": {"value": [recipient(guid(1), "PublicFolder", "a@contoso.com")], "@odata.nextLink": "InvokeCommand?$skiptoken=2"},
+             f"/adminapi/beta/{TENANT}/InvokeCommand?$skiptoken=2": {"value": [recipient(guid(2), "PublicFolder", "b@contoso.com")]}}
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        target = request.url.raw_path.decode()
+        seen.append((request.method, target, request.content))
+        return httpx.Response(200, json=pages[target])
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=None, transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    got = asyncio.run(go())
+    assert [r["Guid"] for r in got] == [guid(1), guid(2)]
+    assert [m for m, _, _ in seen] == ["POST", "POST"] and seen[0][2] == seen[1][2] == invoke_body(TYPES)
+
+
+def test_one_request_in_flight():
+    active = 0
+    peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        return httpx.Response(200, json={"value": []})
+
+    async def go():
+        src = ExchangeSource("http://127.0.0.1:1", TENANT, TYPES, token=None, transport=httpx.MockTransport(handler))
+        try:
+            await asyncio.gather(*(src.read_recipients() for _ in range(4)))
+        finally:
+            await src.aclose()
+
+    asyncio.run(go())
+    assert peak == 1
+
+
+# --- the emulator's own protocol checks (what the harness's emulator may also refuse) -------
+def test_emulator_refuses_a_get_on_a_next_link_and_a_changed_body(exo):
+    headers = {"X-AnchorMailbox": ANCHOR, "Prefer": "odata.maxpagesize=1000", "Content-Type": "application/json"}
+    first = httpx.post(f"{exo.base_url}/adminapi/beta/{TENANT}/InvokeCommand", content=invoke_body(TYPES), headers=headers)
+    link = first.json()["@odata.nextLink"]
+    assert httpx.get(link, headers=headers).status_code == 400
+    assert httpx.post(link, content=invoke_body(("PublicFolder",)), headers=headers).status_code == 400
+    assert httpx.post(link, content=invoke_body(TYPES), headers={**headers, "X-AnchorMailbox": "APP:someone@else"}).status_code == 400
+    assert httpx.post(link, content=invoke_body(TYPES), headers=headers).status_code == 200
+    bad = link.replace("$skiptoken=", "$skiptoken=x")
+    assert httpx.post(bad, content=invoke_body(TYPES), headers=headers).status_code == 400
+
+
+def test_emulator_listing_is_a_snapshot(exo):
+    headers = {"X-AnchorMailbox": ANCHOR}
+    first = httpx.post(f"{exo.base_url}/adminapi/beta/{TENANT}/InvokeCommand", content=invoke_body(TYPES), headers=headers).json()
+    exo.delete(guid(6))
+    exo.upsert(recipient(guid(50), "PublicFolder", "late@contoso.com"))
+    rest = []
+    link = first.get("@odata.nextLink")
+    while link:
+        page = httpx.post(link, content=invoke_body(TYPES), headers=headers).json()
+        rest += page["value"]
+        link = page.get("@odata.nextLink")
+    assert sorted(r["Guid"] for r in first["value"] + rest) == [guid(i) for i in range(7)]
+    got, _ = read(exo)
+    assert guid(50) in {r["Guid"] for r in got} and guid(6) not in {r["Guid"] for r in got}
+
+
+def test_emulator_serves_only_its_tenant(exo):
+    other = "99999999-2222-3333-4444-555555555555"
+    r = httpx.post(f"{exo.base_url}/adminapi/beta/{other}/InvokeCommand", content=invoke_body(TYPES),
+                   headers={"X-AnchorMailbox": ANCHOR.replace(TENANT, other)})
+    assert r.status_code == 404
+
+
+def test_emulator_standalone_prints_ready():
+    import subprocess
+    import sys
+
+    from tests.stack import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "devstack.exchange_emulator", "--tenant", TENANT], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("READY http://127.0.0.1:")
+        base = line.split()[1]
+        page = httpx.post(f"{base}/adminapi/beta/{TENANT}/InvokeCommand", content=invoke_body(TYPES), headers={"X-AnchorMailbox": ANCHOR}).json()
+        kinds = {r["RecipientTypeDetails"] for r in page["value"]}
+        assert kinds == set(TYPES)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- the credential: the same app as Graph, the Exchange scope and the cloud's authority ---------
+@pytest.mark.parametrize("base,authority", [("https://outlook.office365.com", "login.microsoftonline.com"),
+                                            ("https://outlook.office365.us", "login.microsoftonline.us"),
+                                            ("https://outlook-dod.office365.us", "login.microsoftonline.us"),
+                                            ("https://partner.outlook.cn", "login.chinacloudapi.cn")])
+def test_exchange_credential_is_the_graph_app_at_the_clouds_authority(base, authority):
+    from azure.identity import ClientSecretCredential
+
+    from shared import credentials
+    from shared.redact import Secret
+    from shared.settings import load_settings
+
+    env = {"GRAPH_TENANT_ID": TENANT, "GRAPH_CLIENT_ID": "66666666-7777-8888-9999-000000000000", "GRAPH_CLIENT_SECRET": "s-canary",
+           "SYNC_API_URL": "https://dirsync.example.net/v1", "SYNC_API_CREDENTIAL": "u:p", "SYNC_STATE": "file:/tmp/x",
+           "EXO_MODE": "augment", "EXO_BASE_URL": base}
+    s = load_settings(env)
+    cred = credentials.exchange_token_credential(s, Secret("s-canary", "GRAPH_CLIENT_SECRET"))
+    assert isinstance(cred, ClientSecretCredential) and cred._client_id == env["GRAPH_CLIENT_ID"]
+    assert credentials.authority_for(base) == authority
+    assert s.exo.scope == f"{base}/.default"
+
+
+def test_a_credential_is_asked_for_the_exchange_scope():
+    from types import SimpleNamespace
+
+    from shared.exchange import token_getter_for
+
+    asked = []
+
+    class Cred:
+        def get_token(self, *scopes):
+            asked.append(scopes)
+            return SimpleNamespace(token="tok-canary", expires_on=4102444800)
+
+    with ExchangeEmulator(people(3), tenant=TENANT, bearer="tok-canary") as emu:
+        got, _ = read(emu, token=token_getter_for(Cred()))
+    assert len(got) == 3 and asked == [(f"{emu.base_url}/.default",)]
+    assert token_getter_for(None) is None

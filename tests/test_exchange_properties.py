@@ -1,0 +1,78 @@
+"""Exchange recipients under the Graph candidate rules, over generated shapes (hypothesis):
+
+* a recipient's kept addresses and exclusions are exactly those of a Graph object whose
+  ``mail`` is its PrimarySmtpAddress and whose ``proxyAddresses`` are its EmailAddresses;
+* the directory cache, fed any sequence of complete Exchange reads (recipients appearing,
+  changing, disappearing), ends where a fresh full read of the last one starts, and every
+  address whose holding changed between two reads is among the affected keys (so a delta run
+  deletes a vanished recipient's addresses)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devstack.exchange_emulator import recipient
+from shared.directory import Affected, Cache, Round, memory_cache
+from shared.projection import candidates
+
+PROVISIONED = frozenset({"contoso.com", "fabrikam.com", "xn--bcher-kva.example"})
+PREFIXES = ["SMTP:", "smtp:", "Smtp:", "X500:", "SIP:", "sip:", "EUM:", "SPO:", "x400:", " smtp:", "smtp: ", ""]
+LOCALS = ["a", "Al.Ice", "bad..dot", '"q"', "ü", "x y", "", "sales-team", "b"]
+DOMAINS = ["contoso.com", "Contoso.COM", "bücher.example", "BÜCHER.example", "elsewhere.org", " fabrikam.com", "fabrikam.com ", "xn--bcher-kva.example", "-bad.com"]
+TYPES = ["DynamicDistributionGroup", "PublicFolder", "UserMailbox", "MailContact"]
+
+address = st.builds(lambda pre, local, dom, pad: f"{pad}{pre}{local}@{dom}{pad}", st.sampled_from(PREFIXES), st.sampled_from(LOCALS),
+                    st.sampled_from(DOMAINS), st.sampled_from(["", " ", "\t"]))
+primary = st.builds(lambda local, dom: f"{local}@{dom}", st.sampled_from(LOCALS), st.sampled_from(DOMAINS)) | st.just("")
+
+
+@st.composite
+def recipients(draw):
+    n = draw(st.integers(0, 7))  # few Guids: listings repeat, change and drop recipients
+    return recipient(f"e0000000-0000-4000-8000-{n:012d}", draw(st.sampled_from(TYPES)), draw(primary),
+                     emails=draw(st.lists(address, max_size=5)))
+
+
+def kept_of(cache: Cache) -> set[str]:
+    return {a for (a,) in cache.conn.execute("SELECT DISTINCT address FROM kept")}
+
+
+def full_read(listing: list[dict]) -> Cache:
+    """A full read of one Exchange listing: applied to an empty cache."""
+    cache = memory_cache(PROVISIONED)
+    cache.apply_recipients(listing, None)
+    return cache
+
+
+@settings(max_examples=300, deadline=None)
+@given(recipients())
+def test_exchange_candidates_are_graph_candidates(rec):
+    proj = full_read([rec]).projection()
+    graph_shaped = candidates("g", "user", {"mail": rec["PrimarySmtpAddress"], "proxyAddresses": rec["EmailAddresses"]}, PROVISIONED)
+    assert set(proj.datasets["addresses"]) == set(graph_shaped.kept)
+    assert sorted((e.value, e.reason) for e in proj.exclusions) == sorted((e.value, e.reason) for e in graph_shaped.exclusions)
+    assert all(e.source == "Exchange Online" and e.object_type == rec["RecipientTypeDetails"] for e in proj.exclusions)
+    assert proj.datasets["groups"] == {} and proj.datasets["users"] == {}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(recipients(), max_size=6), min_size=1, max_size=5))
+def test_cache_follows_any_sequence_of_complete_reads(reads):
+    cache = memory_cache(PROVISIONED)
+    cache.apply_round(Round(), None)  # no longer empty: recipients now take the incremental path
+    before: set[str] = set()
+    for listing in reads:
+        affected = Affected()
+        cache.apply_recipients(listing, affected)
+        after = kept_of(cache)
+        assert before ^ after <= affected.addresses
+        before = after
+        full = full_read(listing).projection()
+        assert after == set(full.datasets["addresses"])
+        want = cache.desired("addresses", sorted(before | affected.addresses))
+        assert {a for a, v in want.items() if v is not None} == after
+        assert cache.excluded()["addresses"] == full.excluded("addresses")
+        assert sorted(json.dumps(e.as_dict()) for e in cache.exclusions()) == sorted(json.dumps(e.as_dict()) for e in full.exclusions)
