@@ -124,7 +124,8 @@ def test_removed_dynamic_group_is_held_by_the_deletion_guard(env, receiver, exo)
     held = r.summary["heldDeletions"]["addresses"]
     assert sorted(held["keys"]) == ["all-sales@contoso.com", "sales-team@fabrikam.com"]
     assert {"all-sales@contoso.com", "sales-team@fabrikam.com"} <= service_view(receiver)["addresses"]
-    assert run_cli("approve-deletions", guarded).code == 0
+    digest = run_cli("status", guarded, "--json").summary["heldDigest"]  # the set the operator reviewed
+    assert run_cli("approve-deletions", guarded, "--expect", digest).code == 0
     assert run_cli("update", guarded).code == 0
     assert not {"all-sales@contoso.com", "sales-team@fabrikam.com"} & service_view(receiver)["addresses"]
 
