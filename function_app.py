@@ -35,7 +35,11 @@ from shared.projection import DATASETS
 from shared.redact import register, scrub
 from shared.settings import Settings, load_settings
 from shared.summary import RunSummary
+from shared.telemetry import configure_telemetry
 
+# The Functions OpenTelemetry mode (host.json telemetryMode): the Azure Monitor distro, with the
+# managed identity as its credential; silent without APPLICATIONINSIGHTS_CONNECTION_STRING.
+configure_telemetry()
 app = func.FunctionApp()
 log = logging.getLogger("sync")
 

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import use_span as trace_use_span
+
 from .credentials import graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
 from .directory import Affected, Cache
@@ -32,12 +34,14 @@ from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
+from .progress import Progress, ticking
 from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
 from .redact import scrub
 from .settings import Settings
 from .state import StateDB, StateStore, open_store
 from .summary import RunSummary
 from .syncapi import MAX_ITEMS, Rejection, SyncApiClient, WriteResult
+from .telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
 from .vault import Secrets, load_secrets
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class Options:
     sync_backoff_seconds: float = 0.5
     max_items: int = MAX_ITEMS
     graph_concurrent: bool = True
+    # Seconds between progress lines during long reads and sends (PROGRESS_INTERVAL_SECONDS;
+    # 0: none). The CLI passes the setting; the Function logs one every 30 s.
+    progress_interval: float = 30.0
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -87,6 +94,7 @@ async def run(
     options = options or Options()
     taken: RunLock | None = None
     report = action != "test-update"  # a dry run over no state leaves nothing behind
+    root = tracer.start_span(f"sync {action}")
     try:
         if action in LOCKED_ACTIONS:
             candidate = lock or open_run_lock(settings, default_holder(action))
@@ -101,7 +109,8 @@ async def run(
                 summary.extra["credentialWarnings"] = secrets.expiry_warnings
             runner = _Run(action, settings, secrets, store, summary, options)
             try:
-                await runner.go()
+                with trace_use_span(root):
+                    await runner.go()
             finally:
                 report = report or runner.found_state
             if runner.held_error is not None:
@@ -113,8 +122,12 @@ async def run(
     finally:
         if taken is not None:
             taken.release()
-    # One structured record per run: Application Insights keeps it in `traces` (docs/deployment.md).
-    log.info("SyncRunSummary %s", summary.to_json(compact=True))
+    # One structured record per run: the message keeps the JSON for humans; the same fields are
+    # record attributes, which the OpenTelemetry mode turns into customDimensions (telemetry.py).
+    dims = summary_dimensions(summary)
+    log.info("%s %s", SUMMARY_EVENT, summary.to_json(compact=True), extra=dims)
+    root.set_attributes({k: v for k, v in dims.items() if k != "event"})
+    root.end()
     if report:
         _write_report(settings, summary, reports)
     return summary
@@ -196,6 +209,7 @@ class _Run:
         self.graph_requests = 0
         self.graph_retries = 0
         self.found_state = False
+        self.progress = Progress(options.progress_interval)
 
     async def go(self) -> None:
         api = self.api
@@ -204,6 +218,16 @@ class _Run:
             # The state is opened first: a broken state fails the run before any Graph request.
             db = self.store.open(readonly=self.action == "test-update", rebuild=self.action == "refresh")
             self.found_state = db is not None
+            await self._go(db)
+        finally:
+            self.summary.sync_requests = api.requests
+            self.summary.graph_requests = self.graph_requests
+            await api.aclose()
+            if db is not None:
+                db.close()
+
+    async def _go(self, db: StateDB | None) -> None:
+        async with ticking(self.progress):
             if self.action == "test-update":
                 await self._test_update(db, await self._provisioned())
                 return
@@ -215,12 +239,6 @@ class _Run:
                 await self._update(db, await self._provisioned())
             else:
                 await self._replace(db, await self._provisioned())
-        finally:
-            self.summary.sync_requests = api.requests
-            self.summary.graph_requests = self.graph_requests
-            await api.aclose()
-            if db is not None:
-                db.close()
 
     # --- reading -------------------------------------------------------------------------
     async def _provisioned(self) -> frozenset[str]:
@@ -240,8 +258,10 @@ class _Run:
     async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
         source = self._source()
         failure: SyncError | None = None
+        self.progress.reading(source)
         try:
-            return await work(source)
+            with phase(self.summary, "read"):
+                return await work(source)
         except GraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - azure-identity and kiota raise their own types
@@ -249,6 +269,7 @@ class _Run:
         finally:
             self.graph_requests += source.stats.requests
             self.graph_retries += source.stats.retries
+            self.progress.idle()
             await source.aclose()
         # Raised outside the except block, so the SDK's exception (whose text can echo the
         # token request, secret included) is not kept as the error's __context__.
@@ -414,20 +435,26 @@ class _Run:
         plan = await self._plan(db, provisioned)
         for d in DATASETS:
             self.summary.datasets[d].excluded = plan.excluded[d]
-        held = self._guard(db, plan)
-        batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
+        with phase(self.summary, "plan"):
+            held = self._guard(db, plan)
+            batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
         sender = _BatchSender(self.api, self.store, db, self.summary)
-        for batch in batches:
-            await sender.send(batch)
+        self.progress.sending(len(batches))
+        with phase(self.summary, "send"):
+            for batch in batches:
+                await sender.send(batch)
+                self.progress.sent()
+        self.progress.idle()
         sender.finish_counts()
-        db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
-        # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
-        self._save_read(db, plan, provisioned)
-        for d in DATASETS:
-            db.set_held(d, dict.fromkeys(held.get(d, ()), False))
-        db.set_meta("lastAction", "update")
-        db.commit()
-        self.store.publish(db)
+        with phase(self.summary, "commit"):
+            db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
+            # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
+            self._save_read(db, plan, provisioned)
+            for d in DATASETS:
+                db.set_held(d, dict.fromkeys(held.get(d, ()), False))
+            db.set_meta("lastAction", "update")
+            db.commit()
+            self.store.publish(db)
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
