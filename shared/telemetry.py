@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -91,8 +92,6 @@ def summary_dimensions(summary: RunSummary, *, host: str | None = None) -> dict[
 def phase(summary: RunSummary, name: str) -> Iterator[Any]:
     """A span named ``name`` around one phase of the run; its duration also lands in the
     summary as ``phaseSeconds[name]`` (seconds, summed when a phase runs more than once)."""
-    import time
-
     started = time.monotonic()
     with tracer.start_as_current_span(name) as span:
         try:
