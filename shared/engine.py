@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import StatusCode
 from opentelemetry.trace import use_span as trace_use_span
 
 from .credentials import graph_auth_provider
@@ -109,7 +110,7 @@ async def run(
                 summary.extra["credentialWarnings"] = secrets.expiry_warnings
             runner = _Run(action, settings, secrets, store, summary, options)
             try:
-                with trace_use_span(root):
+                with trace_use_span(root, record_exception=False, set_status_on_exception=False):
                     await runner.go()
             finally:
                 report = report or runner.found_state
@@ -127,6 +128,8 @@ async def run(
     dims = summary_dimensions(summary)
     log.info("%s %s", SUMMARY_EVENT, summary.to_json(compact=True), extra=dims)
     root.set_attributes({k: v for k, v in dims.items() if k != "event"})
+    if not summary.ok:
+        root.set_status(StatusCode.ERROR)
     root.end()
     if report:
         _write_report(settings, summary, reports)

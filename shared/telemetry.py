@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 
 from .projection import DATASETS
 from .summary import RunSummary
@@ -93,9 +94,15 @@ def phase(summary: RunSummary, name: str) -> Iterator[Any]:
     """A span named ``name`` around one phase of the run; its duration also lands in the
     summary as ``phaseSeconds[name]`` (seconds, summed when a phase runs more than once)."""
     started = time.monotonic()
-    with tracer.start_as_current_span(name) as span:
+    # An exception's text is never recorded on the span (an SDK's text can echo a token
+    # request): the span is only marked failed, by type; the summary carries the scrubbed error.
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False) as span:
         try:
             yield span
+        except BaseException as exc:
+            span.set_status(StatusCode.ERROR)
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
         finally:
             spent = summary.extra.setdefault("phaseSeconds", {})
             spent[name] = round(spent.get(name, 0.0) + time.monotonic() - started, 3)

@@ -232,3 +232,26 @@ def test_the_vaults_own_expiry_warning_becomes_the_dimension(days_ahead: float) 
     summary = RunSummary("update")
     summary.extra["credentialWarnings"] = warnings
     assert telemetry.summary_dimensions(summary.finish(True))["secretExpiresInDays"] == round(days_ahead)
+
+
+def test_no_exception_text_reaches_a_span(exported, graph, receiver, tmp_path, monkeypatch) -> None:
+    """An SDK exception's text can echo a token request; spans carry only its type."""
+    from shared import graph as graph_module
+
+    canary = "client_secret=Canary-Span-Secret-91f3"
+
+    async def explode(self, sink):
+        raise RuntimeError(f"token request failed: {canary}")
+
+    monkeypatch.setattr(graph_module.GraphSource, "read_directory", explode)
+    env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    summary = _run(env)
+    assert not summary.ok
+    spans = {s.name: s for s in _SPANS.get_finished_spans()}
+    assert spans["read"].status.status_code.name == "ERROR" and spans["read"].attributes["error.type"] == "RuntimeError"
+    assert spans["sync update"].status.status_code.name == "ERROR"
+    for span in spans.values():
+        text = repr((span.attributes, span.status.description, [(e.name, e.attributes) for e in span.events]))
+        assert "Canary-Span-Secret" not in text, span.name
+    [rec] = _summary_records(exported)
+    assert "Canary-Span-Secret" not in repr(rec)
