@@ -26,14 +26,14 @@ from typing import Any, TypeVar
 import azure.functions as func
 
 from shared.cli import configure_logging
-from shared.engine import run
+from shared.engine import Options, run
 from shared.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
 from shared.history import bounded
 from shared.lock import RunLockedError
 from shared.operations import status
 from shared.projection import DATASETS
 from shared.redact import register, scrub
-from shared.settings import Settings, load_settings
+from shared.settings import Settings, load_settings, progress_interval_seconds
 from shared.summary import RunSummary
 from shared.telemetry import configure_telemetry
 
@@ -72,9 +72,10 @@ def sync_timer(timer: func.TimerRequest) -> None:
         log.warning("the sync timer is past due; running now")
     try:
         settings = load_settings()
+        options = Options(progress_interval=progress_interval_seconds())
     except SyncError as exc:
         raise SyncRunFailed(str(exc)) from None
-    summary = _run_to_end(run("update", settings))
+    summary = _run_to_end(run("update", settings, options=options))
     if isinstance(summary.exception, RunLockedError):
         log.warning("sync update skipped: %s", summary.error)
         return

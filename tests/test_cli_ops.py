@@ -131,3 +131,14 @@ def test_a_cli_run_says_nothing_about_telemetry_when_none_is_configured(slow_gra
     text = (r.stdout + r.stderr).lower()
     for word in ("telemetry", "application insights", "applicationinsights", "opentelemetry", "azure monitor"):
         assert word not in text
+
+
+def test_the_timer_honours_and_checks_the_progress_setting(monkeypatch, tmp_path) -> None:
+    import function_app
+    from tests.test_function_app import _timer
+
+    for k, v in base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", f"file:{tmp_path}").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PROGRESS_INTERVAL_SECONDS", "soon")
+    with pytest.raises(function_app.SyncRunFailed, match="PROGRESS_INTERVAL_SECONDS"):
+        function_app.sync_timer(_timer())
