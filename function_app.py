@@ -72,7 +72,7 @@ def sync_timer(timer: func.TimerRequest) -> None:
         log.warning("the sync timer is past due; running now")
     try:
         settings = load_settings()
-        options = Options(progress_interval=progress_interval_seconds())
+        options = Options(progress_interval=progress_interval_seconds(), host="functions")
     except SyncError as exc:
         raise SyncRunFailed(str(exc)) from None
     summary = _run_to_end(run("update", settings, options=options))
@@ -166,7 +166,7 @@ def operator_test_update(req: func.HttpRequest) -> func.HttpResponse:
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings
-    return _summary_response(_run_to_end(run("test-update", settings)))
+    return _summary_response(_run_to_end(run("test-update", settings, options=Options(host="functions"))))
 
 
 def _requested_dataset(req: func.HttpRequest) -> str | func.HttpResponse | None:
@@ -201,4 +201,4 @@ def operator_approve_deletions(req: func.HttpRequest) -> func.HttpResponse:
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings
-    return _summary_response(_run_to_end(run("approve-deletions", settings, dataset=dataset)))
+    return _summary_response(_run_to_end(run("approve-deletions", settings, options=Options(host="functions"), dataset=dataset)))

@@ -68,6 +68,9 @@ class Options:
     # Seconds between progress lines during long reads and sends (PROGRESS_INTERVAL_SECONDS;
     # 0: none). The CLI passes the setting; the Function logs one every 30 s.
     progress_interval: float = 30.0
+    # Which door ran this: "functions" (function_app.py) or "cli"; the summary record's `host`
+    # dimension, which the missed-run alert counts (only timer runs in Azure).
+    host: str = "cli"
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -125,7 +128,7 @@ async def run(
             taken.release()
     # One structured record per run: the message keeps the JSON for humans; the same fields are
     # record attributes, which the OpenTelemetry mode turns into customDimensions (telemetry.py).
-    dims = summary_dimensions(summary)
+    dims = summary_dimensions(summary, host=options.host)
     log.info("%s %s", SUMMARY_EVENT, summary.to_json(compact=True), extra=dims)
     root.set_attributes({k: v for k, v in dims.items() if k != "event"})
     if not summary.ok:

@@ -44,10 +44,11 @@ MAX_ERROR_CHARS = 2000
 _configured = False
 
 
-def summary_dimensions(summary: RunSummary, *, host: str | None = None) -> dict[str, str | int | float | bool]:
+def summary_dimensions(summary: RunSummary, *, host: str = "cli") -> dict[str, str | int | float | bool]:
     """The run summary as flat dimensions (names are stable: KQL in infra/ depends on them).
 
-    ``event`` SyncRunSummary; ``action``; ``ok``; ``host`` ("functions" or "cli");
+    ``event`` SyncRunSummary; ``action``; ``ok``; ``host`` ("functions" for the Function app's
+    timer and endpoints, set by function_app.py; "cli" otherwise);
     ``durationSeconds``; ``graphRequests``; ``graphRetries``; ``syncRequests``; ``readKind``
     ("full"/"delta", "" when no read ran); ``readReason``; ``objectsRead``; for each dataset D:
     ``D.added``, ``D.removed``, ``D.rejected``, ``D.excluded``, ``D.held``; ``heldDeletions``
@@ -62,7 +63,7 @@ def summary_dimensions(summary: RunSummary, *, host: str | None = None) -> dict[
         "event": SUMMARY_EVENT,
         "action": summary.action,
         "ok": bool(summary.ok),
-        "host": host or ("functions" if os.environ.get("FUNCTIONS_WORKER_RUNTIME") else "cli"),
+        "host": host,
         "durationSeconds": round(summary.duration, 3),
         "graphRequests": summary.graph_requests,
         "graphRetries": int(read.get("graphRetries") or 0),

@@ -255,3 +255,15 @@ def test_no_exception_text_reaches_a_span(exported, graph, receiver, tmp_path, m
         assert "Canary-Span-Secret" not in text, span.name
     [rec] = _summary_records(exported)
     assert "Canary-Span-Secret" not in repr(rec)
+
+
+def test_a_timer_run_is_recorded_as_host_functions(exported, graph, receiver, tmp_path, monkeypatch) -> None:
+    """The missed-run alert counts only records with host == 'functions' (the timer's door)."""
+    import function_app
+    from tests.test_function_app import _timer
+
+    for k, v in base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}").items():
+        monkeypatch.setenv(k, v)
+    function_app.sync_timer(_timer())
+    [rec] = _summary_records(exported)
+    assert (rec["host"], rec["action"], rec["ok"]) == ("functions", "update", True)
