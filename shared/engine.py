@@ -516,8 +516,12 @@ class _Run:
                     return
                 _note_rejections(counts, dataset, result.rejected)
 
-            for start in range(0, len(items), self.options.max_items):
-                await post(items[start : start + self.options.max_items])
+            self.progress.sending(-(-len(items) // self.options.max_items))
+            with phase(self.summary, "send"):
+                for start in range(0, len(items), self.options.max_items):
+                    await post(items[start : start + self.options.max_items])
+                    self.progress.sent()
+            self.progress.idle()
             result = await api.commit_replacement(dataset, rid)
             _note_rejections(counts, dataset, result.rejected)
         except BaseException:

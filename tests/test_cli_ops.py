@@ -142,3 +142,15 @@ def test_the_timer_honours_and_checks_the_progress_setting(monkeypatch, tmp_path
     monkeypatch.setenv("PROGRESS_INTERVAL_SECONDS", "soon")
     with pytest.raises(function_app.SyncRunFailed, match="PROGRESS_INTERVAL_SECONDS"):
         function_app.sync_timer(_timer())
+
+
+def test_progress_lines_during_a_replace(slow_graph, receiver, tmp_path) -> None:
+    env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    env.update(PROGRESS_INTERVAL_SECONDS="0.05", SYNC_TEST_MAX_ITEMS="3")
+    r = run_cli("replace", env, "--json")
+    assert r.code == 0, r.stderr
+    sending = [ln for ln in r.stderr.splitlines() if "progress: sending:" in ln]
+    assert sending, r.stderr
+    for ln in sending:
+        sent, total = map(int, re.search(r"sending: (\d+) of (\d+) batches sent", ln).groups())
+        assert 0 <= sent <= total
