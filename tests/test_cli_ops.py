@@ -96,18 +96,20 @@ def slow_graph():
 
 def test_progress_lines_during_long_reads_and_sends(slow_graph, receiver, tmp_path) -> None:
     env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
-    env.update(PROGRESS_INTERVAL_SECONDS="0.05", SYNC_TEST_MAX_ITEMS="5")
+    # The read lasts at least 0.24 s (12 pages of users at 20 ms each): several 0.02 s ticks. The
+    # send is ~300 batches, each an HTTP round trip and an fsync'd journal entry: at least one tick.
+    env.update(PROGRESS_INTERVAL_SECONDS="0.02", SYNC_TEST_MAX_ITEMS="2")
     r = run_cli("update", env, "--json")
     assert r.code == 0, r.stderr
     reading = [ln for ln in r.stderr.splitlines() if "progress: reading Graph:" in ln]
     sending = [ln for ln in r.stderr.splitlines() if "progress: sending:" in ln]
-    assert len(reading) >= 2 and len(sending) >= 2, r.stderr
+    assert len(reading) >= 2 and len(sending) >= 1, r.stderr
     counts = [int(re.search(r"reading Graph: ([\d,]+) objects", ln).group(1).replace(",", "")) for ln in reading]
     assert counts == sorted(counts) and counts[-1] > 0
     assert re.search(r"\(users [\d,]+, groups [\d,]+, contacts [\d,]+\), [\d,]+ pages", reading[-1])
     sent = [tuple(map(int, re.search(r"sending: (\d+) of (\d+) batches sent", ln).groups())) for ln in sending]
     totals = {total for _, total in sent}
-    assert len(totals) == 1 and totals.pop() >= 60  # ~600 records in batches of 5
+    assert len(totals) == 1 and totals.pop() >= 150  # ~600 records in batches of 2
     assert [n for n, _ in sent] == sorted(n for n, _ in sent)
     # The summary is unchanged by progress reporting.
     assert r.summary["ok"] is True and r.summary["datasets"]["users"]["added"] == 300
