@@ -148,7 +148,7 @@ def test_the_timer_honours_and_checks_the_progress_setting(monkeypatch, tmp_path
 
 def test_progress_lines_during_a_replace(slow_graph, receiver, tmp_path) -> None:
     env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
-    env.update(PROGRESS_INTERVAL_SECONDS="0.05", SYNC_TEST_MAX_ITEMS="3")
+    env.update(PROGRESS_INTERVAL_SECONDS="0.01", SYNC_TEST_MAX_ITEMS="3")  # ~300 staging posts: many ticks
     r = run_cli("replace", env, "--json")
     assert r.code == 0, r.stderr
     sending = [ln for ln in r.stderr.splitlines() if "progress: sending:" in ln]
