@@ -30,17 +30,21 @@ import azure.functions as func
 
 from shared.approval import ApprovalForbiddenError, ApprovalMismatchError, http_approver
 from shared.cli import configure_logging
-from shared.engine import run
+from shared.engine import Options, run
 from shared.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
 from shared.history import bounded
 from shared.lock import RunLockedError
 from shared.operations import status
 from shared.projection import DATASETS
 from shared.redact import register, scrub
-from shared.settings import Settings, load_settings
+from shared.settings import Settings, load_settings, progress_interval_seconds
 from shared.shutdown import install_sigterm_handler, run_cancellable
 from shared.summary import RunSummary
+from shared.telemetry import configure_telemetry
 
+# The Functions OpenTelemetry mode (host.json telemetryMode): the Azure Monitor distro, with the
+# managed identity as its credential; silent without APPLICATIONINSIGHTS_CONNECTION_STRING.
+configure_telemetry()
 app = func.FunctionApp()
 log = logging.getLogger("sync")
 install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/shutdown.py)
@@ -74,9 +78,10 @@ def sync_timer(timer: func.TimerRequest) -> None:
         log.warning("the sync timer is past due; running now")
     try:
         settings = load_settings()
+        options = Options(progress_interval=progress_interval_seconds(), host="functions")
     except SyncError as exc:
         raise SyncRunFailed(str(exc)) from None
-    summary = _run_to_end(run("update", settings))
+    summary = _run_to_end(run("update", settings, options=options))
     if isinstance(summary.exception, RunLockedError):
         log.warning("sync update skipped: %s", summary.error)
         return
@@ -169,7 +174,7 @@ def operator_test_update(req: func.HttpRequest) -> func.HttpResponse:
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings
-    return _summary_response(_run_to_end(run("test-update", settings)))
+    return _summary_response(_run_to_end(run("test-update", settings, options=Options(host="functions"))))
 
 
 def _requested_dataset(req: func.HttpRequest) -> str | func.HttpResponse | None:
@@ -212,7 +217,7 @@ def operator_approve_deletions(req: func.HttpRequest) -> func.HttpResponse:
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings
-    return _summary_response(_run_to_end(run("approve-deletions", settings, dataset=dataset, expect=expect, approver=approver)))
+    return _summary_response(_run_to_end(run("approve-deletions", settings, options=Options(host="functions"), dataset=dataset, expect=expect, approver=approver)))
 
 
 def _requested_expect(req: func.HttpRequest) -> str | func.HttpResponse | None:

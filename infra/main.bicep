@@ -10,6 +10,8 @@
 //   audit.bicep            diagnostic settings (Key Vault AuditEvent, blob reads/writes/deletes), audit retention
 //   monitoring.bicep       Log Analytics + Application Insights (Entra-only ingestion)
 //   alert.bicep            action group + log alert that mails when a sync run fails
+//   ops-alerts.bicep       missed runs, credential expiry, held deletions (same action group)
+//   workbook.bicep         the operator's workbook over the run summary records
 //   keyvault.bicep         Key Vault (RBAC, purge protection) + the sync API credential secret
 //   graph-app.bicep        Entra app registration via the Microsoft Graph Bicep extension
 //   role-assignments.bicep every Azure RBAC assignment
@@ -80,6 +82,11 @@ param addressDomains string = ''
 
 @description('NCRONTAB schedule of the sync timer (SYNC_SCHEDULE). The default runs hourly.')
 param syncSchedule string = '0 0 * * * *'
+
+@description('Minutes between two runs of syncSchedule (60 for the hourly default). The missed-run alert fires after about three intervals without a successful run.')
+@minValue(5)
+@maxValue(960)
+param syncIntervalMinutes int = 60
 
 @description('Hours between full reads of the directory, the periodic reconcile (FULL_SYNC_INTERVAL_HOURS); other runs read delta rounds.')
 @minValue(0)
@@ -191,6 +198,27 @@ module alert 'app/alert.bicep' = {
   }
 }
 
+module opsAlerts 'app/ops-alerts.bicep' = {
+  name: 'opsAlerts'
+  params: {
+    namePrefix: 'dirsync-${resourceToken}'
+    location: location
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    actionGroupId: alert.outputs.actionGroupId
+    tags: allTags
+    syncIntervalMinutes: syncIntervalMinutes
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    tags: allTags
+  }
+}
+
 module keyVault 'app/keyvault.bicep' = {
   name: 'keyVault'
   params: {
@@ -298,6 +326,7 @@ output EXO_MODE string = exoMode
 output EXO_DIRECTORY_ROLE_ID string = exoDirectoryRoleId
 output EXO_PERMISSIONS array = deployAppRegistration ? graphApp!.outputs.exchangePermissions : []
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output WORKBOOK_ID string = workbook.outputs.workbookId
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output STORAGE_ACCOUNT_NAME string = storage.outputs.name

@@ -19,6 +19,7 @@ param graphBaseUrl = readEnvironmentVariable('GRAPH_BASE_URL', 'https://graph.mi
 param syncDatasets = readEnvironmentVariable('SYNC_DATASETS', 'addresses,groups,users')
 param addressDomains = readEnvironmentVariable('ADDRESS_DOMAINS', '')
 param syncSchedule = readEnvironmentVariable('SYNC_SCHEDULE', '0 0 * * * *')
+param syncIntervalMinutes = int(readEnvironmentVariable('SYNC_INTERVAL_MINUTES', '60'))
 param fullSyncIntervalHours = int(readEnvironmentVariable('FULL_SYNC_INTERVAL_HOURS', '24'))
 param deleteThresholdPercent = int(readEnvironmentVariable('DELETE_THRESHOLD_PERCENT', '10'))
 param deleteThresholdCount = int(readEnvironmentVariable('DELETE_THRESHOLD_COUNT', '500'))

@@ -4,7 +4,7 @@
 # to the demo directory. With real settings it runs the ACTION (default: update) for real.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --runtime-only  # the demo needs no test tool
 if [ -z "${SYNC_API_URL:-}" ]; then
   exec .venv/bin/python -m devstack.demo
 fi

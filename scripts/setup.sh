@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-time setup from a fresh clone: .venv/ with every Python dependency, and Azurite (npm)
-# for the local stack. Safe to rerun: it only reinstalls when a requirements file changed.
+# One-time setup from a fresh clone: .venv/ from the dependency locks, and Azurite (npm) for the
+# local stack. Safe to rerun: it only reinstalls when a lock changed.
+#   bash scripts/setup.sh [--runtime-only]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,21 +19,22 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
+# Installs from the locks (every version pinned, hashes required). --runtime-only: the
+# Function's own dependencies (requirements.txt), all the demo needs; otherwise the test and
+# local-stack tools too (requirements-dev.txt, a superset). checkov is scripts/test.sh's.
+mode=dev
+[ "${1:-}" = "--runtime-only" ] && mode=runtime
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing Python dependencies into .venv"
+runtime_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
+dev_hash=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" != "dev:$dev_hash" ] && { [ "$mode" = dev ] || [ "$have" != "runtime:$runtime_hash" ]; }; then
+  lock=requirements-dev.txt; want="dev:$dev_hash"
+  if [ "$mode" = runtime ]; then lock=requirements.txt; want="runtime:$runtime_hash"; fi
+  echo "setup: installing Python dependencies into .venv from $lock"
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+  .venv/bin/python -m pip install --quiet --require-hashes -r "$lock"
   echo "$want" > "$stamp"
-fi
-
-# checkov (the offline Bicep scan of infra/) pins packaging<24, which pytest cannot share,
-# so it lives in its own virtual environment.
-if [ ! -x .local/checkov/bin/checkov ]; then
-  echo "setup: installing checkov into .local/checkov"
-  "$PY" -m venv .local/checkov
-  .local/checkov/bin/python -m pip install --quiet -r infra/requirements-checkov.txt
 fi
 
 # `.venv/bin/python -m shared ...` works from any working directory: the repository root is

@@ -10,14 +10,16 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+from . import __version__
 from .engine import ACTIONS, Options, run
 from .errors import SyncError
 from .history import format_status
 from .operations import status
 from .redact import install_log_redaction, scrub
-from .settings import load_settings
+from .settings import load_settings, load_state_settings, progress_interval_seconds
 from .shutdown import run_cancellable
 from .summary import RunSummary
+from .telemetry import configure_telemetry, flush_telemetry
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -74,26 +76,79 @@ def test_options(env: Mapping[str, str]) -> Options:
     return options
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared", description="Sync Microsoft Entra ID to the email-security directory sync API.")
-    parser.add_argument(
-        "action",
-        choices=(*ACTIONS, "status"),
-        help="test-update (dry run), update, replace, refresh, approve-deletions (lets the next update send the "
-        "deletions the guard holds now), or status (the last runs and any held deletions)",
+SETTINGS_LINE = (
+    "Settings come from environment variables (locally) or the Function app's app settings (in Azure); "
+    "see README, 'Settings'."
+)
+STATE_ONLY_ACTIONS = ("status", "approve-deletions")
+_ACTION_HELP = {
+    "test-update": ("Dry run: read the directory and report what update would send, with every exclusion and "
+                    "any deletion the guard would hold. Sends nothing, changes no state.",
+                    "python -m shared test-update --json > preview.json"),
+    "update": ("Send only what changed since the last successful sync (delta rounds, a full read when needed) "
+               "and advance the state as far as the service confirmed.",
+               "python -m shared update"),
+    "replace": ("Rebuild each dataset on the service through the staged, atomic replace, then rebuild the state "
+                "from the service's copy.",
+                "python -m shared replace --json"),
+    "refresh": ("Rebuild the change-tracking state from the service's own copy; sends no change. The next update "
+                "reads in full.",
+                "python -m shared refresh"),
+    "approve-deletions": ("Let the next update send exactly the deletions the guard holds now (all datasets, or one). "
+                          "Needs only the state settings (SYNC_STATE and the storage account).",
+                          "python -m shared approve-deletions --dataset users"),
+    "status": ("The last runs (from the run reports) and any held deletions, with the approval command. Needs only "
+               "the state settings (SYNC_STATE and the storage account).",
+               "python -m shared status --json"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m shared [--version] <action> [options]``, with ``--help`` for each action."""
+    parser = argparse.ArgumentParser(
+        prog="python -m shared",
+        description="Sync Microsoft Entra ID to the email-security directory sync API.",
+        epilog=f"{SETTINGS_LINE} 'python -m shared ACTION --help' describes one action. "
+        "Exit status: 0 ok, 1 failed, 2 bad setting, 3 another run holds the lock, 4 deletions held by the guard, "
+        "5 the held deletions are not the set reviewed (--expect), 143 cancelled (SIGTERM).",
     )
-    parser.add_argument("--dataset", choices=("addresses", "groups", "users"), help="approve-deletions: only this dataset")
-    parser.add_argument("--expect", metavar="DIGEST", help="approve-deletions: the digest of the held set you reviewed, as status or test-update shows it (required)")
-    parser.add_argument("--json", action="store_true", help="print the run summary as one JSON line, last on stdout")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.epilog = ("exit status: 0 ok, 1 failed, 2 bad setting, 3 another run holds the lock, 4 deletions held by the guard, "
-                     "5 the held deletions are not the set reviewed (--expect)")
-    args = parser.parse_args(argv)
-    if (args.dataset or args.expect) and args.action != "approve-deletions":
-        parser.error("--dataset and --expect go with approve-deletions")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the result as one JSON line, last on stdout")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
+                                    title="actions", description=", ".join((*ACTIONS, "status")))
+    for name in (*ACTIONS, "status"):
+        text, example = _ACTION_HELP[name]
+        sub = actions.add_parser(name, parents=[common], help=text.split(":")[0].split(".")[0], description=text,
+                                 epilog=f"example: {example}\n\n{SETTINGS_LINE}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == "approve-deletions":
+            sub.add_argument("--dataset", choices=("addresses", "groups", "users"), help="approve only this dataset's held deletions")
+            sub.add_argument("--expect", metavar="DIGEST", required=False,
+                             help="the digest of the held set you reviewed, as status or test-update shows it (required when deletions are held)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.dataset = getattr(args, "dataset", None)
+    args.expect = getattr(args, "expect", None)
     configure_logging(args.verbose)
+    configure_telemetry(os.environ)
     try:
-        settings = load_settings(os.environ)
+        return _main(args)
+    finally:
+        flush_telemetry()
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        if args.action in STATE_ONLY_ACTIONS:
+            settings = load_state_settings(os.environ)
+        else:
+            settings = load_settings(os.environ)
+        progress_interval = progress_interval_seconds(os.environ)
     except SyncError as exc:
         summary = RunSummary(args.action).finish(False, scrub(str(exc)))
         if args.json:
@@ -113,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_status(info["runs"], held), end="")
         return 0
     options = test_options(os.environ)
+    options.progress_interval = progress_interval
     summary = asyncio.run(run_cancellable(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
     if args.json:
         print(summary.to_json(), flush=True)

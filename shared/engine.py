@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import StatusCode
+from opentelemetry.trace import use_span as trace_use_span
+
 from .approval import Approver, cli_approver, held_count, held_digest
 from .credentials import exchange_token_credential, graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
@@ -35,6 +38,7 @@ from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
+from .progress import Progress, ticking
 from .projection import DATASETS, Records, from_api_record, to_api_record
 from .reading import (
     CACHE_META,
@@ -54,6 +58,7 @@ from .settings import Settings
 from .state import StateDB, StateStore, open_store
 from .summary import RunSummary
 from .syncapi import MAX_ITEMS, Rejection, SyncApiClient, WriteResult
+from .telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
 from .textsafe import safe_tree
 from .vault import Secrets, load_secrets
 
@@ -73,6 +78,12 @@ class Options:
     sync_backoff_seconds: float = 0.5
     max_items: int = MAX_ITEMS
     graph_concurrent: bool = True
+    # Seconds between progress lines during long reads and sends (PROGRESS_INTERVAL_SECONDS;
+    # 0: none). The CLI passes the setting; the Function logs one every 30 s.
+    progress_interval: float = 30.0
+    # Which door ran this: "functions" (function_app.py) or "cli"; the summary record's `host`
+    # dimension, which the missed-run alert counts (only timer runs in Azure).
+    host: str = "cli"
     now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -102,6 +113,7 @@ async def run(
     options = options or Options()
     taken: RunLock | None = None
     report = action != "test-update"  # a dry run over no state leaves nothing behind
+    root = tracer.start_span(f"sync {action}")
     try:
         if action in LOCKED_ACTIONS:
             candidate = lock or open_run_lock(settings, default_holder(action))
@@ -118,7 +130,8 @@ async def run(
                 summary.extra["credentialWarnings"] = secrets.expiry_warnings
             runner = _Run(action, settings, secrets, store, summary, options)
             try:
-                await runner.go()
+                with trace_use_span(root, record_exception=False, set_status_on_exception=False):
+                    await runner.go()
             finally:
                 report = report or runner.found_state
             if runner.held_error is not None:
@@ -136,8 +149,14 @@ async def run(
         if taken is not None:
             taken.release()
     summary.sanitize()  # every outside string escaped and bounded before the log, report and terminal
-    # One structured record per run: Application Insights keeps it in `traces` (docs/deployment.md).
-    log.info("SyncRunSummary %s", summary.to_json(compact=True))
+    # One structured record per run: the message keeps the JSON for humans; the same fields are
+    # record attributes, which the OpenTelemetry mode turns into customDimensions (telemetry.py).
+    dims = summary_dimensions(summary, host=options.host)
+    log.info("%s %s", SUMMARY_EVENT, summary.to_json(compact=True), extra=dims)
+    root.set_attributes({k: v for k, v in dims.items() if k != "event"})
+    if not summary.ok:
+        root.set_status(StatusCode.ERROR)
+    root.end()
     if report:
         _write_report(settings, summary, reports)
     return summary
@@ -218,6 +237,7 @@ class _Run:
         self.exo_requests = 0
         self.exo_retries = 0
         self.found_state = False
+        self.progress = Progress(options.progress_interval)
 
     async def go(self) -> None:
         api = self.api
@@ -226,6 +246,17 @@ class _Run:
             # The state is opened first: a broken state fails the run before any Graph request.
             db = self.store.open(readonly=self.action == "test-update", rebuild=self.action == "refresh")
             self.found_state = db is not None
+            await self._go(db)
+        finally:
+            self.summary.sync_requests = api.requests
+            self.summary.graph_requests = self.graph_requests
+            self.summary.extra["exoRequests"] = self.exo_requests
+            await api.aclose()
+            if db is not None:
+                db.close()
+
+    async def _go(self, db: StateDB | None) -> None:
+        async with ticking(self.progress):
             if self.action == "test-update":
                 await self._test_update(db, await self._provisioned())
                 return
@@ -237,13 +268,6 @@ class _Run:
                 await self._update(db, await self._provisioned())
             else:
                 await self._replace(db, await self._provisioned())
-        finally:
-            self.summary.sync_requests = api.requests
-            self.summary.graph_requests = self.graph_requests
-            self.summary.extra["exoRequests"] = self.exo_requests
-            await api.aclose()
-            if db is not None:
-                db.close()
 
     # --- reading -------------------------------------------------------------------------
     async def _provisioned(self) -> frozenset[str]:
@@ -263,8 +287,10 @@ class _Run:
     async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
         source = self._source()
         failure: SyncError | None = None
+        self.progress.reading(source)
         try:
-            return await work(source)
+            with phase(self.summary, "read"):
+                return await work(source)
         except GraphError:
             raise
         except Exception as exc:  # noqa: BLE001 - azure-identity and kiota raise their own types
@@ -272,6 +298,7 @@ class _Run:
         finally:
             self.graph_requests += source.stats.requests
             self.graph_retries += source.stats.retries
+            self.progress.idle()
             await source.aclose()
         # Raised outside the except block, so the SDK's exception (whose text can echo the
         # token request, secret included) is not kept as the error's __context__.
@@ -474,20 +501,26 @@ class _Run:
         plan = await self._plan(db, provisioned)
         for d in DATASETS:
             self.summary.datasets[d].excluded = plan.excluded[d]
-        held = self._guard(db, plan)
-        batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
+        with phase(self.summary, "plan"):
+            held = self._guard(db, plan)
+            batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
         sender = _BatchSender(self.api, self.store, db, self.summary)
-        for batch in batches:
-            await sender.send(batch)
+        self.progress.sending(len(batches))
+        with phase(self.summary, "send"):
+            for batch in batches:
+                await sender.send(batch)
+                self.progress.sent()
+        self.progress.idle()
         sender.finish_counts()
-        db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
-        # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
-        self._save_read(db, plan, provisioned)
-        for d in DATASETS:
-            db.set_held(d, dict.fromkeys(held.get(d, ()), False))
-        db.set_meta("lastAction", "update")
-        db.commit()
-        self.store.publish(db)
+        with phase(self.summary, "commit"):
+            db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
+            # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
+            self._save_read(db, plan, provisioned)
+            for d in DATASETS:
+                db.set_held(d, dict.fromkeys(held.get(d, ()), False))
+            db.set_meta("lastAction", "update")
+            db.commit()
+            self.store.publish(db)
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
@@ -550,8 +583,12 @@ class _Run:
                     return
                 _note_rejections(counts, dataset, result.rejected)
 
-            for start in range(0, len(items), self.options.max_items):
-                await post(items[start : start + self.options.max_items])
+            self.progress.sending(-(-len(items) // self.options.max_items))
+            with phase(self.summary, "send"):
+                for start in range(0, len(items), self.options.max_items):
+                    await post(items[start : start + self.options.max_items])
+                    self.progress.sent()
+            self.progress.idle()
             result = await api.commit_replacement(dataset, rid)
             _note_rejections(counts, dataset, result.rejected)
         except BaseException:

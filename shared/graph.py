@@ -6,8 +6,8 @@ and ends with a delta link per collection; a round from saved links lists only w
 since. The links are read from each raw page's ``@odata.deltaLink`` (msgraph-core's
 ``PageIterator`` leaves ``delta_link`` empty).
 
-The SDK builds the requests and runs its middleware (auth, retry on 429/503/504 with
-Retry-After, redirects); the pages come back as bytes and are parsed with ``json`` instead of
+The SDK builds the requests and runs its middleware (auth, redirects; its retry handler is
+off: ``_fetch`` is the one retry policy, Retry-After included); the pages come back as bytes and are parsed with ``json`` instead of
 the typed models, which cost ~6 ms per object against ~8 µs here.
 
 Memberships come from ``groups/delta`` with ``members`` selected: one paged enumeration returns
@@ -99,7 +99,10 @@ class GraphSource:
             follow_redirects=False,
             transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(), origin=self.base_url),
         )
-        options = {RetryHandlerOption.get_key(): RetryHandlerOption(delay=backoff_seconds, max_retries=3)}
+        # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
+        # connections, malformed pages; max_attempts in all). kiota's RetryHandler is switched
+        # off, or one throttled page would cost up to (1 + 3) x max_attempts requests.
+        options = {RetryHandlerOption.get_key(): RetryHandlerOption(delay=0, max_retries=0)}
         self._http = GraphClientFactory.create_with_default_middleware(client=http, options=options)
         self.adapter = GraphRequestAdapter(auth_provider, client=self._http)
         self.adapter.base_url = self.base_url

@@ -858,6 +858,8 @@ def test_the_expected_bicep_files_exist() -> None:
         "app/storage.bicep",
         "app/monitoring.bicep",
         "app/alert.bicep",
+        "app/ops-alerts.bicep",
+        "app/workbook.bicep",
         "app/keyvault.bicep",
         "app/graph-app.bicep",
         "app/role-assignments.bicep",

@@ -20,8 +20,10 @@ param alertEmail string
 @description('Name of the timer function, as recorded in the requests table.')
 param functionName string = 'sync_timer'
 
-// A failed execution of the timer function is a failed request in Application Insights.
-var failedRunsQuery = 'requests\n| where operation_Name == \'${functionName}\' and success == false\n| project timestamp, operation_Id, resultCode, duration'
+// A failed execution of the timer function is a failed request in Application Insights; in the
+// Functions OpenTelemetry mode a timer execution may have no request row, so the run's own
+// summary record (shared/telemetry.py) that says ok == false counts too.
+var failedRunsQuery = 'union (requests\n| where operation_Name == \'${functionName}\' and success == false\n| project timestamp, operation_Id, resultCode, duration), (traces\n| where customDimensions.event == \'SyncRunSummary\' and customDimensions.host == \'functions\' and customDimensions.action == \'update\' and not(tobool(customDimensions.ok))\n| project timestamp, operation_Id, resultCode = \'failed\', duration = totimespan(0s))'
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: '${namePrefix}-ag'

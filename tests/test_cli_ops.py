@@ -1,0 +1,158 @@
+"""The operator's command line, run as an operator runs it (``python -m shared`` in a
+subprocess) against the Graph emulator and the strict receiver on loopback: --version,
+per-action help, status and approve-deletions with only the state settings, progress lines
+during long reads and sends, and silence about telemetry when none is configured."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import shared
+from devstack.graph_emulator import GraphEmulator
+from shared.engine import ACTIONS
+from tests.stack import ROOT, base_env, run_cli
+from tests.test_graph_emulator import small_directory
+
+ALL_ACTIONS = (*ACTIONS, "status")
+SETTINGS_LINE = "Settings come from environment variables (locally) or the Function app's app settings (in Azure)"
+
+
+def _bare_env(**extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return {**keep, **extra}
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_version() -> None:
+    r = _cli("--version", env=_bare_env())
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"python -m shared {shared.__version__}"
+
+
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_each_action_has_its_own_help_with_an_example(action: str) -> None:
+    r = _cli(action, "--help", env=_bare_env())
+    assert r.returncode == 0, r.stderr
+    assert f"usage: python -m shared {action}" in r.stdout
+    assert re.search(rf"^example: python -m shared {re.escape(action)}\b", r.stdout, re.M)
+    assert SETTINGS_LINE in " ".join(r.stdout.split())
+    assert ("--dataset" in r.stdout) == (action == "approve-deletions")
+
+
+def test_top_level_help_names_every_action_and_the_settings() -> None:
+    r = _cli("--help", env=_bare_env())
+    assert r.returncode == 0
+    for action in ALL_ACTIONS:
+        assert action in r.stdout
+    assert SETTINGS_LINE in " ".join(r.stdout.split())
+
+
+def test_dataset_belongs_to_approve_deletions_only() -> None:
+    r = _cli("status", "--dataset", "users", env=_bare_env())
+    assert r.returncode == 2 and "--dataset" in r.stderr
+
+
+def test_status_and_approve_need_only_the_state_settings(tmp_path) -> None:
+    env = _bare_env(SYNC_STATE=f"file:{tmp_path / 'state'}")  # no Graph, sync API or secret setting
+    r = _cli("status", env=env)
+    assert r.returncode == 0, r.stderr
+    r = _cli("approve-deletions", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert '"ok":true' in r.stdout.replace(" ", "")
+    # update still needs everything, and says which setting is missing.
+    r = _cli("update", env=env)
+    assert r.returncode == 2 and "GRAPH_TENANT_ID" in r.stderr
+
+
+def test_status_still_checks_the_state_settings() -> None:
+    r = _cli("status", env=_bare_env(SYNC_STATE="blob:sync-state"))
+    assert r.returncode == 2
+    assert "AzureWebJobsStorage" in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "99999"])
+def test_a_bad_progress_interval_is_named(bad: str, tmp_path) -> None:
+    env = _bare_env(SYNC_STATE=f"file:{tmp_path / 'state'}", PROGRESS_INTERVAL_SECONDS=bad)
+    r = _cli("status", env=env)
+    assert r.returncode == 2 and "PROGRESS_INTERVAL_SECONDS" in r.stderr
+
+
+@pytest.fixture
+def slow_graph():
+    # Pages of 25 objects, 20 ms each: a read of ~330 objects takes a few hundred ms.
+    em = GraphEmulator(small_directory(300), latency=0.02, max_page_size=25)
+    em.start()
+    yield em
+    em.stop()
+
+
+def test_progress_lines_during_long_reads_and_sends(slow_graph, receiver, tmp_path) -> None:
+    env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    # The read lasts at least 0.24 s (12 pages of users at 20 ms each): several 0.02 s ticks. The
+    # send is ~300 batches, each an HTTP round trip and an fsync'd journal entry: at least one tick.
+    env.update(PROGRESS_INTERVAL_SECONDS="0.02", SYNC_TEST_MAX_ITEMS="2")
+    r = run_cli("update", env, "--json")
+    assert r.code == 0, r.stderr
+    reading = [ln for ln in r.stderr.splitlines() if "progress: reading Graph:" in ln]
+    sending = [ln for ln in r.stderr.splitlines() if "progress: sending:" in ln]
+    assert len(reading) >= 2 and len(sending) >= 1, r.stderr
+    counts = [int(re.search(r"reading Graph: ([\d,]+) objects", ln).group(1).replace(",", "")) for ln in reading]
+    assert counts == sorted(counts) and counts[-1] > 0
+    assert re.search(r"\(users [\d,]+, groups [\d,]+, contacts [\d,]+\), [\d,]+ pages", reading[-1])
+    sent = [tuple(map(int, re.search(r"sending: (\d+) of (\d+) batches sent", ln).groups())) for ln in sending]
+    totals = {total for _, total in sent}
+    assert len(totals) == 1 and totals.pop() >= 150  # ~600 records in batches of 2
+    assert [n for n, _ in sent] == sorted(n for n, _ in sent)
+    # The summary is unchanged by progress reporting.
+    assert r.summary["ok"] is True and r.summary["datasets"]["users"]["added"] == 300
+
+
+def test_no_progress_lines_when_turned_off_or_short(slow_graph, receiver, tmp_path) -> None:
+    env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    env["PROGRESS_INTERVAL_SECONDS"] = "0"
+    r = run_cli("update", env)
+    assert r.code == 0, r.stderr
+    assert "progress:" not in r.stderr
+    env.pop("PROGRESS_INTERVAL_SECONDS")  # the default, 30 s, is longer than this run
+    r = run_cli("update", env)
+    assert r.code == 0 and "progress:" not in r.stderr
+
+
+def test_a_cli_run_says_nothing_about_telemetry_when_none_is_configured(slow_graph, receiver, tmp_path) -> None:
+    env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    r = run_cli("update", env)
+    assert r.code == 0, r.stderr
+    text = (r.stdout + r.stderr).lower()
+    for word in ("telemetry", "application insights", "applicationinsights", "opentelemetry", "azure monitor"):
+        assert word not in text
+
+
+def test_the_timer_honours_and_checks_the_progress_setting(monkeypatch, tmp_path) -> None:
+    import function_app
+    from tests.test_function_app import _timer
+
+    for k, v in base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", f"file:{tmp_path}").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PROGRESS_INTERVAL_SECONDS", "soon")
+    with pytest.raises(function_app.SyncRunFailed, match="PROGRESS_INTERVAL_SECONDS"):
+        function_app.sync_timer(_timer())
+
+
+def test_progress_lines_during_a_replace(slow_graph, receiver, tmp_path) -> None:
+    env = base_env(slow_graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    env.update(PROGRESS_INTERVAL_SECONDS="0.01", SYNC_TEST_MAX_ITEMS="3")  # ~300 staging posts: many ticks
+    r = run_cli("replace", env, "--json")
+    assert r.code == 0, r.stderr
+    sending = [ln for ln in r.stderr.splitlines() if "progress: sending:" in ln]
+    assert sending, r.stderr
+    for ln in sending:
+        sent, total = map(int, re.search(r"sending: (\d+) of (\d+) batches sent", ln).groups())
+        assert 0 <= sent <= total
