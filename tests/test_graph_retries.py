@@ -19,20 +19,14 @@ MAX_ATTEMPTS = 4
 
 
 class _Sink:
+    """A round sink (``shared.graph.RoundSink``) that keeps the user ids it is handed."""
+
     def __init__(self) -> None:
         self.users: list[str] = []
 
-    def add_user(self, obj: dict[str, Any]) -> None:
-        self.users.append(obj["id"])
-
-    def add_group(self, obj: dict[str, Any]) -> None:
-        pass
-
-    def add_contact(self, obj: dict[str, Any]) -> None:
-        pass
-
-    def add_members(self, group_id: str, members: Any) -> None:
-        pass
+    def take(self, collection: str, obj: dict[str, Any]) -> None:
+        if collection == "users":
+            self.users.append(obj["id"])
 
 
 @pytest.fixture
