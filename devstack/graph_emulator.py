@@ -675,7 +675,11 @@ class GraphEmulator:
         with self._lock:
             self.request_log.append((method, target))
         if self.latency > 0:
-            time.sleep(self.latency)
+            # Re-read while waiting: lowering the latency releases a request already waiting
+            # (a test holds a run mid-read with a large latency, then lets it go).
+            started = time.monotonic()
+            while time.monotonic() - started < self.latency:
+                time.sleep(min(0.02, max(self.latency, 0.0)))
         try:
             if not path.startswith("/v1.0/"):
                 raise GraphError(404, "Request_BadRequest", f"Invalid version or path: {path}")

@@ -221,7 +221,7 @@ def test_a_cancel_from_the_sigterm_handler_ends_a_worker_thread_run_with_its_rep
     from shared.settings import load_settings
 
     graph, _, state, _ = held
-    graph.latency = 0.5
+    graph.latency = 3600  # the run waits in the Graph read until the test lowers it again
     before = len(reports(state))
     done: dict[str, Any] = {}
 
@@ -233,10 +233,9 @@ def test_a_cancel_from_the_sigterm_handler_ends_a_worker_thread_run_with_its_rep
     deadline = time.monotonic() + 30
     while not shutdown._running and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # inside the Graph read
     assert shutdown.cancel_all() == 1
     thread.join(30)
-    graph.latency = 0.0
+    graph.latency = 0.0  # releases the emulator's waiting request
     summary = done["summary"]
     assert summary.ok is False and "SIGTERM" in summary.error and summary.exception.exit_code == 143
     assert len(reports(state)) == before + 1 and "SIGTERM" in reports(state)[-1]["error"]

@@ -221,9 +221,9 @@ class TimedGraph(GraphEmulator):
 
 
 def test_exchange_is_read_concurrently_with_graph(receiver, tmp_path):
-    """Each source answers after 1 s: read one after the other, one source's first request
-    would come at least 1 s after the other's last one."""
-    latency = 1.0
+    """Each source answers after 2 s: read one after the other, one source's first request
+    would come at least 2 s after the other's last one."""
+    latency = 2.0
     graph = TimedGraph(nasty_directory(), latency=latency)
     exo = ExchangeEmulator(exchange_recipients(), tenant=TENANT, latency=latency)
     graph.start()
