@@ -77,12 +77,12 @@ async def read_delta(source: GraphSource, links: Mapping[str, str], reason: str)
 def merge_full(cache: Cache, read: Read) -> None:
     """A full read replaces the cache: its round applied to an empty cache. The fold is then
     dropped (its memory grows with the directory); ``read.objects`` stays as counted."""
+    read.counted = read.objects
     cache.clear()
-    cache.apply_round(read.round, None)
+    cache.apply_round(read.round, None, consume=True)
+    read.round = Round()
     if read.recipients is not None:
         cache.apply_recipients(read.recipients, None)
-    read.counted = read.objects
-    read.round = Round()
 
 
 def merge_delta(cache: Cache, read: Read) -> Affected:
