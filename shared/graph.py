@@ -66,6 +66,9 @@ class RoundSink(Protocol):
 class ReadStats:
     requests: int = 0
     retries: int = 0
+    # Entries received per collection so far, repeats and ``@removed`` included (progress lines;
+    # the run summary counts distinct objects from the merge: ``shared.reading.Read.objects``).
+    entries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLLECTIONS, 0))
     membership_read: str = "groups/delta"
     links: dict[str, str | None] = field(default_factory=dict)  # collection -> the round's delta link
 
@@ -155,7 +158,7 @@ class GraphSource:
         delta.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
 
         def take(obj: dict[str, Any]) -> None:
-            sink.take(collection, obj)
+            self._deliver(sink, collection, obj)
 
         try:
             self.stats.links[collection] = await self._each_page(delta, f"{collection}/delta", take, unsupported_ok=True)
@@ -172,7 +175,7 @@ class GraphSource:
         first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
 
         def take(obj: dict[str, Any]) -> None:
-            sink.take("groups", obj)
+            self._deliver(sink, "groups", obj)
 
         try:
             self.stats.links["groups"] = await self._each_page(first, "groups/delta", take, unsupported_ok=True)
@@ -193,7 +196,7 @@ class GraphSource:
             first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
 
             def take(obj: dict[str, Any]) -> None:
-                sink.take(collection, obj)
+                self._deliver(sink, collection, obj)
 
             self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, delta=True)
 
@@ -209,7 +212,7 @@ class GraphSource:
 
         def take(obj: dict[str, Any]) -> None:
             ids.append(obj["id"])
-            sink.take("groups", obj)
+            self._deliver(sink, "groups", obj)
 
         await self._each_page(first, "groups", take)
         gate = asyncio.Semaphore(self.member_concurrency)
@@ -226,6 +229,10 @@ class GraphSource:
                 await self._each_page(ri, f"groups/{gid}/members", lambda m: sink.take("groups", {"id": gid, "members@delta": [m]}))
 
         await asyncio.gather(*(members_of(gid) for gid in ids))
+
+    def _deliver(self, sink: RoundSink, collection: str, obj: dict[str, Any]) -> None:
+        self.stats.entries[collection] += 1
+        sink.take(collection, obj)
 
     # --- paging --------------------------------------------------------------------------
     async def _each_page(

@@ -5,8 +5,9 @@ does not stay silent for minutes.
     progress: reading Graph: 12,345 objects (users 10,000, groups 2,000, contacts 345), 41 pages, 1 retry; 60 s
     progress: sending: 3 of 12 batches sent; 95 s
 
-The counters are read from the live ``GraphSource.stats`` (objects per collection, requests,
-retries) and from the batch sender; nothing here touches the data flow."""
+The counters are read from the live ``GraphSource.stats`` (entries received per collection,
+requests, retries) and from the batch sender; nothing here touches the data flow, and a line
+that cannot be rendered is skipped: progress reporting never fails a run."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class Progress:
             objects: dict[str, int] = {}
             requests = retries = 0
             for source in self._sources:
-                for name, n in source.stats.objects.items():
+                for name, n in source.stats.entries.items():
                     objects[name] = objects.get(name, 0) + n
                 requests += source.stats.requests
                 retries += source.stats.retries
@@ -75,7 +76,11 @@ class Progress:
             return
         while True:
             await asyncio.sleep(self.interval)
-            text = self.line()
+            try:
+                text = self.line()
+            except Exception as exc:  # noqa: BLE001 - a progress line must never fail the run
+                log.debug("progress line skipped (%s)", type(exc).__name__)
+                continue
             if text is not None:
                 self.emit(text)
 

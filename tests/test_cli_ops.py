@@ -156,3 +156,35 @@ def test_progress_lines_during_a_replace(slow_graph, receiver, tmp_path) -> None
     for ln in sending:
         sent, total = map(int, re.search(r"sending: (\d+) of (\d+) batches sent", ln).groups())
         assert 0 <= sent <= total
+
+
+def test_a_progress_line_that_cannot_be_rendered_never_fails_the_run() -> None:
+    """The ticker renders from live objects it does not own: a source whose counters are gone
+    (an AttributeError, as a changed stats shape once caused) skips that line, the run goes on."""
+    import asyncio
+
+    from shared.progress import Progress
+
+    class Broken:
+        @property
+        def stats(self):
+            raise AttributeError("no counters")
+
+    emitted: list[str] = []
+    progress = Progress(0.01, emit=emitted.append)
+    progress.reading(Broken())
+
+    async def go() -> None:
+        task = asyncio.ensure_future(progress.ticker())
+        await asyncio.sleep(0.1)
+        progress.idle()
+        progress.sending(3)
+        progress.sent()
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert not any("reading" in line for line in emitted)
+    assert any(line.startswith("progress: sending: 1 of 3 batches sent") for line in emitted)
