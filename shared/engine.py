@@ -34,6 +34,7 @@ from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
 from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
 from .redact import scrub
+from .rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .settings import Settings
 from .state import StateDB, StateStore, open_store
 from .summary import RunSummary
@@ -256,7 +257,7 @@ class _Run:
 
     async def _read_full(self, provisioned: frozenset[str], *, keep_cache: bool) -> tuple[Projection, CacheRows | None, ReadStats]:
         rows = CacheRows() if keep_cache else None
-        projector = Projector(provisioned, cache=rows)
+        projector = Projector(provisioned, cache=rows, rules=self.settings.rules)
         stats: ReadStats = await self._graph(lambda source: source.read_directory(projector))
         return projector.result(), rows, stats
 
@@ -266,6 +267,7 @@ class _Run:
             "datasets": list(self.datasets),
             "addressDomains": sorted(ad) if ad is not None else None,
             "provisioned": sorted(provisioned),
+            "rules": self.settings.rules.fingerprint(),
         }
 
     def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
@@ -284,6 +286,10 @@ class _Run:
         for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)")):
             if old.get(key) != new[key]:
                 return f"{setting} changed since the last full read"
+        if old.get("rules") != new["rules"]:
+            was, now = old.get("rules") or {}, new["rules"] or {}
+            names = [s for k, s in RULE_SETTINGS if was.get(k) != now.get(k)]
+            return f"{', '.join(names) or 'the scope and exclusion settings'} changed since the last full read"
         interval = self.settings.full_sync_interval_hours
         last = _parse_time(db.get_meta(LAST_FULL_META))
         if interval <= 0:
@@ -315,6 +321,7 @@ class _Run:
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
         self.summary.extra["read"] = {"kind": "full", "reason": reason, "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        self._note_rule_exclusions(projection)
         log.info("read: full (%s)", reason)
         return _Plan("full", reason, diffs, held_view, {d: projection.excluded(d) for d in DATASETS}, projection=projection, rows=rows, links=dict(stats.links))
 
@@ -326,8 +333,15 @@ class _Run:
         for d in self.datasets:  # records a lost answer left unknown
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
-            cache = db.cache(provisioned)
+            cache = db.cache(provisioned, self.settings.rules)
+            try:
+                before = cache.verdict()
+            except ScopeError:
+                before = None  # judged again below, after the round; every object is looked at
             affected = _apply_changes(cache, changes)
+            if self.settings.rules.judges_objects:
+                cache.verdict()  # a scope id that names no group fails the run here, before anything is sent
+                cache.rescope(before, affected)
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -340,6 +354,8 @@ class _Run:
                 diffs[d] = DatasetDiff(d, upserts, deletes)
                 held_view[d] = have
             excluded = cache.excluded()
+            if self.settings.rules.active:
+                self.summary.extra["ruleExclusions"] = rule_exclusions_summary(cache.rule_exclusions())
         reason = "delta links saved by the last run"
         counts = {c: len(changes.of(c)) for c in COLLECTIONS}
         self.summary.extra["read"] = {"kind": "delta", "reason": reason, "objects": counts, "membershipRead": "groups/delta", "graphRetries": self.graph_retries}
@@ -348,7 +364,7 @@ class _Run:
 
     def _save_read(self, db: StateDB, plan: _Plan, provisioned: frozenset[str]) -> None:
         """After the service confirmed the run: the cache and links of this read become the state's."""
-        cache = db.cache(provisioned)
+        cache = db.cache(provisioned, self.settings.rules)
         if plan.rows is not None:
             cache.replace_all(plan.rows)
             db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
@@ -357,6 +373,11 @@ class _Run:
         db.set_meta(CACHE_META, "complete")
         db.set_meta(LINKS_META, plan.links if all(isinstance(plan.links.get(c), str) for c in COLLECTIONS) else None)
         db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
+
+    def _note_rule_exclusions(self, projection: Projection) -> None:
+        """What the scope and exclusion settings left out, for the run report and status."""
+        if self.settings.rules.active:
+            self.summary.extra["ruleExclusions"] = rule_exclusions_summary(projection.exclusions)
 
     # --- the deletion guard --------------------------------------------------------------------
     def _guard(self, db: StateDB | None, plan: _Plan) -> dict[str, list[str]]:
@@ -393,6 +414,7 @@ class _Run:
         held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
         diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
         plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
+        self._note_rule_exclusions(projection)
         self._guard(db, plan)
         self.held_error = None  # a preview reports held deletions; it does not fail for them
         preview: dict[str, Any] = {}
@@ -433,6 +455,7 @@ class _Run:
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
         projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
         self.summary.extra["read"] = {"kind": "full", "reason": "replace always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        self._note_rule_exclusions(projection)
         for d in DATASETS:
             self.summary.datasets[d].excluded = projection.excluded(d)
         for d in REPLACE_ORDER:

@@ -46,7 +46,7 @@ from .netutil import jittered_backoff, parse_retry_after
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 999
-USER_SELECT = ["id", "mail", "proxyAddresses"]
+USER_SELECT = ["id", "mail", "proxyAddresses", "userType"]
 CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]

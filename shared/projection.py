@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .addresses import InvalidAddress, domain_of, normalize_address
+from .rules import NO_RULES, Rules, Shape, Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,13 @@ class CacheRows:
 class Projector:
     """Accumulates directory objects and derives the datasets once the read is complete."""
 
-    def __init__(self, provisioned: Iterable[str], *, cache: CacheRows | None = None) -> None:
+    def __init__(self, provisioned: Iterable[str], *, cache: CacheRows | None = None, rules: Rules = NO_RULES) -> None:
         self.provisioned = frozenset(provisioned)
         self.cache = cache  # when set, every object also leaves its cache rows there
+        self.rules = rules  # scope and exclusions (shared/rules.py)
+        # With object rules, an object's kept addresses wait for the verdict (kind, kept list).
+        self._kept_by: dict[str, tuple[str, list[str]]] = {}
+        self._user_types: dict[str, Any] = {}
         self.addresses: set[str] = set()
         self.exclusions: list[Exclusion] = []
         self._user_primary: dict[str, str | None] = {}
@@ -126,6 +131,7 @@ class Projector:
             return  # the same object twice in one read: the first one stands
         cands = self._candidates(uid, "user", obj)
         self._user_primary[uid] = cands.primary
+        self._user_types[uid] = obj.get("userType")
         if self.cache is not None:
             self._cache_object(uid, "u", obj, cands)
             self.cache.users.append((uid, cands.primary))
@@ -176,27 +182,54 @@ class Projector:
             for gid, members in self._members.items():
                 if gid in self._group_names:
                     self.cache.members.extend((gid, mid, member_kind(otype)) for mid, otype in members.items())
-        users = self._user_records()
-        groups = self._group_records()
+        verdict = self._verdict()
+        users = self._user_records(verdict)
+        groups = self._group_records(verdict)
         return Projection(
             datasets={"addresses": dict.fromkeys(sorted(self.addresses), ()), "groups": groups, "users": users},
             exclusions=self.exclusions,
         )
 
-    def _group_records(self) -> Records:
-        parents: dict[str, list[str]] = {gid: [] for gid in self._group_names}
+    def _verdict(self) -> Verdict:
+        """The rules' verdict over the whole read; the kept addresses of the objects it keeps
+        join the dataset, and every candidate of an object it leaves out is an exclusion."""
+        if not self.rules.judges_objects:
+            return judge(Shape(frozenset(), {}, frozenset(), {}), self.rules)
+        from .directory import member_kind
+
+        shape = Shape(
+            groups=frozenset(self._group_names),
+            users=self._user_types,
+            contacts=frozenset(self._contacts),
+            members={gid: [(mid, member_kind(otype)) for mid, otype in ms.items()] for gid, ms in self._members.items() if gid in self._group_names},
+        )
+        verdict = judge(shape, self.rules)
+        for oid, (otype, kept) in self._kept_by.items():
+            why = verdict.reason(oid)
+            if why is None:
+                self.addresses.update(kept)
+            else:
+                self.exclusions.extend(Exclusion("addresses", oid, otype, a, why) for a in kept)
+        for gid in sorted(self._group_names):
+            why = verdict.reason(gid)
+            if why is not None:
+                self.exclusions.append(Exclusion("groups", gid, "group", self._group_names[gid], why))
+        return verdict
+
+    def _group_records(self, verdict: Verdict) -> Records:
+        parents: dict[str, list[str]] = {gid: [] for gid in self._group_names if verdict.keeps(gid)}
         for gid, members in self._members.items():
-            if gid not in self._group_names:
+            if gid not in self._group_names or not verdict.keeps(gid):
                 continue
             for mid, otype in members.items():
                 if self._is_group(mid, otype) and mid in parents:
                     parents[mid].append(gid)
         return {gid: (self._group_names[gid], tuple(sorted(set(parents[gid])))) for gid in sorted(parents)}
 
-    def _user_records(self) -> Records:
+    def _user_records(self, verdict: Verdict) -> Records:
         group_ids: dict[str, list[str]] = {}
         for gid, members in self._members.items():
-            if gid not in self._group_names:
+            if gid not in self._group_names or not verdict.keeps(gid):
                 continue
             for mid, otype in members.items():
                 if self._is_user(mid, otype):
@@ -204,6 +237,10 @@ class Projector:
         owner: dict[str, str] = {}
         for uid in sorted(self._user_primary):
             primary = self._user_primary[uid]
+            why = verdict.reason(uid)
+            if why is not None:
+                self.exclusions.append(Exclusion("users", uid, "user", primary, why))
+                continue
             if primary is None:
                 self.exclusions.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
                 continue
@@ -228,15 +265,20 @@ class Projector:
         return mid in self._group_names
 
     def _candidates(self, oid: str, otype: str, obj: dict[str, Any]) -> Candidates:
-        cands = candidates(oid, otype, obj, self.provisioned)
-        self.addresses.update(cands.kept)
+        cands = candidates(oid, otype, obj, self.provisioned, self.rules)
+        if self.rules.judges_objects:
+            self._kept_by[oid] = (otype, cands.kept)
+        else:
+            self.addresses.update(cands.kept)
         self.exclusions.extend(cands.exclusions)
         return cands
 
 
-def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str]) -> Candidates:
+def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES, *, quiet: bool = False) -> Candidates:
     """Normalize and check one object's candidate addresses: the kept ones, its primary
-    address, and every exclusion with its reason (invalid values are logged with the id)."""
+    address, and every exclusion with its reason (invalid values are logged with the id).
+    A candidate that matches an ``EXCLUDE_ADDRESS_PATTERNS`` pattern is not kept, so a user
+    whose ``mail`` matches falls back to its kept ``SMTP:`` value (docs/sync-rules.md)."""
     raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
     mail = obj.get("mail")
     if isinstance(mail, str) and mail.strip():
@@ -255,13 +297,20 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
         except InvalidAddress as exc:
             if shown not in seen:
                 seen.add(shown)
-                log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
+                if not quiet:
+                    log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
                 out.exclusions.append(Exclusion("addresses", oid, otype, _printable(value), f"invalid address: {exc}"))
             continue
         if domain_of(address) not in provisioned:
             if address not in seen:
                 seen.add(address)
                 out.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned"))
+            continue
+        why = rules.address_reason(address) if rules.exclude_address_patterns else None
+        if why is not None:
+            if address not in seen:
+                seen.add(address)
+                out.exclusions.append(Exclusion("addresses", oid, otype, address, why))
             continue
         if address not in seen:
             seen.add(address)
@@ -313,9 +362,9 @@ def _object_id(obj: dict[str, Any]) -> str:
     return oid
 
 
-def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str]) -> Projection:
+def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
     """Project a whole directory held in memory (tests, the emulator's snapshot)."""
-    p = Projector(provisioned)
+    p = Projector(provisioned, rules=rules)
     for u in directory.get("users", ()):
         p.add_user(u)
     for c in directory.get("contacts", ()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from .addresses import InvalidAddress, check_domain, normalize_domain
 from .errors import SettingsError
 from .netutil import is_loopback_host, url_problem
 from .projection import DATASETS
+from .rules import NO_RULES, Rules, parse_rules
 
 GRAPH_AUTH_MODES = ("client_secret", "managed_identity", "none")
 DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
@@ -56,6 +57,7 @@ class Settings:
     full_sync_interval_hours: float = 24.0
     delete_threshold_percent: float = 10.0
     delete_threshold_count: int = 500
+    rules: Rules = NO_RULES
 
     @property
     def graph_scope(self) -> str:
@@ -179,7 +181,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         full_sync_interval_hours=full_interval,
         delete_threshold_percent=delete_percent,
         delete_threshold_count=delete_count,
+        rules=_rules(get),
     )
+
+
+def _rules(get: Callable[[str], str | None]) -> Rules:
+    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``)."""
+    return parse_rules(get("SYNC_SCOPE_GROUPS"), get("EXCLUDE_USER_TYPES"), get("EXCLUDE_ADDRESS_PATTERNS"))
 
 
 def _number(raw: str | None, name: str, default: float, example: str, low: float, high: float, *, integer: bool = False) -> float:
