@@ -85,6 +85,21 @@ def change_directory(graph: GraphEmulator) -> None:
     print(f"\n# directory change: hired {joiner['mail']}, removed user {leaver['id']}, renamed and joined group {renamed['id']}")
 
 
+RULE_SETTINGS = ("SYNC_SCOPE_GROUPS", "EXCLUDE_USER_TYPES", "EXCLUDE_ADDRESS_PATTERNS")
+
+
+def try_scope(graph: GraphEmulator, env: dict[str, str]) -> None:
+    """A preview with scope and exclusions: the rule settings from the environment when any is
+    set, else the demo's "Cycle A" group (nested, cyclic), guests and no-reply addresses."""
+    groups = {g.get("displayName"): g["id"] for g in graph.snapshot()["groups"]}
+    rules = {k: os.environ[k] for k in RULE_SETTINGS if os.environ.get(k, "").strip()}
+    if not rules:
+        rules = {"SYNC_SCOPE_GROUPS": groups["Cycle A"], "EXCLUDE_USER_TYPES": "Guest", "EXCLUDE_ADDRESS_PATTERNS": r"no-?reply@.*"}
+    print("\n# a scope: a preview with " + ", ".join(f"{k}={v}" for k, v in rules.items()))
+    print("#   (demo groups to try: " + ", ".join(f"{n!r} {groups[n]}" for n in ("Cycle A", "Ring X", "Self Loop") if n in groups) + ")")
+    _run("test-update", {**env, **rules})
+
+
 def main() -> int:
     try:
         azurite = Azurite().start()
@@ -100,7 +115,7 @@ def main() -> int:
         print("# local stack: Graph emulator", graph.base_url, "| sync API receiver", receiver.base_url, "| Azurite blob", azurite.port)
         print(f"# demo tenant: {len(snap['users'])} users, {len(snap['groups'])} groups, {len(snap['contacts'])} contacts; "
               f"provisioned domains: {', '.join(receiver.domains)}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAPH_", "SYNC_", "KEY_VAULT", "AzureWebJobs"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAPH_", "SYNC_", "KEY_VAULT", "AzureWebJobs", "EXCLUDE_"))}
         env.update({
             "GRAPH_AUTH": "none", "GRAPH_BASE_URL": graph.base_url, "SYNC_API_URL": receiver.base_url,
             "SYNC_API_CREDENTIAL": DEMO_CREDENTIAL, "SYNC_STATE": "blob:sync-state", "AzureWebJobsStorage": azurite.connection_string,
@@ -120,6 +135,7 @@ def main() -> int:
         _run("update", env)
         held = {d: len(receiver.records(d)) for d in ("addresses", "groups", "users")}
         print(f"\n# the receiver now holds: {held}")
+        try_scope(graph, env)
     finally:
         receiver.stop()
         graph.stop()
