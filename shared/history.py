@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .errors import StateError
 from .projection import DATASETS
+from .rules import rule_exclusion_lines
 from .state import azure_reason
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,7 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
     instead, labelled as such. Reports are read defensively: an old or odd report renders
     as dashes, never as an exception."""
     lines = _runs_table(reports)
+    lines.extend(rule_exclusion_lines(reports))  # scope and exclusions (shared/rules.py)
     lines.append("")
     source = "held deletions"
     counts: dict[str, int]

@@ -74,7 +74,7 @@ class Rules:
         """Why a normalized candidate address is not kept, or ``None`` (it matches no pattern)."""
         for p in self.exclude_address_patterns:
             if p.fullmatch(address):
-                return f"matches {PATTERNS_SETTING} pattern {p.pattern!r}"
+                return f"matches {PATTERNS_SETTING} pattern '{p.pattern}'"
         return None
 
     def user_type_reason(self, user_type: Any) -> str | None:
@@ -116,7 +116,7 @@ def parse_rules(scope: str | None, user_types: str | None, patterns: str | None)
             try:
                 compiled.append(re.compile(part, re.IGNORECASE))
             except re.error as exc:
-                raise SettingsError(PATTERNS_SETTING, f"{part!r} is not a valid Python regular expression ({exc})", r"noreply@.*,.*\.test\.contoso\.com") from None
+                raise SettingsError(PATTERNS_SETTING, f"'{part}' is not a valid Python regular expression ({exc})", r"noreply@.*,.*\.test\.contoso\.com") from None
         if not compiled:
             raise SettingsError(PATTERNS_SETTING, "is set but names no pattern; unset it to keep every address", r"noreply@.*")
     return Rules(scope_groups, frozenset(types), tuple(compiled))
@@ -247,3 +247,28 @@ def rule_exclusions_summary(exclusions: Iterable[Any], listed: int = MAX_LISTED_
     if total > len(items):
         out["itemsTruncated"] = total - len(items)
     return out
+
+
+def rule_exclusion_lines(reports: Iterable[Any], shown: int = 10) -> list[str]:
+    """The text ``status`` prints about the newest run report that carries ``ruleExclusions``:
+    what each setting left out, per dataset, and the first ``shown`` exclusions."""
+    for report in reports:
+        rules = report.get("ruleExclusions") if isinstance(report, dict) else None
+        if not isinstance(rules, dict):
+            continue
+        lines = [f"left out by the scope and exclusion settings (run finished {report.get('finishedAt') or '?'}):"]
+        counts = rules.get("counts") if isinstance(rules.get("counts"), dict) else {}
+        if not counts:
+            lines.append("  nothing")
+        for setting, per in sorted(counts.items()):
+            if isinstance(per, dict):
+                lines.append(f"  {setting}: " + ", ".join(f"{n:,} {d}" for d, n in sorted(per.items()) if isinstance(n, int)))
+        items = rules.get("items") if isinstance(rules.get("items"), list) else []
+        for item in items[:shown]:
+            if isinstance(item, dict):
+                lines.append(f"    {item.get('dataset')} {item.get('objectType')} {item.get('objectId')} {item.get('value') or ''}: {item.get('reason')}")
+        more = sum(sum(v for v in per.values() if isinstance(v, int)) for per in counts.values() if isinstance(per, dict)) - min(len(items), shown)
+        if more > 0:
+            lines.append(f"    ... and {more:,} more (python -m shared test-update lists every exclusion)")
+        return ["", *lines]
+    return []
