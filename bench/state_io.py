@@ -23,11 +23,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.tenant import generate_tenant  # noqa: E402
-from shared.directory import Affected  # noqa: E402
-from shared.projection import CacheRows, Projector  # noqa: E402
+from shared.directory import Affected, Round  # noqa: E402
 from shared.state import FileStateStore  # noqa: E402
 
 DOMAINS = ("contoso.com", "fabrikam.com")
+
+
+def _member_type(mid: str, tenant: dict) -> str:
+    return "#microsoft.graph.group" if mid in _group_ids(tenant) else "#microsoft.graph.user"
+
+
+_GROUP_IDS: dict[int, set[str]] = {}
+
+
+def _group_ids(tenant: dict) -> set[str]:
+    key = id(tenant)
+    if key not in _GROUP_IDS:
+        _GROUP_IDS[key] = {g["id"] for g in tenant["groups"]}
+    return _GROUP_IDS[key]
 
 
 def timed(fn):
@@ -41,35 +54,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     args = parser.parse_args(argv)
     tenant = generate_tenant(args.users, groups=args.users // 10, seed=1, domains=DOMAINS)
-    rows = CacheRows()
-    projector = Projector(DOMAINS, cache=rows)
+    # The tenant as a first delta round (a group's members as its members@delta entries).
+    rnd = Round()
     for u in tenant["users"]:
-        projector.add_user(u)
+        rnd.take("users", u)
     for c in tenant["contacts"]:
-        projector.add_contact(c)
+        rnd.take("contacts", c)
     for g in tenant["groups"]:
-        projector.add_group({k: v for k, v in g.items() if k != "members"})
-        projector.add_members(g["id"], ({"id": m} for m in g.get("members") or ()))
-    projection = projector.result()
-    records = projection.datasets
-    n_records = sum(len(r) for r in records.values())
+        rnd.take("groups", {**{k: v for k, v in g.items() if k != "members"},
+                            "members@delta": [{"@odata.type": _member_type(m, tenant), "id": m} for m in g.get("members") or ()]})
     changed = tenant["users"][: max(1, args.users // 100)]
     out: list[str] = []
-    print(f"# {args.users:,} users: {n_records:,} records, {len(rows.objects):,} cached objects, {len(rows.members):,} memberships, "
-          f"{len(rows.kept):,} kept addresses", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="state_io.") as tmp:
         # --- SQLite, as the product writes it --------------------------------------------------
         store = FileStateStore(Path(tmp) / "sqlite")
         db = store.open()
 
-        def write_all() -> None:
+        def write_all() -> dict:
+            cache = db.cache(frozenset(DOMAINS))
+            cache.clear()
+            cache.apply_round(rnd, None)
+            records = {d: cache.records(d) for d in ("addresses", "groups", "users")}
             for d, recs in records.items():
                 db.replace_records(d, recs)
-            db.cache(frozenset(DOMAINS)).replace_all(rows)
             db.commit()
+            return records
 
-        _, t_write = timed(write_all)
+        records, t_write = timed(write_all)
+        n_records = sum(len(r) for r in records.values())
+        counts = {t: db.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("objects", "members", "kept")}  # noqa: S608
+        print(f"# {args.users:,} users: {n_records:,} records, {counts['objects']:,} cached objects, {counts['members']:,} memberships, "
+              f"{counts['kept']:,} kept addresses", flush=True)
         db.close()
         size = sum(f.stat().st_size for f in (Path(tmp) / "sqlite").iterdir()) / 1e6
         db, t_open = timed(store.open)
@@ -84,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
         _, t_delta = timed(delta_round)
         _, t_all = timed(lambda: {d: db.records(d) for d in records})
+        rows = {t: db.conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("objects", "kept", "users", "members")}  # noqa: S608
         db.close()
         out.append(f"| SQLite (state.db, this release) | {size:.1f} | {t_write:.2f} | {t_open * 1000:.0f} ms | {t_delta:.2f} | {t_all:.2f} |")
 
         # --- the previous release's JSON document, with the same cache in it ---------------------
         doc = {
             "records": {d: (sorted(r) if d == "addresses" else {k: [v[0], list(v[1])] for k, v in r.items()}) for d, r in records.items()},
-            "objects": rows.objects, "kept": rows.kept, "users": rows.users, "members": rows.members,
+            **rows,
         }
         path = Path(tmp) / "state.json.gz"
 

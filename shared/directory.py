@@ -14,13 +14,16 @@ type: contact, device, service principal) or ``?`` (Graph did not say).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .projection import GROUP_TYPE, USER_TYPE, Exclusion, candidates, group_name
-from .rules import EVERYTHING, NO_RULES, PATTERNS_SETTING, Rules, Shape, Verdict, judge, rule_of
+from .projection import DATASETS, GROUP_TYPE, USER_TYPE, Exclusion, Projection, Records, candidates, group_name
+from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge, rule_of
+
+log = logging.getLogger(__name__)
 
 PROPS: dict[str, tuple[str, ...]] = {
     "u": ("mail", "proxyAddresses", "userType"),
@@ -58,8 +61,10 @@ def compact(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The cached data is JSON with non-ASCII escaped: a Graph string can carry lone surrogates
+# (JSON escapes), which SQLite's UTF-8 text cannot hold; the escapes round-trip them.
 def compact_json(kind: str, obj: dict[str, Any]) -> str:
-    return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=True)
 
 
 def merge(old: dict[str, Any] | None, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -93,14 +98,92 @@ class Affected:
         return getattr(self, dataset)
 
 
-class Cache:
-    """The cache tables of one open state database (inside the caller's transaction)."""
+@dataclass
+class _Net:
+    """What a round's entries about one object say, folded in arrival order.
 
-    def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES) -> None:
+    ``present``: the last entry was not ``@removed``. ``reset``: an ``@removed`` entry came, so
+    whatever the cache held for the object before the round is gone (a later entry recreates
+    it from nothing). ``props``: the selected properties carried since the last reset, a later
+    value replacing an earlier one. ``members``: member id -> (added, member kind), the last
+    ``members@delta`` entry for a member winning."""
+
+    present: bool = True
+    reset: bool = False
+    props: dict[str, Any] = field(default_factory=dict)
+    members: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+
+class Round:
+    """One delta round's entries (a full read's first round as much as a later one), folded
+    per object in the order Graph sent them. Graph documents that, within a round, an object
+    comes back when it changed during the round (the later entry is the newer state), that
+    ``@removed`` removes it (reason ``changed`` or ``deleted``), and that a big group comes in
+    slices that repeat its selected properties, with ``members@delta`` entries that add up and
+    member entries marked ``@removed`` that remove that member (docs/sync-rules.md, "Reading
+    the directory"; Microsoft Graph: "Use delta query to track changes in Microsoft Graph
+    data", "group: delta", "user: delta").
+
+    Pages are fed with ``take(collection, entry)`` as they arrive (a 100,000-user read never
+    holds the raw pages); ``Cache.apply_round`` then applies the fold to the directory cache.
+    Folding first and applying once equals applying every entry one after the other."""
+
+    def __init__(self) -> None:
+        self.nets: dict[str, dict[str, _Net]] = {c: {} for c in KIND_OF}
+        self.entries: dict[str, int] = dict.fromkeys(KIND_OF, 0)
+
+    def take(self, collection: str, obj: dict[str, Any]) -> None:
+        """Fold one entry. Raises ``ValueError`` for an entry without an id."""
+        kind = KIND_OF[collection]
+        oid = obj.get("id")
+        if not isinstance(oid, str) or not oid:
+            raise ValueError(f"a {collection} delta entry without an id")
+        self.entries[collection] += 1
+        nets = self.nets[collection]
+        net = nets.get(oid)
+        if net is None:
+            net = nets[oid] = _Net()
+        if "@removed" in obj:
+            net.present, net.reset = False, True
+            net.props = {}
+            net.members = {}
+        else:
+            net.present = True
+            net.props.update(compact(kind, obj))
+        if kind == "g":
+            ops = obj.get("members@delta")
+            if isinstance(ops, list):
+                members = net.members
+                for m in ops:
+                    if not isinstance(m, dict):
+                        continue
+                    mid = m.get("id")
+                    if not isinstance(mid, str) or not mid:
+                        continue
+                    if "@removed" in m:
+                        members[mid] = (False, member_kind(m.get("@odata.type")))
+                    elif net.present:
+                        members[mid] = (True, member_kind(m.get("@odata.type")))
+
+    def distinct(self) -> dict[str, int]:
+        """Distinct objects the round named, per collection (an object sent twice counts once)."""
+        return {c: len(n) for c, n in self.nets.items()}
+
+    def present(self) -> dict[str, int]:
+        """Distinct objects that exist at the end of the round, per collection."""
+        return {c: sum(1 for net in n.values() if net.present) for c, n in self.nets.items()}
+
+
+class Cache:
+    """The cache tables of one open state database (inside the caller's transaction), or of a
+    scratch database (``memory_cache``)."""
+
+    def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *, empty: bool = False) -> None:
         self.conn = conn
         self.provisioned = provisioned
-        self.rules = rules
+        self.rules = rules  # scope and exclusions (shared/rules.py)
         self._verdict: Verdict | None = None
+        self._empty = empty  # known to hold no object: a round is loaded in bulk
 
     # --- scope and exclusions (shared/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
@@ -149,65 +232,59 @@ class Cache:
                 self._children(oid, affected)  # their parentIds / groupIds name it or no longer do
 
     def rule_exclusions(self) -> list[Exclusion]:
-        """What the object rules leave out of the whole cached directory: each left-out object's
-        kept candidates, users and groups, and every candidate an address pattern left out
-        (recomputed from the cached properties, only when patterns are set), with the reason."""
-        verdict = self.verdict()
-        out: list[Exclusion] = []
-        q = self.conn.execute
-        if self.rules.exclude_address_patterns:
-            for oid, kind, data in q("SELECT id, kind, data FROM objects ORDER BY id").fetchall():
-                cands = candidates(oid, OTYPE[kind], json.loads(data), self.provisioned, self.rules, quiet=True)
-                out.extend(e for e in cands.exclusions if rule_of(e.reason) == PATTERNS_SETTING)
-        for oid in sorted(verdict.left_out):
-            why = verdict.left_out[oid]
-            row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
-            if row is None:
-                continue
-            otype = OTYPE[row[0]]
-            out.extend(Exclusion("addresses", oid, otype, a, why) for (a,) in q("SELECT address FROM kept WHERE object_id=? ORDER BY address", (oid,)))
-            if row[0] == "u":
-                primary = q("SELECT primary_address FROM users WHERE id=?", (oid,)).fetchone()
-                out.append(Exclusion("users", oid, "user", primary[0] if primary else None, why))
-            elif row[0] == "g":
-                out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(row[1])), why))
-        return out
+        """What the scope and exclusion settings leave out of the whole cached directory, with
+        the reason naming the setting (and the pattern): ``exclusions()`` filtered."""
+        return [e for e in self.exclusions() if rule_of(e.reason) is not None]
 
     # --- applying a delta round ----------------------------------------------------------
-    def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected) -> None:
-        kind = KIND_OF[collection]
-        self._verdict = None
+    def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected | None) -> None:
+        """Apply one collection's entries of a round, in order (``Round`` says how), and add
+        the record keys they can affect to ``affected`` (``None``: not needed, as after a full
+        read, which projects everything). Raises ``ValueError`` for an entry without an id."""
+        rnd = Round()
         for obj in objects:
-            oid = obj.get("id")
-            if not isinstance(oid, str) or not oid:
-                raise ValueError(f"a {collection} delta entry without an id")
-            self._forget(oid, affected)
-            if "@removed" in obj:
-                self._remove(oid, kind, affected)
-            else:
-                self._upsert(oid, kind, obj, affected)
-            if kind == "g":
-                self._member_ops(oid, obj.get("members@delta"), affected)
+            rnd.take(collection, obj)
+        self.apply_round(rnd, affected)
 
-    def _forget(self, oid: str, affected: Affected) -> None:
-        """What the object held before: the keys it could stop affecting."""
+    def apply_round(self, rnd: Round, affected: Affected | None) -> None:
+        """Apply a folded round (every collection) to the cache."""
+        self._verdict = None  # the scope is judged again over the merged cache
+        if self._empty:
+            self._load(rnd, affected)
+            return
+        sink = affected if affected is not None else Affected()
+        for collection, nets in rnd.nets.items():
+            kind = KIND_OF[collection]
+            for oid, net in nets.items():
+                self._apply_net(oid, kind, net, sink)
+
+    def _apply_net(self, oid: str, kind: str, net: _Net, affected: Affected) -> None:
         q = self.conn.execute
+        # What the object held before: the keys it could stop affecting.
         affected.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
         for (primary,) in q("SELECT primary_address FROM users WHERE id=?", (oid,)):
             affected.users.add(oid)
             if primary:
                 affected.primaries.add(primary)
+        row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
+        if row is not None and (net.reset or not net.present):
+            self._remove(oid, row[0], affected)
+            row = None
+        if net.present:
+            old = json.loads(row[1]) if row is not None and row[0] == kind else None
+            if row is None and kind == "g":
+                self._children(oid, affected)  # a group that (re)appears becomes a parent again
+            self._upsert(oid, kind, merge(old, kind, net.props), affected)
+        if kind == "g" and net.members:
+            self._member_ops(oid, net.members, net.present, affected)
 
-    def _remove(self, oid: str, kind: str, affected: Affected) -> None:
+    def _remove(self, oid: str, old_kind: str, affected: Affected) -> None:
         q = self.conn.execute
-        row = q("SELECT kind FROM objects WHERE id=?", (oid,)).fetchone()
-        if row is None:
-            return  # a replayed removal, or one of an object never seen: nothing to undo
-        if row[0] == "g":
+        if old_kind == "g":
             affected.groups.add(oid)
             self._children(oid, affected)
             q("DELETE FROM members WHERE group_id=?", (oid,))
-        elif row[0] == "u":
+        elif old_kind == "u":
             affected.users.add(oid)
         q("DELETE FROM objects WHERE id=?", (oid,))
         q("DELETE FROM kept WHERE object_id=?", (oid,))
@@ -220,17 +297,12 @@ class Cache:
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
 
-    def _upsert(self, oid: str, kind: str, obj: dict[str, Any], affected: Affected) -> None:
+    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected) -> None:
         q = self.conn.execute
-        row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
-        old = json.loads(row[1]) if row is not None and row[0] == kind else None
-        if row is None and kind == "g":
-            self._children(oid, affected)  # a group that (re)appears becomes a parent again
-        data = merge(old, kind, obj)
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         q(
             "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
-            (oid, kind, json.dumps(data, separators=(",", ":"), ensure_ascii=False), len(cands.exclusions)),
+            (oid, kind, json.dumps(data, separators=(",", ":"), ensure_ascii=True), len(cands.exclusions)),
         )
         q("DELETE FROM kept WHERE object_id=?", (oid,))
         self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
@@ -244,22 +316,13 @@ class Cache:
         elif kind == "g":
             affected.groups.add(oid)
 
-    def _member_ops(self, gid: str, ops: Any, affected: Affected) -> None:
-        if not isinstance(ops, list):
-            return
+    def _member_ops(self, gid: str, ops: dict[str, tuple[bool, str]], group_exists: bool, affected: Affected) -> None:
         q = self.conn.execute
-        group_exists = q("SELECT 1 FROM objects WHERE id=? AND kind='g'", (gid,)).fetchone() is not None
-        for m in ops:
-            if not isinstance(m, dict):
-                continue
-            mid = m.get("id")
-            if not isinstance(mid, str) or not mid:
-                continue
-            mkind = member_kind(m.get("@odata.type"))
-            if "@removed" in m:
+        for mid, (added, mkind) in ops.items():
+            if not added:
                 row = q("SELECT kind FROM members WHERE group_id=? AND member_id=?", (gid, mid)).fetchone()
-                if row is not None:
-                    mkind = row[0] if mkind == "?" else mkind
+                if row is not None and mkind == "?":
+                    mkind = row[0]
                 q("DELETE FROM members WHERE group_id=? AND member_id=?", (gid, mid))
             elif group_exists:
                 q("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", (gid, mid, mkind))
@@ -269,6 +332,45 @@ class Cache:
                 affected.users.add(mid)
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
+
+    def _load(self, rnd: Round, affected: Affected | None) -> None:
+        """A round into a cache that holds nothing: the same fold, written with one bulk
+        insert per table (what makes a 100,000-user full read affordable)."""
+        objects: list[tuple[str, str, str, int]] = []
+        kept: list[tuple[str, str]] = []
+        users: list[tuple[str, str | None]] = []
+        members: list[tuple[str, str, str]] = []
+        provisioned = self.provisioned
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+        for collection, nets in rnd.nets.items():
+            kind, otype = KIND_OF[collection], OTYPE[KIND_OF[collection]]
+            for oid, net in nets.items():
+                if not net.present:
+                    continue  # removed during the round: nothing cached held it
+                cands = candidates(oid, otype, net.props, provisioned, self.rules)
+                objects.append((oid, kind, dumps(net.props), len(cands.exclusions)))
+                if cands.kept:
+                    kept.extend([(a, oid) for a in cands.kept])
+                if kind == "u":
+                    users.append((oid, cands.primary))
+                elif kind == "g" and net.members:
+                    members.extend([(oid, mid, mk) for mid, (added, mk) in net.members.items() if added])
+        em = self.conn.executemany
+        em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", objects)
+        em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", kept)
+        em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", users)
+        em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", members)
+        self._empty = False
+        if affected is not None:
+            affected.addresses.update(a for a, _ in kept)
+            affected.users.update(u for u, _ in users)
+            affected.primaries.update(p for _, p in users if p)
+            affected.groups.update(oid for oid, kind, _, _ in objects if kind == "g")
+            for _, mid, mk in members:
+                if mk in ("u", "?"):
+                    affected.users.add(mid)
+                if mk in ("g", "?"):
+                    affected.groups.add(mid)
 
     # --- projecting the affected keys ------------------------------------------------------
     def desired(self, dataset: str, keys: Iterable[str]) -> dict[str, tuple | None]:
@@ -362,17 +464,110 @@ class Cache:
             for kind, k in (("users", "u"), ("groups", "g"), ("contacts", "c"))
         }
 
-    # --- a full read replaces everything -----------------------------------------------------
-    def replace_all(self, rows: Any) -> None:
-        """Load the rows a full read produced (``projection.CacheRows``) in place of the old cache."""
+    # --- the whole directory, projected (a full read) ------------------------------------------
+    def records(self, dataset: str) -> Records:
+        """Every record of a dataset the cached directory implies, by the rules of
+        docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
+        ``desired``, over every key at once. Canonical values as in ``shared/projection.py``."""
         q = self.conn.execute
-        for table in CACHE_TABLES:
-            q(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
-        self.conn.executemany("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", rows.objects)
-        self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", rows.kept)
-        self.conn.executemany("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", rows.users)
-        self.conn.executemany("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", rows.members)
+        verdict = self.verdict()  # the scope and exclusions: what is left out contributes nothing
+        keeps = verdict.keeps
+        if dataset == "addresses":
+            if verdict is EVERYTHING:
+                return dict.fromkeys((a for (a,) in q("SELECT DISTINCT address FROM kept ORDER BY address")), ())
+            return dict.fromkeys(sorted({a for a, o in q("SELECT address, object_id FROM kept") if keeps(o)}), ())
+        if dataset == "groups":
+            names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id") if keeps(gid)}
+            parents: dict[str, list[str]] = {}
+            for mid, gid in q(
+                "SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
+                "WHERE m.kind IN ('g', '?')"
+            ):
+                if mid in names and gid in names:
+                    parents.setdefault(mid, []).append(gid)
+            return {gid: (name, tuple(sorted(set(parents.get(gid, ()))))) for gid, name in names.items()}
+        if dataset != "users":
+            raise ValueError(f"unknown dataset {dataset!r}")
+        owner: dict[str, str] = {}  # primary address -> the user with the smallest id
+        primary_of: dict[str, str] = {}
+        for uid, primary in q("SELECT id, primary_address FROM users WHERE primary_address IS NOT NULL ORDER BY id"):
+            if not keeps(uid):
+                continue
+            first = owner.setdefault(primary, uid)
+            if first == uid:
+                primary_of[uid] = primary
+            else:
+                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, first)
+        group_ids: dict[str, list[str]] = {}
+        for mid, gid in q(
+            "SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
+            "WHERE m.kind IN ('u', '?')"
+        ):
+            if mid in primary_of and keeps(gid):
+                group_ids.setdefault(mid, []).append(gid)
+        return {uid: (primary, tuple(sorted(set(group_ids.get(uid, ()))))) for uid, primary in primary_of.items()}
 
+    def exclusions(self) -> list[Exclusion]:
+        """Every candidate address and user the rules leave out, with its reason, recomputed
+        from the cached objects (``test-update`` reports them): addresses per object in id
+        order, then users in id order."""
+        q = self.conn.execute
+        out: list[Exclusion] = []
+        for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
+            out.extend(candidates(oid, OTYPE[kind], json.loads(data), self.provisioned, self.rules, warn=False).exclusions)
+        # What the scope and user types leave out: every address the object would keep, the
+        # group, the user (docs/sync-rules.md, "Scope and exclusions").
+        verdict = self.verdict()
+        for oid in sorted(verdict.left_out):
+            why = verdict.left_out[oid]
+            row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
+            if row is None:
+                continue
+            out.extend(Exclusion("addresses", oid, OTYPE[row[0]], a, why) for (a,) in q("SELECT address FROM kept WHERE object_id=? ORDER BY address", (oid,)))
+            if row[0] == "g":
+                out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(row[1])), why))
+        owner: dict[str, str] = {}
+        for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
+            why = verdict.reason(uid)
+            if why is not None:
+                out.append(Exclusion("users", uid, "user", primary, why))
+                continue
+            if primary is None:
+                out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
+                continue
+            first = owner.setdefault(primary, uid)
+            if first != uid:
+                out.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {first}, which has the smaller id"))
+        return out
+
+    def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
+        """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
+        return Projection({d: self.records(d) for d in datasets}, self.exclusions())
+
+    # --- a full read starts from nothing ------------------------------------------------------
     def clear(self) -> None:
+        """Empty the cache (a full read is a round applied to an empty cache)."""
         for table in CACHE_TABLES:
             self.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        self._empty = True
+
+
+def memory_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:
+    """An empty cache in a scratch in-memory database (a dry run, tests): never the state."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.executescript(SCHEMA)
+    return Cache(conn, frozenset(provisioned), rules, empty=True)
+
+
+def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
+    """Project a round given as ``(collection, entry)`` pairs in arrival order (tests).
+    Raises ``rules.ScopeError`` when a scope id names no group of the round."""
+    rnd = Round()
+    for collection, obj in entries:
+        rnd.take(collection, obj)
+    cache = memory_cache(provisioned, rules)
+    try:
+        cache.apply_round(rnd, None)
+        return cache.projection()
+    finally:
+        cache.conn.close()

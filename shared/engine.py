@@ -15,24 +15,36 @@ from typing import Any
 
 from .credentials import graph_auth_provider
 from .diff import Batch, DatasetDiff, diff_records, plan_update
-from .directory import Affected, Cache
+from .directory import memory_cache
 from .errors import (
     CredentialExpiredError,
     DeletionsHeldError,
     DeltaExpiredError,
     GraphError,
-    IncompleteReadError,
     PayloadTooLargeError,
     StateError,
     SyncApiProtocolError,
     SyncError,
 )
-from .graph import COLLECTIONS, Changes, GraphSource, ReadStats
+from .graph import GraphSource
 from .guard import Thresholds, judge_all
 from .history import ReportStore, open_reports
 from .lock import RunLock, default_holder, open_run_lock
 from .operations import approve_deletions
-from .projection import DATASETS, CacheRows, Projection, Projector, Records, from_api_record, to_api_record
+from .projection import DATASETS, Records, from_api_record, to_api_record
+from .reading import (
+    CACHE_META,
+    FINGERPRINT_META,
+    LAST_FULL_META,
+    LINKS_META,
+    Read,
+    fingerprint,
+    merge_delta,
+    merge_full,
+    read_delta,
+    read_full,
+    why_full,
+)
 from .redact import scrub
 from .rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .settings import Settings
@@ -46,10 +58,6 @@ log = logging.getLogger(__name__)
 ACTIONS = ("test-update", "update", "replace", "refresh", "approve-deletions")
 LOCKED_ACTIONS = ("update", "replace", "refresh", "approve-deletions")
 REPLACE_ORDER = ("groups", "users", "addresses")  # users' groupIds are checked against live groups
-LINKS_META = "deltaLinks"
-FINGERPRINT_META = "readFingerprint"
-LAST_FULL_META = "lastFullRead"
-CACHE_META = "directoryCache"
 REJECTED_META = "rejected"
 
 
@@ -177,10 +185,7 @@ class _Plan:
     diffs: dict[str, DatasetDiff]
     held_view: dict[str, Records]  # the state records plan_update needs
     excluded: dict[str, int]
-    projection: Projection | None = None
-    rows: CacheRows | None = None
-    changes: Changes | None = None
-    links: dict[str, str | None] = field(default_factory=dict)
+    read: Read | None = None  # full: already merged into the state's cache; delta: merged on save
 
 
 class _Run:
@@ -255,77 +260,55 @@ class _Run:
         # token request, secret included) is not kept as the error's __context__.
         raise failure
 
-    async def _read_full(self, provisioned: frozenset[str], *, keep_cache: bool) -> tuple[Projection, CacheRows | None, ReadStats]:
-        rows = CacheRows() if keep_cache else None
-        projector = Projector(provisioned, cache=rows, rules=self.settings.rules)
-        stats: ReadStats = await self._graph(lambda source: source.read_directory(projector))
-        return projector.result(), rows, stats
+    async def _read_full(self, reason: str) -> Read:
+        read: Read = await self._graph(lambda source: read_full(source, reason))
+        self.summary.extra["read"] = read.summary(self.graph_retries)
+        log.info("read: full (%s)", reason)
+        return read
 
     def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
-        ad = self.settings.address_domains
-        return {
-            "datasets": list(self.datasets),
-            "addressDomains": sorted(ad) if ad is not None else None,
-            "provisioned": sorted(provisioned),
-            "rules": self.settings.rules.fingerprint(),
-        }
+        # The scope and exclusion settings too: a change of any of them reads in full.
+        return {**fingerprint(self.datasets, self.settings.address_domains, provisioned), "rules": self.settings.rules.fingerprint()}
 
     def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
         """Why this update must read the directory in full; ``None``: a delta round will do."""
-        links = db.get_meta(LINKS_META)
-        if db.get_meta(CACHE_META) != "complete" or not isinstance(links, dict):
-            if db.get_meta("convertedFrom"):
-                return "the state was converted from the previous release and has no directory cache yet"
-            if db.get_meta(LAST_FULL_META) is None:
-                return "first run: no directory cache yet"
-            return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
-        if any(not isinstance(links.get(c), str) for c in COLLECTIONS):
-            return "a collection has no delta link (its delta endpoint was not served)"
-        old = db.get_meta(FINGERPRINT_META) or {}
-        new = self._fingerprint(provisioned)
-        for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)")):
-            if old.get(key) != new[key]:
-                return f"{setting} changed since the last full read"
-        if old.get("rules") != new["rules"]:
-            was, now = old.get("rules") or {}, new["rules"] or {}
-            names = [s for k, s in RULE_SETTINGS if was.get(k) != now.get(k)]
-            return f"{', '.join(names) or 'the scope and exclusion settings'} changed since the last full read"
-        interval = self.settings.full_sync_interval_hours
-        last = _parse_time(db.get_meta(LAST_FULL_META))
-        if interval <= 0:
-            return "FULL_SYNC_INTERVAL_HOURS is 0: every run reads in full"
-        if last is None or self.options.now() - last >= dt.timedelta(hours=interval):
-            return f"periodic full reconcile (FULL_SYNC_INTERVAL_HOURS={interval:g}; last full read {db.get_meta(LAST_FULL_META)})"
-        return None
+        reason = why_full(db.get_meta, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
+        if reason is None or reason.startswith(("periodic", "FULL_SYNC_INTERVAL_HOURS")):
+            was = (db.get_meta(FINGERPRINT_META) or {}).get("rules") or {}
+            now = self.settings.rules.fingerprint() or {}
+            changed = [setting for key, setting in RULE_SETTINGS if was.get(key) != now.get(key)]
+            if changed:
+                return f"{', '.join(changed)} changed since the last full read"
+        return reason
+
+    def _note_rule_exclusions(self, exclusions: Any) -> None:
+        """What the scope and exclusion settings left out, for the run report and status."""
+        if self.settings.rules.active:
+            self.summary.extra["ruleExclusions"] = rule_exclusions_summary(exclusions)
 
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> _Plan:
         reason = self._why_full(db, provisioned)
         if reason is None:
             links: dict[str, str] = db.get_meta(LINKS_META)
             try:
-                source_links: dict[str, str | None] = {}
-
-                async def read(source: GraphSource) -> Changes:
-                    try:
-                        return await source.read_changes(links)
-                    finally:
-                        source_links.update(source.stats.links)
-
-                changes: Changes = await self._graph(read)
+                read: Read = await self._graph(lambda source: read_delta(source, links, "delta links saved by the last run"))
             except DeltaExpiredError as exc:
                 reason = f"{exc}; reading in full"
                 log.warning("%s", reason)
             else:
-                return self._delta_plan(db, provisioned, changes, source_links)
-        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
+                return self._delta_plan(db, provisioned, read)
+        read = await self._read_full(reason)
+        # The state's cache becomes this read's, in the run's open transaction: it is committed
+        # only with the rest of the run, once the service confirmed everything.
+        cache = db.cache(provisioned, self.settings.rules)
+        merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
-        diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
-        self.summary.extra["read"] = {"kind": "full", "reason": reason, "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
-        self._note_rule_exclusions(projection)
-        log.info("read: full (%s)", reason)
-        return _Plan("full", reason, diffs, held_view, {d: projection.excluded(d) for d in DATASETS}, projection=projection, rows=rows, links=dict(stats.links))
+        diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
+        if self.settings.rules.active:
+            self._note_rule_exclusions(cache.rule_exclusions())
+        return _Plan("full", reason, diffs, held_view, cache.excluded(), read=read)
 
-    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], changes: Changes, links: dict[str, str | None]) -> _Plan:
+    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> _Plan:
         # Held deletions and last run's rejections are looked at again, whatever changed.
         held_keys = {d: set(keys) for d, keys in db.held().items()}
         for d, keys in (db.get_meta(REJECTED_META) or {}).items():
@@ -337,11 +320,11 @@ class _Run:
             try:
                 before = cache.verdict()
             except ScopeError:
-                before = None  # judged again below, after the round; every object is looked at
-            affected = _apply_changes(cache, changes)
+                before = None  # judged again after the round; then every object is looked at
+            affected = merge_delta(cache, read)
             if self.settings.rules.judges_objects:
                 cache.verdict()  # a scope id that names no group fails the run here, before anything is sent
-                cache.rescope(before, affected)
+                cache.rescope(before, affected)  # users and subtrees the round moved in or out of scope
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -355,29 +338,23 @@ class _Run:
                 held_view[d] = have
             excluded = cache.excluded()
             if self.settings.rules.active:
-                self.summary.extra["ruleExclusions"] = rule_exclusions_summary(cache.rule_exclusions())
-        reason = "delta links saved by the last run"
-        counts = {c: len(changes.of(c)) for c in COLLECTIONS}
-        self.summary.extra["read"] = {"kind": "delta", "reason": reason, "objects": counts, "membershipRead": "groups/delta", "graphRetries": self.graph_retries}
-        log.info("read: delta (%s): %s changed objects", reason, counts)
-        return _Plan("delta", reason, diffs, held_view, excluded, changes=changes, links=links)
+                self._note_rule_exclusions(cache.rule_exclusions())
+        self.summary.extra["read"] = read.summary(self.graph_retries)
+        log.info("read: delta (%s): %s changed objects", read.reason, read.objects)
+        return _Plan("delta", read.reason, diffs, held_view, excluded, read=read)
 
     def _save_read(self, db: StateDB, plan: _Plan, provisioned: frozenset[str]) -> None:
         """After the service confirmed the run: the cache and links of this read become the state's."""
-        cache = db.cache(provisioned, self.settings.rules)
-        if plan.rows is not None:
-            cache.replace_all(plan.rows)
+        read = plan.read
+        if read is None:
+            raise StateError("internal error: a read to save is missing")
+        if read.kind == "full":  # already merged into the cache (see _plan, _replace)
             db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
-        elif plan.changes is not None:
-            _apply_changes(cache, plan.changes)
+        else:
+            merge_delta(db.cache(provisioned, self.settings.rules), read)
         db.set_meta(CACHE_META, "complete")
-        db.set_meta(LINKS_META, plan.links if all(isinstance(plan.links.get(c), str) for c in COLLECTIONS) else None)
+        db.set_meta(LINKS_META, read.links if read.links_complete() else None)
         db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
-
-    def _note_rule_exclusions(self, projection: Projection) -> None:
-        """What the scope and exclusion settings left out, for the run report and status."""
-        if self.settings.rules.active:
-            self.summary.extra["ruleExclusions"] = rule_exclusions_summary(projection.exclusions)
 
     # --- the deletion guard --------------------------------------------------------------------
     def _guard(self, db: StateDB | None, plan: _Plan) -> dict[str, list[str]]:
@@ -409,12 +386,18 @@ class _Run:
 
     # --- test-update ---------------------------------------------------------------------
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
-        projection, _, stats = await self._read_full(provisioned, keep_cache=False)
-        self.summary.extra["read"] = {"kind": "full", "reason": "test-update always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
+        read = await self._read_full("test-update always reads in full")
+        cache = memory_cache(provisioned, self.settings.rules)  # a scratch cache: a dry run never writes the state
+        try:
+            merge_full(cache, read)
+            del read
+            projection = cache.projection(self.datasets)
+            excluded = cache.excluded()
+        finally:
+            cache.conn.close()
         held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
         diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
-        plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
-        self._note_rule_exclusions(projection)
+        plan = _Plan("full", "test-update", diffs, held_view, excluded)
         self._guard(db, plan)
         self.held_error = None  # a preview reports held deletions; it does not fail for them
         preview: dict[str, Any] = {}
@@ -430,6 +413,7 @@ class _Run:
             }
         self.summary.extra["changes"] = preview
         self.summary.extra["exclusions"] = [e.as_dict() for e in projection.exclusions if e.dataset in self.datasets]
+        self._note_rule_exclusions(projection.exclusions)
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
@@ -453,17 +437,25 @@ class _Run:
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
-        projection, rows, stats = await self._read_full(provisioned, keep_cache=True)
-        self.summary.extra["read"] = {"kind": "full", "reason": "replace always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
-        self._note_rule_exclusions(projection)
+        read = await self._read_full("replace always reads in full")
+        cache = db.cache(provisioned, self.settings.rules)
+        # The cache is marked incomplete until the end: each dataset is committed as soon as the
+        # service holds it, and a replace that fails later leaves a state whose next update
+        # reads in full.
+        db.set_meta(CACHE_META, None)
+        db.set_meta(LINKS_META, None)
+        merge_full(cache, read)
+        excluded = cache.excluded()  # a scope id that names no group fails here, before anything is sent
+        if self.settings.rules.active:
+            self._note_rule_exclusions(cache.rule_exclusions())
         for d in DATASETS:
-            self.summary.datasets[d].excluded = projection.excluded(d)
+            self.summary.datasets[d].excluded = excluded[d]
         for d in REPLACE_ORDER:
             if d not in self.datasets:
                 continue
             before = db.records(d)
             counts = self.summary.datasets[d]
-            await self._replace_dataset(d, projection.datasets[d], db)
+            await self._replace_dataset(d, cache.records(d), db)
             try:
                 after = await self._read_service(d)
             except SyncError as exc:
@@ -478,7 +470,7 @@ class _Run:
             # Durable now: a later dataset's failure must not leave this one's state behind the service.
             db.commit()
             self.store.publish(db)
-        plan = _Plan("full", "replace", {}, {}, {}, rows=rows, links=dict(stats.links))
+        plan = _Plan("full", "replace", {}, {}, {}, read=read)
         self._save_read(db, plan, provisioned)
         db.set_meta("lastAction", "replace")
         db.commit()
@@ -542,26 +534,6 @@ class _Run:
                     raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
                 out[key] = value
         return out
-
-
-def _apply_changes(cache: Cache, changes: Changes) -> Affected:
-    affected = Affected()
-    for collection in COLLECTIONS:
-        try:
-            cache.apply(collection, changes.of(collection), affected)
-        except ValueError as exc:
-            raise IncompleteReadError(f"Graph {collection}/delta: {exc}") from None
-    return affected
-
-
-def _parse_time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 class _BatchSender:

@@ -55,34 +55,18 @@ COLLECTIONS = ("users", "groups", "contacts")
 SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
 
 
-class DirectorySink(Protocol):
-    """Where pages go as they arrive (the projector)."""
+class RoundSink(Protocol):
+    """Where a round's entries go as they arrive, in order (``shared.directory.Round``)."""
 
-    def add_user(self, obj: dict[str, Any]) -> None: ...
-    def add_group(self, obj: dict[str, Any]) -> None: ...
-    def add_contact(self, obj: dict[str, Any]) -> None: ...
-    def add_members(self, group_id: str, members: Any) -> None: ...
+    def take(self, collection: str, obj: dict[str, Any]) -> None: ...
 
 
 @dataclass
 class ReadStats:
     requests: int = 0
     retries: int = 0
-    objects: dict[str, int] = field(default_factory=lambda: {"users": 0, "groups": 0, "contacts": 0})
     membership_read: str = "groups/delta"
     links: dict[str, str | None] = field(default_factory=dict)  # collection -> the round's delta link
-
-
-@dataclass
-class Changes:
-    """What an incremental round returned: raw (partial) objects per collection, in order."""
-
-    users: list[dict[str, Any]] = field(default_factory=list)
-    groups: list[dict[str, Any]] = field(default_factory=list)
-    contacts: list[dict[str, Any]] = field(default_factory=list)
-
-    def of(self, collection: str) -> list[dict[str, Any]]:
-        return getattr(self, collection)
 
 
 class _Unsupported(Exception):
@@ -124,8 +108,10 @@ class GraphSource:
         await self._http.aclose()
 
     # --- the enumeration -----------------------------------------------------------------
-    async def read_directory(self, sink: DirectorySink) -> ReadStats:
-        """Read users, groups (with members) and contacts concurrently, every page to the end.
+    async def read_directory(self, sink: RoundSink) -> ReadStats:
+        """A first delta round over users, groups (with members) and contacts, concurrently,
+        every page to the end; every entry goes to ``sink`` in arrival order, ``@removed`` and
+        repeated objects included (the sink merges them: ``shared.directory.Round``).
 
         Any page that still fails after retries raises ``IncompleteReadError``: the caller
         must send nothing, because deletions computed from a partial read are wrong."""
@@ -139,7 +125,7 @@ class GraphSource:
             for aw in aws:
                 await aw
 
-    async def _read_users(self, sink: DirectorySink) -> None:
+    async def _read_users(self, sink: RoundSink) -> None:
         from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
         from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
@@ -147,9 +133,9 @@ class GraphSource:
         delta = self.client.users.delta.to_get_request_information(RequestConfiguration(query_parameters=dq))
         q = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=USER_SELECT, top=PAGE_SIZE)
         plain = self.client.users.to_get_request_information(RequestConfiguration(query_parameters=q))
-        await self._full_collection("users", delta, plain, sink.add_user)
+        await self._full_collection("users", delta, plain, sink)
 
-    async def _read_contacts(self, sink: DirectorySink) -> None:
+    async def _read_contacts(self, sink: RoundSink) -> None:
         from msgraph.generated.contacts.contacts_request_builder import ContactsRequestBuilder
         from msgraph.generated.contacts.delta.delta_request_builder import DeltaRequestBuilder
 
@@ -157,75 +143,60 @@ class GraphSource:
         delta = self.client.contacts.delta.to_get_request_information(RequestConfiguration(query_parameters=dq))
         q = ContactsRequestBuilder.ContactsRequestBuilderGetQueryParameters(select=CONTACT_SELECT, top=PAGE_SIZE)
         plain = self.client.contacts.to_get_request_information(RequestConfiguration(query_parameters=q))
-        await self._full_collection("contacts", delta, plain, sink.add_contact)
+        await self._full_collection("contacts", delta, plain, sink)
 
-    async def _full_collection(
-        self, collection: str, delta: RequestInformation, plain: RequestInformation, add: Callable[[dict[str, Any]], None]
-    ) -> None:
+    async def _full_collection(self, collection: str, delta: RequestInformation, plain: RequestInformation, sink: RoundSink) -> None:
         """A first delta round (it ends with the link for the next one); the plain collection
         when the endpoint does not serve delta (then every run reads in full)."""
         delta.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-        seen: set[str] = set()
 
         def take(obj: dict[str, Any]) -> None:
-            if "@removed" in obj or obj["id"] in seen:
-                return  # a first round lists what exists, each object once
-            seen.add(obj["id"])
-            add(obj)
+            sink.take(collection, obj)
 
         try:
-            self.stats.links[collection] = await self._each_page(delta, f"{collection}/delta", take, count_as=collection, unsupported_ok=True)
+            self.stats.links[collection] = await self._each_page(delta, f"{collection}/delta", take, unsupported_ok=True)
         except _Unsupported as exc:
             log.warning("%s/delta is not served by %s (%s); reading /%s in full", collection, self.base_url, exc, collection)
             self.stats.links[collection] = None
-            await self._each_page(plain, collection, add)
+            await self._each_page(plain, collection, take)
 
-    async def _read_groups(self, sink: DirectorySink) -> None:
+    async def _read_groups(self, sink: RoundSink) -> None:
         from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
 
         q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=[*GROUP_SELECT, "members"])
         first = self.client.groups.delta.to_get_request_information(RequestConfiguration(query_parameters=q))
         first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-        seen: set[str] = set()
 
         def take(obj: dict[str, Any]) -> None:
-            if "@removed" in obj:
-                return  # a first delta round lists what exists; a removed entry adds nothing
-            if obj["id"] not in seen:
-                seen.add(obj["id"])
-                self.stats.objects["groups"] += 1
-            sink.add_group(obj)
+            sink.take("groups", obj)
 
         try:
-            self.stats.links["groups"] = await self._each_page(first, "groups/delta", take, count_as=None, unsupported_ok=True)
+            self.stats.links["groups"] = await self._each_page(first, "groups/delta", take, unsupported_ok=True)
         except _Unsupported as exc:
             log.warning("groups/delta is not served by %s (%s); reading /groups and each group's /members", self.base_url, exc)
             self.stats.membership_read = "groups + members per group"
             self.stats.links["groups"] = None
             await self._read_groups_per_group(sink)
 
-    async def read_changes(self, links: dict[str, str]) -> Changes:
+    async def read_changes(self, links: dict[str, str], sink: RoundSink) -> ReadStats:
         """One incremental round from saved delta links, every page to the end, the three
-        collections concurrently. Raises ``DeltaExpiredError`` when Graph no longer honours a
-        link (the caller reads in full) and ``IncompleteReadError`` when a page fails."""
-        changes = Changes()
+        collections concurrently; every entry goes to ``sink`` in arrival order. Raises
+        ``DeltaExpiredError`` when Graph no longer honours a link (the caller reads in full)
+        and ``IncompleteReadError`` when a page fails."""
 
         async def one(collection: str) -> None:
             first = self._follow(links[collection], None, f"{collection}/delta")
             first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-            out = changes.of(collection)
-            counter = self.stats.objects
 
             def take(obj: dict[str, Any]) -> None:
-                out.append(obj)
-                counter[collection] += 1
+                sink.take(collection, obj)
 
-            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, count_as=None, delta=True)
+            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, delta=True)
 
         await self._all(*(one(c) for c in COLLECTIONS))
-        return changes
+        return self.stats
 
-    async def _read_groups_per_group(self, sink: DirectorySink) -> None:
+    async def _read_groups_per_group(self, sink: RoundSink) -> None:
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
         q = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(select=GROUP_SELECT, top=PAGE_SIZE)
@@ -234,7 +205,7 @@ class GraphSource:
 
         def take(obj: dict[str, Any]) -> None:
             ids.append(obj["id"])
-            sink.add_group(obj)
+            sink.take("groups", obj)
 
         await self._each_page(first, "groups", take)
         gate = asyncio.Semaphore(self.member_concurrency)
@@ -247,7 +218,8 @@ class GraphSource:
                 RequestConfiguration(query_parameters=mq)
             )
             async with gate:
-                await self._each_page(ri, f"groups/{gid}/members", lambda m: sink.add_members(gid, [m]), count_as=None)
+                # Each member as a members@delta entry of the group: the same merge as a delta round.
+                await self._each_page(ri, f"groups/{gid}/members", lambda m: sink.take("groups", {"id": gid, "members@delta": [m]}))
 
         await asyncio.gather(*(members_of(gid) for gid in ids))
 
@@ -258,12 +230,10 @@ class GraphSource:
         what: str,
         take: Callable[[dict[str, Any]], None],
         *,
-        count_as: str | None = "",
         unsupported_ok: bool = False,
         delta: bool = False,
     ) -> str | None:
         """Follow ``@odata.nextLink`` to the end; returns the final ``@odata.deltaLink``."""
-        counter = what if count_as == "" else count_as
         request: RequestInformation | None = first
         page_no = 0
         while request is not None:
@@ -273,8 +243,6 @@ class GraphSource:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
                     raise IncompleteReadError(f"Graph {what} page {page_no + 1} holds an object without an id")
                 take(obj)
-            if counter in self.stats.objects:
-                self.stats.objects[counter] += len(values)
             page_no += 1
             next_link = page.get("@odata.nextLink")
             if next_link is None:

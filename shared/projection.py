@@ -1,9 +1,11 @@
-"""Directory objects → the three datasets of sync-api.md, by the rules of the product.
+"""Directory objects → the three datasets of docs/sync-api.md, by the rules of the product
+(docs/sync-rules.md): the rules for one object (its candidate addresses, its primary address,
+a group's name) and the plain-data shapes of a projection.
 
-The projector is fed raw Graph objects page by page (so a 100,000-user read never holds the
-raw pages), and ``result()`` gives plain data: dicts of canonical records plus every exclusion
-with its reason. Records are kept in a compact canonical form (tuples with sorted id lists),
-which is also what the state stores, so a diff is a plain comparison."""
+Every read merges Graph's entries into the directory cache (``shared/directory.py``), which
+projects the whole directory (a full read) or the keys a delta round affects, by these rules.
+Records are kept in a compact canonical form (tuples with sorted id lists), which is also what
+the state stores, so a diff is a plain comparison."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .addresses import InvalidAddress, domain_of, normalize_address
-from .rules import NO_RULES, Rules, Shape, Verdict, judge
+from .rules import NO_RULES, Rules
 
 log = logging.getLogger(__name__)
 
@@ -97,186 +99,10 @@ class Candidates:
         return self.kept_mail or self.primary_proxy
 
 
-@dataclass
-class CacheRows:
-    """What a full read leaves for the directory cache (``shared/directory.py``), as rows."""
-
-    objects: list[tuple[str, str, str, int]] = field(default_factory=list)  # id, kind, data, excluded
-    kept: list[tuple[str, str]] = field(default_factory=list)  # address, object id
-    users: list[tuple[str, str | None]] = field(default_factory=list)  # id, primary address
-    members: list[tuple[str, str, str]] = field(default_factory=list)  # group id, member id, member kind
-
-
-class Projector:
-    """Accumulates directory objects and derives the datasets once the read is complete."""
-
-    def __init__(self, provisioned: Iterable[str], *, cache: CacheRows | None = None, rules: Rules = NO_RULES) -> None:
-        self.provisioned = frozenset(provisioned)
-        self.cache = cache  # when set, every object also leaves its cache rows there
-        self.rules = rules  # scope and exclusions (shared/rules.py)
-        # With object rules, an object's kept addresses wait for the verdict (kind, kept list).
-        self._kept_by: dict[str, tuple[str, list[str]]] = {}
-        self._user_types: dict[str, Any] = {}
-        self.addresses: set[str] = set()
-        self.exclusions: list[Exclusion] = []
-        self._user_primary: dict[str, str | None] = {}
-        self._group_names: dict[str, str] = {}
-        self._contacts: set[str] = set()
-        self._members: dict[str, dict[str, str | None]] = {}  # group id -> {member id: @odata.type}
-
-    # --- feeding -------------------------------------------------------------------------
-    def add_user(self, obj: dict[str, Any]) -> None:
-        uid = _object_id(obj)
-        if uid in self._user_primary:
-            return  # the same object twice in one read: the first one stands
-        cands = self._candidates(uid, "user", obj)
-        self._user_primary[uid] = cands.primary
-        self._user_types[uid] = obj.get("userType")
-        if self.cache is not None:
-            self._cache_object(uid, "u", obj, cands)
-            self.cache.users.append((uid, cands.primary))
-
-    def add_group(self, obj: dict[str, Any]) -> None:
-        gid = _object_id(obj)
-        if gid in self._group_names:
-            # A later page of a group delta carrying more of its members.
-            self.add_members(gid, obj.get("members@delta") or ())
-            return
-        cands = self._candidates(gid, "group", obj)
-        if self.cache is not None:
-            self._cache_object(gid, "g", obj, cands)
-        self._group_names[gid] = group_name(gid, obj)
-        self._members.setdefault(gid, {})
-        self.add_members(gid, obj.get("members@delta") or ())
-
-    def add_contact(self, obj: dict[str, Any]) -> None:
-        cid = _object_id(obj)
-        if cid not in self._contacts:
-            self._contacts.add(cid)
-            cands = self._candidates(cid, "contact", obj)
-            if self.cache is not None:
-                self._cache_object(cid, "c", obj, cands)
-
-    def _cache_object(self, oid: str, kind: str, obj: dict[str, Any], cands: Candidates) -> None:
-        from .directory import compact_json
-
-        if self.cache is None:
-            return
-        self.cache.objects.append((oid, kind, compact_json(kind, obj), len(cands.exclusions)))
-        self.cache.kept.extend((a, oid) for a in cands.kept)
-
-    def add_members(self, group_id: str, members: Iterable[dict[str, Any]]) -> None:
-        bucket = self._members.setdefault(group_id, {})
-        for m in members:
-            if not isinstance(m, dict) or "@removed" in m:
-                continue
-            mid = m.get("id")
-            if isinstance(mid, str) and mid:
-                bucket[mid] = m.get("@odata.type")
-
-    # --- deriving ------------------------------------------------------------------------
-    def result(self) -> Projection:
-        if self.cache is not None:
-            from .directory import member_kind
-
-            for gid, members in self._members.items():
-                if gid in self._group_names:
-                    self.cache.members.extend((gid, mid, member_kind(otype)) for mid, otype in members.items())
-        verdict = self._verdict()
-        users = self._user_records(verdict)
-        groups = self._group_records(verdict)
-        return Projection(
-            datasets={"addresses": dict.fromkeys(sorted(self.addresses), ()), "groups": groups, "users": users},
-            exclusions=self.exclusions,
-        )
-
-    def _verdict(self) -> Verdict:
-        """The rules' verdict over the whole read; the kept addresses of the objects it keeps
-        join the dataset, and every candidate of an object it leaves out is an exclusion."""
-        if not self.rules.judges_objects:
-            return judge(Shape(frozenset(), {}, frozenset(), {}), self.rules)
-        from .directory import member_kind
-
-        shape = Shape(
-            groups=frozenset(self._group_names),
-            users=self._user_types,
-            contacts=frozenset(self._contacts),
-            members={gid: [(mid, member_kind(otype)) for mid, otype in ms.items()] for gid, ms in self._members.items() if gid in self._group_names},
-        )
-        verdict = judge(shape, self.rules)
-        for oid, (otype, kept) in self._kept_by.items():
-            why = verdict.reason(oid)
-            if why is None:
-                self.addresses.update(kept)
-            else:
-                self.exclusions.extend(Exclusion("addresses", oid, otype, a, why) for a in kept)
-        for gid in sorted(self._group_names):
-            why = verdict.reason(gid)
-            if why is not None:
-                self.exclusions.append(Exclusion("groups", gid, "group", self._group_names[gid], why))
-        return verdict
-
-    def _group_records(self, verdict: Verdict) -> Records:
-        parents: dict[str, list[str]] = {gid: [] for gid in self._group_names if verdict.keeps(gid)}
-        for gid, members in self._members.items():
-            if gid not in self._group_names or not verdict.keeps(gid):
-                continue
-            for mid, otype in members.items():
-                if self._is_group(mid, otype) and mid in parents:
-                    parents[mid].append(gid)
-        return {gid: (self._group_names[gid], tuple(sorted(set(parents[gid])))) for gid in sorted(parents)}
-
-    def _user_records(self, verdict: Verdict) -> Records:
-        group_ids: dict[str, list[str]] = {}
-        for gid, members in self._members.items():
-            if gid not in self._group_names or not verdict.keeps(gid):
-                continue
-            for mid, otype in members.items():
-                if self._is_user(mid, otype):
-                    group_ids.setdefault(mid, []).append(gid)
-        owner: dict[str, str] = {}
-        for uid in sorted(self._user_primary):
-            primary = self._user_primary[uid]
-            why = verdict.reason(uid)
-            if why is not None:
-                self.exclusions.append(Exclusion("users", uid, "user", primary, why))
-                continue
-            if primary is None:
-                self.exclusions.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
-                continue
-            if primary in owner:
-                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, owner[primary])
-                self.exclusions.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {owner[primary]}, which has the smaller id"))
-                continue
-            owner[primary] = uid
-        return {
-            uid: (primary, tuple(sorted(set(group_ids.get(uid, ())))))
-            for primary, uid in sorted(owner.items(), key=lambda kv: kv[1])
-        }
-
-    def _is_user(self, mid: str, otype: str | None) -> bool:
-        if otype:
-            return otype == USER_TYPE
-        return mid in self._user_primary
-
-    def _is_group(self, mid: str, otype: str | None) -> bool:
-        if otype:
-            return otype == GROUP_TYPE
-        return mid in self._group_names
-
-    def _candidates(self, oid: str, otype: str, obj: dict[str, Any]) -> Candidates:
-        cands = candidates(oid, otype, obj, self.provisioned, self.rules)
-        if self.rules.judges_objects:
-            self._kept_by[oid] = (otype, cands.kept)
-        else:
-            self.addresses.update(cands.kept)
-        self.exclusions.extend(cands.exclusions)
-        return cands
-
-
-def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES, *, quiet: bool = False) -> Candidates:
+def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES, *, warn: bool = True) -> Candidates:
     """Normalize and check one object's candidate addresses: the kept ones, its primary
-    address, and every exclusion with its reason (invalid values are logged with the id).
+    address, and every exclusion with its reason (invalid values are logged with the id,
+    unless ``warn`` is false: a report recomputing what a read already logged).
     A candidate that matches an ``EXCLUDE_ADDRESS_PATTERNS`` pattern is not kept, so a user
     whose ``mail`` matches falls back to its kept ``SMTP:`` value (docs/sync-rules.md)."""
     raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
@@ -297,7 +123,7 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
         except InvalidAddress as exc:
             if shown not in seen:
                 seen.add(shown)
-                if not quiet:
+                if warn:
                     log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
                 out.exclusions.append(Exclusion("addresses", oid, otype, _printable(value), f"invalid address: {exc}"))
             continue
@@ -355,22 +181,21 @@ def _printable(value: str) -> str:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _object_id(obj: dict[str, Any]) -> str:
-    oid = obj.get("id")
-    if not isinstance(oid, str) or not oid:
-        raise ValueError("a directory object without an id")
-    return oid
-
-
 def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
-    """Project a whole directory held in memory (tests, the emulator's snapshot)."""
-    p = Projector(provisioned, rules=rules)
-    for u in directory.get("users", ()):
-        p.add_user(u)
-    for c in directory.get("contacts", ()):
-        p.add_contact(c)
-    for g in directory.get("groups", ()):
-        members = g.get("members") or ()
-        p.add_group({k: v for k, v in g.items() if k != "members"})
-        p.add_members(g["id"], (m if isinstance(m, dict) else {"id": m} for m in members))
-    return p.result()
+    """Project a whole directory held in memory (tests, the emulator's snapshot): each object
+    is one entry of a first delta round (a group's ``members`` as its ``members@delta``),
+    merged and projected exactly as a full read is (``shared/directory.py``)."""
+    from .directory import project_entries
+
+    def entries() -> Iterable[tuple[str, dict[str, Any]]]:
+        for u in directory.get("users", ()):
+            yield "users", u
+        for c in directory.get("contacts", ()):
+            yield "contacts", c
+        for g in directory.get("groups", ()):
+            members = g.get("members") or ()
+            entry = {k: v for k, v in g.items() if k != "members"}
+            entry["members@delta"] = [m if isinstance(m, dict) else {"id": m} for m in members]
+            yield "groups", entry
+
+    return project_entries(entries(), provisioned, rules)

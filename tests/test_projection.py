@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from shared.projection import Projector, project, to_api_record
+from shared.directory import project_entries
+from shared.projection import project, to_api_record
 
 PROV = {"contoso.com", "fabrikam.com", "xn--bcher-kva.example"}
 U = "#microsoft.graph.user"
@@ -144,18 +145,18 @@ def test_group_names_fall_back_to_mail_then_id():
 
 
 def test_nested_cyclic_groups_and_non_user_members():
-    pr = Projector(PROV)
-    pr.add_user({"id": "u1", "mail": "u1@contoso.com"})
-    pr.add_user({"id": "u2", "mail": None})  # no address: not a record, so no groupIds
-    pr.add_contact({"id": "c1", "mail": "c1@contoso.com"})
-    pr.add_group({"id": "gA", "displayName": "A", "members@delta": [{"@odata.type": G, "id": "gB"}, {"@odata.type": U, "id": "u1"}]})
-    pr.add_group({"id": "gB", "displayName": "B", "members@delta": [{"@odata.type": G, "id": "gA"}, {"@odata.type": "#microsoft.graph.orgContact", "id": "c1"},
+    entries = []
+    entries.append(("users", {"id": "u1", "mail": "u1@contoso.com"}))
+    entries.append(("users", {"id": "u2", "mail": None}))  # no address: not a record, so no groupIds
+    entries.append(("contacts", {"id": "c1", "mail": "c1@contoso.com"}))
+    entries.append(("groups", {"id": "gA", "displayName": "A", "members@delta": [{"@odata.type": G, "id": "gB"}, {"@odata.type": U, "id": "u1"}]}))
+    entries.append(("groups", {"id": "gB", "displayName": "B", "members@delta": [{"@odata.type": G, "id": "gA"}, {"@odata.type": "#microsoft.graph.orgContact", "id": "c1"},
                                                                    {"@odata.type": "#microsoft.graph.device", "id": "d1"},
-                                                                   {"@odata.type": "#microsoft.graph.servicePrincipal", "id": "sp1"}]})
-    pr.add_group({"id": "gC", "displayName": "C", "members@delta": [{"@odata.type": G, "id": "gC"}, {"@odata.type": U, "id": "u1"}, {"@odata.type": U, "id": "u2"}]})
+                                                                   {"@odata.type": "#microsoft.graph.servicePrincipal", "id": "sp1"}]}))
+    entries.append(("groups", {"id": "gC", "displayName": "C", "members@delta": [{"@odata.type": G, "id": "gC"}, {"@odata.type": U, "id": "u1"}, {"@odata.type": U, "id": "u2"}]}))
     # a later delta page for gA carrying more members
-    pr.add_group({"id": "gA", "members@delta": [{"@odata.type": G, "id": "gC"}]})
-    p = pr.result()
+    entries.append(("groups", {"id": "gA", "members@delta": [{"@odata.type": G, "id": "gC"}]}))
+    p = project_entries(entries, PROV)
     g = p.datasets["groups"]
     assert g["gA"] == ("A", ("gB",))
     assert g["gB"] == ("B", ("gA",))

@@ -20,7 +20,8 @@ from devstack.receiver_addresses import address_problem
 from devstack.receiver_addresses import normalize_domain as receiver_domain
 from devstack.receiver_records import RecordValidator
 from shared.addresses import InvalidAddress, normalize_address
-from shared.projection import Projector, project, to_api_record
+from shared.directory import project_entries
+from shared.projection import project, to_api_record
 
 PROVISIONED = frozenset(receiver_domain(d) for d in ("contoso.com", "fabrikam.com", "bücher.example"))
 VALIDATOR = RecordValidator(PROVISIONED, ())
@@ -278,6 +279,22 @@ def _member(graph: dict[str, Any], mid: str, style: str) -> Any:
     return entry
 
 
+def _live(graph: dict[str, Any]) -> set[tuple[str, str]]:
+    """The direct memberships the read shows: Graph's entries apply in arrival order, so a
+    member is live when its last entry is not @removed (sync-rules.md, "Reading the
+    directory"); the per-group /members read lists live members only."""
+    if graph["via"] == "per-group":
+        return {(g, m) for g, m, style in graph["edges"] if style != "removed"}
+    last: dict[tuple[str, str], str] = {}
+    for g in graph["groups"]:
+        own = [(m, style) for gid, m, style in graph["edges"] if gid == g]
+        n = graph["pages"][g] if graph["via"] == "delta" else 1
+        for chunk in (own[i::n] for i in range(n)):  # the order _feed sends them in
+            for m, style in chunk:
+                last[(g, m)] = style
+    return {pair for pair, style in last.items() if style != "removed"}
+
+
 def _feed(graph: dict[str, Any]) -> Any:
     def user(uid: str) -> dict[str, Any]:
         return {"id": uid, "mail": f"{uid}@contoso.com" if uid in graph["addressed"] else None, "proxyAddresses": []}
@@ -293,7 +310,6 @@ def _feed(graph: dict[str, Any]) -> Any:
         }
         return project(directory, PROVISIONED)
     rng = graph["order_seed"]
-    projector = Projector(PROVISIONED)
     ops: list[tuple[str, Any]] = [("user", user(u)) for u in graph["users"]]
     ops += [("contact", {"id": c, "mail": f"{c}@contoso.com"}) for c in graph["contacts"]]
     for g in graph["groups"]:
@@ -320,16 +336,17 @@ def _feed(graph: dict[str, Any]) -> Any:
         own = [op for op in ops if (op[0] == "group" and op[1]["id"] == gid) or (op[0] == "members" and op[1][0] == gid)]
         for position, op in zip(sorted(positions), own, strict=True):
             shuffled[position] = op
+    entries: list[tuple[str, dict[str, Any]]] = []
     for what, arg in shuffled:
         if what == "user":
-            projector.add_user(arg)
+            entries.append(("users", arg))
         elif what == "contact":
-            projector.add_contact(arg)
+            entries.append(("contacts", arg))
         elif what == "group":
-            projector.add_group(arg)
-        else:
-            projector.add_members(*arg)
-    return projector.result()
+            entries.append(("groups", arg))
+        else:  # a /members page: its members as members@delta entries of the group (graph.py's fallback)
+            entries.append(("groups", {"id": arg[0], "members@delta": list(arg[1])}))
+    return project_entries(entries, PROVISIONED)
 
 
 @props(400)
@@ -337,7 +354,7 @@ def _feed(graph: dict[str, Any]) -> Any:
 def test_parent_and_group_ids_are_exactly_the_direct_membership_relation(graph: dict[str, Any]) -> None:
     p = _feed(graph)
     groups, users = set(graph["groups"]), set(graph["users"])
-    live = {(g, m) for g, m, style in graph["edges"] if style != "removed"}
+    live = _live(graph)
     expected_parents = {g: sorted({p_ for p_, m in live if m == g}) for g in graph["groups"]}
     expected_users = {u: sorted({g for g, m in live if m == u}) for u in graph["addressed"]}
     assert {k: list(v[1]) for k, v in p.datasets["groups"].items()} == expected_parents

@@ -1,0 +1,125 @@
+"""The reading stage: which read a run needs (a full round or a delta round, and why), the
+read itself (Graph → a ``Round`` of entries in arrival order), and its merge into the
+directory cache. Full reads and delta rounds go through the same merge
+(``shared.directory.Round`` and ``Cache.apply_round``): a full read is a first delta round
+applied to an empty cache, and the full projection is computed from that cache by the same
+rules as a delta round's affected keys (docs/sync-rules.md, "Reading the directory").
+
+Shapes: ``Read.kind`` is ``"full"`` or ``"delta"``; ``Read.links`` maps each collection to the
+round's ``@odata.deltaLink`` (``None`` where the delta endpoint was not served);
+``Read.objects`` counts distinct objects per collection. Errors: ``DeltaExpiredError`` when
+Graph no longer honours a saved link, ``IncompleteReadError`` when a page could not be read
+(the run then sends nothing)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .directory import Affected, Cache, Round
+from .graph import COLLECTIONS, GraphSource
+
+LINKS_META = "deltaLinks"
+FINGERPRINT_META = "readFingerprint"
+LAST_FULL_META = "lastFullRead"
+CACHE_META = "directoryCache"
+
+
+@dataclass
+class Read:
+    """One round read from Graph, not yet merged."""
+
+    kind: str  # "full" or "delta"
+    reason: str
+    round: Round
+    links: dict[str, str | None] = field(default_factory=dict)
+    membership_read: str = "groups/delta"
+
+    @property
+    def objects(self) -> dict[str, int]:
+        """Distinct objects per collection: for a full read those that exist at the end of the
+        round, for a delta round those it named (an object sent twice counts once)."""
+        return self.round.present() if self.kind == "full" else self.round.distinct()
+
+    def summary(self, graph_retries: int) -> dict[str, Any]:
+        """The run summary's ``read``."""
+        return {"kind": self.kind, "reason": self.reason, "objects": self.objects, "membershipRead": self.membership_read,
+                "graphRetries": graph_retries}
+
+    def links_complete(self) -> bool:
+        return all(isinstance(self.links.get(c), str) for c in COLLECTIONS)
+
+
+async def read_full(source: GraphSource, reason: str) -> Read:
+    """A first delta round over users, groups (with members) and contacts."""
+    rnd = Round()
+    stats = await source.read_directory(rnd)
+    return Read("full", reason, rnd, dict(stats.links), stats.membership_read)
+
+
+async def read_delta(source: GraphSource, links: Mapping[str, str], reason: str) -> Read:
+    """A delta round from saved links (raises ``DeltaExpiredError`` when one is refused)."""
+    rnd = Round()
+    try:
+        await source.read_changes(dict(links), rnd)
+    finally:
+        got = dict(source.stats.links)
+    return Read("delta", reason, rnd, got)
+
+
+def merge_full(cache: Cache, read: Read) -> None:
+    """A full read replaces the cache: its round applied to an empty cache."""
+    cache.clear()
+    cache.apply_round(read.round, None)
+
+
+def merge_delta(cache: Cache, read: Read) -> Affected:
+    """A delta round merged into the cache; returns the record keys it can affect."""
+    affected = Affected()
+    cache.apply_round(read.round, affected)
+    return affected
+
+
+def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozenset[str] | None, provisioned: frozenset[str]) -> dict[str, Any]:
+    """What the cached projection depends on beyond the directory: a change forces a full read."""
+    return {
+        "datasets": list(datasets),
+        "addressDomains": sorted(address_domains) if address_domains is not None else None,
+        "provisioned": sorted(provisioned),
+    }
+
+
+def why_full(meta: Callable[[str], Any], new_fingerprint: dict[str, Any], interval_hours: float, now: dt.datetime) -> str | None:
+    """Why this update must read the directory in full; ``None``: a delta round will do.
+    ``meta`` reads the state's meta values."""
+    links = meta(LINKS_META)
+    if meta(CACHE_META) != "complete" or not isinstance(links, dict):
+        if meta("convertedFrom"):
+            return "the state was converted from the previous release and has no directory cache yet"
+        if meta(LAST_FULL_META) is None:
+            return "first run: no directory cache yet"
+        return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
+    if any(not isinstance(links.get(c), str) for c in COLLECTIONS):
+        return "a collection has no delta link (its delta endpoint was not served)"
+    old = meta(FINGERPRINT_META) or {}
+    for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)")):
+        if old.get(key) != new_fingerprint[key]:
+            return f"{setting} changed since the last full read"
+    last = _parse_time(meta(LAST_FULL_META))
+    if interval_hours <= 0:
+        return "FULL_SYNC_INTERVAL_HOURS is 0: every run reads in full"
+    if last is None or now - last >= dt.timedelta(hours=interval_hours):
+        return f"periodic full reconcile (FULL_SYNC_INTERVAL_HOURS={interval_hours:g}; last full read {meta(LAST_FULL_META)})"
+    return None
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
