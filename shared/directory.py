@@ -192,7 +192,7 @@ class Cache:
         groups = frozenset(g for (g,) in q("SELECT id FROM objects WHERE kind='g'"))
         contacts = frozenset(c for (c,) in q("SELECT id FROM objects WHERE kind='c'"))
         if self.rules.exclude_user_types:
-            users = {u: json.loads(data).get("userType") for u, data in q("SELECT id, data FROM objects WHERE kind='u'")}
+            users = dict(q("SELECT id, json_extract(data, '$.userType') FROM objects WHERE kind='u'").fetchall())
         else:
             users = dict.fromkeys(u for (u,) in q("SELECT id FROM objects WHERE kind='u'"))
         members: dict[str, list[tuple[str, str]]] = {}
@@ -233,8 +233,8 @@ class Cache:
 
     def rule_exclusions(self) -> list[Exclusion]:
         """What the scope and exclusion settings leave out of the whole cached directory, with
-        the reason naming the setting (and the pattern): ``exclusions()`` filtered."""
-        return [e for e in self.exclusions() if rule_of(e.reason) is not None]
+        the reason naming the setting (and the pattern), for the run report and ``status``."""
+        return self.exclusions(only_rules=True)
 
     # --- applying a delta round ----------------------------------------------------------
     def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected | None) -> None:
@@ -443,8 +443,8 @@ class Cache:
         left_groups = 0
         kept_primaries: list[str | None] = []
         users = dict(q("SELECT id, primary_address FROM users").fetchall())
-        for oid, why in verdict.left_out.items():
-            addresses += q("SELECT COUNT(*) FROM kept WHERE object_id=?", (oid,)).fetchone()[0]
+        left = verdict.left_out
+        addresses += sum(n for oid, n in q("SELECT object_id, COUNT(*) FROM kept GROUP BY object_id") if oid in left)
         groups = {g for (g,) in q("SELECT id FROM objects WHERE kind='g'")}
         left_groups = sum(1 for g in verdict.left_out if g in groups)
         for uid, primary in users.items():
@@ -507,30 +507,42 @@ class Cache:
                 group_ids.setdefault(mid, []).append(gid)
         return {uid: (primary, tuple(sorted(set(group_ids.get(uid, ()))))) for uid, primary in primary_of.items()}
 
-    def exclusions(self) -> list[Exclusion]:
+    def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
         """Every candidate address and user the rules leave out, with its reason, recomputed
         from the cached objects (``test-update`` reports them): addresses per object in id
-        order, then users in id order."""
+        order, then users in id order. ``only_rules``: only what the scope and exclusion
+        settings leave out (candidates are recomputed only when address patterns are set)."""
         q = self.conn.execute
         out: list[Exclusion] = []
-        for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
-            out.extend(candidates(oid, OTYPE[kind], json.loads(data), self.provisioned, self.rules, warn=False).exclusions)
+        if not only_rules or self.rules.exclude_address_patterns:
+            for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
+                cands = candidates(oid, OTYPE[kind], json.loads(data), self.provisioned, self.rules, warn=False)
+                out.extend(e for e in cands.exclusions if not only_rules or rule_of(e.reason) is not None)
         # What the scope and user types leave out: every address the object would keep, the
         # group, the user (docs/sync-rules.md, "Scope and exclusions").
         verdict = self.verdict()
-        for oid in sorted(verdict.left_out):
-            why = verdict.left_out[oid]
-            row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
-            if row is None:
-                continue
-            out.extend(Exclusion("addresses", oid, OTYPE[row[0]], a, why) for (a,) in q("SELECT address FROM kept WHERE object_id=? ORDER BY address", (oid,)))
-            if row[0] == "g":
-                out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(row[1])), why))
+        left = verdict.left_out
+        if left:
+            kept_by: dict[str, list[str]] = {}
+            for a, oid in q("SELECT address, object_id FROM kept ORDER BY object_id, address"):
+                if oid in left:
+                    kept_by.setdefault(oid, []).append(a)
+            for oid, kind, data in q("SELECT id, kind, data FROM objects ORDER BY id"):
+                why = left.get(oid)
+                if why is None:
+                    continue
+                out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in kept_by.get(oid, ()))
+                if kind == "g":
+                    out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
         owner: dict[str, str] = {}
+        if only_rules and not left:
+            return out
         for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
             why = verdict.reason(uid)
             if why is not None:
                 out.append(Exclusion("users", uid, "user", primary, why))
+                continue
+            if only_rules:
                 continue
             if primary is None:
                 out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
