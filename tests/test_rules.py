@@ -351,7 +351,7 @@ def test_the_projection_equals_the_plain_reading_of_the_rules(d, setting):
     assert {ds: p.excluded(ds) for ds in want["excluded"]} == want["excluded"]
     # A rule's exclusion names its setting, and only a setting that is set leaves anything out.
     named = {rule_of(e.reason) for e in p.exclusions} - {None}
-    is_set = {n for n, v in zip(("SYNC_SCOPE_GROUPS", "EXCLUDE_USER_TYPES", "EXCLUDE_ADDRESS_PATTERNS"), setting) if v}
+    is_set = {n for n, v in zip(("SYNC_SCOPE_GROUPS", "EXCLUDE_USER_TYPES", "EXCLUDE_ADDRESS_PATTERNS"), setting, strict=True) if v}
     assert named <= is_set
 
 

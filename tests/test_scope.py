@@ -13,7 +13,7 @@ import json
 import pytest
 
 from devstack.graph_emulator import GraphEmulator
-from tests.stack import CREDENTIAL, DOMAINS, C, G, U, app_functions, base_env, posts, run_cli, service_view
+from tests.stack import C, G, U, app_functions, base_env, posts, run_cli, service_view
 
 PATTERNS = r"^NoReply@CONTOSO\.com$,info.desk@contoso\.com,.*\.LAB@FABRIKAM\.com"
 RULES = {"SYNC_SCOPE_GROUPS": G(1), "EXCLUDE_USER_TYPES": "guest", "EXCLUDE_ADDRESS_PATTERNS": PATTERNS}
