@@ -67,6 +67,7 @@ class UpdateRun:
     wall_seconds: float
     peak_rss_mb: float
     summary: dict[str, Any]
+    cpu_seconds: float = 0.0  # user + system CPU time of the update process (less sensitive to load than wall time)
 
     @property
     def objects(self) -> int:
@@ -100,7 +101,7 @@ def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, ta
     summary = json.loads(lines[-1])
     if not summary.get("ok"):
         raise BenchError(f"update ({tag}) failed: {summary.get('error')}")
-    return UpdateRun(wall, usage.ru_maxrss / 1024, summary)  # ru_maxrss is in KiB on Linux
+    return UpdateRun(wall, usage.ru_maxrss / 1024, summary, usage.ru_utime + usage.ru_stime)  # ru_maxrss is in KiB on Linux
 
 
 # --- the read paths, in this process ---------------------------------------------------------------
@@ -179,8 +180,8 @@ def report(n: int, first: UpdateRun, second: UpdateRun, raw: tuple[int, float], 
         "|" + " --- |" * (HEADER.count("|") - 1),
         row,
         "",
-        f"full update: {first.summary['durationSeconds']:.2f} s in-process, peak RSS {first.peak_rss_mb:.0f} MB, "
-        f"{first.changes:,} changes sent; no-change update: {second.summary['durationSeconds']:.2f} s in-process, "
+        f"full update: {first.summary['durationSeconds']:.2f} s in-process, {first.cpu_seconds:.2f} s CPU, peak RSS {first.peak_rss_mb:.0f} MB, "
+        f"{first.changes:,} changes sent; no-change update: {second.summary['durationSeconds']:.2f} s in-process, {second.cpu_seconds:.2f} s CPU, "
         f"peak RSS {second.peak_rss_mb:.0f} MB, {second.changes:,} changes sent",
         f"raw read: {raw[0]:,} objects in {raw[1]:.2f} s; typed read: {typed[0]:,} users in {typed[1]:.1f} s",
         "summary (full update): " + json.dumps({k: v for k, v in first.summary.items() if k in ("datasets", "read")}),

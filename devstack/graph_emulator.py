@@ -54,6 +54,9 @@ emulator in another process (not counted as Graph requests, never faulted or del
   principals, ``add_member``, ``remove_member``, ``expire_delta_tokens``), args their keywords;
 * ``POST /_emulator/faults`` ``{"kind", "path_contains", "times", "retry_after"}`` or a list of them;
   ``POST /_emulator/faults/clear``;
+* ``POST /_emulator/script-round`` ``{"collection": "users", "pages": [[entry, ...], ...]}`` (see
+  ``script_round``: repeated objects, ``@removed`` in a first round, slices with changed properties
+  and removed members);
 * ``POST /_emulator/expire-delta-tokens``; ``POST /_emulator/latency`` ``{"latency": 0.1}``;
 * ``GET /_emulator/stats`` (``requestCount``, ``watermark``, object counts), ``POST
   /_emulator/stats/reset``, ``GET /_emulator/requests`` (the request log), ``GET
@@ -307,6 +310,8 @@ class GraphEmulator:
         self._log_seqs: dict[str, list[int]] = {c: [] for c in COLLECTIONS}
         self._rounds: OrderedDict[tuple[str, int, int], tuple[list[str], dict[str, _ChangeState]]] = OrderedDict()
         self._faults: list[_Fault] = []
+        self._scripts: dict[str, list[list[list[dict[str, Any]]]]] = {c: [] for c in COLLECTIONS}  # queued scripted rounds
+        self._script_runs: dict[str, tuple[list[list[str]], int, list[str] | None]] = {}  # id -> (pages, watermark, select)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -543,6 +548,72 @@ class GraphEmulator:
             if fcoll == coll:
                 cache.pop(oid, None)
 
+    # --- scripted delta rounds ---------------------------------------------------------------------
+    def script_round(self, collection: str, pages: Sequence[Sequence[Mapping[str, Any]]]) -> None:
+        """Serve the next delta round of ``collection`` (a first round, or one from a delta link)
+        as exactly these pages of entries, in this order, then the usual ``@odata.deltaLink``
+        (its watermark: the model's at the round's first page). The model is not changed: set it
+        to the round's final state with the mutation methods, before or after.
+
+        This is how the emulator serves the shapes Graph documents for any delta round, the
+        first one included (Microsoft Graph, "Use delta query to track changes in Microsoft Graph
+        data" learn.microsoft.com/graph/delta-query-overview; "Get incremental changes for
+        groups" learn.microsoft.com/graph/delta-query-groups; "group: delta"
+        learn.microsoft.com/graph/api/group-delta; "user: delta"
+        learn.microsoft.com/graph/api/user-delta):
+
+        * an object repeated within a round with changed properties: the same id on a later page
+          (or later on the same page) with the newer values; the later entry is the newer state;
+        * ``@removed`` in the first round: ``{"id": ..., "@removed": {"reason": "changed"}}``
+          (soft-deleted; ``"deleted"``: permanently) for an object deleted during the round;
+        * a group's properties changed between its slices: a big group comes in several entries
+          (slices), each repeating its selected properties, and a later slice may carry newer
+          values;
+        * a member removed in a later slice: a ``members@delta`` entry
+          ``{"@odata.type": ..., "id": ..., "@removed": {"reason": "deleted"}}`` in a later slice
+          removes a member an earlier slice added.
+
+        Entries are served as given, so a test can also interleave a group's slices with other
+        objects. Raises ``ValueError`` for an entry without a string id, or ``members@delta``
+        outside groups or not a list."""
+        if collection not in COLLECTIONS:
+            raise ValueError(f"unknown collection {collection!r}")
+        checked: list[list[dict[str, Any]]] = []
+        for n, page in enumerate(pages):
+            out = []
+            for entry in page:
+                if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str) or not entry["id"]:
+                    raise ValueError(f"page {n + 1}: every entry needs a string id")
+                if "members@delta" in entry and (collection != "groups" or not isinstance(entry["members@delta"], list)):
+                    raise ValueError(f"page {n + 1}: members@delta is a list, on groups only")
+                out.append(copy.deepcopy(dict(entry)))
+            checked.append(out)
+        if not checked:
+            checked = [[]]
+        with self._lock:
+            self._scripts[collection].append(checked)
+
+    def _start_script(self, coll: str, segment: str, select: list[str] | None) -> tuple[int, bytes, dict[str, str]]:
+        pages = self._scripts[coll].pop(0)
+        sid = uuid.uuid4().hex
+        self._script_runs[sid] = ([[_dumps(e) for e in page] for page in pages], self._seq, select)
+        return self._script_page(coll, segment, sid, 0)
+
+    def _script_page(self, coll: str, segment: str, sid: str, index: int) -> tuple[int, bytes, dict[str, str]]:
+        run = self._script_runs.get(sid)
+        if run is None or not 0 <= index < len(run[0]):
+            raise GraphError(400, "Request_BadRequest", "Invalid $skiptoken.")
+        pages, watermark, select = run
+        props, members = self._selection(coll, select)
+        if index + 1 < len(pages):
+            token = self._seal({"k": "ds", "c": coll, "script": sid, "page": index + 1, "e": self._epoch, "t": time.time()})
+            next_link, delta_link = f"{self.base_url}/{coll}/{segment}?$skiptoken={token}", None
+        else:
+            next_link, delta_link = None, self._delta_link(coll, segment, select, watermark, DEFAULT_PAGE_SIZE)
+            del self._script_runs[sid]
+        shown = props if select is not None else None
+        return 200, _page(self._context(coll, shown, members), pages[index], next_link=next_link, delta_link=delta_link), {}
+
     # --- faults and token expiry --------------------------------------------------------------
     def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str = 1) -> None:
         """Queue a fault for the next ``times`` Graph requests whose path+query contains ``path_contains``.
@@ -735,6 +806,8 @@ class GraphEmulator:
         with self._lock:
             if skip:
                 state = self._open_token(skip, "ds", coll, segment)  # its $select wins, as on Graph
+                if "script" in state:
+                    return self._script_page(coll, segment, str(state["script"]), int(state.get("page", -1)))
             elif delta == "latest":
                 state = {"w": self._seq, "s": self._token_select(coll, params.get("$select"))}
                 link = self._delta_link(coll, segment, state["s"], state["w"], DEFAULT_PAGE_SIZE)
@@ -745,6 +818,8 @@ class GraphEmulator:
                 state = {"lo": tok["w"], "hi": self._seq, "s": sel, "cur": None, "ps": tok.get("ps")}
             else:
                 state = {"lo": None, "hi": self._seq, "s": self._token_select(coll, params.get("$select")), "cur": None, "ps": None}
+            if self._scripts[coll]:
+                return self._start_script(coll, segment, state["s"])
             if preferred is not None:
                 size = min(preferred, self.max_page_size)
             elif top is not None:
@@ -1152,6 +1227,10 @@ class GraphEmulator:
                 return _json_response(200, {"ok": True})
             if path == "/_emulator/faults/clear":
                 self.clear_faults()
+                return _json_response(200, {"ok": True})
+            if path == "/_emulator/script-round":
+                data = _json_body(body)
+                self.script_round(str(data["collection"]), data["pages"])
                 return _json_response(200, {"ok": True})
             if path == "/_emulator/expire-delta-tokens":
                 self.expire_delta_tokens()

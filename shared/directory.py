@@ -43,22 +43,23 @@ CREATE TABLE IF NOT EXISTS members (group_id TEXT NOT NULL, member_id TEXT NOT N
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
 """
 CACHE_TABLES = ("objects", "kept", "users", "members")
+INDEXES = {  # the cache's secondary indexes (also in SCHEMA): rebuilt after a bulk load
+    "kept_by_object": "CREATE INDEX IF NOT EXISTS kept_by_object ON kept (object_id)",
+    "users_by_primary": "CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address)",
+    "members_by_member": "CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id)",
+}
+
+
+def _compact_value(prop: str, value: Any) -> Any:
+    if prop == "proxyAddresses":
+        return [p for p in value if isinstance(p, str) and p[:5].lower() == "smtp:"] if isinstance(value, list) else []
+    return value if isinstance(value, str) else None
 
 
 def compact(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     """The selected properties the object carries; proxy addresses without an ``smtp:`` prefix
     are never candidates, so they are not kept."""
-    out: dict[str, Any] = {}
-    for prop in PROPS[kind]:
-        if prop not in obj:
-            continue
-        value = obj[prop]
-        if prop == "proxyAddresses":
-            value = [p for p in value if isinstance(p, str) and p[:5].lower() == "smtp:"] if isinstance(value, list) else []
-        elif not isinstance(value, str):
-            value = None
-        out[prop] = value
-    return out
+    return {prop: _compact_value(prop, obj[prop]) for prop in PROPS[kind] if prop in obj}
 
 
 # The cached data is JSON with non-ASCII escaped: a Graph string can carry lone surrogates
@@ -98,7 +99,6 @@ class Affected:
         return getattr(self, dataset)
 
 
-@dataclass
 class _Net:
     """What a round's entries about one object say, folded in arrival order.
 
@@ -108,10 +108,13 @@ class _Net:
     value replacing an earlier one. ``members``: member id -> (added, member kind), the last
     ``members@delta`` entry for a member winning."""
 
-    present: bool = True
-    reset: bool = False
-    props: dict[str, Any] = field(default_factory=dict)
-    members: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    __slots__ = ("present", "reset", "props", "members")
+
+    def __init__(self) -> None:
+        self.present = True
+        self.reset = False
+        self.props: dict[str, Any] = {}
+        self.members: dict[str, tuple[bool, str]] = {}
 
 
 class Round:
@@ -149,11 +152,15 @@ class Round:
             net.members = {}
         else:
             net.present = True
-            net.props.update(compact(kind, obj))
+            props = net.props
+            for prop in PROPS[kind]:
+                if prop in obj:
+                    props[prop] = _compact_value(prop, obj[prop])
         if kind == "g":
             ops = obj.get("members@delta")
             if isinstance(ops, list):
                 members = net.members
+                present = net.present
                 for m in ops:
                     if not isinstance(m, dict):
                         continue
@@ -162,7 +169,7 @@ class Round:
                         continue
                     if "@removed" in m:
                         members[mid] = (False, member_kind(m.get("@odata.type")))
-                    elif net.present:
+                    elif present:
                         members[mid] = (True, member_kind(m.get("@odata.type")))
 
     def distinct(self) -> dict[str, int]:
@@ -355,11 +362,21 @@ class Cache:
                     users.append((oid, cands.primary))
                 elif kind == "g" and net.members:
                     members.extend([(oid, mid, mk) for mid, (added, mk) in net.members.items() if added])
-        em = self.conn.executemany
+        # Rows in primary-key order append to each B-tree instead of splitting pages all over
+        # it, and the secondary indexes are built once at the end rather than row by row.
+        objects.sort()
+        kept.sort()
+        users.sort()
+        members.sort()
+        q, em = self.conn.execute, self.conn.executemany
+        for index in INDEXES:
+            q(f"DROP INDEX IF EXISTS {index}")  # noqa: S608 - fixed index names
         em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", objects)
         em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", kept)
         em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", users)
         em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", members)
+        for statement in INDEXES.values():
+            q(statement)
         self._empty = False
         if affected is not None:
             affected.addresses.update(a for a, _ in kept)
@@ -479,13 +496,12 @@ class Cache:
         if dataset == "groups":
             names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id") if keeps(gid)}
             parents: dict[str, list[str]] = {}
-            for mid, gid in q(
-                "SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
-                "WHERE m.kind IN ('g', '?')"
-            ):
+            # Member rows exist only for cached groups (an add needs the group; a removed group's
+            # rows go with it); scanned in primary-key order, so each list comes out sorted.
+            for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('g', '?') ORDER BY group_id, member_id"):
                 if mid in names and gid in names:
                     parents.setdefault(mid, []).append(gid)
-            return {gid: (name, tuple(sorted(set(parents.get(gid, ()))))) for gid, name in names.items()}
+            return {gid: (name, tuple(sorted(set(parents[gid]))) if gid in parents else ()) for gid, name in names.items()}
         if dataset != "users":
             raise ValueError(f"unknown dataset {dataset!r}")
         owner: dict[str, str] = {}  # primary address -> the user with the smallest id
@@ -498,14 +514,12 @@ class Cache:
                 primary_of[uid] = primary
             else:
                 log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, first)
+        group_set = {gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'")}
         group_ids: dict[str, list[str]] = {}
-        for mid, gid in q(
-            "SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
-            "WHERE m.kind IN ('u', '?')"
-        ):
-            if mid in primary_of and keeps(gid):
+        for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('u', '?') ORDER BY group_id, member_id"):
+            if mid in primary_of and gid in group_set and keeps(gid):
                 group_ids.setdefault(mid, []).append(gid)
-        return {uid: (primary, tuple(sorted(set(group_ids.get(uid, ()))))) for uid, primary in primary_of.items()}
+        return {uid: (primary, tuple(sorted(set(group_ids[uid]))) if uid in group_ids else ()) for uid, primary in primary_of.items()}
 
     def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
         """Every candidate address and user the rules leave out, with its reason, recomputed

@@ -36,11 +36,14 @@ class Read:
     round: Round
     links: dict[str, str | None] = field(default_factory=dict)
     membership_read: str = "groups/delta"
+    counted: dict[str, int] | None = None  # ``objects``, kept when the fold is dropped
 
     @property
     def objects(self) -> dict[str, int]:
         """Distinct objects per collection: for a full read those that exist at the end of the
         round, for a delta round those it named (an object sent twice counts once)."""
+        if self.counted is not None:
+            return self.counted
         return self.round.present() if self.kind == "full" else self.round.distinct()
 
     def summary(self, graph_retries: int) -> dict[str, Any]:
@@ -70,9 +73,12 @@ async def read_delta(source: GraphSource, links: Mapping[str, str], reason: str)
 
 
 def merge_full(cache: Cache, read: Read) -> None:
-    """A full read replaces the cache: its round applied to an empty cache."""
+    """A full read replaces the cache: its round applied to an empty cache. The fold is then
+    dropped (its memory grows with the directory); ``read.objects`` stays as counted."""
     cache.clear()
     cache.apply_round(read.round, None)
+    read.counted = read.objects
+    read.round = Round()
 
 
 def merge_delta(cache: Cache, read: Read) -> Affected:
