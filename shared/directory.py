@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,11 +253,12 @@ class Cache:
             rnd.take(collection, obj)
         self.apply_round(rnd, affected)
 
-    def apply_round(self, rnd: Round, affected: Affected | None) -> None:
-        """Apply a folded round (every collection) to the cache."""
+    def apply_round(self, rnd: Round, affected: Affected | None, *, consume: bool = False) -> None:
+        """Apply a folded round (every collection) to the cache. ``consume``: the round may be
+        emptied as it is applied (a full read's fold is as big as the directory)."""
         self._verdict = None  # the scope is judged again over the merged cache
         if self._empty:
-            self._load(rnd, affected)
+            self._load(rnd, affected, consume)
             return
         sink = affected if affected is not None else Affected()
         for collection, nets in rnd.nets.items():
@@ -340,7 +341,7 @@ class Cache:
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
 
-    def _load(self, rnd: Round, affected: Affected | None) -> None:
+    def _load(self, rnd: Round, affected: Affected | None, consume: bool) -> None:
         """A round into a cache that holds nothing: the same fold, written with one bulk
         insert per table (what makes a 100,000-user full read affordable)."""
         objects: list[tuple[str, str, str, int]] = []
@@ -351,7 +352,7 @@ class Cache:
         dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
         for collection, nets in rnd.nets.items():
             kind, otype = KIND_OF[collection], OTYPE[KIND_OF[collection]]
-            for oid, net in nets.items():
+            for oid, net in (_drain(nets) if consume else nets.items()):
                 if not net.present:
                     continue  # removed during the round: nothing cached held it
                 cands = candidates(oid, otype, net.props, provisioned, self.rules)
@@ -576,6 +577,12 @@ class Cache:
         for table in CACHE_TABLES:
             self.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         self._empty = True
+
+
+def _drain(nets: dict[str, _Net]) -> Iterator[tuple[str, _Net]]:
+    """Each item once, removed as it is taken (its memory is freed as the load proceeds)."""
+    while nets:
+        yield nets.popitem()
 
 
 def memory_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:

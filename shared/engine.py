@@ -299,8 +299,10 @@ class _Run:
                 return self._delta_plan(db, provisioned, read)
         read = await self._read_full(reason)
         # The state's cache becomes this read's, in the run's open transaction: it is committed
-        # only with the rest of the run, once the service confirmed everything.
+        # with the rest of the run once the service confirmed everything (_save_read). Until
+        # then it is marked incomplete, so any earlier commit leaves a state that reads in full.
         cache = db.cache(provisioned, self.settings.rules)
+        db.set_meta(CACHE_META, None)
         merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}

@@ -75,9 +75,9 @@ async def read_delta(source: GraphSource, links: Mapping[str, str], reason: str)
 def merge_full(cache: Cache, read: Read) -> None:
     """A full read replaces the cache: its round applied to an empty cache. The fold is then
     dropped (its memory grows with the directory); ``read.objects`` stays as counted."""
-    cache.clear()
-    cache.apply_round(read.round, None)
     read.counted = read.objects
+    cache.clear()
+    cache.apply_round(read.round, None, consume=True)
     read.round = Round()
 
 
