@@ -562,3 +562,36 @@ def test_cli_prints_ready_and_serves(client: httpx.Client) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+# --- scripted delta rounds (the shapes Graph documents within one round) ------------------------------------------
+def test_a_scripted_round_serves_its_pages_in_order_then_a_working_delta_link(emulator: GraphEmulator, client: httpx.Client) -> None:
+    user = "#microsoft.graph.user"
+    users = [[{"id": "u-00001", "mail": "old@contoso.com"}, {"id": "u-00002", "@removed": {"reason": "changed"}}],
+             [{"id": "u-00001", "mail": "new@contoso.com"}]]  # repeated later with its newer state
+    groups = [[{"id": "g-mixed", "displayName": "Before", "members@delta": [{"@odata.type": user, "id": "u-00003"}]}],
+              [{"id": "u-x", "displayName": "other"}],  # another object between the slices
+              [{"id": "g-mixed", "displayName": "After",
+                "members@delta": [{"@odata.type": user, "id": "u-00003", "@removed": {"reason": "deleted"}}]}]]
+    emulator.script_round("users", users)
+    emulator.script_round("groups", groups)
+    got, pages, link = read_all(client, f"{emulator.base_url}/users/delta?$select=id,mail,proxyAddresses")
+    assert [p["value"] for p in pages] == users and got == users[0] + users[1]
+    assert link and read_all(client, link)[0] == []  # the model did not change: nothing after the round
+    gpages = read_all(client, f"{emulator.base_url}/groups/delta?$select=displayName,members")[1]
+    assert [p["value"] for p in gpages] == groups
+    assert len(read_all(client, f"{emulator.base_url}/users/delta?$select=mail")[0]) == 250  # the next round is the model's again
+
+    emulator.script_round("contacts", [[{"id": "c-1", "@removed": {"reason": "deleted"}}]])
+    emulator.expire_delta_tokens()
+    assert client.get(link).status_code == 410  # a scripted round's link expires like any other
+    assert read_all(client, f"{emulator.base_url}/contacts/delta")[0] == [{"id": "c-1", "@removed": {"reason": "deleted"}}]
+    admin = emulator.base_url.replace("/v1.0", "/_emulator")
+    body = {"collection": "users", "pages": [[{"id": "u-00009", "mail": "a@contoso.com"}]]}
+    assert client.post(f"{admin}/script-round", json=body).status_code == 200
+    assert read_all(client, f"{emulator.base_url}/users/delta")[0] == [{"id": "u-00009", "mail": "a@contoso.com"}]
+    with pytest.raises(ValueError, match="string id"):
+        emulator.script_round("users", [[{"mail": "no id"}]])
+    with pytest.raises(ValueError, match="groups only"):
+        emulator.script_round("users", [[{"id": "u-1", "members@delta": []}]])
+    assert client.post(f"{admin}/script-round", json={"collection": "nope", "pages": []}).status_code == 400
