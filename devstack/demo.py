@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_CREDENTIAL = "demo-admin:local-demo-only"  # noqa: S105 - the local receiver's demo account
 
 
-def _run(action: str, env: dict[str, str], *, expect: int = 0) -> dict:
-    print(f"\n$ python -m shared {action}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "shared", action, "--json"], cwd=ROOT, env=env,  # noqa: S603
+def _run(action: str, env: dict[str, str], *args: str, expect: int = 0) -> dict:
+    print(f"\n$ python -m shared {' '.join((action, *args))}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "shared", action, *args, "--json"], cwd=ROOT, env=env,  # noqa: S603
                           capture_output=True, text=True, timeout=600)
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1]) if lines else {}
@@ -44,12 +44,18 @@ def _run(action: str, env: dict[str, str], *, expect: int = 0) -> dict:
     return summary
 
 
-def _status(env: dict[str, str]) -> None:
+def _status(env: dict[str, str]) -> str | None:
+    """Print ``status`` as an operator reads it; return the held set's digest (what the
+    operator reviewed, for ``approve-deletions --expect``)."""
     print("\n$ python -m shared status", flush=True)
     proc = subprocess.run([sys.executable, "-m", "shared", "status"], cwd=ROOT, env=env,  # noqa: S603
                           capture_output=True, text=True, timeout=120)
     for line in proc.stdout.splitlines()[:70]:
         print(f"  {line}")
+    doc = subprocess.run([sys.executable, "-m", "shared", "status", "--json"], cwd=ROOT, env=env,  # noqa: S603
+                         capture_output=True, text=True, timeout=120)
+    lines = doc.stdout.strip().splitlines()
+    return json.loads(lines[-1]).get("heldDigest") if doc.returncode == 0 and lines else None
 
 
 def _print_summary(s: dict) -> None:
@@ -100,6 +106,21 @@ def show_exchange(exo: ExchangeEmulator, receiver: SyncReceiver) -> None:
         print(f"  {'registered' if primary in held else 'MISSING   '}  {primary:<28} {rec['RecipientTypeDetails']:<26} {rec['DisplayName']}")
 
 
+RULE_SETTINGS = ("SYNC_SCOPE_GROUPS", "EXCLUDE_USER_TYPES", "EXCLUDE_ADDRESS_PATTERNS")
+
+
+def try_scope(graph: GraphEmulator, env: dict[str, str]) -> None:
+    """A preview with scope and exclusions: the rule settings from the environment when any is
+    set, else the demo's "Cycle A" group (nested, cyclic), guests and no-reply addresses."""
+    groups = {g.get("displayName"): g["id"] for g in graph.snapshot()["groups"]}
+    rules = {k: os.environ[k] for k in RULE_SETTINGS if os.environ.get(k, "").strip()}
+    if not rules:
+        rules = {"SYNC_SCOPE_GROUPS": groups["Cycle A"], "EXCLUDE_USER_TYPES": "Guest", "EXCLUDE_ADDRESS_PATTERNS": r"no-?reply@.*"}
+    print("\n# a scope: a preview with " + ", ".join(f"{k}={v}" for k, v in rules.items()))
+    print("#   (demo groups to try: " + ", ".join(f"{n!r} {groups[n]}" for n in ("Cycle A", "Ring X", "Self Loop") if n in groups) + ")")
+    _run("test-update", {**env, **rules})
+
+
 def main() -> int:
     try:
         azurite = Azurite().start()
@@ -118,7 +139,7 @@ def main() -> int:
               "| sync API receiver", receiver.base_url, "| Azurite blob", azurite.port)
         print(f"# demo tenant: {len(snap['users'])} users, {len(snap['groups'])} groups, {len(snap['contacts'])} contacts; "
               f"provisioned domains: {', '.join(receiver.domains)}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAPH_", "SYNC_", "KEY_VAULT", "AzureWebJobs", "EXO_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAPH_", "SYNC_", "KEY_VAULT", "AzureWebJobs", "EXO_", "EXCLUDE_"))}
         env.update({
             "GRAPH_AUTH": "none", "GRAPH_BASE_URL": graph.base_url, "SYNC_API_URL": receiver.base_url,
             "SYNC_API_CREDENTIAL": DEMO_CREDENTIAL, "SYNC_STATE": "blob:sync-state", "AzureWebJobsStorage": azurite.connection_string,
@@ -135,11 +156,12 @@ def main() -> int:
             graph.delete_user(u["id"])
         print(f"\n# a wrong filter: {len(gone)} users (30 %) disappear from the directory at once")
         _run("update", env, expect=4)
-        _status(env)
-        _run("approve-deletions", env)
+        digest = _status(env)
+        _run("approve-deletions", env, "--expect", digest or "")
         _run("update", env)
         held = {d: len(receiver.records(d)) for d in ("addresses", "groups", "users")}
         print(f"\n# the receiver now holds: {held}")
+        try_scope(graph, env)
     finally:
         receiver.stop()
         exo.stop()

@@ -35,11 +35,12 @@ from .projection import (
     candidates,
     group_name,
 )
+from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge, rule_of
 
 log = logging.getLogger(__name__)
 
 PROPS: dict[str, tuple[str, ...]] = {
-    "u": ("mail", "proxyAddresses"),
+    "u": ("mail", "proxyAddresses", "userType"),
     "g": ("displayName", "mail", "proxyAddresses"),
     "c": ("mail", "proxyAddresses"),
     "x": ("mail", "proxyAddresses"),  # PrimarySmtpAddress, EmailAddresses (plus "type")
@@ -211,10 +212,63 @@ class Cache:
     """The cache tables of one open state database (inside the caller's transaction), or of a
     scratch database (``memory_cache``)."""
 
-    def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], *, empty: bool = False) -> None:
+    def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *, empty: bool = False) -> None:
         self.conn = conn
         self.provisioned = provisioned
+        self.rules = rules  # scope and exclusions (shared/rules.py)
+        self._verdict: Verdict | None = None
         self._empty = empty  # known to hold no object: a round is loaded in bulk
+
+    # --- scope and exclusions (shared/rules.py), judged over the whole cached directory ---------
+    def shape(self) -> Shape:
+        """What the rules read of the cached directory."""
+        q = self.conn.execute
+        groups = frozenset(g for (g,) in q("SELECT id FROM objects WHERE kind='g'"))
+        contacts = frozenset(c for (c,) in q("SELECT id FROM objects WHERE kind='c'"))
+        if self.rules.exclude_user_types:
+            users = dict(q("SELECT id, json_extract(data, '$.userType') FROM objects WHERE kind='u'").fetchall())
+        else:
+            users = dict.fromkeys(u for (u,) in q("SELECT id FROM objects WHERE kind='u'"))
+        members: dict[str, list[tuple[str, str]]] = {}
+        if self.rules.scope_groups is not None:
+            for gid, mid, kind in q("SELECT group_id, member_id, kind FROM members"):
+                members.setdefault(gid, []).append((mid, kind))
+        return Shape(groups, users, contacts, members)
+
+    def verdict(self) -> Verdict:
+        """The rules' verdict over the cache as it is now (recomputed after each ``apply``).
+        Raises ``rules.ScopeError`` when a scope id names no cached group."""
+        if not self.rules.judges_objects:
+            return EVERYTHING
+        if self._verdict is None:
+            self._verdict = judge(self.shape(), self.rules)
+        return self._verdict
+
+    def rescope(self, before: Verdict | None, affected: Affected) -> None:
+        """Add the keys of every object whose kept / left-out status differs from ``before``
+        (a delta round that moved users, contacts or whole nested subtrees in or out of scope).
+        ``before`` ``None`` (the cache could not be judged before the round): every object."""
+        q = self.conn.execute
+        after = self.verdict()
+        changed = after.changed(before) if before is not None else {o for (o,) in q("SELECT id FROM objects")}
+        for oid in sorted(changed):
+            affected.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
+            row = q("SELECT kind FROM objects WHERE id=?", (oid,)).fetchone()
+            if row is None:
+                continue
+            if row[0] == "u":
+                affected.users.add(oid)
+                for (primary,) in q("SELECT primary_address FROM users WHERE id=?", (oid,)):
+                    if primary:
+                        affected.primaries.add(primary)
+            elif row[0] == "g":
+                affected.groups.add(oid)
+                self._children(oid, affected)  # their parentIds / groupIds name it or no longer do
+
+    def rule_exclusions(self) -> list[Exclusion]:
+        """What the scope and exclusion settings leave out of the whole cached directory, with
+        the reason naming the setting (and the pattern), for the run report and ``status``."""
+        return self.exclusions(only_rules=True)
 
     # --- applying a delta round ----------------------------------------------------------
     def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected | None) -> None:
@@ -229,6 +283,7 @@ class Cache:
     def apply_round(self, rnd: Round, affected: Affected | None, *, consume: bool = False) -> None:
         """Apply a folded round (every collection) to the cache. ``consume``: the round may be
         emptied as it is applied (a full read's fold is as big as the directory)."""
+        self._verdict = None  # the scope is judged again over the merged cache
         if self._empty:
             self._load(rnd, affected, consume)
             return
@@ -279,7 +334,7 @@ class Cache:
 
     def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected) -> None:
         q = self.conn.execute
-        cands = candidates(oid, OTYPE[kind], data, self.provisioned)
+        cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         q(
             "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
             (oid, kind, json.dumps(data, separators=(",", ":"), ensure_ascii=True), len(cands.exclusions)),
@@ -327,7 +382,7 @@ class Cache:
             for oid, net in (_drain(nets) if consume else nets.items()):
                 if not net.present:
                     continue  # removed during the round: nothing cached held it
-                cands = candidates(oid, otype, net.props, provisioned)
+                cands = candidates(oid, otype, net.props, provisioned, self.rules)
                 objects.append((oid, kind, dumps(net.props), len(cands.exclusions)))
                 if cands.kept:
                     kept.extend([(a, oid) for a in cands.kept])
@@ -412,6 +467,8 @@ class Cache:
     # --- projecting the affected keys ------------------------------------------------------
     def desired(self, dataset: str, keys: Iterable[str]) -> dict[str, tuple | None]:
         """The projected record of each key (``None``: the directory implies no record)."""
+        if self.rules.judges_objects:
+            self.verdict()  # a scope id that names no group fails here, before anything is sent
         if dataset == "addresses":
             return {a: (() if self._kept(a) else None) for a in keys}
         if dataset == "groups":
@@ -426,25 +483,33 @@ class Cache:
         return out
 
     def _kept(self, address: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM kept WHERE address=? LIMIT 1", (address,)).fetchone() is not None
+        if not self.rules.judges_objects:
+            return self.conn.execute("SELECT 1 FROM kept WHERE address=? LIMIT 1", (address,)).fetchone() is not None
+        verdict = self.verdict()
+        return any(verdict.keeps(o) for (o,) in self.conn.execute("SELECT object_id FROM kept WHERE address=?", (address,)))
 
     def _group(self, gid: str) -> tuple | None:
         row = self.conn.execute("SELECT data FROM objects WHERE id=? AND kind='g'", (gid,)).fetchone()
-        if row is None:
+        verdict = self.verdict()
+        if row is None or not verdict.keeps(gid):
             return None
         parents = self.conn.execute(
             "SELECT DISTINCT m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
             "WHERE m.member_id = ? AND m.kind IN ('g', '?')",
             (gid,),
         ).fetchall()
-        return (group_name(gid, json.loads(row[0])), tuple(sorted(p for (p,) in parents)))
+        return (group_name(gid, json.loads(row[0])), tuple(sorted(p for (p,) in parents if verdict.keeps(p))))
 
     def _user(self, uid: str) -> tuple | None:
         q = self.conn.execute
+        verdict = self.verdict()
         row = q("SELECT primary_address FROM users WHERE id=?", (uid,)).fetchone()
-        if row is None or not row[0]:
+        if row is None or not row[0] or not verdict.keeps(uid):
             return None
-        owner = q("SELECT MIN(id) FROM users WHERE primary_address=?", (row[0],)).fetchone()[0]
+        if verdict is EVERYTHING:
+            owner = q("SELECT MIN(id) FROM users WHERE primary_address=?", (row[0],)).fetchone()[0]
+        else:  # only users the rules keep claim a primary address
+            owner = min(u for (u,) in q("SELECT id FROM users WHERE primary_address=?", (row[0],)) if verdict.keeps(u))
         if owner != uid:
             return None
         groups = q(
@@ -452,16 +517,37 @@ class Cache:
             "WHERE m.member_id = ? AND m.kind IN ('u', '?')",
             (uid,),
         ).fetchall()
-        return (row[0], tuple(sorted(g for (g,) in groups)))
+        return (row[0], tuple(sorted(g for (g,) in groups if verdict.keeps(g))))
 
     # --- whole-directory figures -----------------------------------------------------------
     def excluded(self) -> dict[str, int]:
         """Candidates and users left out across the whole directory, as a full read counts them."""
         q = self.conn.execute
         addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects").fetchone()[0]
-        no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]
-        shared = q("SELECT COUNT(*) - COUNT(DISTINCT primary_address) FROM users WHERE primary_address IS NOT NULL").fetchone()[0]
-        return {"addresses": int(addresses), "groups": 0, "users": int(no_primary + shared)}
+        verdict = self.verdict()
+        if verdict is EVERYTHING:
+            no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]
+            shared = q("SELECT COUNT(*) - COUNT(DISTINCT primary_address) FROM users WHERE primary_address IS NOT NULL").fetchone()[0]
+            return {"addresses": int(addresses), "groups": 0, "users": int(no_primary + shared)}
+        # Everything an object the rules leave out would have kept is left out too; a left-out
+        # user counts once, whatever else is true of it.
+        left_users = 0
+        left_groups = 0
+        kept_primaries: list[str | None] = []
+        users = dict(q("SELECT id, primary_address FROM users").fetchall())
+        left = verdict.left_out
+        addresses += sum(n for oid, n in q("SELECT object_id, COUNT(*) FROM kept GROUP BY object_id") if oid in left)
+        groups = {g for (g,) in q("SELECT id FROM objects WHERE kind='g'")}
+        left_groups = sum(1 for g in verdict.left_out if g in groups)
+        for uid, primary in users.items():
+            if verdict.keeps(uid):
+                kept_primaries.append(primary)
+            else:
+                left_users += 1
+        with_primary = [p for p in kept_primaries if p]
+        no_primary = len(kept_primaries) - len(with_primary)
+        shared = len(with_primary) - len(set(with_primary))
+        return {"addresses": int(addresses), "groups": left_groups, "users": left_users + no_primary + shared}
 
     def counts(self) -> dict[str, int]:
         q = self.conn.execute
@@ -476,10 +562,14 @@ class Cache:
         docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
         ``desired``, over every key at once. Canonical values as in ``shared/projection.py``."""
         q = self.conn.execute
+        verdict = self.verdict()  # the scope and exclusions: what is left out contributes nothing
+        keeps = verdict.keeps
         if dataset == "addresses":
-            return dict.fromkeys((a for (a,) in q("SELECT DISTINCT address FROM kept ORDER BY address")), ())
+            if verdict is EVERYTHING:
+                return dict.fromkeys((a for (a,) in q("SELECT DISTINCT address FROM kept ORDER BY address")), ())
+            return dict.fromkeys(sorted({a for a, o in q("SELECT address, object_id FROM kept") if keeps(o)}), ())
         if dataset == "groups":
-            names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id")}
+            names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id") if keeps(gid)}
             parents: dict[str, list[str]] = {}
             # Member rows exist only for cached groups (an add needs the group; a removed group's
             # rows go with it); scanned in primary-key order, so each list comes out sorted.
@@ -492,6 +582,8 @@ class Cache:
         owner: dict[str, str] = {}  # primary address -> the user with the smallest id
         primary_of: dict[str, str] = {}
         for uid, primary in q("SELECT id, primary_address FROM users WHERE primary_address IS NOT NULL ORDER BY id"):
+            if not keeps(uid):
+                continue
             first = owner.setdefault(primary, uid)
             if first == uid:
                 primary_of[uid] = primary
@@ -500,24 +592,51 @@ class Cache:
         group_set = {gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'")}
         group_ids: dict[str, list[str]] = {}
         for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('u', '?') ORDER BY group_id, member_id"):
-            if mid in primary_of and gid in group_set:
+            if mid in primary_of and gid in group_set and keeps(gid):
                 group_ids.setdefault(mid, []).append(gid)
         return {uid: (primary, tuple(sorted(set(group_ids[uid]))) if uid in group_ids else ()) for uid, primary in primary_of.items()}
 
-    def exclusions(self) -> list[Exclusion]:
+    def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
         """Every candidate address and user the rules leave out, with its reason, recomputed
         from the cached objects (``test-update`` reports them): addresses per object in id
-        order, then users in id order."""
+        order, then users in id order. ``only_rules``: only what the scope and exclusion
+        settings leave out (candidates are recomputed only when address patterns are set)."""
         q = self.conn.execute
         out: list[Exclusion] = []
-        for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
-            obj = json.loads(data)
-            if kind == "x":  # an Exchange Online recipient
-                out.extend(candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, warn=False, source=EXCHANGE_SOURCE).exclusions)
-                continue
-            out.extend(candidates(oid, OTYPE[kind], obj, self.provisioned, warn=False).exclusions)
+        if not only_rules or self.rules.exclude_address_patterns:
+            for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
+                obj = json.loads(data)
+                if kind == "x":  # an Exchange Online recipient
+                    cands = candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, self.rules, warn=False, source=EXCHANGE_SOURCE)
+                else:
+                    cands = candidates(oid, OTYPE[kind], obj, self.provisioned, self.rules, warn=False)
+                out.extend(e for e in cands.exclusions if not only_rules or rule_of(e.reason) is not None)
+        # What the scope and user types leave out: every address the object would keep, the
+        # group, the user (docs/sync-rules.md, "Scope and exclusions").
+        verdict = self.verdict()
+        left = verdict.left_out
+        if left:
+            kept_by: dict[str, list[str]] = {}
+            for a, oid in q("SELECT address, object_id FROM kept ORDER BY object_id, address"):
+                if oid in left:
+                    kept_by.setdefault(oid, []).append(a)
+            for oid, kind, data in q("SELECT id, kind, data FROM objects ORDER BY id"):
+                why = left.get(oid)
+                if why is None:
+                    continue
+                out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in kept_by.get(oid, ()))
+                if kind == "g":
+                    out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
         owner: dict[str, str] = {}
+        if only_rules and not left:
+            return out
         for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
+            why = verdict.reason(uid)
+            if why is not None:
+                out.append(Exclusion("users", uid, "user", primary, why))
+                continue
+            if only_rules:
+                continue
             if primary is None:
                 out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
                 continue
@@ -544,19 +663,20 @@ def _drain(nets: dict[str, _Net]) -> Iterator[tuple[str, _Net]]:
         yield nets.popitem()
 
 
-def memory_cache(provisioned: Iterable[str]) -> Cache:
+def memory_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:
     """An empty cache in a scratch in-memory database (a dry run, tests): never the state."""
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     conn.executescript(SCHEMA)
-    return Cache(conn, frozenset(provisioned), empty=True)
+    return Cache(conn, frozenset(provisioned), rules, empty=True)
 
 
-def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: Iterable[str]) -> Projection:
-    """Project a round given as ``(collection, entry)`` pairs in arrival order (tests)."""
+def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
+    """Project a round given as ``(collection, entry)`` pairs in arrival order (tests).
+    Raises ``rules.ScopeError`` when a scope id names no group of the round."""
     rnd = Round()
     for collection, obj in entries:
         rnd.take(collection, obj)
-    cache = memory_cache(provisioned)
+    cache = memory_cache(provisioned, rules)
     try:
         cache.apply_round(rnd, None)
         return cache.projection()

@@ -54,6 +54,7 @@ from .reading import (
     why_full,
 )
 from .redact import scrub
+from .rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .settings import Settings
 from .state import StateDB, StateStore, open_store
 from .summary import RunSummary
@@ -360,7 +361,8 @@ class _Run:
         return read
 
     def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
-        out = fingerprint(self.datasets, self.settings.address_domains, provisioned)
+        # The scope and exclusion settings too: a change of any of them reads in full.
+        out = {**fingerprint(self.datasets, self.settings.address_domains, provisioned), "rules": self.settings.rules.fingerprint()}
         if self.settings.exo.enabled:
             out["exo"] = {"mode": self.settings.exo.mode, "types": list(self.settings.exo.recipient_types)}
         return out
@@ -369,7 +371,19 @@ class _Run:
         """Why this update must read the directory in full; ``None``: a delta round will do."""
         if self.settings.exo.mode == "only":
             return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
-        return why_full(db.get_meta, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
+        reason = why_full(db.get_meta, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
+        if reason is None or reason.startswith(("periodic", "FULL_SYNC_INTERVAL_HOURS")):
+            was = (db.get_meta(FINGERPRINT_META) or {}).get("rules") or {}
+            now = self.settings.rules.fingerprint() or {}
+            changed = [setting for key, setting in RULE_SETTINGS if was.get(key) != now.get(key)]
+            if changed:
+                return f"{', '.join(changed)} changed since the last full read"
+        return reason
+
+    def _note_rule_exclusions(self, exclusions: Any) -> None:
+        """What the scope and exclusion settings left out, for the run report and status."""
+        if self.settings.rules.active:
+            self.summary.extra["ruleExclusions"] = rule_exclusions_summary(exclusions)
 
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> _Plan:
         reason = self._why_full(db, provisioned)
@@ -387,11 +401,13 @@ class _Run:
         # The state's cache becomes this read's, in the run's open transaction: it is committed
         # with the rest of the run once the service confirmed everything (_save_read). Until
         # then it is marked incomplete, so any earlier commit leaves a state that reads in full.
-        cache = db.cache(provisioned)
+        cache = db.cache(provisioned, self.settings.rules)
         db.set_meta(CACHE_META, None)
         merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
+        if self.settings.rules.active:
+            self._note_rule_exclusions(cache.rule_exclusions())
         return _Plan("full", reason, diffs, held_view, cache.excluded(), read=read)
 
     def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> _Plan:
@@ -402,8 +418,15 @@ class _Run:
         for d in self.datasets:  # records a lost answer left unknown
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
-            cache = db.cache(provisioned)
+            cache = db.cache(provisioned, self.settings.rules)
+            try:
+                before = cache.verdict()
+            except ScopeError:
+                before = None  # judged again after the round; then every object is looked at
             affected = merge_delta(cache, read)
+            if self.settings.rules.judges_objects:
+                cache.verdict()  # a scope id that names no group fails the run here, before anything is sent
+                cache.rescope(before, affected)  # users and subtrees the round moved in or out of scope
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -416,6 +439,8 @@ class _Run:
                 diffs[d] = DatasetDiff(d, upserts, deletes)
                 held_view[d] = have
             excluded = cache.excluded()
+            if self.settings.rules.active:
+                self._note_rule_exclusions(cache.rule_exclusions())
         self.summary.extra["read"] = self._read_summary(read)
         log.info("read: delta (%s): %s changed objects", read.reason, read.objects)
         return _Plan("delta", read.reason, diffs, held_view, excluded, read=read)
@@ -428,7 +453,7 @@ class _Run:
         if read.kind == "full":  # already merged into the cache (see _plan, _replace)
             db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
         else:
-            merge_delta(db.cache(provisioned), read)
+            merge_delta(db.cache(provisioned, self.settings.rules), read)
         db.set_meta(CACHE_META, "complete")
         db.set_meta(LINKS_META, read.links if read.links_complete() else None)
         db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
@@ -464,7 +489,7 @@ class _Run:
     # --- test-update ---------------------------------------------------------------------
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
         read = await self._read_full("test-update always reads in full")
-        cache = memory_cache(provisioned)  # a scratch cache: a dry run never writes the state
+        cache = memory_cache(provisioned, self.settings.rules)  # a scratch cache: a dry run never writes the state
         try:
             merge_full(cache, read)
             del read
@@ -497,6 +522,7 @@ class _Run:
             preview["addresses"]["addedFrom"] = sources
         self.summary.extra["changes"] = preview
         self.summary.extra["exclusions"] = [e.as_dict() for e in projection.exclusions if e.dataset in self.datasets]
+        self._note_rule_exclusions(projection.exclusions)
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
@@ -527,14 +553,16 @@ class _Run:
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
         read = await self._read_full("replace always reads in full")
-        cache = db.cache(provisioned)
+        cache = db.cache(provisioned, self.settings.rules)
         # The cache is marked incomplete until the end: each dataset is committed as soon as the
         # service holds it, and a replace that fails later leaves a state whose next update
         # reads in full.
         db.set_meta(CACHE_META, None)
         db.set_meta(LINKS_META, None)
         merge_full(cache, read)
-        excluded = cache.excluded()
+        excluded = cache.excluded()  # a scope id that names no group fails here, before anything is sent
+        if self.settings.rules.active:
+            self._note_rule_exclusions(cache.rule_exclusions())
         for d in DATASETS:
             self.summary.datasets[d].excluded = excluded[d]
         for d in REPLACE_ORDER:

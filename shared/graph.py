@@ -47,7 +47,7 @@ from .textsafe import safe_text
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 999
-USER_SELECT = ["id", "mail", "proxyAddresses"]
+USER_SELECT = ["id", "mail", "proxyAddresses", "userType"]
 CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .approval import held_digest
 from .errors import StateError
 from .projection import DATASETS
+from .rules import rule_exclusion_lines
 from .state import azure_reason
 from .textsafe import safe_text, safe_tree
 
@@ -410,6 +411,7 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
     overall = held_digest(held) if held is not None else None
     held = safe_tree(held) if held is not None else None
     lines = _runs_table(reports)
+    lines.extend(rule_exclusion_lines(reports))  # scope and exclusions (shared/rules.py)
     lines.append("")
     source = "held deletions"
     counts: dict[str, int]

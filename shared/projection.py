@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .addresses import InvalidAddress, domain_of, normalize_address
+from .rules import NO_RULES, Rules
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,15 @@ class Candidates:
         return self.kept_mail or self.primary_proxy
 
 
-def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str], *, warn: bool = True,
+def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES, *, warn: bool = True,
                source: str = "Graph") -> Candidates:
     """Normalize and check one object's candidate addresses: the kept ones, its primary
     address, and every exclusion with its reason (invalid values are logged with the id,
     unless ``warn`` is false: a report recomputing what a read already logged). ``source``
     names where the object was read: an Exchange Online recipient's ``mail`` is its
-    PrimarySmtpAddress and its ``proxyAddresses`` its EmailAddresses, under exactly these rules."""
+    PrimarySmtpAddress and its ``proxyAddresses`` its EmailAddresses, under exactly these rules.
+    A candidate that matches an ``EXCLUDE_ADDRESS_PATTERNS`` pattern is not kept, so a user
+    whose ``mail`` matches falls back to its kept ``SMTP:`` value (docs/sync-rules.md)."""
     raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
     mail = obj.get("mail")
     if isinstance(mail, str) and mail.strip():
@@ -135,6 +138,12 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
             if address not in seen:
                 seen.add(address)
                 out.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned", source))
+            continue
+        why = rules.address_reason(address) if rules.exclude_address_patterns else None
+        if why is not None:
+            if address not in seen:
+                seen.add(address)
+                out.exclusions.append(Exclusion("addresses", oid, otype, address, why, source))
             continue
         if address not in seen:
             seen.add(address)
@@ -179,7 +188,7 @@ def _printable(value: str) -> str:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str]) -> Projection:
+def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
     """Project a whole directory held in memory (tests, the emulator's snapshot): each object
     is one entry of a first delta round (a group's ``members`` as its ``members@delta``),
     merged and projected exactly as a full read is (``shared/directory.py``)."""
@@ -196,4 +205,4 @@ def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[st
             entry["members@delta"] = [m if isinstance(m, dict) else {"id": m} for m in members]
             yield "groups", entry
 
-    return project_entries(entries(), provisioned)
+    return project_entries(entries(), provisioned, rules)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ from .errors import SettingsError
 from .netutil import is_loopback_host, url_problem
 from .projection import DATASETS
 from .redact import register
+from .rules import NO_RULES, Rules, parse_rules
 
 GRAPH_AUTH_MODES = ("client_secret", "managed_identity", "none")
 DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
@@ -95,6 +96,7 @@ class Settings:
     delete_threshold_percent: float = 10.0
     delete_threshold_count: int = 500
     exo: ExoSettings = field(default_factory=ExoSettings)
+    rules: Rules = NO_RULES
 
     @property
     def graph_scope(self) -> str:
@@ -222,6 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         delete_threshold_percent=delete_percent,
         delete_threshold_count=delete_count,
         exo=_exo_settings(get, graph_auth, tenant, datasets),
+        rules=_rules(get),
     )
 
 
@@ -271,6 +274,13 @@ def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple
         raise SettingsError("SYNC_DATASETS", f"EXO_MODE=only syncs the addresses dataset alone, so SYNC_DATASETS must be 'addresses' (it is {','.join(datasets)!r})",
                             "addresses")
     return ExoSettings(mode, types, base_url, tenant)
+
+
+
+
+def _rules(get: Callable[[str], str | None]) -> Rules:
+    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``)."""
+    return parse_rules(get("SYNC_SCOPE_GROUPS"), get("EXCLUDE_USER_TYPES"), get("EXCLUDE_ADDRESS_PATTERNS"))
 
 
 def _number(raw: str | None, name: str, default: float, example: str, low: float, high: float, *, integer: bool = False) -> float:

@@ -42,6 +42,7 @@ from .directory import Cache
 from .errors import StateConflictError, StateError
 from .localdir import default_base, private_dir
 from .projection import DATASETS, Records
+from .rules import NO_RULES, Rules
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,8 @@ class StateDB:
         self.changed = True
 
     # --- the directory cache ---------------------------------------------------------------------
-    def cache(self, provisioned: frozenset[str]) -> Cache:
-        return Cache(self.conn, provisioned)
+    def cache(self, provisioned: frozenset[str], rules: Rules = NO_RULES) -> Cache:
+        return Cache(self.conn, provisioned, rules)
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[None]:

@@ -91,6 +91,8 @@ class RunSummary:
                 doc.pop(bulky, None)
             for counts in doc["datasets"].values():
                 counts.pop("rejections", None)
+            if isinstance(doc.get("ruleExclusions"), dict):  # the log keeps the counts per rule
+                doc["ruleExclusions"] = {k: v for k, v in doc["ruleExclusions"].items() if k == "counts"}
             for listing in ("heldDeletions", "approved"):
                 if isinstance(doc.get(listing), dict):
                     doc[listing] = {d: _first_keys(e) for d, e in doc[listing].items()}

@@ -60,6 +60,10 @@ PRODUCT_SETTINGS = [
     "DELETE_THRESHOLD_COUNT",
     # added by the Exchange Online issue
     "EXO_MODE",
+    # added by the scope and exclusions issue (optional: set only when given)
+    "SYNC_SCOPE_GROUPS",
+    "EXCLUDE_USER_TYPES",
+    "EXCLUDE_ADDRESS_PATTERNS",
 ]
 # The same table's two secrets: only ever read from Key Vault in Azure, never app settings.
 SECRET_SETTINGS = ["GRAPH_CLIENT_SECRET", "SYNC_API_CREDENTIAL"]
@@ -79,6 +83,9 @@ SETTING_DEFAULTS = {
     "graphAuth": "client_secret",
     "syncDatasets": "addresses,groups,users",
     "addressDomains": "",
+    "syncScopeGroups": "",
+    "excludeUserTypes": "",
+    "excludeAddressPatterns": "",
     "syncSchedule": "0 0 * * * *",
     "stateContainerName": "sync-state",
     "graphClientSecretName": "graph-client-secret",
@@ -244,6 +251,9 @@ def check_settings(root: Path) -> list[str]:
         "SYNC_API_URL": "syncApiUrl",
         "SYNC_DATASETS": "syncDatasets",
         "ADDRESS_DOMAINS": "addressDomains",
+        "SYNC_SCOPE_GROUPS": "syncScopeGroups",
+        "EXCLUDE_USER_TYPES": "excludeUserTypes",
+        "EXCLUDE_ADDRESS_PATTERNS": "excludeAddressPatterns",
         "SYNC_SCHEDULE": "syncSchedule",
         "EXO_MODE": "exoMode",
     }
@@ -258,8 +268,10 @@ def check_settings(root: Path) -> list[str]:
     if "stateContainerName" not in value("SYNC_STATE"):
         problems.append("SYNC_STATE must name the stateContainerName container")
     # ADDRESS_DOMAINS is only set when an allow-list is given (unset, not '').
-    if ("ADDRESS_DOMAINS", "empty(addressDomains)") not in guards:
-        problems.append("ADDRESS_DOMAINS must be left unset when addressDomains is empty")
+    for setting, param in (("ADDRESS_DOMAINS", "addressDomains"), ("SYNC_SCOPE_GROUPS", "syncScopeGroups"),
+                           ("EXCLUDE_USER_TYPES", "excludeUserTypes"), ("EXCLUDE_ADDRESS_PATTERNS", "excludeAddressPatterns")):
+        if (setting, f"empty({param})") not in guards:
+            problems.append(f"{setting} must be left unset when {param} is empty")
     # ... which main.bicep fills from its own parameters or from the deployed resources.
     wired = module_params(main, "functionApp")
     expected = {
@@ -272,6 +284,9 @@ def check_settings(root: Path) -> list[str]:
         "syncApiUrl": "syncApiUrl",
         "syncDatasets": "syncDatasets",
         "addressDomains": "addressDomains",
+        "syncScopeGroups": "syncScopeGroups",
+        "excludeUserTypes": "excludeUserTypes",
+        "excludeAddressPatterns": "excludeAddressPatterns",
         "syncSchedule": "syncSchedule",
         "stateContainerName": "storage.outputs.stateContainerName",
         "fullSyncIntervalHours": "fullSyncIntervalHours",
@@ -938,6 +953,10 @@ MUTATIONS = [
         "{ ADDRESS_DOMAINS: addressDomains }",
     ),
     (check_settings, "main.bicep", "param syncSchedule string = '0 0 * * * *'", "param syncSchedule string = '0 */5 * * * *'"),
+    (check_settings, "app/function-app.bicep", "empty(syncScopeGroups) ? {} : { SYNC_SCOPE_GROUPS: syncScopeGroups }", "{ SYNC_SCOPE_GROUPS: syncScopeGroups }"),
+    (check_settings, "app/function-app.bicep", "{ EXCLUDE_USER_TYPES: excludeUserTypes }", "{ EXCLUDE_USER_TYPES: excludeAddressPatterns }"),
+    (check_settings, "main.bicep", "    excludeAddressPatterns: excludeAddressPatterns\n", ""),
+    (check_settings, "main.bicep", "param syncScopeGroups string = ''", "param syncScopeGroups string = 'x'"),
     (check_settings, "main.bicep", "    keyVaultUrl: keyVault.outputs.uri\n", "    keyVaultUrl: 'https://example.vault.azure.net/'\n"),
     (
         check_identity_use,

@@ -75,6 +75,15 @@ param syncDatasets string
 @description('ADDRESS_DOMAINS: optional comma-separated allow-list of domains; empty leaves the setting unset.')
 param addressDomains string
 
+@description('SYNC_SCOPE_GROUPS: optional comma-separated group object ids; only they, the groups nested in them and their members are synced. Empty leaves the setting unset.')
+param syncScopeGroups string
+
+@description('EXCLUDE_USER_TYPES: optional comma-separated userType values (e.g. Guest) whose users are not synced. Empty leaves the setting unset.')
+param excludeUserTypes string
+
+@description('EXCLUDE_ADDRESS_PATTERNS: optional comma-separated Python regular expressions; an address that wholly matches one is not synced. Empty leaves the setting unset.')
+param excludeAddressPatterns string
+
 @description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')
 param stateContainerName string
 
@@ -142,6 +151,10 @@ var appSettingsAlways = {
 
 // ADDRESS_DOMAINS is optional: left unset (not set to '') when no allow-list is given.
 var appSettingsOptional = empty(addressDomains) ? {} : { ADDRESS_DOMAINS: addressDomains }
+// Scope and exclusions: each left unset (not '') when empty, so nothing is left out by default.
+var appSettingsScope = empty(syncScopeGroups) ? {} : { SYNC_SCOPE_GROUPS: syncScopeGroups }
+var appSettingsUserTypes = empty(excludeUserTypes) ? {} : { EXCLUDE_USER_TYPES: excludeUserTypes }
+var appSettingsPatterns = empty(excludeAddressPatterns) ? {} : { EXCLUDE_ADDRESS_PATTERNS: excludeAddressPatterns }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -203,7 +216,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 
   resource appSettings 'config' = {
     name: 'appsettings'
-    properties: union(appSettingsAlways, appSettingsOptional)
+    properties: union(appSettingsAlways, appSettingsOptional, appSettingsScope, appSettingsUserTypes, appSettingsPatterns)
   }
 
   // No basic-auth publishing: deployments authenticate with Microsoft Entra ID.
