@@ -92,6 +92,10 @@ def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     oid = recipient_id(rec)
     data = compact("x", recipient_object(rec))
     data["type"] = str(rec.get("RecipientTypeDetails") or "")
+    # The Entra object the recipient is (a mailbox's user, a synced group), if any: with scope
+    # or user-type rules the recipient follows that object's verdict (shared/rules.py judge).
+    entra = rec.get("ExternalDirectoryObjectId")
+    data["entraId"] = entra.strip().lower() if isinstance(entra, str) and entra.strip() else None
     return oid, oid[4:], data
 
 
@@ -233,7 +237,8 @@ class Cache:
         if self.rules.scope_groups is not None:
             for gid, mid, kind in q("SELECT group_id, member_id, kind FROM members"):
                 members.setdefault(gid, []).append((mid, kind))
-        return Shape(groups, users, contacts, members)
+        recipients = dict(q("SELECT id, json_extract(data, '$.entraId') FROM objects WHERE kind='x'").fetchall())
+        return Shape(groups, users, contacts, members, recipients)
 
     def verdict(self) -> Verdict:
         """The rules' verdict over the cache as it is now (recomputed after each ``apply``).
@@ -436,7 +441,7 @@ class Cache:
             if old.get(oid) == text:
                 continue
             sink.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
-            cands = candidates(guid, data["type"], data, self.provisioned, source=EXCHANGE_SOURCE)
+            cands = candidates(guid, data["type"], data, self.provisioned, self.rules, source=EXCHANGE_SOURCE)
             q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, 'x', ?, ?)", (oid, text, len(cands.exclusions)))
             q("DELETE FROM kept WHERE object_id=?", (oid,))
             self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
@@ -623,6 +628,10 @@ class Cache:
             for oid, kind, data in q("SELECT id, kind, data FROM objects ORDER BY id"):
                 why = left.get(oid)
                 if why is None:
+                    continue
+                if kind == "x":  # an Exchange Online recipient: its Guid and RecipientTypeDetails
+                    rtype = str(json.loads(data).get("type"))
+                    out.extend(Exclusion("addresses", oid[4:], rtype, a, why, EXCHANGE_SOURCE) for a in kept_by.get(oid, ()))
                     continue
                 out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in kept_by.get(oid, ()))
                 if kind == "g":

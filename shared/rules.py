@@ -35,6 +35,8 @@ USER_TYPES_SETTING = "EXCLUDE_USER_TYPES"
 PATTERNS_SETTING = "EXCLUDE_ADDRESS_PATTERNS"
 
 OUT_OF_SCOPE = f"not in the scope of {SCOPE_SETTING} (not a scope group, nor a member of one directly or through nested groups)"
+RECIPIENT_OUT_OF_SCOPE = (f"not in the scope of {SCOPE_SETTING}: an Exchange Online recipient that is no Entra object in "
+                          "scope (a dynamic distribution group or public folder is a member of no group)")
 
 
 class ScopeError(SettingsError):
@@ -134,6 +136,8 @@ class Shape:
     users: Mapping[str, Any]  # user id -> userType (str, None, or absent)
     contacts: frozenset[str]
     members: Mapping[str, Iterable[tuple[str, str]]]  # group id -> (member id, kind) pairs
+    # Exchange Online recipients (EXO_MODE augment): cache id -> the Entra object id it is, or None.
+    recipients: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,13 @@ def judge(shape: Shape, rules: Rules) -> Verdict:
                 why = rules.user_type_reason(user_type)
                 if why:
                     left_out[uid] = why
+    # An Exchange Online recipient follows the Entra object it is (ExternalDirectoryObjectId);
+    # one that is no Entra object of the directory is in no group, so a scope leaves it out.
+    for xid, entra in shape.recipients.items():
+        if entra is not None and entra in left_out:
+            left_out[xid] = left_out[entra]
+        elif groups_in is not None and (entra is None or not (entra in shape.groups or entra in shape.users or entra in shape.contacts)):
+            left_out[xid] = RECIPIENT_OUT_OF_SCOPE
     return Verdict(left_out, groups_in)
 
 

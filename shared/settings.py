@@ -171,6 +171,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("SYNC_API_URL", "must be the API's base URL, ending in /v1", "https://dirsync.example.net/v1")
 
     datasets = _datasets(get("SYNC_DATASETS"))
+    if get("SYNC_DATASETS") is None and (get("EXO_MODE") or "").strip().lower() == "only":
+        datasets = ("addresses",)  # EXO_MODE=only syncs addresses alone: unset means just that
     address_domains = _domains(get("ADDRESS_DOMAINS"))
     state = _state(get("SYNC_STATE") or "blob:sync-state")
 
@@ -224,7 +226,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         delete_threshold_percent=delete_percent,
         delete_threshold_count=delete_count,
         exo=_exo_settings(get, graph_auth, tenant, datasets),
-        rules=_rules(get),
+        rules=_rules(get, get("EXO_MODE")),
     )
 
 
@@ -278,9 +280,18 @@ def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple
 
 
 
-def _rules(get: Callable[[str], str | None]) -> Rules:
-    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``)."""
-    return parse_rules(get("SYNC_SCOPE_GROUPS"), get("EXCLUDE_USER_TYPES"), get("EXCLUDE_ADDRESS_PATTERNS"))
+def _rules(get: Callable[[str], str | None], exo_mode: str | None = None) -> Rules:
+    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``).
+
+    With ``EXO_MODE=only`` Graph is not read, so neither the groups of a scope nor a user's
+    ``userType`` exist: those two settings are refused, naming both settings."""
+    rules = parse_rules(get("SYNC_SCOPE_GROUPS"), get("EXCLUDE_USER_TYPES"), get("EXCLUDE_ADDRESS_PATTERNS"))
+    if (exo_mode or "").strip().lower() == "only":
+        for name, on in (("SYNC_SCOPE_GROUPS", rules.scope_groups is not None), ("EXCLUDE_USER_TYPES", bool(rules.exclude_user_types))):
+            if on:
+                raise SettingsError(name, "cannot apply with EXO_MODE=only: Graph is not read, so there are no Entra groups or user "
+                                    "types to judge (EXCLUDE_ADDRESS_PATTERNS does apply); unset it, or use EXO_MODE=augment", "unset")
+    return rules
 
 
 def _number(raw: str | None, name: str, default: float, example: str, low: float, high: float, *, integer: bool = False) -> float:

@@ -9,7 +9,9 @@ visible ``\\xNN`` / ``\\uNNNN`` escape, and truncates to ``limit`` characters wi
 saying how many were cut. Backslashes are escaped too, so an escaped text cannot be confused
 with one that already spelled ``\\n``.
 
-``safe_tree`` applies it to every string (keys and values) of a JSON-shaped document."""
+``safe_tree`` applies it to every string (keys and values) of a JSON-shaped document, leaving
+backslashes as they are: JSON already escapes them, so nothing there can pass for an escape,
+and a reason that quotes a pattern (``EXCLUDE_ADDRESS_PATTERNS``) quotes it exactly."""
 
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ def safe_tree(doc: Any, limit: int = MAX_TEXT) -> Any:
 
 
 def _safe(text: str, limit: int) -> str:
-    # The common case in C: short, printable (str.isprintable is False for every character
-    # _UNSAFE matches: Cc, Cf, Zl, Zp), no backslash: nothing to escape or cut.
-    if len(text) <= limit and text.isprintable() and "\\" not in text:
+    # The common case in C: short and printable (str.isprintable is False for every character
+    # _UNSAFE_LOG matches: Cc, Cf, Zl, Zp): nothing to escape or cut.
+    if len(text) <= limit and text.isprintable():
         return text
-    return safe_text(text, limit)
+    return safe_text(text, limit, backslashes=False)

@@ -386,3 +386,13 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
         assert again.returncode == 0, again.stderr
     finally:
         graph.stop()
+
+
+def test_a_json_document_keeps_backslashes_exact_and_still_escapes_control_characters():
+    """JSON escapes backslashes itself: a reason quoting a regular expression stays exact in a
+    summary or report, while a newline or ANSI escape is still made visible."""
+    from shared.textsafe import safe_tree
+
+    doc = safe_tree({"reason": r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'", "key": "a\nb\x1b[31m"})
+    assert doc["reason"] == r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'"
+    assert doc["key"] == "a\\x0ab\\x1b[31m"

@@ -249,3 +249,33 @@ def test_replace_rebuilds_with_both_sources(env, receiver, exo):
     again = run_cli("update", env, "--json")  # the replace left a cache that holds the recipients too
     assert again.code == 0, again.stderr
     assert again.summary["datasets"]["addresses"]["added"] == again.summary["datasets"]["addresses"]["removed"] == 0
+
+
+def test_a_scope_keeps_only_recipients_that_are_entra_objects_in_scope(env, receiver, exo):
+    """SYNC_SCOPE_GROUPS leaves out everything that is no member of the scope: a dynamic
+    distribution group or public folder is in no group, so it is left out (reported, with the
+    setting); a mailbox recipient follows the Entra user it is (ExternalDirectoryObjectId)."""
+    from tests.stack import G
+
+    scoped = {**env, "SYNC_SCOPE_GROUPS": G(3), "EXO_RECIPIENT_TYPES": "DynamicDistributionGroup,PublicFolder,UserMailbox"}
+    t = run_cli("test-update", scoped, "--json")
+    assert t.code == 0, t.stderr
+    left = {(e["objectId"], e["value"]) for e in t.summary["exclusions"]
+            if e["source"] == "Exchange Online" and "SYNC_SCOPE_GROUPS" in e["reason"]}
+    assert {(X(1), "all-sales@contoso.com"), (X(2), "support@contoso.com"), (X(3), "dyn-alice@contoso.com")} <= left
+    assert not any(oid == X(4) for oid, _ in left)  # Alice's mailbox: Alice (U1) is in G3, so in scope
+    r = run_cli("update", scoped, "--json")
+    assert r.code == 0, r.stderr
+    # G3 → G2 (a cycle); in scope: U1 (alice), U2 (bob), G2 (team@); no Exchange-only address.
+    assert service_view(receiver)["addresses"] == {"alice@contoso.com", "al.ice@fabrikam.com", "bob@xn--bcher-kva.example",
+                                                   "bob@contoso.com", "team@contoso.com"}
+
+
+def test_address_patterns_apply_to_exchange_candidates(env, receiver):
+    patterned = {**env, "EXCLUDE_ADDRESS_PATTERNS": r"support@.*"}
+    r = run_cli("update", patterned, "--json")
+    assert r.code == 0, r.stderr
+    assert service_view(receiver)["addresses"] == EXPECTED["addresses"] | EXO_ADDRESSES - {"support@contoso.com"}
+    t = run_cli("test-update", patterned, "--json")
+    assert any(e["objectId"] == X(2) and e["value"] == "support@contoso.com" and e["source"] == "Exchange Online"
+               and "EXCLUDE_ADDRESS_PATTERNS" in e["reason"] for e in t.summary["exclusions"])

@@ -71,13 +71,26 @@ def test_graph_auth_none_needs_a_loopback_exchange():
     assert load_settings({**LOCAL, "EXO_MODE": "augment", "EXO_BASE_URL": "http://localhost:8080"}).exo.base_url == "http://localhost:8080"
 
 
-@pytest.mark.parametrize("datasets", [None, "addresses,groups", "users", "groups,users,addresses"])
+@pytest.mark.parametrize("datasets", ["addresses,groups", "users", "groups,users,addresses"])
 def test_only_needs_the_addresses_dataset_alone(datasets):
-    env = {**GOOD, "EXO_MODE": "only"}
-    if datasets is not None:
-        env["SYNC_DATASETS"] = datasets
-    e = error(env)
+    e = error({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": datasets})
     assert e.setting == "SYNC_DATASETS" and "EXO_MODE=only" in str(e)
+
+
+def test_only_with_sync_datasets_unset_syncs_addresses():
+    """Unset SYNC_DATASETS means the default; with EXO_MODE=only the default is what the mode
+    allows: addresses alone (an explicit other value is the error above)."""
+    assert load_settings({**GOOD, "EXO_MODE": "only"}).datasets == ("addresses",)
+    assert load_settings({**GOOD, "EXO_MODE": "augment"}).datasets == ("addresses", "groups", "users")
+
+
+@pytest.mark.parametrize("name,value", [("SYNC_SCOPE_GROUPS", "20000000-0000-0000-0000-000000000001"), ("EXCLUDE_USER_TYPES", "Guest")])
+def test_only_refuses_the_rules_that_need_graph(name, value):
+    """EXO_MODE=only reads no Graph: no groups for a scope, no userType to exclude by."""
+    e = error({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", name: value})
+    assert e.setting == name and "EXO_MODE=only" in str(e)
+    patterns = load_settings({**GOOD, "EXO_MODE": "only", "EXCLUDE_ADDRESS_PATTERNS": "noreply@.*"})
+    assert patterns.rules.exclude_address_patterns
 
 
 @pytest.mark.parametrize("raw,bad", [("PublicFolder,Mailbox", "Mailbox"), ("DynamicDistributionGroupX", "DynamicDistributionGroupX"), ("*", "*")])
@@ -121,7 +134,7 @@ def test_every_mode_and_dataset_choice():
 
 @pytest.mark.parametrize("extra,setting", [
     ({"EXO_MODE": "sometimes"}, "EXO_MODE"),
-    ({"EXO_MODE": "only"}, "SYNC_DATASETS"),
+    ({"EXO_MODE": "only", "SYNC_DATASETS": "addresses,users"}, "SYNC_DATASETS"),
     ({"EXO_MODE": "augment", "EXO_RECIPIENT_TYPES": "Nope"}, "EXO_RECIPIENT_TYPES"),
     ({"EXO_MODE": "augment", "EXO_BASE_URL": "https://outlook.office365.com"}, "EXO_BASE_URL"),
 ])

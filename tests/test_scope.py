@@ -248,7 +248,8 @@ def test_a_rule_change_reads_in_full_and_a_mistyped_scope_is_held_until_approved
     r = run_cli("update", env, "--json")
     assert r.code == 4  # the real scope still removes more than 10 % of the records
     assert set(r.summary["heldDeletions"]["users"]["keys"]) == {U(3), U(4), U(7), U(9), U(10)}
-    assert run_cli("approve-deletions", env).code == 0
+    digest = run_cli("status", env, "--json").summary["heldDigest"]  # the held set the operator reviewed
+    assert run_cli("approve-deletions", env, "--expect", digest).code == 0
     r = run_cli("update", env, "--json")
     assert r.code == 0, r.stderr
     assert service_view(receiver) == SCOPED
