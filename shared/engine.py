@@ -325,6 +325,9 @@ class _Run:
             held_keys.setdefault(d, set()).update(keys)
         for d in self.datasets:  # records a lost answer left unknown
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
+            # Every key an interrupted run's batches named (confirmed or only intended): the
+            # directory may have undone that change since, in objects this round never names.
+            held_keys[d].update(db.recheck_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
             cache = db.cache(provisioned)
             affected = _apply_changes(cache, changes)
@@ -425,6 +428,8 @@ class _Run:
         self._save_read(db, plan, provisioned)
         for d in DATASETS:
             db.set_held(d, dict.fromkeys(held.get(d, ()), False))
+        for d in self.datasets:  # every such key was compared with this read (the plan's keys)
+            db.clear_recheck(d)
         db.set_meta("lastAction", "update")
         db.commit()
         self.store.publish(db)
@@ -452,6 +457,7 @@ class _Run:
             counts.removed = sum(1 for k in before if k not in after)
             db.replace_records(d, after)
             db.set_held(d, {})  # an operator's replace supersedes held deletions
+            db.clear_recheck(d)
             # Durable now: a later dataset's failure must not leave this one's state behind the service.
             db.commit()
             self.store.publish(db)
@@ -500,6 +506,7 @@ class _Run:
         for d in self.datasets:
             recs = await self._read_service(d)
             db.replace_records(d, recs)
+            db.clear_recheck(d)
             counts[d] = len(recs)
         # The service's copy may differ from what the cache implies: the next update reads in full.
         db.set_meta(CACHE_META, None)
