@@ -395,23 +395,29 @@ def test_a_run_killed_at_any_instant_of_the_blob_lock_never_locks_out_the_next(a
         return subprocess.run([sys.executable, "-c", CHILD_KILLED_AT, container, f"update killed at {when} {n}", str(n), when],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
-    # A fresh container (the lock creates it and its blob) and an existing one.
-    for fresh in (True, False):
+    def container(fresh: bool) -> str:
         name = f"lock-{uuid.uuid4().hex[:12]}"
         if not fresh:
             first = BlobRunLock(svc.get_container_client(name), "earlier run", lease_seconds=15)
             first.acquire()
             first.release()
-        done = child(name, 0, "never")
+        return name
+
+    # A fresh container (the lock creates it and its blob) and an existing one.
+    for fresh in (True, False):
+        done = child(container(fresh), 0, "never")
         assert done.returncode == 0, done.stderr[-2000:]
         calls = int(done.stdout.split()[-1])
         assert calls >= 3  # claim, lease, release at least
+        name = container(fresh)
         for n in range(1, calls + 1):
             for when in ("before", "after"):
+                if fresh:
+                    name = container(fresh)
                 killed = child(name, n, when)
-                assert killed.returncode == -signal.SIGKILL, (n, when, killed.stderr[-2000:])
+                assert killed.returncode == -signal.SIGKILL, (fresh, n, when, killed.stdout, killed.stderr[-2000:])
                 started = time.monotonic()
                 nxt = BlobRunLock(svc.get_container_client(name), "the next run", lease_seconds=15)
                 nxt.acquire()  # raises RunLockedError if the killed run's lease were left to expire
-                assert time.monotonic() - started < 5, (n, when)
+                assert time.monotonic() - started < 5, (fresh, n, when)
                 nxt.release()
