@@ -99,7 +99,7 @@ async def run(
             secrets = secrets or load_secrets(settings, env)
             if secrets.expiry_warnings:
                 summary.extra["credentialWarnings"] = secrets.expiry_warnings
-            runner = _Run(action, settings, secrets, store, summary, options)
+            runner = _Run(action, settings, secrets, store, summary, options, reports)
             try:
                 await runner.go()
             finally:
@@ -183,7 +183,9 @@ class _Plan:
 
 
 class _Run:
-    def __init__(self, action: str, settings: Settings, secrets: Secrets, store: StateStore, summary: RunSummary, options: Options) -> None:
+    def __init__(self, action: str, settings: Settings, secrets: Secrets, store: StateStore, summary: RunSummary, options: Options,
+                 reports: ReportStore | None = None) -> None:
+        self.reports = reports
         self.action = action
         self.settings = settings
         self.secrets = secrets
@@ -414,6 +416,7 @@ class _Run:
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
+        await self._baseline(db)
         plan = await self._plan(db, provisioned)
         for d in DATASETS:
             self.summary.datasets[d].excluded = plan.excluded[d]
@@ -433,6 +436,36 @@ class _Run:
         db.set_meta("lastAction", "update")
         db.commit()
         self.store.publish(db)
+
+    async def _baseline(self, db: StateDB) -> None:
+        """A state that no run ever completed (a first run, or a lost state: the file deleted,
+        the blob removed, a new storage account) gets its records from the service's own copy
+        (``GET .../records``, as ``refresh`` does) before the diff, so that records the service
+        holds and the directory no longer implies are deleted, and judged by the deletion
+        guard like any others. Without it, the diff against an empty state sends no deletion.
+        The state counts as lost when run reports exist or the service already holds records."""
+        if db.get_meta("lastAction") is not None or db.get_meta("convertedFrom") is not None:
+            return
+        signals: list[str] = []
+        try:
+            if (self.reports or open_reports(self.settings)).recent(1):
+                signals.append("run reports exist")
+        except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
+            log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
+        service: dict[str, Records] = {}
+        for d in self.datasets:
+            service[d] = await self._read_service(d)
+        held = {d: len(r) for d, r in service.items() if r}
+        if held:
+            signals.append("the service already holds " + ", ".join(f"{n} {d}" for d, n in held.items()))
+        if not signals:
+            return
+        log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
+                    "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
+                    " and ".join(signals))
+        for d, recs in service.items():
+            db.replace_records(d, recs)
+        self.summary.extra["stateRebuilt"] = {"signals": signals, "serviceRecords": {d: len(r) for d, r in service.items()}}
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:

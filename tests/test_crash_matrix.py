@@ -285,3 +285,88 @@ def test_one_update_after_a_killed_run_and_an_undo_converges(stack, backend, pat
         if k < k_writes:
             matrix.case(lambda env, killer, k=k: killed_update(env, killer, ("receipt", k + 1)),
                         f"after write {k} of {k_writes} was answered")
+
+
+# --- an answer that cannot be read ----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["applied_not_json", "applied_wrong_shape", "applied_truncated_gzip", "applied_html"])
+@pytest.mark.parametrize("backend", ["file", "blob"])
+def test_an_applied_batch_answered_unreadably_is_rechecked_by_the_next_update(stack, backend, kind):
+    """The service applies the deletion of a user but answers 2xx with a body that cannot be
+    read; the user is restored in Entra; the next update (a delta round) puts it back."""
+    graph, receiver, _, env = stack(backend)
+    assert in_process_update(env)["ok"]
+    mutate(graph, [op("delete_user", id=U3)])
+    receiver.inject_fault(kind, path_contains="/datasets/users/changes")
+    failed = in_process_update(env)
+    assert not failed["ok"]
+    assert U3 not in service_view(receiver)["users"]  # applied, though the answer said nothing readable
+    mutate(graph, _patterns(0)["user deleted, then restored"][1])
+    after = in_process_update(env)
+    assert after["ok"], after.get("error")
+    assert after["read"]["kind"] == "delta"
+    assert service_view(receiver) == expected(graph)
+
+
+# --- a lost state ------------------------------------------------------------------------------------
+def lose_state(backend: str, env: dict[str, str], keep_reports: bool) -> dict[str, str]:
+    """The state gone: the file deleted, or the blob removed; without the reports, as a new
+    storage account (a new container) would be."""
+    where = env["SYNC_STATE"].split(":", 1)[1]
+    if backend == "file":
+        from pathlib import Path
+
+        d = Path(where)
+        for p in d.iterdir():
+            if p.name.startswith("state.") or (not keep_reports and p.is_dir()):
+                if p.is_dir():
+                    import shutil
+
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        return env
+    if keep_reports:
+        from azure.storage.blob import BlobServiceClient
+
+        container = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"]).get_container_client(where)
+        for blob in container.list_blobs():
+            if blob.name.startswith("state."):
+                container.delete_blob(blob.name)
+        return env
+    return {**env, "SYNC_STATE": f"blob:crash-{uuid.uuid4().hex[:12]}"}  # a new storage account
+
+
+@pytest.mark.parametrize("signal_", ["the service holds records", "run reports exist"])
+@pytest.mark.parametrize("backend", ["file", "blob"])
+def test_a_lost_state_is_rebuilt_from_the_service_before_the_diff(stack, backend, signal_):
+    """Issue 9: after the state is lost, a departed user's records are deleted by the next
+    update (the baseline comes from GET .../records), and the summary says why."""
+    graph, receiver, _, env = stack(backend)
+    assert in_process_update(env)["ok"]
+    if signal_ == "run reports exist":
+        # The service's copy is gone too (say it was restored empty): only the reports tell.
+        for d in ("users", "addresses", "groups"):
+            receiver.load(d, [])
+        env = lose_state(backend, env, keep_reports=True)
+    else:
+        env = lose_state(backend, env, keep_reports=False)
+    mutate(graph, [op("delete_user", id=U3)])
+    summary = in_process_update(env)
+    assert summary["ok"], summary.get("error")
+    have, want = service_view(receiver), expected(graph)
+    assert have == want
+    assert U3 not in have["users"] and "carol@fabrikam.com" not in have["addresses"]
+    rebuilt = summary["stateRebuilt"]
+    if signal_ == "run reports exist":
+        assert rebuilt["signals"] == ["run reports exist"]
+    else:
+        assert rebuilt["signals"][-1].startswith("the service already holds")
+        assert summary["datasets"]["users"]["removed"] == 1  # judged and sent as a deletion
+        assert rebuilt["serviceRecords"]["users"] == 3
+
+
+def test_a_first_run_against_an_empty_service_reads_no_baseline(stack):
+    graph, receiver, _, env = stack("file")
+    summary = in_process_update(env)
+    assert summary["ok"] and "stateRebuilt" not in summary
+    assert service_view(receiver) == expected(graph)
