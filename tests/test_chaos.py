@@ -14,6 +14,7 @@ assertion message), CHAOS_ROUNDS rounds per seed, and CHAOS_SECONDS bounds the w
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -58,6 +59,14 @@ def difference(have: dict, want: dict) -> dict:
 def exists(graph: GraphEmulator, oid: str) -> bool:
     snap = graph.snapshot()
     return any(o["id"] == oid for c in ("users", "groups") for o in snap[c])
+
+
+def restore(graph: GraphEmulator, user: dict, parents: list[str]) -> None:
+    """A deleted user back, with the memberships it had (as Entra restores them)."""
+    graph.upsert_user(user)
+    for gid in parents:
+        if exists(graph, gid):
+            graph.add_member(gid, user["id"])
 
 
 def undo_all(steps: list) -> None:
@@ -106,19 +115,13 @@ def churn(graph: GraphEmulator, rng: random.Random, n: int, undo: list) -> None:
         elif op < 5 / 6:
             group = by_id[rng.choice(groups_now)]
             graph.upsert_group({"id": group["id"], "displayName": f"Renamed {tag}"})
-            undo.append(lambda gid=group["id"], name=group.get("displayName"): graph.upsert_group({"id": gid, "displayName": name}))
+            undo.append(functools.partial(graph.upsert_group, {"id": group["id"], "displayName": group.get("displayName")}))
         else:
             user = by_id[rng.choice(users_now)]
             parents = [g["id"] for g in snap["groups"] if user["id"] in g.get("members", [])]
             graph.delete_user(user["id"])
 
-            def restore(user=dict(user), parents=parents):
-                graph.upsert_user(user)
-                for gid in parents:
-                    if gid in {g["id"] for g in graph.snapshot()["groups"]}:
-                        graph.add_member(gid, user["id"])
-
-            undo.append(restore)
+            undo.append(functools.partial(restore, graph, dict(user), parents))
         snap = graph.snapshot()
         by_id = {o["id"]: o for c in ("users", "groups") for o in snap[c]}
     snap = graph.snapshot()
@@ -154,10 +157,11 @@ def churn(graph: GraphEmulator, rng: random.Random, n: int, undo: list) -> None:
 @pytest.mark.parametrize("backend", ["file", "blob"])
 def test_updates_killed_at_random_instants_lose_nothing(tmp_path, backend, request):
     deadline = time.monotonic() + SECONDS
+    estimate: list[float] = []  # a run's length, carried from seed to seed
     for seed in SEEDS:
         if time.monotonic() > deadline:
             break
-        one_seed(tmp_path / str(seed), backend, request, seed, deadline)
+        one_seed(tmp_path / str(seed), backend, request, seed, deadline, estimate)
 
 
 def kill_instant(rng: random.Random, estimate: float) -> float:
@@ -172,7 +176,7 @@ def kill_instant(rng: random.Random, estimate: float) -> float:
     return rng.uniform(0.05, 1.0) * estimate
 
 
-def one_seed(tmp_path, backend: str, request, seed: int, deadline: float) -> None:
+def one_seed(tmp_path, backend: str, request, seed: int, deadline: float, length: list[float]) -> None:
     rng = random.Random(seed)
     tmp_path.mkdir()
     graph = GraphEmulator(generate_tenant(150, groups=12, seed=seed % 1000, domains=tuple(DOMAINS[:2])), latency=0.01)
@@ -192,11 +196,10 @@ def one_seed(tmp_path, backend: str, request, seed: int, deadline: float) -> Non
         kills = finished = 0
         # Kill instants are drawn within an estimate of a run's length: a kill says the run takes
         # longer than that instant (the estimate grows), a finished run says how long it took.
-        estimate = 1.0
+        # The very first run is let finish, to measure it.
+        estimate = length[0] if length else float("inf")
         undo: list = []
-        for n in range(ROUNDS):
-            if n and time.monotonic() > deadline:
-                break
+        for n in range(ROUNDS):  # CHAOS_SECONDS bounds the seeds, never a seed's rounds
             undo_all(undo)  # undo what the last (maybe killed) run may have sent
             undo = []
             if n:
@@ -207,16 +210,26 @@ def one_seed(tmp_path, backend: str, request, seed: int, deadline: float) -> Non
             errors = open(tmp_path / f"stderr-{n}.txt", "w+b")  # noqa: SIM115 - closed below
             proc = subprocess.Popen([sys.executable, "-m", "shared", "update"], cwd=ROOT, env=env,
                                     stdout=subprocess.DEVNULL, stderr=errors)
-            kill_at = started + kill_instant(rng, estimate)
+            if not length:
+                kill_at = started + 600.0  # the first run: measured
+            elif n % 4 == 1:
+                # Surely killed (no run finishes in 0.15 s: the interpreter is still starting, or
+                # the lock is being claimed), so that every seed kills runs whatever the timing.
+                kill_at = started + min(0.15, kill_instant(rng, estimate))
+            else:
+                kill_at = started + kill_instant(rng, estimate)
             while proc.poll() is None and time.monotonic() < kill_at:
                 time.sleep(0.005)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
                 estimate *= 1.2
+                length[:] = [estimate]
                 proc.wait()
             else:
-                estimate = (estimate + time.monotonic() - started) / 2
+                took = time.monotonic() - started
+                estimate = took if not length else (estimate + took) / 2
+                length[:] = [estimate]
                 finished += 1
                 # A run that ended by itself must have succeeded: a refusal (say, a lock a killed
                 # run left behind) is a failure, not something to wait out.

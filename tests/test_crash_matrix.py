@@ -17,24 +17,23 @@ K is learned from the commit case of each pattern (it kills only after all write
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.receiver_http import HttpResponse
 from devstack.sync_receiver import SyncReceiver
 from shared.projection import project
-from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, run_cli, service_view
+from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, service_view
 
 U1, U2, U3, U9 = (f"c1000000-0000-0000-0000-00000000000{n}" for n in (1, 2, 3, 9))
 G1, G2 = (f"c2000000-0000-0000-0000-00000000000{n}" for n in (1, 2))
@@ -126,10 +125,10 @@ sys.exit(main(["update", "--json"]))
 
 
 def mutate(graph: GraphEmulator, ops: list[dict]) -> None:
-    req = urllib.request.Request(graph.base_url.rsplit("/v1.0", 1)[0] + "/_emulator/mutations", data=json.dumps(ops).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
+    """Change the directory through the emulator's admin endpoint, as a harness would."""
+    url = graph.base_url.rsplit("/v1.0", 1)[0] + "/_emulator/mutations"
+    resp = httpx.post(url, json=ops, timeout=10)
+    assert resp.status_code == 200, resp.text
 
 
 def expected(graph: GraphEmulator) -> dict:
