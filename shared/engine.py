@@ -395,7 +395,8 @@ class _Run:
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
         projection, _, stats = await self._read_full(provisioned, keep_cache=False)
         self.summary.extra["read"] = {"kind": "full", "reason": "test-update always reads in full", "objects": stats.objects, "membershipRead": stats.membership_read, "graphRetries": self.graph_retries}
-        held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
+        lost = await self._lost_state(db)  # what update would diff against (see _baseline)
+        held_view = lost[1] if lost else {d: (db.records(d) if db else {}) for d in self.datasets}
         diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
         plan = _Plan("full", "test-update", diffs, held_view, {d: projection.excluded(d) for d in DATASETS})
         self._guard(db, plan)
@@ -444,8 +445,22 @@ class _Run:
         holds and the directory no longer implies are deleted, and judged by the deletion
         guard like any others. Without it, the diff against an empty state sends no deletion.
         The state counts as lost when run reports exist or the service already holds records."""
-        if db.get_meta("lastAction") is not None or db.get_meta("convertedFrom") is not None:
+        lost = await self._lost_state(db)
+        if lost is None:
             return
+        signals, service = lost
+        log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
+                    "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
+                    " and ".join(signals))
+        for d, recs in service.items():
+            db.replace_records(d, recs)
+
+    async def _lost_state(self, db: StateDB | None) -> tuple[list[str], dict[str, Records]] | None:
+        """``(signals, the service's records)`` when no run ever completed this state (``db``
+        ``None``: there is none) although run reports exist or the service holds records;
+        else ``None``. Sets the summary's ``stateRebuilt``."""
+        if db is not None and (db.get_meta("lastAction") is not None or db.get_meta("convertedFrom") is not None):
+            return None
         signals: list[str] = []
         try:
             if (self.reports or open_reports(self.settings)).recent(1):
@@ -459,13 +474,9 @@ class _Run:
         if held:
             signals.append("the service already holds " + ", ".join(f"{n} {d}" for d, n in held.items()))
         if not signals:
-            return
-        log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
-                    "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
-                    " and ".join(signals))
-        for d, recs in service.items():
-            db.replace_records(d, recs)
+            return None
         self.summary.extra["stateRebuilt"] = {"signals": signals, "serviceRecords": {d: len(r) for d, r in service.items()}}
+        return signals, service
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:

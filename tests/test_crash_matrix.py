@@ -223,13 +223,13 @@ def commit_killed_update(env: dict[str, str], instant: str) -> None:
     assert proc.returncode == -signal.SIGKILL, f"the update was not killed {instant}: {proc.stderr[-1500:]}"
 
 
-def in_process_update(env: dict[str, str]) -> dict[str, Any]:
+def in_process_update(env: dict[str, str], action: str = "update") -> dict[str, Any]:
     """One ``update`` as the CLI runs it, in this process (the receiver serves on its threads)."""
     from shared.cli import test_options
     from shared.engine import run
     from shared.settings import load_settings
 
-    summary = asyncio.run(run("update", load_settings(env), env=env, options=test_options(env)))
+    summary = asyncio.run(run(action, load_settings(env), env=env, options=test_options(env)))
     return summary.as_dict()
 
 
@@ -350,8 +350,13 @@ def test_a_lost_state_is_rebuilt_from_the_service_before_the_diff(stack, backend
     else:
         env = lose_state(backend, env, keep_reports=False)
     mutate(graph, [op("delete_user", id=U3)])
+    preview = in_process_update(env, "test-update")  # says what the update below sends
     summary = in_process_update(env)
     assert summary["ok"], summary.get("error")
+    for d in ("addresses", "groups", "users"):
+        assert (preview["datasets"][d]["added"], preview["datasets"][d]["removed"]) == (
+            summary["datasets"][d]["added"], summary["datasets"][d]["removed"]), d
+    assert preview["stateRebuilt"]["signals"] == summary["stateRebuilt"]["signals"]
     have, want = service_view(receiver), expected(graph)
     assert have == want
     assert U3 not in have["users"] and "carol@fabrikam.com" not in have["addresses"]
