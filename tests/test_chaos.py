@@ -32,7 +32,7 @@ from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, run_cli, service_vi
 
 SEEDS = [int(os.environ["CHAOS_SEED"])] if os.environ.get("CHAOS_SEED") else [5150, 17, 2026]
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "8"))
-SECONDS = float(os.environ.get("CHAOS_SECONDS", "150"))
+SECONDS = float(os.environ.get("CHAOS_SECONDS", "100"))
 
 
 def expected(graph: GraphEmulator) -> dict:
