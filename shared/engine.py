@@ -444,7 +444,8 @@ class _Run:
         (``GET .../records``, as ``refresh`` does) before the diff, so that records the service
         holds and the directory no longer implies are deleted, and judged by the deletion
         guard like any others. Without it, the diff against an empty state sends no deletion.
-        The state counts as lost when run reports exist or the service already holds records."""
+        The state counts as lost when run reports exist or the service already holds records.
+        Reads: ``GET /datasets/{dataset}/records`` per synced dataset (docs/sync-api.md)."""
         lost = await self._lost_state(db)
         if lost is None:
             return
