@@ -39,7 +39,11 @@ FAULT_KINDS = (
     "429", "503", "500", "drop_before", "drop_after", "401",
     # hostile 200 answers, as from a broken proxy in front of the service:
     "html", "wrong_shape", "not_json", "truncated_gzip", "deep_json",
+    # the request is applied in full (its idempotent answer remembered), then answered 200
+    # with a body the client cannot read, as from a proxy that mangles the service's answer:
+    "applied_html", "applied_wrong_shape", "applied_not_json", "applied_truncated_gzip",
 )
+APPLIED_PREFIX = "applied_"
 PROXY_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Proxy sign-in</h1></body></html>"
 # A plausible answer, compressed and cut in half: what a proxy that cuts a gzip stream delivers.
 _GZIP = gzip.compress(json.dumps({"applied": 0, "rejected": [], "note": "x" * 512}).encode(), mtime=0)
@@ -100,6 +104,10 @@ class FaultQueue:
             raise ValueError("times is at least 1")
         with self._lock:
             self._faults.append(Fault(kind, path_contains, times, retry_after))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
 
     def take(self, target: str) -> Fault | None:
         with self._lock:
@@ -209,7 +217,8 @@ class SyncApi:
         entry = LoggedRequest(request.method, request.path, request.query, request.headers.get("Idempotency-Key"), None, None)
         fault = self.faults.take(request.target)
         entry.fault = fault.kind if fault else None
-        if fault and fault.kind != "drop_after":
+        applies = fault is not None and (fault.kind == "drop_after" or fault.kind.startswith(APPLIED_PREFIX))
+        if fault and not applies:
             entry.body = self._observe_faulted(request)
             response = self._fault_response(fault)
         else:
@@ -226,6 +235,8 @@ class SyncApi:
             self.log.append(entry)
         if entry.fault == "drop_after":
             return HttpResponse(drop=True)
+        if fault is not None and fault.kind.startswith(APPLIED_PREFIX) and 200 <= response.status < 300:
+            return self._fault_response(Fault(fault.kind[len(APPLIED_PREFIX):], fault.path_contains, 1, fault.retry_after))
         return response
 
     def _observe_faulted(self, request: HttpRequest) -> Any:

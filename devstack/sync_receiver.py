@@ -122,6 +122,10 @@ sign-in page), `wrong_shape` (JSON of the wrong shape), `not_json`
 (application/json over a body that is not JSON), `truncated_gzip`
 (`Content-Encoding: gzip` with the stream cut in half, Content-Length
 matching the cut body) and `deep_json` (valid JSON nested 100,000 deep).
+`applied_html`, `applied_wrong_shape`, `applied_not_json` and
+`applied_truncated_gzip` apply the request in full first (like `drop_after`,
+its idempotent answer is remembered) and then answer 200 with that hostile
+body instead of the real answer (kept in the log's `response`).
 """
 
 from __future__ import annotations
@@ -226,6 +230,10 @@ class SyncReceiver:
     def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str = 1) -> None:
         """Make the next `times` matching requests fail as `kind` (see FAULT_KINDS)."""
         self._api.faults.add(kind, path_contains, times, retry_after)
+
+    def clear_faults(self) -> None:
+        """Drop every injected fault that has not been served yet."""
+        self._api.faults.clear()
 
     def idempotency_conflicts(self) -> int:
         """How many 409s (Idempotency-Key reused for a different request) were served."""

@@ -129,7 +129,7 @@ async def run(
             secrets = secrets or load_secrets(settings, env)
             if secrets.expiry_warnings:
                 summary.extra["credentialWarnings"] = secrets.expiry_warnings
-            runner = _Run(action, settings, secrets, store, summary, options)
+            runner = _Run(action, settings, secrets, store, summary, options, reports)
             try:
                 with trace_use_span(root, record_exception=False, set_status_on_exception=False):
                     await runner.go()
@@ -223,7 +223,9 @@ class _Plan:
 
 
 class _Run:
-    def __init__(self, action: str, settings: Settings, secrets: Secrets, store: StateStore, summary: RunSummary, options: Options) -> None:
+    def __init__(self, action: str, settings: Settings, secrets: Secrets, store: StateStore, summary: RunSummary, options: Options,
+                 reports: ReportStore | None = None) -> None:
+        self.reports = reports
         self.action = action
         self.settings = settings
         self.secrets = secrets
@@ -417,6 +419,9 @@ class _Run:
             held_keys.setdefault(d, set()).update(keys)
         for d in self.datasets:  # records a lost answer left unknown
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
+            # Every key an interrupted run's batches named (confirmed or only intended): the
+            # directory may have undone that change since, in objects this round never names.
+            held_keys[d].update(db.recheck_keys(d))
         with db.scratch():  # the merge is redone for good only after the service confirmed
             cache = db.cache(provisioned, self.settings.rules)
             try:
@@ -495,7 +500,8 @@ class _Run:
             del read
             projection = cache.projection(self.datasets)
             excluded = cache.excluded()
-            held_view = {d: (db.records(d) if db else {}) for d in self.datasets}
+            lost = await self._lost_state(db)  # what update would diff against (see _baseline)
+            held_view = lost[1] if lost else {d: (db.records(d) if db else {}) for d in self.datasets}
             diffs = {d: diff_records(d, projection.datasets[d], held_view[d]) for d in self.datasets}
             # Each added address with where it comes from (Graph or Exchange Online) and its recipient type.
             sources = cache.sources(diffs["addresses"].upserts) if "addresses" in diffs else None
@@ -526,6 +532,7 @@ class _Run:
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
+        await self._baseline(db)
         plan = await self._plan(db, provisioned)
         for d in DATASETS:
             self.summary.datasets[d].excluded = plan.excluded[d]
@@ -546,9 +553,52 @@ class _Run:
             self._save_read(db, plan, provisioned)
             for d in DATASETS:
                 db.set_held(d, dict.fromkeys(held.get(d, ()), False))
+            for d in self.datasets:  # every such key was compared with this read (the plan's keys)
+                db.clear_recheck(d)
             db.set_meta("lastAction", "update")
             db.commit()
             self.store.publish(db)
+
+    async def _baseline(self, db: StateDB) -> None:
+        """A state that no run ever completed (a first run, or a lost state: the file deleted,
+        the blob removed, a new storage account) gets its records from the service's own copy
+        (``GET .../records``, as ``refresh`` does) before the diff, so that records the service
+        holds and the directory no longer implies are deleted, and judged by the deletion
+        guard like any others. Without it, the diff against an empty state sends no deletion.
+        The state counts as lost when run reports exist or the service already holds records.
+        Reads: ``GET /datasets/{dataset}/records`` per synced dataset (docs/sync-api.md)."""
+        lost = await self._lost_state(db)
+        if lost is None:
+            return
+        signals, service = lost
+        log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
+                    "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
+                    " and ".join(signals))
+        for d, recs in service.items():
+            db.replace_records(d, recs)
+
+    async def _lost_state(self, db: StateDB | None) -> tuple[list[str], dict[str, Records]] | None:
+        """``(signals, the service's records)`` when no run ever completed this state (``db``
+        ``None``: there is none) although run reports exist or the service holds records;
+        else ``None``. Sets the summary's ``stateRebuilt``."""
+        if db is not None and (db.get_meta("lastAction") is not None or db.get_meta("convertedFrom") is not None):
+            return None
+        signals: list[str] = []
+        try:
+            if (self.reports or open_reports(self.settings)).recent(1):
+                signals.append("run reports exist")
+        except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
+            log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
+        service: dict[str, Records] = {}
+        for d in self.datasets:
+            service[d] = await self._read_service(d)
+        held = {d: len(r) for d, r in service.items() if r}
+        if held:
+            signals.append("the service already holds " + ", ".join(f"{n} {d}" for d, n in held.items()))
+        if not signals:
+            return None
+        self.summary.extra["stateRebuilt"] = {"signals": signals, "serviceRecords": {d: len(r) for d, r in service.items()}}
+        return signals, service
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
@@ -582,6 +632,7 @@ class _Run:
             counts.removed = sum(1 for k in before if k not in after)
             db.replace_records(d, after)
             db.set_held(d, {})  # an operator's replace supersedes held deletions
+            db.clear_recheck(d)
             # Durable now: a later dataset's failure must not leave this one's state behind the service.
             db.commit()
             self.store.publish(db)
@@ -634,6 +685,7 @@ class _Run:
         for d in self.datasets:
             recs = await self._read_service(d)
             db.replace_records(d, recs)
+            db.clear_recheck(d)
             counts[d] = len(recs)
         # The service's copy may differ from what the cache implies: the next update reads in full.
         db.set_meta(CACHE_META, None)

@@ -84,20 +84,38 @@ def default_holder(action: str) -> str:
 
 
 def _process_tag() -> dict[str, str]:
-    """Who holds a lease, precisely enough to tell whether that process still exists."""
+    """Who holds a lease, precisely enough to tell whether that process still exists (the
+    start time tells a reused process id from the holder's)."""
     return {"pid": str(os.getpid()), "host": _clean(socket.gethostname() or "unknown", 100),
-            "instance": _clean(os.environ.get("WEBSITE_INSTANCE_ID", ""), 100)}
+            "instance": _clean(os.environ.get("WEBSITE_INSTANCE_ID", ""), 100),
+            "pidStart": _process_start(os.getpid()) or ""}
 
 
-def _process_alive(pid: int) -> bool:
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux ``/proc/<pid>/stat`` field 22),
+    or ``None`` where there is no such file."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return data[data.rindex(b")") + 2 :].split()[19].decode("ascii")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, started: str = "") -> bool:
+    """Whether the process ``pid`` (started at ``started``, when known) still exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists, under another user
+        pass  # it exists, under another user
     except OSError:
         return True
+    if started:
+        now = _process_start(pid)
+        if now is not None and now != started:
+            return False  # the id was reused by a later process
     return True
 
 
@@ -361,7 +379,7 @@ class BlobRunLock(_LockBase):
             pid = int(metadata["pid"])
         except ValueError:
             return False
-        if pid == os.getpid() or _process_alive(pid):
+        if pid == os.getpid() or _process_alive(pid, metadata.get("pidStart", "")):
             return False
         log.warning("run lock %s: its holder (%s) is no longer running on this host; breaking its lease",
                     self.where, _clean(metadata.get("holder") or UNNAMED))
@@ -438,10 +456,9 @@ class BlobRunLock(_LockBase):
         if lost:
             log.warning("run lock %s: not releasing a lease that was lost during the run", self.where)
             return
-        try:  # a crash after this leaves no stale name for the next blocked run to show
-            self.blob.set_blob_metadata({}, lease=lease, **self._call_options())
-        except AzureError:
-            pass
+        # The holder's name stays on the blob until the next run claims it: were it cleared
+        # before the lease is given back, a run killed between the two would leave a lease
+        # that nobody can attribute, and the next run would have to wait for it to expire.
         try:
             lease.release(**self._call_options())
         except AzureError as exc:

@@ -52,12 +52,20 @@ DB_NAME = "state.db"
 JOURNAL_NAME = "state.journal.jsonl"
 V1_NAME = "state.json.gz"  # the previous release's format
 
+# Keys whose value at the service may differ from what the records say: every key that a batch
+# of an interrupted run named (confirmed or only intended). The next update compares each of
+# them again with what the directory implies, whatever its read (full or delta) saw; the
+# commit of a successful update empties the table. (docs/sync-rules.md: "An interrupted run is
+# repaired by the next one".)
+RECHECK_TABLE = "CREATE TABLE IF NOT EXISTS recheck (dataset TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (dataset, key)) WITHOUT ROWID"
+
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records (dataset TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (dataset, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held (dataset TEXT NOT NULL, key TEXT NOT NULL, approved INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dataset, key)) WITHOUT ROWID;
 """
+    + RECHECK_TABLE + ";\n"
     + CACHE_SCHEMA
 )
 
@@ -134,6 +142,7 @@ class StateDB:
             else:
                 self.lineage = str(self.get_meta("lineage"))
                 self.generation = int(self.get_meta("generation"))
+                self.conn.execute(RECHECK_TABLE)  # a state of this version written before the table
                 self.conn.execute("BEGIN")
         except StateError:
             self._close_quietly()
@@ -227,6 +236,23 @@ class StateDB:
         )
         self.changed = True
 
+    def mark_recheck(self, dataset: str, keys: Iterable[str]) -> None:
+        """Keys to compare again with the directory on the next update (see RECHECK_TABLE)."""
+        self.conn.executemany("INSERT OR IGNORE INTO recheck (dataset, key) VALUES (?, ?)", ((dataset, k) for k in keys))
+        self.changed = True
+
+    def recheck_keys(self, dataset: str) -> list[str]:
+        return [k for (k,) in self.conn.execute("SELECT key FROM recheck WHERE dataset=?", (dataset,))]
+
+    def clear_recheck(self, dataset: str | None = None) -> None:
+        """After an update compared every such key with the directory, or a refresh or replace
+        rebuilt the dataset's records from the service's own copy."""
+        if dataset is None:
+            self.conn.execute("DELETE FROM recheck")
+        else:
+            self.conn.execute("DELETE FROM recheck WHERE dataset=?", (dataset,))
+        self.changed = True
+
     def journal_entry(self, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> dict[str, Any]:
         return {
             "lineage": self.lineage,
@@ -254,6 +280,9 @@ class StateDB:
         except (KeyError, TypeError, IndexError, AttributeError):
             return False
         self.apply(dataset, upsert, delete)
+        # Confirmed by the service, but the directory may have moved since (an undo): the
+        # next update compares these keys again, even when its delta round does not name them.
+        self.mark_recheck(dataset, [*upsert, *delete])
         self.seq += 1
         return True
 
@@ -443,6 +472,7 @@ def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
             if (e.get("run"), e.get("seq")) not in confirmed and e.get("dataset") in DATASETS and isinstance(e["intent"], list):
                 keys = [str(k) for k in e["intent"]]
                 db.mark_unknown(e["dataset"], keys)
+                db.mark_recheck(e["dataset"], keys)
                 unknown += len(keys)
                 unconfirmed.setdefault(e.get("seq"), set()).add(e.get("run"))
         elif db.replay(e):

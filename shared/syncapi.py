@@ -191,6 +191,9 @@ class SyncApiClient:
                 resp = await self._http.send(request, stream=True)
                 try:
                     raw = await _read_raw(resp, what)
+                except SyncApiError as exc:  # an answer too large to read: not a definite refusal
+                    exc.maybe_applied = not 400 <= resp.status_code < 500
+                    raise
                 finally:
                     await resp.aclose()
             except httpx.TransportError as exc:
@@ -199,7 +202,13 @@ class SyncApiClient:
                 delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
             else:
                 if resp.status_code in expect:
-                    return _json_body(resp, raw, what) if resp.status_code != 204 else {}
+                    try:
+                        return _json_body(resp, raw, what) if resp.status_code != 204 else {}
+                    except SyncApiError as exc:
+                        # The request was accepted but its answer cannot be read (not JSON, the
+                        # wrong shape, a truncated gzip): it may have been applied.
+                        exc.maybe_applied = True
+                        raise
                 if resp.status_code in (429, 503):
                     last = f"HTTP {resp.status_code}"
                     # A missing or malformed Retry-After falls back to this client's own backoff
@@ -211,7 +220,11 @@ class SyncApiClient:
                     uncertain |= resp.status_code in (500, 502, 504)  # a gateway's, or a failure after the work
                     delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
                 else:
-                    raise _fatal(resp, raw, what, self)
+                    fatal = _fatal(resp, raw, what, self)
+                    # Only a 4xx is a definite refusal; any other answer (an unexpected 2xx, a
+                    # redirect) may stand for a request that was applied.
+                    fatal.maybe_applied = not 400 <= resp.status_code < 500
+                    raise fatal
             if attempt < self.max_attempts:
                 log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
@@ -290,6 +303,16 @@ def _json_body(resp: httpx.Response, raw: _Raw, what: str) -> dict[str, Any]:
 
 
 def _write_result(doc: dict[str, Any], count_field: str, what: str) -> WriteResult:
+    """The answer to a write. A 2xx of the wrong shape raises SyncApiProtocolError with
+    ``maybe_applied`` set: the service accepted the request and may have applied it."""
+    try:
+        return _write_result_strict(doc, count_field, what)
+    except SyncApiError as exc:
+        exc.maybe_applied = True
+        raise
+
+
+def _write_result_strict(doc: dict[str, Any], count_field: str, what: str) -> WriteResult:
     count = doc.get(count_field)
     rejected = doc.get("rejected")
     if not isinstance(count, int) or isinstance(count, bool) or not isinstance(rejected, list):

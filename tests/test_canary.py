@@ -392,6 +392,8 @@ class _HostileHandler(BaseHTTPRequestHandler):
         api.requests.append(f"{self.command} {self.path}")
         if self.command == "GET" and self.path.endswith("/domains") and not api.fail_domains:
             status, ctype, text, headers = 200, "application/json", json.dumps({"domains": DOMAINS}), {}
+        elif self.command == "GET" and "/records" in self.path and not api.fail_domains:  # an empty service
+            status, ctype, text, headers = 200, "application/json", json.dumps({"records": [], "nextPageToken": None}), {}
         else:
             status, ctype = api.status, api.content_type
             text = api.body.replace("{auth}", auth).replace("{cred}", cred)
@@ -410,7 +412,8 @@ class _HostileHandler(BaseHTTPRequestHandler):
 
 class HostileSyncApi:
     """Answers with ``status`` and a body in which ``{auth}`` is the Authorization header it got and
-    ``{cred}`` the credential decoded from it; GET /domains answers normally unless ``fail_domains``."""
+    ``{cred}`` the credential decoded from it; GET /domains (and GET .../records, an empty service)
+    answer normally unless ``fail_domains``."""
 
     def __init__(self, status: int, body: str, content_type: str = "application/json", *,
                  headers: dict[str, str] | None = None, fail_domains: bool = True) -> None:

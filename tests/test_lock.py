@@ -186,7 +186,9 @@ def test_blob_lock_refuses_a_second_run_and_names_the_first(azurite, container):
         assert second.held
         with pytest.raises(RunLockedError, match="update by pid 2 on host cli"):
             BlobRunLock(container, "third").acquire()
-    assert container.get_blob_client(LOCK_NAME).get_blob_properties().metadata == {}  # no stale name left
+    # The last holder's name stays until the next claim (clearing it before the lease is given
+    # back would leave an unattributable lease after a kill in between); it holds no lease.
+    assert container.get_blob_client(LOCK_NAME).get_blob_properties().lease.state == "available"
 
 
 def test_blob_lock_tolerates_an_existing_container_and_blob(container):
@@ -347,3 +349,75 @@ def test_blob_lock_survives_a_transient_renewal_failure_until_the_lease_runs_out
     messages = [r.getMessage() for r in caplog.records]
     assert any("retrying while the lease lasts" in m for m in messages)
     assert any("the lease was lost (ServiceRequestError)" in m for m in messages)
+
+
+# --- every instant of the lock's life ---------------------------------------------------------
+CHILD_KILLED_AT = """
+import os, signal, sys
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobServiceClient
+from shared.lock import BlobRunLock
+
+target, when = int(sys.argv[3]), sys.argv[4]
+count = 0
+send = RequestsTransport.send
+
+def counted(self, request, **kwargs):
+    global count
+    count += 1
+    if count == target and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)  # the request is never sent
+    response = send(self, request, **kwargs)
+    if count == target and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)  # applied, and its answer never read
+    return response
+
+RequestsTransport.send = counted
+svc = BlobServiceClient.from_connection_string(os.environ["LOCK_TEST_CONNECTION"])
+lock = BlobRunLock(svc.get_container_client(sys.argv[1]), sys.argv[2], lease_seconds=15, renew_every=14)
+lock.acquire()
+lock.release()
+print("CALLS", count, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_instant_of_the_blob_lock_never_locks_out_the_next(azurite):
+    """Issue 9: a run killed before, between or after the claim, the lease and the release (each
+    storage request, before it is sent and after it was answered) never leaves a lease that the
+    next run on this host has to wait for. Deterministic: the child kills itself at request n."""
+    from azure.storage.blob import BlobServiceClient
+
+    svc = BlobServiceClient.from_connection_string(azurite.connection_string)
+    env = {**os.environ, "LOCK_TEST_CONNECTION": azurite.connection_string}
+
+    def child(container: str, n: int, when: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", CHILD_KILLED_AT, container, f"update killed at {when} {n}", str(n), when],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    def container(fresh: bool) -> str:
+        name = f"lock-{uuid.uuid4().hex[:12]}"
+        if not fresh:
+            first = BlobRunLock(svc.get_container_client(name), "earlier run", lease_seconds=15)
+            first.acquire()
+            first.release()
+        return name
+
+    # A fresh container (the lock creates it and its blob) and an existing one.
+    for fresh in (True, False):
+        done = child(container(fresh), 0, "never")
+        assert done.returncode == 0, done.stderr[-2000:]
+        calls = int(done.stdout.split()[-1])
+        assert calls >= 3  # claim, lease, release at least
+        name = container(fresh)
+        for n in range(1, calls + 1):
+            for when in ("before", "after"):
+                if fresh:
+                    name = container(fresh)
+                killed = child(name, n, when)
+                assert killed.returncode == -signal.SIGKILL, (fresh, n, when, killed.stdout, killed.stderr[-2000:])
+                started = time.monotonic()
+                nxt = BlobRunLock(svc.get_container_client(name), "the next run", lease_seconds=15)
+                nxt.acquire()  # raises RunLockedError if the killed run's lease were left to expire
+                assert time.monotonic() - started < 5, (fresh, n, when)
+                nxt.release()

@@ -206,3 +206,52 @@ def test_a_broken_previous_release_state_gives_a_clear_error(tmp_path, content, 
     with pytest.raises(StateError, match=match) as info:
         FileStateStore(tmp_path).open()
     assert "refresh" in str(info.value)
+
+
+# --- the recheck list (issue 9) -------------------------------------------------------------------
+def test_every_key_a_replayed_batch_names_is_kept_for_recheck_until_a_commit_clears_it(tmp_path):
+    store = FileStateStore(tmp_path / "st")
+    db = store.open()
+    fill(db)
+    db.commit()
+    store.publish(db)
+    db.close()
+    db = store.open()
+    # a confirmed batch, then a batch sent without an answer; the process dies
+    store.append_journal(db.intent_entry("users", ["u2", "u1"]))
+    store.append_journal(db.journal_entry("users", {"u2": ("b@x.com", ())}, ["u1"]))
+    db.seq += 1
+    store.append_journal(db.intent_entry("addresses", ["c@x.com", "a@x.com"]))
+    db.close()
+    again = store.open()
+    assert sorted(again.recheck_keys("users")) == ["u1", "u2"]
+    assert sorted(again.recheck_keys("addresses")) == ["a@x.com", "c@x.com"]
+    assert again.recheck_keys("groups") == []
+    again.close()  # killed again: the list comes back from the same journal
+    third = store.open()
+    assert sorted(third.recheck_keys("users")) == ["u1", "u2"]
+    third.clear_recheck("users")
+    third.commit()
+    store.publish(third)
+    third.close()
+    last = store.open()  # committed: the addresses still wait for their recheck, the users do not
+    assert last.recheck_keys("users") == [] and sorted(last.recheck_keys("addresses")) == ["a@x.com", "c@x.com"]
+    last.clear_recheck()
+    assert last.recheck_keys("addresses") == []
+    last.close()
+
+
+def test_a_state_written_before_the_recheck_list_gets_one(tmp_path):
+    store = FileStateStore(tmp_path / "st")
+    db = store.open()
+    fill(db)
+    db.commit()
+    store.publish(db)
+    db.close()
+    conn = sqlite3.connect(tmp_path / "st" / DB_NAME)
+    conn.execute("DROP TABLE recheck")
+    conn.commit()
+    conn.close()
+    again = store.open()
+    assert again.recheck_keys("users") == [] and again.records("users") == SAMPLE["users"]
+    again.close()

@@ -604,3 +604,19 @@ async def test_engine_key_is_accepted_and_replayed_by_the_receiver(receiver: Syn
     assert (first.count, again.count) == (1, 1)
     assert [e.replayed for e in change_log(receiver)] == [False, True]
     assert receiver.keys_reused_with_different_body() == []
+
+
+# ---- "maybe applied" (issue 9) ----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["applied_not_json", "applied_wrong_shape", "applied_truncated_gzip", "applied_html"])
+async def test_an_applied_write_answered_unreadably_is_maybe_applied(receiver: SyncReceiver, api: SyncApiClient, kind: str) -> None:
+    receiver.inject_fault(kind, path_contains="/changes")
+    with pytest.raises(SyncApiProtocolError) as info:
+        await api.post_changes("addresses", [addr(1)], [], "k-unreadable")
+    assert info.value.maybe_applied is True
+    assert "user00001@contoso.com" in receiver.records("addresses")  # it was applied
+
+
+async def test_a_definite_refusal_is_not_maybe_applied(receiver: SyncReceiver, api: SyncApiClient) -> None:
+    with pytest.raises(SyncApiRequestError) as info:
+        await api.post_changes("nosuch", [], ["x"], "k-refused")
+    assert info.value.status == 404 and info.value.maybe_applied is False
