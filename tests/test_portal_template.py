@@ -1,0 +1,675 @@
+"""The "Deploy to Azure" path (issue 15, part 5): infra/portal/.
+
+infra/portal/main.bicep is the Azure side of the product without the Microsoft Graph module;
+infra/portal/azuredeploy.json is that template compiled to ARM JSON (nested deployments, one per
+module) and infra/portal/createUiDefinition.json is the portal's form for it. The Bicep CLI was
+not available where the JSON was written, so it was translated by hand, and these tests are what
+keeps the two from drifting apart:
+
+  * wherever the Bicep CLI is on PATH, `bicep build infra/portal/main.bicep` must produce the
+    committed JSON (generator metadata aside);
+  * everywhere, the Bicep (parsed with tree-sitter-bicep, tests/infra_helpers.py) and the JSON
+    must declare the same parameters (name, type, default, allowed values, bounds, description),
+    the same resources per template (type, apiVersion, condition, loop, scope, and which
+    parameters their name is built from), the same modules as nested deployments (name, the
+    parameters passed, dependencies), the same literal variables (the KQL of the alerts and the
+    workbook) and the same outputs (name and type);
+  * each of those comparisons is run on mutated copies, of the Bicep and of the JSON, to show
+    that it fails;
+  * checkov's ARM framework scans the JSON with the skips of infra/.checkov.yaml and of
+    infra/portal/.checkov.yaml (the few that only the ARM scan raises), each with its reason;
+  * every template parameter without a default comes out of createUiDefinition.json, every UI
+    output names a template parameter, and every UI control it reads exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import tree_sitter
+import yaml
+from infra_helpers import INFRA, REPO, BicepFile, literal, object_properties, parse_bicep
+from test_infra import bicep_cli, find_checkov, skipped_checks
+
+PORTAL = INFRA / "portal"
+TEMPLATE = PORTAL / "azuredeploy.json"
+UI_DEFINITION = PORTAL / "createUiDefinition.json"
+ARM_SCHEMA = "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#"
+UI_SCHEMA = "https://schema.management.azure.com/schemas/0.1.2-preview/CreateUIDefinition.MultiVm.json#"
+
+
+def load_template(path: Path = TEMPLATE) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- the Bicep side
+def parse_fresh(path: Path) -> BicepFile:
+    """parse_bicep without its cache: mutation tests rewrite files under the same path names."""
+    return parse_bicep.__wrapped__(path)
+
+
+def decorator_values(bicep: BicepFile) -> dict[str, dict[str, object]]:
+    """param name -> {decorator name: its literal argument} (True for `@secure()`)."""
+    found: dict[str, dict[str, object]] = {}
+    pending: dict[str, object] = {}
+    for node in bicep.tree.root_node.named_children:
+        if node.type == "comment":
+            continue
+        if node.type == "decorators":
+            pending = {}
+            for decorator in node.named_children:
+                call = decorator.named_children[0]
+                if call.type != "call_expression":
+                    pending[bicep.text(call)] = True
+                    continue
+                name = bicep.text(call.named_children[0])
+                args = [a for a in call.named_children[1].named_children if a.type != "comment"]
+                pending[name] = literal(bicep, args[0]) if args else True
+            continue
+        if node.type == "parameter_declaration":
+            found[bicep.text(node.named_children[0])] = pending
+        pending = {}
+    return found
+
+
+def bicep_parameters(bicep: BicepFile) -> dict[str, dict]:
+    decorators = decorator_values(bicep)
+    params = {}
+    for name, param in bicep.params.items():
+        deco = decorators.get(name, {})
+        kind = param.type_text
+        if "secure" in deco:
+            kind = {"string": "securestring", "object": "secureObject"}[kind]
+        spec: dict[str, object] = {"type": kind.lower()}
+        if param.default is not None:
+            try:
+                spec["defaultValue"] = literal(bicep, param.default)
+            except ValueError:
+                spec["defaultValue"] = "[" + bicep.text(param.default) + "]"
+        if "allowed" in deco:
+            spec["allowedValues"] = deco["allowed"]
+        for bound in ("minValue", "maxValue", "minLength", "maxLength"):
+            if bound in deco:
+                spec[bound] = deco[bound]
+        if "description" in deco:
+            spec["description"] = deco["description"]
+        params[name] = spec
+    return params
+
+
+def arm_parameters(template: dict) -> dict[str, dict]:
+    params = {}
+    for name, declared in template.get("parameters", {}).items():
+        spec = {"type": declared["type"].lower()}
+        for key in ("defaultValue", "allowedValues", "minValue", "maxValue", "minLength", "maxLength"):
+            if key in declared:
+                spec[key] = declared[key]
+        if "description" in declared.get("metadata", {}):
+            spec["description"] = declared["metadata"]["description"]
+        params[name] = spec
+    return params
+
+
+def loop_parts(bicep: BicepFile, loop: tree_sitter.Node) -> tuple[set[str], tree_sitter.Node]:
+    """(loop variable names, iterable expression) of a for_statement."""
+    names: set[str] = set()
+    iterable = None
+    seen_in = False
+    for child in loop.children:
+        if child.type == "in":
+            seen_in = True
+        elif not seen_in and child.type == "identifier":
+            names.add(bicep.text(child))
+        elif not seen_in and child.type == "for_loop_parameters":
+            names |= {bicep.text(c) for c in child.named_children}
+        elif seen_in and iterable is None and child.is_named:
+            iterable = child
+    return names, iterable
+
+
+def bicep_name_parameters(bicep: BicepFile, resource) -> frozenset[str]:
+    """The file's parameters that a resource's name is built from: through variables, the
+    existing resources it refers to, its loop's iterable and its parents' names."""
+    symbols = {r.symbol: r for r in bicep.resources}
+
+    def from_node(node: tree_sitter.Node, owner, seen: set[str]) -> set[str]:
+        names = bicep.identifiers(node)
+        loop_vars: set[str] = set()
+        if owner is not None and owner.loop is not None:
+            loop_vars, iterable = loop_parts(bicep, owner.loop)
+            if names & loop_vars:
+                names |= bicep.identifiers(iterable)
+        found = names & set(bicep.params)
+        for name in names - loop_vars:
+            if name in symbols and name not in seen:
+                seen.add(name)
+                found |= of_resource(symbols[name], seen)
+        return found
+
+    def of_resource(res, seen: set[str]) -> set[str]:
+        props = object_properties(bicep, res.body)
+        found = from_node(props["name"], res, seen)
+        if "parent" in props:  # `parent: vault`: the ARM name is '<parent name>/<name>'
+            found |= from_node(props["parent"], res, seen)
+        if res.parent is not None:
+            found |= of_resource(res.parent, seen)
+        return found
+
+    return frozenset(of_resource(resource, {resource.symbol}))
+
+
+def bicep_resources(bicep: BicepFile) -> list[tuple]:
+    rows = []
+    for res in bicep.resources:
+        if res.existing:
+            continue
+        kind, _, version = res.full_type.partition("@")
+        props = object_properties(bicep, res.body)
+        rows.append((kind, version, res.condition is not None, res.loop is not None, "scope" in props,
+                     tuple(sorted(bicep_name_parameters(bicep, res)))))
+    return sorted(rows)
+
+
+def bicep_outputs(bicep: BicepFile) -> dict[str, str]:
+    outputs = {}
+    for node in bicep.tree.root_node.named_children:
+        if node.type == "output_declaration":
+            named = node.named_children
+            outputs[bicep.text(named[0])] = bicep.text(named[1]).lower()
+    return outputs
+
+
+def bicep_literal_variables(bicep: BicepFile) -> dict[str, object]:
+    found = {}
+    for name, node in bicep.variables.items():
+        try:
+            value = literal(bicep, node)
+        except ValueError:
+            continue
+        if node.type == "multiline_string" and isinstance(value, str) and value.startswith("\n"):
+            value = value[1:]  # Bicep drops the newline right after the opening '''
+        found[name] = value
+    return found
+
+
+# ----------------------------------------------------------------------------- the ARM side
+ARM_PARAMETER = re.compile(r"parameters\('(\w+)'\)")
+ARM_VARIABLE = re.compile(r"variables\('(\w+)'\)")
+
+
+def arm_name_parameters(template: dict, expression: str) -> frozenset[str]:
+    found: set[str] = set()
+    seen: set[str] = set()
+
+    def walk(text: str) -> None:
+        found.update(ARM_PARAMETER.findall(text))
+        for var in ARM_VARIABLE.findall(text):
+            if var not in seen:
+                seen.add(var)
+                walk(json.dumps(template.get("variables", {}).get(var, "")))
+
+    walk(expression)
+    return frozenset(found & set(template.get("parameters", {})))
+
+
+def arm_resources(template: dict) -> list[tuple]:
+    rows = []
+    for res in template["resources"]:
+        if res["type"] == "Microsoft.Resources/deployments":
+            continue
+        rows.append((res["type"], res["apiVersion"], "condition" in res, "copy" in res, "scope" in res,
+                     tuple(sorted(arm_name_parameters(template, res["name"])))))
+    return sorted(rows)
+
+
+def arm_outputs(template: dict) -> dict[str, str]:
+    return {name: spec["type"].lower() for name, spec in template.get("outputs", {}).items()}
+
+
+# ----------------------------------------------------------------------------- the comparison
+def compare(where: str, bicep: BicepFile, template: dict) -> list[str]:
+    """Every difference between one Bicep file and its (nested) ARM template."""
+    problems: list[str] = []
+    if template.get("$schema") != ARM_SCHEMA or template.get("contentVersion") != "1.0.0.0":
+        problems.append(f"{where}: $schema/contentVersion are not what the Bicep CLI emits")
+    if "languageVersion" in template:
+        problems.append(f"{where}: languageVersion is only emitted for symbolic-name templates, which this one is not")
+    want, got = bicep_parameters(bicep), arm_parameters(template)
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            problems.append(f"{where}: parameter {name} is in the Bicep, not in the JSON")
+        elif name not in want:
+            problems.append(f"{where}: parameter {name} is in the JSON, not in the Bicep")
+        elif want[name] != got[name]:
+            problems.append(f"{where}: parameter {name} differs: Bicep {want[name]} / JSON {got[name]}")
+    want_res, got_res = bicep_resources(bicep), arm_resources(template)
+    for row in want_res:
+        if want_res.count(row) != got_res.count(row):
+            problems.append(f"{where}: resource {row} is declared {want_res.count(row)} time(s) in the Bicep, {got_res.count(row)} in the JSON")
+    for row in got_res:
+        if row not in want_res:
+            problems.append(f"{where}: resource {row} is in the JSON, not in the Bicep")
+    if bicep_outputs(bicep) != arm_outputs(template):
+        problems.append(f"{where}: outputs differ: Bicep {bicep_outputs(bicep)} / JSON {arm_outputs(template)}")
+    variables = template.get("variables", {})
+    for name, value in bicep_literal_variables(bicep).items():
+        if variables.get(name) != value:
+            problems.append(f"{where}: variable {name} differs from the Bicep literal")
+    for name in variables:
+        if name not in bicep.variables:
+            problems.append(f"{where}: variable {name} is in the JSON, not in the Bicep")
+    problems += compare_modules(where, bicep, template)
+    return problems
+
+
+def compare_modules(where: str, bicep: BicepFile, template: dict) -> list[str]:
+    problems: list[str] = []
+    deployments = {r["name"]: r for r in template["resources"] if r["type"] == "Microsoft.Resources/deployments"}
+    declared = {}
+    for symbol, module in bicep.modules.items():
+        props = object_properties(bicep, module.body)
+        declared[literal(bicep, props["name"])] = (symbol, module, props)
+    if sorted(declared) != sorted(deployments):
+        problems.append(f"{where}: modules {sorted(declared)} in the Bicep, nested deployments {sorted(deployments)} in the JSON")
+    symbol_to_name = {symbol: name for name, (symbol, _m, _p) in declared.items()}
+    for name in sorted(set(declared) & set(deployments)):
+        symbol, module, props = declared[name]
+        deployment = deployments[name]
+        module_where = f"{where} > {name}"
+        if deployment.get("apiVersion") != "2022-09-01":
+            problems.append(f"{module_where}: nested deployment apiVersion {deployment.get('apiVersion')}")
+        properties = deployment["properties"]
+        if properties.get("expressionEvaluationOptions") != {"scope": "inner"} or properties.get("mode") != "Incremental":
+            problems.append(f"{module_where}: not an inner-scoped incremental deployment")
+        if (module.condition is not None) != ("condition" in deployment):
+            problems.append(f"{module_where}: condition differs")
+        passed = set(object_properties(bicep, props["params"])) if "params" in props else set()
+        if passed != set(properties.get("parameters", {})):
+            problems.append(f"{module_where}: parameters passed differ: Bicep {sorted(passed)} / JSON {sorted(properties.get('parameters', {}))}")
+        needs = bicep.identifiers(module.body) & set(bicep.modules)
+        needs.discard(symbol)
+        wanted = {symbol_to_name[s] for s in needs}
+        got = {re.search(r"'Microsoft\.Resources/deployments', '(\w+)'", d).group(1) for d in deployment.get("dependsOn", [])}
+        if wanted != got:
+            problems.append(f"{module_where}: dependsOn differs: Bicep {sorted(wanted)} / JSON {sorted(got)}")
+        child = (bicep.path.parent / module.path).resolve()
+        problems += compare(module_where, parse_fresh(child), properties["template"])
+    return problems
+
+
+def drift(infra: Path, template: dict) -> list[str]:
+    return compare("portal/main.bicep", parse_fresh(infra / "portal/main.bicep"), template)
+
+
+# ----------------------------------------------------------------------------- tests: drift
+def strip_generator(node):
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "metadata" and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k != "_generator"}
+                if not value:
+                    continue
+            out[key] = strip_generator(value)
+        return out
+    if isinstance(node, list):
+        return [strip_generator(v) for v in node]
+    return node
+
+
+def test_the_bicep_cli_build_equals_the_committed_json(tmp_path: Path) -> None:
+    found = bicep_cli()
+    if found is None:
+        reason = "bicep is not on PATH: the committed JSON is checked against the parsed Bicep instead (the other tests here)"
+        print(reason)
+        pytest.skip(reason)
+    build = subprocess.run([found[0], "build", str(PORTAL / "main.bicep"), "--outfile", str(tmp_path / "main.json")],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    built = strip_generator(json.loads((tmp_path / "main.json").read_text()))
+    committed = strip_generator(load_template())
+    assert built == committed, (
+        "infra/portal/azuredeploy.json is not what the Bicep CLI builds from infra/portal/main.bicep: "
+        f"rebuild it (bicep build infra/portal/main.bicep --outfile {TEMPLATE.relative_to(REPO)}) and commit the result"
+    )
+
+
+def test_the_committed_json_matches_the_bicep() -> None:
+    assert drift(INFRA, load_template()) == []
+
+
+def test_the_portal_template_is_the_azure_side_without_the_graph_module() -> None:
+    portal = parse_bicep(PORTAL / "main.bicep")
+    main = parse_bicep(INFRA / "main.bicep")
+    assert {m.path for m in portal.modules.values()} == {"../" + m.path for m in main.modules.values()} - {"../app/graph-app.bicep"}
+    assert portal.extension_lines == []
+    template = load_template()
+    text = json.dumps(template)
+    assert "Microsoft.Graph" not in text and "microsoftGraph" not in text and "extensions" not in template
+    # The operator passes the existing app registration's client id; it reaches GRAPH_CLIENT_ID.
+    assert "defaultValue" not in template["parameters"]["graphClientId"]
+    function_app = next(r for r in template["resources"] if r["name"] == "functionApp")
+    assert function_app["properties"]["parameters"]["graphClientId"] == {"value": "[parameters('graphClientId')]"}
+    settings = next(r for r in function_app["properties"]["template"]["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    assert "'GRAPH_CLIENT_ID', parameters('graphClientId')" in settings["properties"]
+    # What main.bicep shares with the portal template is declared the same way.
+    main_params = bicep_parameters(main)
+    for name, spec in bicep_parameters(portal).items():
+        if name in main_params and name not in ("exoMode", "secretsOfficerPrincipalId"):
+            assert spec == main_params[name], name
+
+
+def test_the_secret_stays_secure_in_the_json() -> None:
+    template = load_template()
+    assert template["parameters"]["syncApiCredential"]["type"] == "securestring"
+    assert "defaultValue" not in template["parameters"]["syncApiCredential"]
+    for output in template["outputs"].values():
+        assert "syncApiCredential" not in json.dumps(output)
+
+
+# Mutations of the Bicep: each must make the comparison fail.
+BICEP_MUTATIONS = [
+    ("portal/main.bicep", "param tags object = {}", "param tags object = {}\n\nparam extraSetting string = 'x'"),
+    ("portal/main.bicep", "param deleteThresholdCount int = 500", "param deleteThresholdCount int = 499"),
+    ("portal/main.bicep", "@minLength(3)\nparam alertEmail", "@minLength(4)\nparam alertEmail"),
+    ("portal/main.bicep", "output STORAGE_ACCOUNT_NAME string = storage.outputs.name\n", ""),
+    ("portal/main.bicep", "    auditRetentionDays: auditRetentionDays\n", ""),
+    ("portal/main.bicep", "  dependsOn: [\n    roles\n  ]\n", ""),
+    ("portal/main.bicep", "module workbook '../app/workbook.bicep' = {\n  name: 'workbook'", "module workbook '../app/workbook.bicep' = {\n  name: 'workbooks'"),
+    ("app/identity.bicep", "'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31'", "'Microsoft.ManagedIdentity/userAssignedIdentities@2024-11-30'"),
+    ("app/storage.bicep", "resource storage 'Microsoft.Storage/storageAccounts@2023-05-01'", "resource storage 'Microsoft.Storage/storageAccounts@2023-01-01'"),
+    ("app/monitoring.bicep", "'Microsoft.Insights/components@2020-02-02'", "'Microsoft.Insights/webtests@2020-02-02'"),
+    ("app/function-app.bicep", "  512\n  2048\n  4096\n])\nparam instanceMemoryMB int = 2048", "  512\n  1024\n  2048\n  4096\n])\nparam instanceMemoryMB int = 2048"),
+    ("app/keyvault.bicep", "= if (!empty(syncApiCredential)) {", "= {"),
+    ("app/alert.bicep", "name: '${namePrefix}-ag'", "name: '${functionName}-ag'"),
+    ("app/role-assignments.bicep", "  scope: vault\n  properties: {\n    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.keyVaultSecretsUser)",
+     "  properties: {\n    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.keyVaultSecretsUser)"),
+    ("app/ops-alerts.bicep", "| where heldDeletions > 0", "| where heldDeletions > 1"),
+    ("app/workbook.bicep", "var weekMs = 604800000", "var weekMs = 86400000"),
+    ("app/audit.bicep", "output auditTables array", "output auditTables object"),
+]
+
+
+@pytest.mark.parametrize(("relative", "old", "new"), BICEP_MUTATIONS, ids=[f"{m[0]}:{i}" for i, m in enumerate(BICEP_MUTATIONS)])
+def test_the_comparison_catches_a_bicep_change(tmp_path: Path, relative: str, old: str, new: str) -> None:
+    copy_dir = tmp_path / "infra"
+    shutil.copytree(INFRA, copy_dir, ignore=shutil.ignore_patterns(".build"))
+    target = copy_dir / relative
+    text = target.read_text()
+    assert text.count(old) == 1, f"mutation anchor not found exactly once in {relative}: {old!r}"
+    target.write_text(text.replace(old, new))
+    assert drift(copy_dir, load_template()) != []
+
+
+def nested(template: dict, name: str) -> dict:
+    return next(r for r in template["resources"] if r["name"] == name)["properties"]["template"]
+
+
+def _drop_parameter(t):
+    del t["parameters"]["syncSchedule"]
+
+
+def _api_version(t):
+    next(r for r in nested(t, "storage")["resources"] if r["type"] == "Microsoft.Storage/storageAccounts")["apiVersion"] = "2023-01-01"
+
+
+def _resource_type(t):
+    nested(t, "identity")["resources"][0]["type"] = "Microsoft.ManagedIdentity/identities"
+
+
+def _default(t):
+    nested(t, "opsAlerts")["parameters"]["secretExpiryDays"]["defaultValue"] = 14
+
+
+def _allowed(t):
+    t["parameters"]["exoMode"]["allowedValues"].append("full")
+
+
+def _drop_resource(t):
+    nested(t, "functionApp")["resources"].pop(1)
+
+
+def _drop_condition(t):
+    del next(r for r in nested(t, "roles")["resources"] if "condition" in r)["condition"]
+
+
+def _kql(t):
+    nested(t, "opsAlerts")["variables"]["successfulTimerRunsQuery"] += "| take 1\n"
+
+
+def _name(t):
+    nested(t, "monitoring")["resources"][0]["name"] = "[parameters('applicationInsightsName')]"
+
+
+def _drop_output(t):
+    del t["outputs"]["WORKBOOK_ID"]
+
+
+def _dependency(t):
+    next(r for r in t["resources"] if r["name"] == "functionApp")["dependsOn"].pop()
+
+
+def _schema(t):
+    t["languageVersion"] = "2.0"
+
+
+JSON_MUTATIONS = [_drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
+                  _name, _drop_output, _dependency, _schema]
+
+
+@pytest.mark.parametrize("mutate", JSON_MUTATIONS, ids=lambda f: f.__name__.strip("_"))
+def test_the_comparison_catches_a_json_change(mutate) -> None:
+    template = copy.deepcopy(load_template())
+    mutate(template)
+    assert drift(INFRA, template) != []
+
+
+# ----------------------------------------------------------------------------- tests: checkov (ARM)
+ARM_CHECKOV_CONFIG = PORTAL / ".checkov.yaml"
+
+
+def arm_only_skips() -> dict[str, str]:
+    """skip-check entries of infra/portal/.checkov.yaml with the reason on their line."""
+    reasons = {}
+    for line in ARM_CHECKOV_CONFIG.read_text().splitlines():
+        match = re.match(r"\s*-\s*(CKV2?_\w+)\s*(?:#\s*(.*))?$", line)
+        if match:
+            reasons[match.group(1)] = (match.group(2) or "").strip()
+    configured = yaml.safe_load(ARM_CHECKOV_CONFIG.read_text())["skip-check"]
+    assert sorted(configured) == sorted(reasons), "every skip-check entry must be on its own '- ID  # reason' line"
+    return reasons
+
+
+def run_checkov_arm(checkov: str, template: Path, skips: set[str]) -> dict:
+    command = [checkov, "-f", str(template), "--framework", "arm", "--skip-download", "-o", "json"]
+    if skips:
+        command += ["--skip-check", ",".join(sorted(skips))]
+    # Run from tests/, which has no .checkov.yaml: the skips are exactly the ones passed.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO / "tests")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (arm,) = [r for r in reports if r.get("check_type") == "arm"]
+    return arm
+
+
+@pytest.fixture(scope="module")
+def checkov() -> str:
+    found = find_checkov()
+    if found is None:
+        message = "checkov is not installed (pip install -r infra/requirements-checkov.txt into .local/checkov)"
+        if os.environ.get("REQUIRE_CHECKOV"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def test_every_arm_only_checkov_skip_has_a_reason() -> None:
+    reasons = arm_only_skips()
+    assert reasons
+    for check_id, reason in reasons.items():
+        assert len(reason) >= 30, f"{check_id} needs its reason on its line"
+    assert not set(reasons) & set(skipped_checks()), "a skip of infra/.checkov.yaml is not repeated here"
+
+
+def test_checkov_arm_scan_of_the_portal_template(checkov: str) -> None:
+    """With the skips of infra/.checkov.yaml and infra/portal/.checkov.yaml (each with its reason):
+    no failure, no parse error, and the nested templates' resources really scanned. Without them:
+    every ARM-only skip still matches a real failure, and nothing fails that is not skipped."""
+    skips = set(skipped_checks()) | set(arm_only_skips())
+    report = run_checkov_arm(checkov, TEMPLATE, skips)
+    assert report["results"]["parsing_errors"] == []
+    failed = sorted({(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]})
+    assert failed == []
+    passed = {c["check_id"] for c in report["results"]["passed_checks"]}
+    assert {"CKV_AZURE_44", "CKV_AZURE_3"} <= passed, "the storage account inside the nested deployment was not scanned"
+    assert report["summary"]["resource_count"] >= 30
+    raw_failed = {c["check_id"] for c in run_checkov_arm(checkov, TEMPLATE, set())["results"]["failed_checks"]}
+    assert raw_failed <= skips
+    assert set(arm_only_skips()) <= raw_failed, "a stale skip in infra/portal/.checkov.yaml"
+
+
+def test_checkov_arm_scan_catches_a_weakened_storage_account(checkov: str, tmp_path: Path) -> None:
+    template = load_template()
+    account = next(r for r in nested(template, "storage")["resources"] if r["type"] == "Microsoft.Storage/storageAccounts")
+    account["properties"]["minimumTlsVersion"] = "TLS1_0"
+    account["properties"]["supportsHttpsTrafficOnly"] = False
+    weakened = tmp_path / "azuredeploy.json"
+    weakened.write_text(json.dumps(template))
+    report = run_checkov_arm(checkov, weakened, set(skipped_checks()) | set(arm_only_skips()))
+    assert {"CKV_AZURE_44", "CKV_AZURE_3"} <= {c["check_id"] for c in report["results"]["failed_checks"]}
+
+
+# ----------------------------------------------------------------------------- tests: createUiDefinition.json
+UI_REFERENCE = re.compile(r"(?:basics\('(\w+)'\)|steps\('(\w+)'\)\.(\w+))")
+
+
+def ui_problems(ui: dict, template: dict) -> list[str]:
+    problems: list[str] = []
+    if ui.get("$schema") != UI_SCHEMA or ui.get("handler") != "Microsoft.Azure.CreateUIDef" or ui.get("version") != "0.1.2-preview":
+        problems.append("not a CreateUIDefinition 0.1.2-preview document")
+    parameters = template["parameters"]
+    ui_params = ui["parameters"]
+    outputs = ui_params["outputs"]
+    basics = {e["name"]: e for e in ui_params.get("basics", [])}
+    steps = {s["name"]: {e["name"]: e for e in s["elements"]} for s in ui_params.get("steps", [])}
+    for name in outputs:
+        if name not in parameters:
+            problems.append(f"output {name} names no template parameter")
+    for name, spec in parameters.items():
+        if "defaultValue" not in spec and name not in outputs:
+            problems.append(f"template parameter {name} has no default and no UI output")
+    for name, expression in outputs.items():
+        refs = UI_REFERENCE.findall(expression)
+        if not refs and expression != "[location()]":
+            problems.append(f"output {name} reads no control: {expression}")
+        controls = []
+        for basic, step, element in refs:
+            control = basics.get(basic) if basic else steps.get(step, {}).get(element)
+            if control is None:
+                problems.append(f"output {name} reads a control that does not exist: {expression}")
+            else:
+                controls.append(control)
+        spec = parameters.get(name)
+        if spec is None or not controls:
+            continue
+        control = controls[0]
+        if spec["type"] == "int" and control["type"] == "Microsoft.Common.TextBox" and not expression.startswith("[int("):
+            problems.append(f"output {name}: an int parameter from a text box needs int()")
+        if "allowedValues" in spec and control["type"] == "Microsoft.Common.DropDown":
+            offered = [v["value"] for v in control["constraints"]["allowedValues"]]
+            if offered != spec["allowedValues"]:
+                problems.append(f"output {name}: the drop-down offers {offered}, the template allows {spec['allowedValues']}")
+        if "allowedValues" in spec and control["type"] != "Microsoft.Common.DropDown":
+            problems.append(f"output {name}: allowed values need a drop-down")
+        if spec["type"] == "object" and not expression.startswith("[parse("):
+            problems.append(f"output {name}: an object parameter from a text box needs parse()")
+        default = spec.get("defaultValue")
+        shown = control.get("defaultValue")
+        if control["type"] == "Microsoft.Common.DropDown" and shown is not None:
+            # A drop-down's defaultValue is the label of one of its items.
+            labels = {v["label"]: v["value"] for v in control["constraints"]["allowedValues"]}
+            if shown not in labels:
+                problems.append(f"output {name}: the drop-down's default {shown!r} is not one of its labels")
+            shown = labels.get(shown)
+        if default is not None and not (isinstance(default, str) and default.startswith("[")) and shown is not None:
+            if json.dumps(default) != json.dumps(shown) and str(default) != str(shown):
+                problems.append(f"output {name}: the form's default {shown!r} is not the template's {default!r}")
+        if spec["type"] == "securestring" and control["type"] != "Microsoft.Common.PasswordBox":
+            problems.append(f"output {name}: a secure parameter needs a password box")
+    return problems
+
+
+def test_the_ui_definition_produces_every_required_parameter() -> None:
+    assert ui_problems(json.loads(UI_DEFINITION.read_text()), load_template()) == []
+
+
+def test_the_ui_definition_maps_every_parameter() -> None:
+    outputs = json.loads(UI_DEFINITION.read_text())["parameters"]["outputs"]
+    assert set(outputs) == set(load_template()["parameters"])
+
+
+def _ui_drop_required(ui, t):
+    del ui["parameters"]["outputs"]["graphClientId"]
+
+
+def _ui_unknown_output(ui, t):
+    ui["parameters"]["outputs"]["syncApiKey"] = "[steps('sync').syncApiCredential]"
+
+
+def _ui_missing_control(ui, t):
+    ui["parameters"]["outputs"]["alertEmail"] = "[basics('alertMail')]"
+
+
+def _ui_dropdown(ui, t):
+    next(e for e in ui["parameters"]["steps"][1]["elements"] if e["name"] == "exoMode")["constraints"]["allowedValues"].pop()
+
+
+def _ui_int(ui, t):
+    ui["parameters"]["outputs"]["syncIntervalMinutes"] = "[steps('sync').syncIntervalMinutes]"
+
+
+def _ui_default(ui, t):
+    next(e for e in ui["parameters"]["steps"][1]["elements"] if e["name"] == "deleteThresholdPercent")["defaultValue"] = "50"
+
+
+def _ui_dropdown_default(ui, t):
+    next(e for e in ui["parameters"]["steps"][2]["elements"] if e["name"] == "instanceMemoryMB")["defaultValue"] = "4096 MB"
+
+
+def _ui_tags(ui, t):
+    ui["parameters"]["outputs"]["tags"] = "[steps('hosting').tags]"
+
+
+def _template_new_required(ui, t):
+    t["parameters"]["tenantName"] = {"type": "string"}
+
+
+@pytest.mark.parametrize("mutate", [_ui_drop_required, _ui_unknown_output, _ui_missing_control, _ui_dropdown, _ui_int, _ui_default,
+                                    _ui_dropdown_default, _ui_tags, _template_new_required], ids=lambda f: f.__name__.strip("_"))
+def test_the_ui_definition_check_catches_a_mutation(mutate) -> None:
+    ui = json.loads(UI_DEFINITION.read_text())
+    template = copy.deepcopy(load_template())
+    mutate(ui, template)
+    assert ui_problems(ui, template) != []
+
+
+# ----------------------------------------------------------------------------- tests: the button
+def test_the_readme_has_the_deploy_to_azure_button() -> None:
+    from urllib.parse import unquote
+
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"\[!\[Deploy to Azure\]\(https://aka\.ms/deploytoazurebutton\)\]\((https://portal\.azure\.com/#create/Microsoft\.Template/uri/([^/)]+)/createUIDefinitionUri/([^)]+))\)", readme)
+    assert match, "no Deploy to Azure button in README.md"
+    template_url, ui_url = unquote(match.group(2)), unquote(match.group(3))
+    assert "%" not in unquote(template_url) and ":" not in match.group(2), "the raw URLs must be URL-encoded"
+    assert template_url.startswith("https://raw.githubusercontent.com/") and template_url.endswith("/infra/portal/azuredeploy.json")
+    assert ui_url.startswith("https://raw.githubusercontent.com/") and ui_url.endswith("/infra/portal/createUiDefinition.json")
+    assert template_url.rsplit("/infra/", 1)[0] == ui_url.rsplit("/infra/", 1)[0]
