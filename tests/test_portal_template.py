@@ -11,7 +11,8 @@ keeps the two from drifting apart:
   * everywhere, the Bicep (parsed with tree-sitter-bicep, tests/infra_helpers.py) and the JSON
     must declare the same parameters (name, type, default, allowed values, bounds, description),
     the same resources per template (type, apiVersion, condition, loop, scope, and which
-    parameters their name is built from), the same modules as nested deployments (name, the
+    parameters their name is built from) with the same bodies (every literal leaf equal, every
+    expression an expression under the same key, no key on one side only), the same modules as nested deployments (name, the
     parameters passed, dependencies), the same literal variables (the KQL of the alerts and the
     workbook) and the same outputs (name and type);
   * each of those comparisons is run on mutated copies, of the Bicep and of the JSON, to show
@@ -233,6 +234,125 @@ def arm_outputs(template: dict) -> dict[str, str]:
     return {name: spec["type"].lower() for name, spec in template.get("outputs", {}).items()}
 
 
+# ----------------------------------------------------------------------------- resource bodies
+NOT_LITERAL = object()  # a Bicep expression: the JSON must have the key, its value is not compared
+SKIPPED_KEYS = {"name", "parent", "scope", "dependsOn"}  # compared through the name shape, or ARM-only
+
+
+def bicep_leaves(bicep: BicepFile, node: tree_sitter.Node, prefix: tuple = ()) -> dict[tuple, object]:
+    """dotted path -> literal value (or NOT_LITERAL) of every leaf of a resource body."""
+    if node.type == "object":
+        out: dict[tuple, object] = {}
+        props = {}
+        for child in node.named_children:
+            if child.type != "object_property" or child.named_children[0].type == "resource_declaration":
+                continue
+            key_node = child.named_children[0]
+            try:
+                key = literal(bicep, key_node) if key_node.type == "string" else bicep.text(key_node)
+            except ValueError:
+                out[prefix + ("<expression key>",)] = NOT_LITERAL
+                continue
+            props[key] = child.named_children[-1]
+        if not props and not out:
+            return {prefix: {}}
+        for key, value in props.items():
+            if not prefix and key in SKIPPED_KEYS:
+                continue
+            out.update(bicep_leaves(bicep, value, prefix + (key,)))
+        return out
+    if node.type == "array":
+        items = [c for c in node.named_children if c.type != "comment"]
+        if not items:
+            return {prefix: []}
+        out = {}
+        for i, item in enumerate(items):
+            out.update(bicep_leaves(bicep, item, prefix + (i,)))
+        return out
+    try:
+        return {prefix: literal(bicep, node)}
+    except ValueError:
+        return {prefix: NOT_LITERAL}
+
+
+def arm_leaves(value, prefix: tuple = ()) -> dict[tuple, object]:
+    if isinstance(value, dict):
+        if not value:
+            return {prefix: {}}
+        out: dict[tuple, object] = {}
+        for key, child in value.items():
+            if not prefix and key in SKIPPED_KEYS | {"type", "apiVersion", "condition", "copy"}:
+                continue
+            if isinstance(key, str) and key.startswith("["):
+                out[prefix + ("<expression key>",)] = NOT_LITERAL
+                continue
+            out.update(arm_leaves(child, prefix + (key,)))
+        return out
+    if isinstance(value, list):
+        if not value:
+            return {prefix: []}
+        out = {}
+        for i, child in enumerate(value):
+            out.update(arm_leaves(child, prefix + (i,)))
+        return out
+    if isinstance(value, str) and value.startswith("[") and not value.startswith("[["):
+        return {prefix: NOT_LITERAL}
+    return {prefix: value}
+
+
+UNMATCHED: list[str] = []  # resources whose body could not be paired (asserted empty below)
+
+
+def from_scope(bicep: BicepFile, res, scope: tree_sitter.Node) -> frozenset[str]:
+    """The parameters a `scope:` resource reference is named from."""
+    symbols = {r.symbol: r for r in bicep.resources}
+    found: set[str] = set()
+    for name in bicep.identifiers(scope):
+        if name in symbols:
+            found |= bicep_name_parameters(bicep, symbols[name])
+    return frozenset(found)
+
+
+def compare_bodies(where: str, bicep: BicepFile, template: dict) -> list[str]:
+    """Each Bicep resource against its JSON resource, leaf by leaf: literal values must be equal,
+    an expression must be an expression under the same key, and neither side has a key the other
+    lacks (below an expression the JSON's shape is not compared)."""
+    problems: list[str] = []
+    arm = [r for r in template["resources"] if r["type"] != "Microsoft.Resources/deployments"]
+    for res in bicep.resources:
+        if res.existing:
+            continue
+        kind, _, version = res.full_type.partition("@")
+        name_node = object_properties(bicep, res.body)["name"]
+        # The literal pieces of the name ('-sync-missed' of '${namePrefix}-sync-missed') tell
+        # apart resources of one type named from the same parameters.
+        pieces = [bicep.text(c) for c in name_node.named_children if c.type == "string_content"] if name_node.type == "string" else []
+        shape = tuple(sorted(bicep_name_parameters(bicep, res)))
+        matches = [r for r in arm if r["type"] == kind and r["apiVersion"] == version
+                   and tuple(sorted(arm_name_parameters(template, r["name"]))) == shape
+                   and all(piece in r["name"] for piece in pieces)]
+        props = object_properties(bicep, res.body)
+        if len(matches) > 1 and "scope" in props:  # e.g. two diagnostic settings of one name
+            scope_params = from_scope(bicep, res, props["scope"])
+            matches = [r for r in matches if arm_name_parameters(template, r.get("scope", "")) == scope_params]
+        if len(matches) != 1:
+            UNMATCHED.append(f"{where}: {res.symbol}")
+            continue  # compare() reports resources that are missing
+        want, got = bicep_leaves(bicep, res.body), arm_leaves(matches[0])
+        label = f"{where}: {kind} {res.symbol}"
+        for path, value in want.items():
+            if path not in got:
+                problems.append(f"{label}: {'.'.join(map(str, path))} is in the Bicep, not in the JSON")
+            elif (value is NOT_LITERAL) != (got[path] is NOT_LITERAL) or (value is not NOT_LITERAL and value != got[path]):
+                shown = lambda v: "an expression" if v is NOT_LITERAL else repr(v)  # noqa: E731
+                problems.append(f"{label}: {'.'.join(map(str, path))} is {shown(value)} in the Bicep, {shown(got[path])} in the JSON")
+        expressions = [p for p, v in want.items() if v is NOT_LITERAL]
+        for path in got:
+            if path not in want and not any(path[: len(e)] == e for e in expressions):
+                problems.append(f"{label}: {'.'.join(map(str, path))} is in the JSON, not in the Bicep")
+    return problems
+
+
 # ----------------------------------------------------------------------------- the comparison
 def compare(where: str, bicep: BicepFile, template: dict) -> list[str]:
     """Every difference between one Bicep file and its (nested) ARM template."""
@@ -265,6 +385,7 @@ def compare(where: str, bicep: BicepFile, template: dict) -> list[str]:
     for name in variables:
         if name not in bicep.variables:
             problems.append(f"{where}: variable {name} is in the JSON, not in the Bicep")
+    problems += compare_bodies(where, bicep, template)
     problems += compare_modules(where, bicep, template)
     return problems
 
@@ -342,7 +463,9 @@ def test_the_bicep_cli_build_equals_the_committed_json(tmp_path: Path) -> None:
 
 
 def test_the_committed_json_matches_the_bicep() -> None:
+    UNMATCHED.clear()
     assert drift(INFRA, load_template()) == []
+    assert UNMATCHED == [], "every resource's body is compared"
 
 
 def test_the_portal_template_is_the_azure_side_without_the_graph_module() -> None:
@@ -394,6 +517,13 @@ BICEP_MUTATIONS = [
     ("app/ops-alerts.bicep", "| where heldDeletions > 0", "| where heldDeletions > 1"),
     ("app/workbook.bicep", "var weekMs = 604800000", "var weekMs = 86400000"),
     ("app/audit.bicep", "output auditTables array", "output auditTables object"),
+    # resource bodies
+    ("app/storage.bicep", "allowSharedKeyAccess: false", "allowSharedKeyAccess: true"),
+    ("app/function-app.bicep", "ftpsState: 'Disabled'", "ftpsState: 'FtpsOnly'"),
+    ("app/keyvault.bicep", "    enablePurgeProtection: true\n", "    enablePurgeProtection: true\n    enabledForDeployment: true\n"),
+    ("app/alert.bicep", "    evaluationFrequency: 'PT15M'\n    windowSize: 'PT30M'", "    evaluationFrequency: 'PT5M'\n    windowSize: 'PT30M'"),
+    ("app/ops-alerts.bicep", "    windowSize: 'P1D'\n", "    windowSize: 'PT${missedRunWindowMinutes}M'\n"),
+    ("app/role-assignments.bicep", "    description: 'Directory sync deployer: write the Graph client secret (scripts/rotate-graph-secret.sh).'\n", ""),
 ]
 
 
@@ -460,7 +590,24 @@ def _schema(t):
     t["languageVersion"] = "2.0"
 
 
-JSON_MUTATIONS = [_drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
+def _tls(t):
+    next(r for r in nested(t, "storage")["resources"] if r["type"] == "Microsoft.Storage/storageAccounts")["properties"]["minimumTlsVersion"] = "TLS1_0"
+
+
+def _drop_property(t):
+    del next(r for r in nested(t, "keyVault")["resources"] if r["type"] == "Microsoft.KeyVault/vaults")["properties"]["enableRbacAuthorization"]
+
+
+def _extra_property(t):
+    next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites")["properties"]["clientCertEnabled"] = False
+
+
+def _literal_for_expression(t):
+    site = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites")
+    site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["instanceMemoryMB"] = 2048
+
+
+JSON_MUTATIONS = [_tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
                   _name, _drop_output, _dependency, _schema]
 
 
