@@ -12,8 +12,9 @@ keeps the two from drifting apart:
     must declare the same parameters (name, type, default, allowed values, bounds, description),
     the same resources per template (type, apiVersion, condition, loop, scope, and which
     parameters their name is built from) with the same bodies (every literal leaf equal, every
-    expression an expression under the same key, no key on one side only), the same modules as nested deployments (name, the
-    parameters passed, dependencies), the same literal variables (the KQL of the alerts and the
+    expression an expression under the same key that reads the same parameters, variables and
+    module outputs, no key on one side only), the same app settings reading the same parameters, the same modules as nested deployments (name, the
+    parameters passed and what each is computed from, dependencies), the same literal variables (the KQL of the alerts and the
     workbook) and the same outputs (name and type);
   * each of those comparisons is run on mutated copies, of the Bicep and of the JSON, to show
     that it fails;
@@ -235,7 +236,14 @@ def arm_outputs(template: dict) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- resource bodies
-NOT_LITERAL = object()  # a Bicep expression: the JSON must have the key, its value is not compared
+class Expression:
+    """A leaf that is an expression (its Bicep node, or the JSON string)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+
+NOT_LITERAL = Expression(None)  # an expression key: the JSON must have one too
 SKIPPED_KEYS = {"name", "parent", "scope", "dependsOn"}  # compared through the name shape, or ARM-only
 
 
@@ -272,7 +280,7 @@ def bicep_leaves(bicep: BicepFile, node: tree_sitter.Node, prefix: tuple = ()) -
     try:
         return {prefix: literal(bicep, node)}
     except ValueError:
-        return {prefix: NOT_LITERAL}
+        return {prefix: Expression(node)}
 
 
 def arm_leaves(value, prefix: tuple = ()) -> dict[tuple, object]:
@@ -296,7 +304,7 @@ def arm_leaves(value, prefix: tuple = ()) -> dict[tuple, object]:
             out.update(arm_leaves(child, prefix + (i,)))
         return out
     if isinstance(value, str) and value.startswith("[") and not value.startswith("[["):
-        return {prefix: NOT_LITERAL}
+        return {prefix: Expression(value)}
     return {prefix: value}
 
 
@@ -340,13 +348,23 @@ def compare_bodies(where: str, bicep: BicepFile, template: dict) -> list[str]:
             continue  # compare() reports resources that are missing
         want, got = bicep_leaves(bicep, res.body), arm_leaves(matches[0])
         label = f"{where}: {kind} {res.symbol}"
+        loop_vars = {}
+        if res.loop is not None:
+            names, iterable = loop_parts(bicep, res.loop)
+            loop_vars = dict.fromkeys(names, iterable)
         for path, value in want.items():
+            where_in = ".".join(map(str, path))
             if path not in got:
-                problems.append(f"{label}: {'.'.join(map(str, path))} is in the Bicep, not in the JSON")
-            elif (value is NOT_LITERAL) != (got[path] is NOT_LITERAL) or (value is not NOT_LITERAL and value != got[path]):
-                shown = lambda v: "an expression" if v is NOT_LITERAL else repr(v)  # noqa: E731
-                problems.append(f"{label}: {'.'.join(map(str, path))} is {shown(value)} in the Bicep, {shown(got[path])} in the JSON")
-        expressions = [p for p, v in want.items() if v is NOT_LITERAL]
+                problems.append(f"{label}: {where_in} is in the Bicep, not in the JSON")
+            elif isinstance(value, Expression) != isinstance(got[path], Expression) or (not isinstance(value, Expression) and value != got[path]):
+                shown = lambda v: "an expression" if isinstance(v, Expression) else repr(v)  # noqa: E731
+                problems.append(f"{label}: {where_in} is {shown(value)} in the Bicep, {shown(got[path])} in the JSON")
+            elif isinstance(value, Expression) and value.source is not None:
+                want_refs = bicep_references(bicep, value.source, {}, template, loop_vars)
+                got_refs = arm_references(got[path].source)
+                if want_refs != got_refs:
+                    problems.append(f"{label}: {where_in} reads {sorted(want_refs)} in the Bicep, {sorted(got_refs)} in the JSON")
+        expressions = [p for p, v in want.items() if isinstance(v, Expression)]
         for path in got:
             if path not in want and not any(path[: len(e)] == e for e in expressions):
                 problems.append(f"{label}: {'.'.join(map(str, path))} is in the JSON, not in the Bicep")
@@ -385,7 +403,12 @@ def compare(where: str, bicep: BicepFile, template: dict) -> list[str]:
     for name in variables:
         if name not in bicep.variables:
             problems.append(f"{where}: variable {name} is in the JSON, not in the Bicep")
+        elif name not in bicep_literal_variables(bicep):
+            want_refs = bicep_references(bicep, bicep.variables[name], {}, template)
+            if want_refs != arm_references(variables[name]):
+                problems.append(f"{where}: variable {name} reads {sorted(want_refs)} in the Bicep, {sorted(arm_references(variables[name]))} in the JSON")
     problems += compare_bodies(where, bicep, template)
+    problems += compare_wiring(where, bicep, template)
     problems += compare_modules(where, bicep, template)
     return problems
 
@@ -425,8 +448,151 @@ def compare_modules(where: str, bicep: BicepFile, template: dict) -> list[str]:
     return problems
 
 
+ARM_MODULE_OUTPUT = re.compile(r"reference\(resourceId\('Microsoft\.Resources/deployments', '(\w+)'\), '2022-09-01'\)\.outputs\.(\w+)\.value")
+
+
+def bicep_references(bicep: BicepFile, node: tree_sitter.Node, module_names: dict[str, str], template: dict | None = None,
+                     loop_vars: dict | None = None) -> set[tuple]:
+    """What an expression reads: ('parameter', x), ('variable', x), ('module output', deployment, output).
+    A variable the JSON does not declare (Bicep inlines those that read a resource) counts as what
+    it reads; a loop variable as what its loop's iterable reads."""
+    loop_vars = loop_vars or {}
+    text = bicep.text(node)
+    symbols = {r.symbol: r for r in bicep.resources}
+    refs: set[tuple] = {("module output", module_names[m], o) for m, o in re.findall(r"\b(\w+)!?\.outputs\.(\w+)", text) if m in module_names}
+    for name in bicep.identifiers(node, resolve_variables=False):
+        if not re.search(rf"(?<![.\w']){name}\b", text):
+            continue  # only a property name (x.name), not a reference
+        if name in loop_vars:
+            refs |= bicep_references(bicep, loop_vars[name], module_names, template)
+        elif name in bicep.params:
+            refs.add(("parameter", name))
+        elif name in bicep.variables and template is not None and name not in template.get("variables", {}):
+            refs |= bicep_references(bicep, bicep.variables[name], module_names, template)
+        elif name in bicep.variables:
+            refs.add(("variable", name))
+        elif name in symbols:  # a resource (identity.id): the JSON names it from its parameters
+            refs |= {("parameter", p) for p in bicep_name_parameters(bicep, symbols[name])}
+    return refs
+
+
+def arm_references(value) -> set[tuple]:
+    text = json.dumps(value)
+    refs: set[tuple] = {("module output", m, o) for m, o in ARM_MODULE_OUTPUT.findall(text)}
+    refs |= {("parameter", p) for p in ARM_PARAMETER.findall(text)}
+    refs |= {("variable", v) for v in ARM_VARIABLE.findall(text)}
+    return refs
+
+
+def compare_wiring(where: str, bicep: BicepFile, template: dict) -> list[str]:
+    """What each module parameter and each output is computed from, on both sides; and every
+    parameters(), variables() and module output the JSON reads exists."""
+    problems: list[str] = []
+    module_names = {}
+    for symbol, module in bicep.modules.items():
+        module_names[symbol] = literal(bicep, object_properties(bicep, module.body)["name"])
+    deployments = {r["name"]: r for r in template["resources"] if r["type"] == "Microsoft.Resources/deployments"}
+    for symbol, module in bicep.modules.items():
+        deployment = deployments.get(module_names[symbol])
+        props = object_properties(bicep, module.body)
+        if deployment is None or "params" not in props:
+            continue
+        passed = deployment["properties"].get("parameters", {})
+        for key, value in object_properties(bicep, props["params"]).items():
+            if key in passed and bicep_references(bicep, value, module_names, template) != arm_references(passed[key]):
+                problems.append(f"{where} > {module_names[symbol]}: parameter {key} reads {sorted(bicep_references(bicep, value, module_names, template))} "
+                                f"in the Bicep, {sorted(arm_references(passed[key]))} in the JSON")
+    outputs = {}
+    for node in bicep.tree.root_node.named_children:
+        if node.type == "output_declaration":
+            outputs[bicep.text(node.named_children[0])] = node.named_children[-1]
+    for name, value in outputs.items():
+        declared = template.get("outputs", {}).get(name)
+        if declared is not None and bicep_references(bicep, value, module_names, template) != arm_references(declared["value"]):
+            problems.append(f"{where}: output {name} reads different things in the Bicep and the JSON")
+    # Dangling references in the JSON.
+    body = {k: template.get(k) for k in ("variables", "resources", "outputs")}
+    for kind, *rest in arm_references({k: v for k, v in body.items() if k != "resources"} | {"resources": [
+            {k: v for k, v in r.items() if k != "properties"} | ({"properties": {k: v for k, v in r["properties"].items() if k != "template"}}
+                                                                  if r["type"] == "Microsoft.Resources/deployments" else {"properties": r.get("properties")})
+            for r in template["resources"]]}):
+        if kind == "parameter" and rest[0] not in template.get("parameters", {}):
+            problems.append(f"{where}: the JSON reads an undeclared parameter {rest[0]}")
+        elif kind == "variable" and rest[0] not in template.get("variables", {}):
+            problems.append(f"{where}: the JSON reads an undeclared variable {rest[0]}")
+        elif kind == "module output":
+            target = deployments.get(rest[0])
+            if target is None or rest[1] not in target["properties"]["template"].get("outputs", {}):
+                problems.append(f"{where}: the JSON reads a module output that does not exist: {rest[0]}.{rest[1]}")
+    return problems
+
+
+def split_arguments(text: str) -> list[str]:
+    """Top-level comma-separated arguments of an ARM expression's argument list."""
+    parts, depth, quoted, current = [], 0, False, ""
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            current += ch
+            if ch == "'" and text[i + 1 : i + 2] == "'":
+                current += "'"
+                i += 1
+            elif ch == "'":
+                quoted = False
+        elif ch == "'":
+            quoted, current = True, current + ch
+        elif ch in "([":
+            depth, current = depth + 1, current + ch
+        elif ch in ")]":
+            depth, current = depth - 1, current + ch
+        elif ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+        i += 1
+    if current.strip():
+        parts.append(current.strip())
+    return parts
+
+
+def arm_app_settings(template: dict) -> dict[str, str]:
+    """Setting name -> ARM expression, from the appsettings resource's union(createObject(...), ...)."""
+    config = next(r for r in template["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    text = config["properties"]
+    match = re.match(r"\[union\(createObject\((.*)\), variables\('appSettingsOptional'\)\)\]$", text, re.S)
+    assert match, f"unexpected app settings expression: {text[:80]}"
+    args = split_arguments(match.group(1))
+    return {args[i].strip("'"): args[i + 1] for i in range(0, len(args), 2)}
+
+
+def compare_app_settings(infra: Path, template: dict) -> list[str]:
+    """Every product setting of app/function-app.bicep's appSettingsAlways reads the same
+    parameters, on both sides, and no setting is on one side only."""
+    bicep = parse_fresh(infra / "app/function-app.bicep")
+    nested_template = next(r for r in template["resources"] if r["name"] == "functionApp")["properties"]["template"]
+    want = {key: bicep_references(bicep, value, {}, nested_template)
+            for key, value in object_properties(bicep, bicep.variables["appSettingsAlways"]).items()}
+    got = {key: arm_references(value) for key, value in arm_app_settings(nested_template).items()}
+    problems = [f"app setting {key} is in the Bicep, not in the JSON" for key in sorted(set(want) - set(got))]
+    problems += [f"app setting {key} is in the JSON, not in the Bicep" for key in sorted(set(got) - set(want))]
+    problems += [f"app setting {key} reads {sorted(want[key])} in the Bicep, {sorted(got[key])} in the JSON"
+                 for key in sorted(set(want) & set(got)) if want[key] != got[key]]
+    arm_values = arm_app_settings(nested_template)
+    for key, value in object_properties(bicep, bicep.variables["appSettingsAlways"]).items():
+        try:
+            fixed = literal(bicep, value)
+        except ValueError:
+            continue
+        quoted = "'" + str(fixed).replace("'", "''") + "'"
+        if key in arm_values and arm_values[key] != quoted:
+            problems.append(f"app setting {key} is {quoted} in the Bicep, {arm_values[key]} in the JSON")
+    return problems
+
+
 def drift(infra: Path, template: dict) -> list[str]:
-    return compare("portal/main.bicep", parse_fresh(infra / "portal/main.bicep"), template)
+    return compare("portal/main.bicep", parse_fresh(infra / "portal/main.bicep"), template) + compare_app_settings(infra, template)
 
 
 # ----------------------------------------------------------------------------- tests: drift
@@ -517,7 +683,15 @@ BICEP_MUTATIONS = [
     ("app/ops-alerts.bicep", "| where heldDeletions > 0", "| where heldDeletions > 1"),
     ("app/workbook.bicep", "var weekMs = 604800000", "var weekMs = 86400000"),
     ("app/audit.bicep", "output auditTables array", "output auditTables object"),
+    # wiring: what a module parameter or an output is computed from
+    ("portal/main.bicep", "module workbook '../app/workbook.bicep' = {\n  name: 'workbook'\n  params: {\n    location: location\n    applicationInsightsId: monitoring.outputs.applicationInsightsId",
+     "module workbook '../app/workbook.bicep' = {\n  name: 'workbook'\n  params: {\n    location: location\n    applicationInsightsId: monitoring.outputs.logAnalyticsId"),
+    ("portal/main.bicep", "    graphClientId: graphClientId\n", "    graphClientId: exoDirectoryRoleId\n"),
+    ("portal/main.bicep", "output KEY_VAULT_URL string = keyVault.outputs.uri", "output KEY_VAULT_URL string = keyVault.outputs.id"),
+    ("app/identity.bicep", "output principalId string = identity.properties.principalId", "output principalId string = location"),
     # resource bodies
+    ("app/function-app.bicep", "  GRAPH_BASE_URL: graphBaseUrl\n", "  GRAPH_BASE_URL: graphBaseUrl\n  GRAPH_PAGE_SIZE: '999'\n"),
+    ("app/function-app.bicep", "AzureWebJobsStorage__credential: 'managedidentity'", "AzureWebJobsStorage__credential: 'connectionstring'"),
     ("app/storage.bicep", "allowSharedKeyAccess: false", "allowSharedKeyAccess: true"),
     ("app/function-app.bicep", "ftpsState: 'Disabled'", "ftpsState: 'FtpsOnly'"),
     ("app/keyvault.bicep", "    enablePurgeProtection: true\n", "    enablePurgeProtection: true\n    enabledForDeployment: true\n"),
@@ -607,7 +781,54 @@ def _literal_for_expression(t):
     site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["instanceMemoryMB"] = 2048
 
 
-JSON_MUTATIONS = [_tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
+def _dangling_output(t):
+    fa = next(r for r in t["resources"] if r["name"] == "functionApp")
+    fa["properties"]["parameters"]["keyVaultUrl"]["value"] = fa["properties"]["parameters"]["keyVaultUrl"]["value"].replace(".outputs.uri.", ".outputs.url.")
+
+
+def _dangling_parameter(t):
+    nested(t, "alert")["resources"][0]["properties"]["emailReceivers"][0]["emailAddress"] = "[parameters('alertMail')]"
+
+
+def _wrong_wiring(t):
+    wb = next(r for r in t["resources"] if r["name"] == "workbook")
+    wb["properties"]["parameters"]["applicationInsightsId"]["value"] = wb["properties"]["parameters"]["applicationInsightsId"]["value"].replace(
+        "applicationInsightsId", "logAnalyticsId")
+
+
+def _wrong_principal(t):
+    rule = next(r for r in nested(t, "roles")["resources"] if "copy" in r)
+    rule["properties"]["principalId"] = "[parameters('secretsOfficerPrincipalId')]"
+
+
+def _wrong_setting(t):
+    settings = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    settings["properties"] = settings["properties"].replace("'SYNC_DATASETS', parameters('syncDatasets')", "'SYNC_DATASETS', parameters('syncSchedule')")
+
+
+def _wrong_variable(t):
+    t["variables"]["resourceToken"] = "[toLower(uniqueString(subscription().id, resourceGroup().id, parameters('location')))]"
+
+
+def _wrong_loop(t):
+    rule = next(r for r in nested(t, "roles")["resources"] if "copy" in r)
+    rule["properties"]["description"] = "Directory sync Function: blobs of one container only."
+
+
+def _swapped_settings(t):
+    settings = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    settings["properties"] = (settings["properties"]
+                              .replace("'GRAPH_CLIENT_SECRET_NAME', parameters('graphClientSecretName')", "'GRAPH_CLIENT_SECRET_NAME', parameters('SWAP')")
+                              .replace("'SYNC_API_CREDENTIAL_NAME', parameters('syncApiCredentialName')", "'SYNC_API_CREDENTIAL_NAME', parameters('graphClientSecretName')")
+                              .replace("parameters('SWAP')", "parameters('syncApiCredentialName')"))
+
+
+def _dropped_setting(t):
+    settings = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    settings["properties"] = settings["properties"].replace(", 'EXO_MODE', parameters('exoMode')", "")
+
+
+JSON_MUTATIONS = [_swapped_settings, _dropped_setting, _wrong_principal, _wrong_setting, _wrong_variable, _wrong_loop, _dangling_output, _dangling_parameter, _wrong_wiring, _tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
                   _name, _drop_output, _dependency, _schema]
 
 
