@@ -13,9 +13,10 @@ keeps the two from drifting apart:
     the same resources per template (type, apiVersion, condition, loop, scope, and which
     parameters their name is built from) with the same bodies (every literal leaf equal, every
     expression an expression under the same key that reads the same parameters, variables and
-    module outputs, no key on one side only), the same app settings reading the same parameters, the same modules as nested deployments (name, the
-    parameters passed and what each is computed from, dependencies), the same literal variables (the KQL of the alerts and the
-    workbook) and the same outputs (name and type);
+    module outputs, no key on one side only), the same app settings reading the same
+    parameters, the same modules as nested deployments (name, the parameters passed and what
+    each is computed from, dependencies), the same literal variables (the KQL of the alerts and
+    the workbook) and the same outputs (name, type and what each is computed from);
   * each of those comparisons is run on mutated copies, of the Bicep and of the JSON, to show
     that it fails;
   * checkov's ARM framework scans the JSON with the skips of infra/.checkov.yaml and of
