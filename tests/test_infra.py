@@ -880,6 +880,7 @@ def test_the_expected_bicep_files_exist() -> None:
         "app/role-assignments.bicep",
         "app/function-app.bicep",
         "app/audit.bicep",
+        "portal/main.bicep",
     }
 
 
@@ -1076,11 +1077,16 @@ def test_structural_check_catches_a_mutation(tmp_path: Path, check, relative: st
 
 
 # ----------------------------------------------------------------------------- other infra files
+# The one committed ARM template: the portal's "Deploy to Azure" template and its UI definition,
+# checked against infra/portal/main.bicep by tests/test_portal_template.py. Nothing else.
+PORTAL_ARM_FILES = ["portal/azuredeploy.json", "portal/createUiDefinition.json"]
+
+
 def test_no_hand_written_arm_json() -> None:
     json_files = sorted(str(p.relative_to(INFRA)) for p in INFRA.rglob("*.json") if ".build" not in p.parts)
-    assert json_files == ["bicepconfig.json"]
+    assert json_files == sorted(["bicepconfig.json", *PORTAL_ARM_FILES])
     for path in INFRA.rglob("*.json"):
-        if ".build" not in path.parts:
+        if ".build" not in path.parts and str(path.relative_to(INFRA)) != "portal/azuredeploy.json":
             assert "deploymentTemplate.json" not in path.read_text()
 
 
@@ -1493,6 +1499,40 @@ def test_deploy_workflow_is_least_privilege_and_pinned() -> None:
     assert "az bicep upgrade" not in text and re.search(r"BICEP_VERSION: v\d+\.\d+\.\d+", text)
     assert workflow["env"]["DEPLOY_APP_REGISTRATION"] == "false" and workflow["env"]["SECRETS_OFFICER_PRINCIPAL_ID"] == ""
     assert "rotate-graph-secret" not in text and "AppRoleAssignment.ReadWrite.All" not in text.split("Neither gets")[0]
+
+
+def unpinned_actions(workflow_text: str) -> list[str]:
+    """Every `uses:` of a workflow that is not pinned to a full commit SHA with its tag in a comment."""
+    found = []
+    for line in workflow_text.splitlines():
+        match = re.match(r"\s*(?:-\s+)?uses:\s*(\S+)(.*)$", line)
+        if match and not (re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", match.group(1)) and re.fullmatch(r"\s*#\s*v\d+(\.\d+)*\s*", match.group(2))):
+            found.append(line.strip())
+    return found
+
+
+WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.y*ml"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_workflow_pins_its_actions_to_a_commit(path: Path) -> None:
+    text = path.read_text()
+    uses = [step["uses"] for job in yaml.safe_load(text)["jobs"].values() for step in job.get("steps", []) if "uses" in step]
+    assert uses, f"{path.name} uses no action"
+    assert unpinned_actions(text) == []
+    # The line check and the parsed workflow see the same steps.
+    assert len([line for line in text.splitlines() if re.match(r"\s*(?:-\s+)?uses:", line)]) == len(uses)
+
+
+def test_the_pinning_check_catches_a_tag() -> None:
+    assert {"ci.yml", "deploy.yml"} <= {p.name for p in WORKFLOWS}
+    pinned = "      - uses: actions/setup-node@49933ea5288caeca8642d1e84afbd3f7d6820020 # v4.4.0\n"
+    assert unpinned_actions(pinned) == []
+    for bad in ("      - uses: actions/setup-node@v4\n",
+                "      - uses: actions/setup-node@49933ea5288caeca8642d1e84afbd3f7d6820020\n",
+                "        uses: actions/setup-node@49933ea\n",
+                "      - uses: actions/setup-node@main # v4\n"):
+        assert unpinned_actions(bad) == [bad.strip()]
 
 
 # ----------------------------------------------------------------------------- the Exchange directory role hook

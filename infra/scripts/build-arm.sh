@@ -2,6 +2,8 @@
 # Builds the ARM JSON that the Azure portal and template specs accept from the Bicep
 # source, with the Bicep CLI. The output is a build artifact: never commit it, and
 # never edit it by hand (the Bicep is the only source).
+# (The one committed ARM template is the portal button's, infra/portal/azuredeploy.json,
+# guarded against drift by tests/test_portal_template.py; docs/deployment.md, Path 5.)
 #
 #   infra/scripts/build-arm.sh [OUT_DIR]      default OUT_DIR: infra/.build
 #
