@@ -1,0 +1,1 @@
+"""The Graph emulator, one module per concern; ``devstack.graph_emulator`` is its public entry."""

@@ -1,0 +1,146 @@
+"""Injectable faults: throttling, outages, dropped connections, expired tokens and hostile 200 answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from devstack.graph.model import _DELTA_SEGMENTS, _SEGMENTS, GraphError, Response, _dumps
+from devstack.graph.wire import _error_response
+
+FAULT_KINDS: tuple[str, ...] = (
+    "429",
+    "503",
+    "500",
+    "drop",
+    "malformed",
+    "410",
+    "410-resync",
+    "400-syncstate",
+    "html",
+    "not_json",
+    "wrong_shape",
+    "no_value",
+    "truncated_gzip",
+    "deep_json",
+)
+# Faults that spoil the real answer rather than replace it.
+_BODY_FAULTS = frozenset(("malformed", "truncated_gzip"))
+PROXY_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Web proxy</h1><p>Please sign in to continue.</p></body></html>"
+)
+
+
+@dataclass
+class _Fault:
+    kind: str
+    path_contains: str
+    times: int
+    retry_after: str
+
+
+class FaultsMixin:
+    """Mixin of :class:`GraphEmulator`: the fault queue and the answers it gives."""
+
+    # --- faults and token expiry --------------------------------------------------------------
+    def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str = 1) -> None:
+        """Queue a fault for the next ``times`` Graph requests whose path+query contains ``path_contains``.
+
+        Kinds: ``429``/``503`` (with Retry-After), ``500``, ``drop`` (close the socket without
+        answering), ``malformed`` (200 with the real body cut in half), ``410`` (expired delta token:
+        syncStateNotFound), ``410-resync`` (resyncRequired), ``400-syncstate`` (400 syncStateNotFound,
+        as Graph answered expired directory tokens according to Microsoft's 2020 announcement).
+        Hostile 200 answers, as from a broken proxy: ``html`` (a ``text/html`` sign-in page),
+        ``not_json`` (Graph's JSON content type over a body that is not JSON), ``wrong_shape``
+        (``{"value": {}}``), ``no_value`` (an object without ``value``), ``truncated_gzip`` (the
+        real page gzip-compressed with ``Content-Encoding: gzip`` and the stream cut in half,
+        Content-Length matching the cut body), ``deep_json`` (valid JSON nested 100,000 deep, past
+        any recursive parser's limit)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        with self._lock:
+            self._faults.append(_Fault(kind, path_contains, times, str(retry_after)))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def expire_delta_tokens(self) -> None:
+        """Every delta and skip token issued so far answers 410 from now on."""
+        with self._lock:
+            self._epoch += 1
+
+    def _take_fault(self, target: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.path_contains in target:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    # --- faults -----------------------------------------------------------------------------------------
+    def _fault_response(self, fault: _Fault, path: str, request_id: str) -> Response:
+        kind = fault.kind
+        if kind == "drop":
+            return Response(0, drop=True)
+        if kind == "html":
+            return Response(200, PROXY_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+        if kind == "not_json":
+            return Response(200, b"OK: accepted by the gateway")
+        if kind == "deep_json":
+            return Response(200, b"[" * 100_000 + b"]" * 100_000)
+        if kind in ("wrong_shape", "no_value"):
+            doc: dict[str, Any] = {"@odata.context": f"{self.base_url}/$metadata#directoryObjects"}
+            if kind == "wrong_shape":
+                doc["value"] = {}
+            else:
+                doc["items"] = []
+            return Response(200, _dumps(doc).encode())
+        if kind == "429":
+            exc = GraphError(
+                429,
+                "TooManyRequests",
+                "Too many requests. Retry after the time in the Retry-After header.",
+                {"Retry-After": fault.retry_after},
+            )
+        elif kind == "503":
+            exc = GraphError(
+                503,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable. Retry after the time in the Retry-After header.",
+                {"Retry-After": fault.retry_after},
+            )
+        elif kind == "500":
+            exc = GraphError(500, "generalException", "An unspecified error has occurred.")
+        elif kind == "410-resync":
+            exc = GraphError(
+                410,
+                "resyncRequired",
+                "The delta token is no longer valid, and the app must reset the sync state.",
+                {"Location": self._reset_location(path)},
+            )
+        elif kind == "400-syncstate":
+            exc = GraphError(
+                400,
+                "syncStateNotFound",
+                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+            )
+        else:  # "410"
+            exc = GraphError(
+                410,
+                "syncStateNotFound",
+                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
+                {"Location": self._reset_location(path)},
+            )
+        return _error_response(exc, request_id)
+
+    def _reset_location(self, path: str) -> str:
+        """The initial delta request for the collection of ``path`` (Graph's Location on a 410)."""
+        segments = [s for s in path[len("/v1.0/") :].split("/") if s]
+        coll = _SEGMENTS.get(segments[0].lower(), "users") if segments else "users"
+        segment = segments[1] if len(segments) > 1 and segments[1].lower() in _DELTA_SEGMENTS else "delta"
+        return f"{self.base_url}/{coll}/{segment}"
