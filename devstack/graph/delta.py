@@ -60,7 +60,8 @@ def _render_member_op(mid: str, op: tuple[str, str | None], current: str | None)
 
 
 class DeltaMixin:
-    """Mixin of :class:`GraphEmulator`: delta pages and tokens."""
+    """Mixin of :class:`GraphEmulator`: delta pages and tokens, served from the store's change log
+    (``_logs``) with folded rounds cached in ``_rounds``; callers hold ``self._lock``."""
 
     # --- delta ------------------------------------------------------------------------------------------
     def _delta_page(self, coll: str, segment: str, params: dict[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:

@@ -40,7 +40,8 @@ class _Fault:
 
 
 class FaultsMixin:
-    """Mixin of :class:`GraphEmulator`: the fault queue and the answers it gives."""
+    """Mixin of :class:`GraphEmulator`: the fault queue (``_faults``) and the answers it gives;
+    ``GraphEmulator._graph`` takes a fault per request and applies it."""
 
     # --- faults and token expiry --------------------------------------------------------------
     def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str = 1) -> None:

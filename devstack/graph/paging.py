@@ -26,7 +26,8 @@ from devstack.graph.wire import _not_found, _object_json, _page, _parse_top, _re
 
 
 class PagingMixin:
-    """Mixin of :class:`GraphEmulator`: routing, paged collections, ``$select`` and cached object JSON."""
+    """Mixin of :class:`GraphEmulator`: routing, paged collections, ``$select`` and cached object JSON
+    (``_frags``, per collection and ``$select``; the store drops an object's entry when it changes)."""
 
     def _route(self, path: str, params: dict[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
         segments = [s for s in path[len("/v1.0/") :].split("/") if s]

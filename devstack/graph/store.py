@@ -11,7 +11,10 @@ from devstack.graph.model import _MISSING, COLLECTIONS, KNOWN_PROPERTIES, _copy_
 
 
 class DirectoryStore:
-    """Mixin of :class:`GraphEmulator`: loading, snapshots and mutations of the directory model."""
+    """Mixin of :class:`GraphEmulator`: loading, snapshots and mutations of the directory model.
+
+    The state (``_objects``, ``_members``, ``_kind``, ``_logs``, the caches) is created in
+    ``GraphEmulator.__init__``; public mutations take ``self._lock``."""
 
     # --- loading and snapshots ----------------------------------------------------------------
     def _load(self, directory: Mapping[str, Any]) -> None:
