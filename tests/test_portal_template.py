@@ -558,14 +558,33 @@ def split_arguments(text: str) -> list[str]:
     return parts
 
 
-def arm_app_settings(template: dict) -> dict[str, str]:
-    """Setting name -> ARM expression, from the appsettings resource's union(createObject(...), ...)."""
+def arm_app_settings_union(template: dict) -> tuple[dict[str, str], list[str]]:
+    """The appsettings resource's union(createObject(...), variables('a'), ...): setting name ->
+    ARM expression of the createObject, and the names of the variables unioned after it, in order."""
     config = next(r for r in template["resources"] if r["type"] == "Microsoft.Web/sites/config")
     text = config["properties"]
-    match = re.match(r"\[union\(createObject\((.*)\), variables\('appSettingsOptional'\)\)\]$", text, re.S)
+    match = re.match(r"\[union\((.*)\)\]$", text, re.S)
     assert match, f"unexpected app settings expression: {text[:80]}"
-    args = split_arguments(match.group(1))
-    return {args[i].strip("'"): args[i + 1] for i in range(0, len(args), 2)}
+    first, *rest = split_arguments(match.group(1))
+    inner = re.match(r"createObject\((.*)\)$", first, re.S)
+    assert inner, f"unexpected app settings expression: {text[:80]}"
+    unioned = [re.fullmatch(r"variables\('(\w+)'\)", arg) for arg in rest]
+    assert all(unioned), f"unexpected app settings union arguments: {rest}"
+    args = split_arguments(inner.group(1))
+    return {args[i].strip("'"): args[i + 1] for i in range(0, len(args), 2)}, [m.group(1) for m in unioned]
+
+
+def arm_app_settings(template: dict) -> dict[str, str]:
+    """Setting name -> ARM expression, from the appsettings resource's union(createObject(...), ...)."""
+    return arm_app_settings_union(template)[0]
+
+
+def bicep_app_settings_union(infra: Path) -> list[str]:
+    """The variables app/function-app.bicep unions into the appsettings resource, in order."""
+    text = (infra / "app/function-app.bicep").read_text()
+    unions = re.findall(r"properties:\s*union\(([^)]*)\)", text)
+    assert len(unions) == 1, f"app/function-app.bicep: expected one appsettings union, found {len(unions)}"
+    return [arg.strip() for arg in unions[0].split(",")]
 
 
 def compare_app_settings(infra: Path, template: dict) -> list[str]:
@@ -580,6 +599,12 @@ def compare_app_settings(infra: Path, template: dict) -> list[str]:
     problems += [f"app setting {key} is in the JSON, not in the Bicep" for key in sorted(set(got) - set(want))]
     problems += [f"app setting {key} reads {sorted(want[key])} in the Bicep, {sorted(got[key])} in the JSON"
                  for key in sorted(set(want) & set(got)) if want[key] != got[key]]
+    # Bicep inlines appSettingsAlways (it reads resources) as the createObject; the other
+    # variables (each an optional setting, left unset when empty) are unioned after it, in order.
+    want_union = [name for name in bicep_app_settings_union(infra) if name != "appSettingsAlways"]
+    got_union = arm_app_settings_union(nested_template)[1]
+    if want_union != got_union:
+        problems.append(f"app settings union: Bicep unions {want_union} after appSettingsAlways, the JSON {got_union}")
     arm_values = arm_app_settings(nested_template)
     for key, value in object_properties(bicep, bicep.variables["appSettingsAlways"]).items():
         try:
@@ -824,12 +849,17 @@ def _swapped_settings(t):
                               .replace("parameters('SWAP')", "parameters('syncApiCredentialName')"))
 
 
+def _dropped_optional_settings(t):
+    settings = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    settings["properties"] = settings["properties"].replace(", variables('appSettingsPatterns')", "")
+
+
 def _dropped_setting(t):
     settings = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites/config")
     settings["properties"] = settings["properties"].replace(", 'EXO_MODE', parameters('exoMode')", "")
 
 
-JSON_MUTATIONS = [_swapped_settings, _dropped_setting, _wrong_principal, _wrong_setting, _wrong_variable, _wrong_loop, _dangling_output, _dangling_parameter, _wrong_wiring, _tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
+JSON_MUTATIONS = [_swapped_settings, _dropped_setting, _dropped_optional_settings, _wrong_principal, _wrong_setting, _wrong_variable, _wrong_loop, _dangling_output, _dangling_parameter, _wrong_wiring, _tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
                   _name, _drop_output, _dependency, _schema]
 
 

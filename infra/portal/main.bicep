@@ -72,6 +72,15 @@ param syncDatasets string = 'addresses,groups,users'
 @description('Optional comma-separated allow-list of address domains (ADDRESS_DOMAINS); empty for none.')
 param addressDomains string = ''
 
+@description('Optional comma-separated group object ids (SYNC_SCOPE_GROUPS): only these groups, the groups nested in them and their members are synced; empty syncs the whole directory.')
+param syncScopeGroups string = ''
+
+@description('Optional comma-separated userType values whose users are not synced (EXCLUDE_USER_TYPES), e.g. Guest; empty for none.')
+param excludeUserTypes string = ''
+
+@description('Optional comma-separated Python regular expressions (EXCLUDE_ADDRESS_PATTERNS), each matched against the whole address, case-insensitively; empty for none.')
+param excludeAddressPatterns string = ''
+
 @description('NCRONTAB schedule of the sync timer (SYNC_SCHEDULE). The default runs hourly.')
 param syncSchedule string = '0 0 * * * *'
 
@@ -261,6 +270,9 @@ module functionApp '../app/function-app.bicep' = {
     syncApiUrl: syncApiUrl
     syncDatasets: syncDatasets
     addressDomains: addressDomains
+    syncScopeGroups: syncScopeGroups
+    excludeUserTypes: excludeUserTypes
+    excludeAddressPatterns: excludeAddressPatterns
     stateContainerName: storage.outputs.stateContainerName
     syncSchedule: syncSchedule
     fullSyncIntervalHours: fullSyncIntervalHours
