@@ -6,6 +6,7 @@ setting and showing a valid value. Secret values are never part of an error."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -20,6 +21,8 @@ from .netutil import is_loopback_host, url_problem
 from .projection import DATASETS
 from .redact import register
 from .rules import NO_RULES, Rules, parse_rules
+
+log = logging.getLogger(__name__)
 
 GRAPH_AUTH_MODES = ("client_secret", "managed_identity", "none")
 DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
@@ -283,14 +286,18 @@ def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple
 def _rules(get: Callable[[str], str | None], exo_mode: str | None = None) -> Rules:
     """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``).
 
-    With ``EXO_MODE=only`` Graph is not read, so neither the groups of a scope nor a user's
-    ``userType`` exist: those two settings are refused, naming both settings."""
+    With ``EXO_MODE=only`` Graph is not read, so the directory has no group: every scope id
+    names no group of the directory, which fails the run before anything is sent, naming the
+    setting and the ids (docs/sync-rules.md). ``EXCLUDE_USER_TYPES`` then has no user to judge:
+    it is accepted and does nothing (a warning says so)."""
     rules = parse_rules(get("SYNC_SCOPE_GROUPS"), get("EXCLUDE_USER_TYPES"), get("EXCLUDE_ADDRESS_PATTERNS"))
     if (exo_mode or "").strip().lower() == "only":
-        for name, on in (("SYNC_SCOPE_GROUPS", rules.scope_groups is not None), ("EXCLUDE_USER_TYPES", bool(rules.exclude_user_types))):
-            if on:
-                raise SettingsError(name, "cannot apply with EXO_MODE=only: Graph is not read, so there are no Entra groups or user "
-                                    "types to judge (EXCLUDE_ADDRESS_PATTERNS does apply); unset it, or use EXO_MODE=augment", "unset")
+        if rules.scope_groups is not None:
+            ids = ", ".join(repr(g) for g in rules.scope_groups)
+            raise SettingsError("SYNC_SCOPE_GROUPS", f"{ids} names no group of the directory: with EXO_MODE=only Graph is not read, "
+                                "so there are no Entra groups to scope by; nothing was sent. Unset it, or use EXO_MODE=augment", "unset")
+        if rules.exclude_user_types:
+            log.warning("EXCLUDE_USER_TYPES has no effect with EXO_MODE=only: Graph is not read, so no user's userType is known")
     return rules
 
 

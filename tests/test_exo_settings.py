@@ -84,11 +84,19 @@ def test_only_with_sync_datasets_unset_syncs_addresses():
     assert load_settings({**GOOD, "EXO_MODE": "augment"}).datasets == ("addresses", "groups", "users")
 
 
-@pytest.mark.parametrize("name,value", [("SYNC_SCOPE_GROUPS", "20000000-0000-0000-0000-000000000001"), ("EXCLUDE_USER_TYPES", "Guest")])
-def test_only_refuses_the_rules_that_need_graph(name, value):
-    """EXO_MODE=only reads no Graph: no groups for a scope, no userType to exclude by."""
-    e = error({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", name: value})
-    assert e.setting == name and "EXO_MODE=only" in str(e)
+def test_only_with_a_scope_fails_naming_the_setting_and_the_id():
+    """EXO_MODE=only reads no Graph, so a scope id names no group of the directory: the run
+    fails before anything is sent, naming the setting and the id (docs/sync-rules.md)."""
+    gid = "20000000-0000-0000-0000-000000000001"
+    e = error({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", "SYNC_SCOPE_GROUPS": gid})
+    assert e.setting == "SYNC_SCOPE_GROUPS" and gid in str(e) and "EXO_MODE=only" in str(e)
+
+
+def test_only_accepts_the_user_type_and_pattern_rules(caplog):
+    """No user is read with EXO_MODE=only: EXCLUDE_USER_TYPES does nothing (and says so);
+    EXCLUDE_ADDRESS_PATTERNS applies to the Exchange candidates."""
+    s = load_settings({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", "EXCLUDE_USER_TYPES": "Guest"})
+    assert s.exo.mode == "only" and "EXCLUDE_USER_TYPES has no effect" in caplog.text
     patterns = load_settings({**GOOD, "EXO_MODE": "only", "EXCLUDE_ADDRESS_PATTERNS": "noreply@.*"})
     assert patterns.rules.exclude_address_patterns
 
