@@ -341,6 +341,9 @@ def test_second_update_sends_nothing(nasty_run):
     s = nasty_run["again"].summary
     assert nasty_run["again"].code == 0
     assert all(s["datasets"][d]["added"] == 0 and s["datasets"][d]["removed"] == 0 for d in s["datasets"])
+    # A delta round that changes nothing still reports the same exclusions as the full read.
+    assert {d: s["datasets"][d]["excluded"] for d in s["datasets"]} == \
+        {d: nasty_run["first"].summary["datasets"][d]["excluded"] for d in s["datasets"]}
 
 
 # --- scope and exclusions ----------------------------------------------------------------------
@@ -774,3 +777,108 @@ def test_exo_only_with_exclude_user_types_still_syncs_addresses(make):
         r = s.run()
         assert r.code == 0, r.stderr
         assert view(s.receiver)["addresses"] == EXO_KEPT
+
+
+# --- replace, refresh, rejections, test-update after churn ----------------------------------------
+
+def test_replace_and_refresh_converge_on_a_service_holding_strays(make):
+    # replace rebuilds each dataset to exactly what the directory implies; refresh rebuilds the
+    # state from the service's copy, so the next update removes what the service holds in excess.
+    s = make(nasty())
+    stray = {"addresses": [{"address": "stray@contoso.com"}],
+             "groups": [{"id": g(99), "name": "Stray", "parentIds": []}],
+             "users": [{"id": u(99), "address": "stray@contoso.com", "groupIds": [g(99)]}]}
+    for ds in ("groups", "users", "addresses"):
+        s.receiver.load(ds, stray[ds])
+    r = s.run("replace")
+    assert r.code == 0, r.stderr
+    same(s.receiver, reference(nasty(), PROVISIONED))
+    for ds in ("groups", "users", "addresses"):
+        s.receiver.load(ds, list(s.receiver.records(ds).values()) + stray[ds])
+    r = s.run("refresh")
+    assert r.code == 0, r.stderr
+    r = s.run()
+    assert r.code == 0, r.stderr
+    same(s.receiver, reference(nasty(), PROVISIONED))
+    assert r.summary["datasets"]["addresses"]["removed"] == 1 and r.summary["datasets"]["users"]["removed"] == 1
+    assert r.summary["datasets"]["groups"]["removed"] == 1
+
+
+def test_test_update_after_churn_counts_what_update_sends(make):
+    # For test-update, added and removed count what update would send (test-update reads in
+    # full, update reads a delta round: both must agree), and removed counts the keys deleted.
+    d = nasty()
+    s = make(d)
+    assert s.run().code == 0
+    s.graph.delete_user(DUP_B)                       # its primary passes to DUP_C (string order)
+    s.graph.upsert_user({"id": u(18), "proxyAddresses": []})   # drops smtp:shared-alias (a contact keeps it)
+    s.graph.remove_member(g(1), g(2))
+    s.graph.upsert_contact({"id": c(2), "proxyAddresses": ["smtp:c2-new@contoso.com"]})
+    dry = s.run("test-update")
+    r = s.run()
+    assert dry.code == 0 and r.code == 0, r.stderr
+    same(s.receiver, reference(s.graph.snapshot(), PROVISIONED))
+    for ds in ("addresses", "groups", "users"):
+        for k in ("added", "removed"):
+            assert dry.summary["datasets"][ds][k] == r.summary["datasets"][ds][k], (ds, k)
+    assert r.summary["datasets"]["addresses"]["removed"] == 1  # c2@contoso.com
+    assert r.summary["datasets"]["users"]["removed"] == 1      # DUP_B
+
+
+def test_rejected_counts_records_the_service_refused(make, tmp_path):
+    # rejected counts the records the service refused (here: another account's address).
+    d = {"users": [{"id": u(1), "mail": "taken@contoso.com", "proxyAddresses": ["smtp:free@contoso.com"]}], "groups": [], "contacts": []}
+    graph = GraphEmulator(d)
+    rc = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, other_account_addresses={"taken@contoso.com"})
+    try:
+        env = base_env(graph.start(), rc.start(), f"file:{tmp_path}/st")
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert r.summary["datasets"]["addresses"]["rejected"] == 1
+        assert {x["address"] for x in rc.records("addresses").values()} == {"free@contoso.com"}
+    finally:
+        graph.stop()
+        rc.stop()
+
+
+def test_later_round_slices_interleaved_with_member_flips(make):
+    # In a later round too: a group's slices interleave with other groups, members removed in
+    # one slice and added again in a later one are members, a later slice's displayName is the
+    # newer one; a group named by nothing is named by its id, one by an unprovisioned mail by it.
+    d = {"users": [{"id": u(n), "mail": f"u{n}@contoso.com", "proxyAddresses": []} for n in (1, 2, 3)],
+         "groups": [{"id": g(1), "displayName": "", "mail": "Weird@NotProvisioned.com", "proxyAddresses": [], "members": [u(1), u(2)]},
+                    {"id": g(2), "displayName": None, "mail": "", "proxyAddresses": [], "members": [g(1)]},
+                    {"id": g(3), "displayName": "Three", "mail": None, "proxyAddresses": [], "members": []}],
+         "contacts": []}
+    s = make(d)
+    assert s.run().code == 0
+    same(s.receiver, reference(d, PROVISIONED))
+    s.graph.remove_member(g(1), u(2))
+    s.graph.add_member(g(1), u(3))
+    s.graph.add_member(g(3), g(1))
+    s.graph.upsert_group({"id": g(1), "displayName": "One"})
+    s.graph.script_round("groups", [
+        [{"id": g(1), "displayName": "Zero", "members@delta": [_user_ref(u(1), removed=True), _user_ref(u(2), removed=True)]},
+         {"id": g(3), "displayName": "Three", "members@delta": [{"@odata.type": "#microsoft.graph.group", "id": g(1)}]}],
+        [{"id": g(1), "displayName": "One", "members@delta": [_user_ref(u(3)), _user_ref(u(1))]}],
+    ])
+    r = s.run()
+    assert r.code == 0, r.stderr
+    d["groups"][0].update(displayName="One", members=[u(1), u(3)])
+    d["groups"][2]["members"] = [g(1)]
+    same(s.receiver, reference(d, PROVISIONED))
+
+
+def test_exo_recipients_with_null_and_padded_values(make):
+    # Exchange candidates are PrimarySmtpAddress and each smtp: value, normalized and kept by the
+    # Graph rules; a null PrimarySmtpAddress or EmailAddresses contributes nothing and fails nothing.
+    recs = [{**recipient("n1", "DynamicDistributionGroup", "x"), "PrimarySmtpAddress": None, "EmailAddresses": ["SMTP:n1@contoso.com"]},
+            {**recipient("n2", "PublicFolder", "n2@contoso.com"), "EmailAddresses": None},
+            {**recipient("n3", "PublicFolder", "N3@Contoso.com"), "EmailAddresses": ["smtp:n3-alias@contoso.com", "SMTP:n3@contoso.com"]},
+            {**recipient("n4", "DynamicDistributionGroup", "ddg4@bücher.example"), "EmailAddresses": ["SMTP:DDG4@BÜCHER.example", "smtp:\tpad@contoso.com "]}]
+    with ExchangeEmulator(recs, tenant=TENANT) as exo:
+        s = make({"users": [], "groups": [], "contacts": []}, EXO_MODE="augment", GRAPH_TENANT_ID=TENANT, EXO_BASE_URL=exo.base_url)
+        r = s.run()
+        assert r.code == 0, r.stderr
+        assert view(s.receiver)["addresses"] == {"n1@contoso.com", "n2@contoso.com", "n3@contoso.com", "n3-alias@contoso.com",
+                                                 "ddg4@xn--bcher-kva.example", "pad@contoso.com"}
