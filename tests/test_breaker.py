@@ -561,7 +561,16 @@ def test_exo_augment_adds_addresses_only(make):
         ref = reference(nasty(), PROVISIONED)
         ref["addresses"] |= EXO_KEPT
         same(s.receiver, ref)
-        assert isinstance(r.summary["exoRequests"], int) and r.summary["exoRequests"] >= 1
+        assert isinstance(r.summary["exoRequests"], int) and r.summary["exoRequests"] == len(exo.posts()) >= 1
+        # The request as the contract spells it: path, Prefer, X-AnchorMailbox and the cmdlet body.
+        import json
+        first = exo.posts()[0]
+        headers = {k.lower(): v for k, v in first.headers.items()}
+        assert first.path.split("?")[0] == f"/adminapi/beta/{TENANT}/InvokeCommand"
+        assert headers["prefer"] == "odata.maxpagesize=1000"
+        assert headers["x-anchormailbox"] == f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{TENANT}"
+        assert json.loads(first.body) == {"CmdletInput": {"CmdletName": "Get-Recipient", "Parameters": {
+            "ResultSize": "Unlimited", "RecipientTypeDetails": ["DynamicDistributionGroup", "PublicFolder"]}}}
 
 
 def test_exo_only_with_addresses_makes_no_graph_request(make):
@@ -689,7 +698,8 @@ def test_rule_exclusions_name_their_setting(make):
         assert hits, (setting, value)
 
 
-def test_a_run_killed_mid_send_is_repaired_by_the_next(make):
+@pytest.mark.parametrize("kill_after_posts", [1, 2])
+def test_a_run_killed_mid_send_is_repaired_by_the_next(make, kill_after_posts):
     # Killed at any instant, with the directory changed afterwards (including undoing a change
     # the killed run had sent), the next update leaves the service equal to the directory.
     import signal
@@ -710,7 +720,7 @@ def test_a_run_killed_mid_send_is_repaired_by_the_next(make):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(x.method == "POST" for x in s.receiver.request_log[before:]):
+        if sum(x.method == "POST" for x in s.receiver.request_log[before:]) >= kill_after_posts:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.001)
@@ -722,6 +732,7 @@ def test_a_run_killed_mid_send_is_repaired_by_the_next(make):
     assert r.code == 0, r.stderr
     final = s.graph.snapshot()
     same(s.receiver, reference(final, PROVISIONED))
+    assert s.receiver.keys_reused_with_different_body() == []
 
 
 # --- scope edge cases ----------------------------------------------------------------------------
@@ -814,10 +825,30 @@ def test_test_update_after_churn_counts_what_update_sends(make):
     s.graph.upsert_user({"id": u(18), "proxyAddresses": []})   # drops smtp:shared-alias (a contact keeps it)
     s.graph.remove_member(g(1), g(2))
     s.graph.upsert_contact({"id": c(2), "proxyAddresses": ["smtp:c2-new@contoso.com"]})
+    s.graph.delete_group(g(5))
+    s.graph.upsert_user({"id": u(30), "mail": "new30@contoso.com", "proxyAddresses": []})
+    s.graph.upsert_group({"id": g(6), "displayName": "New", "mail": None, "proxyAddresses": [], "members": [u(30), u(7)]})
+    s.graph.add_member(g(1), g(6))
     dry = s.run("test-update")
+    before = len(s.receiver.request_log)
     r = s.run()
     assert dry.code == 0 and r.code == 0, r.stderr
     same(s.receiver, reference(s.graph.snapshot(), PROVISIONED))
+    # Request order (sync-api.md): group upserts, user upserts and deletes, address changes,
+    # group deletes; nothing rejected, no Idempotency-Key reused for another body.
+    steps = []
+    for x in s.receiver.request_log[before:]:
+        m = re.search(r"/datasets/(\w+)/changes$", x.path)
+        if x.method == "POST" and m and isinstance(x.body, dict):
+            ds = m.group(1)
+            rank = {"groups": 0, "users": 1, "addresses": 2}[ds]
+            if ds == "groups" and x.body.get("delete"):
+                assert not x.body.get("upsert"), "group deletes travel after the addresses, on their own"
+                rank = 3
+            steps.append(rank)
+    assert steps == sorted(steps) and 3 in steps, steps
+    assert all(r.summary["datasets"][ds]["rejected"] == 0 for ds in ("addresses", "groups", "users"))
+    assert s.receiver.keys_reused_with_different_body() == []
     for ds in ("addresses", "groups", "users"):
         for k in ("added", "removed"):
             assert dry.summary["datasets"][ds][k] == r.summary["datasets"][ds][k], (ds, k)
