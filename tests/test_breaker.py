@@ -472,32 +472,6 @@ def test_partial_objects_in_a_later_round_keep_what_they_do_not_carry(make):
     same(s.receiver, reference(d2, PROVISIONED))
 
 
-def test_duplicate_primary_passes_to_the_other_user_when_the_winner_leaves(make):
-    # The smaller id keeps a shared primary; once that user is deleted (a delta round that does
-    # not name the other user), the other user has the primary and gets its record.
-    d = {"users": [{"id": DUP_B, "mail": "dup@contoso.com", "proxyAddresses": []},
-                   {"id": DUP_A, "mail": "DUP@contoso.com", "proxyAddresses": []}], "groups": [], "contacts": []}
-    s = make(d)
-    assert s.run().code == 0
-    assert set(view(s.receiver)["users"]) == {DUP_B}
-    s.graph.delete_user(DUP_B)
-    r = s.run()
-    assert r.code == 0, r.stderr
-    same(s.receiver, reference({**d, "users": d["users"][1:]}, PROVISIONED))
-
-
-def test_address_held_by_two_objects_stays_when_one_leaves(make):
-    # addresses is the union over all objects: one holder leaving does not remove it.
-    d = {"users": [{"id": u(1), "mail": "a@contoso.com", "proxyAddresses": ["smtp:shared@contoso.com"]}],
-         "groups": [], "contacts": [{"id": c(1), "mail": None, "proxyAddresses": ["smtp:SHARED@contoso.com"]}]}
-    s = make(d)
-    assert s.run().code == 0
-    s.graph.delete_user(u(1))
-    r = s.run()
-    assert r.code == 0, r.stderr
-    assert view(s.receiver)["addresses"] == {"shared@contoso.com"}
-
-
 def test_scope_follows_nesting_changes_in_delta_rounds(make):
     # Scope covers groups nested at any depth and their members: nesting a group (with its own
     # nested group) into the scope group brings all their members in; removing it takes them out.
@@ -677,7 +651,6 @@ def test_setting_changes_between_runs_follow_the_new_rules(make):
         ({"SYNC_SCOPE_GROUPS": g(1)}, dict(scope={g(1)})),
         ({"SYNC_SCOPE_GROUPS": g(1), "EXCLUDE_ADDRESS_PATTERNS": r".*@fabrikam\.com"}, dict(scope={g(1)}, patterns=[r".*@fabrikam\.com"])),
         ({"EXCLUDE_USER_TYPES": "guest", "ADDRESS_DOMAINS": "contoso.com"}, dict(exclude_types={"guest"})),
-        ({}, {}),
     ]
     for env, rules in steps:
         r = s.run(**env)
@@ -913,3 +886,55 @@ def test_exo_recipients_with_null_and_padded_values(make):
         assert r.code == 0, r.stderr
         assert view(s.receiver)["addresses"] == {"n1@contoso.com", "n2@contoso.com", "n3@contoso.com", "n3-alias@contoso.com",
                                                  "ddg4@xn--bcher-kva.example", "pad@contoso.com"}
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: with EXO_MODE=only, SYNC_SCOPE_GROUPS fails with a message that names the "
+                   "setting but not the id; the contract says an id naming no group of the directory fails the run with "
+                   "a message that names the setting and the id")
+def test_exo_only_with_a_scope_names_the_id(make):
+    # An id that names no group of the directory (with EXO_MODE=only no Entra group is read)
+    # fails the run before anything is sent, with a message naming the setting and the id.
+    s = make(nasty(), EXO_MODE="only", GRAPH_TENANT_ID=TENANT, EXO_BASE_URL="http://127.0.0.1:9", SYNC_DATASETS="addresses",
+             SYNC_SCOPE_GROUPS=g(1))
+    r = s.run()
+    assert r.code != 0 and [x for x in s.receiver.request_log if x.method != "GET"] == []
+    last = r.stderr.strip().splitlines()[-1]
+    assert "SYNC_SCOPE_GROUPS" in last and g(1) in last, last
+
+
+# --- generated candidates: the address rules as a class ---------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LOCAL_CHARS = "abcXYZ09.!#$%&'*+-/=?^_`{|}~ \"(),:;<>@[]\\äß"
+_DOMAIN_FORMS = ["contoso.com", "CONTOSO.COM", "Fabrikam.Com", "bücher.example", "BÜCHER.EXAMPLE", "xn--bcher-kva.example",
+                 "contoso.com.", "sub.contoso.com", "contoso..com", "-contoso.com", "contoso.123", "elsewhere.org", ""]
+_candidate = st.builds(lambda pad, local, domain, pad2: f"{pad}{local}@{domain}{pad2}",
+                       st.sampled_from(["", " ", "\t"]),
+                       st.one_of(st.from_regex(r"[A-Za-z0-9+_'{}~-]{1,12}(\.[a-z0-9#$%&=?^`|/!*]{1,6}){0,2}", fullmatch=True),
+                                 st.integers(63, 66).map(lambda k: "q" * k), st.text(_LOCAL_CHARS, min_size=0, max_size=20)),
+                       st.sampled_from(_DOMAIN_FORMS), st.sampled_from(["", " ", "\n"]))
+_entry = st.tuples(st.sampled_from(["mail", "smtp:", "SMTP:", "Smtp:", "X500:", "sip:"]), _candidate)
+
+
+@settings(max_examples=2, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.lists(_entry, min_size=1, max_size=4), min_size=20, max_size=30))
+def test_generated_candidates_follow_the_address_rules(objects):
+    # Every generated candidate (any prefix case, padding, dot-atom edge, IDN form, length,
+    # unprovisioned or malformed domain) is kept exactly when the rules say so; users get the
+    # primary the rules give (kept mail, else kept SMTP:, smaller id on a shared one).
+    import tempfile
+
+    users = []
+    for n, entries in enumerate(objects):
+        mail = next((v for p, v in entries if p == "mail"), None)
+        users.append({"id": u(n), "mail": mail, "proxyAddresses": [p + v for p, v in entries if p != "mail"]})
+    d = {"users": users, "groups": [], "contacts": []}
+    s = Stack(d, Path(tempfile.mkdtemp()))
+    try:
+        r = s.run()
+        assert r.code == 0, r.stderr
+        same(s.receiver, reference(d, PROVISIONED))
+    finally:
+        s.close()
