@@ -4,8 +4,7 @@ Only the CLI (``python -m shared <action> --json``) and the loopback emulators a
 emulator (devstack/graph_emulator.py, with its scripted delta rounds), the Exchange Online emulator
 and the strict sync API receiver. Nothing here imports the engine (``shared``): what the service
 should hold is computed by the small reference projection below, written straight from the rules,
-so these tests survive any refactor of the engine. A test marked ``xfail(strict=True)`` is a
-discrepancy the product still has: its reason says what to fix.
+so these tests survive any refactor of the engine.
 """
 
 from __future__ import annotations
@@ -754,8 +753,6 @@ def test_duplicate_primary_when_the_smaller_id_is_left_out_by_a_setting(make):
     assert set(view(s.receiver)["users"]) == {DUP_A}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: EXO_MODE=only refuses a well-formed EXCLUDE_USER_TYPES as a settings "
-                   "error; the contract's only EXO_MODE=only settings error is SYNC_DATASETS other than addresses")
 def test_exo_only_with_exclude_user_types_still_syncs_addresses(make):
     # EXO_MODE=only: the only settings error the contract names is SYNC_DATASETS other than
     # `addresses`. EXCLUDE_USER_TYPES is well formed (a user type list), so it is no settings error.
@@ -892,9 +889,6 @@ def test_exo_recipients_with_null_and_padded_values(make):
                                                  "ddg4@xn--bcher-kva.example", "pad@contoso.com"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with EXO_MODE=only, SYNC_SCOPE_GROUPS fails with a message that names the "
-                   "setting but not the id; the contract says an id naming no group of the directory fails the run with "
-                   "a message that names the setting and the id")
 def test_exo_only_with_a_scope_names_the_id(make):
     # An id that names no group of the directory (with EXO_MODE=only no Entra group is read)
     # fails the run before anything is sent, with a message naming the setting and the id.
