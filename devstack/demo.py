@@ -71,12 +71,12 @@ def _print_summary(s: dict) -> None:
     from_exchange = [e for e in ((s.get("changes") or {}).get("addresses") or {}).get("addedFrom", []) if e["source"] == "Exchange Online"]
     for e in from_exchange[:4]:
         print(f"    addresses + {e['address']}  (Exchange Online {e['recipientType']} {e['objectId']})")
-    reasons: dict[str, int] = {}
+    reasons: dict[tuple[str, str], int] = {}  # (dataset, reason): each dataset's counts add up to its column above
     for e in s.get("exclusions") or []:
         reason = e["reason"].split(":")[0].split(" already")[0]
-        reasons[reason] = reasons.get(reason, 0) + 1
-    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:6]:
-        print(f"    excluded {n:>5} × {reason}")
+        reasons[(e["dataset"], reason)] = reasons.get((e["dataset"], reason), 0) + 1
+    for (dataset, reason), n in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"    excluded {n:>5} {dataset:<9} × {reason}")
     for name, h in (s.get("heldDeletions") or {}).items():
         print(f"    HELD {h['count']} {name} deletions (deletion guard), e.g. {', '.join(h['keys'][:3])}")
     print("  summary:", json.dumps({k: v for k, v in s.items() if k not in ("changes", "exclusions")})[:600])
