@@ -65,7 +65,7 @@ class Projection:
 
 
 def to_api_record(dataset: str, key: str, value: tuple) -> dict[str, Any]:
-    """The canonical record as the JSON object sync-api.md defines."""
+    """The canonical record as the JSON object docs/sync-api.md defines."""
     if dataset == "addresses":
         return {"address": key}
     if dataset == "groups":
@@ -172,7 +172,7 @@ def _usable_name(value: Any) -> bool:
 
 def group_name(gid: str, obj: dict[str, Any]) -> str:
     """A group record's ``name``: its displayName, where that is empty its mail, else its id
-    (sync-rules.md). A value that cannot be encoded at all (lone surrogates) counts as empty."""
+    (docs/sync-rules.md). A value that cannot be encoded at all (lone surrogates) counts as empty."""
     for value in (obj.get("displayName"), obj.get("mail")):
         if _usable_name(value):
             return value

@@ -1,4 +1,4 @@
-"""The one adapter that speaks the email-security directory sync API (sync-api.md).
+"""The one adapter that speaks the email-security directory sync API (docs/sync-api.md).
 
 Transport rules live here: https (or loopback http), gzip for large bodies, Idempotency-Key on
 every write, retries with Retry-After/backoff on 429, 5xx and connection faults, and a clear

@@ -1,7 +1,7 @@
 """The product's sync API client (shared/syncapi.py) against the strict local receiver.
 
 Every test talks real HTTP on loopback to devstack.sync_receiver.SyncReceiver, the project's
-independent reading of sync-api.md, and checks what the receiver saw (its request log and its
+independent reading of docs/sync-api.md, and checks what the receiver saw (its request log and its
 data) as well as what the client returned or raised. Backoff is tiny so the suite stays fast;
 only the two Retry-After tests wait a real second, to prove Retry-After is honoured.
 """
