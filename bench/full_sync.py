@@ -124,7 +124,7 @@ async def raw_read(graph_url: str) -> tuple[int, float]:
     from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
     sys.path.insert(0, str(ROOT))
-    from shared.graph import GraphSource
+    from shared.sources.graph import GraphSource
 
     source = GraphSource(graph_url, AnonymousAuthenticationProvider())
     sink = CountingSink()

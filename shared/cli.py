@@ -11,15 +11,15 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from . import __version__
+from .common.errors import SyncError
+from .common.redact import install_log_redaction, scrub
+from .common.shutdown import run_cancellable
+from .common.summary import RunSummary
+from .common.telemetry import configure_telemetry, flush_telemetry
+from .config.settings import load_settings, load_state_settings, progress_interval_seconds
 from .engine import ACTIONS, Options, run
-from .errors import SyncError
-from .history import format_status
 from .operations import status
-from .redact import install_log_redaction, scrub
-from .settings import load_settings, load_state_settings, progress_interval_seconds
-from .shutdown import run_cancellable
-from .summary import RunSummary
-from .telemetry import configure_telemetry, flush_telemetry
+from .storage.history import format_status
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -16,11 +16,7 @@ from typing import Any
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace import use_span as trace_use_span
 
-from .approval import Approver, cli_approver, held_count, held_digest
-from .credentials import exchange_token_credential, graph_auth_provider
-from .diff import Batch, DatasetDiff, diff_records, plan_update
-from .directory import Round, memory_cache
-from .errors import (
+from .common.errors import (
     CredentialExpiredError,
     DeletionsHeldError,
     DeltaExpiredError,
@@ -32,14 +28,21 @@ from .errors import (
     SyncApiProtocolError,
     SyncError,
 )
-from .exchange import ExchangeSource, token_getter_for
-from .graph import GraphSource, gather_or_cancel
-from .guard import Thresholds, judge_all
-from .history import ReportStore, open_reports
-from .lock import RunLock, default_holder, open_run_lock
+from .common.progress import Progress, ticking
+from .common.redact import scrub
+from .common.summary import RunSummary
+from .common.telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
+from .common.textsafe import safe_tree
+from .config.credentials import exchange_token_credential, graph_auth_provider
+from .config.settings import Settings
+from .config.vault import Secrets, load_secrets
+from .model.directory import Round, memory_cache
+from .model.records import DATASETS, MAX_ITEMS, Records, from_api_record, to_api_record
+from .model.rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .operations import approve_deletions
-from .progress import Progress, ticking
-from .projection import DATASETS, Records, from_api_record, to_api_record
+from .plan.approval import Approver, cli_approver, held_count, held_digest
+from .plan.diff import Batch, DatasetDiff, diff_records, plan_update
+from .plan.guard import Thresholds, judge_all
 from .reading import (
     CACHE_META,
     FINGERPRINT_META,
@@ -53,15 +56,12 @@ from .reading import (
     read_full,
     why_full,
 )
-from .redact import scrub
-from .rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
-from .settings import Settings
-from .state import StateDB, StateStore, open_store
-from .summary import RunSummary
-from .syncapi import MAX_ITEMS, Rejection, SyncApiClient, WriteResult
-from .telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
-from .textsafe import safe_tree
-from .vault import Secrets, load_secrets
+from .sources.exchange import ExchangeSource, token_getter_for
+from .sources.graph import GraphSource, gather_or_cancel
+from .storage.history import ReportStore, open_reports
+from .storage.lock import RunLock, default_holder, open_run_lock
+from .storage.state import StateDB, StateStore, open_store
+from .target.syncapi import Rejection, SyncApiClient, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ async def run(
     except SyncError as exc:
         summary.exception = exc
         summary.finish(False, scrub(str(exc)))
-    except asyncio.CancelledError as exc:  # SIGTERM (shared/shutdown.py): report, summary and lock release still happen
+    except asyncio.CancelledError as exc:  # SIGTERM (shared/common/shutdown.py): report, summary and lock release still happen
         summary.exception = RunCancelledError(f"the run was cancelled: {exc.args[0] if exc.args else 'cancelled'}; "
                                               "what the service confirmed is journaled and the next run goes on from there")
         summary.finish(False, str(summary.exception))
@@ -511,7 +511,7 @@ class _Run:
         self._guard(db, plan)
         self.held_error = None  # a preview reports held deletions; it does not fail for them
         stored = {d: keys for d, keys in (db.held() if db is not None else {}).items() if keys}
-        # what approve-deletions --expect compares against: the held set in the state (shared/approval.py)
+        # what approve-deletions --expect compares against: the held set in the state (shared/plan/approval.py)
         self.summary.extra["heldDigest"], self.summary.extra["heldCount"] = held_digest(stored), held_count(stored)
         preview: dict[str, Any] = {}
         for d in DATASETS:
@@ -781,7 +781,7 @@ def _rejection_key(dataset: str, key: Any) -> str:
 def _note_rejections(counts: Any, dataset: str, rejected: list[Rejection]) -> None:
     counts.rejected += len(rejected)
     for r in rejected:
-        entry = safe_tree(r.as_dict())  # the service's text, bounded and escaped (shared/textsafe.py)
+        entry = safe_tree(r.as_dict())  # the service's text, bounded and escaped (shared/common/textsafe.py)
         counts.rejections.append(entry)
         log.warning("sync API rejected %s record %s: %s %s", dataset, entry.get("key"), entry.get("code"), entry.get("message"))
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .approval import Approver, check_expected, held_count, held_digest, normalize_digest
-from .errors import SettingsError, StateError, SyncError
-from .guard import approve
-from .history import ReportStore, open_reports
-from .projection import DATASETS
-from .redact import scrub
-from .settings import Settings
-from .state import StateStore, open_store
-from .textsafe import safe_tree
+from .common.errors import SettingsError, StateError, SyncError
+from .common.redact import scrub
+from .common.textsafe import safe_tree
+from .config.settings import Settings
+from .model.records import DATASETS
+from .plan.approval import Approver, check_expected, held_count, held_digest, normalize_digest
+from .plan.guard import approve
+from .storage.history import ReportStore, open_reports
+from .storage.state import StateStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def approve_deletions(
     directory still implies. Deletions held later are not covered.
 
     ``expect`` is the digest of the held set the operator reviewed (``status`` and
-    ``test-update`` show it; ``shared/approval.py``): it is required whenever anything is held,
+    ``test-update`` show it; ``shared/plan/approval.py``): it is required whenever anything is held,
     and when the held set (of ``dataset``, or of all) differs, ``ApprovalMismatchError`` is
     raised and nothing is approved. ``approver`` is logged and returned with each dataset."""
     if dataset is not None and dataset not in DATASETS:
@@ -86,4 +86,4 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
         out["runs"] = (reports or open_reports(settings)).recent(limit)
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
-    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/textsafe.py)
+    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)

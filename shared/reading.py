@@ -1,7 +1,7 @@
 """The reading stage: which read a run needs (a full round or a delta round, and why), the
 read itself (Graph → a ``Round`` of entries in arrival order), and its merge into the
 directory cache. Full reads and delta rounds go through the same merge
-(``shared.directory.Round`` and ``Cache.apply_round``): a full read is a first delta round
+(``shared.model.directory.Round`` and ``Cache.apply_round``): a full read is a first delta round
 applied to an empty cache, and the full projection is computed from that cache by the same
 rules as a delta round's affected keys (docs/sync-rules.md, "Reading the directory").
 
@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .directory import Affected, Cache, Round
-from .graph import COLLECTIONS, GraphSource
+from .model.directory import Affected, Cache, Round
+from .sources.graph import COLLECTIONS, GraphSource
 
 LINKS_META = "deltaLinks"
 FINGERPRINT_META = "readFingerprint"
@@ -37,7 +37,7 @@ class Read:
     links: dict[str, str | None] = field(default_factory=dict)
     membership_read: str = "groups/delta"
     counted: dict[str, int] | None = None  # ``objects``, kept when the fold is dropped
-    # EXO_MODE on: Exchange Online's complete read (shared/exchange.py), merged with the round.
+    # EXO_MODE on: Exchange Online's complete read (shared/sources/exchange.py), merged with the round.
     recipients: list[dict[str, Any]] | None = None
 
     @property

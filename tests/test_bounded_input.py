@@ -25,12 +25,12 @@ from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
 from devstack.graph_emulator import GraphEmulator
 from shared import cli
-from shared.errors import IncompleteReadError, SettingsError
-from shared.graph import MAX_PAGE_BYTES, GraphSource
-from shared.history import MAX_REPORT_BYTES, FileReportStore, _document, format_status
-from shared.redact import forget_all, scrub
-from shared.settings import load_settings
-from shared.textsafe import MAX_TEXT, safe_text
+from shared.common.errors import IncompleteReadError, SettingsError
+from shared.common.redact import forget_all, scrub
+from shared.common.textsafe import MAX_TEXT, safe_text
+from shared.config.settings import load_settings
+from shared.sources.graph import MAX_PAGE_BYTES, GraphSource
+from shared.storage.history import MAX_REPORT_BYTES, FileReportStore, _document, format_status
 from tests.stack import DOMAINS, base_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
@@ -92,7 +92,7 @@ def page(origin: str, collection: str, values: list[dict[str, Any]]) -> bytes:
 
 
 class Sink:
-    """A round sink (``shared.graph.RoundSink``) that keeps every entry it is handed."""
+    """A round sink (``shared.sources.graph.RoundSink``) that keeps every entry it is handed."""
 
     def __init__(self) -> None:
         self.objects: list[dict[str, Any]] = []
@@ -310,7 +310,7 @@ def blob_service(azurite):
 def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_path, monkeypatch):
     import stat
 
-    from shared.state import BlobStateStore
+    from shared.storage.state import BlobStateStore
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     store = BlobStateStore(blob_service, "state-private", "azurite")
@@ -324,8 +324,8 @@ def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_pat
 
 @pytest.mark.parametrize("plant", ["world-writable", "other-owner", "symlink"])
 def test_a_planted_local_state_directory_is_refused(blob_service, tmp_path, monkeypatch, plant):
-    from shared.errors import StateError
-    from shared.state import BlobStateStore
+    from shared.common.errors import StateError
+    from shared.storage.state import BlobStateStore
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     store = BlobStateStore(blob_service, "state-planted", "azurite")
@@ -391,7 +391,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
 def test_a_json_document_keeps_backslashes_exact_and_still_escapes_control_characters():
     """JSON escapes backslashes itself: a reason quoting a regular expression stays exact in a
     summary or report, while a newline or ANSI escape is still made visible."""
-    from shared.textsafe import safe_tree
+    from shared.common.textsafe import safe_tree
 
     doc = safe_tree({"reason": r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'", "key": "a\nb\x1b[31m"})
     assert doc["reason"] == r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'"

@@ -27,7 +27,7 @@ import pytest
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from devstack.tenant import generate_tenant
-from shared.projection import project
+from shared.model.directory import project
 from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, run_cli, service_view
 
 SEEDS = [int(os.environ["CHAOS_SEED"])] if os.environ.get("CHAOS_SEED") else [5150, 17, 2026]

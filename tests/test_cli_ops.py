@@ -163,7 +163,7 @@ def test_a_progress_line_that_cannot_be_rendered_never_fails_the_run() -> None:
     (an AttributeError, as a changed stats shape once caused) skips that line, the run goes on."""
     import asyncio
 
-    from shared.progress import Progress
+    from shared.common.progress import Progress
 
     class Broken:
         @property

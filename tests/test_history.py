@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.approval import held_digest
-from shared.errors import StateError
-from shared.history import BlobReportStore, FileReportStore, bounded, format_status, open_reports
+from shared.common.errors import StateError
+from shared.plan.approval import held_digest
+from shared.storage.history import BlobReportStore, FileReportStore, bounded, format_status, open_reports
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 

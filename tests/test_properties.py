@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from devstack.receiver_addresses import address_problem
 from devstack.receiver_addresses import normalize_domain as receiver_domain
 from devstack.receiver_records import RecordValidator
-from shared.addresses import InvalidAddress, normalize_address
-from shared.directory import project_entries
-from shared.projection import project, to_api_record
+from shared.model.addresses import InvalidAddress, normalize_address
+from shared.model.directory import project, project_entries
+from shared.model.records import to_api_record
 
 PROVISIONED = frozenset(receiver_domain(d) for d in ("contoso.com", "fabrikam.com", "bücher.example"))
 VALIDATOR = RecordValidator(PROVISIONED, ())

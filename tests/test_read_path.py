@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
+from shared.config.settings import load_settings
 from shared.engine import Options, run
-from shared.projection import project, to_api_record
-from shared.settings import load_settings
+from shared.model.directory import project
+from shared.model.records import to_api_record
 from tests.stack import CREDENTIAL, DOMAINS, base_env, service_view
 
 USER = "#microsoft.graph.user"

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import (
+from ..common.errors import (
     PayloadTooLargeError,
     SyncApiAuthError,
     SyncApiError,
@@ -30,12 +30,11 @@ from .errors import (
     SyncApiRequestError,
     SyncApiUnavailableError,
 )
-from .netutil import jittered_backoff, parse_retry_after, url_problem
-from .redact import Secret, scrub
+from ..common.netutil import jittered_backoff, parse_retry_after, url_problem
+from ..common.redact import Secret, scrub
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.syncapi")  # the name its log lines have always carried
 
-MAX_ITEMS = 1000
 GZIP_ABOVE_BYTES = 16 * 1024
 MAX_RETRY_AFTER_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 30.0

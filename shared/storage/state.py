@@ -37,14 +37,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from .directory import SCHEMA as CACHE_SCHEMA
-from .directory import Cache
-from .errors import StateConflictError, StateError
-from .localdir import default_base, private_dir
-from .projection import DATASETS, Records
-from .rules import NO_RULES, Rules
+from ..common.errors import StateConflictError, StateError
+from ..common.localdir import default_base, private_dir
+from ..model.directory import SCHEMA as CACHE_SCHEMA
+from ..model.directory import Cache
+from ..model.records import DATASETS, Records
+from ..model.rules import NO_RULES, Rules
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.state")  # the name its log lines have always carried
 
 FORMAT = "entra-dirsync-state"
 VERSION = 2
@@ -607,7 +607,7 @@ class BlobStateStore:
         self.container = service_client.get_container_client(container)
         self.where = f"blob:{container} ({account_hint})"
         tag = hashlib.sha256(f"{account_hint}/{container}".encode()).hexdigest()[:16]
-        # a per-user 0700 directory, checked for owner and mode on every open (shared/localdir.py)
+        # a per-user 0700 directory, checked for owner and mode on every open (shared/common/localdir.py)
         self._local_base = None if local_dir else default_base()
         self.local = Path(local_dir or self._local_base) / f"dirsync-state-{tag}"
         self._etag: str | None = None

@@ -28,10 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from .errors import StateError
-from .state import azure_reason
+from ..common.errors import StateError
+from .state import azure_reason, blob_service
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.lock")  # the name its log lines have always carried
 
 LOCK_NAME = "run.lock"
 MIN_LEASE_SECONDS = 15  # Azure's bounds for a finite blob lease
@@ -471,7 +471,5 @@ def open_run_lock(settings: Any, holder: str) -> RunLock:
     if loc.kind == "file":
         return FileRunLock(loc.where, holder)
     if loc.kind == "blob":
-        from .state import blob_service
-
         return BlobRunLock(blob_service(settings)[0].get_container_client(loc.where), holder)
     raise ValueError(f"unknown state kind {loc.kind!r}")

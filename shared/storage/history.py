@@ -23,14 +23,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .approval import held_digest
-from .errors import StateError
-from .projection import DATASETS
-from .rules import rule_exclusion_lines
-from .state import azure_reason
-from .textsafe import safe_text, safe_tree
+from ..common.errors import StateError
+from ..common.textsafe import safe_text, safe_tree
+from ..model.records import DATASETS
+from ..model.rules import rule_exclusion_lines
+from ..plan.approval import held_digest
+from .state import azure_reason, blob_service
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.history")  # the name its log lines have always carried
 
 RUNS_PREFIX = "runs/"
 MAX_LIST_ENTRIES = 1000
@@ -130,7 +130,7 @@ def _stamp_of(name: str) -> dt.datetime | None:
 
 def _document(report: dict[str, Any], now: dt.datetime, max_bytes: int | None = None) -> tuple[dict[str, Any], bytes]:
     """The report as stored: lists bounded, every string escaped and truncated
-    (``shared/textsafe.py``), and at most ``max_bytes`` (``MAX_REPORT_BYTES``) in all: past
+    (``shared/common/textsafe.py``), and at most ``max_bytes`` (``MAX_REPORT_BYTES``) in all: past
     that, the record lists (preview, exclusions, rejections) are left out, largest first, and
     ``reportTruncated`` names what was left out; past that again, only the scalar fields stay."""
     max_bytes = MAX_REPORT_BYTES if max_bytes is None else max_bytes
@@ -391,8 +391,6 @@ def open_reports(settings: Any, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_
     loc = settings.state
     if loc.kind == "file":
         return FileReportStore(loc.where, max_age_days, max_count)
-    from .state import blob_service
-
     service, hint = blob_service(settings)
     return BlobReportStore(service.get_container_client(loc.where), f"blob:{loc.where}/{RUNS_PREFIX} ({hint})", max_age_days, max_count)
 
@@ -406,12 +404,12 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
     could not be consulted), the newest report that recorded ``heldDeletions`` is shown
     instead, labelled as such. Reports are read defensively: an old or odd report renders
     as dashes, never as an exception. Every text is escaped and truncated
-    (``shared/textsafe.py``): a report or a key may carry control characters from outside."""
+    (``shared/common/textsafe.py``): a report or a key may carry control characters from outside."""
     digests = {d: held_digest({d: v}) for d, v in held.items() if v} if held is not None else {}
     overall = held_digest(held) if held is not None else None
     held = safe_tree(held) if held is not None else None
     lines = _runs_table(reports)
-    lines.extend(rule_exclusion_lines(reports))  # scope and exclusions (shared/rules.py)
+    lines.extend(rule_exclusion_lines(reports))  # scope and exclusions (shared/model/rules.py)
     lines.append("")
     source = "held deletions"
     counts: dict[str, int]

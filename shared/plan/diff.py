@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .projection import Records
-
-MAX_ITEMS = 1000
+from ..model.records import MAX_ITEMS, Records
 
 
 @dataclass

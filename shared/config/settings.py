@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .addresses import InvalidAddress, check_domain, normalize_domain
-from .errors import SettingsError
-from .netutil import is_loopback_host, url_problem
-from .projection import DATASETS
-from .redact import register
-from .rules import NO_RULES, Rules, parse_rules
+from ..common.errors import SettingsError
+from ..common.netutil import is_loopback_host, url_problem
+from ..common.redact import register
+from ..model.addresses import InvalidAddress, check_domain, normalize_domain
+from ..model.records import DATASETS
+from ..model.rules import NO_RULES, Rules, parse_rules
 
 GRAPH_AUTH_MODES = ("client_secret", "managed_identity", "none")
 DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
@@ -281,7 +281,7 @@ def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple
 
 
 def _rules(get: Callable[[str], str | None], exo_mode: str | None = None) -> Rules:
-    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``).
+    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/model/rules.py``).
 
     With ``EXO_MODE=only`` Graph is not read, so neither the groups of a scope nor a user's
     ``userType`` exist: those two settings are refused, naming both settings."""
@@ -365,7 +365,7 @@ def _valid_schedule(value: str) -> bool:
 
 def _check_storage_secrets(conn: str | None, uris: Mapping[str, str | None]) -> None:
     """A connection string's AccountKey / SharedAccessSignature values are secrets: register
-    them for scrubbing (``shared/redact.py``). A storage URI must not carry a query string (a
+    them for scrubbing (``shared/common/redact.py``). A storage URI must not carry a query string (a
     SAS token would be echoed into status, errors, logs and reports): refused, naming the
     setting, never the value."""
     for part in (conn or "").split(";"):
