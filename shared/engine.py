@@ -58,9 +58,10 @@ from .reading import (
 )
 from .sources.exchange import ExchangeSource, token_getter_for
 from .sources.graph import GraphSource, gather_or_cancel
-from .storage.history import ReportStore, open_reports
-from .storage.lock import RunLock, default_holder, open_run_lock
-from .storage.state import StateDB, StateStore, open_store
+from .storage.backend import open_storage
+from .storage.history import ReportStore
+from .storage.lock import RunLock, default_holder
+from .storage.state import StateDB, StateStore
 from .target.syncapi import Rejection, SyncApiClient, WriteResult
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,14 @@ async def run(
     taken: RunLock | None = None
     report = action != "test-update"  # a dry run over no state leaves nothing behind
     root = tracer.start_span(f"sync {action}")
+    storage = open_storage(settings)  # the store, the lock and the reports over one client
     try:
+        reports = reports or storage.reports()
         if action in LOCKED_ACTIONS:
-            candidate = lock or open_run_lock(settings, default_holder(action))
+            candidate = lock or storage.lock(default_holder(action))
             candidate.acquire()
             taken = candidate
-        store = _LockedStore(store or open_store(settings), taken)
+        store = _LockedStore(store or storage.store(), taken)
         if action == "approve-deletions":
             who = approver or cli_approver()
             summary.extra["approver"] = who.as_dict()
@@ -159,13 +162,13 @@ async def run(
         root.set_status(StatusCode.ERROR)
     root.end()
     if report:
-        _write_report(settings, summary, reports)
+        _write_report(summary, reports or storage.reports())
     return summary
 
 
-def _write_report(settings: Settings, summary: RunSummary, reports: ReportStore | None) -> None:
+def _write_report(summary: RunSummary, reports: ReportStore) -> None:
     try:
-        (reports or open_reports(settings)).write(summary.as_dict())
+        reports.write(summary.as_dict())
     except SyncError as exc:
         log.warning("could not write the run report: %s", scrub(str(exc)))
     except Exception as exc:  # noqa: BLE001 - a report must never fail a run that worked
@@ -585,7 +588,7 @@ class _Run:
             return None
         signals: list[str] = []
         try:
-            if (self.reports or open_reports(self.settings)).recent(1):
+            if self.reports is not None and self.reports.recent(1):
                 signals.append("run reports exist")
         except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
             log.warning("could not look for earlier run reports (%s)", type(exc).__name__)

@@ -13,8 +13,9 @@ from .config.settings import Settings
 from .model.records import DATASETS
 from .plan.approval import Approver, check_expected, held_count, held_digest, normalize_digest
 from .plan.guard import approve
-from .storage.history import ReportStore, open_reports
-from .storage.state import StateStore, open_store
+from .storage.backend import open_storage
+from .storage.history import ReportStore
+from .storage.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def approve_deletions(
 async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
     """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``.
     Reads a snapshot: it never waits for, or blocks, a running update."""
-    store = store or open_store(settings)
+    storage = open_storage(settings)  # the store and the reports over one client
+    store = store or storage.store()
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
     db = store.open(readonly=True)
     if db is not None:
@@ -83,7 +85,7 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
         finally:
             db.close()
     try:
-        out["runs"] = (reports or open_reports(settings)).recent(limit)
+        out["runs"] = (reports or storage.reports()).recent(limit)
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
     return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)

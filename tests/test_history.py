@@ -14,7 +14,8 @@ import pytest
 
 from shared.common.errors import StateError
 from shared.plan.approval import held_digest
-from shared.storage.history import BlobReportStore, FileReportStore, bounded, format_status, open_reports
+from shared.storage.backend import open_reports
+from shared.storage.history import BlobReportStore, FileReportStore, bounded, format_status
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 

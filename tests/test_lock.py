@@ -17,13 +17,13 @@ import pytest
 
 from devstack.azurite import DEV_KEY
 from shared.common.errors import StateError, SyncError
+from shared.storage.backend import open_run_lock
 from shared.storage.lock import (
     LOCK_NAME,
     BlobRunLock,
     FileRunLock,
     RunLockedError,
     default_holder,
-    open_run_lock,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

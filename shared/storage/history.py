@@ -28,7 +28,7 @@ from ..common.textsafe import safe_text, safe_tree
 from ..model.records import DATASETS
 from ..model.rules import rule_exclusion_lines
 from ..plan.approval import held_digest
-from .state import azure_reason, blob_service
+from .blob import azure_reason, ensure_container
 
 log = logging.getLogger("shared.history")  # the name its log lines have always carried
 
@@ -323,17 +323,14 @@ class BlobReportStore:
 
     def write(self, report: dict[str, Any], now: dt.datetime | None = None) -> str:
         """Write one report and prune old ones; returns the blob name (``runs/...``)."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.core.exceptions import AzureError
         from azure.storage.blob import ContentSettings
 
         now = _utc(now)
         name = _report_name(report.get("action"), now)
         _, data = _document(report, now)
         try:
-            try:
-                self.container.create_container()
-            except ResourceExistsError:
-                pass
+            ensure_container(self.container)
             # overwrite=False: a name collision must fail, not replace another run's report.
             self.container.get_blob_client(name).upload_blob(
                 data, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
@@ -384,15 +381,6 @@ class BlobReportStore:
             except AzureError as exc:
                 raise StateError(f"cannot delete the old run report {name} at {self.where}: {azure_reason(exc)}") from None
         return deleted
-
-
-def open_reports(settings: Any, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_count: int = DEFAULT_MAX_COUNT) -> ReportStore:
-    """The report store next to the state named by SYNC_STATE."""
-    loc = settings.state
-    if loc.kind == "file":
-        return FileReportStore(loc.where, max_age_days, max_count)
-    service, hint = blob_service(settings)
-    return BlobReportStore(service.get_container_client(loc.where), f"blob:{loc.where}/{RUNS_PREFIX} ({hint})", max_age_days, max_count)
 
 
 # --- status text ------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from ..model.directory import SCHEMA as CACHE_SCHEMA
 from ..model.directory import Cache
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
+from .blob import azure_reason, ensure_container, if_not_modified
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
 
@@ -613,14 +614,6 @@ class BlobStateStore:
         self._etag: str | None = None
         self._journal_ready = False
 
-    def _ensure_container(self) -> None:
-        from azure.core.exceptions import ResourceExistsError
-
-        try:
-            self.container.create_container()
-        except ResourceExistsError:
-            pass
-
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
         if rebuild:
             try:
@@ -638,7 +631,7 @@ class BlobStateStore:
         private_dir(self.local, self._local_base)
         path, stamp = self.local / DB_NAME, self.local / "etag"
         try:
-            self._ensure_container()
+            ensure_container(self.container)
             blob = self.container.get_blob_client(DB_NAME)
             try:
                 props = blob.get_blob_properties()
@@ -654,7 +647,7 @@ class BlobStateStore:
                 work = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
                 if self._etag is not None:
                     with open(work, "wb") as fh:
-                        blob.download_blob(etag=self._etag, match_condition=_if_not_modified()).readinto(fh)
+                        blob.download_blob(etag=self._etag, match_condition=if_not_modified()).readinto(fh)
                 journal = self._download(JOURNAL_NAME) or b""
             elif self._etag is None:
                 v1 = self._download(V1_NAME)
@@ -664,7 +657,7 @@ class BlobStateStore:
                 stamp.unlink(missing_ok=True)
                 tmp = self.local / f".{DB_NAME}.{uuid.uuid4().hex}.tmp"
                 with open(tmp, "wb") as fh:
-                    downloader = blob.download_blob(etag=self._etag, match_condition=_if_not_modified())
+                    downloader = blob.download_blob(etag=self._etag, match_condition=if_not_modified())
                     downloader.readinto(fh)
                 os.replace(tmp, path)
                 stamp.write_text(self._etag)
@@ -712,7 +705,7 @@ class BlobStateStore:
                 if self._etag is None:
                     result = blob.upload_blob(fh, overwrite=True, if_none_match="*", max_concurrency=4)
                 else:
-                    result = blob.upload_blob(fh, overwrite=True, etag=self._etag, match_condition=_if_not_modified(), max_concurrency=4)
+                    result = blob.upload_blob(fh, overwrite=True, etag=self._etag, match_condition=if_not_modified(), max_concurrency=4)
             self._etag = result.get("etag")
             (self.local / "etag").write_text(str(self._etag))
         except (ResourceModifiedError, ResourceExistsError):
@@ -747,40 +740,3 @@ class BlobStateStore:
                 blob.append_block(line[start : start + 4 * 1024 * 1024])
         except AzureError as exc:
             raise StateError(f"cannot append to the journal at {self.where}: {azure_reason(exc)}") from None
-
-
-def _if_not_modified() -> Any:
-    from azure.core import MatchConditions
-
-    return MatchConditions.IfNotModified
-
-
-def azure_reason(exc: Exception) -> str:
-    """An Azure SDK error as its type and code only: its message can echo request details."""
-    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
-
-
-def blob_service(settings: Any) -> tuple[Any, str]:
-    """The blob service client of ``AzureWebJobsStorage`` (connection string or identity)."""
-    from azure.storage.blob import BlobServiceClient
-
-    if settings.storage_connection_string:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
-        return service, service.account_name or "connection string"
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-    if settings.storage_client_id:
-        credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
-    else:
-        credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
-    return BlobServiceClient(settings.storage_blob_uri, credential=credential), settings.storage_blob_uri
-
-
-def open_store(settings: Any) -> StateStore:
-    """The store named by SYNC_STATE."""
-    loc = settings.state
-    if loc.kind == "file":
-        return FileStateStore(loc.where)
-    service, hint = blob_service(settings)
-    return BlobStateStore(service, loc.where, hint)
