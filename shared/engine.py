@@ -61,7 +61,8 @@ from .sources.graph import GraphSource, gather_or_cancel
 from .storage.backend import open_storage
 from .storage.history import ReportStore
 from .storage.lock import RunLock, default_holder
-from .storage.state import StateDB, StateStore
+from .storage.state import StateDB
+from .storage.stores import StateStore
 from .target.syncapi import Rejection, SyncApiClient, WriteResult
 
 log = logging.getLogger(__name__)

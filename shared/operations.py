@@ -15,7 +15,7 @@ from .plan.approval import Approver, check_expected, held_count, held_digest, no
 from .plan.guard import approve
 from .storage.backend import open_storage
 from .storage.history import ReportStore
-from .storage.state import StateStore
+from .storage.stores import StateStore
 
 log = logging.getLogger(__name__)
 

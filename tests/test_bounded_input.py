@@ -310,7 +310,7 @@ def blob_service(azurite):
 def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_path, monkeypatch):
     import stat
 
-    from shared.storage.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     store = BlobStateStore(blob_service, "state-private", "azurite")
@@ -325,7 +325,7 @@ def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_pat
 @pytest.mark.parametrize("plant", ["world-writable", "other-owner", "symlink"])
 def test_a_planted_local_state_directory_is_refused(blob_service, tmp_path, monkeypatch, plant):
     from shared.common.errors import StateError
-    from shared.storage.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     store = BlobStateStore(blob_service, "state-planted", "azurite")

@@ -100,6 +100,7 @@ COMMIT_INSTANTS = ("before the database commit", "between commit and publish", "
 COMMIT_CHILD = """
 import os, signal, sys
 import shared.storage.state as state
+import shared.storage.stores as stores
 instant = sys.argv[1]
 
 def die():
@@ -110,7 +111,7 @@ if instant == "before the database commit":
         die()
     state.StateDB.commit = patched
 else:
-    for cls in (state.FileStateStore, state.BlobStateStore):
+    for cls in (stores.FileStateStore, stores.BlobStateStore):
         def wrap(publish):
             def patched(self, db):
                 if instant == "between commit and publish":

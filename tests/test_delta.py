@@ -21,7 +21,7 @@ from devstack.tenant import generate_tenant
 from shared.config.settings import load_settings
 from shared.engine import Options, run
 from shared.model.directory import project
-from shared.storage.state import FileStateStore
+from shared.storage.stores import FileStateStore
 from tests.stack import CREDENTIAL, DOMAINS, G, U, base_env, nasty_directory, service_view
 
 

@@ -9,7 +9,8 @@ import sqlite3
 import pytest
 
 from shared.common.errors import StateConflictError, StateError
-from shared.storage.state import DB_NAME, FileStateStore
+from shared.storage.state import DB_NAME
+from shared.storage.stores import FileStateStore
 
 SAMPLE = {
     "addresses": {"a@x.com": (), "b@x.com": ()},
@@ -57,7 +58,7 @@ def test_file_store_roundtrip(tmp_path):
 def test_blob_store_roundtrip(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.storage.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
     roundtrip(BlobStateStore(svc, "state-roundtrip", "azurite", local_dir=tmp_path / "local"))
@@ -66,7 +67,7 @@ def test_blob_store_roundtrip(azurite, tmp_path):
 def test_blob_store_refuses_to_overwrite_a_state_written_by_someone_else(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.storage.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
     a = BlobStateStore(svc, "state-conflict", "azurite", local_dir=tmp_path / "a")
@@ -89,7 +90,7 @@ def test_blob_store_refuses_to_overwrite_a_state_written_by_someone_else(azurite
 def test_blob_local_copy_is_reused_only_while_the_etag_matches(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.storage.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
     a = BlobStateStore(svc, "state-etag", "azurite", local_dir=tmp_path / "a")

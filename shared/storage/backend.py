@@ -21,7 +21,7 @@ from .history import (
     ReportStore,
 )
 from .lock import BlobRunLock, FileRunLock, RunLock
-from .state import BlobStateStore, FileStateStore, StateStore
+from .stores import BlobStateStore, FileStateStore, StateStore
 
 
 class Storage:

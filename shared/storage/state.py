@@ -14,36 +14,28 @@ Journal entries name the generation and sequence they extend, so a stale or torn
 ignored rather than applied twice, and the position (lineage:generation:sequence) is part of
 every Idempotency-Key.
 
-Backends: ``file:<directory>`` (the database lives there) and ``blob:<container>`` (the
-database is a block blob, downloaded to a local file, committed there, then uploaded with
-a condition on the ETag it was read at). A state written by the previous release
-(``state.json.gz``) is converted on first open; its directory cache is empty, so that run
-reads the directory in full."""
+Backends (``file:`` and ``blob:``) are in ``shared/storage/stores.py``; a state written by
+the previous release (``state.json.gz``) is converted on first open by
+``shared/storage/legacy.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gzip
-import hashlib
 import json
 import logging
-import os
 import shutil
 import sqlite3
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from ..common.errors import StateConflictError, StateError
-from ..common.localdir import default_base, private_dir
+from ..common.errors import StateError
 from ..model.directory import SCHEMA as CACHE_SCHEMA
 from ..model.directory import Cache
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
-from .blob import azure_reason, ensure_container, if_not_modified
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
 
@@ -355,60 +347,7 @@ class StateDB:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
-# --- the previous release's format (read once, to convert) ----------------------------------------
-def _load_v1(data: bytes, journal: bytes, where: str) -> tuple[str, int, dict[str, Records]]:
-    try:
-        doc = json.loads(gzip.decompress(data))
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
-            raise ValueError("not a version 1 state")
-        lineage, generation = str(doc["lineage"]), int(doc["generation"])
-        datasets: dict[str, Records] = {}
-        for name, recs in doc["datasets"].items():
-            if name not in DATASETS:
-                raise ValueError(name)
-            if name == "addresses":
-                datasets[name] = dict.fromkeys(recs, ())
-            else:
-                datasets[name] = {}
-                for k, v in recs.items():
-                    first, ids = v
-                    if not isinstance(first, str) or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                        raise ValueError("bad record")
-                    datasets[name][str(k)] = (first, tuple(ids))
-    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        raise StateError(f"the previous release's state at {where} is unreadable; run 'refresh' to rebuild it from the service") from None
-    seq = 0
-    for entry in _parse_journal(journal)[0]:
-        if entry.get("lineage") == lineage and entry.get("generation") == generation and entry.get("seq") == seq + 1:
-            try:
-                d = entry["dataset"]
-                recs = datasets.setdefault(d, {})
-                for k in entry["delete"]:
-                    recs.pop(k, None)
-                for k, v in entry["upsert"].items():
-                    recs[k] = () if d == "addresses" else (v[0], tuple(v[1]))
-            except (KeyError, TypeError, IndexError):
-                break
-            seq += 1
-    return lineage, generation, datasets
-
-
-def _convert_v1(db: StateDB, lineage: str, generation: int, datasets: dict[str, Records]) -> None:
-    db.lineage, db.generation = lineage, generation
-    db.set_meta("lineage", lineage)
-    for name, recs in datasets.items():
-        db.replace_records(name, recs)
-    db.set_meta("convertedFrom", "state.json.gz version 1")
-    db.commit()
-    log.warning(
-        "state %s: converted the previous release's state (state.json.gz, version 1) to version %d; "
-        "it has no directory cache, so this run reads the directory in full",
-        db.where,
-        VERSION,
-    )
-
-
-def _parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
+def parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
     """The entries, and whether the journal ends in a torn write."""
     entries = []
     for line in data.splitlines():
@@ -423,7 +362,7 @@ def _parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
     return entries, False
 
 
-def _snapshot(source: Path, target: Path, where: str) -> None:
+def snapshot(source: Path, target: Path, where: str) -> None:
     try:
         # Not mode=ro: a read-only connection to a WAL database leaves its -wal/-shm files
         # behind; this one, if it is the last to close, removes them. It only reads.
@@ -444,7 +383,7 @@ def _snapshot(source: Path, target: Path, where: str) -> None:
         raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
 
 
-def _good_prefix(data: bytes) -> int:
+def good_prefix(data: bytes) -> int:
     """Length of the journal up to the end of its last complete, parsable line."""
     end = 0
     for line in data.splitlines(keepends=True):
@@ -458,12 +397,12 @@ def _good_prefix(data: bytes) -> int:
     return end
 
 
-def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
+def replay_journal(db: StateDB, data: bytes) -> tuple[int, bool]:
     """Apply the journal in the open transaction. The position stays where the interrupted
     run left it, so a batch whose answer was lost is sent again under the same key. The keys
     of a batch that was sent but never confirmed are marked unknown (the service may or may
     not have applied it), in journal order, so a later confirmation overrides the mark."""
-    entries, torn = _parse_journal(data)
+    entries, torn = parse_journal(data)
     ours = [e for e in entries if e.get("lineage") == db.lineage and e.get("generation") == db.generation]
     confirmed = {(e.get("run"), e.get("seq")) for e in ours if "intent" not in e}
     applied = unknown = 0
@@ -485,258 +424,3 @@ def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
         log.warning("state %s: %d record(s) of a batch sent without a recorded answer are marked unknown; this run sends them again",
                     db.where, unknown)
     return applied + (1 if unknown else 0), torn
-
-
-class StateStore(Protocol):
-    where: str
-
-    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None: ...
-    def append_journal(self, entry: dict[str, Any]) -> Any: ...
-    def retract_journal(self, token: Any) -> None: ...
-    def publish(self, db: StateDB) -> None: ...
-
-
-# --- file: ----------------------------------------------------------------------------------
-class FileStateStore:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        self.where = f"file:{self.dir}"
-        self.path = self.dir / DB_NAME
-        self.journal = self.dir / JOURNAL_NAME
-
-    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
-        """The state, with the journal of an interrupted run folded in; ``None`` when there is
-        none and ``readonly`` (a dry run creates nothing). ``rebuild`` (refresh) sets an
-        unreadable state aside instead of failing."""
-        if rebuild:
-            try:
-                return self.open()
-            except StateError as exc:
-                aside = self.dir / f"{DB_NAME}.unreadable-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
-                log.warning("refresh: the state is unusable (%s); keeping it as %s and starting a new one", exc, aside.name)
-                for name in (DB_NAME, V1_NAME, JOURNAL_NAME):
-                    if (self.dir / name).exists():
-                        (self.dir / name).rename(aside if name == DB_NAME else self.dir / f"{name}.unreadable")
-                return self.open()
-        v1 = self.dir / V1_NAME
-        exists = self.path.exists()
-        if not exists and readonly and not v1.exists():
-            return None
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"cannot create the state directory {self.where}: {exc.strerror}") from None
-        if readonly:
-            # A dry run works on a snapshot, so it never holds a lock a running update needs.
-            tmp = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
-            if exists:
-                _snapshot(self.path, tmp, self.where)
-            db = StateDB(tmp, self.where, durable=False, discard=True)
-            if not exists:
-                _convert_v1(db, *_load_v1(v1.read_bytes(), self._journal_bytes(), self.where))
-            _replay(db, self._journal_bytes())
-            return db
-        old = _load_v1(v1.read_bytes(), self._journal_bytes(), self.where) if not exists and v1.exists() else None
-        db = StateDB(self.path, self.where)
-        if old is not None:
-            _convert_v1(db, *old)
-            self.journal.unlink(missing_ok=True)
-            v1.rename(self.dir / (V1_NAME + ".converted"))
-        data = self._journal_bytes()
-        applied, torn = _replay(db, data)  # in the open transaction, committed at the run's end
-        if torn:
-            # Appending after a torn line would hide every later entry: cut it off first.
-            good = _good_prefix(data)
-            try:
-                os.truncate(self.journal, good)
-            except OSError as exc:
-                raise StateError(f"cannot repair the journal at {self.where}: {exc.strerror}") from None
-        elif not applied and self.journal.exists():
-            self._clear_journal()  # only stale entries
-        return db
-
-    def _journal_bytes(self) -> bytes:
-        try:
-            return self.journal.read_bytes()
-        except FileNotFoundError:
-            return b""
-        except OSError as exc:
-            raise StateError(f"cannot read the journal at {self.where}: {exc.strerror}") from None
-
-    def publish(self, db: StateDB) -> None:
-        """After ``db.commit()``: the database is the durable copy, so the journal is stale."""
-        self._clear_journal()
-
-    def _clear_journal(self) -> None:
-        try:
-            self.journal.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, exc.strerror)
-
-    def append_journal(self, entry: dict[str, Any]) -> Any:
-        """Returns a token for ``retract_journal`` (the journal's length before)."""
-        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
-        try:
-            with open(self.journal, "ab") as fh:
-                before = fh.tell()
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise StateError(f"cannot append to the journal at {self.where}: {exc.strerror}") from None
-        return before
-
-    def retract_journal(self, token: Any) -> None:
-        """Take back the last entry (an intent whose batch failed with an answer, while this
-        process lived to see it): the state is left as it was before the batch."""
-        try:
-            if token == 0:
-                self.journal.unlink(missing_ok=True)
-            else:
-                os.truncate(self.journal, token)
-        except OSError as exc:
-            log.warning("state %s: could not take back an intent entry (%s); the next run sends its records again", self.where, exc.strerror)
-
-
-# --- blob: ----------------------------------------------------------------------------------
-class BlobStateStore:
-    """The database as a block blob. It is worked on in a local copy (kept between runs of a
-    warm instance and reused while the blob's ETag is unchanged) and uploaded after the commit,
-    on the condition that nobody else wrote it meanwhile."""
-
-    def __init__(self, service_client: Any, container: str, account_hint: str, local_dir: str | os.PathLike[str] | None = None) -> None:
-        self.container = service_client.get_container_client(container)
-        self.where = f"blob:{container} ({account_hint})"
-        tag = hashlib.sha256(f"{account_hint}/{container}".encode()).hexdigest()[:16]
-        # a per-user 0700 directory, checked for owner and mode on every open (shared/common/localdir.py)
-        self._local_base = None if local_dir else default_base()
-        self.local = Path(local_dir or self._local_base) / f"dirsync-state-{tag}"
-        self._etag: str | None = None
-        self._journal_ready = False
-
-    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
-        if rebuild:
-            try:
-                return self.open()
-            except StateConflictError:
-                raise
-            except StateError as exc:
-                log.warning("refresh: the state is unusable (%s); starting a new one (the blob is replaced on success)", exc)
-                path = self.local / DB_NAME
-                path.unlink(missing_ok=True)
-                (self.local / "etag").unlink(missing_ok=True)
-                return StateDB(path, self.where, durable=False)
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        private_dir(self.local, self._local_base)
-        path, stamp = self.local / DB_NAME, self.local / "etag"
-        try:
-            ensure_container(self.container)
-            blob = self.container.get_blob_client(DB_NAME)
-            try:
-                props = blob.get_blob_properties()
-                self._etag = props.etag
-            except ResourceNotFoundError:
-                self._etag = None
-            if readonly:
-                # A dry run never touches the local copy a running update may be working on:
-                # it downloads its own snapshot.
-                v1 = self._download(V1_NAME) if self._etag is None else None
-                if self._etag is None and v1 is None:
-                    return None
-                work = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
-                if self._etag is not None:
-                    with open(work, "wb") as fh:
-                        blob.download_blob(etag=self._etag, match_condition=if_not_modified()).readinto(fh)
-                journal = self._download(JOURNAL_NAME) or b""
-            elif self._etag is None:
-                v1 = self._download(V1_NAME)
-                path.unlink(missing_ok=True)
-                stamp.unlink(missing_ok=True)
-            elif not (path.exists() and stamp.exists() and stamp.read_text() == self._etag):
-                stamp.unlink(missing_ok=True)
-                tmp = self.local / f".{DB_NAME}.{uuid.uuid4().hex}.tmp"
-                with open(tmp, "wb") as fh:
-                    downloader = blob.download_blob(etag=self._etag, match_condition=if_not_modified())
-                    downloader.readinto(fh)
-                os.replace(tmp, path)
-                stamp.write_text(self._etag)
-            if not readonly:
-                journal = self._download(JOURNAL_NAME) or b""
-        except AzureError as exc:
-            raise StateError(f"cannot read the state at {self.where}: {azure_reason(exc)}") from None
-        except OSError as exc:
-            raise StateError(f"cannot keep a local copy of the state at {self.local}: {exc.strerror}") from None
-        if readonly:
-            db = StateDB(work, self.where, durable=False, discard=True)
-            if self._etag is None and v1 is not None:
-                _convert_v1(db, *_load_v1(v1, journal, self.where))
-            _replay(db, journal)
-            return db
-        stamp.unlink(missing_ok=True)  # the local copy is about to diverge from the blob
-        db = StateDB(path, self.where, durable=False)
-        if self._etag is None:
-            if v1 is not None:
-                _convert_v1(db, *_load_v1(v1, journal, self.where))
-                journal = b""
-            self.publish(db)  # the lineage is durable before any batch is journaled
-        applied, torn = _replay(db, journal)
-        if torn:
-            # An append blob cannot be cut: fold the journal into a new generation instead.
-            db.commit()
-            self.publish(db)
-        return db
-
-    def _download(self, name: str) -> bytes | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self.container.get_blob_client(name).download_blob().readall()
-        except ResourceNotFoundError:
-            return None
-
-    def publish(self, db: StateDB) -> None:
-        """Upload the committed database (atomic: the block list is committed at the end)."""
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-
-        blob = self.container.get_blob_client(DB_NAME)
-        try:
-            with open(db.path, "rb") as fh:
-                if self._etag is None:
-                    result = blob.upload_blob(fh, overwrite=True, if_none_match="*", max_concurrency=4)
-                else:
-                    result = blob.upload_blob(fh, overwrite=True, etag=self._etag, match_condition=if_not_modified(), max_concurrency=4)
-            self._etag = result.get("etag")
-            (self.local / "etag").write_text(str(self._etag))
-        except (ResourceModifiedError, ResourceExistsError):
-            raise StateConflictError(f"the state at {self.where} was changed by someone else during this run; nothing was overwritten") from None
-        except AzureError as exc:
-            raise StateError(f"cannot write the state at {self.where}: {azure_reason(exc)}") from None
-        try:
-            self.container.get_blob_client(JOURNAL_NAME).delete_blob()
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, azure_reason(exc))
-        self._journal_ready = False
-
-    def retract_journal(self, token: Any) -> None:
-        """An append blob cannot be cut: the intent stays, and the next run sends its records
-        again (idempotently) as if the process had died with the batch in flight."""
-
-    def append_journal(self, entry: dict[str, Any]) -> Any:
-        from azure.core.exceptions import AzureError, ResourceExistsError
-
-        blob = self.container.get_blob_client(JOURNAL_NAME)
-        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
-        try:
-            if not self._journal_ready:
-                try:
-                    blob.create_append_blob(if_none_match="*")
-                except ResourceExistsError:
-                    pass
-                self._journal_ready = True
-            for start in range(0, len(line), 4 * 1024 * 1024):
-                blob.append_block(line[start : start + 4 * 1024 * 1024])
-        except AzureError as exc:
-            raise StateError(f"cannot append to the journal at {self.where}: {azure_reason(exc)}") from None
