@@ -44,10 +44,6 @@ from .plan.approval import Approver, cli_approver, held_count, held_digest
 from .plan.diff import Batch, DatasetDiff, diff_records, plan_update
 from .plan.guard import Thresholds, judge_all
 from .reading import (
-    CACHE_META,
-    FINGERPRINT_META,
-    LAST_FULL_META,
-    LINKS_META,
     Read,
     fingerprint,
     merge_delta,
@@ -70,7 +66,6 @@ log = logging.getLogger(__name__)
 ACTIONS = ("test-update", "update", "replace", "refresh", "approve-deletions")
 LOCKED_ACTIONS = ("update", "replace", "refresh", "approve-deletions")
 REPLACE_ORDER = ("groups", "users", "addresses")  # users' groupIds are checked against live groups
-REJECTED_META = "rejected"
 
 
 @dataclass
@@ -155,7 +150,7 @@ async def run(
             taken.release()
     summary.sanitize()  # every outside string escaped and bounded before the log, report and terminal
     # One structured record per run: the message keeps the JSON for humans; the same fields are
-    # record attributes, which the OpenTelemetry mode turns into customDimensions (telemetry.py).
+    # record attributes, which the OpenTelemetry mode turns into customDimensions (shared/common/telemetry.py).
     dims = summary_dimensions(summary, host=options.host)
     log.info("%s %s", SUMMARY_EVENT, summary.to_json(compact=True), extra=dims)
     root.set_attributes({k: v for k, v in dims.items() if k != "event"})
@@ -377,9 +372,9 @@ class _Run:
         """Why this update must read the directory in full; ``None``: a delta round will do."""
         if self.settings.exo.mode == "only":
             return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
-        reason = why_full(db.get_meta, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
+        reason = why_full(db, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
         if reason is None or reason.startswith(("periodic", "FULL_SYNC_INTERVAL_HOURS")):
-            was = (db.get_meta(FINGERPRINT_META) or {}).get("rules") or {}
+            was = (db.read_fingerprint or {}).get("rules") or {}
             now = self.settings.rules.fingerprint() or {}
             changed = [setting for key, setting in RULE_SETTINGS if was.get(key) != now.get(key)]
             if changed:
@@ -394,7 +389,7 @@ class _Run:
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> _Plan:
         reason = self._why_full(db, provisioned)
         if reason is None:
-            links: dict[str, str] = db.get_meta(LINKS_META)
+            links: dict[str, str] = db.delta_links
             try:
                 reason_delta = "delta links saved by the last run"
                 read = await self._with_exchange(self._graph(lambda source: read_delta(source, links, reason_delta)), reason_delta)
@@ -408,7 +403,7 @@ class _Run:
         # with the rest of the run once the service confirmed everything (_save_read). Until
         # then it is marked incomplete, so any earlier commit leaves a state that reads in full.
         cache = db.cache(provisioned, self.settings.rules)
-        db.set_meta(CACHE_META, None)
+        db.directory_cache = None
         merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
@@ -419,7 +414,7 @@ class _Run:
     def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> _Plan:
         # Held deletions and last run's rejections are looked at again, whatever changed.
         held_keys = {d: set(keys) for d, keys in db.held().items()}
-        for d, keys in (db.get_meta(REJECTED_META) or {}).items():
+        for d, keys in (db.rejected or {}).items():
             held_keys.setdefault(d, set()).update(keys)
         for d in self.datasets:  # records a lost answer left unknown
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
@@ -460,12 +455,12 @@ class _Run:
         if read is None:
             raise StateError("internal error: a read to save is missing")
         if read.kind == "full":  # already merged into the cache (see _plan, _replace)
-            db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
+            db.last_full_read = self.options.now().isoformat(timespec="seconds")
         else:
             merge_delta(db.cache(provisioned, self.settings.rules), read)
-        db.set_meta(CACHE_META, "complete")
-        db.set_meta(LINKS_META, read.links if read.links_complete() else None)
-        db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
+        db.directory_cache = "complete"
+        db.delta_links = read.links if read.links_complete() else None
+        db.read_fingerprint = self._fingerprint(provisioned)
 
     # --- the deletion guard --------------------------------------------------------------------
     def _guard(self, db: StateDB | None, plan: _Plan) -> dict[str, list[str]]:
@@ -552,14 +547,14 @@ class _Run:
         self.progress.idle()
         sender.finish_counts()
         with phase(self.summary, "commit"):
-            db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
+            db.rejected = {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None
             # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
             self._save_read(db, plan, provisioned)
             for d in DATASETS:
                 db.set_held(d, dict.fromkeys(held.get(d, ()), False))
             for d in self.datasets:  # every such key was compared with this read (the plan's keys)
                 db.clear_recheck(d)
-            db.set_meta("lastAction", "update")
+            db.last_action = "update"
             db.commit()
             self.store.publish(db)
 
@@ -585,7 +580,7 @@ class _Run:
         """``(signals, the service's records)`` when no run ever completed this state (``db``
         ``None``: there is none) although run reports exist or the service holds records;
         else ``None``. Sets the summary's ``stateRebuilt``."""
-        if db is not None and (db.get_meta("lastAction") is not None or db.get_meta("convertedFrom") is not None):
+        if db is not None and (db.last_action is not None or db.converted_from is not None):
             return None
         signals: list[str] = []
         try:
@@ -611,8 +606,8 @@ class _Run:
         # The cache is marked incomplete until the end: each dataset is committed as soon as the
         # service holds it, and a replace that fails later leaves a state whose next update
         # reads in full.
-        db.set_meta(CACHE_META, None)
-        db.set_meta(LINKS_META, None)
+        db.directory_cache = None
+        db.delta_links = None
         merge_full(cache, read)
         excluded = cache.excluded()  # a scope id that names no group fails here, before anything is sent
         if self.settings.rules.active:
@@ -642,7 +637,7 @@ class _Run:
             self.store.publish(db)
         plan = _Plan("full", "replace", {}, {}, {}, read=read)
         self._save_read(db, plan, provisioned)
-        db.set_meta("lastAction", "replace")
+        db.last_action = "replace"
         db.commit()
         self.store.publish(db)
 
@@ -692,9 +687,9 @@ class _Run:
             db.clear_recheck(d)
             counts[d] = len(recs)
         # The service's copy may differ from what the cache implies: the next update reads in full.
-        db.set_meta(CACHE_META, None)
-        db.set_meta(LINKS_META, None)
-        db.set_meta("lastAction", "refresh")
+        db.directory_cache = None
+        db.delta_links = None
+        db.last_action = "refresh"
         self.summary.extra["serviceRecords"] = counts
         db.commit()
         self.store.publish(db)
@@ -729,11 +724,11 @@ class _BatchSender:
         key = idempotency_key(self.state.position, d, body)
         # The keys go to the journal before the request: if this process dies with the request
         # in flight, the next run knows these records may have changed at the service.
-        token = self.store.append_journal(self.state.intent_entry(d, [k for k, _ in batch.upserts] + list(batch.deletes)))
+        token = self.state.record_intent(self.store, d, [k for k, _ in batch.upserts] + list(batch.deletes))
         try:
             result: WriteResult = await self.api.post_changes(d, body["upsert"], body["delete"], key)
         except PayloadTooLargeError:
-            self.store.retract_journal(token)
+            self.state.withdraw_intent(self.store, token)
             if len(batch) <= 1:
                 raise
             for half in _halves(batch):
@@ -745,15 +740,12 @@ class _BatchSender:
             # an attempt may have been applied unseen, the intent stays: the next run sends
             # these records again, as after a crash.
             if not getattr(exc, "maybe_applied", False):
-                self.store.retract_journal(token)
+                self.state.withdraw_intent(self.store, token)
             raise
         rejected = {_rejection_key(d, r.key) for r in result.rejected}
         self.rejected[d] |= rejected
         accepted = {k: v for k, v in batch.upserts if k not in rejected}
-        entry = self.state.journal_entry(d, accepted, batch.deletes)
-        self.store.append_journal(entry)
-        self.state.apply(d, accepted, batch.deletes)
-        self.state.seq += 1
+        self.state.confirm(self.store, d, accepted, batch.deletes)
         self.upserted[d].update(accepted)
         self.deleted[d].update(batch.deletes)
         _note_rejections(self.summary.datasets[d], d, result.rejected)

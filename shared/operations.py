@@ -58,7 +58,7 @@ def approve_deletions(
             approved[d] = {"count": len(keys), "newlyApproved": len(pending), "keys": sorted(keys), "digest": held_digest({d: keys})}
             log.warning("approved %d held %s deletions (held-set digest %s) by %s; the next update sends those still implied by the directory",
                         len(keys), d, digest, who)
-        db.set_meta("lastAction", "approve-deletions")
+        db.last_action = "approve-deletions"
         db.commit()
         store.publish(db)
         return approved
@@ -79,8 +79,8 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
             for d, keys in held.items():
                 out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys), "digest": held_digest({d: keys})}
             out["heldDigest"], out["heldCount"] = held_digest(held), held_count(held)
-            out["lastFullRead"] = db.get_meta("lastFullRead")
-            out["savedAt"] = db.get_meta("savedAt")
+            out["lastFullRead"] = db.last_full_read
+            out["savedAt"] = db.saved_at
             out["records"] = {d: db.count(d) for d in DATASETS}
         finally:
             db.close()

@@ -101,3 +101,19 @@ def test_settings_do_not_reach_into_a_later_stage():
              "shared.model.projection", "shared.model.directory")
     reached = sorted(m for m in import_graph()["shared.config.settings"] if m.startswith(later))
     assert reached == []
+
+
+def test_only_the_state_writes_its_meta_keys_and_position():
+    """The state owns its protocol: outside ``shared/storage/state.py`` nobody calls its meta
+    primitives or moves its position by hand (``seq``)."""
+    offenders = []
+    for name, path in modules().items():
+        if name == "shared.storage.state":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("get_meta", "set_meta", "_get_meta", "_set_meta"):
+                offenders.append(f"{name}:{node.lineno} .{node.attr}")
+            if isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                offenders += [f"{name}:{node.lineno} .seq =" for t in targets if isinstance(t, ast.Attribute) and t.attr == "seq"]
+    assert offenders == []

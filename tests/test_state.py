@@ -256,3 +256,22 @@ def test_a_state_written_before_the_recheck_list_gets_one(tmp_path):
     again = store.open()
     assert again.recheck_keys("users") == [] and again.records("users") == SAMPLE["users"]
     again.close()
+
+
+def test_the_state_journals_an_intent_and_a_confirmation_around_a_request(tmp_path):
+    """The journal protocol as the sending stage uses it (shared/storage/state.py): an intent
+    before the request, then the confirmation, which applies the records and moves the
+    position; a withdrawn intent leaves nothing behind."""
+    store = FileStateStore(tmp_path)
+    db = store.open()
+    start = db.position
+    token = db.record_intent(store, "users", ["u1"])
+    db.withdraw_intent(store, token)
+    assert db.position == start and (store.journal.read_bytes() if store.journal.exists() else b"") == b""
+    db.record_intent(store, "users", ["u1"])
+    db.confirm(store, "users", {"u1": ("a@x.com", ())}, [])
+    assert db.records("users") == {"u1": ("a@x.com", ())} and db.seq == 1 and db.position != start
+    db.close()  # a crash before the commit: the journal carries the confirmed batch
+    again = store.open()
+    assert again.records("users") == {"u1": ("a@x.com", ())} and again.position.endswith(":1")
+    again.close()

@@ -52,11 +52,10 @@ def load_v1(data: bytes, journal: bytes, where: str) -> tuple[str, int, dict[str
 
 
 def convert_v1(db: StateDB, lineage: str, generation: int, datasets: dict[str, Records]) -> None:
-    db.lineage, db.generation = lineage, generation
-    db.set_meta("lineage", lineage)
+    db.adopt_lineage(lineage, generation)
     for name, recs in datasets.items():
         db.replace_records(name, recs)
-    db.set_meta("convertedFrom", "state.json.gz version 1")
+    db.converted_from = "state.json.gz version 1"
     db.commit()
     log.warning(
         "state %s: converted the previous release's state (state.json.gz, version 1) to version %d; "

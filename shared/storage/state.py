@@ -90,6 +90,20 @@ def _decode(dataset: str, text: str) -> tuple:
     return (first, tuple(ids))
 
 
+class _Meta:
+    """A named meta value of the state (JSON; ``None`` deletes it). Only the state writes its
+    meta keys: every other module reads and writes them through these accessors."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, db: StateDB | None, owner: type | None = None) -> Any:
+        return self if db is None else db._get_meta(self.key)
+
+    def __set__(self, db: StateDB, value: Any) -> None:
+        db._set_meta(self.key, value)
+
+
 class StateDB:
     """One open state database. Everything happens in one transaction until ``commit``."""
 
@@ -107,9 +121,9 @@ class StateDB:
                 raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
             if fmt is not None and json.loads(fmt) != FORMAT:
                 raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
-            if fmt is not None and self.get_meta("version") != VERSION:
+            if fmt is not None and self._get_meta("version") != VERSION:
                 raise StateError(
-                    f"the state at {where} has version {self.get_meta('version')!r}, this release reads version {VERSION}; "
+                    f"the state at {where} has version {self._get_meta('version')!r}, this release reads version {VERSION}; "
                     "run 'refresh' to rebuild it from the service"
                 )
             # WAL for a state on disk: a dry run's snapshot never waits for a running update's
@@ -125,16 +139,16 @@ class StateDB:
                 self.conn.execute("BEGIN")
                 self.lineage = uuid.uuid4().hex
                 self.generation = 0
-                self.set_meta("format", FORMAT)
-                self.set_meta("version", VERSION)
-                self.set_meta("lineage", self.lineage)
-                self.set_meta("generation", 0)
+                self._set_meta("format", FORMAT)
+                self._set_meta("version", VERSION)
+                self._set_meta("lineage", self.lineage)
+                self._set_meta("generation", 0)
                 # The lineage is durable before any batch is journaled against it.
                 self.conn.execute("COMMIT")
                 self.conn.execute("BEGIN")
             else:
-                self.lineage = str(self.get_meta("lineage"))
-                self.generation = int(self.get_meta("generation"))
+                self.lineage = str(self._get_meta("lineage"))
+                self.generation = int(self._get_meta("generation"))
                 self.conn.execute(RECHECK_TABLE)  # a state of this version written before the table
                 self.conn.execute("BEGIN")
         except StateError:
@@ -164,6 +178,20 @@ class StateDB:
         return f"{base}~{self.attempts}" if self.attempts > 1 else base
 
     # --- meta --------------------------------------------------------------------------------
+    last_action = _Meta("lastAction")  # the last action that committed: "update", "replace", ...
+    converted_from = _Meta("convertedFrom")  # set when converted from the previous release's format
+    last_full_read = _Meta("lastFullRead")  # ISO time of the last full read (UTC)
+    saved_at = _Meta("savedAt")  # ISO time of the last commit (UTC)
+    directory_cache = _Meta("directoryCache")  # "complete" when the cache holds a whole read
+    delta_links = _Meta("deltaLinks")  # collection -> deltaLink of the last read
+    read_fingerprint = _Meta("readFingerprint")  # the settings the cache was read under
+    rejected = _Meta("rejected")  # dataset -> keys the service rejected last run (sent again)
+
+    def adopt_lineage(self, lineage: str, generation: int) -> None:
+        """Continue an existing lineage at ``generation`` (a converted state of the previous release)."""
+        self.lineage, self.generation = lineage, generation
+        self._set_meta("lineage", lineage)
+
     def _meta_raw(self, key: str) -> str | None:
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -171,11 +199,11 @@ class StateDB:
             return None  # no meta table: an empty database
         return None if row is None else row[0]
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
+    def _get_meta(self, key: str, default: Any = None) -> Any:
         raw = self._meta_raw(key)
         return default if raw is None else json.loads(raw)
 
-    def set_meta(self, key: str, value: Any) -> None:
+    def _set_meta(self, key: str, value: Any) -> None:
         if value is None:
             self.conn.execute("DELETE FROM meta WHERE key=?", (key,))
         else:
@@ -276,8 +304,28 @@ class StateDB:
         # Confirmed by the service, but the directory may have moved since (an undo): the
         # next update compares these keys again, even when its delta round does not name them.
         self.mark_recheck(dataset, [*upsert, *delete])
-        self.seq += 1
+        self.advance()
         return True
+
+    # --- the journal protocol around one request (docs/sync-rules.md: nothing is lost) ----------
+    def record_intent(self, journal: Any, dataset: str, keys: list[str]) -> Any:
+        """Journal, before a request is sent, the keys it names (``journal``: a state store's
+        ``append_journal``); returns the token that withdraws it (``withdraw_intent``)."""
+        return journal.append_journal(self.intent_entry(dataset, keys))
+
+    def withdraw_intent(self, journal: Any, token: Any) -> None:
+        """Take back an intent whose request surely changed nothing at the service."""
+        journal.retract_journal(token)
+
+    def confirm(self, journal: Any, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> None:
+        """Journal what the service confirmed, then apply it and advance the position."""
+        journal.append_journal(self.journal_entry(dataset, upsert, delete))
+        self.apply(dataset, upsert, delete)
+        self.advance()
+
+    def advance(self) -> None:
+        """One confirmed batch further: the next request's position (Idempotency-Key) differs."""
+        self.seq += 1
 
     # --- held deletions (the deletion guard) -----------------------------------------------------
     def held(self, dataset: str | None = None) -> dict[str, dict[str, bool]]:
@@ -319,8 +367,8 @@ class StateDB:
             raise StateError("internal error: a read-only state cannot be committed")
         self.generation += 1
         self.seq = 0
-        self.set_meta("generation", self.generation)
-        self.set_meta("savedAt", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        self._set_meta("generation", self.generation)
+        self._set_meta("savedAt", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         try:
             self.conn.execute("COMMIT")
             self.conn.execute("BEGIN")
