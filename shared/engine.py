@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,7 +20,6 @@ from .common.errors import (
     DeltaExpiredError,
     ExchangeError,
     GraphError,
-    PayloadTooLargeError,
     RunCancelledError,
     StateError,
     SyncApiProtocolError,
@@ -32,7 +29,6 @@ from .common.progress import Progress, ticking
 from .common.redact import scrub
 from .common.summary import RunSummary
 from .common.telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
-from .common.textsafe import safe_tree
 from .config.credentials import exchange_token_credential, graph_auth_provider
 from .config.settings import Settings
 from .config.vault import Secrets, load_secrets
@@ -41,7 +37,7 @@ from .model.records import DATASETS, MAX_ITEMS, Records, from_api_record, to_api
 from .model.rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .operations import approve_deletions
 from .plan.approval import Approver, cli_approver, held_count, held_digest
-from .plan.diff import Batch, DatasetDiff, diff_records, plan_update
+from .plan.diff import DatasetDiff, diff_records, plan_update
 from .plan.guard import Thresholds, judge_all
 from .reading import (
     Read,
@@ -52,6 +48,7 @@ from .reading import (
     read_full,
     why_full,
 )
+from .send import BatchSender, stage_replacement
 from .sources.exchange import ExchangeSource, token_getter_for
 from .sources.graph import GraphSource, gather_or_cancel
 from .storage.backend import open_storage
@@ -59,7 +56,7 @@ from .storage.history import ReportStore
 from .storage.lock import RunLock, default_holder
 from .storage.state import StateDB
 from .storage.stores import StateStore
-from .target.syncapi import Rejection, SyncApiClient, WriteResult
+from .target.syncapi import SyncApiClient
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +194,6 @@ class _LockedStore:
     def publish(self, db: StateDB) -> None:
         self._check()
         self.inner.publish(db)
-
-
-def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:
-    """Same state position + same body → same key (a retry, or a rerun after a lost answer);
-    anything else → a different key, so a key never stands for two different intentions."""
-    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
-    h = hashlib.sha256()
-    h.update(f"{position}|{dataset}|".encode())
-    h.update(raw)
-    return h.hexdigest()
 
 
 @dataclass
@@ -538,14 +525,8 @@ class _Run:
         with phase(self.summary, "plan"):
             held = self._guard(db, plan)
             batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
-        sender = _BatchSender(self.api, self.store, db, self.summary)
-        self.progress.sending(len(batches))
-        with phase(self.summary, "send"):
-            for batch in batches:
-                await sender.send(batch)
-                self.progress.sent()
-        self.progress.idle()
-        sender.finish_counts()
+        sender = BatchSender(self.api, self.store, db, self.summary)  # the sending stage (shared/send.py)
+        await sender.send_all(batches, self.progress)
         with phase(self.summary, "commit"):
             db.rejected = {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None
             # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
@@ -642,41 +623,7 @@ class _Run:
         self.store.publish(db)
 
     async def _replace_dataset(self, dataset: str, records: Records, db: StateDB) -> None:
-        api = self.api
-        counts = self.summary.datasets[dataset]
-        rid = await api.create_replacement(dataset)
-        log.info("replace %s: staging %d records in replacement %s", dataset, len(records), rid)
-        try:
-            items = [to_api_record(dataset, k, v) for k, v in records.items()]
-
-            async def post(chunk: list[dict[str, Any]]) -> None:
-                body = {"records": chunk}
-                key = idempotency_key(f"{db.lineage}:replace:{rid}", dataset, body)
-                try:
-                    result = await api.post_replacement_records(dataset, rid, chunk, key)
-                except PayloadTooLargeError:
-                    if len(chunk) <= 1:
-                        raise
-                    half = len(chunk) // 2
-                    await post(chunk[:half])
-                    await post(chunk[half:])
-                    return
-                _note_rejections(counts, dataset, result.rejected)
-
-            self.progress.sending(-(-len(items) // self.options.max_items))
-            with phase(self.summary, "send"):
-                for start in range(0, len(items), self.options.max_items):
-                    await post(items[start : start + self.options.max_items])
-                    self.progress.sent()
-            self.progress.idle()
-            result = await api.commit_replacement(dataset, rid)
-            _note_rejections(counts, dataset, result.rejected)
-        except BaseException:
-            try:
-                await asyncio.shield(api.abandon_replacement(dataset, rid))
-            except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
-                log.warning("replace %s: could not abandon replacement %s (%s); it expires by itself", dataset, rid, type(exc).__name__)
-            raise
+        await stage_replacement(self.api, dataset, records, db.lineage, self.options.max_items, self.summary, self.progress)
 
     # --- refresh -------------------------------------------------------------------------
     async def _refresh(self, db: StateDB) -> None:
@@ -704,82 +651,6 @@ class _Run:
                     raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
                 out[key] = value
         return out
-
-
-class _BatchSender:
-    """Sends Update batches one at a time and journals each confirmed one before the next."""
-
-    def __init__(self, api: SyncApiClient, store: StateStore, state: StateDB, summary: RunSummary) -> None:
-        self.api = api
-        self.store = store
-        self.state = state
-        self.summary = summary
-        self.upserted: dict[str, set[str]] = {d: set() for d in DATASETS}
-        self.deleted: dict[str, set[str]] = {d: set() for d in DATASETS}
-        self.rejected: dict[str, set[str]] = {d: set() for d in DATASETS}  # tried again next run
-
-    async def send(self, batch: Batch) -> None:
-        d = batch.dataset
-        body = {"upsert": [to_api_record(d, k, v) for k, v in batch.upserts], "delete": list(batch.deletes)}
-        key = idempotency_key(self.state.position, d, body)
-        # The keys go to the journal before the request: if this process dies with the request
-        # in flight, the next run knows these records may have changed at the service.
-        token = self.state.record_intent(self.store, d, [k for k, _ in batch.upserts] + list(batch.deletes))
-        try:
-            result: WriteResult = await self.api.post_changes(d, body["upsert"], body["delete"], key)
-        except PayloadTooLargeError:
-            self.state.withdraw_intent(self.store, token)
-            if len(batch) <= 1:
-                raise
-            for half in _halves(batch):
-                await self.send(half)
-            return
-        except SyncError as exc:
-            # An answer came (a refusal, a hostile body, 429/503 to the end): the run fails and
-            # leaves the state as it was; the next round delivers the same changes again. When
-            # an attempt may have been applied unseen, the intent stays: the next run sends
-            # these records again, as after a crash.
-            if not getattr(exc, "maybe_applied", False):
-                self.state.withdraw_intent(self.store, token)
-            raise
-        rejected = {_rejection_key(d, r.key) for r in result.rejected}
-        self.rejected[d] |= rejected
-        accepted = {k: v for k, v in batch.upserts if k not in rejected}
-        self.state.confirm(self.store, d, accepted, batch.deletes)
-        self.upserted[d].update(accepted)
-        self.deleted[d].update(batch.deletes)
-        _note_rejections(self.summary.datasets[d], d, result.rejected)
-
-    def finish_counts(self) -> None:
-        for d in DATASETS:
-            c = self.summary.datasets[d]
-            c.added = len(self.upserted[d])
-            c.removed = len(self.deleted[d] - self.upserted[d])
-
-
-def _halves(batch: Batch) -> list[Batch]:
-    items: list[tuple[str, Any]] = [("d", k) for k in batch.deletes] + [("u", kv) for kv in batch.upserts]
-    half = len(items) // 2
-    out = []
-    for part in (items[:half], items[half:]):
-        b = Batch(batch.dataset, phase=batch.phase)
-        for kind, item in part:
-            (b.deletes if kind == "d" else b.upserts).append(item)
-        out.append(b)
-    return out
-
-
-def _rejection_key(dataset: str, key: Any) -> str:
-    text = str(key)
-    return text.lower() if dataset == "addresses" else text
-
-
-def _note_rejections(counts: Any, dataset: str, rejected: list[Rejection]) -> None:
-    counts.rejected += len(rejected)
-    for r in rejected:
-        entry = safe_tree(r.as_dict())  # the service's text, bounded and escaped (shared/common/textsafe.py)
-        counts.rejections.append(entry)
-        log.warning("sync API rejected %s record %s: %s %s", dataset, entry.get("key"), entry.get("code"), entry.get("message"))
 
 
 _AADSTS = re.compile(r"AADSTS(\d{5,})")
@@ -816,4 +687,4 @@ def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     return GraphError(f"reading Graph failed ({name}); nothing was sent")
 
 
-__all__ = ["ACTIONS", "Options", "run", "idempotency_key"]
+__all__ = ["ACTIONS", "Options", "run"]

@@ -29,7 +29,7 @@ from shared.common.errors import (
     SyncApiUnavailableError,
 )
 from shared.common.redact import Secret
-from shared.engine import idempotency_key
+from shared.send import idempotency_key
 from shared.target.syncapi import GZIP_ABOVE_BYTES, SyncApiClient, WriteResult
 
 DOMAINS = ["contoso.com"]
