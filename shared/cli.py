@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .common.errors import SyncError
@@ -58,22 +58,6 @@ def print_report(summary: RunSummary) -> None:
         print("  no deletions are held; nothing to approve")
     for w in summary.extra.get("credentialWarnings", []):
         print(f"  warning: {w}")
-
-
-def test_options(env: Mapping[str, str]) -> Options:
-    """Knobs for the test suite only (never set in production): small batches, to crash
-    between them, and short backoffs, so failure tests run in seconds."""
-    options = Options()
-    try:
-        if env.get("SYNC_TEST_MAX_ITEMS"):
-            options.max_items = max(1, int(env["SYNC_TEST_MAX_ITEMS"]))
-        if env.get("SYNC_TEST_SEQUENTIAL_READ") == "1":
-            options.graph_concurrent = False  # bench/: what reading the collections concurrently buys
-        if env.get("SYNC_TEST_BACKOFF_SECONDS"):
-            options.graph_backoff_seconds = options.sync_backoff_seconds = float(env["SYNC_TEST_BACKOFF_SECONDS"])
-    except ValueError:
-        pass
-    return options
 
 
 SETTINGS_LINE = (
@@ -130,19 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, options: Options | None = None) -> int:
+    """``python -m shared``: parse the command line, run the action, print; returns the exit
+    status. ``options`` are the engine's run options (defaults in production)."""
     args = build_parser().parse_args(argv)
     args.dataset = getattr(args, "dataset", None)
     args.expect = getattr(args, "expect", None)
     configure_logging(args.verbose)
     configure_telemetry(os.environ)
     try:
-        return _main(args)
+        return _main(args, options or Options())
     finally:
         flush_telemetry()
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, options: Options) -> int:
     try:
         if args.action in STATE_ONLY_ACTIONS:
             settings = load_state_settings(os.environ)
@@ -167,7 +153,6 @@ def _main(args: argparse.Namespace) -> int:
             held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
             print(format_status(info["runs"], held), end="")
         return 0
-    options = test_options(os.environ)
     options.progress_interval = progress_interval
     summary = asyncio.run(run_cancellable(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
     if args.json:

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import cli
 from shared.plan.approval import APPROVER_ROLE, held_digest
+from tests import launcher
 from tests.stack import CREDENTIAL
 from tests.test_operator_endpoints import ENDPOINTS, FUNCTIONS, held, stack, state_files, tenant, timer  # noqa: F401 - fixtures below  # noqa: F401 - pytest fixtures
 
@@ -179,7 +179,7 @@ def test_principal_headers_are_not_trusted_when_app_service_auth_is_off(held):
 def run_main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
     with monkeypatch.context():
         capsys.readouterr()
-        code = cli.main(list(argv))
+        code = launcher.main(list(argv))
         out = capsys.readouterr()
     return code, out.out, out.err
 

@@ -24,13 +24,13 @@ import pytest
 from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
 from devstack.graph_emulator import GraphEmulator
-from shared import cli
 from shared.common.errors import IncompleteReadError, SettingsError
 from shared.common.redact import forget_all, scrub
 from shared.common.textsafe import MAX_TEXT, safe_text
 from shared.config.settings import load_settings
 from shared.sources.graph import MAX_PAGE_BYTES, GraphSource
 from shared.storage.history import MAX_REPORT_BYTES, FileReportStore, _document, format_status
+from tests import launcher
 from tests.stack import DOMAINS, base_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
@@ -213,7 +213,7 @@ def test_a_hostile_rejection_is_escaped_and_bounded_in_the_log_the_report_and_th
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         with caplog.at_level(logging.INFO):
-            code = cli.main(["update", "--json"])
+            code = launcher.main(["update", "--json"])
         out = capsys.readouterr()
     finally:
         graph.stop()
@@ -365,7 +365,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
     try:
         env = {**base_env(graph.base_url, receiver.base_url, "blob:sigterm-state"), "AzureWebJobsStorage": azurite.connection_string,
                "TMPDIR": str(tmp_path), "SYNC_TEST_MAX_ITEMS": "20"}
-        proc = subprocess.Popen([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update", "--json"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while graph.request_count < 1 and time.monotonic() < deadline and proc.poll() is None:
@@ -382,7 +382,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
         assert len(reports) == 1 and "SIGTERM" in json.loads(container.get_blob_client(reports[0]).download_blob().readall())["error"]
         # the lease is released: the next run starts at once instead of waiting for it to expire
         graph.latency = 0.0
-        again = subprocess.run([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run([sys.executable, "-m", "tests.launcher", "update", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr
     finally:
         graph.stop()

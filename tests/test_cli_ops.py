@@ -28,7 +28,7 @@ def _bare_env(**extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tests.launcher", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_version() -> None:

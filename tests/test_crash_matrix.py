@@ -120,7 +120,7 @@ else:
                 die()
             return patched
         cls.publish = wrap(cls.publish)
-from shared.cli import main
+from tests.launcher import main
 sys.exit(main(["update", "--json"]))
 """
 
@@ -210,7 +210,7 @@ def stack(request, tmp_path):
 
 
 def killed_update(env: dict[str, str], killer: Killer, at: tuple[str, int]) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "shared", "update"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killer.arm(proc.pid, at)
     _, err = proc.communicate(timeout=120)
@@ -226,9 +226,9 @@ def commit_killed_update(env: dict[str, str], instant: str) -> None:
 
 def in_process_update(env: dict[str, str], action: str = "update") -> dict[str, Any]:
     """One ``update`` as the CLI runs it, in this process (the receiver serves on its threads)."""
-    from shared.cli import test_options
     from shared.config.settings import load_settings
     from shared.engine import run
+    from tests.launcher import test_options
 
     summary = asyncio.run(run(action, load_settings(env), env=env, options=test_options(env)))
     return summary.as_dict()

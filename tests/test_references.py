@@ -1,8 +1,8 @@
 """Every file a comment names exists in the repository: comments and docstrings of the Python
 code, comments of the Bicep templates and shell scripts. A path with a folder must be a file
 of the repository (from the root, from the commenting file's folder or one above it, or the
-tail of a tracked path); a bare Markdown name must resolve as a path (``docs/sync-api.md``,
-not ``sync-api.md``), since the project's documents live under ``docs/``."""
+tail of a tracked path); a Markdown name must resolve as a path (``docs/sync-api.md``, never the bare
+file name), since the project's documents live under ``docs/``."""
 
 from __future__ import annotations
 
