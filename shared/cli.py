@@ -19,7 +19,7 @@ from .common.telemetry import configure_telemetry, flush_telemetry
 from .config.settings import load_settings, load_state_settings, progress_interval_seconds
 from .engine import ACTIONS, Options, run
 from .operations import status
-from .storage.history import format_status
+from .text import format_status, print_report
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -29,35 +29,6 @@ def configure_logging(verbose: bool = False) -> None:
     for noisy in ("azure", "httpx", "httpcore", "msal", "kiota_http", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     install_log_redaction()
-
-
-def print_report(summary: RunSummary) -> None:
-    """A human-readable account of the run, on stdout."""
-    d = summary.as_dict()
-    print(f"{summary.action}: {'ok' if summary.ok else 'FAILED'} in {d['durationSeconds']:.1f} s, "
-          f"{summary.graph_requests} Graph requests, {summary.sync_requests} sync API requests")
-    print(f"  {'dataset':<10} {'added':>8} {'removed':>8} {'rejected':>9} {'excluded':>9}")
-    for name, c in summary.datasets.items():
-        print(f"  {name:<10} {c.added:>8} {c.removed:>8} {c.rejected:>9} {c.excluded:>9}")
-    changes = summary.extra.get("changes")
-    if changes:
-        for name, ch in changes.items():
-            if ch["added"] or ch["removed"]:
-                print(f"  {name}: would add/update {len(ch['added'])}, would remove {len(ch['removed'])}")
-                for rec in ch["added"][:5]:
-                    print(f"    + {rec}")
-                for key in ch["removed"][:5]:
-                    print(f"    - {key}")
-    for name, h in summary.extra.get("heldDeletions", {}).items():
-        print(f"  HELD: {h['count']} {name} deletions (deletion guard); first: {', '.join(h['keys'][:5])}")
-    if summary.extra.get("heldCount"):
-        print(f"  held in the state: {summary.extra['heldCount']} deletions, digest {summary.extra.get('heldDigest')} (approve-deletions --expect)")
-    for name, a in summary.extra.get("approved", {}).items():
-        print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
-    if summary.action == "approve-deletions" and not summary.extra.get("approved"):
-        print("  no deletions are held; nothing to approve")
-    for w in summary.extra.get("credentialWarnings", []):
-        print(f"  warning: {w}")
 
 
 SETTINGS_LINE = (

@@ -29,7 +29,8 @@ from shared.common.redact import forget_all, scrub
 from shared.common.textsafe import MAX_TEXT, safe_text
 from shared.config.settings import load_settings
 from shared.sources.graph import MAX_PAGE_BYTES, GraphSource
-from shared.storage.history import MAX_REPORT_BYTES, FileReportStore, _document, format_status
+from shared.storage.history import MAX_REPORT_BYTES, FileReportStore, _document
+from shared.text import format_status
 from tests import launcher
 from tests.stack import DOMAINS, base_env
 
