@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import azure.functions as func
 
-from shared.cli import configure_logging
 from shared.common.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
+from shared.common.logs import configure_logging
 from shared.common.redact import register, scrub
 from shared.common.shutdown import install_sigterm_handler, run_cancellable
 from shared.common.summary import RunSummary

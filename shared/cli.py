@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .common.errors import SyncError
-from .common.redact import install_log_redaction, scrub
+from .common.logs import configure_logging
+from .common.redact import scrub
 from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
 from .common.telemetry import configure_telemetry, flush_telemetry
@@ -20,16 +20,6 @@ from .config.settings import load_settings, load_state_settings, progress_interv
 from .engine import ACTIONS, Options, run
 from .operations import status
 from .text import format_status, print_report
-
-
-def configure_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Azure SDKs and httpx log every request at INFO: keep that noise out of a run's log.
-    for noisy in ("azure", "httpx", "httpcore", "msal", "kiota_http", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    install_log_redaction()
-
 
 SETTINGS_LINE = (
     "Settings come from environment variables (locally) or the Function app's app settings (in Azure); "

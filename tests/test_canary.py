@@ -207,7 +207,7 @@ class Logs:
 @pytest.fixture
 def logs() -> Iterator[Logs]:
     """Every record of every logger at DEBUG, with the redaction installed as both entry points
-    install it (``shared.cli.configure_logging``), then handlers added after it."""
+    install it (``shared.common.logs.configure_logging``), then handlers added after it."""
     root = logging.getLogger()
     levels = {name: logging.getLogger(name).level for name in LOGGERS}
     factory = logging.getLogRecordFactory()
