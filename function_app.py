@@ -12,7 +12,7 @@ Operator endpoints (function-key auth, under the host's ``api/`` prefix), on the
 * ``POST approve-deletions?expect=DIGEST[&dataset=NAME]``: approve the deletions the guard
   holds now, when they are the set reviewed (the digest ``status`` shows; else 409). With App
   Service authentication on, the caller needs the ``Deletions.Approve`` app role (else 403);
-  the approver is recorded (``shared/approval.py``).
+  the approver is recorded (``shared/plan/approval.py``).
 
 Every answer is JSON, with any registered secret value scrubbed and every list bounded."""
 
@@ -28,26 +28,26 @@ from typing import Any, TypeVar
 
 import azure.functions as func
 
-from shared.approval import ApprovalForbiddenError, ApprovalMismatchError, http_approver
-from shared.cli import configure_logging
+from shared.common.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
+from shared.common.logs import configure_logging
+from shared.common.redact import register, scrub
+from shared.common.shutdown import install_sigterm_handler, run_cancellable
+from shared.common.summary import RunSummary
+from shared.common.telemetry import configure_telemetry
+from shared.config.settings import Settings, load_settings, progress_interval_seconds
 from shared.engine import Options, run
-from shared.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
-from shared.history import bounded
-from shared.lock import RunLockedError
+from shared.model.records import DATASETS
 from shared.operations import status
-from shared.projection import DATASETS
-from shared.redact import register, scrub
-from shared.settings import Settings, load_settings, progress_interval_seconds
-from shared.shutdown import install_sigterm_handler, run_cancellable
-from shared.summary import RunSummary
-from shared.telemetry import configure_telemetry
+from shared.plan.approval import ApprovalForbiddenError, ApprovalMismatchError, http_approver
+from shared.storage.history import bounded
+from shared.storage.lock import RunLockedError
 
 # The Functions OpenTelemetry mode (host.json telemetryMode): the Azure Monitor distro, with the
 # managed identity as its credential; silent without APPLICATIONINSIGHTS_CONNECTION_STRING.
 configure_telemetry()
 app = func.FunctionApp()
 log = logging.getLogger("sync")
-install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/shutdown.py)
+install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/common/shutdown.py)
 
 T = TypeVar("T")
 STATUS_LIMIT_DEFAULT = 10
@@ -102,7 +102,7 @@ def _problem(status_code: int, message: str, **detail: Any) -> func.HttpResponse
 
 def _failure_status(exc: BaseException | None) -> int:
     if isinstance(exc, (RunLockedError, ApprovalMismatchError)):
-        return 409  # ApprovalMismatchError: the held set is not the one reviewed (shared/approval.py)
+        return 409  # ApprovalMismatchError: the held set is not the one reviewed (shared/plan/approval.py)
     if isinstance(exc, SettingsError) and exc.setting == "--expect":
         return 400
     if isinstance(exc, (GraphError, SyncApiError, SecretError)):

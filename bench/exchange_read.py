@@ -1,4 +1,4 @@
-"""Exchange Online read benchmark: the adapter (shared/exchange.py) paging a tenant's
+"""Exchange Online read benchmark: the adapter (shared/sources/exchange.py) paging a tenant's
 recipients from the Exchange emulator on loopback, then the directory cache taking the
 complete read (``Cache.apply_recipients``) the first time (every recipient new) and again
 unchanged (what every delta run does, since Exchange has no delta). Prints a table; it is not
@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.exchange_emulator import ExchangeEmulator, recipient  # noqa: E402
-from shared.directory import SCHEMA, Affected, Cache  # noqa: E402
-from shared.exchange import ExchangeSource  # noqa: E402
-from shared.settings import EXO_ALL_TYPES  # noqa: E402
+from shared.config.settings import EXO_ALL_TYPES  # noqa: E402
+from shared.model.directory import SCHEMA, Affected, Cache  # noqa: E402
+from shared.sources.exchange import ExchangeSource  # noqa: E402
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 PROVISIONED = frozenset({"contoso.com", "fabrikam.com"})

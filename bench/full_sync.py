@@ -91,7 +91,9 @@ def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, ta
     out_path, err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([PYTHON, "-m", "shared", "update", "--json"], cwd=ROOT, env=env, stdout=out, stderr=err)
+        # The test-only run options (SYNC_TEST_SEQUENTIAL_READ) go through the tests' launcher, never the product.
+        door = "tests.launcher" if any(k.startswith("SYNC_TEST_") for k in env) else "shared"
+        proc = subprocess.Popen([PYTHON, "-m", door, "update", "--json"], cwd=ROOT, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, not the max over all children
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
@@ -124,7 +126,7 @@ async def raw_read(graph_url: str) -> tuple[int, float]:
     from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
     sys.path.insert(0, str(ROOT))
-    from shared.graph import GraphSource
+    from shared.sources.graph import GraphSource
 
     source = GraphSource(graph_url, AnonymousAuthenticationProvider())
     sink = CountingSink()

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.tenant import generate_tenant  # noqa: E402
-from shared.directory import SCHEMA, Affected, Cache, Round  # noqa: E402
-from shared.rules import parse_rules, rule_exclusions_summary  # noqa: E402
+from shared.model.directory import SCHEMA, Affected, Cache, Round  # noqa: E402
+from shared.model.rules import parse_rules, rule_exclusions_summary  # noqa: E402
 
 DOMAINS = frozenset({"contoso.com", "fabrikam.com"})
 

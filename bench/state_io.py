@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devstack.tenant import generate_tenant  # noqa: E402
-from shared.directory import Affected, Round  # noqa: E402
-from shared.state import FileStateStore  # noqa: E402
+from shared.model.directory import Affected, Round  # noqa: E402
+from shared.storage.stores import FileStateStore  # noqa: E402
 
 DOMAINS = ("contoso.com", "fabrikam.com")
 

@@ -1,5 +1,5 @@
 """What escaping and bounding outside text costs (issue 14): ``RunSummary.sanitize`` over a
-test-update preview of N records (every record's strings through ``shared/textsafe.py``), and
+test-update preview of N records (every record's strings through ``shared/common/textsafe.py``), and
 ``safe_text`` over a hostile 20 MB string. Prints numbers; not a timed test.
 
     .venv/bin/python bench/textsafe.py --records 100000
@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.summary import RunSummary  # noqa: E402
-from shared.textsafe import safe_text  # noqa: E402
+from shared.common.summary import RunSummary  # noqa: E402
+from shared.common.textsafe import safe_text  # noqa: E402
 
 
 def main() -> None:

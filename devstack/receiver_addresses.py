@@ -1,4 +1,4 @@
-"""Address syntax of the sync API, written from sync-api.md alone.
+"""Address syntax of the sync API, written from docs/sync-api.md alone.
 
 The receiver must not share code with the product, so that a bug in the
 product's validation cannot hide behind the same bug here.
@@ -21,7 +21,7 @@ MAX_DOMAIN_CHARS = 253
 
 
 def address_problem(address: str) -> str | None:
-    """Why `address` breaks sync-api.md's syntax, or None when it is valid."""
+    """Why `address` breaks docs/sync-api.md's syntax, or None when it is valid."""
     if not address.isascii():
         return "the address is not ASCII"
     if address.count("@") != 1:

@@ -1,4 +1,4 @@
-"""The /v1 endpoints of sync-api.md: routing, auth, idempotency and faults.
+"""The /v1 endpoints of docs/sync-api.md: routing, auth, idempotency and faults.
 
 See devstack.sync_receiver's docstring for every reading of an ambiguous
 point of the contract.

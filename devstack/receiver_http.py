@@ -60,7 +60,7 @@ def json_response(status: int, value: Any, headers: list[tuple[str, str]] | None
 
 
 def problem_response(error: ApiError, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
-    """An RFC 9457 problem document, the only failure format sync-api.md allows."""
+    """An RFC 9457 problem document, the only failure format docs/sync-api.md allows."""
     slug = error.title.lower().replace(" ", "-").replace("/", "-")
     value = {"type": PROBLEM_TYPE_BASE + slug, "title": error.title, "status": error.status, "detail": error.detail}
     body = json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -107,7 +107,7 @@ def gunzip(data: bytes, max_bytes: int) -> bytes:
 
 
 def check_json_content_type(request: HttpRequest) -> None:
-    """sync-api.md bodies are `application/json` in UTF-8; anything else is malformed."""
+    """docs/sync-api.md bodies are `application/json` in UTF-8; anything else is malformed."""
     value = request.headers.get("Content-Type")
     if value is None:
         raise ApiError(400, "Bad content type", "a request body needs Content-Type: application/json")

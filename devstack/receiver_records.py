@@ -35,7 +35,7 @@ Record = dict[str, Any]
 
 
 def rejection(key: Any, code: str, message: str) -> dict[str, Any]:
-    """One entry of a `rejected` list, exactly as sync-api.md shows it."""
+    """One entry of a `rejected` list, exactly as docs/sync-api.md shows it."""
     return {"key": key, "code": code, "message": message}
 
 

@@ -1,4 +1,4 @@
-"""A strict local receiver of the directory sync API contract (sync-api.md, v1), on loopback.
+"""A strict local receiver of the directory sync API contract (docs/sync-api.md, v1), on loopback.
 
 It is written from the contract alone and imports nothing from the product
 (`shared/`), so that the tests, the demo and the benchmarks exercise the
@@ -12,7 +12,7 @@ product against an independent reading of the contract.
     python -m devstack.sync_receiver --port 0 --domains contoso.com,fabrikam.com
     # prints "READY http://127.0.0.1:PORT/v1", serves until SIGTERM/SIGINT
 
-Readings of points that sync-api.md leaves open (strict but reasonable):
+Readings of points that docs/sync-api.md leaves open (strict but reasonable):
 
 Requests
 - Auth is checked first (before routing), so any /v1 request without the
@@ -148,7 +148,7 @@ __all__ = ["LoggedRequest", "SyncReceiver", "main"]
 
 
 class SyncReceiver:
-    """A real HTTP server on 127.0.0.1 that implements every rule of sync-api.md."""
+    """A real HTTP server on 127.0.0.1 that implements every rule of docs/sync-api.md."""
 
     def __init__(
         self,

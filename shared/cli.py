@@ -5,76 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from . import __version__
+from .common.errors import SyncError
+from .common.logs import configure_logging
+from .common.redact import scrub
+from .common.shutdown import run_cancellable
+from .common.summary import RunSummary
+from .common.telemetry import configure_telemetry, flush_telemetry
+from .config.settings import load_settings, load_state_settings, progress_interval_seconds
 from .engine import ACTIONS, Options, run
-from .errors import SyncError
-from .history import format_status
 from .operations import status
-from .redact import install_log_redaction, scrub
-from .settings import load_settings, load_state_settings, progress_interval_seconds
-from .shutdown import run_cancellable
-from .summary import RunSummary
-from .telemetry import configure_telemetry, flush_telemetry
-
-
-def configure_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Azure SDKs and httpx log every request at INFO: keep that noise out of a run's log.
-    for noisy in ("azure", "httpx", "httpcore", "msal", "kiota_http", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    install_log_redaction()
-
-
-def print_report(summary: RunSummary) -> None:
-    """A human-readable account of the run, on stdout."""
-    d = summary.as_dict()
-    print(f"{summary.action}: {'ok' if summary.ok else 'FAILED'} in {d['durationSeconds']:.1f} s, "
-          f"{summary.graph_requests} Graph requests, {summary.sync_requests} sync API requests")
-    print(f"  {'dataset':<10} {'added':>8} {'removed':>8} {'rejected':>9} {'excluded':>9}")
-    for name, c in summary.datasets.items():
-        print(f"  {name:<10} {c.added:>8} {c.removed:>8} {c.rejected:>9} {c.excluded:>9}")
-    changes = summary.extra.get("changes")
-    if changes:
-        for name, ch in changes.items():
-            if ch["added"] or ch["removed"]:
-                print(f"  {name}: would add/update {len(ch['added'])}, would remove {len(ch['removed'])}")
-                for rec in ch["added"][:5]:
-                    print(f"    + {rec}")
-                for key in ch["removed"][:5]:
-                    print(f"    - {key}")
-    for name, h in summary.extra.get("heldDeletions", {}).items():
-        print(f"  HELD: {h['count']} {name} deletions (deletion guard); first: {', '.join(h['keys'][:5])}")
-    if summary.extra.get("heldCount"):
-        print(f"  held in the state: {summary.extra['heldCount']} deletions, digest {summary.extra.get('heldDigest')} (approve-deletions --expect)")
-    for name, a in summary.extra.get("approved", {}).items():
-        print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
-    if summary.action == "approve-deletions" and not summary.extra.get("approved"):
-        print("  no deletions are held; nothing to approve")
-    for w in summary.extra.get("credentialWarnings", []):
-        print(f"  warning: {w}")
-
-
-def test_options(env: Mapping[str, str]) -> Options:
-    """Knobs for the test suite only (never set in production): small batches, to crash
-    between them, and short backoffs, so failure tests run in seconds."""
-    options = Options()
-    try:
-        if env.get("SYNC_TEST_MAX_ITEMS"):
-            options.max_items = max(1, int(env["SYNC_TEST_MAX_ITEMS"]))
-        if env.get("SYNC_TEST_SEQUENTIAL_READ") == "1":
-            options.graph_concurrent = False  # bench/: what reading the collections concurrently buys
-        if env.get("SYNC_TEST_BACKOFF_SECONDS"):
-            options.graph_backoff_seconds = options.sync_backoff_seconds = float(env["SYNC_TEST_BACKOFF_SECONDS"])
-    except ValueError:
-        pass
-    return options
-
+from .text import format_status, print_report
 
 SETTINGS_LINE = (
     "Settings come from environment variables (locally) or the Function app's app settings (in Azure); "
@@ -130,19 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, options: Options | None = None) -> int:
+    """``python -m shared``: parse the command line, run the action, print; returns the exit
+    status. ``options`` are the engine's run options (defaults in production)."""
     args = build_parser().parse_args(argv)
     args.dataset = getattr(args, "dataset", None)
     args.expect = getattr(args, "expect", None)
     configure_logging(args.verbose)
     configure_telemetry(os.environ)
     try:
-        return _main(args)
+        return _main(args, options or Options())
     finally:
         flush_telemetry()
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, options: Options) -> int:
     try:
         if args.action in STATE_ONLY_ACTIONS:
             settings = load_state_settings(os.environ)
@@ -167,7 +114,6 @@ def _main(args: argparse.Namespace) -> int:
             held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
             print(format_status(info["runs"], held), end="")
         return 0
-    options = test_options(os.environ)
     options.progress_interval = progress_interval
     summary = asyncio.run(run_cancellable(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
     if args.json:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,35 +14,32 @@ from typing import Any
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace import use_span as trace_use_span
 
-from .approval import Approver, cli_approver, held_count, held_digest
-from .credentials import exchange_token_credential, graph_auth_provider
-from .diff import Batch, DatasetDiff, diff_records, plan_update
-from .directory import Round, memory_cache
-from .errors import (
+from .common.errors import (
     CredentialExpiredError,
     DeletionsHeldError,
     DeltaExpiredError,
     ExchangeError,
     GraphError,
-    PayloadTooLargeError,
     RunCancelledError,
     StateError,
     SyncApiProtocolError,
     SyncError,
 )
-from .exchange import ExchangeSource, token_getter_for
-from .graph import GraphSource, gather_or_cancel
-from .guard import Thresholds, judge_all
-from .history import ReportStore, open_reports
-from .lock import RunLock, default_holder, open_run_lock
+from .common.progress import Progress, ticking
+from .common.redact import scrub
+from .common.summary import RunSummary
+from .common.telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
+from .config.credentials import exchange_token_credential, graph_auth_provider
+from .config.settings import Settings
+from .config.vault import Secrets, load_secrets
+from .model.directory import Round, memory_cache
+from .model.records import DATASETS, MAX_ITEMS, Records, from_api_record, to_api_record
+from .model.rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .operations import approve_deletions
-from .progress import Progress, ticking
-from .projection import DATASETS, Records, from_api_record, to_api_record
+from .plan.approval import Approver, cli_approver, held_count, held_digest
+from .plan.diff import DatasetDiff, diff_records, plan_update
+from .plan.guard import Thresholds, judge_all
 from .reading import (
-    CACHE_META,
-    FINGERPRINT_META,
-    LAST_FULL_META,
-    LINKS_META,
     Read,
     fingerprint,
     merge_delta,
@@ -53,22 +48,21 @@ from .reading import (
     read_full,
     why_full,
 )
-from .redact import scrub
-from .rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
-from .settings import Settings
-from .state import StateDB, StateStore, open_store
-from .summary import RunSummary
-from .syncapi import MAX_ITEMS, Rejection, SyncApiClient, WriteResult
-from .telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
-from .textsafe import safe_tree
-from .vault import Secrets, load_secrets
+from .send import BatchSender, stage_replacement
+from .sources.exchange import ExchangeSource, token_getter_for
+from .sources.graph import GraphSource, gather_or_cancel
+from .storage.backend import open_storage
+from .storage.history import ReportStore
+from .storage.lock import RunLock, default_holder
+from .storage.state import StateDB
+from .storage.stores import StateStore
+from .target.syncapi import SyncApiClient
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("test-update", "update", "replace", "refresh", "approve-deletions")
 LOCKED_ACTIONS = ("update", "replace", "refresh", "approve-deletions")
 REPLACE_ORDER = ("groups", "users", "addresses")  # users' groupIds are checked against live groups
-REJECTED_META = "rejected"
 
 
 @dataclass
@@ -115,12 +109,14 @@ async def run(
     taken: RunLock | None = None
     report = action != "test-update"  # a dry run over no state leaves nothing behind
     root = tracer.start_span(f"sync {action}")
+    storage = open_storage(settings)  # the store, the lock and the reports over one client
     try:
+        reports = reports or storage.reports()
         if action in LOCKED_ACTIONS:
-            candidate = lock or open_run_lock(settings, default_holder(action))
+            candidate = lock or storage.lock(default_holder(action))
             candidate.acquire()
             taken = candidate
-        store = _LockedStore(store or open_store(settings), taken)
+        store = _LockedStore(store or storage.store(), taken)
         if action == "approve-deletions":
             who = approver or cli_approver()
             summary.extra["approver"] = who.as_dict()
@@ -141,7 +137,7 @@ async def run(
     except SyncError as exc:
         summary.exception = exc
         summary.finish(False, scrub(str(exc)))
-    except asyncio.CancelledError as exc:  # SIGTERM (shared/shutdown.py): report, summary and lock release still happen
+    except asyncio.CancelledError as exc:  # SIGTERM (shared/common/shutdown.py): report, summary and lock release still happen
         summary.exception = RunCancelledError(f"the run was cancelled: {exc.args[0] if exc.args else 'cancelled'}; "
                                               "what the service confirmed is journaled and the next run goes on from there")
         summary.finish(False, str(summary.exception))
@@ -151,7 +147,7 @@ async def run(
             taken.release()
     summary.sanitize()  # every outside string escaped and bounded before the log, report and terminal
     # One structured record per run: the message keeps the JSON for humans; the same fields are
-    # record attributes, which the OpenTelemetry mode turns into customDimensions (telemetry.py).
+    # record attributes, which the OpenTelemetry mode turns into customDimensions (shared/common/telemetry.py).
     dims = summary_dimensions(summary, host=options.host)
     log.info("%s %s", SUMMARY_EVENT, summary.to_json(compact=True), extra=dims)
     root.set_attributes({k: v for k, v in dims.items() if k != "event"})
@@ -159,13 +155,13 @@ async def run(
         root.set_status(StatusCode.ERROR)
     root.end()
     if report:
-        _write_report(settings, summary, reports)
+        _write_report(summary, reports or storage.reports())
     return summary
 
 
-def _write_report(settings: Settings, summary: RunSummary, reports: ReportStore | None) -> None:
+def _write_report(summary: RunSummary, reports: ReportStore) -> None:
     try:
-        (reports or open_reports(settings)).write(summary.as_dict())
+        reports.write(summary.as_dict())
     except SyncError as exc:
         log.warning("could not write the run report: %s", scrub(str(exc)))
     except Exception as exc:  # noqa: BLE001 - a report must never fail a run that worked
@@ -198,16 +194,6 @@ class _LockedStore:
     def publish(self, db: StateDB) -> None:
         self._check()
         self.inner.publish(db)
-
-
-def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:
-    """Same state position + same body → same key (a retry, or a rerun after a lost answer);
-    anything else → a different key, so a key never stands for two different intentions."""
-    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
-    h = hashlib.sha256()
-    h.update(f"{position}|{dataset}|".encode())
-    h.update(raw)
-    return h.hexdigest()
 
 
 @dataclass
@@ -373,9 +359,9 @@ class _Run:
         """Why this update must read the directory in full; ``None``: a delta round will do."""
         if self.settings.exo.mode == "only":
             return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
-        reason = why_full(db.get_meta, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
+        reason = why_full(db, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
         if reason is None or reason.startswith(("periodic", "FULL_SYNC_INTERVAL_HOURS")):
-            was = (db.get_meta(FINGERPRINT_META) or {}).get("rules") or {}
+            was = (db.read_fingerprint or {}).get("rules") or {}
             now = self.settings.rules.fingerprint() or {}
             changed = [setting for key, setting in RULE_SETTINGS if was.get(key) != now.get(key)]
             if changed:
@@ -390,7 +376,7 @@ class _Run:
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> _Plan:
         reason = self._why_full(db, provisioned)
         if reason is None:
-            links: dict[str, str] = db.get_meta(LINKS_META)
+            links: dict[str, str] = db.delta_links
             try:
                 reason_delta = "delta links saved by the last run"
                 read = await self._with_exchange(self._graph(lambda source: read_delta(source, links, reason_delta)), reason_delta)
@@ -404,7 +390,7 @@ class _Run:
         # with the rest of the run once the service confirmed everything (_save_read). Until
         # then it is marked incomplete, so any earlier commit leaves a state that reads in full.
         cache = db.cache(provisioned, self.settings.rules)
-        db.set_meta(CACHE_META, None)
+        db.directory_cache = None
         merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
@@ -415,7 +401,7 @@ class _Run:
     def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> _Plan:
         # Held deletions and last run's rejections are looked at again, whatever changed.
         held_keys = {d: set(keys) for d, keys in db.held().items()}
-        for d, keys in (db.get_meta(REJECTED_META) or {}).items():
+        for d, keys in (db.rejected or {}).items():
             held_keys.setdefault(d, set()).update(keys)
         for d in self.datasets:  # records a lost answer left unknown
             held_keys.setdefault(d, set()).update(db.unknown_keys(d))
@@ -456,12 +442,12 @@ class _Run:
         if read is None:
             raise StateError("internal error: a read to save is missing")
         if read.kind == "full":  # already merged into the cache (see _plan, _replace)
-            db.set_meta(LAST_FULL_META, self.options.now().isoformat(timespec="seconds"))
+            db.last_full_read = self.options.now().isoformat(timespec="seconds")
         else:
             merge_delta(db.cache(provisioned, self.settings.rules), read)
-        db.set_meta(CACHE_META, "complete")
-        db.set_meta(LINKS_META, read.links if read.links_complete() else None)
-        db.set_meta(FINGERPRINT_META, self._fingerprint(provisioned))
+        db.directory_cache = "complete"
+        db.delta_links = read.links if read.links_complete() else None
+        db.read_fingerprint = self._fingerprint(provisioned)
 
     # --- the deletion guard --------------------------------------------------------------------
     def _guard(self, db: StateDB | None, plan: _Plan) -> dict[str, list[str]]:
@@ -511,7 +497,7 @@ class _Run:
         self._guard(db, plan)
         self.held_error = None  # a preview reports held deletions; it does not fail for them
         stored = {d: keys for d, keys in (db.held() if db is not None else {}).items() if keys}
-        # what approve-deletions --expect compares against: the held set in the state (shared/approval.py)
+        # what approve-deletions --expect compares against: the held set in the state (shared/plan/approval.py)
         self.summary.extra["heldDigest"], self.summary.extra["heldCount"] = held_digest(stored), held_count(stored)
         preview: dict[str, Any] = {}
         for d in DATASETS:
@@ -539,23 +525,17 @@ class _Run:
         with phase(self.summary, "plan"):
             held = self._guard(db, plan)
             batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
-        sender = _BatchSender(self.api, self.store, db, self.summary)
-        self.progress.sending(len(batches))
-        with phase(self.summary, "send"):
-            for batch in batches:
-                await sender.send(batch)
-                self.progress.sent()
-        self.progress.idle()
-        sender.finish_counts()
+        sender = BatchSender(self.api, self.store, db, self.summary)  # the sending stage (shared/send.py)
+        await sender.send_all(batches, self.progress)
         with phase(self.summary, "commit"):
-            db.set_meta(REJECTED_META, {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None)
+            db.rejected = {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None
             # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
             self._save_read(db, plan, provisioned)
             for d in DATASETS:
                 db.set_held(d, dict.fromkeys(held.get(d, ()), False))
             for d in self.datasets:  # every such key was compared with this read (the plan's keys)
                 db.clear_recheck(d)
-            db.set_meta("lastAction", "update")
+            db.last_action = "update"
             db.commit()
             self.store.publish(db)
 
@@ -581,11 +561,11 @@ class _Run:
         """``(signals, the service's records)`` when no run ever completed this state (``db``
         ``None``: there is none) although run reports exist or the service holds records;
         else ``None``. Sets the summary's ``stateRebuilt``."""
-        if db is not None and (db.get_meta("lastAction") is not None or db.get_meta("convertedFrom") is not None):
+        if db is not None and (db.last_action is not None or db.converted_from is not None):
             return None
         signals: list[str] = []
         try:
-            if (self.reports or open_reports(self.settings)).recent(1):
+            if self.reports is not None and self.reports.recent(1):
                 signals.append("run reports exist")
         except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
             log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
@@ -607,8 +587,8 @@ class _Run:
         # The cache is marked incomplete until the end: each dataset is committed as soon as the
         # service holds it, and a replace that fails later leaves a state whose next update
         # reads in full.
-        db.set_meta(CACHE_META, None)
-        db.set_meta(LINKS_META, None)
+        db.directory_cache = None
+        db.delta_links = None
         merge_full(cache, read)
         excluded = cache.excluded()  # a scope id that names no group fails here, before anything is sent
         if self.settings.rules.active:
@@ -638,46 +618,12 @@ class _Run:
             self.store.publish(db)
         plan = _Plan("full", "replace", {}, {}, {}, read=read)
         self._save_read(db, plan, provisioned)
-        db.set_meta("lastAction", "replace")
+        db.last_action = "replace"
         db.commit()
         self.store.publish(db)
 
     async def _replace_dataset(self, dataset: str, records: Records, db: StateDB) -> None:
-        api = self.api
-        counts = self.summary.datasets[dataset]
-        rid = await api.create_replacement(dataset)
-        log.info("replace %s: staging %d records in replacement %s", dataset, len(records), rid)
-        try:
-            items = [to_api_record(dataset, k, v) for k, v in records.items()]
-
-            async def post(chunk: list[dict[str, Any]]) -> None:
-                body = {"records": chunk}
-                key = idempotency_key(f"{db.lineage}:replace:{rid}", dataset, body)
-                try:
-                    result = await api.post_replacement_records(dataset, rid, chunk, key)
-                except PayloadTooLargeError:
-                    if len(chunk) <= 1:
-                        raise
-                    half = len(chunk) // 2
-                    await post(chunk[:half])
-                    await post(chunk[half:])
-                    return
-                _note_rejections(counts, dataset, result.rejected)
-
-            self.progress.sending(-(-len(items) // self.options.max_items))
-            with phase(self.summary, "send"):
-                for start in range(0, len(items), self.options.max_items):
-                    await post(items[start : start + self.options.max_items])
-                    self.progress.sent()
-            self.progress.idle()
-            result = await api.commit_replacement(dataset, rid)
-            _note_rejections(counts, dataset, result.rejected)
-        except BaseException:
-            try:
-                await asyncio.shield(api.abandon_replacement(dataset, rid))
-            except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
-                log.warning("replace %s: could not abandon replacement %s (%s); it expires by itself", dataset, rid, type(exc).__name__)
-            raise
+        await stage_replacement(self.api, dataset, records, db.lineage, self.options.max_items, self.summary, self.progress)
 
     # --- refresh -------------------------------------------------------------------------
     async def _refresh(self, db: StateDB) -> None:
@@ -688,9 +634,9 @@ class _Run:
             db.clear_recheck(d)
             counts[d] = len(recs)
         # The service's copy may differ from what the cache implies: the next update reads in full.
-        db.set_meta(CACHE_META, None)
-        db.set_meta(LINKS_META, None)
-        db.set_meta("lastAction", "refresh")
+        db.directory_cache = None
+        db.delta_links = None
+        db.last_action = "refresh"
         self.summary.extra["serviceRecords"] = counts
         db.commit()
         self.store.publish(db)
@@ -705,85 +651,6 @@ class _Run:
                     raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
                 out[key] = value
         return out
-
-
-class _BatchSender:
-    """Sends Update batches one at a time and journals each confirmed one before the next."""
-
-    def __init__(self, api: SyncApiClient, store: StateStore, state: StateDB, summary: RunSummary) -> None:
-        self.api = api
-        self.store = store
-        self.state = state
-        self.summary = summary
-        self.upserted: dict[str, set[str]] = {d: set() for d in DATASETS}
-        self.deleted: dict[str, set[str]] = {d: set() for d in DATASETS}
-        self.rejected: dict[str, set[str]] = {d: set() for d in DATASETS}  # tried again next run
-
-    async def send(self, batch: Batch) -> None:
-        d = batch.dataset
-        body = {"upsert": [to_api_record(d, k, v) for k, v in batch.upserts], "delete": list(batch.deletes)}
-        key = idempotency_key(self.state.position, d, body)
-        # The keys go to the journal before the request: if this process dies with the request
-        # in flight, the next run knows these records may have changed at the service.
-        token = self.store.append_journal(self.state.intent_entry(d, [k for k, _ in batch.upserts] + list(batch.deletes)))
-        try:
-            result: WriteResult = await self.api.post_changes(d, body["upsert"], body["delete"], key)
-        except PayloadTooLargeError:
-            self.store.retract_journal(token)
-            if len(batch) <= 1:
-                raise
-            for half in _halves(batch):
-                await self.send(half)
-            return
-        except SyncError as exc:
-            # An answer came (a refusal, a hostile body, 429/503 to the end): the run fails and
-            # leaves the state as it was; the next round delivers the same changes again. When
-            # an attempt may have been applied unseen, the intent stays: the next run sends
-            # these records again, as after a crash.
-            if not getattr(exc, "maybe_applied", False):
-                self.store.retract_journal(token)
-            raise
-        rejected = {_rejection_key(d, r.key) for r in result.rejected}
-        self.rejected[d] |= rejected
-        accepted = {k: v for k, v in batch.upserts if k not in rejected}
-        entry = self.state.journal_entry(d, accepted, batch.deletes)
-        self.store.append_journal(entry)
-        self.state.apply(d, accepted, batch.deletes)
-        self.state.seq += 1
-        self.upserted[d].update(accepted)
-        self.deleted[d].update(batch.deletes)
-        _note_rejections(self.summary.datasets[d], d, result.rejected)
-
-    def finish_counts(self) -> None:
-        for d in DATASETS:
-            c = self.summary.datasets[d]
-            c.added = len(self.upserted[d])
-            c.removed = len(self.deleted[d] - self.upserted[d])
-
-
-def _halves(batch: Batch) -> list[Batch]:
-    items: list[tuple[str, Any]] = [("d", k) for k in batch.deletes] + [("u", kv) for kv in batch.upserts]
-    half = len(items) // 2
-    out = []
-    for part in (items[:half], items[half:]):
-        b = Batch(batch.dataset, phase=batch.phase)
-        for kind, item in part:
-            (b.deletes if kind == "d" else b.upserts).append(item)
-        out.append(b)
-    return out
-
-
-def _rejection_key(dataset: str, key: Any) -> str:
-    text = str(key)
-    return text.lower() if dataset == "addresses" else text
-
-
-def _note_rejections(counts: Any, dataset: str, rejected: list[Rejection]) -> None:
-    counts.rejected += len(rejected)
-    for r in rejected:
-        entry = safe_tree(r.as_dict())  # the service's text, bounded and escaped (shared/textsafe.py)
-        counts.rejections.append(entry)
-        log.warning("sync API rejected %s record %s: %s %s", dataset, entry.get("key"), entry.get("code"), entry.get("message"))
 
 
 _AADSTS = re.compile(r"AADSTS(\d{5,})")
@@ -820,4 +687,4 @@ def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     return GraphError(f"reading Graph failed ({name}); nothing was sent")
 
 
-__all__ = ["ACTIONS", "Options", "run", "idempotency_key"]
+__all__ = ["ACTIONS", "Options", "run"]

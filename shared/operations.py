@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .approval import Approver, check_expected, held_count, held_digest, normalize_digest
-from .errors import SettingsError, StateError, SyncError
-from .guard import approve
-from .history import ReportStore, open_reports
-from .projection import DATASETS
-from .redact import scrub
-from .settings import Settings
-from .state import StateStore, open_store
-from .textsafe import safe_tree
+from .common.errors import SettingsError, StateError, SyncError
+from .common.redact import scrub
+from .common.textsafe import safe_tree
+from .config.settings import Settings
+from .model.records import DATASETS
+from .plan.approval import Approver, check_expected, held_count, held_digest, normalize_digest
+from .plan.guard import approve
+from .storage.backend import open_storage
+from .storage.history import ReportStore
+from .storage.stores import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def approve_deletions(
     directory still implies. Deletions held later are not covered.
 
     ``expect`` is the digest of the held set the operator reviewed (``status`` and
-    ``test-update`` show it; ``shared/approval.py``): it is required whenever anything is held,
+    ``test-update`` show it; ``shared/plan/approval.py``): it is required whenever anything is held,
     and when the held set (of ``dataset``, or of all) differs, ``ApprovalMismatchError`` is
     raised and nothing is approved. ``approver`` is logged and returned with each dataset."""
     if dataset is not None and dataset not in DATASETS:
@@ -57,7 +58,7 @@ def approve_deletions(
             approved[d] = {"count": len(keys), "newlyApproved": len(pending), "keys": sorted(keys), "digest": held_digest({d: keys})}
             log.warning("approved %d held %s deletions (held-set digest %s) by %s; the next update sends those still implied by the directory",
                         len(keys), d, digest, who)
-        db.set_meta("lastAction", "approve-deletions")
+        db.last_action = "approve-deletions"
         db.commit()
         store.publish(db)
         return approved
@@ -68,7 +69,8 @@ def approve_deletions(
 async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
     """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``.
     Reads a snapshot: it never waits for, or blocks, a running update."""
-    store = store or open_store(settings)
+    storage = open_storage(settings)  # the store and the reports over one client
+    store = store or storage.store()
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
     db = store.open(readonly=True)
     if db is not None:
@@ -77,13 +79,13 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
             for d, keys in held.items():
                 out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys), "digest": held_digest({d: keys})}
             out["heldDigest"], out["heldCount"] = held_digest(held), held_count(held)
-            out["lastFullRead"] = db.get_meta("lastFullRead")
-            out["savedAt"] = db.get_meta("savedAt")
+            out["lastFullRead"] = db.last_full_read
+            out["savedAt"] = db.saved_at
             out["records"] = {d: db.count(d) for d in DATASETS}
         finally:
             db.close()
     try:
-        out["runs"] = (reports or open_reports(settings)).recent(limit)
+        out["runs"] = (reports or storage.reports()).recent(limit)
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
-    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/textsafe.py)
+    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)

@@ -1,7 +1,7 @@
 """The reading stage: which read a run needs (a full round or a delta round, and why), the
 read itself (Graph → a ``Round`` of entries in arrival order), and its merge into the
 directory cache. Full reads and delta rounds go through the same merge
-(``shared.directory.Round`` and ``Cache.apply_round``): a full read is a first delta round
+(``shared.model.directory.Round`` and ``Cache.apply_round``): a full read is a first delta round
 applied to an empty cache, and the full projection is computed from that cache by the same
 rules as a delta round's affected keys (docs/sync-rules.md, "Reading the directory").
 
@@ -14,17 +14,12 @@ Graph no longer honours a saved link, ``IncompleteReadError`` when a page could 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .directory import Affected, Cache, Round
-from .graph import COLLECTIONS, GraphSource
-
-LINKS_META = "deltaLinks"
-FINGERPRINT_META = "readFingerprint"
-LAST_FULL_META = "lastFullRead"
-CACHE_META = "directoryCache"
+from .model.directory import Affected, Cache, Round
+from .sources.graph import COLLECTIONS, GraphSource
 
 
 @dataclass
@@ -37,7 +32,7 @@ class Read:
     links: dict[str, str | None] = field(default_factory=dict)
     membership_read: str = "groups/delta"
     counted: dict[str, int] | None = None  # ``objects``, kept when the fold is dropped
-    # EXO_MODE on: Exchange Online's complete read (shared/exchange.py), merged with the round.
+    # EXO_MODE on: Exchange Online's complete read (shared/sources/exchange.py), merged with the round.
     recipients: list[dict[str, Any]] | None = None
 
     @property
@@ -103,28 +98,28 @@ def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozense
     }
 
 
-def why_full(meta: Callable[[str], Any], new_fingerprint: dict[str, Any], interval_hours: float, now: dt.datetime) -> str | None:
+def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, now: dt.datetime) -> str | None:
     """Why this update must read the directory in full; ``None``: a delta round will do.
-    ``meta`` reads the state's meta values."""
-    links = meta(LINKS_META)
-    if meta(CACHE_META) != "complete" or not isinstance(links, dict):
-        if meta("convertedFrom"):
+    ``db`` is the state (``StateDB``), read through its named meta accessors."""
+    links = db.delta_links
+    if db.directory_cache != "complete" or not isinstance(links, dict):
+        if db.converted_from:
             return "the state was converted from the previous release and has no directory cache yet"
-        if meta(LAST_FULL_META) is None:
+        if db.last_full_read is None:
             return "first run: no directory cache yet"
         return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
     if any(not isinstance(links.get(c), str) for c in COLLECTIONS):
         return "a collection has no delta link (its delta endpoint was not served)"
-    old = meta(FINGERPRINT_META) or {}
+    old = db.read_fingerprint or {}
     for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),
                          ("exo", "EXO_MODE or EXO_RECIPIENT_TYPES")):
         if old.get(key) != new_fingerprint.get(key):
             return f"{setting} changed since the last full read"
-    last = _parse_time(meta(LAST_FULL_META))
+    last = _parse_time(db.last_full_read)
     if interval_hours <= 0:
         return "FULL_SYNC_INTERVAL_HOURS is 0: every run reads in full"
     if last is None or now - last >= dt.timedelta(hours=interval_hours):
-        return f"periodic full reconcile (FULL_SYNC_INTERVAL_HOURS={interval_hours:g}; last full read {meta(LAST_FULL_META)})"
+        return f"periodic full reconcile (FULL_SYNC_INTERVAL_HOURS={interval_hours:g}; last full read {db.last_full_read})"
     return None
 
 

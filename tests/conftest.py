@@ -20,7 +20,7 @@ def _fresh_secret_registry():
     """Each test registers its own secrets: one test's canary (say the password "secret")
     must not mask words in the next test's messages."""
     yield
-    from shared.redact import forget_all
+    from shared.common.redact import forget_all
 
     forget_all()
 

@@ -113,7 +113,7 @@ def base_env(graph_url: str, sync_url: str, state: str) -> dict[str, str]:
 
 def run_cli(action: str, env: dict[str, str], *extra: str, timeout: float = 120) -> CliResult:
     proc = subprocess.run(
-        [sys.executable, "-m", "shared", action, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tests.launcher", action, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 

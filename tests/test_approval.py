@@ -1,4 +1,4 @@
-"""Approvals bound to a review (shared/approval.py): status and test-update show the digest and
+"""Approvals bound to a review (shared/plan/approval.py): status and test-update show the digest and
 the count of the held set; approve-deletions requires that digest and refuses (exit status 5,
 HTTP 409) when the held set changed since; the approver is recorded in the run report and the
 log line; with App Service authentication on, approving needs the Deletions.Approve app role.
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import cli
-from shared.approval import APPROVER_ROLE, held_digest
+from shared.plan.approval import APPROVER_ROLE, held_digest
+from tests import launcher
 from tests.stack import CREDENTIAL
 from tests.test_operator_endpoints import ENDPOINTS, FUNCTIONS, held, stack, state_files, tenant, timer  # noqa: F401 - fixtures below  # noqa: F401 - pytest fixtures
 
@@ -179,7 +179,7 @@ def test_principal_headers_are_not_trusted_when_app_service_auth_is_off(held):
 def run_main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
     with monkeypatch.context():
         capsys.readouterr()
-        code = cli.main(list(argv))
+        code = launcher.main(list(argv))
         out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -216,9 +216,9 @@ def test_a_cancel_from_the_sigterm_handler_ends_a_worker_thread_run_with_its_rep
     import time
 
     import function_app
-    from shared import shutdown
+    from shared.common import shutdown
+    from shared.config.settings import load_settings
     from shared.engine import run
-    from shared.settings import load_settings
 
     graph, _, state, _ = held
     graph.latency = 3600  # the run waits in the Graph read until the test lowers it again

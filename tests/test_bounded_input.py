@@ -24,13 +24,14 @@ import pytest
 from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
 from devstack.graph_emulator import GraphEmulator
-from shared import cli
-from shared.errors import IncompleteReadError, SettingsError
-from shared.graph import MAX_PAGE_BYTES, GraphSource
-from shared.history import MAX_REPORT_BYTES, FileReportStore, _document, format_status
-from shared.redact import forget_all, scrub
-from shared.settings import load_settings
-from shared.textsafe import MAX_TEXT, safe_text
+from shared.common.errors import IncompleteReadError, SettingsError
+from shared.common.redact import forget_all, scrub
+from shared.common.textsafe import MAX_TEXT, safe_text
+from shared.config.settings import load_settings
+from shared.sources.graph import MAX_PAGE_BYTES, GraphSource
+from shared.storage.history import MAX_REPORT_BYTES, FileReportStore, _document
+from shared.text import format_status
+from tests import launcher
 from tests.stack import DOMAINS, base_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
@@ -92,7 +93,7 @@ def page(origin: str, collection: str, values: list[dict[str, Any]]) -> bytes:
 
 
 class Sink:
-    """A round sink (``shared.graph.RoundSink``) that keeps every entry it is handed."""
+    """A round sink (``shared.sources.graph.RoundSink``) that keeps every entry it is handed."""
 
     def __init__(self) -> None:
         self.objects: list[dict[str, Any]] = []
@@ -213,7 +214,7 @@ def test_a_hostile_rejection_is_escaped_and_bounded_in_the_log_the_report_and_th
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         with caplog.at_level(logging.INFO):
-            code = cli.main(["update", "--json"])
+            code = launcher.main(["update", "--json"])
         out = capsys.readouterr()
     finally:
         graph.stop()
@@ -310,7 +311,7 @@ def blob_service(azurite):
 def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_path, monkeypatch):
     import stat
 
-    from shared.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     store = BlobStateStore(blob_service, "state-private", "azurite")
@@ -324,8 +325,8 @@ def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_pat
 
 @pytest.mark.parametrize("plant", ["world-writable", "other-owner", "symlink"])
 def test_a_planted_local_state_directory_is_refused(blob_service, tmp_path, monkeypatch, plant):
-    from shared.errors import StateError
-    from shared.state import BlobStateStore
+    from shared.common.errors import StateError
+    from shared.storage.stores import BlobStateStore
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     store = BlobStateStore(blob_service, "state-planted", "azurite")
@@ -365,7 +366,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
     try:
         env = {**base_env(graph.base_url, receiver.base_url, "blob:sigterm-state"), "AzureWebJobsStorage": azurite.connection_string,
                "TMPDIR": str(tmp_path), "SYNC_TEST_MAX_ITEMS": "20"}
-        proc = subprocess.Popen([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update", "--json"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while graph.request_count < 1 and time.monotonic() < deadline and proc.poll() is None:
@@ -382,7 +383,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
         assert len(reports) == 1 and "SIGTERM" in json.loads(container.get_blob_client(reports[0]).download_blob().readall())["error"]
         # the lease is released: the next run starts at once instead of waiting for it to expire
         graph.latency = 0.0
-        again = subprocess.run([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        again = subprocess.run([sys.executable, "-m", "tests.launcher", "update", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr
     finally:
         graph.stop()
@@ -391,7 +392,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
 def test_a_json_document_keeps_backslashes_exact_and_still_escapes_control_characters():
     """JSON escapes backslashes itself: a reason quoting a regular expression stays exact in a
     summary or report, while a newline or ANSI escape is still made visible."""
-    from shared.textsafe import safe_tree
+    from shared.common.textsafe import safe_tree
 
     doc = safe_tree({"reason": r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'", "key": "a\nb\x1b[31m"})
     assert doc["reason"] == r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'"

@@ -52,9 +52,8 @@ from azure.identity import ClientSecretCredential
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
-from shared import credentials, engine, vault
-from shared.engine import Options
-from shared.errors import (
+from shared import engine
+from shared.common.errors import (
     CredentialExpiredError,
     GraphError,
     SecretError,
@@ -63,9 +62,11 @@ from shared.errors import (
     SyncApiError,
     SyncApiUnavailableError,
 )
-from shared.redact import RedactingFilter, install_log_redaction
-from shared.settings import load_settings
-from shared.summary import RunSummary
+from shared.common.redact import RedactingFilter, install_log_redaction
+from shared.common.summary import RunSummary
+from shared.config import credentials, vault
+from shared.config.settings import load_settings
+from shared.engine import Options
 from tests.stack import run_cli
 
 # --- the canaries ---------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class Logs:
 @pytest.fixture
 def logs() -> Iterator[Logs]:
     """Every record of every logger at DEBUG, with the redaction installed as both entry points
-    install it (``shared.cli.configure_logging``), then handlers added after it."""
+    install it (``shared.common.logs.configure_logging``), then handlers added after it."""
     root = logging.getLogger()
     levels = {name: logging.getLogger(name).level for name in LOGGERS}
     factory = logging.getLogRecordFactory()
@@ -793,7 +794,7 @@ def test_a_key_vault_url_carrying_a_credential_is_refused(tmp_path, value):
 def test_redaction_reaches_every_handler_and_every_form(logs):
     """A record from third-party code, through a handler added after the redaction was installed
     and one below the root: the message, its arguments and its traceback, in every form."""
-    from shared.redact import Secret
+    from shared.common.redact import Secret
 
     Secret(GRAPH_SECRET, "GRAPH_CLIENT_SECRET")
     Secret(SYNC_CREDENTIAL, "SYNC_API_CREDENTIAL")

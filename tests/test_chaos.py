@@ -27,7 +27,7 @@ import pytest
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from devstack.tenant import generate_tenant
-from shared.projection import project
+from shared.model.directory import project
 from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, run_cli, service_view
 
 SEEDS = [int(os.environ["CHAOS_SEED"])] if os.environ.get("CHAOS_SEED") else [5150, 17, 2026]
@@ -211,7 +211,7 @@ def one_seed(tmp_path, backend: str, request, seed: int, deadline: float, length
                 graph.expire_delta_tokens()
             started = time.monotonic()
             errors = open(tmp_path / f"stderr-{n}.txt", "w+b")  # noqa: SIM115 - closed below
-            proc = subprocess.Popen([sys.executable, "-m", "shared", "update"], cwd=ROOT, env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update"], cwd=ROOT, env=env,
                                     stdout=subprocess.DEVNULL, stderr=errors)
             if not length:
                 kill_at = started + 600.0  # the first run: measured

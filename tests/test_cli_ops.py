@@ -28,7 +28,7 @@ def _bare_env(**extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tests.launcher", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_version() -> None:
@@ -163,7 +163,7 @@ def test_a_progress_line_that_cannot_be_rendered_never_fails_the_run() -> None:
     (an AttributeError, as a changed stats shape once caused) skips that line, the run goes on."""
     import asyncio
 
-    from shared.progress import Progress
+    from shared.common.progress import Progress
 
     class Broken:
         @property

@@ -32,7 +32,7 @@ import pytest
 from devstack.graph_emulator import GraphEmulator
 from devstack.receiver_http import HttpResponse
 from devstack.sync_receiver import SyncReceiver
-from shared.projection import project
+from shared.model.directory import project
 from tests.stack import CREDENTIAL, DOMAINS, ROOT, base_env, service_view
 
 U1, U2, U3, U9 = (f"c1000000-0000-0000-0000-00000000000{n}" for n in (1, 2, 3, 9))
@@ -99,7 +99,8 @@ COMMIT_INSTANTS = ("before the database commit", "between commit and publish", "
 # publish is patched (here, in the test) to die at that instant.
 COMMIT_CHILD = """
 import os, signal, sys
-import shared.state as state
+import shared.storage.state as state
+import shared.storage.stores as stores
 instant = sys.argv[1]
 
 def die():
@@ -110,7 +111,7 @@ if instant == "before the database commit":
         die()
     state.StateDB.commit = patched
 else:
-    for cls in (state.FileStateStore, state.BlobStateStore):
+    for cls in (stores.FileStateStore, stores.BlobStateStore):
         def wrap(publish):
             def patched(self, db):
                 if instant == "between commit and publish":
@@ -119,7 +120,7 @@ else:
                 die()
             return patched
         cls.publish = wrap(cls.publish)
-from shared.cli import main
+from tests.launcher import main
 sys.exit(main(["update", "--json"]))
 """
 
@@ -209,7 +210,7 @@ def stack(request, tmp_path):
 
 
 def killed_update(env: dict[str, str], killer: Killer, at: tuple[str, int]) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "shared", "update"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killer.arm(proc.pid, at)
     _, err = proc.communicate(timeout=120)
@@ -225,9 +226,9 @@ def commit_killed_update(env: dict[str, str], instant: str) -> None:
 
 def in_process_update(env: dict[str, str], action: str = "update") -> dict[str, Any]:
     """One ``update`` as the CLI runs it, in this process (the receiver serves on its threads)."""
-    from shared.cli import test_options
+    from shared.config.settings import load_settings
     from shared.engine import run
-    from shared.settings import load_settings
+    from tests.launcher import test_options
 
     summary = asyncio.run(run(action, load_settings(env), env=env, options=test_options(env)))
     return summary.as_dict()

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 from azure.identity import ClientAssertionCredential, ClientSecretCredential
 
-from shared import credentials
-from shared.errors import SecretError
-from shared.redact import Secret
-from shared.settings import load_settings
-from shared.vault import load_secrets
+from shared.common.errors import SecretError
+from shared.common.redact import Secret
+from shared.config import credentials
+from shared.config.settings import load_settings
+from shared.config.vault import load_secrets
 
 BASE = {
     "GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555",

@@ -18,10 +18,10 @@ import pytest
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from devstack.tenant import generate_tenant
+from shared.config.settings import load_settings
 from shared.engine import Options, run
-from shared.projection import project
-from shared.settings import load_settings
-from shared.state import FileStateStore
+from shared.model.directory import project
+from shared.storage.stores import FileStateStore
 from tests.stack import CREDENTIAL, DOMAINS, G, U, base_env, nasty_directory, service_view
 
 
@@ -203,7 +203,7 @@ def test_replayed_changes_change_nothing(stack):
     stack.update()
     stack.check()
     # Replay by hand: the same round read again from the previous links applies as a no-op.
-    from shared.directory import Affected, Cache
+    from shared.model.directory import Affected, Cache
 
     db = FileStateStore(stack.state).open()
     try:

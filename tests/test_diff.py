@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.diff import diff_records, plan_update
+from shared.plan.diff import diff_records, plan_update
 
 
 def test_diff_finds_new_changed_and_gone_records():

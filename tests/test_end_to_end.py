@@ -151,7 +151,7 @@ def test_a_crash_between_two_batches_is_repaired_without_loss_or_duplication(gra
         graph.upsert_user({"id": U(i), "displayName": f"u{i}", "mail": f"user{i}@contoso.com", "proxyAddresses": []})
     env["SYNC_TEST_MAX_ITEMS"] = "7"  # small batches: many requests to crash between
     receiver.inject_fault("drop_after", path_contains="/datasets/users/changes", times=1)
-    proc = subprocess.Popen([sys.executable, "-m", "shared", "update"], cwd=str(tmp_path.parent), env={**env, "PYTHONPATH": os.getcwd()},
+    proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update"], cwd=str(tmp_path.parent), env={**env, "PYTHONPATH": os.getcwd()},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(r.fault == "drop_after" for r in receiver.request_log):

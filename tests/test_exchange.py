@@ -1,4 +1,4 @@
-"""The Exchange Online adapter (shared/exchange.py) against the protocol-faithful Exchange
+"""The Exchange Online adapter (shared/sources/exchange.py) against the protocol-faithful Exchange
 emulator on loopback: paging by POST to the nextLink, the exact body and headers, every fault,
 the 401/403 message, one request in flight, and the emulator's own refusals."""
 
@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from devstack.exchange_emulator import ExchangeEmulator, recipient
-from shared.errors import ExchangeAuthError, ExchangeError
-from shared.exchange import ExchangeSource, invoke_body
+from shared.common.errors import ExchangeAuthError, ExchangeError
+from shared.sources.exchange import ExchangeSource, invoke_body
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 ANCHOR = f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{TENANT}"
@@ -112,7 +112,7 @@ def test_retry_after_is_honoured(exo, monkeypatch):
         waits.append(s)
         await real_sleep(0)
 
-    monkeypatch.setattr("shared.exchange.asyncio.sleep", sleep)
+    monkeypatch.setattr("shared.sources.exchange.asyncio.sleep", sleep)
     exo.fail("429", retry_after="7", on_page=1)
     exo.fail("throttle", retry_after="3", on_page=2)
     read(exo)
@@ -285,9 +285,9 @@ def test_emulator_standalone_prints_ready():
 def test_exchange_credential_is_the_graph_app_at_the_clouds_authority(base, authority):
     from azure.identity import ClientSecretCredential
 
-    from shared import credentials
-    from shared.redact import Secret
-    from shared.settings import load_settings
+    from shared.common.redact import Secret
+    from shared.config import credentials
+    from shared.config.settings import load_settings
 
     env = {"GRAPH_TENANT_ID": TENANT, "GRAPH_CLIENT_ID": "66666666-7777-8888-9999-000000000000", "GRAPH_CLIENT_SECRET": "s-canary",
            "SYNC_API_URL": "https://dirsync.example.net/v1", "SYNC_API_CREDENTIAL": "u:p", "SYNC_STATE": "file:/tmp/x",
@@ -302,7 +302,7 @@ def test_exchange_credential_is_the_graph_app_at_the_clouds_authority(base, auth
 def test_a_credential_is_asked_for_the_exchange_scope():
     from types import SimpleNamespace
 
-    from shared.exchange import token_getter_for
+    from shared.sources.exchange import token_getter_for
 
     asked = []
 

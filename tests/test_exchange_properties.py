@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.exchange_emulator import recipient
-from shared.directory import Affected, Cache, Round, memory_cache
-from shared.projection import candidates
+from shared.model.directory import Affected, Cache, Round, memory_cache
+from shared.model.projection import candidates
 
 PROVISIONED = frozenset({"contoso.com", "fabrikam.com", "xn--bcher-kva.example"})
 PREFIXES = ["SMTP:", "smtp:", "Smtp:", "X500:", "SIP:", "sip:", "EUM:", "SPO:", "x400:", " smtp:", "smtp: ", ""]

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from shared.errors import SettingsError
-from shared.settings import EXO_ALL_TYPES, load_settings
+from shared.common.errors import SettingsError
+from shared.config.settings import EXO_ALL_TYPES, load_settings
 from tests.stack import base_env, run_cli
 
 TENANT = "11111111-2222-3333-4444-555555555555"

@@ -11,15 +11,15 @@ import pytest
 from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
 from devstack.graph_emulator import GraphEmulator
-from shared.errors import IncompleteReadError
-from shared.graph import GraphSource
+from shared.common.errors import IncompleteReadError
+from shared.sources.graph import GraphSource
 from tests.test_graph_emulator import small_directory
 
 MAX_ATTEMPTS = 4
 
 
 class _Sink:
-    """A round sink (``shared.graph.RoundSink``) that keeps the user ids it is handed."""
+    """A round sink (``shared.sources.graph.RoundSink``) that keeps the user ids it is handed."""
 
     def __init__(self) -> None:
         self.users: list[str] = []

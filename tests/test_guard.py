@@ -153,7 +153,7 @@ def test_a_second_run_exits_promptly_naming_the_holder_and_changes_nothing(env, 
     # so it holds the lock for as long as the test needs, however slowly processes start here.
     graph.latency = 3600
     graph.upsert_user({"id": "1a000000-0000-0000-0000-000000000009", "mail": "slow@contoso.com", "proxyAddresses": []})
-    first = subprocess.Popen([sys.executable, "-m", "shared", "update", "--json"], cwd=ROOT, env=env,
+    first = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update", "--json"], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock_file = tmp_path / "state" / "run.lock"

@@ -1,10 +1,10 @@
-"""The deletion guard's rules alone (shared/guard.py), at their edges."""
+"""The deletion guard's rules alone (shared/plan/guard.py), at their edges."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.guard import Thresholds, approve, judge
+from shared.plan.guard import Thresholds, approve, judge
 
 T = Thresholds(percent=10, count=500)
 
@@ -70,7 +70,7 @@ def test_thresholds_can_switch_the_guard_off():
 
 
 def test_one_dataset_tripping_holds_the_others_deletions_of_the_run():
-    from shared.guard import judge_all
+    from shared.plan.guard import judge_all
 
     # 30 of 100 users go, and their 30 addresses are only 3 % of 1,000 addresses.
     users, addrs = keys(30, "u"), keys(30, "a")

@@ -12,9 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.approval import held_digest
-from shared.errors import StateError
-from shared.history import BlobReportStore, FileReportStore, bounded, format_status, open_reports
+from shared.common.errors import StateError
+from shared.plan.approval import held_digest
+from shared.storage.backend import open_reports
+from shared.storage.history import BlobReportStore, FileReportStore, bounded
+from shared.text import format_status
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 

@@ -24,7 +24,7 @@ import pytest
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
-from shared import cli
+from tests import launcher
 from tests.stack import CREDENTIAL, DOMAINS, base_env, run_cli, service_view
 
 # The SDK warns about its own request builders; not this file's concern.
@@ -76,7 +76,7 @@ class Stack:
                 mp.setenv(key, value)
             self._capsys.readouterr()
             started = time.monotonic()
-            code = cli.main(["update", "--json"])
+            code = launcher.main(["update", "--json"])
             seconds = time.monotonic() - started
             out = self._capsys.readouterr()
         return Run(code, out.out, out.err, seconds)

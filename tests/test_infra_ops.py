@@ -1,6 +1,6 @@
 """Infra suite, operations part: the alerts on the existing action group (missed runs, secret
 expiry, guard holds), the workbook, and their KQL against the dimensions the product really
-writes (shared/telemetry.py). Bicep is parsed with the real grammar (infra_helpers); each
+writes (shared/common/telemetry.py). Bicep is parsed with the real grammar (infra_helpers); each
 check also runs on a mutated copy of infra/ and must catch the mutation."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from infra_helpers import INFRA, lookup, object_properties, parse_bicep
 
-from shared.summary import RunSummary
-from shared.telemetry import summary_dimensions
+from shared.common.summary import RunSummary
+from shared.common.telemetry import summary_dimensions
 
 
 def load(root: Path, relative: str):

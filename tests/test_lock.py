@@ -16,14 +16,14 @@ from types import SimpleNamespace
 import pytest
 
 from devstack.azurite import DEV_KEY
-from shared.errors import StateError, SyncError
-from shared.lock import (
+from shared.common.errors import StateError, SyncError
+from shared.storage.backend import open_run_lock
+from shared.storage.lock import (
     LOCK_NAME,
     BlobRunLock,
     FileRunLock,
     RunLockedError,
     default_holder,
-    open_run_lock,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ ISO_UTC = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
 
 CHILD_FILE = """
 import sys, time
-from shared.lock import FileRunLock
+from shared.storage.lock import FileRunLock
 FileRunLock(sys.argv[1], sys.argv[2]).acquire()
 print("READY", flush=True)
 time.sleep(300)
@@ -40,7 +40,7 @@ time.sleep(300)
 CHILD_BLOB = """
 import os, sys, time
 from azure.storage.blob import BlobServiceClient
-from shared.lock import BlobRunLock
+from shared.storage.lock import BlobRunLock
 svc = BlobServiceClient.from_connection_string(os.environ["LOCK_TEST_CONNECTION"])
 BlobRunLock(svc.get_container_client(sys.argv[1]), sys.argv[2], lease_seconds=15, renew_every=14).acquire()
 print("READY", flush=True)
@@ -356,7 +356,7 @@ CHILD_KILLED_AT = """
 import os, signal, sys
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
-from shared.lock import BlobRunLock
+from shared.storage.lock import BlobRunLock
 
 target, when = int(sys.argv[3]), sys.argv[4]
 count = 0

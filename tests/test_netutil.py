@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from shared.netutil import jittered_backoff, parse_retry_after
+from shared.common.netutil import jittered_backoff, parse_retry_after
 
 
 @pytest.mark.parametrize("raw, expected", [("5", 5.0), (" 2.5 ", 2.5), ("0", 0.0), ("-3", 0.0), ("nan", None), ("NaN", None),

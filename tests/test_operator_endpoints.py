@@ -18,8 +18,8 @@ import function_app
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from devstack.tenant import generate_tenant
-from shared.approval import held_digest
-from shared.lock import FileRunLock
+from shared.plan.approval import held_digest
+from shared.storage.lock import FileRunLock
 from tests.stack import (
     CREDENTIAL,
     DOMAINS,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from shared.directory import project_entries
-from shared.projection import project, to_api_record
+from shared.model.directory import project, project_entries
+from shared.model.records import to_api_record
 
 PROV = {"contoso.com", "fabrikam.com", "xn--bcher-kva.example"}
 U = "#microsoft.graph.user"

@@ -1,4 +1,4 @@
-"""Properties of the projection (sync-rules.md) on arbitrary directory data.
+"""Properties of the projection (docs/sync-rules.md) on arbitrary directory data.
 
 Every record the projection produces is checked with the receiver's validator
 (devstack/receiver_records.py, devstack/receiver_addresses.py), which is written from the
@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from devstack.receiver_addresses import address_problem
 from devstack.receiver_addresses import normalize_domain as receiver_domain
 from devstack.receiver_records import RecordValidator
-from shared.addresses import InvalidAddress, normalize_address
-from shared.directory import project_entries
-from shared.projection import project, to_api_record
+from shared.model.addresses import InvalidAddress, normalize_address
+from shared.model.directory import project, project_entries
+from shared.model.records import to_api_record
 
 PROVISIONED = frozenset(receiver_domain(d) for d in ("contoso.com", "fabrikam.com", "bücher.example"))
 VALIDATOR = RecordValidator(PROVISIONED, ())
@@ -240,7 +240,7 @@ def test_projecting_already_normalized_values_gives_the_same_datasets(directory:
     assert {k: v[1] for k, v in after.datasets["groups"].items()} == {k: v[1] for k, v in before.datasets["groups"].items()}
     mails = {g["id"]: g.get("mail") for g in directory["groups"]}
     for gid, (name, _) in before.datasets["groups"].items():
-        # The name falls back to the raw mail (sync-rules.md), which normalizing may change.
+        # The name falls back to the raw mail (docs/sync-rules.md), which normalizing may change.
         assert after.datasets["groups"][gid][0] == name or name == mails[gid]
     assert [e.as_dict() for e in after.exclusions] == [e.as_dict() for e in before.exclusions]
 
@@ -281,7 +281,7 @@ def _member(graph: dict[str, Any], mid: str, style: str) -> Any:
 
 def _live(graph: dict[str, Any]) -> set[tuple[str, str]]:
     """The direct memberships the read shows: Graph's entries apply in arrival order, so a
-    member is live when its last entry is not @removed (sync-rules.md, "Reading the
+    member is live when its last entry is not @removed (docs/sync-rules.md, "Reading the
     directory"); the per-group /members read lists live members only."""
     if graph["via"] == "per-group":
         return {(g, m) for g, m, style in graph["edges"] if style != "removed"}

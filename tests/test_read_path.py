@@ -1,4 +1,4 @@
-"""Every read applies Graph's entries in the order they arrive (issue 9, part 1; sync-rules.md,
+"""Every read applies Graph's entries in the order they arrive (issue 9, part 1; docs/sync-rules.md,
 "Reading the directory"): the first (full) round as much as a later one. Within a round the
 same object can come back with a newer state, ``@removed`` removes an object, and a big group
 comes in slices that repeat its properties, whose ``members@delta`` add up and whose member
@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
+from shared.config.settings import load_settings
 from shared.engine import Options, run
-from shared.projection import project, to_api_record
-from shared.settings import load_settings
+from shared.model.directory import project
+from shared.model.records import to_api_record
 from tests.stack import CREDENTIAL, DOMAINS, base_env, service_view
 
 USER = "#microsoft.graph.user"

@@ -42,7 +42,7 @@ def test_two_lost_answers_at_one_position_do_not_leave_the_service_stale(stack):
 def test_a_blob_dry_run_during_an_update_does_not_lose_its_commit(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
     from tests.test_state import fill
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)

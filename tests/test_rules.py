@@ -1,5 +1,5 @@
 """The scope and exclusion rules (docs/sync-rules.md, "Scope and exclusions"), as a stage alone
-(shared/rules.py), inside the projection, and inside the directory cache a delta round is merged
+(shared/model/rules.py), inside the projection, and inside the directory cache a delta round is merged
 into. The property tests compare the product with a straightforward reading of the rules written
 here, over generated small directories and settings; no product code computes the expectation."""
 
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.directory import SCHEMA, Affected, Cache
-from shared.errors import SettingsError
-from shared.projection import candidates, project
-from shared.rules import NO_RULES, ScopeError, Shape, judge, parse_rules, rule_exclusions_summary, rule_of
-from shared.settings import load_settings
+from shared.common.errors import SettingsError
+from shared.config.settings import load_settings
+from shared.model.directory import SCHEMA, Affected, Cache, project
+from shared.model.projection import candidates
+from shared.model.rules import NO_RULES, ScopeError, Shape, judge, parse_rules, rule_exclusions_summary, rule_of
 
 PROV = frozenset({"contoso.com", "fabrikam.com"})
 USER = "#microsoft.graph.user"

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from shared.errors import SettingsError, SyncApiError
-from shared.redact import Secret
-from shared.settings import load_settings
-from shared.syncapi import SyncApiClient
+from shared.common.errors import SettingsError, SyncApiError
+from shared.common.redact import Secret
+from shared.config.settings import load_settings
+from shared.target.syncapi import SyncApiClient
 from tests.stack import ROOT
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import SettingsError
-from shared.settings import load_settings
+from shared.common.errors import SettingsError
+from shared.config.settings import load_settings
 from tests.stack import base_env, run_cli
 
 GOOD = {

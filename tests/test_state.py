@@ -8,8 +8,9 @@ import sqlite3
 
 import pytest
 
-from shared.errors import StateConflictError, StateError
-from shared.state import DB_NAME, FileStateStore
+from shared.common.errors import StateConflictError, StateError
+from shared.storage.state import DB_NAME
+from shared.storage.stores import FileStateStore
 
 SAMPLE = {
     "addresses": {"a@x.com": (), "b@x.com": ()},
@@ -57,7 +58,7 @@ def test_file_store_roundtrip(tmp_path):
 def test_blob_store_roundtrip(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
     roundtrip(BlobStateStore(svc, "state-roundtrip", "azurite", local_dir=tmp_path / "local"))
@@ -66,7 +67,7 @@ def test_blob_store_roundtrip(azurite, tmp_path):
 def test_blob_store_refuses_to_overwrite_a_state_written_by_someone_else(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
     a = BlobStateStore(svc, "state-conflict", "azurite", local_dir=tmp_path / "a")
@@ -89,7 +90,7 @@ def test_blob_store_refuses_to_overwrite_a_state_written_by_someone_else(azurite
 def test_blob_local_copy_is_reused_only_while_the_etag_matches(azurite, tmp_path):
     from azure.storage.blob import BlobServiceClient
 
-    from shared.state import BlobStateStore
+    from shared.storage.stores import BlobStateStore
 
     svc = BlobServiceClient.from_connection_string(azurite.connection_string)
     a = BlobStateStore(svc, "state-etag", "azurite", local_dir=tmp_path / "a")
@@ -254,4 +255,23 @@ def test_a_state_written_before_the_recheck_list_gets_one(tmp_path):
     conn.close()
     again = store.open()
     assert again.recheck_keys("users") == [] and again.records("users") == SAMPLE["users"]
+    again.close()
+
+
+def test_the_state_journals_an_intent_and_a_confirmation_around_a_request(tmp_path):
+    """The journal protocol as the sending stage uses it (shared/storage/state.py): an intent
+    before the request, then the confirmation, which applies the records and moves the
+    position; a withdrawn intent leaves nothing behind."""
+    store = FileStateStore(tmp_path)
+    db = store.open()
+    start = db.position
+    token = db.record_intent(store, "users", ["u1"])
+    db.withdraw_intent(store, token)
+    assert db.position == start and (store.journal.read_bytes() if store.journal.exists() else b"") == b""
+    db.record_intent(store, "users", ["u1"])
+    db.confirm(store, "users", {"u1": ("a@x.com", ())}, [])
+    assert db.records("users") == {"u1": ("a@x.com", ())} and db.seq == 1 and db.position != start
+    db.close()  # a crash before the commit: the journal carries the confirmed batch
+    again = store.open()
+    assert again.records("users") == {"u1": ("a@x.com", ())} and again.position.endswith(":1")
     again.close()

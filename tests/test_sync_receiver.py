@@ -1,4 +1,4 @@
-"""The strict sync API receiver (devstack.sync_receiver) against every rule of sync-api.md.
+"""The strict sync API receiver (devstack.sync_receiver) against every rule of docs/sync-api.md.
 
 The receiver is what the product is tested against, so a rule it fails to
 enforce is a product bug that no test would catch. These tests talk to it over

@@ -1,7 +1,7 @@
-"""The product's sync API client (shared/syncapi.py) against the strict local receiver.
+"""The product's sync API client (shared/target/syncapi.py) against the strict local receiver.
 
 Every test talks real HTTP on loopback to devstack.sync_receiver.SyncReceiver, the project's
-independent reading of sync-api.md, and checks what the receiver saw (its request log and its
+independent reading of docs/sync-api.md, and checks what the receiver saw (its request log and its
 data) as well as what the client returned or raised. Backoff is tiny so the suite stays fast;
 only the two Retry-After tests wait a real second, to prove Retry-After is honoured.
 """
@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from devstack.sync_receiver import SyncReceiver
-from shared.engine import idempotency_key
-from shared.errors import (
+from shared.common.errors import (
     PayloadTooLargeError,
     SyncApiAuthError,
     SyncApiError,
@@ -29,8 +28,9 @@ from shared.errors import (
     SyncApiRequestError,
     SyncApiUnavailableError,
 )
-from shared.redact import Secret
-from shared.syncapi import GZIP_ABOVE_BYTES, SyncApiClient, WriteResult
+from shared.common.redact import Secret
+from shared.send import idempotency_key
+from shared.target.syncapi import GZIP_ABOVE_BYTES, SyncApiClient, WriteResult
 
 DOMAINS = ["contoso.com"]
 OTHER_ACCOUNT = {"taken@contoso.com"}

@@ -25,11 +25,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devstack.graph_emulator import GraphEmulator
-from shared import engine, telemetry
+from shared import engine
+from shared.common import telemetry
+from shared.common.summary import RunSummary
+from shared.config.settings import load_settings
 from shared.engine import Options
-from shared.projection import DATASETS
-from shared.settings import load_settings
-from shared.summary import RunSummary
+from shared.model.records import DATASETS
 from tests.stack import U, base_env, nasty_directory, run_cli
 
 _SPANS = InMemorySpanExporter()
@@ -221,10 +222,10 @@ def test_a_cli_run_exports_its_summary_when_a_connection_string_is_set(ingestion
 
 @pytest.mark.parametrize("days_ahead", [29.5, 12.2, 3.0, -2.0])
 def test_the_vaults_own_expiry_warning_becomes_the_dimension(days_ahead: float) -> None:
-    """The dimension is read from the warning text shared/vault.py writes: the two must agree."""
+    """The dimension is read from the warning text shared/config/vault.py writes: the two must agree."""
     import datetime as dt
 
-    from shared import vault
+    from shared.config import vault
 
     now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     warnings: list[str] = []
@@ -236,7 +237,7 @@ def test_the_vaults_own_expiry_warning_becomes_the_dimension(days_ahead: float) 
 
 def test_no_exception_text_reaches_a_span(exported, graph, receiver, tmp_path, monkeypatch) -> None:
     """An SDK exception's text can echo a token request; spans carry only its type."""
-    from shared import graph as graph_module
+    from shared.sources import graph as graph_module
 
     canary = "client_secret=Canary-Span-Secret-91f3"
 

@@ -43,7 +43,7 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
-// The product's settings (sync-rules.md), each from a parameter or a deployed resource.
+// The product's settings (docs/sync-rules.md), each from a parameter or a deployed resource.
 @description('KEY_VAULT_URL: URI of the vault that holds both secrets.')
 param keyVaultUrl string
 
@@ -130,7 +130,7 @@ var appSettingsAlways = {
   // Telemetry, authenticated with the same identity (local auth is disabled).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  // The product's settings (sync-rules.md). The secrets themselves are never app
+  // The product's settings (docs/sync-rules.md). The secrets themselves are never app
   // settings: the Function reads them from KEY_VAULT_URL.
   KEY_VAULT_URL: keyVaultUrl
   GRAPH_TENANT_ID: tenant().tenantId

@@ -1,6 +1,6 @@
 // The alerts that tell an operator the sync went quiet or needs them, on the existing action
 // group (alert.bicep). Each queries the run summary record the Function writes once per run
-// (shared/telemetry.py: message "SyncRunSummary {...}", its fields in customDimensions):
+// (shared/common/telemetry.py: message "SyncRunSummary {...}", its fields in customDimensions):
 //
 //   missed runs     no successful timer run (action update, host functions, ok) in about three
 //                   schedule intervals: the app is stopped, a deploy broke an import, the timer
@@ -32,7 +32,7 @@ param actionGroupId string
 @maxValue(960)
 param syncIntervalMinutes int = 60
 
-@description('Days ahead of a credential\'s expiry that the secret-expiry alert fires; the run warns from 30 days on (shared/vault.py).')
+@description('Days ahead of a credential\'s expiry that the secret-expiry alert fires; the run warns from 30 days on (shared/config/vault.py).')
 @minValue(1)
 @maxValue(30)
 param secretExpiryDays int = 30

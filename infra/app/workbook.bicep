@@ -1,5 +1,5 @@
 // The operator's workbook: what the sync did, from the run summary record the Function writes
-// once per run (shared/telemetry.py; its fields are customDimensions). Open it from the
+// once per run (shared/common/telemetry.py; its fields are customDimensions). Open it from the
 // Application Insights resource (Workbooks) or the resource group; docs/deployment.md, "Workbook".
 //
 //   runs over time (ok / failed)    records sent per dataset    the read kind (full / delta)

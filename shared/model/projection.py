@@ -2,35 +2,26 @@
 (docs/sync-rules.md): the rules for one object (its candidate addresses, its primary address,
 a group's name) and the plain-data shapes of a projection.
 
-Every read merges Graph's entries into the directory cache (``shared/directory.py``), which
+Every read merges Graph's entries into the directory cache (``shared/model/directory.py``), which
 projects the whole directory (a full read) or the keys a delta round affects, by these rules.
-Records are kept in a compact canonical form (tuples with sorted id lists), which is also what
-the state stores, so a diff is a plain comparison."""
+The records themselves are typed in ``shared/model/records.py``."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .addresses import InvalidAddress, domain_of, normalize_address
+from .records import Records
 from .rules import NO_RULES, Rules
 
-log = logging.getLogger(__name__)
-
-DATASETS: tuple[str, ...] = ("addresses", "groups", "users")
+log = logging.getLogger("shared.projection")  # the name its log lines have always carried
 
 GRAPH_SOURCE = "Graph"
 EXCHANGE_SOURCE = "Exchange Online"
 USER_TYPE = "#microsoft.graph.user"
 GROUP_TYPE = "#microsoft.graph.group"
-
-# Canonical record values, keyed by the record key:
-#   addresses: address -> ()
-#   groups:    id -> (name, (parentId, ...))   parent ids sorted
-#   users:     id -> (address, (groupId, ...)) group ids sorted
-Records = dict[str, tuple]
 
 
 @dataclass(frozen=True)
@@ -62,32 +53,6 @@ class Projection:
 
     def excluded(self, dataset: str) -> int:
         return sum(1 for e in self.exclusions if e.dataset == dataset)
-
-
-def to_api_record(dataset: str, key: str, value: tuple) -> dict[str, Any]:
-    """The canonical record as the JSON object sync-api.md defines."""
-    if dataset == "addresses":
-        return {"address": key}
-    if dataset == "groups":
-        return {"id": key, "name": value[0], "parentIds": list(value[1])}
-    if dataset == "users":
-        return {"id": key, "address": value[0], "groupIds": list(value[1])}
-    raise ValueError(f"unknown dataset {dataset!r}")
-
-
-def from_api_record(dataset: str, record: dict[str, Any]) -> tuple[str, tuple]:
-    """A record as the service returns it → (key, canonical value)."""
-    if dataset == "addresses":
-        return str(record["address"]).lower(), ()
-    if dataset == "groups":
-        return str(record["id"]), (str(record["name"]), tuple(sorted(map(str, record.get("parentIds") or ()))))
-    if dataset == "users":
-        return str(record["id"]), (
-            str(record["address"]).lower(),
-            tuple(sorted(map(str, record.get("groupIds") or ()))),
-        )
-    raise ValueError(f"unknown dataset {dataset!r}")
-
 
 
 @dataclass
@@ -172,7 +137,7 @@ def _usable_name(value: Any) -> bool:
 
 def group_name(gid: str, obj: dict[str, Any]) -> str:
     """A group record's ``name``: its displayName, where that is empty its mail, else its id
-    (sync-rules.md). A value that cannot be encoded at all (lone surrogates) counts as empty."""
+    (docs/sync-rules.md). A value that cannot be encoded at all (lone surrogates) counts as empty."""
     for value in (obj.get("displayName"), obj.get("mail")):
         if _usable_name(value):
             return value
@@ -186,23 +151,3 @@ def _printable(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
-    """Project a whole directory held in memory (tests, the emulator's snapshot): each object
-    is one entry of a first delta round (a group's ``members`` as its ``members@delta``),
-    merged and projected exactly as a full read is (``shared/directory.py``)."""
-    from .directory import project_entries
-
-    def entries() -> Iterable[tuple[str, dict[str, Any]]]:
-        for u in directory.get("users", ()):
-            yield "users", u
-        for c in directory.get("contacts", ()):
-            yield "contacts", c
-        for g in directory.get("groups", ()):
-            members = g.get("members") or ()
-            entry = {k: v for k, v in g.items() if k != "members"}
-            entry["members@delta"] = [m if isinstance(m, dict) else {"id": m} for m in members]
-            yield "groups", entry
-
-    return project_entries(entries(), provisioned, rules)

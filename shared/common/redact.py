@@ -92,7 +92,7 @@ def scrub(text: str) -> str:
 def scrub_record(record: logging.LogRecord) -> None:
     """Remove every registered value from a record's message, traceback and stack, in place,
     and escape the control characters of its message (a newline or an ANSI escape from Graph
-    or the sync API must not forge a log line: ``shared/textsafe.py``)."""
+    or the sync API must not forge a log line: ``shared/common/textsafe.py``)."""
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a broken format must not break logging

@@ -14,37 +14,30 @@ Journal entries name the generation and sequence they extend, so a stale or torn
 ignored rather than applied twice, and the position (lineage:generation:sequence) is part of
 every Idempotency-Key.
 
-Backends: ``file:<directory>`` (the database lives there) and ``blob:<container>`` (the
-database is a block blob, downloaded to a local file, committed there, then uploaded with
-a condition on the ETag it was read at). A state written by the previous release
-(``state.json.gz``) is converted on first open; its directory cache is empty, so that run
-reads the directory in full."""
+Backends (``file:`` and ``blob:``) are in ``shared/storage/stores.py``; a state written by
+the previous release (``state.json.gz``) is converted on first open by
+``shared/storage/legacy.py``."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gzip
-import hashlib
 import json
 import logging
-import os
 import shutil
 import sqlite3
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .directory import SCHEMA as CACHE_SCHEMA
-from .directory import Cache
-from .errors import StateConflictError, StateError
-from .localdir import default_base, private_dir
-from .projection import DATASETS, Records
-from .rules import NO_RULES, Rules
+from ..common.errors import StateError
+from ..model.directory import SCHEMA as CACHE_SCHEMA
+from ..model.directory import Cache
+from ..model.records import DATASETS, Records
+from ..model.rules import NO_RULES, Rules
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.state")  # the name its log lines have always carried
 
 FORMAT = "entra-dirsync-state"
 VERSION = 2
@@ -97,6 +90,20 @@ def _decode(dataset: str, text: str) -> tuple:
     return (first, tuple(ids))
 
 
+class _Meta:
+    """A named meta value of the state (JSON; ``None`` deletes it). Only the state writes its
+    meta keys: every other module reads and writes them through these accessors."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __get__(self, db: StateDB | None, owner: type | None = None) -> Any:
+        return self if db is None else db._get_meta(self.key)
+
+    def __set__(self, db: StateDB, value: Any) -> None:
+        db._set_meta(self.key, value)
+
+
 class StateDB:
     """One open state database. Everything happens in one transaction until ``commit``."""
 
@@ -114,9 +121,9 @@ class StateDB:
                 raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
             if fmt is not None and json.loads(fmt) != FORMAT:
                 raise StateError(f"the state at {where} is not a sync state database; run 'refresh' to rebuild it")
-            if fmt is not None and self.get_meta("version") != VERSION:
+            if fmt is not None and self._get_meta("version") != VERSION:
                 raise StateError(
-                    f"the state at {where} has version {self.get_meta('version')!r}, this release reads version {VERSION}; "
+                    f"the state at {where} has version {self._get_meta('version')!r}, this release reads version {VERSION}; "
                     "run 'refresh' to rebuild it from the service"
                 )
             # WAL for a state on disk: a dry run's snapshot never waits for a running update's
@@ -132,16 +139,16 @@ class StateDB:
                 self.conn.execute("BEGIN")
                 self.lineage = uuid.uuid4().hex
                 self.generation = 0
-                self.set_meta("format", FORMAT)
-                self.set_meta("version", VERSION)
-                self.set_meta("lineage", self.lineage)
-                self.set_meta("generation", 0)
+                self._set_meta("format", FORMAT)
+                self._set_meta("version", VERSION)
+                self._set_meta("lineage", self.lineage)
+                self._set_meta("generation", 0)
                 # The lineage is durable before any batch is journaled against it.
                 self.conn.execute("COMMIT")
                 self.conn.execute("BEGIN")
             else:
-                self.lineage = str(self.get_meta("lineage"))
-                self.generation = int(self.get_meta("generation"))
+                self.lineage = str(self._get_meta("lineage"))
+                self.generation = int(self._get_meta("generation"))
                 self.conn.execute(RECHECK_TABLE)  # a state of this version written before the table
                 self.conn.execute("BEGIN")
         except StateError:
@@ -171,6 +178,20 @@ class StateDB:
         return f"{base}~{self.attempts}" if self.attempts > 1 else base
 
     # --- meta --------------------------------------------------------------------------------
+    last_action = _Meta("lastAction")  # the last action that committed: "update", "replace", ...
+    converted_from = _Meta("convertedFrom")  # set when converted from the previous release's format
+    last_full_read = _Meta("lastFullRead")  # ISO time of the last full read (UTC)
+    saved_at = _Meta("savedAt")  # ISO time of the last commit (UTC)
+    directory_cache = _Meta("directoryCache")  # "complete" when the cache holds a whole read
+    delta_links = _Meta("deltaLinks")  # collection -> deltaLink of the last read
+    read_fingerprint = _Meta("readFingerprint")  # the settings the cache was read under
+    rejected = _Meta("rejected")  # dataset -> keys the service rejected last run (sent again)
+
+    def adopt_lineage(self, lineage: str, generation: int) -> None:
+        """Continue an existing lineage at ``generation`` (a converted state of the previous release)."""
+        self.lineage, self.generation = lineage, generation
+        self._set_meta("lineage", lineage)
+
     def _meta_raw(self, key: str) -> str | None:
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -178,11 +199,11 @@ class StateDB:
             return None  # no meta table: an empty database
         return None if row is None else row[0]
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
+    def _get_meta(self, key: str, default: Any = None) -> Any:
         raw = self._meta_raw(key)
         return default if raw is None else json.loads(raw)
 
-    def set_meta(self, key: str, value: Any) -> None:
+    def _set_meta(self, key: str, value: Any) -> None:
         if value is None:
             self.conn.execute("DELETE FROM meta WHERE key=?", (key,))
         else:
@@ -283,8 +304,28 @@ class StateDB:
         # Confirmed by the service, but the directory may have moved since (an undo): the
         # next update compares these keys again, even when its delta round does not name them.
         self.mark_recheck(dataset, [*upsert, *delete])
-        self.seq += 1
+        self.advance()
         return True
+
+    # --- the journal protocol around one request (docs/sync-rules.md: nothing is lost) ----------
+    def record_intent(self, journal: Any, dataset: str, keys: list[str]) -> Any:
+        """Journal, before a request is sent, the keys it names (``journal``: a state store's
+        ``append_journal``); returns the token that withdraws it (``withdraw_intent``)."""
+        return journal.append_journal(self.intent_entry(dataset, keys))
+
+    def withdraw_intent(self, journal: Any, token: Any) -> None:
+        """Take back an intent whose request surely changed nothing at the service."""
+        journal.retract_journal(token)
+
+    def confirm(self, journal: Any, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> None:
+        """Journal what the service confirmed, then apply it and advance the position."""
+        journal.append_journal(self.journal_entry(dataset, upsert, delete))
+        self.apply(dataset, upsert, delete)
+        self.advance()
+
+    def advance(self) -> None:
+        """One confirmed batch further: the next request's position (Idempotency-Key) differs."""
+        self.seq += 1
 
     # --- held deletions (the deletion guard) -----------------------------------------------------
     def held(self, dataset: str | None = None) -> dict[str, dict[str, bool]]:
@@ -326,8 +367,8 @@ class StateDB:
             raise StateError("internal error: a read-only state cannot be committed")
         self.generation += 1
         self.seq = 0
-        self.set_meta("generation", self.generation)
-        self.set_meta("savedAt", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        self._set_meta("generation", self.generation)
+        self._set_meta("savedAt", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         try:
             self.conn.execute("COMMIT")
             self.conn.execute("BEGIN")
@@ -354,60 +395,7 @@ class StateDB:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
-# --- the previous release's format (read once, to convert) ----------------------------------------
-def _load_v1(data: bytes, journal: bytes, where: str) -> tuple[str, int, dict[str, Records]]:
-    try:
-        doc = json.loads(gzip.decompress(data))
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != 1:
-            raise ValueError("not a version 1 state")
-        lineage, generation = str(doc["lineage"]), int(doc["generation"])
-        datasets: dict[str, Records] = {}
-        for name, recs in doc["datasets"].items():
-            if name not in DATASETS:
-                raise ValueError(name)
-            if name == "addresses":
-                datasets[name] = dict.fromkeys(recs, ())
-            else:
-                datasets[name] = {}
-                for k, v in recs.items():
-                    first, ids = v
-                    if not isinstance(first, str) or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                        raise ValueError("bad record")
-                    datasets[name][str(k)] = (first, tuple(ids))
-    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        raise StateError(f"the previous release's state at {where} is unreadable; run 'refresh' to rebuild it from the service") from None
-    seq = 0
-    for entry in _parse_journal(journal)[0]:
-        if entry.get("lineage") == lineage and entry.get("generation") == generation and entry.get("seq") == seq + 1:
-            try:
-                d = entry["dataset"]
-                recs = datasets.setdefault(d, {})
-                for k in entry["delete"]:
-                    recs.pop(k, None)
-                for k, v in entry["upsert"].items():
-                    recs[k] = () if d == "addresses" else (v[0], tuple(v[1]))
-            except (KeyError, TypeError, IndexError):
-                break
-            seq += 1
-    return lineage, generation, datasets
-
-
-def _convert_v1(db: StateDB, lineage: str, generation: int, datasets: dict[str, Records]) -> None:
-    db.lineage, db.generation = lineage, generation
-    db.set_meta("lineage", lineage)
-    for name, recs in datasets.items():
-        db.replace_records(name, recs)
-    db.set_meta("convertedFrom", "state.json.gz version 1")
-    db.commit()
-    log.warning(
-        "state %s: converted the previous release's state (state.json.gz, version 1) to version %d; "
-        "it has no directory cache, so this run reads the directory in full",
-        db.where,
-        VERSION,
-    )
-
-
-def _parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
+def parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
     """The entries, and whether the journal ends in a torn write."""
     entries = []
     for line in data.splitlines():
@@ -422,7 +410,7 @@ def _parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
     return entries, False
 
 
-def _snapshot(source: Path, target: Path, where: str) -> None:
+def snapshot(source: Path, target: Path, where: str) -> None:
     try:
         # Not mode=ro: a read-only connection to a WAL database leaves its -wal/-shm files
         # behind; this one, if it is the last to close, removes them. It only reads.
@@ -443,7 +431,7 @@ def _snapshot(source: Path, target: Path, where: str) -> None:
         raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
 
 
-def _good_prefix(data: bytes) -> int:
+def good_prefix(data: bytes) -> int:
     """Length of the journal up to the end of its last complete, parsable line."""
     end = 0
     for line in data.splitlines(keepends=True):
@@ -457,12 +445,12 @@ def _good_prefix(data: bytes) -> int:
     return end
 
 
-def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
+def replay_journal(db: StateDB, data: bytes) -> tuple[int, bool]:
     """Apply the journal in the open transaction. The position stays where the interrupted
     run left it, so a batch whose answer was lost is sent again under the same key. The keys
     of a batch that was sent but never confirmed are marked unknown (the service may or may
     not have applied it), in journal order, so a later confirmation overrides the mark."""
-    entries, torn = _parse_journal(data)
+    entries, torn = parse_journal(data)
     ours = [e for e in entries if e.get("lineage") == db.lineage and e.get("generation") == db.generation]
     confirmed = {(e.get("run"), e.get("seq")) for e in ours if "intent" not in e}
     applied = unknown = 0
@@ -484,303 +472,3 @@ def _replay(db: StateDB, data: bytes) -> tuple[int, bool]:
         log.warning("state %s: %d record(s) of a batch sent without a recorded answer are marked unknown; this run sends them again",
                     db.where, unknown)
     return applied + (1 if unknown else 0), torn
-
-
-class StateStore(Protocol):
-    where: str
-
-    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None: ...
-    def append_journal(self, entry: dict[str, Any]) -> Any: ...
-    def retract_journal(self, token: Any) -> None: ...
-    def publish(self, db: StateDB) -> None: ...
-
-
-# --- file: ----------------------------------------------------------------------------------
-class FileStateStore:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        self.where = f"file:{self.dir}"
-        self.path = self.dir / DB_NAME
-        self.journal = self.dir / JOURNAL_NAME
-
-    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
-        """The state, with the journal of an interrupted run folded in; ``None`` when there is
-        none and ``readonly`` (a dry run creates nothing). ``rebuild`` (refresh) sets an
-        unreadable state aside instead of failing."""
-        if rebuild:
-            try:
-                return self.open()
-            except StateError as exc:
-                aside = self.dir / f"{DB_NAME}.unreadable-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
-                log.warning("refresh: the state is unusable (%s); keeping it as %s and starting a new one", exc, aside.name)
-                for name in (DB_NAME, V1_NAME, JOURNAL_NAME):
-                    if (self.dir / name).exists():
-                        (self.dir / name).rename(aside if name == DB_NAME else self.dir / f"{name}.unreadable")
-                return self.open()
-        v1 = self.dir / V1_NAME
-        exists = self.path.exists()
-        if not exists and readonly and not v1.exists():
-            return None
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"cannot create the state directory {self.where}: {exc.strerror}") from None
-        if readonly:
-            # A dry run works on a snapshot, so it never holds a lock a running update needs.
-            tmp = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
-            if exists:
-                _snapshot(self.path, tmp, self.where)
-            db = StateDB(tmp, self.where, durable=False, discard=True)
-            if not exists:
-                _convert_v1(db, *_load_v1(v1.read_bytes(), self._journal_bytes(), self.where))
-            _replay(db, self._journal_bytes())
-            return db
-        old = _load_v1(v1.read_bytes(), self._journal_bytes(), self.where) if not exists and v1.exists() else None
-        db = StateDB(self.path, self.where)
-        if old is not None:
-            _convert_v1(db, *old)
-            self.journal.unlink(missing_ok=True)
-            v1.rename(self.dir / (V1_NAME + ".converted"))
-        data = self._journal_bytes()
-        applied, torn = _replay(db, data)  # in the open transaction, committed at the run's end
-        if torn:
-            # Appending after a torn line would hide every later entry: cut it off first.
-            good = _good_prefix(data)
-            try:
-                os.truncate(self.journal, good)
-            except OSError as exc:
-                raise StateError(f"cannot repair the journal at {self.where}: {exc.strerror}") from None
-        elif not applied and self.journal.exists():
-            self._clear_journal()  # only stale entries
-        return db
-
-    def _journal_bytes(self) -> bytes:
-        try:
-            return self.journal.read_bytes()
-        except FileNotFoundError:
-            return b""
-        except OSError as exc:
-            raise StateError(f"cannot read the journal at {self.where}: {exc.strerror}") from None
-
-    def publish(self, db: StateDB) -> None:
-        """After ``db.commit()``: the database is the durable copy, so the journal is stale."""
-        self._clear_journal()
-
-    def _clear_journal(self) -> None:
-        try:
-            self.journal.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, exc.strerror)
-
-    def append_journal(self, entry: dict[str, Any]) -> Any:
-        """Returns a token for ``retract_journal`` (the journal's length before)."""
-        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
-        try:
-            with open(self.journal, "ab") as fh:
-                before = fh.tell()
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise StateError(f"cannot append to the journal at {self.where}: {exc.strerror}") from None
-        return before
-
-    def retract_journal(self, token: Any) -> None:
-        """Take back the last entry (an intent whose batch failed with an answer, while this
-        process lived to see it): the state is left as it was before the batch."""
-        try:
-            if token == 0:
-                self.journal.unlink(missing_ok=True)
-            else:
-                os.truncate(self.journal, token)
-        except OSError as exc:
-            log.warning("state %s: could not take back an intent entry (%s); the next run sends its records again", self.where, exc.strerror)
-
-
-# --- blob: ----------------------------------------------------------------------------------
-class BlobStateStore:
-    """The database as a block blob. It is worked on in a local copy (kept between runs of a
-    warm instance and reused while the blob's ETag is unchanged) and uploaded after the commit,
-    on the condition that nobody else wrote it meanwhile."""
-
-    def __init__(self, service_client: Any, container: str, account_hint: str, local_dir: str | os.PathLike[str] | None = None) -> None:
-        self.container = service_client.get_container_client(container)
-        self.where = f"blob:{container} ({account_hint})"
-        tag = hashlib.sha256(f"{account_hint}/{container}".encode()).hexdigest()[:16]
-        # a per-user 0700 directory, checked for owner and mode on every open (shared/localdir.py)
-        self._local_base = None if local_dir else default_base()
-        self.local = Path(local_dir or self._local_base) / f"dirsync-state-{tag}"
-        self._etag: str | None = None
-        self._journal_ready = False
-
-    def _ensure_container(self) -> None:
-        from azure.core.exceptions import ResourceExistsError
-
-        try:
-            self.container.create_container()
-        except ResourceExistsError:
-            pass
-
-    def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
-        if rebuild:
-            try:
-                return self.open()
-            except StateConflictError:
-                raise
-            except StateError as exc:
-                log.warning("refresh: the state is unusable (%s); starting a new one (the blob is replaced on success)", exc)
-                path = self.local / DB_NAME
-                path.unlink(missing_ok=True)
-                (self.local / "etag").unlink(missing_ok=True)
-                return StateDB(path, self.where, durable=False)
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-        private_dir(self.local, self._local_base)
-        path, stamp = self.local / DB_NAME, self.local / "etag"
-        try:
-            self._ensure_container()
-            blob = self.container.get_blob_client(DB_NAME)
-            try:
-                props = blob.get_blob_properties()
-                self._etag = props.etag
-            except ResourceNotFoundError:
-                self._etag = None
-            if readonly:
-                # A dry run never touches the local copy a running update may be working on:
-                # it downloads its own snapshot.
-                v1 = self._download(V1_NAME) if self._etag is None else None
-                if self._etag is None and v1 is None:
-                    return None
-                work = Path(tempfile.mkdtemp(prefix="dirsync-dry-")) / DB_NAME
-                if self._etag is not None:
-                    with open(work, "wb") as fh:
-                        blob.download_blob(etag=self._etag, match_condition=_if_not_modified()).readinto(fh)
-                journal = self._download(JOURNAL_NAME) or b""
-            elif self._etag is None:
-                v1 = self._download(V1_NAME)
-                path.unlink(missing_ok=True)
-                stamp.unlink(missing_ok=True)
-            elif not (path.exists() and stamp.exists() and stamp.read_text() == self._etag):
-                stamp.unlink(missing_ok=True)
-                tmp = self.local / f".{DB_NAME}.{uuid.uuid4().hex}.tmp"
-                with open(tmp, "wb") as fh:
-                    downloader = blob.download_blob(etag=self._etag, match_condition=_if_not_modified())
-                    downloader.readinto(fh)
-                os.replace(tmp, path)
-                stamp.write_text(self._etag)
-            if not readonly:
-                journal = self._download(JOURNAL_NAME) or b""
-        except AzureError as exc:
-            raise StateError(f"cannot read the state at {self.where}: {azure_reason(exc)}") from None
-        except OSError as exc:
-            raise StateError(f"cannot keep a local copy of the state at {self.local}: {exc.strerror}") from None
-        if readonly:
-            db = StateDB(work, self.where, durable=False, discard=True)
-            if self._etag is None and v1 is not None:
-                _convert_v1(db, *_load_v1(v1, journal, self.where))
-            _replay(db, journal)
-            return db
-        stamp.unlink(missing_ok=True)  # the local copy is about to diverge from the blob
-        db = StateDB(path, self.where, durable=False)
-        if self._etag is None:
-            if v1 is not None:
-                _convert_v1(db, *_load_v1(v1, journal, self.where))
-                journal = b""
-            self.publish(db)  # the lineage is durable before any batch is journaled
-        applied, torn = _replay(db, journal)
-        if torn:
-            # An append blob cannot be cut: fold the journal into a new generation instead.
-            db.commit()
-            self.publish(db)
-        return db
-
-    def _download(self, name: str) -> bytes | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self.container.get_blob_client(name).download_blob().readall()
-        except ResourceNotFoundError:
-            return None
-
-    def publish(self, db: StateDB) -> None:
-        """Upload the committed database (atomic: the block list is committed at the end)."""
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-
-        blob = self.container.get_blob_client(DB_NAME)
-        try:
-            with open(db.path, "rb") as fh:
-                if self._etag is None:
-                    result = blob.upload_blob(fh, overwrite=True, if_none_match="*", max_concurrency=4)
-                else:
-                    result = blob.upload_blob(fh, overwrite=True, etag=self._etag, match_condition=_if_not_modified(), max_concurrency=4)
-            self._etag = result.get("etag")
-            (self.local / "etag").write_text(str(self._etag))
-        except (ResourceModifiedError, ResourceExistsError):
-            raise StateConflictError(f"the state at {self.where} was changed by someone else during this run; nothing was overwritten") from None
-        except AzureError as exc:
-            raise StateError(f"cannot write the state at {self.where}: {azure_reason(exc)}") from None
-        try:
-            self.container.get_blob_client(JOURNAL_NAME).delete_blob()
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, azure_reason(exc))
-        self._journal_ready = False
-
-    def retract_journal(self, token: Any) -> None:
-        """An append blob cannot be cut: the intent stays, and the next run sends its records
-        again (idempotently) as if the process had died with the batch in flight."""
-
-    def append_journal(self, entry: dict[str, Any]) -> Any:
-        from azure.core.exceptions import AzureError, ResourceExistsError
-
-        blob = self.container.get_blob_client(JOURNAL_NAME)
-        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
-        try:
-            if not self._journal_ready:
-                try:
-                    blob.create_append_blob(if_none_match="*")
-                except ResourceExistsError:
-                    pass
-                self._journal_ready = True
-            for start in range(0, len(line), 4 * 1024 * 1024):
-                blob.append_block(line[start : start + 4 * 1024 * 1024])
-        except AzureError as exc:
-            raise StateError(f"cannot append to the journal at {self.where}: {azure_reason(exc)}") from None
-
-
-def _if_not_modified() -> Any:
-    from azure.core import MatchConditions
-
-    return MatchConditions.IfNotModified
-
-
-def azure_reason(exc: Exception) -> str:
-    """An Azure SDK error as its type and code only: its message can echo request details."""
-    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
-
-
-def blob_service(settings: Any) -> tuple[Any, str]:
-    """The blob service client of ``AzureWebJobsStorage`` (connection string or identity)."""
-    from azure.storage.blob import BlobServiceClient
-
-    if settings.storage_connection_string:
-        service = BlobServiceClient.from_connection_string(settings.storage_connection_string)
-        return service, service.account_name or "connection string"
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-
-    if settings.storage_client_id:
-        credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
-    else:
-        credential = DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
-    return BlobServiceClient(settings.storage_blob_uri, credential=credential), settings.storage_blob_uri
-
-
-def open_store(settings: Any) -> StateStore:
-    """The store named by SYNC_STATE."""
-    loc = settings.state
-    if loc.kind == "file":
-        return FileStateStore(loc.where)
-    service, hint = blob_service(settings)
-    return BlobStateStore(service, loc.where, hint)

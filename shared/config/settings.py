@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .addresses import InvalidAddress, check_domain, normalize_domain
-from .errors import SettingsError
-from .netutil import is_loopback_host, url_problem
-from .projection import DATASETS
-from .redact import register
-from .rules import NO_RULES, Rules, parse_rules
+from ..common.errors import SettingsError
+from ..common.netutil import is_loopback_host, url_problem
+from ..common.redact import register
+from ..model.addresses import InvalidAddress, check_domain, normalize_domain
+from ..model.records import DATASETS
+from ..model.rules import NO_RULES, Rules, parse_rules
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,34 @@ class Settings:
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting; the first problem found raises ``SettingsError``."""
-    env = os.environ if env is None else env
+    """Read and validate every setting; the first problem found raises ``SettingsError``.
+    Each concern has its reader below, in this order (docs/sync-rules.md, "Settings")."""
+    get = _getter(os.environ if env is None else env)
+    graph = _read_graph(get)
+    secrets = _read_secret_names(get, graph["graph_auth"])
+    sync_api_url = _read_sync_api(get)
+    datasets, address_domains = _read_scope(get)
+    state = _state(get("SYNC_STATE") or "blob:sync-state")
+    schedule = _read_schedule(get)
+    guard = _read_guard(get)
+    storage = _read_storage(get, state)
+    return Settings(
+        **graph,
+        **secrets,
+        sync_api_url=sync_api_url,
+        datasets=datasets,
+        address_domains=address_domains,
+        state=state,
+        **schedule,
+        **guard,
+        **storage,
+        exo=_exo_settings(get, graph["graph_auth"], graph["graph_tenant_id"], datasets),
+        rules=_rules(get, get("EXO_MODE")),
+    )
+
+
+def _getter(env: Mapping[str, str]) -> Callable[[str], str | None]:
+    """A setting's value, stripped; blank counts as unset (``None``)."""
 
     def get(name: str) -> str | None:
         value = env.get(name)
@@ -118,6 +144,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         value = value.strip()
         return value or None
 
+    return get
+
+
+def _read_graph(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """GRAPH_AUTH, GRAPH_BASE_URL, GRAPH_TENANT_ID, GRAPH_CLIENT_ID."""
     graph_auth = (get("GRAPH_AUTH") or "client_secret").lower()
     if graph_auth in BASIC_SIGN_IN_MODES:
         raise SettingsError("GRAPH_AUTH", f"{graph_auth!r}: {BASIC_SIGN_IN_REFUSAL}", "client_secret or managed_identity")
@@ -142,7 +173,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError("GRAPH_CLIENT_ID", "is required", "00000000-0000-0000-0000-000000000000 (the app registration's Application (client) ID)")
         if not _is_guid(client_id):
             raise SettingsError("GRAPH_CLIENT_ID", "is not a GUID", "00000000-0000-0000-0000-000000000000")
+    return {"graph_auth": graph_auth, "graph_base_url": graph_base_url, "graph_tenant_id": tenant, "graph_client_id": client_id,
+            "managed_identity_client_id": get("AZURE_CLIENT_ID")}
 
+
+def _read_secret_names(get: Callable[[str], str | None], graph_auth: str) -> dict[str, Any]:
+    """KEY_VAULT_URL, GRAPH_CLIENT_SECRET_NAME, SYNC_API_CREDENTIAL_NAME; without a vault,
+    GRAPH_CLIENT_SECRET (client_secret sign-in) and SYNC_API_CREDENTIAL must be set."""
     key_vault_url = get("KEY_VAULT_URL")
     if key_vault_url is not None:
         problem = url_problem(key_vault_url)  # also: not a URL, or credentials in it
@@ -162,7 +199,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError("GRAPH_CLIENT_SECRET", "is required when KEY_VAULT_URL is unset and GRAPH_AUTH is client_secret", "the app's client secret value")
         if get("SYNC_API_CREDENTIAL") is None:
             raise SettingsError("SYNC_API_CREDENTIAL", "is required when KEY_VAULT_URL is unset", "username:password, or a bearer token")
+    return {"key_vault_url": key_vault_url, "graph_client_secret_name": secret_name, "sync_api_credential_name": credential_name}
 
+
+def _read_sync_api(get: Callable[[str], str | None]) -> str:
+    """SYNC_API_URL: the API's base URL, ending in /v1."""
     sync_api_url = get("SYNC_API_URL")
     if sync_api_url is None:
         raise SettingsError("SYNC_API_URL", "is required", "https://dirsync.example.net/v1")
@@ -172,21 +213,36 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("SYNC_API_URL", problem, "https://dirsync.example.net/v1")
     if not urlsplit(sync_api_url).path.endswith("/v1") or urlsplit(sync_api_url).query:
         raise SettingsError("SYNC_API_URL", "must be the API's base URL, ending in /v1", "https://dirsync.example.net/v1")
+    return sync_api_url
 
+
+def _read_scope(get: Callable[[str], str | None]) -> tuple[tuple[str, ...], frozenset[str] | None]:
+    """SYNC_DATASETS (with EXO_MODE=only, unset means addresses alone) and ADDRESS_DOMAINS."""
     datasets = _datasets(get("SYNC_DATASETS"))
     if get("SYNC_DATASETS") is None and (get("EXO_MODE") or "").strip().lower() == "only":
         datasets = ("addresses",)  # EXO_MODE=only syncs addresses alone: unset means just that
-    address_domains = _domains(get("ADDRESS_DOMAINS"))
-    state = _state(get("SYNC_STATE") or "blob:sync-state")
+    return datasets, _domains(get("ADDRESS_DOMAINS"))
 
+
+def _read_schedule(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """SYNC_SCHEDULE (NCRONTAB) and FULL_SYNC_INTERVAL_HOURS."""
     schedule = get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE
     if not _valid_schedule(schedule):
         raise SettingsError("SYNC_SCHEDULE", "is not an NCRONTAB expression of six fields (second minute hour day month day-of-week)", DEFAULT_SCHEDULE)
-
     full_interval = _number(get("FULL_SYNC_INTERVAL_HOURS"), "FULL_SYNC_INTERVAL_HOURS", 24.0, "24 (hours; 0 reads in full every run)", 0, 24 * 366)
+    return {"schedule": schedule, "full_sync_interval_hours": full_interval}
+
+
+def _read_guard(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """DELETE_THRESHOLD_PERCENT and DELETE_THRESHOLD_COUNT (the deletion guard)."""
     delete_percent = _number(get("DELETE_THRESHOLD_PERCENT"), "DELETE_THRESHOLD_PERCENT", 10.0, "10 (percent of a dataset's records; 100 turns the percentage check off)", 0, 100)
     delete_count = int(_number(get("DELETE_THRESHOLD_COUNT"), "DELETE_THRESHOLD_COUNT", 500, "500 (deletions per dataset and run)", 0, 10**9, integer=True))
+    return {"delete_threshold_percent": delete_percent, "delete_threshold_count": delete_count}
 
+
+def _read_storage(get: Callable[[str], str | None], state: StateLocation) -> dict[str, Any]:
+    """AzureWebJobsStorage (connection string) or AzureWebJobsStorage__blobServiceUri /
+    __serviceUri / __accountName / __clientId (identity): required for ``blob:`` state."""
     conn = get("AzureWebJobsStorage")
     blob_uri = get("AzureWebJobsStorage__blobServiceUri") or get("AzureWebJobsStorage__serviceUri")
     _check_storage_secrets(conn, {n: get(n) for n in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__serviceUri")})
@@ -207,30 +263,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             problem = url_problem(blob_uri)
             if problem:
                 raise SettingsError("AzureWebJobsStorage__blobServiceUri", problem, "https://mystorage.blob.core.windows.net")
-
-    return Settings(
-        graph_auth=graph_auth,
-        graph_tenant_id=tenant,
-        graph_client_id=client_id,
-        graph_base_url=graph_base_url,
-        key_vault_url=key_vault_url,
-        graph_client_secret_name=secret_name,
-        sync_api_credential_name=credential_name,
-        sync_api_url=sync_api_url,
-        datasets=datasets,
-        address_domains=address_domains,
-        state=state,
-        schedule=schedule,
-        storage_connection_string=conn,
-        storage_blob_uri=blob_uri,
-        storage_client_id=get("AzureWebJobsStorage__clientId"),
-        managed_identity_client_id=get("AZURE_CLIENT_ID"),
-        full_sync_interval_hours=full_interval,
-        delete_threshold_percent=delete_percent,
-        delete_threshold_count=delete_count,
-        exo=_exo_settings(get, graph_auth, tenant, datasets),
-        rules=_rules(get, get("EXO_MODE")),
-    )
+    return {"storage_connection_string": conn, "storage_blob_uri": blob_uri, "storage_client_id": get("AzureWebJobsStorage__clientId")}
 
 
 def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple[str, ...]) -> ExoSettings:
@@ -284,7 +317,7 @@ def _exo_settings(get: Any, graph_auth: str, tenant: str | None, datasets: tuple
 
 
 def _rules(get: Callable[[str], str | None], exo_mode: str | None = None) -> Rules:
-    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/rules.py``).
+    """``SYNC_SCOPE_GROUPS``, ``EXCLUDE_USER_TYPES``, ``EXCLUDE_ADDRESS_PATTERNS`` (``shared/model/rules.py``).
 
     With ``EXO_MODE=only`` Graph is not read, so the directory has no group: every scope id
     names no group of the directory, which fails the run before anything is sent, naming the
@@ -372,7 +405,7 @@ def _valid_schedule(value: str) -> bool:
 
 def _check_storage_secrets(conn: str | None, uris: Mapping[str, str | None]) -> None:
     """A connection string's AccountKey / SharedAccessSignature values are secrets: register
-    them for scrubbing (``shared/redact.py``). A storage URI must not carry a query string (a
+    them for scrubbing (``shared/common/redact.py``). A storage URI must not carry a query string (a
     SAS token would be echoed into status, errors, logs and reports): refused, naming the
     setting, never the value."""
     for part in (conn or "").split(";"):

@@ -24,20 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .projection import (
-    DATASETS,
     EXCHANGE_SOURCE,
     GRAPH_SOURCE,
     GROUP_TYPE,
     USER_TYPE,
     Exclusion,
     Projection,
-    Records,
     candidates,
     group_name,
 )
+from .records import DATASETS, GroupRecord, Records, UserRecord
 from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge, rule_of
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.directory")  # the name its log lines have always carried
 
 PROPS: dict[str, tuple[str, ...]] = {
     "u": ("mail", "proxyAddresses", "userType"),
@@ -83,17 +82,33 @@ def compact_json(kind: str, obj: dict[str, Any]) -> str:
     return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=True)
 
 
+def recipient_object(rec: dict[str, Any]) -> dict[str, Any]:
+    """A recipient in the shape the candidate rules read (``mail`` and ``proxyAddresses``):
+    ``PrimarySmtpAddress`` plays ``mail`` and ``EmailAddresses`` plays ``proxyAddresses``
+    (docs/sync-rules.md: exactly the rules of Graph candidates)."""
+    primary = rec.get("PrimarySmtpAddress")
+    addresses = rec.get("EmailAddresses")
+    return {
+        "mail": primary if isinstance(primary, str) else None,
+        "proxyAddresses": [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else [],
+    }
+
+
+def recipient_id(rec: dict[str, Any]) -> str:
+    """The directory cache's key of a recipient: its Exchange Guid, marked as Exchange's so
+    that it never meets a Graph object id."""
+    return f"exo:{str(rec['Guid']).strip().lower()}"
+
+
 def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """An Exchange Online recipient → (cache id ``exo:<guid>``, its Guid, the cached data:
     ``mail`` = PrimarySmtpAddress, ``proxyAddresses`` = the ``smtp:`` EmailAddresses, ``type``
     = RecipientTypeDetails)."""
-    from .exchange import recipient_id, recipient_object
-
     oid = recipient_id(rec)
     data = compact("x", recipient_object(rec))
     data["type"] = str(rec.get("RecipientTypeDetails") or "")
     # The Entra object the recipient is (a mailbox's user, a synced group), if any: with scope
-    # or user-type rules the recipient follows that object's verdict (shared/rules.py judge).
+    # or user-type rules the recipient follows that object's verdict (shared/model/rules.py judge).
     entra = rec.get("ExternalDirectoryObjectId")
     data["entraId"] = entra.strip().lower() if isinstance(entra, str) and entra.strip() else None
     return oid, oid[4:], data
@@ -219,11 +234,11 @@ class Cache:
     def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *, empty: bool = False) -> None:
         self.conn = conn
         self.provisioned = provisioned
-        self.rules = rules  # scope and exclusions (shared/rules.py)
+        self.rules = rules  # scope and exclusions (shared/model/rules.py)
         self._verdict: Verdict | None = None
         self._empty = empty  # known to hold no object: a round is loaded in bulk
 
-    # --- scope and exclusions (shared/rules.py), judged over the whole cached directory ---------
+    # --- scope and exclusions (shared/model/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
         """What the rules read of the cached directory."""
         q = self.conn.execute
@@ -503,7 +518,7 @@ class Cache:
             "WHERE m.member_id = ? AND m.kind IN ('g', '?')",
             (gid,),
         ).fetchall()
-        return (group_name(gid, json.loads(row[0])), tuple(sorted(p for (p,) in parents if verdict.keeps(p))))
+        return GroupRecord(group_name(gid, json.loads(row[0])), tuple(sorted(p for (p,) in parents if verdict.keeps(p))))
 
     def _user(self, uid: str) -> tuple | None:
         q = self.conn.execute
@@ -522,7 +537,7 @@ class Cache:
             "WHERE m.member_id = ? AND m.kind IN ('u', '?')",
             (uid,),
         ).fetchall()
-        return (row[0], tuple(sorted(g for (g,) in groups if verdict.keeps(g))))
+        return UserRecord(row[0], tuple(sorted(g for (g,) in groups if verdict.keeps(g))))
 
     # --- whole-directory figures -----------------------------------------------------------
     def excluded(self) -> dict[str, int]:
@@ -565,7 +580,7 @@ class Cache:
     def records(self, dataset: str) -> Records:
         """Every record of a dataset the cached directory implies, by the rules of
         docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
-        ``desired``, over every key at once. Canonical values as in ``shared/projection.py``."""
+        ``desired``, over every key at once. Canonical values as in ``shared/model/projection.py``."""
         q = self.conn.execute
         verdict = self.verdict()  # the scope and exclusions: what is left out contributes nothing
         keeps = verdict.keeps
@@ -581,7 +596,7 @@ class Cache:
             for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('g', '?') ORDER BY group_id, member_id"):
                 if mid in names and gid in names:
                     parents.setdefault(mid, []).append(gid)
-            return {gid: (name, tuple(sorted(set(parents[gid]))) if gid in parents else ()) for gid, name in names.items()}
+            return {gid: GroupRecord(name, tuple(sorted(set(parents[gid]))) if gid in parents else ()) for gid, name in names.items()}
         if dataset != "users":
             raise ValueError(f"unknown dataset {dataset!r}")
         owner: dict[str, str] = {}  # primary address -> the user with the smallest id
@@ -599,7 +614,7 @@ class Cache:
         for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('u', '?') ORDER BY group_id, member_id"):
             if mid in primary_of and gid in group_set and keeps(gid):
                 group_ids.setdefault(mid, []).append(gid)
-        return {uid: (primary, tuple(sorted(set(group_ids[uid]))) if uid in group_ids else ()) for uid, primary in primary_of.items()}
+        return {uid: UserRecord(primary, tuple(sorted(set(group_ids[uid]))) if uid in group_ids else ()) for uid, primary in primary_of.items()}
 
     def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
         """Every candidate address and user the rules leave out, with its reason, recomputed
@@ -691,3 +706,22 @@ def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: 
         return cache.projection()
     finally:
         cache.conn.close()
+
+
+def project(directory: dict[str, list[dict[str, Any]]], provisioned: Iterable[str], rules: Rules = NO_RULES) -> Projection:
+    """Project a whole directory held in memory (tests, the emulator's snapshot): each object
+    is one entry of a first delta round (a group's ``members`` as its ``members@delta``),
+    merged and projected exactly as a full read is."""
+
+    def entries() -> Iterable[tuple[str, dict[str, Any]]]:
+        for u in directory.get("users", ()):
+            yield "users", u
+        for c in directory.get("contacts", ()):
+            yield "contacts", c
+        for g in directory.get("groups", ()):
+            members = g.get("members") or ()
+            entry = {k: v for k, v in g.items() if k != "members"}
+            entry["members@delta"] = [m if isinstance(m, dict) else {"id": m} for m in members]
+            yield "groups", entry
+
+    return project_entries(entries(), provisioned, rules)

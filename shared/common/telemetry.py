@@ -32,10 +32,10 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from .projection import DATASETS
+from ..model.records import DATASETS
 from .summary import RunSummary
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.telemetry")  # the name its log lines have always carried
 tracer = trace.get_tracer("entra_dirsync")
 
 SUMMARY_EVENT = "SyncRunSummary"
@@ -54,7 +54,7 @@ def summary_dimensions(summary: RunSummary, *, host: str = "cli") -> dict[str, s
     ``D.added``, ``D.removed``, ``D.rejected``, ``D.excluded``, ``D.held``; ``heldDeletions``
     (all datasets); ``<phase>Seconds`` for read, plan, send, commit when the phase ran;
     ``secretExpiresInDays`` (days to the soonest expiry among the run's credential warnings,
-    negative once expired; absent when none warned: ``shared/vault.py`` warns 30 days ahead);
+    negative once expired; absent when none warned: ``shared/config/vault.py`` warns 30 days ahead);
     ``error`` (at most 2,000 characters, secrets already scrubbed)."""
     d = summary.as_dict()
     read = d.get("read") or {}

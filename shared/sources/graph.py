@@ -40,11 +40,11 @@ from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph_core import GraphClientFactory
 
-from .errors import DeltaExpiredError, GraphError, IncompleteReadError
-from .netutil import jittered_backoff, parse_retry_after
-from .textsafe import safe_text
+from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
+from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.textsafe import safe_text
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.graph")  # the name its log lines have always carried
 
 PAGE_SIZE = 999
 USER_SELECT = ["id", "mail", "proxyAddresses", "userType"]
@@ -57,7 +57,7 @@ SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateI
 
 
 class RoundSink(Protocol):
-    """Where a round's entries go as they arrive, in order (``shared.directory.Round``)."""
+    """Where a round's entries go as they arrive, in order (``shared.model.directory.Round``)."""
 
     def take(self, collection: str, obj: dict[str, Any]) -> None: ...
 
@@ -118,7 +118,7 @@ class GraphSource:
     async def read_directory(self, sink: RoundSink) -> ReadStats:
         """A first delta round over users, groups (with members) and contacts, concurrently,
         every page to the end; every entry goes to ``sink`` in arrival order, ``@removed`` and
-        repeated objects included (the sink merges them: ``shared.directory.Round``).
+        repeated objects included (the sink merges them: ``shared.model.directory.Round``).
 
         Any page that still fails after retries raises ``IncompleteReadError``: the caller
         must send nothing, because deletions computed from a partial read are wrong."""

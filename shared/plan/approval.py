@@ -1,6 +1,6 @@
 """Approvals bound to what was reviewed, and who gave them.
 
-The deletion guard holds deletions until an operator approves them (``shared/guard.py``).
+The deletion guard holds deletions until an operator approves them (``shared/plan/guard.py``).
 An approval must cover exactly the held set the operator reviewed: ``status`` and
 ``test-update`` show a **digest** and a **count** of the held set, and ``approve-deletions``
 requires that digest (``--expect DIGEST`` on the command line, ``?expect=DIGEST`` on the HTTP
@@ -36,8 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SyncError
-from .textsafe import safe_text
+from ..common.errors import SyncError
+from ..common.textsafe import safe_text
 
 DIGEST_HEX = 16
 APPROVER_ROLE = "Deletions.Approve"  # the app role an Entra principal needs to approve

@@ -28,10 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from .errors import StateError
-from .state import azure_reason
+from ..common.errors import StateError
+from .blob import azure_reason, ensure_container
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.lock")  # the name its log lines have always carried
 
 LOCK_NAME = "run.lock"
 MIN_LEASE_SECONDS = 15  # Azure's bounds for a finite blob lease
@@ -341,10 +341,7 @@ class BlobRunLock(_LockBase):
     def _create_lock_blob(self) -> None:
         from azure.core.exceptions import ResourceExistsError
 
-        try:
-            self.container.create_container()
-        except ResourceExistsError:
-            pass
+        ensure_container(self.container)
         try:
             self.blob.upload_blob(b"", overwrite=False)
         except ResourceExistsError:  # created meanwhile by another run (and maybe leased: fine)
@@ -463,15 +460,3 @@ class BlobRunLock(_LockBase):
             lease.release(**self._call_options())
         except AzureError as exc:
             log.warning("run lock %s: could not release the lease (%s); it expires by itself within %d s", self.where, azure_reason(exc), self.lease_seconds)
-
-
-def open_run_lock(settings: Any, holder: str) -> RunLock:
-    """The lock that guards the state named by SYNC_STATE (not yet acquired)."""
-    loc = settings.state
-    if loc.kind == "file":
-        return FileRunLock(loc.where, holder)
-    if loc.kind == "blob":
-        from .state import blob_service
-
-        return BlobRunLock(blob_service(settings)[0].get_container_client(loc.where), holder)
-    raise ValueError(f"unknown state kind {loc.kind!r}")

@@ -41,11 +41,11 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from .errors import ExchangeAuthError, ExchangeError
-from .netutil import jittered_backoff, parse_retry_after
-from .redact import scrub
+from ..common.errors import ExchangeAuthError, ExchangeError
+from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.redact import scrub
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
 
 PAGE_SIZE = 1000
 ANCHOR_MAILBOX = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant}"
@@ -288,22 +288,4 @@ def _page_problem(page: Any) -> str | None:
     return None
 
 
-def recipient_object(rec: dict[str, Any]) -> dict[str, Any]:
-    """A recipient in the shape the candidate rules read (``mail`` and ``proxyAddresses``):
-    ``PrimarySmtpAddress`` plays ``mail`` and ``EmailAddresses`` plays ``proxyAddresses``
-    (docs/sync-rules.md: exactly the rules of Graph candidates)."""
-    primary = rec.get("PrimarySmtpAddress")
-    addresses = rec.get("EmailAddresses")
-    return {
-        "mail": primary if isinstance(primary, str) else None,
-        "proxyAddresses": [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else [],
-    }
-
-
-def recipient_id(rec: dict[str, Any]) -> str:
-    """The directory cache's key of a recipient: its Exchange Guid, marked as Exchange's so
-    that it never meets a Graph object id."""
-    return f"exo:{str(rec['Guid']).strip().lower()}"
-
-
-__all__ = ["ExchangeSource", "ExoStats", "SOURCE", "auth_message", "invoke_body", "recipient_id", "recipient_object", "token_getter_for"]
+__all__ = ["ExchangeSource", "ExoStats", "SOURCE", "auth_message", "invoke_body", "token_getter_for"]

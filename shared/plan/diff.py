@@ -1,4 +1,4 @@
-"""Projection vs. state → the changes Update sends, in the order sync-api.md requires.
+"""Projection vs. state → the changes Update sends, in the order docs/sync-api.md requires.
 
 Order: group upserts, then user upserts and deletes, then address changes, then group
 deletes. Within that, two references need care:
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .projection import Records
-
-MAX_ITEMS = 1000
+from ..model.records import MAX_ITEMS, Records
 
 
 @dataclass

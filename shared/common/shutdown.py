@@ -3,7 +3,7 @@ report and its ``SyncRunSummary`` log line and releases the run lock (for ``blob
 lease: the next run need not wait the 60 s for it to expire).
 
 A scale-in, a deployment or a timeout sends SIGTERM before it kills the process. What was
-confirmed by the service is already journaled (``shared/state.py``), so cancelling between
+confirmed by the service is already journaled (``shared/storage/state.py``), so cancelling between
 two awaits loses nothing; the next run replays the journal.
 
 * ``run_cancellable(coro)``: for ``python -m shared`` (the asyncio loop runs on the main

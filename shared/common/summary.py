@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .projection import DATASETS
+from ..model.records import DATASETS
 from .textsafe import safe_text, safe_tree
 
 MAX_LISTED_REJECTIONS = 1000
@@ -60,7 +60,7 @@ class RunSummary:
 
     def sanitize(self) -> RunSummary:
         """Every string from outside (Graph ids and names, the sync API's messages) escaped
-        and truncated (``shared/textsafe.py``), before the summary reaches a log line, a run
+        and truncated (``shared/common/textsafe.py``), before the summary reaches a log line, a run
         report, the terminal or an HTTP answer."""
         self.extra = safe_tree(self.extra)
         if self.error is not None:

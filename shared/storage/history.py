@@ -23,21 +23,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .approval import held_digest
-from .errors import StateError
-from .projection import DATASETS
-from .rules import rule_exclusion_lines
-from .state import azure_reason
-from .textsafe import safe_text, safe_tree
+from ..common.errors import StateError
+from ..common.textsafe import safe_tree
+from .blob import azure_reason, ensure_container
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.history")  # the name its log lines have always carried
 
 RUNS_PREFIX = "runs/"
 MAX_LIST_ENTRIES = 1000
 DEFAULT_MAX_AGE_DAYS = 30
 DEFAULT_MAX_COUNT = 2000
-STATUS_KEYS_SHOWN = 20
-APPROVE_COMMAND = "python -m shared approve-deletions"
 MAX_REPORT_BYTES = 4 * 1024 * 1024  # one report file, at most (status reads up to 50: 200 MiB at worst)
 _BULKY = ("changes", "exclusions", "rejections", "heldDeletions", "approved")
 
@@ -130,7 +125,7 @@ def _stamp_of(name: str) -> dt.datetime | None:
 
 def _document(report: dict[str, Any], now: dt.datetime, max_bytes: int | None = None) -> tuple[dict[str, Any], bytes]:
     """The report as stored: lists bounded, every string escaped and truncated
-    (``shared/textsafe.py``), and at most ``max_bytes`` (``MAX_REPORT_BYTES``) in all: past
+    (``shared/common/textsafe.py``), and at most ``max_bytes`` (``MAX_REPORT_BYTES``) in all: past
     that, the record lists (preview, exclusions, rejections) are left out, largest first, and
     ``reportTruncated`` names what was left out; past that again, only the scalar fields stay."""
     max_bytes = MAX_REPORT_BYTES if max_bytes is None else max_bytes
@@ -323,17 +318,14 @@ class BlobReportStore:
 
     def write(self, report: dict[str, Any], now: dt.datetime | None = None) -> str:
         """Write one report and prune old ones; returns the blob name (``runs/...``)."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.core.exceptions import AzureError
         from azure.storage.blob import ContentSettings
 
         now = _utc(now)
         name = _report_name(report.get("action"), now)
         _, data = _document(report, now)
         try:
-            try:
-                self.container.create_container()
-            except ResourceExistsError:
-                pass
+            ensure_container(self.container)
             # overwrite=False: a name collision must fail, not replace another run's report.
             self.container.get_blob_client(name).upload_blob(
                 data, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
@@ -384,160 +376,3 @@ class BlobReportStore:
             except AzureError as exc:
                 raise StateError(f"cannot delete the old run report {name} at {self.where}: {azure_reason(exc)}") from None
         return deleted
-
-
-def open_reports(settings: Any, max_age_days: float = DEFAULT_MAX_AGE_DAYS, max_count: int = DEFAULT_MAX_COUNT) -> ReportStore:
-    """The report store next to the state named by SYNC_STATE."""
-    loc = settings.state
-    if loc.kind == "file":
-        return FileReportStore(loc.where, max_age_days, max_count)
-    from .state import blob_service
-
-    service, hint = blob_service(settings)
-    return BlobReportStore(service.get_container_client(loc.where), f"blob:{loc.where}/{RUNS_PREFIX} ({hint})", max_age_days, max_count)
-
-
-# --- status text ------------------------------------------------------------------------------
-def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | None) -> str:
-    """The text of ``python -m shared status``: the last runs, newest first, then the held
-    deletions and how to approve them.
-
-    ``held`` is the state's current held deletions per dataset. When it is None (the state
-    could not be consulted), the newest report that recorded ``heldDeletions`` is shown
-    instead, labelled as such. Reports are read defensively: an old or odd report renders
-    as dashes, never as an exception. Every text is escaped and truncated
-    (``shared/textsafe.py``): a report or a key may carry control characters from outside."""
-    digests = {d: held_digest({d: v}) for d, v in held.items() if v} if held is not None else {}
-    overall = held_digest(held) if held is not None else None
-    held = safe_tree(held) if held is not None else None
-    lines = _runs_table(reports)
-    lines.extend(rule_exclusion_lines(reports))  # scope and exclusions (shared/rules.py)
-    lines.append("")
-    source = "held deletions"
-    counts: dict[str, int]
-    keys: dict[str, list[str]]
-    if held is not None:
-        keys = {d: [str(k) for k in v] for d, v in held.items() if v}
-        counts = {d: len(v) for d, v in keys.items()}
-    else:
-        counts, keys, when = _held_from_reports(reports)
-        keys = safe_tree(keys)
-        if when:
-            source = f"held deletions (as recorded by the run finished {when})"
-    if not counts:
-        lines.append("no deletions are held")
-        return "\n".join(lines) + "\n"
-    lines.append(f"{source}:")
-    for dataset in _ordered(counts):
-        shown = keys.get(dataset, [])[:STATUS_KEYS_SHOWN]
-        lines.append(f"  {dataset}: {counts[dataset]:,} held")
-        lines.extend(f"    {k}" for k in shown)
-        if counts[dataset] > len(shown):
-            lines.append(f"    ... and {counts[dataset] - len(shown):,} more")
-    lines.append("")
-    lines.append("held deletions are not sent to the service until approved. The approval names the digest of")
-    if overall is None:
-        lines.append("the held set you reviewed; the state could not be read, so run status again when it can be.")
-        return "\n".join(lines) + "\n"
-    lines.append(f"the held set you reviewed ({sum(counts.values()):,} held, digest {overall}). To approve:")
-    lines.append(f"  all:        {APPROVE_COMMAND} --expect {overall}")
-    for dataset in _ordered(counts):
-        lines.append(f"  {dataset + ':':<11} {APPROVE_COMMAND} --dataset {dataset} --expect {digests.get(dataset, '-')}")
-    return "\n".join(lines) + "\n"
-
-
-def _runs_table(reports: list[dict[str, Any]]) -> list[str]:
-    if not reports:
-        return ["no runs recorded yet"]
-    datasets = _ordered({d for r in reports if isinstance(r.get("datasets"), dict) for d in r["datasets"]})
-    header = ["FINISHED (UTC)", "ACTION", "RESULT", "READ", *(d.upper() for d in datasets), "DURATION", "ERROR"]
-    rows = [[safe_text(cell, 40) for cell in header]]
-    for r in reports:
-        per = r.get("datasets") if isinstance(r.get("datasets"), dict) else {}
-        rows.append(
-            [safe_text(cell, 200) for cell in (
-                _when(r.get("finishedAt")),
-                str(r.get("action") or "-"),
-                "ok" if r.get("ok") is True else "FAILED",
-                _read(r.get("read")),
-                *(_counts(per.get(d)) for d in datasets),
-                _duration(r.get("durationSeconds")),
-                _first_line(r.get("error")),
-            )]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = [f"last {len(reports)} run(s), newest first:"]
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)] + [row[-1]]
-        lines.append(("  " + "  ".join(cells)).rstrip())
-    return lines
-
-
-def _held_from_reports(reports: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, list[str]], str | None]:
-    for r in reports:
-        recorded = r.get("heldDeletions")
-        if not isinstance(recorded, dict):
-            continue
-        counts: dict[str, int] = {}
-        keys: dict[str, list[str]] = {}
-        for dataset, entry in recorded.items():
-            if not isinstance(entry, dict):
-                continue
-            listed = [str(k) for k in entry["keys"]] if isinstance(entry.get("keys"), list) else []
-            count = entry.get("count")
-            count = count if isinstance(count, int) and not isinstance(count, bool) else len(listed)
-            if count > 0:
-                counts[dataset], keys[dataset] = max(count, len(listed)), listed
-        return counts, keys, _when(r.get("finishedAt"))
-    return {}, {}, None
-
-
-def _ordered(names: Iterable[str]) -> list[str]:
-    """Datasets in the product's order, unknown names after them."""
-    names = set(names)
-    return [d for d in DATASETS if d in names] + sorted(n for n in names if n not in DATASETS)
-
-
-def _when(value: Any) -> str:
-    if not isinstance(value, str):
-        return "-"
-    try:
-        return _utc(dt.datetime.fromisoformat(value)).strftime("%Y-%m-%d %H:%M:%SZ")
-    except ValueError:
-        return value
-
-
-def _read(value: Any) -> str:
-    if not isinstance(value, dict) or not value.get("kind"):
-        return "-"
-    reason = value.get("reason")
-    return f"{value['kind']} ({reason})" if reason else str(value["kind"])
-
-
-def _counts(value: Any) -> str:
-    if not isinstance(value, dict):
-        return "-"
-    text = f"+{_int(value.get('added'))} -{_int(value.get('removed'))}"
-    rejected = _int(value.get("rejected"))
-    return f"{text} rej {rejected}" if rejected else text
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _duration(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    minutes, seconds = divmod(int(round(value)), 60)
-    return f"{minutes}m{seconds:02d}s"
-
-
-def _first_line(value: Any) -> str:
-    if not value:
-        return ""
-    lines = str(value).strip().splitlines()
-    line = lines[0] if lines else ""
-    return line if len(line) <= 160 else line[:157] + "..."

@@ -3,7 +3,7 @@
 A stage of its own, with plain-data input and output (``docs/sync-rules.md``, "Scope and
 exclusions"). It sits between the merged directory and the projection:
 
-* ``Rules`` holds the three settings, already validated (``shared/settings.py``):
+* ``Rules`` holds the three settings, already validated (``shared/config/settings.py``):
   ``SYNC_SCOPE_GROUPS`` (group object ids), ``EXCLUDE_USER_TYPES`` (``userType`` values,
   compared case-insensitively) and ``EXCLUDE_ADDRESS_PATTERNS`` (Python ``re`` expressions,
   each matched against the whole normalized address, case-insensitively).
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SettingsError
+from ..common.errors import SettingsError
 
 SCOPE_SETTING = "SYNC_SCOPE_GROUPS"
 USER_TYPES_SETTING = "EXCLUDE_USER_TYPES"

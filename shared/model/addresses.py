@@ -49,7 +49,7 @@ def check_local_part(local: str) -> None:
 
 @lru_cache(maxsize=4096)
 def check_domain(domain: str) -> None:
-    """Host-name rules of sync-api.md; ``domain`` must already be ASCII."""
+    """Host-name rules of docs/sync-api.md; ``domain`` must already be ASCII."""
     if not domain:
         raise InvalidAddress("empty domain")
     if len(domain) > 253:

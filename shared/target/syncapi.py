@@ -1,4 +1,4 @@
-"""The one adapter that speaks the email-security directory sync API (sync-api.md).
+"""The one adapter that speaks the email-security directory sync API (docs/sync-api.md).
 
 Transport rules live here: https (or loopback http), gzip for large bodies, Idempotency-Key on
 every write, retries with Retry-After/backoff on 429, 5xx and connection faults, and a clear
@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import (
+from ..common.errors import (
     PayloadTooLargeError,
     SyncApiAuthError,
     SyncApiError,
@@ -30,12 +30,12 @@ from .errors import (
     SyncApiRequestError,
     SyncApiUnavailableError,
 )
-from .netutil import jittered_backoff, parse_retry_after, url_problem
-from .redact import Secret, scrub
+from ..common.netutil import jittered_backoff, parse_retry_after, url_problem
+from ..common.redact import Secret, scrub
+from ..model.records import to_api_record
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.syncapi")  # the name its log lines have always carried
 
-MAX_ITEMS = 1000
 GZIP_ABOVE_BYTES = 16 * 1024
 MAX_RETRY_AFTER_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -67,6 +67,22 @@ def auth_header(credential: Secret) -> str:
     if ":" in value:
         return "Basic " + base64.b64encode(value.encode("utf-8")).decode("ascii")
     return "Bearer " + value
+
+
+def _changes_document(upsert: list[dict[str, Any]], delete: list[str]) -> dict[str, Any]:
+    return {"upsert": upsert, "delete": delete}
+
+
+def changes_body(dataset: str, upserts: list[tuple[str, tuple]], deletes: list[str]) -> dict[str, Any]:
+    """The body of ``POST /datasets/{dataset}/changes`` for canonical records ``(key, value)``
+    and deleted keys (docs/sync-api.md); the caller hashes it into the Idempotency-Key and
+    passes its two lists to ``post_changes``."""
+    return _changes_document([to_api_record(dataset, k, v) for k, v in upserts], list(deletes))
+
+
+def replacement_body(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of ``POST .../replacements/{id}/records`` (docs/sync-api.md)."""
+    return {"records": records}
 
 
 class SyncApiClient:
@@ -135,7 +151,7 @@ class SyncApiClient:
             seen_tokens.add(token)
 
     async def post_changes(self, dataset: str, upsert: list[dict[str, Any]], delete: list[str], key: str) -> WriteResult:
-        doc = await self._call("POST", f"/datasets/{dataset}/changes", {"upsert": upsert, "delete": delete}, key=key)
+        doc = await self._call("POST", f"/datasets/{dataset}/changes", _changes_document(upsert, delete), key=key)
         return _write_result(doc, "applied", f"POST {dataset} changes")
 
     async def create_replacement(self, dataset: str) -> str:
@@ -147,7 +163,7 @@ class SyncApiClient:
 
     async def post_replacement_records(self, dataset: str, rid: str, records: list[dict[str, Any]], key: str) -> WriteResult:
         doc = await self._call(
-            "POST", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}/records", {"records": records}, key=key
+            "POST", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}/records", replacement_body(records), key=key
         )
         return _write_result(doc, "received", f"POST {dataset} replacement records")
 

@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from kiota_abstractions.authentication import AnonymousAuthenticationProvider, AuthenticationProvider
 
-from .errors import SecretError
-from .redact import Secret
+from ..common.errors import SecretError
+from ..common.redact import Secret
 from .settings import Settings
 
 TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"  # noqa: S105  # nosec B105 - an audience, not a secret

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import SecretError
-from .redact import Secret
+from ..common.errors import SecretError
+from ..common.redact import Secret
 from .settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.vault")  # the name its log lines have always carried
 
 WARN_DAYS = 30
 ERROR_DAYS = 7
