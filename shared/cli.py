@@ -16,7 +16,8 @@ from .common.redact import scrub
 from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
 from .common.telemetry import configure_telemetry, flush_telemetry
-from .config.settings import load_settings, load_state_settings, progress_interval_seconds
+from .config.settings import load_settings, progress_interval_seconds
+from .config.state_settings import load_state_settings
 from .engine import ACTIONS, Options, run
 from .operations import status
 from .text import format_status, print_report

@@ -45,7 +45,7 @@ def ref_normalize(value: str) -> str:
 
 
 def ref_valid(address: str) -> bool:
-    """sync-api.md address rules: dot-atom local part <= 64, host-name domain, <= 254 in all."""
+    """docs/sync-api.md address rules: dot-atom local part <= 64, host-name domain, <= 254 in all."""
     if not address.isascii() or address.count("@") != 1 or len(address) > 254:
         return False
     local, domain = address.split("@")
@@ -278,7 +278,7 @@ def nasty_run(tmp_path_factory):
 
 def test_nasty_addresses_match_the_rules(nasty_run):
     # Candidates: mail and every proxy with an `smtp:` prefix in any case; stripped, lowercased,
-    # IDN to A-label; kept only if valid per sync-api.md (dot-atom <= 64, <= 254 in all, ASCII)
+    # IDN to A-label; kept only if valid per docs/sync-api.md (dot-atom <= 64, <= 254 in all, ASCII)
     # and on a provisioned domain. X500/SIP/EUM/SPO/X400 values are not addresses.
     assert nasty_run["first"].code == 0, nasty_run["first"].stderr
     assert nasty_run["view"]["addresses"] == reference(nasty(), PROVISIONED)["addresses"]
@@ -808,7 +808,7 @@ def test_test_update_after_churn_counts_what_update_sends(make):
     r = s.run()
     assert dry.code == 0 and r.code == 0, r.stderr
     same(s.receiver, reference(s.graph.snapshot(), PROVISIONED))
-    # Request order (sync-api.md): group upserts, user upserts and deletes, address changes,
+    # Request order (docs/sync-api.md): group upserts, user upserts and deletes, address changes,
     # group deletes; nothing rejected, no Idempotency-Key reused for another body.
     steps = []
     for x in s.receiver.request_log[before:]:
@@ -940,7 +940,7 @@ def test_generated_candidates_follow_the_address_rules(objects):
 
 def test_a_nested_cycle_spanning_two_requests(make):
     # Over 1,000 groups go in two requests; a ring of nesting spans both, so a reference to a
-    # group of the later request is sent once that group exists (sync-api.md, request order).
+    # group of the later request is sent once that group exists (docs/sync-api.md, request order).
     n = 1001
     d = {"users": [], "contacts": [],
          "groups": [{"id": g(i), "displayName": f"G{i}", "mail": None, "proxyAddresses": [], "members": [g((i + 1) % n)]} for i in range(n)]}

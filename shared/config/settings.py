@@ -420,38 +420,6 @@ def _check_storage_secrets(conn: str | None, uris: Mapping[str, str | None]) -> 
                                 "function app's managed identity, or a connection string in Key Vault)", "https://mystorage.blob.core.windows.net")
 
 
-# --- the state settings alone (operations that never reach Graph or the sync API) ----------------
-# `status` and `approve-deletions` read and write only the state: they need no Graph or sync API
-# setting, and no secret.
-STATE_SETTING_NAMES = (
-    "SYNC_STATE",
-    "AzureWebJobsStorage",
-    "AzureWebJobsStorage__blobServiceUri",
-    "AzureWebJobsStorage__serviceUri",
-    "AzureWebJobsStorage__accountName",
-    "AzureWebJobsStorage__clientId",
-    "AZURE_CLIENT_ID",
-)
-_INERT_SOURCES = {
-    "GRAPH_AUTH": "none",
-    "GRAPH_BASE_URL": "http://127.0.0.1/v1.0",
-    "SYNC_API_URL": "http://127.0.0.1/v1",
-    "SYNC_API_CREDENTIAL": "unused",
-}
-
-
-def load_state_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """The settings of the state alone (``SYNC_STATE`` and the storage account), validated
-    exactly as ``load_settings`` validates them; raises ``SettingsError`` naming the setting.
-
-    Only ``state``, ``storage_*`` and ``managed_identity_client_id`` of the result are
-    meaningful: the Graph and sync API fields hold inert loopback placeholders that no
-    caller of this function uses."""
-    env = os.environ if env is None else env
-    only_state = {name: env[name] for name in STATE_SETTING_NAMES if name in env}
-    return load_settings({**only_state, **_INERT_SOURCES})
-
-
 def progress_interval_seconds(env: Mapping[str, str] | None = None) -> float:
     """``PROGRESS_INTERVAL_SECONDS``: seconds between progress lines during long reads and sends
     (default 30; 0 turns them off). Raises ``SettingsError`` when not a number in 0..3600."""
