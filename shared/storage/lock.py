@@ -416,7 +416,6 @@ class BlobRunLock(_LockBase):
                     return
                 refused = isinstance(exc, HttpResponseError) and exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code not in (408, 429)
                 if refused or time.monotonic() >= self._valid_until:
-                    # Said before it is set: whoever sees ``lost`` finds the reason already logged.
                     log.error(
                         "run lock %s: the lease was lost (%s); another run may take the lock, so this run must not write the state",
                         self.where, azure_reason(exc),
