@@ -32,7 +32,7 @@ from .common.telemetry import SUMMARY_EVENT, phase, summary_dimensions, tracer
 from .config.credentials import exchange_token_credential, graph_auth_provider
 from .config.settings import Settings
 from .config.vault import Secrets, load_secrets
-from .model.directory import Round, memory_cache
+from .model.directory import Cache, Round, memory_cache
 from .model.records import DATASETS, MAX_ITEMS, Records, from_api_record, to_api_record
 from .model.rules import RULE_SETTINGS, ScopeError, rule_exclusions_summary
 from .operations import approve_deletions
@@ -341,8 +341,8 @@ class _Run:
                                "recipients": len(read.recipients or ()), "exoRetries": self.exo_retries}
         return out
 
-    async def _read_full(self, reason: str) -> Read:
-        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason))
+    async def _read_full(self, reason: str, cache: Cache) -> Read:
+        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason, cache))
         read = await self._with_exchange(graph_work, reason)
         self.summary.extra["read"] = self._read_summary(read)
         log.info("read: full (%s)", reason)
@@ -385,12 +385,11 @@ class _Run:
                 log.warning("%s", reason)
             else:
                 return self._delta_plan(db, provisioned, read)
-        read = await self._read_full(reason)
-        # The state's cache becomes this read's, in the run's open transaction: it is committed
-        # with the rest of the run once the service confirmed everything (_save_read). Until
-        # then it is marked incomplete, so any earlier commit leaves a state that reads in full.
+        # The read streams into the state's cache in the run's open transaction, committed once the
+        # service confirmed everything (_save_read); marked incomplete until then.
         cache = db.cache(provisioned, self.settings.rules)
         db.directory_cache = None
+        read = await self._read_full(reason, cache)
         merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
@@ -479,9 +478,9 @@ class _Run:
 
     # --- test-update ---------------------------------------------------------------------
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
-        read = await self._read_full("test-update always reads in full")
         cache = memory_cache(provisioned, self.settings.rules)  # a scratch cache: a dry run never writes the state
         try:
+            read = await self._read_full("test-update always reads in full", cache)
             merge_full(cache, read)
             del read
             projection = cache.projection(self.datasets)
@@ -582,13 +581,13 @@ class _Run:
 
     # --- replace -------------------------------------------------------------------------
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
-        read = await self._read_full("replace always reads in full")
         cache = db.cache(provisioned, self.settings.rules)
         # The cache is marked incomplete until the end: each dataset is committed as soon as the
         # service holds it, and a replace that fails later leaves a state whose next update
         # reads in full.
         db.directory_cache = None
         db.delta_links = None
+        read = await self._read_full("replace always reads in full", cache)
         merge_full(cache, read)
         excluded = cache.excluded()  # a scope id that names no group fails here, before anything is sent
         if self.settings.rules.active:

@@ -52,11 +52,15 @@ class Read:
         return all(isinstance(self.links.get(c), str) for c in COLLECTIONS)
 
 
-async def read_full(source: GraphSource, reason: str) -> Read:
-    """A first delta round over users, groups (with members) and contacts."""
-    rnd = Round()
-    stats = await source.read_directory(rnd)
-    return Read("full", reason, rnd, dict(stats.links), stats.membership_read)
+async def read_full(source: GraphSource, reason: str, cache: Cache) -> Read:
+    """A first delta round over users, groups (with members) and contacts, streamed into
+    ``cache`` as it arrives (the cache is emptied first: ``Cache.load``), so the read never
+    holds the whole directory; once the round is complete, the candidate rows are derived
+    (``Cache.finish_load``) and the objects counted."""
+    stats = await source.read_directory(cache.load())
+    read = Read("full", reason, Round(), dict(stats.links), stats.membership_read)
+    read.counted = cache.finish_load()
+    return read
 
 
 async def read_delta(source: GraphSource, links: Mapping[str, str], reason: str) -> Read:
@@ -70,12 +74,11 @@ async def read_delta(source: GraphSource, links: Mapping[str, str], reason: str)
 
 
 def merge_full(cache: Cache, read: Read) -> None:
-    """A full read replaces the cache: its round applied to an empty cache. The fold is then
-    dropped (its memory grows with the directory); ``read.objects`` stays as counted."""
-    read.counted = read.objects
-    cache.clear()
-    cache.apply_round(read.round, None, consume=True)
-    read.round = Round()
+    """A full read replaces the cache (``read_full`` streamed its round into the emptied
+    cache; with EXO_MODE=only there is no Graph round and the cache is emptied here); then
+    Exchange Online's recipients are merged."""
+    if read.counted is None:
+        read.counted = cache.finish_load()
     if read.recipients is not None:
         cache.apply_recipients(read.recipients, None)
 

@@ -19,33 +19,18 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .projection import (
-    EXCHANGE_SOURCE,
-    GRAPH_SOURCE,
-    GROUP_TYPE,
-    USER_TYPE,
-    Exclusion,
-    Projection,
-    candidates,
-    group_name,
-)
-from .records import DATASETS, GroupRecord, Records, UserRecord
-from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge, rule_of
+from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
+from .loading import CACHE_TABLES, FLUSH_ENTRIES, StreamLoad, encode_data
+from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates, group_name
+from .records import GroupRecord, UserRecord
+from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge
+from .views import WholeDirectory
 
 log = logging.getLogger("shared.directory")  # the name its log lines have always carried
-
-PROPS: dict[str, tuple[str, ...]] = {
-    "u": ("mail", "proxyAddresses", "userType"),
-    "g": ("displayName", "mail", "proxyAddresses"),
-    "c": ("mail", "proxyAddresses"),
-    "x": ("mail", "proxyAddresses"),  # PrimarySmtpAddress, EmailAddresses (plus "type")
-}
-OTYPE = {"u": "user", "g": "group", "c": "contact"}
-KIND_OF = {"users": "u", "groups": "g", "contacts": "c"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (id TEXT PRIMARY KEY, kind TEXT NOT NULL, data TEXT NOT NULL, excluded INTEGER NOT NULL) WITHOUT ROWID;
@@ -56,80 +41,6 @@ CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address);
 CREATE TABLE IF NOT EXISTS members (group_id TEXT NOT NULL, member_id TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (group_id, member_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id);
 """
-CACHE_TABLES = ("objects", "kept", "users", "members")
-INDEXES = {  # the cache's secondary indexes (also in SCHEMA): rebuilt after a bulk load
-    "kept_by_object": "CREATE INDEX IF NOT EXISTS kept_by_object ON kept (object_id)",
-    "users_by_primary": "CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address)",
-    "members_by_member": "CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id)",
-}
-
-
-def _compact_value(prop: str, value: Any) -> Any:
-    if prop == "proxyAddresses":
-        return [p for p in value if isinstance(p, str) and p[:5].lower() == "smtp:"] if isinstance(value, list) else []
-    return value if isinstance(value, str) else None
-
-
-def compact(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """The selected properties the object carries; proxy addresses without an ``smtp:`` prefix
-    are never candidates, so they are not kept."""
-    return {prop: _compact_value(prop, obj[prop]) for prop in PROPS[kind] if prop in obj}
-
-
-# The cached data is JSON with non-ASCII escaped: a Graph string can carry lone surrogates
-# (JSON escapes), which SQLite's UTF-8 text cannot hold; the escapes round-trip them.
-def compact_json(kind: str, obj: dict[str, Any]) -> str:
-    return json.dumps(compact(kind, obj), separators=(",", ":"), ensure_ascii=True)
-
-
-def recipient_object(rec: dict[str, Any]) -> dict[str, Any]:
-    """A recipient in the shape the candidate rules read (``mail`` and ``proxyAddresses``):
-    ``PrimarySmtpAddress`` plays ``mail`` and ``EmailAddresses`` plays ``proxyAddresses``
-    (docs/sync-rules.md: exactly the rules of Graph candidates)."""
-    primary = rec.get("PrimarySmtpAddress")
-    addresses = rec.get("EmailAddresses")
-    return {
-        "mail": primary if isinstance(primary, str) else None,
-        "proxyAddresses": [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else [],
-    }
-
-
-def recipient_id(rec: dict[str, Any]) -> str:
-    """The directory cache's key of a recipient: its Exchange Guid, marked as Exchange's so
-    that it never meets a Graph object id."""
-    return f"exo:{str(rec['Guid']).strip().lower()}"
-
-
-def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """An Exchange Online recipient → (cache id ``exo:<guid>``, its Guid, the cached data:
-    ``mail`` = PrimarySmtpAddress, ``proxyAddresses`` = the ``smtp:`` EmailAddresses, ``type``
-    = RecipientTypeDetails)."""
-    oid = recipient_id(rec)
-    data = compact("x", recipient_object(rec))
-    data["type"] = str(rec.get("RecipientTypeDetails") or "")
-    # The Entra object the recipient is (a mailbox's user, a synced group), if any: with scope
-    # or user-type rules the recipient follows that object's verdict (shared/model/rules.py judge).
-    entra = rec.get("ExternalDirectoryObjectId")
-    data["entraId"] = entra.strip().lower() if isinstance(entra, str) and entra.strip() else None
-    return oid, oid[4:], data
-
-
-def merge(old: dict[str, Any] | None, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """A partial object merged into the cached one: a property the change does not carry is
-    unchanged, never cleared."""
-    merged = dict(old or {})
-    merged.update(compact(kind, obj))
-    return merged
-
-
-def member_kind(otype: Any) -> str:
-    if not otype:
-        return "?"
-    if otype == USER_TYPE:
-        return "u"
-    if otype == GROUP_TYPE:
-        return "g"
-    return "o"
 
 
 @dataclass
@@ -145,91 +56,10 @@ class Affected:
         return getattr(self, dataset)
 
 
-class _Net:
-    """What a round's entries about one object say, folded in arrival order.
-
-    ``present``: the last entry was not ``@removed``. ``reset``: an ``@removed`` entry came, so
-    whatever the cache held for the object before the round is gone (a later entry recreates
-    it from nothing). ``props``: the selected properties carried since the last reset, a later
-    value replacing an earlier one. ``members``: member id -> (added, member kind), the last
-    ``members@delta`` entry for a member winning."""
-
-    __slots__ = ("present", "reset", "props", "members")
-
-    def __init__(self) -> None:
-        self.present = True
-        self.reset = False
-        self.props: dict[str, Any] = {}
-        self.members: dict[str, tuple[bool, str]] = {}
-
-
-class Round:
-    """One delta round's entries (a full read's first round as much as a later one), folded
-    per object in the order Graph sent them. Graph documents that, within a round, an object
-    comes back when it changed during the round (the later entry is the newer state), that
-    ``@removed`` removes it (reason ``changed`` or ``deleted``), and that a big group comes in
-    slices that repeat its selected properties, with ``members@delta`` entries that add up and
-    member entries marked ``@removed`` that remove that member (docs/sync-rules.md, "Reading
-    the directory"; Microsoft Graph: "Use delta query to track changes in Microsoft Graph
-    data", "group: delta", "user: delta").
-
-    Pages are fed with ``take(collection, entry)`` as they arrive (a 100,000-user read never
-    holds the raw pages); ``Cache.apply_round`` then applies the fold to the directory cache.
-    Folding first and applying once equals applying every entry one after the other."""
-
-    def __init__(self) -> None:
-        self.nets: dict[str, dict[str, _Net]] = {c: {} for c in KIND_OF}
-        self.entries: dict[str, int] = dict.fromkeys(KIND_OF, 0)
-
-    def take(self, collection: str, obj: dict[str, Any]) -> None:
-        """Fold one entry. Raises ``ValueError`` for an entry without an id."""
-        kind = KIND_OF[collection]
-        oid = obj.get("id")
-        if not isinstance(oid, str) or not oid:
-            raise ValueError(f"a {collection} delta entry without an id")
-        self.entries[collection] += 1
-        nets = self.nets[collection]
-        net = nets.get(oid)
-        if net is None:
-            net = nets[oid] = _Net()
-        if "@removed" in obj:
-            net.present, net.reset = False, True
-            net.props = {}
-            net.members = {}
-        else:
-            net.present = True
-            props = net.props
-            for prop in PROPS[kind]:
-                if prop in obj:
-                    props[prop] = _compact_value(prop, obj[prop])
-        if kind == "g":
-            ops = obj.get("members@delta")
-            if isinstance(ops, list):
-                members = net.members
-                present = net.present
-                for m in ops:
-                    if not isinstance(m, dict):
-                        continue
-                    mid = m.get("id")
-                    if not isinstance(mid, str) or not mid:
-                        continue
-                    if "@removed" in m:
-                        members[mid] = (False, member_kind(m.get("@odata.type")))
-                    elif present:
-                        members[mid] = (True, member_kind(m.get("@odata.type")))
-
-    def distinct(self) -> dict[str, int]:
-        """Distinct objects the round named, per collection (an object sent twice counts once)."""
-        return {c: len(n) for c, n in self.nets.items()}
-
-    def present(self) -> dict[str, int]:
-        """Distinct objects that exist at the end of the round, per collection."""
-        return {c: sum(1 for net in n.values() if net.present) for c, n in self.nets.items()}
-
-
-class Cache:
+class Cache(WholeDirectory):
     """The cache tables of one open state database (inside the caller's transaction), or of a
-    scratch database (``memory_cache``)."""
+    scratch database (``memory_cache``). The whole-directory projection is in
+    ``shared/model/views.py``."""
 
     def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *, empty: bool = False) -> None:
         self.conn = conn
@@ -237,6 +67,7 @@ class Cache:
         self.rules = rules  # scope and exclusions (shared/model/rules.py)
         self._verdict: Verdict | None = None
         self._empty = empty  # known to hold no object: a round is loaded in bulk
+        self._loading: StreamLoad | None = None  # a full read being streamed in (load)
 
     # --- scope and exclusions (shared/model/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
@@ -285,11 +116,6 @@ class Cache:
                 affected.groups.add(oid)
                 self._children(oid, affected)  # their parentIds / groupIds name it or no longer do
 
-    def rule_exclusions(self) -> list[Exclusion]:
-        """What the scope and exclusion settings leave out of the whole cached directory, with
-        the reason naming the setting (and the pattern), for the run report and ``status``."""
-        return self.exclusions(only_rules=True)
-
     # --- applying a delta round ----------------------------------------------------------
     def apply(self, collection: str, objects: Iterable[dict[str, Any]], affected: Affected | None) -> None:
         """Apply one collection's entries of a round, in order (``Round`` says how), and add
@@ -300,12 +126,12 @@ class Cache:
             rnd.take(collection, obj)
         self.apply_round(rnd, affected)
 
-    def apply_round(self, rnd: Round, affected: Affected | None, *, consume: bool = False) -> None:
-        """Apply a folded round (every collection) to the cache. ``consume``: the round may be
-        emptied as it is applied (a full read's fold is as big as the directory)."""
+    def apply_round(self, rnd: Round, affected: Affected | None) -> None:
+        """Apply a folded round (every collection) to the cache."""
         self._verdict = None  # the scope is judged again over the merged cache
         if self._empty:
-            self._load(rnd, affected, consume)
+            self.load().feed(rnd)
+            self.finish_load(affected)
             return
         sink = affected if affected is not None else Affected()
         for collection, nets in rnd.nets.items():
@@ -313,7 +139,36 @@ class Cache:
             for oid, net in nets.items():
                 self._apply_net(oid, kind, net, sink)
 
-    def _apply_net(self, oid: str, kind: str, net: _Net, affected: Affected) -> None:
+    def load(self, *, flush_entries: int = FLUSH_ENTRIES) -> StreamLoad:
+        """Empty the cache for a full read, which is then streamed into it (``StreamLoad``)."""
+        self._verdict = None
+        self._loading = StreamLoad(self.conn, self.provisioned, self.rules, flush_entries=flush_entries)
+        return self._loading
+
+    def finish_load(self, affected: Affected | None = None) -> dict[str, int]:
+        """The streamed round is complete: derive the candidate rows (``StreamLoad.finish``).
+        Returns the distinct objects per collection; with ``affected``, every key the cache
+        now implies goes to it (the cache held nothing before)."""
+        loading = self._loading if self._loading is not None else self.load()  # nothing streamed in (EXO_MODE=only)
+        self._loading = None
+        counts = loading.finish()
+        self._empty = False
+        if affected is not None:
+            q = self.conn.execute
+            affected.addresses.update(a for (a,) in q("SELECT address FROM kept"))
+            for uid, primary in q("SELECT id, primary_address FROM users"):
+                affected.users.add(uid)
+                if primary:
+                    affected.primaries.add(primary)
+            affected.groups.update(g for (g,) in q("SELECT id FROM objects WHERE kind='g'"))
+            for _, mid, mk in q("SELECT group_id, member_id, kind FROM members"):
+                if mk in ("u", "?"):
+                    affected.users.add(mid)
+                if mk in ("g", "?"):
+                    affected.groups.add(mid)
+        return counts
+
+    def _apply_net(self, oid: str, kind: str, net: Net, affected: Affected) -> None:
         q = self.conn.execute
         # What the object held before: the keys it could stop affecting.
         affected.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
@@ -357,7 +212,7 @@ class Cache:
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         q(
             "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
-            (oid, kind, json.dumps(data, separators=(",", ":"), ensure_ascii=True), len(cands.exclusions)),
+            (oid, kind, encode_data(data), len(cands.exclusions)),
         )
         q("DELETE FROM kept WHERE object_id=?", (oid,))
         self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
@@ -388,54 +243,6 @@ class Cache:
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
 
-    def _load(self, rnd: Round, affected: Affected | None, consume: bool) -> None:
-        """A round into a cache that holds nothing: the same fold, written with one bulk
-        insert per table (what makes a 100,000-user full read affordable)."""
-        objects: list[tuple[str, str, str, int]] = []
-        kept: list[tuple[str, str]] = []
-        users: list[tuple[str, str | None]] = []
-        members: list[tuple[str, str, str]] = []
-        provisioned = self.provisioned
-        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-        for collection, nets in rnd.nets.items():
-            kind, otype = KIND_OF[collection], OTYPE[KIND_OF[collection]]
-            for oid, net in (_drain(nets) if consume else nets.items()):
-                if not net.present:
-                    continue  # removed during the round: nothing cached held it
-                cands = candidates(oid, otype, net.props, provisioned, self.rules)
-                objects.append((oid, kind, dumps(net.props), len(cands.exclusions)))
-                if cands.kept:
-                    kept.extend([(a, oid) for a in cands.kept])
-                if kind == "u":
-                    users.append((oid, cands.primary))
-                elif kind == "g" and net.members:
-                    members.extend([(oid, mid, mk) for mid, (added, mk) in net.members.items() if added])
-        # Rows in primary-key order append to each B-tree instead of splitting pages all over
-        # it, and the secondary indexes are built once at the end rather than row by row.
-        objects.sort()
-        kept.sort()
-        users.sort()
-        members.sort()
-        q, em = self.conn.execute, self.conn.executemany
-        for index in INDEXES:
-            q(f"DROP INDEX IF EXISTS {index}")  # noqa: S608 - fixed index names
-        em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", objects)
-        em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", kept)
-        em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", users)
-        em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", members)
-        for statement in INDEXES.values():
-            q(statement)
-        self._empty = False
-        if affected is not None:
-            affected.addresses.update(a for a, _ in kept)
-            affected.users.update(u for u, _ in users)
-            affected.primaries.update(p for _, p in users if p)
-            affected.groups.update(oid for oid, kind, _, _ in objects if kind == "g")
-            for _, mid, mk in members:
-                if mk in ("u", "?"):
-                    affected.users.add(mid)
-                if mk in ("g", "?"):
-                    affected.groups.add(mid)
 
     # --- Exchange Online: no delta, the whole kind every run ----------------------------------
     def apply_recipients(self, recipients: Iterable[dict[str, Any]], affected: Affected | None) -> None:
@@ -452,7 +259,7 @@ class Cache:
             if oid in seen:
                 continue
             seen.add(oid)
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+            text = encode_data(data)
             if old.get(oid) == text:
                 continue
             sink.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
@@ -539,152 +346,12 @@ class Cache:
         ).fetchall()
         return UserRecord(row[0], tuple(sorted(g for (g,) in groups if verdict.keeps(g))))
 
-    # --- whole-directory figures -----------------------------------------------------------
-    def excluded(self) -> dict[str, int]:
-        """Candidates and users left out across the whole directory, as a full read counts them."""
-        q = self.conn.execute
-        addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects").fetchone()[0]
-        verdict = self.verdict()
-        if verdict is EVERYTHING:
-            no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]
-            shared = q("SELECT COUNT(*) - COUNT(DISTINCT primary_address) FROM users WHERE primary_address IS NOT NULL").fetchone()[0]
-            return {"addresses": int(addresses), "groups": 0, "users": int(no_primary + shared)}
-        # Everything an object the rules leave out would have kept is left out too; a left-out
-        # user counts once, whatever else is true of it.
-        left_users = 0
-        left_groups = 0
-        kept_primaries: list[str | None] = []
-        users = dict(q("SELECT id, primary_address FROM users").fetchall())
-        left = verdict.left_out
-        addresses += sum(n for oid, n in q("SELECT object_id, COUNT(*) FROM kept GROUP BY object_id") if oid in left)
-        groups = {g for (g,) in q("SELECT id FROM objects WHERE kind='g'")}
-        left_groups = sum(1 for g in verdict.left_out if g in groups)
-        for uid, primary in users.items():
-            if verdict.keeps(uid):
-                kept_primaries.append(primary)
-            else:
-                left_users += 1
-        with_primary = [p for p in kept_primaries if p]
-        no_primary = len(kept_primaries) - len(with_primary)
-        shared = len(with_primary) - len(set(with_primary))
-        return {"addresses": int(addresses), "groups": left_groups, "users": left_users + no_primary + shared}
-
-    def counts(self) -> dict[str, int]:
-        q = self.conn.execute
-        return {
-            kind: q("SELECT COUNT(*) FROM objects WHERE kind=?", (k,)).fetchone()[0]
-            for kind, k in (("users", "u"), ("groups", "g"), ("contacts", "c"))
-        }
-
-    # --- the whole directory, projected (a full read) ------------------------------------------
-    def records(self, dataset: str) -> Records:
-        """Every record of a dataset the cached directory implies, by the rules of
-        docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
-        ``desired``, over every key at once. Canonical values as in ``shared/model/projection.py``."""
-        q = self.conn.execute
-        verdict = self.verdict()  # the scope and exclusions: what is left out contributes nothing
-        keeps = verdict.keeps
-        if dataset == "addresses":
-            if verdict is EVERYTHING:
-                return dict.fromkeys((a for (a,) in q("SELECT DISTINCT address FROM kept ORDER BY address")), ())
-            return dict.fromkeys(sorted({a for a, o in q("SELECT address, object_id FROM kept") if keeps(o)}), ())
-        if dataset == "groups":
-            names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id") if keeps(gid)}
-            parents: dict[str, list[str]] = {}
-            # Member rows exist only for cached groups (an add needs the group; a removed group's
-            # rows go with it); scanned in primary-key order, so each list comes out sorted.
-            for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('g', '?') ORDER BY group_id, member_id"):
-                if mid in names and gid in names:
-                    parents.setdefault(mid, []).append(gid)
-            return {gid: GroupRecord(name, tuple(sorted(set(parents[gid]))) if gid in parents else ()) for gid, name in names.items()}
-        if dataset != "users":
-            raise ValueError(f"unknown dataset {dataset!r}")
-        owner: dict[str, str] = {}  # primary address -> the user with the smallest id
-        primary_of: dict[str, str] = {}
-        for uid, primary in q("SELECT id, primary_address FROM users WHERE primary_address IS NOT NULL ORDER BY id"):
-            if not keeps(uid):
-                continue
-            first = owner.setdefault(primary, uid)
-            if first == uid:
-                primary_of[uid] = primary
-            else:
-                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, first)
-        group_set = {gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'")}
-        group_ids: dict[str, list[str]] = {}
-        for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('u', '?') ORDER BY group_id, member_id"):
-            if mid in primary_of and gid in group_set and keeps(gid):
-                group_ids.setdefault(mid, []).append(gid)
-        return {uid: UserRecord(primary, tuple(sorted(set(group_ids[uid]))) if uid in group_ids else ()) for uid, primary in primary_of.items()}
-
-    def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
-        """Every candidate address and user the rules leave out, with its reason, recomputed
-        from the cached objects (``test-update`` reports them): addresses per object in id
-        order, then users in id order. ``only_rules``: only what the scope and exclusion
-        settings leave out (candidates are recomputed only when address patterns are set)."""
-        q = self.conn.execute
-        out: list[Exclusion] = []
-        if not only_rules or self.rules.exclude_address_patterns:
-            for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
-                obj = json.loads(data)
-                if kind == "x":  # an Exchange Online recipient
-                    cands = candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, self.rules, warn=False, source=EXCHANGE_SOURCE)
-                else:
-                    cands = candidates(oid, OTYPE[kind], obj, self.provisioned, self.rules, warn=False)
-                out.extend(e for e in cands.exclusions if not only_rules or rule_of(e.reason) is not None)
-        # What the scope and user types leave out: every address the object would keep, the
-        # group, the user (docs/sync-rules.md, "Scope and exclusions").
-        verdict = self.verdict()
-        left = verdict.left_out
-        if left:
-            kept_by: dict[str, list[str]] = {}
-            for a, oid in q("SELECT address, object_id FROM kept ORDER BY object_id, address"):
-                if oid in left:
-                    kept_by.setdefault(oid, []).append(a)
-            for oid, kind, data in q("SELECT id, kind, data FROM objects ORDER BY id"):
-                why = left.get(oid)
-                if why is None:
-                    continue
-                if kind == "x":  # an Exchange Online recipient: its Guid and RecipientTypeDetails
-                    rtype = str(json.loads(data).get("type"))
-                    out.extend(Exclusion("addresses", oid[4:], rtype, a, why, EXCHANGE_SOURCE) for a in kept_by.get(oid, ()))
-                    continue
-                out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in kept_by.get(oid, ()))
-                if kind == "g":
-                    out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
-        owner: dict[str, str] = {}
-        if only_rules and not left:
-            return out
-        for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
-            why = verdict.reason(uid)
-            if why is not None:
-                out.append(Exclusion("users", uid, "user", primary, why))
-                continue
-            if only_rules:
-                continue
-            if primary is None:
-                out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
-                continue
-            first = owner.setdefault(primary, uid)
-            if first != uid:
-                out.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {first}, which has the smaller id"))
-        return out
-
-    def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
-        """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
-        return Projection({d: self.records(d) for d in datasets}, self.exclusions())
-
     # --- a full read starts from nothing ------------------------------------------------------
     def clear(self) -> None:
         """Empty the cache (a full read is a round applied to an empty cache)."""
         for table in CACHE_TABLES:
             self.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         self._empty = True
-
-
-def _drain(nets: dict[str, _Net]) -> Iterator[tuple[str, _Net]]:
-    """Each item once, removed as it is taken (its memory is freed as the load proceeds)."""
-    while nets:
-        yield nets.popitem()
 
 
 def memory_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:
@@ -702,7 +369,9 @@ def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: 
         rnd.take(collection, obj)
     cache = memory_cache(provisioned, rules)
     try:
-        cache.apply_round(rnd, None)
+        # Merged a few entries at a time, as a full read streams its pages into the cache.
+        cache.load(flush_entries=3).feed(rnd)
+        cache.finish_load()
         return cache.projection()
     finally:
         cache.conn.close()

@@ -1,0 +1,180 @@
+"""The whole cached directory, projected: every record of a dataset (a full read), every
+exclusion with its reason, and the whole-directory counts. A mixin of ``Cache``
+(``shared/model/directory.py``), which supplies ``conn``, ``provisioned``, ``rules`` and
+``verdict()``; the rules are those of docs/sync-rules.md ("From directory objects to the three
+datasets", "Scope and exclusions")."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+
+from .fold import OTYPE
+from .projection import EXCHANGE_SOURCE, Exclusion, Projection, candidates, group_name
+from .records import DATASETS, GroupRecord, Records, UserRecord
+from .rules import EVERYTHING, Rules, Verdict, rule_of
+
+log = logging.getLogger("shared.directory")  # the name its log lines have always carried
+
+
+class WholeDirectory:
+    """Whole-directory queries over the cache tables."""
+
+    conn: sqlite3.Connection
+    provisioned: frozenset[str]
+    rules: Rules
+    verdict: Callable[[], Verdict]  # the rules' verdict over the cache (Cache.verdict)
+
+    def rule_exclusions(self) -> list[Exclusion]:
+        """What the scope and exclusion settings leave out of the whole cached directory, with
+        the reason naming the setting (and the pattern), for the run report and ``status``."""
+        return self.exclusions(only_rules=True)
+
+    # --- whole-directory figures -----------------------------------------------------------
+    def excluded(self) -> dict[str, int]:
+        """Candidates and users left out across the whole directory, as a full read counts them."""
+        q = self.conn.execute
+        addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects").fetchone()[0]
+        verdict = self.verdict()
+        if verdict is EVERYTHING:
+            no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]
+            shared = q("SELECT COUNT(*) - COUNT(DISTINCT primary_address) FROM users WHERE primary_address IS NOT NULL").fetchone()[0]
+            return {"addresses": int(addresses), "groups": 0, "users": int(no_primary + shared)}
+        # Everything an object the rules leave out would have kept is left out too; a left-out
+        # user counts once, whatever else is true of it.
+        left_users = 0
+        left_groups = 0
+        kept_primaries: list[str | None] = []
+        users = dict(q("SELECT id, primary_address FROM users").fetchall())
+        left = verdict.left_out
+        addresses += sum(n for oid, n in q("SELECT object_id, COUNT(*) FROM kept GROUP BY object_id") if oid in left)
+        groups = {g for (g,) in q("SELECT id FROM objects WHERE kind='g'")}
+        left_groups = sum(1 for g in verdict.left_out if g in groups)
+        for uid, primary in users.items():
+            if verdict.keeps(uid):
+                kept_primaries.append(primary)
+            else:
+                left_users += 1
+        with_primary = [p for p in kept_primaries if p]
+        no_primary = len(kept_primaries) - len(with_primary)
+        shared = len(with_primary) - len(set(with_primary))
+        return {"addresses": int(addresses), "groups": left_groups, "users": left_users + no_primary + shared}
+
+    def counts(self) -> dict[str, int]:
+        q = self.conn.execute
+        return {
+            kind: q("SELECT COUNT(*) FROM objects WHERE kind=?", (k,)).fetchone()[0]
+            for kind, k in (("users", "u"), ("groups", "g"), ("contacts", "c"))
+        }
+
+    # --- the whole directory, projected (a full read) ------------------------------------------
+    def records(self, dataset: str) -> Records:
+        """Every record of a dataset the cached directory implies, by the rules of
+        docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
+        ``desired``, over every key at once. Canonical values as in ``shared/model/projection.py``."""
+        q = self.conn.execute
+        verdict = self.verdict()  # the scope and exclusions: what is left out contributes nothing
+        keeps = verdict.keeps
+        if dataset == "addresses":
+            if verdict is EVERYTHING:
+                return dict.fromkeys((a for (a,) in q("SELECT DISTINCT address FROM kept ORDER BY address")), ())
+            return dict.fromkeys(sorted({a for a, o in q("SELECT address, object_id FROM kept") if keeps(o)}), ())
+        if dataset == "groups":
+            names = {gid: group_name(gid, json.loads(data)) for gid, data in q("SELECT id, data FROM objects WHERE kind='g' ORDER BY id") if keeps(gid)}
+            parents: dict[str, list[str]] = {}
+            # Member rows exist only for cached groups (an add needs the group; a removed group's
+            # rows go with it); scanned in primary-key order, so each list comes out sorted.
+            for gid, mid in q("SELECT group_id, member_id FROM members WHERE kind IN ('g', '?') ORDER BY group_id, member_id"):
+                if mid in names and gid in names:
+                    parents.setdefault(mid, []).append(gid)
+            return {gid: GroupRecord(name, tuple(sorted(set(parents[gid]))) if gid in parents else ()) for gid, name in names.items()}
+        if dataset != "users":
+            raise ValueError(f"unknown dataset {dataset!r}")
+        return self._user_records(keeps)
+
+    def _user_records(self, keeps: Callable[[str], bool]) -> Records:
+        """Users in id order, merged with their memberships read through ``members_by_member``
+        in (member, group) order: each record's group ids come out sorted, and each group id
+        is one shared string (memory grows with the users, not with their memberships)."""
+        q = self.conn.execute
+        groups = {gid: gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'") if keeps(gid)}
+        owner: dict[str, str] = {}  # primary address -> the user with the smallest id
+        out: Records = {}
+        rows = q("SELECT member_id, group_id FROM members WHERE kind IN ('u', '?') ORDER BY member_id, group_id")
+        row = next(rows, None)
+        for uid, primary in q("SELECT id, primary_address FROM users WHERE primary_address IS NOT NULL ORDER BY id"):
+            if not keeps(uid):
+                continue
+            first = owner.setdefault(primary, uid)
+            if first != uid:
+                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, first)
+                continue
+            while row is not None and row[0] < uid:
+                row = next(rows, None)
+            gids = []
+            while row is not None and row[0] == uid:
+                gid = groups.get(row[1])
+                if gid is not None:
+                    gids.append(gid)
+                row = next(rows, None)
+            out[uid] = UserRecord(primary, tuple(gids))
+        return out
+
+    def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
+        """Every candidate address and user the rules leave out, with its reason, recomputed
+        from the cached objects (``test-update`` reports them): addresses per object in id
+        order, then users in id order. ``only_rules``: only what the scope and exclusion
+        settings leave out (candidates are recomputed only when address patterns are set)."""
+        q = self.conn.execute
+        out: list[Exclusion] = []
+        if not only_rules or self.rules.exclude_address_patterns:
+            for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
+                obj = json.loads(data)
+                if kind == "x":  # an Exchange Online recipient
+                    cands = candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, self.rules, warn=False, source=EXCHANGE_SOURCE)
+                else:
+                    cands = candidates(oid, OTYPE[kind], obj, self.provisioned, self.rules, warn=False)
+                out.extend(e for e in cands.exclusions if not only_rules or rule_of(e.reason) is not None)
+        # What the scope and user types leave out: every address the object would keep, the
+        # group, the user (docs/sync-rules.md, "Scope and exclusions").
+        verdict = self.verdict()
+        left = verdict.left_out
+        if left:
+            kept_by: dict[str, list[str]] = {}
+            for a, oid in q("SELECT address, object_id FROM kept ORDER BY object_id, address"):
+                if oid in left:
+                    kept_by.setdefault(oid, []).append(a)
+            for oid, kind, data in q("SELECT id, kind, data FROM objects ORDER BY id"):
+                why = left.get(oid)
+                if why is None:
+                    continue
+                if kind == "x":  # an Exchange Online recipient: its Guid and RecipientTypeDetails
+                    rtype = str(json.loads(data).get("type"))
+                    out.extend(Exclusion("addresses", oid[4:], rtype, a, why, EXCHANGE_SOURCE) for a in kept_by.get(oid, ()))
+                    continue
+                out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in kept_by.get(oid, ()))
+                if kind == "g":
+                    out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
+        owner: dict[str, str] = {}
+        if only_rules and not left:
+            return out
+        for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
+            why = verdict.reason(uid)
+            if why is not None:
+                out.append(Exclusion("users", uid, "user", primary, why))
+                continue
+            if only_rules:
+                continue
+            if primary is None:
+                out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
+                continue
+            first = owner.setdefault(primary, uid)
+            if first != uid:
+                out.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {first}, which has the smaller id"))
+        return out
+
+    def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
+        """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
+        return Projection({d: self.records(d) for d in datasets}, self.exclusions())
