@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from .common import fastjson
 from .common.errors import PayloadTooLargeError, SyncError
 from .common.progress import Progress
 from .common.summary import RunSummary
@@ -44,7 +44,7 @@ def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:
     """Same state position + same body → same key (a retry, or a rerun after a lost answer);
     anything else → a different key, so a key never stands for two different intentions.
     Returns 64 hex characters (SHA-256 of the position, the dataset and the canonical body)."""
-    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
+    raw = fastjson.dumps_sorted_bytes(body)  # json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
     h = hashlib.sha256()
     h.update(f"{position}|{dataset}|".encode())
     h.update(raw)

@@ -93,3 +93,21 @@ def test_address_handover_between_users_is_ordered_and_a_swap_is_broken_by_a_del
             assert owner.get(v[0], k) == k, f"{k} would take {v[0]} from {owner.get(v[0])}"
             live[k] = v
     assert live == wanted
+
+
+def test_chunk_fills_each_batch_with_deletes_then_upserts_in_order() -> None:
+    """Every split (exhaustive over small sizes): the batches, in order, are the deletes and then
+    the upserts, each batch holds at most max_items, and only the last one holds fewer."""
+    from shared.plan.diff import _chunk
+
+    for n_del in range(8):
+        for n_up in range(8):
+            for max_items in range(1, 5):
+                deletes = [f"d{i}" for i in range(n_del)]
+                upserts = [(f"u{i}", ("x", ())) for i in range(n_up)]
+                batches = _chunk("users", deletes, upserts, max_items, "users")
+                assert [k for b in batches for k in b.deletes] == deletes
+                assert [u for b in batches for u in b.upserts] == upserts
+                assert all(0 < len(b) <= max_items for b in batches)
+                assert all(len(b) == max_items for b in batches[:-1])
+                assert all(b.phase == "users" and b.dataset == "users" for b in batches)

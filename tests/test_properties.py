@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from devstack.receiver_addresses import address_problem
 from devstack.receiver_addresses import normalize_domain as receiver_domain
 from devstack.receiver_records import RecordValidator
-from shared.model.addresses import InvalidAddress, normalize_address
+from shared.model.addresses import InvalidAddress, normalize_address, normalize_address_fully
 from shared.model.directory import project, project_entries
 from shared.model.records import to_api_record
 
@@ -175,6 +175,23 @@ def test_normalize_address_is_idempotent_and_what_it_accepts_is_valid(value: str
     assert address_problem(address) is None, (value, address)
     assert address.isascii() and address == address.lower()
     assert normalize_address(address) == address
+
+
+
+def _outcome(normalize: Any, value: str) -> tuple[str, str]:
+    try:
+        return "ok", normalize(value)
+    except InvalidAddress as exc:
+        return "invalid", str(exc)
+
+
+@props(2000)
+@given(st.one_of(candidate, st.builds(str.__add__, prefix, candidate), st.text(st.sampled_from("aZ0.-_@ \t+é\u212aİ"), max_size=80),
+                 st.builds(lambda n, d: "a" * n + "@" + d, st.integers(60, 70), st.sampled_from(["contoso.com", "x" * 190 + ".com", "c.-d"]))))
+def test_the_fast_path_for_plain_ascii_equals_the_full_normalization(value: str) -> None:
+    """normalize_address's compiled fast path gives exactly what the full path gives (the same
+    address, or the same refusal) on every value, plain ASCII or not."""
+    assert _outcome(normalize_address, value) == _outcome(normalize_address_fully, value)
 
 
 ascii_text = st.text(st.characters(max_codepoint=127), max_size=20)

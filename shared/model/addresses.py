@@ -5,12 +5,19 @@ the projection must never send a value the API would call invalid."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import idna
 
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+# A plain ASCII address that needs no IDNA step: dot-atoms of _ATEXT, one "@", a domain of
+# letters, digits, hyphens and dots (judged by the cached check_domain). Whatever this pattern
+# accepts, the full path below would accept the same way; everything else takes the full path.
+_PLAIN = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([a-z0-9.-]+)")
 
 
 class InvalidAddress(ValueError):
@@ -86,6 +93,16 @@ def normalize_address(value: str) -> str:
     """Strip, lowercase, convert an IDN domain to A-labels, then validate.
 
     Returns the normalized address or raises ``InvalidAddress`` naming the rule it breaks."""
+    lowered = value.strip().lower()
+    plain = _PLAIN.fullmatch(lowered)
+    if plain is not None and plain.start(1) <= 65 and len(lowered) <= 254:  # the local part's 64 octets, the "@"
+        check_domain(plain.group(1))
+        return lowered
+    return normalize_address_fully(value)
+
+
+def normalize_address_fully(value: str) -> str:
+    """``normalize_address`` without its fast path for plain ASCII (the reference it must equal)."""
     value = value.strip().lower()
     if value.count("@") != 1:
         raise InvalidAddress("an address needs exactly one '@'")

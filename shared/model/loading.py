@@ -17,10 +17,10 @@ commit left it."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
+from ..common.fastjson import dumps_ascii, loads
 from .fold import KIND_OF, OTYPE, Net, Round
 from .projection import candidates
 from .rules import NO_RULES, Rules
@@ -33,12 +33,12 @@ CACHE_TABLES = ("objects", "kept", "users", "members")
 INDEXES = {  # the cache's secondary indexes: dropped for a load, built once after it
     "kept_by_object": "CREATE INDEX IF NOT EXISTS kept_by_object ON kept (object_id)",
     "users_by_primary": "CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address)",
-    "members_by_member": "CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id)",
+    "members_by_member": "CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id, group_id, kind)",
 }
 
 # The cached data is JSON with non-ASCII escaped: a Graph string can carry lone surrogates
 # (JSON escapes), which SQLite's UTF-8 text cannot hold; the escapes round-trip them.
-encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+encode_data = dumps_ascii
 
 
 class StreamLoad:
@@ -113,7 +113,7 @@ def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net]) -> Non
                 reset_groups.append((oid,))
             prev = None
         if net.present:
-            data = {**json.loads(prev[1]), **net.props} if prev is not None and prev[0] == kind else net.props
+            data = {**loads(prev[1]), **net.props} if prev is not None and prev[0] == kind else net.props
             rows.append((oid, kind, encode_data(data), 0))
         for mid, (add, mkind) in net.members.items():
             if add:
@@ -133,7 +133,6 @@ def derive(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules) 
     then the secondary indexes."""
     q, em = conn.execute, conn.executemany
     last = ""
-    loads = json.loads
     while True:
         chunk = q("SELECT id, kind, data FROM objects WHERE id > ? ORDER BY id LIMIT ?", (last, CHUNK)).fetchall()
         if not chunk:

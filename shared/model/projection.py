@@ -88,11 +88,14 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
                 raw.append((p[5:], p.startswith("SMTP:")))
     out = Candidates([], None, None)
     seen: set[str] = set()
+    normalized: dict[str, str] = {}  # each distinct value is normalized once (mail is often also the SMTP: value)
     for value, is_primary in raw:
-        shown = value.strip().lower()
+        address = normalized.get(value)
         try:
-            address = normalize_address(value)
+            if address is None:
+                address = normalized[value] = normalize_address(value)
         except InvalidAddress as exc:
+            shown = value.strip().lower()
             if shown not in seen:
                 seen.add(shown)
                 if warn:

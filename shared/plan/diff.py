@@ -68,21 +68,16 @@ def plan_update(diffs: dict[str, DatasetDiff], held: dict[str, Records], max_ite
 
 
 def _chunk(dataset: str, deletes: list[str], upserts: list[tuple[str, tuple]], max_items: int, phase: str) -> list[Batch]:
-    """Deletes first (they free addresses), then upserts in order."""
+    """Deletes first (they free addresses), then upserts in order, ``max_items`` per batch."""
     out: list[Batch] = []
-    cur = Batch(dataset, phase=phase)
-    for key in deletes:
-        if len(cur) >= max_items:
-            out.append(cur)
-            cur = Batch(dataset, phase=phase)
-        cur.deletes.append(key)
-    for item in upserts:
-        if len(cur) >= max_items:
-            out.append(cur)
-            cur = Batch(dataset, phase=phase)
-        cur.upserts.append(item)
-    if len(cur):
-        out.append(cur)
+    for start in range(0, len(deletes), max_items):
+        out.append(Batch(dataset, deletes=deletes[start : start + max_items], phase=phase))
+    first = 0
+    if out and len(out[-1]) < max_items and upserts:  # the last deletes' batch is topped up with upserts
+        first = max_items - len(out[-1])
+        out[-1].upserts = upserts[:first]
+    for start in range(first, len(upserts), max_items):
+        out.append(Batch(dataset, upserts=upserts[start : start + max_items], phase=phase))
     return out
 
 

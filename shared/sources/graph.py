@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
-import json
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph_core import GraphClientFactory
 
+from ..common import fastjson
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
 from ..common.netutil import jittered_backoff, parse_retry_after
 from ..common.textsafe import safe_text
@@ -395,7 +395,7 @@ def _parse_page(body: bytes | None) -> dict[str, Any]:
     if not body:
         raise _MalformedPage("empty body")
     try:
-        page = json.loads(body)
+        page = fastjson.loads(body)
     except ValueError:
         if body.lstrip()[:1] == b"<":
             raise _MalformedPage("body is an HTML page, not JSON (is a proxy or sign-in page in the way?)") from None

@@ -31,11 +31,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..common import fastjson
 from ..common.errors import StateError
 from ..model.directory import SCHEMA as CACHE_SCHEMA
 from ..model.directory import Cache
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
+from .journal import good_prefix, parse_journal, replay_journal, snapshot  # noqa: F401 - the journal's side of the state
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
 
@@ -76,7 +78,7 @@ def _encode(dataset: str, value: tuple) -> str:
         return UNKNOWN_TEXT
     if dataset == "addresses":
         return ""
-    return json.dumps([value[0], list(value[1])], separators=(",", ":"), ensure_ascii=False)
+    return fastjson.dumps([value[0], list(value[1])])  # byte for byte json.dumps(..., separators=(",", ":"), ensure_ascii=False)
 
 
 def _decode(dataset: str, text: str) -> tuple:
@@ -84,7 +86,7 @@ def _decode(dataset: str, text: str) -> tuple:
         return UNKNOWN
     if dataset == "addresses":
         return ()
-    first, ids = json.loads(text)
+    first, ids = fastjson.loads(text)
     if not isinstance(first, str) or not isinstance(ids, list):
         raise ValueError("bad record")
     return (first, tuple(ids))
@@ -135,17 +137,7 @@ class StateDB:
             if fmt is None:
                 if readonly:
                     raise StateError(f"the state at {where} is empty")
-                self.conn.executescript(SCHEMA)
-                self.conn.execute("BEGIN")
-                self.lineage = uuid.uuid4().hex
-                self.generation = 0
-                self._set_meta("format", FORMAT)
-                self._set_meta("version", VERSION)
-                self._set_meta("lineage", self.lineage)
-                self._set_meta("generation", 0)
-                # The lineage is durable before any batch is journaled against it.
-                self.conn.execute("COMMIT")
-                self.conn.execute("BEGIN")
+                self._create()
             else:
                 self.lineage = str(self._get_meta("lineage"))
                 self.generation = int(self._get_meta("generation"))
@@ -168,6 +160,18 @@ class StateDB:
         # from its stale replay, so the position (and every key) moves on.
         self.attempts = 0
         self.changed = False
+
+    def _create(self) -> None:
+        """A new state: the schema and a new lineage, durable before any batch is journaled
+        against it; then the run's transaction begins."""
+        self.conn.executescript(SCHEMA)
+        self.conn.execute("BEGIN")
+        self.lineage = uuid.uuid4().hex
+        self.generation = 0
+        for key, value in (("format", FORMAT), ("version", VERSION), ("lineage", self.lineage), ("generation", 0)):
+            self._set_meta(key, value)
+        self.conn.execute("COMMIT")
+        self.conn.execute("BEGIN")
 
     # --- identity --------------------------------------------------------------------------
     @property
@@ -393,82 +397,3 @@ class StateDB:
         self.conn = None  # type: ignore[assignment]
         if self.discard:
             shutil.rmtree(self.path.parent, ignore_errors=True)
-
-
-def parse_journal(data: bytes) -> tuple[list[dict[str, Any]], bool]:
-    """The entries, and whether the journal ends in a torn write."""
-    entries = []
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            return entries, True  # a torn last write: that batch was never recorded as confirmed
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries, False
-
-
-def snapshot(source: Path, target: Path, where: str) -> None:
-    try:
-        # Not mode=ro: a read-only connection to a WAL database leaves its -wal/-shm files
-        # behind; this one, if it is the last to close, removes them. It only reads.
-        src = sqlite3.connect(source)
-        try:
-            dst = sqlite3.connect(target)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-        finally:
-            src.close()
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise StateError(f"the state at {where} is busy (a running update is writing it); try again when it ends") from None
-        raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
-    except sqlite3.DatabaseError as exc:
-        raise StateError(f"the state at {where} is unreadable ({exc}); run 'refresh' to rebuild it from the service") from None
-
-
-def good_prefix(data: bytes) -> int:
-    """Length of the journal up to the end of its last complete, parsable line."""
-    end = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            json.loads(line)
-        except ValueError:
-            break
-        end += len(line)
-    return end
-
-
-def replay_journal(db: StateDB, data: bytes) -> tuple[int, bool]:
-    """Apply the journal in the open transaction. The position stays where the interrupted
-    run left it, so a batch whose answer was lost is sent again under the same key. The keys
-    of a batch that was sent but never confirmed are marked unknown (the service may or may
-    not have applied it), in journal order, so a later confirmation overrides the mark."""
-    entries, torn = parse_journal(data)
-    ours = [e for e in entries if e.get("lineage") == db.lineage and e.get("generation") == db.generation]
-    confirmed = {(e.get("run"), e.get("seq")) for e in ours if "intent" not in e}
-    applied = unknown = 0
-    unconfirmed: dict[Any, set[Any]] = {}  # seq -> the runs that sent a batch there unconfirmed
-    for e in ours:
-        if "intent" in e:
-            if (e.get("run"), e.get("seq")) not in confirmed and e.get("dataset") in DATASETS and isinstance(e["intent"], list):
-                keys = [str(k) for k in e["intent"]]
-                db.mark_unknown(e["dataset"], keys)
-                db.mark_recheck(e["dataset"], keys)
-                unknown += len(keys)
-                unconfirmed.setdefault(e.get("seq"), set()).add(e.get("run"))
-        elif db.replay(e):
-            applied += 1
-    db.attempts = len(unconfirmed.get(db.seq + 1, ()))
-    if applied:
-        log.info("state %s: replayed %d confirmed batch(es) from the journal of an interrupted run", db.where, applied)
-    if unknown:
-        log.warning("state %s: %d record(s) of a batch sent without a recorded answer are marked unknown; this run sends them again",
-                    db.where, unknown)
-    return applied + (1 if unknown else 0), torn

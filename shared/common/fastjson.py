@@ -1,0 +1,57 @@
+"""JSON on the hot paths through orjson, byte for byte what ``json`` writes.
+
+orjson (a compiled, well-kept library) encodes and parses several times faster than the
+standard library. Where the text is persisted or hashed (the state's record values, the cached
+objects, the Idempotency-Key's canonical body), it must not change: orjson's compact output is
+exactly ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` for the values the
+product writes (str, int, bool, None, lists, tuples and dicts with str keys; never a float, which
+orjson would write differently: NaN as null). What orjson refuses (a lone surrogate from a JSON
+escape, a type it does not serialize such as a NamedTuple, an integer over 64 bits) goes
+through ``json``, so every result stays what ``json`` gives; tests/test_fastjson.py compares
+the two over generated values."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_SORTED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+
+
+def dumps(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:
+        return _COMPACT(value)
+
+
+def dumps_ascii(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=True)`` (text SQLite can hold
+    whatever it carries: a lone surrogate survives as its escape)."""
+    try:
+        raw = orjson.dumps(value)
+    except TypeError:
+        return _ASCII(value)
+    return raw.decode("ascii") if raw.isascii() else _ASCII(value)
+
+
+def dumps_sorted_bytes(value: Any) -> bytes:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)`` as UTF-8."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return _SORTED(value).encode("utf-8")
+
+
+def loads(data: str | bytes) -> Any:
+    """``json.loads``: what orjson cannot parse (a lone surrogate escape, NaN, a BOM) is parsed
+    by ``json``, which raises ``ValueError`` for what is not JSON at all."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
