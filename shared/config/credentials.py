@@ -33,10 +33,10 @@ def authority_for(graph_base_url: str) -> str:
 def graph_token_credential(settings: Settings, client_secret: Secret | None, *, base_url: str | None = None):
     """The azure-identity credential for the app registration, or None for GRAPH_AUTH=none.
     ``base_url`` (default GRAPH_BASE_URL) picks the cloud's sign-in authority."""
-    from azure.identity import ClientAssertionCredential, ClientSecretCredential, ManagedIdentityCredential
-
     if settings.graph_auth == "none":
         return None
+    from azure.identity import ClientAssertionCredential, ClientSecretCredential, ManagedIdentityCredential
+
     authority = authority_for(base_url or settings.graph_base_url)
     if settings.graph_auth == "client_secret":
         if client_secret is None:

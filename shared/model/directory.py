@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, primary_address TEXT) WIT
 CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address);
 CREATE TABLE IF NOT EXISTS members (group_id TEXT NOT NULL, member_id TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (group_id, member_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id, group_id, kind);
+CREATE INDEX IF NOT EXISTS objects_excluding ON objects (excluded) WHERE excluded > 0;
 """
 
 

@@ -34,6 +34,8 @@ INDEXES = {  # the cache's secondary indexes: dropped for a load, built once aft
     "kept_by_object": "CREATE INDEX IF NOT EXISTS kept_by_object ON kept (object_id)",
     "users_by_primary": "CREATE INDEX IF NOT EXISTS users_by_primary ON users (primary_address)",
     "members_by_member": "CREATE INDEX IF NOT EXISTS members_by_member ON members (member_id, group_id, kind)",
+    # The few objects with excluded candidates: a run's summary sums them without reading every row.
+    "objects_excluding": "CREATE INDEX IF NOT EXISTS objects_excluding ON objects (excluded) WHERE excluded > 0",
 }
 
 # The cached data is JSON with non-ASCII escaped: a Graph string can carry lone surrogates

@@ -36,7 +36,7 @@ class WholeDirectory:
     def excluded(self) -> dict[str, int]:
         """Candidates and users left out across the whole directory, as a full read counts them."""
         q = self.conn.execute
-        addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects").fetchone()[0]
+        addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects WHERE excluded > 0").fetchone()[0]  # objects_excluding
         verdict = self.verdict()
         if verdict is EVERYTHING:
             no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]

@@ -41,7 +41,7 @@ from msgraph_core import GraphClientFactory
 
 from ..common import fastjson
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.netutil import jittered_backoff, parse_retry_after, tls_context
 from ..common.textsafe import safe_text
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
@@ -100,7 +100,7 @@ class GraphSource:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=30.0),
             follow_redirects=False,
-            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(), origin=self.base_url),
+            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(verify=tls_context()), origin=self.base_url),
         )
         # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
         # connections, malformed pages; max_attempts in all). kiota's RetryHandler is switched

@@ -31,12 +31,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..common import fastjson
 from ..common.errors import StateError
 from ..model.directory import SCHEMA as CACHE_SCHEMA
 from ..model.directory import Cache
+from ..model.loading import INDEXES as CACHE_INDEXES
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
+from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode  # noqa: F401 - the record values as stored
 from .journal import good_prefix, parse_journal, replay_journal, snapshot  # noqa: F401 - the journal's side of the state
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
@@ -53,6 +54,8 @@ V1_NAME = "state.json.gz"  # the previous release's format
 # commit of a successful update empties the table. (docs/sync-rules.md: "An interrupted run is
 # repaired by the next one".)
 RECHECK_TABLE = "CREATE TABLE IF NOT EXISTS recheck (dataset TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (dataset, key)) WITHOUT ROWID"
+# Records of unknown state are few: each run finds them without reading every record.
+UNKNOWN_INDEX = "CREATE INDEX IF NOT EXISTS records_unknown ON records (dataset) WHERE value = '?'"
 
 SCHEMA = (
     """
@@ -60,36 +63,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITH
 CREATE TABLE IF NOT EXISTS records (dataset TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (dataset, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held (dataset TEXT NOT NULL, key TEXT NOT NULL, approved INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dataset, key)) WITHOUT ROWID;
 """
-    + RECHECK_TABLE + ";\n"
+    + RECHECK_TABLE + ";\n" + UNKNOWN_INDEX + ";\n"
     + CACHE_SCHEMA
 )
-
-
-# A record whose state at the service is unknown: a batch naming it was sent, and its answer
-# was never recorded (the process died in between). It equals no projected value, so the next
-# run sends the key again: an upsert when the directory implies it, else a delete (a no-op
-# for a missing key). ``value`` holds UNKNOWN_TEXT for it.
-UNKNOWN: tuple = ("\x00unknown", ())
-UNKNOWN_TEXT = "?"
-
-
-def _encode(dataset: str, value: tuple) -> str:
-    if value is UNKNOWN:
-        return UNKNOWN_TEXT
-    if dataset == "addresses":
-        return ""
-    return fastjson.dumps([value[0], list(value[1])])  # byte for byte json.dumps(..., separators=(",", ":"), ensure_ascii=False)
-
-
-def _decode(dataset: str, text: str) -> tuple:
-    if text == UNKNOWN_TEXT:
-        return UNKNOWN
-    if dataset == "addresses":
-        return ()
-    first, ids = fastjson.loads(text)
-    if not isinstance(first, str) or not isinstance(ids, list):
-        raise ValueError("bad record")
-    return (first, tuple(ids))
 
 
 class _Meta:
@@ -141,7 +117,8 @@ class StateDB:
             else:
                 self.lineage = str(self._get_meta("lineage"))
                 self.generation = int(self._get_meta("generation"))
-                self.conn.execute(RECHECK_TABLE)  # a state of this version written before the table
+                for statement in (RECHECK_TABLE, UNKNOWN_INDEX, *CACHE_INDEXES.values()):  # a state of this version written before them
+                    self.conn.execute(statement)
                 self.conn.execute("BEGIN")
         except StateError:
             self._close_quietly()
@@ -253,7 +230,7 @@ class StateDB:
                 "dataset": dataset, "intent": list(keys)}
 
     def unknown_keys(self, dataset: str) -> list[str]:
-        return [k for (k,) in self.conn.execute("SELECT key FROM records WHERE dataset=? AND value=?", (dataset, UNKNOWN_TEXT))]
+        return [k for (k,) in self.conn.execute("SELECT key FROM records INDEXED BY records_unknown WHERE dataset=? AND value='?'", (dataset,))]
 
     def mark_unknown(self, dataset: str, keys: Iterable[str]) -> None:
         self.conn.executemany(

@@ -30,7 +30,7 @@ from ..common.errors import (
     SyncApiRequestError,
     SyncApiUnavailableError,
 )
-from ..common.netutil import jittered_backoff, parse_retry_after, url_problem
+from ..common.netutil import jittered_backoff, parse_retry_after, tls_context, url_problem
 from ..common.redact import Secret, scrub
 from ..model.records import to_api_record
 
@@ -111,7 +111,7 @@ class SyncApiClient:
             # Only gzip is accepted, so that every answer is decoded here, strictly (see _read_body).
             headers={"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"},
             transport=transport,
-            follow_redirects=False,
+            follow_redirects=False, verify=tls_context(),  # used when no transport is given
         )
 
     async def aclose(self) -> None:
