@@ -407,7 +407,7 @@ class _Run:
             # Every key an interrupted run's batches named (confirmed or only intended): the
             # directory may have undone that change since, in objects this round never names.
             held_keys[d].update(db.recheck_keys(d))
-        with db.scratch():  # the merge is redone for good only after the service confirmed
+        with db.planning():  # the merge stays in the run's transaction: committed only after the service confirmed
             cache = db.cache(provisioned, self.settings.rules)
             try:
                 before = cache.verdict()

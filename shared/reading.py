@@ -34,6 +34,7 @@ class Read:
     counted: dict[str, int] | None = None  # ``objects``, kept when the fold is dropped
     # EXO_MODE on: Exchange Online's complete read (shared/sources/exchange.py), merged with the round.
     recipients: list[dict[str, Any]] | None = None
+    merged: bool = False  # a delta round already merged into the state's cache (merge_delta)
 
     @property
     def objects(self) -> dict[str, int]:
@@ -84,8 +85,12 @@ def merge_full(cache: Cache, read: Read) -> None:
 
 
 def merge_delta(cache: Cache, read: Read) -> Affected:
-    """A delta round merged into the cache; returns the record keys it can affect."""
+    """A delta round merged into the cache; returns the record keys it can affect. A round is
+    merged once: merged again (saving a run planned on the merged cache), it changes nothing."""
     affected = Affected()
+    if read.merged:
+        return affected
+    read.merged = True
     cache.apply_round(read.round, affected)
     if read.recipients is not None:  # Exchange has no delta: its complete read replaces the cached recipients
         cache.apply_recipients(read.recipients, affected)

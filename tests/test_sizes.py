@@ -16,7 +16,6 @@ FUNCTION_LINES = 60
 STILL_OVER_MODULES = {
     "shared/config/settings.py": 428,
     "shared/engine.py": 690,
-    "shared/sources/graph.py": 449,
     "shared/storage/lock.py": 462,
     "shared/target/syncapi.py": 401,
 }

@@ -20,11 +20,8 @@ requests); it is kept only as a fallback for a Graph endpoint that does not serv
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import logging
-import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -39,10 +36,9 @@ from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph_core import GraphClientFactory
 
-from ..common import fastjson
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
 from ..common.netutil import jittered_backoff, parse_retry_after, tls_context
-from ..common.textsafe import safe_text
+from .graph_transport import MAX_PAGE_BYTES, StrictGzipTransport, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
 
@@ -97,10 +93,11 @@ class GraphSource:
         self.member_concurrency = member_concurrency
         self.concurrent = concurrent  # False only to measure what concurrency buys (bench/)
         self.stats = ReadStats()
+        self.resume: dict[str, dict[str, Any]] = {}  # a checkpointed round's links (read_directory)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=30.0),
             follow_redirects=False,
-            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(verify=tls_context()), origin=self.base_url),
+            transport=StrictGzipTransport(httpx.AsyncHTTPTransport(verify=tls_context()), origin=self.base_url),
         )
         # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
         # connections, malformed pages; max_attempts in all). kiota's RetryHandler is switched
@@ -115,15 +112,38 @@ class GraphSource:
         await self._http.aclose()
 
     # --- the enumeration -----------------------------------------------------------------
-    async def read_directory(self, sink: RoundSink) -> ReadStats:
+    async def read_directory(self, sink: RoundSink, resume: Mapping[str, dict[str, Any]] | None = None) -> ReadStats:
         """A first delta round over users, groups (with members) and contacts, concurrently,
         every page to the end; every entry goes to ``sink`` in arrival order, ``@removed`` and
         repeated objects included (the sink merges them: ``shared.model.directory.Round``).
+        After each page, ``sink.page_done(collection, nextLink, deltaLink)`` (when the sink has
+        it) learns where the round stands; ``resume`` continues a round an earlier invocation
+        checkpointed: per collection ``{"next": nextLink}`` (the rest of its round) or
+        ``{"delta": deltaLink}`` (its round was complete), absent: from the start.
 
         Any page that still fails after retries raises ``IncompleteReadError``: the caller
-        must send nothing, because deletions computed from a partial read are wrong."""
+        must send nothing, because deletions computed from a partial read are wrong. A saved
+        link Graph no longer honours raises ``DeltaExpiredError`` (start the round again)."""
+        self.resume = dict(resume or {})
         await self._all(self._read_users(sink), self._read_groups(sink), self._read_contacts(sink))
         return self.stats
+
+    async def _delta_round(self, collection: str, first: RequestInformation, sink: RoundSink) -> str | None:
+        """One collection's first delta round, from the start or from its checkpoint; returns
+        its deltaLink. Raises ``_Unsupported`` when the endpoint does not serve delta."""
+        saved = self.resume.get(collection) or {}
+        if "delta" in saved:  # complete in an earlier invocation: its entries are in the cache
+            return saved["delta"]
+        page_done = getattr(sink, "page_done", None)
+        hook = None if page_done is None else lambda nxt, link: page_done(collection, nxt, link)
+
+        def take(obj: dict[str, Any]) -> None:
+            self._deliver(sink, collection, obj)
+
+        what = f"{collection}/delta"
+        if "next" in saved:
+            return await self._each_page(self._follow(saved["next"], first, what), what, take, delta=True, on_page=hook)
+        return await self._each_page(first, what, take, unsupported_ok=True, on_page=hook)
 
     async def _all(self, *aws: Awaitable[Any]) -> None:
         if self.concurrent:
@@ -156,16 +176,13 @@ class GraphSource:
         """A first delta round (it ends with the link for the next one); the plain collection
         when the endpoint does not serve delta (then every run reads in full)."""
         delta.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-
-        def take(obj: dict[str, Any]) -> None:
-            self._deliver(sink, collection, obj)
-
         try:
-            self.stats.links[collection] = await self._each_page(delta, f"{collection}/delta", take, unsupported_ok=True)
+            self.stats.links[collection] = await self._delta_round(collection, delta, sink)
         except _Unsupported as exc:
             log.warning("%s/delta is not served by %s (%s); reading /%s in full", collection, self.base_url, exc, collection)
             self.stats.links[collection] = None
-            await self._each_page(plain, collection, take)
+            _unresumable(sink)
+            await self._each_page(plain, collection, lambda obj: self._deliver(sink, collection, obj))
 
     async def _read_groups(self, sink: RoundSink) -> None:
         from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
@@ -173,16 +190,13 @@ class GraphSource:
         q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=[*GROUP_SELECT, "members"])
         first = self.client.groups.delta.to_get_request_information(RequestConfiguration(query_parameters=q))
         first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-
-        def take(obj: dict[str, Any]) -> None:
-            self._deliver(sink, "groups", obj)
-
         try:
-            self.stats.links["groups"] = await self._each_page(first, "groups/delta", take, unsupported_ok=True)
+            self.stats.links["groups"] = await self._delta_round("groups", first, sink)
         except _Unsupported as exc:
             log.warning("groups/delta is not served by %s (%s); reading /groups and each group's /members", self.base_url, exc)
             self.stats.membership_read = "groups + members per group"
             self.stats.links["groups"] = None
+            _unresumable(sink)
             await self._read_groups_per_group(sink)
 
     async def read_changes(self, links: dict[str, str], sink: RoundSink) -> ReadStats:
@@ -243,8 +257,10 @@ class GraphSource:
         *,
         unsupported_ok: bool = False,
         delta: bool = False,
+        on_page: Callable[[str | None, str | None], None] | None = None,
     ) -> str | None:
-        """Follow ``@odata.nextLink`` to the end; returns the final ``@odata.deltaLink``."""
+        """Follow ``@odata.nextLink`` to the end; returns the final ``@odata.deltaLink``.
+        ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
         request: RequestInformation | None = first
         page_no = 0
         while request is not None:
@@ -260,8 +276,12 @@ class GraphSource:
                 link = page.get("@odata.deltaLink")
                 if link is not None and not isinstance(link, str):
                     raise IncompleteReadError(f"Graph {what}: @odata.deltaLink is not a URL")
+                if on_page is not None:
+                    on_page(None, link)
                 return link
             request = self._follow(next_link, first, what)
+            if on_page is not None:
+                on_page(next_link, None)
         return None
 
     def _follow(self, link: Any, first: RequestInformation | None, what: str) -> RequestInformation:
@@ -322,89 +342,6 @@ class GraphSource:
 
 
 
-class _MalformedPage(Exception):
-    pass
-
-
-class _BadGzip(httpx.DecodingError):
-    """A gzip body cut short or corrupt (httpx's decoder lets a truncated stream pass)."""
-
-
-class _RefusedAnswer(_MalformedPage):
-    """An answer that is not a Graph page: a redirect, a request to another host, a body
-    over the size caps. The page fails (and with it the read: nothing is sent)."""
-
-
-MAX_PAGE_BYTES = 64 * 1024 * 1024  # one Graph answer, as sent and after gzip (a page of 999 objects is a few MB)
-
-
-class _StrictGzipTransport(httpx.AsyncBaseTransport):
-    """The Graph client's transport, under msgraph's middleware:
-
-    * requests go only to ``origin`` (scheme, host, port of GRAPH_BASE_URL): a redirect the
-      middleware would follow, or any link, to another host fails the page;
-    * a 3xx answer fails the page (Graph's delta and list endpoints do not redirect; the
-      middleware would otherwise follow it and take the other page as directory data);
-    * the body is read whole, at most ``MAX_PAGE_BYTES`` as sent and, for
-      ``Content-Encoding: gzip``, at most ``MAX_PAGE_BYTES`` inflated (a decompression bomb
-      fails after that much, never held in memory), and its gzip stream is checked (end
-      marker, CRC) before httpx decodes it, so a body cut by a proxy fails as such."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, origin: str | None = None, max_bytes: int = MAX_PAGE_BYTES) -> None:
-        self._inner = inner
-        self._origin = _origin(httpx.URL(origin)) if origin else None
-        self._max = max_bytes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._origin is not None and _origin(request.url) != self._origin:
-            raise _RefusedAnswer(f"a request to {safe_text(request.url.host, 100)!r} was refused: Graph reads stay on {self._origin[1]}")
-        resp = await self._inner.handle_async_request(request)
-        if 300 <= resp.status_code < 400:
-            await resp.aclose()
-            where = safe_text(httpx.URL(resp.headers.get("location", "")).host or "?", 100)
-            raise _RefusedAnswer(f"Graph answered HTTP {resp.status_code} (a redirect to {where!r}); redirects are not followed")
-        try:
-            raw = bytearray()
-            async for chunk in resp.stream:  # type: ignore[union-attr]
-                raw += chunk
-                if len(raw) > self._max:
-                    raise _RefusedAnswer(f"the answer is larger than {self._max} bytes")
-        finally:
-            await resp.aclose()
-        if resp.headers.get("content-encoding", "").strip().lower() in ("gzip", "x-gzip"):
-            inflated = 0
-            try:
-                with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
-                    while chunk := fh.read(1 << 20):
-                        inflated += len(chunk)
-                        if inflated > self._max:
-                            raise _RefusedAnswer(f"the gzip answer inflates to more than {self._max} bytes")
-            except (OSError, EOFError, zlib.error) as exc:
-                raise _BadGzip(f"truncated or corrupt gzip body ({exc})", request=request) from None
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(bytes(raw)), extensions=resp.extensions, request=request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host, url.port or {"https": 443, "http": 80}.get(url.scheme))
-
-
-def _parse_page(body: bytes | None) -> dict[str, Any]:
-    if not body:
-        raise _MalformedPage("empty body")
-    try:
-        page = fastjson.loads(body)
-    except ValueError:
-        if body.lstrip()[:1] == b"<":
-            raise _MalformedPage("body is an HTML page, not JSON (is a proxy or sign-in page in the way?)") from None
-        raise _MalformedPage("body is not JSON") from None
-    if not isinstance(page, dict) or not isinstance(page.get("value"), list):
-        raise _MalformedPage("JSON without a 'value' list")
-    return page
-
-
 def _error_map() -> dict[str, Any]:
     from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
@@ -435,6 +372,14 @@ def _api_error_text(exc: APIError) -> str:
     code, message = _error_code(exc), getattr(error, "message", None)
     text = f"{code}: {message}" if code and message else str(exc.message or exc)
     return text[:300]
+
+
+def _unresumable(sink: RoundSink) -> None:
+    """A collection read without delta (the plain fallback) has no link a later invocation
+    could resume from: the sink stops checkpointing this round."""
+    stop = getattr(sink, "stop_checkpoints", None)
+    if stop is not None:
+        stop()
 
 
 async def gather_or_cancel(*aws: Awaitable[Any]) -> list[Any]:

@@ -331,15 +331,18 @@ class StateDB:
         return Cache(self.conn, provisioned, rules)
 
     @contextlib.contextmanager
-    def scratch(self) -> Iterator[None]:
-        """Changes made inside are undone on exit (used to plan against a merged cache
-        before the service has confirmed anything)."""
-        self.conn.execute("SAVEPOINT scratch")
+    def planning(self) -> Iterator[None]:
+        """Changes made inside stay in the run's transaction (committed only by the run's one
+        commit, after the service confirmed everything), or are undone when it raises: a delta
+        round merged to plan the run is not merged a second time to save it."""
+        self.conn.execute("SAVEPOINT planning")
         try:
             yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO planning")
+            raise
         finally:
-            self.conn.execute("ROLLBACK TO scratch")
-            self.conn.execute("RELEASE scratch")
+            self.conn.execute("RELEASE planning")
 
     # --- ending --------------------------------------------------------------------------------
     def commit(self) -> None:
