@@ -40,6 +40,7 @@ from .plan.approval import Approver, cli_approver, held_count, held_digest
 from .plan.diff import DatasetDiff, diff_records, plan_update
 from .plan.guard import Thresholds, judge_all
 from .reading import (
+    Checkpoints,
     Read,
     fingerprint,
     merge_delta,
@@ -76,6 +77,7 @@ class Options:
     # Seconds between progress lines during long reads and sends (PROGRESS_INTERVAL_SECONDS;
     # 0: none). The CLI passes the setting; the Function logs one every 30 s.
     progress_interval: float = 30.0
+    checkpoint_seconds: float = 60.0  # a full update's read commits its progress this often (shared/reading.py Checkpoints)
     # Which door ran this: "functions" (function_app.py) or "cli"; the summary record's `host`
     # dimension, which the missed-run alert counts (only timer runs in Azure).
     host: str = "cli"
@@ -341,8 +343,8 @@ class _Run:
                                "recipients": len(read.recipients or ()), "exoRetries": self.exo_retries}
         return out
 
-    async def _read_full(self, reason: str, cache: Cache) -> Read:
-        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason, cache))
+    async def _read_full(self, reason: str, cache: Cache, checkpoints: Checkpoints | None = None) -> Read:
+        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason, cache, checkpoints))
         read = await self._with_exchange(graph_work, reason)
         self.summary.extra["read"] = self._read_summary(read)
         log.info("read: full (%s)", reason)
@@ -385,11 +387,10 @@ class _Run:
                 log.warning("%s", reason)
             else:
                 return self._delta_plan(db, provisioned, read)
-        # The read streams into the state's cache in the run's open transaction, committed once the
-        # service confirmed everything (_save_read); marked incomplete until then.
+        # Streamed into the state's cache in the run's transaction (checkpoints: shared/reading.py); incomplete until _save_read.
         cache = db.cache(provisioned, self.settings.rules)
         db.directory_cache = None
-        read = await self._read_full(reason, cache)
+        read = await self._read_full(reason, cache, Checkpoints(db, self.store, self._fingerprint(provisioned), self.options.checkpoint_seconds))
         merge_full(cache, read)
         held_view = {d: db.records(d) for d in self.datasets}
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}

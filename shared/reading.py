@@ -14,12 +14,16 @@ Graph no longer honours a saved link, ``IncompleteReadError`` when a page could 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .common.errors import DeltaExpiredError
 from .model.directory import Affected, Cache, Round
 from .sources.graph import COLLECTIONS, GraphSource
+
+log = logging.getLogger("shared.reading")
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Read:
     # EXO_MODE on: Exchange Online's complete read (shared/sources/exchange.py), merged with the round.
     recipients: list[dict[str, Any]] | None = None
     merged: bool = False  # a delta round already merged into the state's cache (merge_delta)
+    resumed: bool = False  # a full read that continued an interrupted one's checkpoint
 
     @property
     def objects(self) -> dict[str, int]:
@@ -46,21 +51,87 @@ class Read:
 
     def summary(self, graph_retries: int) -> dict[str, Any]:
         """The run summary's ``read``."""
-        return {"kind": self.kind, "reason": self.reason, "objects": self.objects, "membershipRead": self.membership_read,
-                "graphRetries": graph_retries}
+        out = {"kind": self.kind, "reason": self.reason, "objects": self.objects, "membershipRead": self.membership_read,
+               "graphRetries": graph_retries}
+        if self.kind == "full":
+            out["resumedFromCheckpoint"] = self.resumed
+        return out
 
     def links_complete(self) -> bool:
         return all(isinstance(self.links.get(c), str) for c in COLLECTIONS)
 
 
-async def read_full(source: GraphSource, reason: str, cache: Cache) -> Read:
+class Checkpoints:
+    """A full read that outlives one invocation (a Function's timeout, a killed process): every
+    ``interval`` seconds, at a page boundary, the pages merged so far and each collection's next
+    link (or its deltaLink, once its round is complete) are committed to the state, marked
+    partial (``directoryCache`` = ``partial``, so no delta round and no deletion is ever computed
+    from them). The next full update resumes from those links instead of from zero, when nothing
+    else was committed since and the read's settings (``fingerprint``) are the same; Graph
+    refusing a saved link (410, a sync reset) starts the round over. ``db`` is the run's
+    ``StateDB``, ``store`` its state store (``publish`` after each commit)."""
+
+    def __init__(self, db: Any, store: Any, fingerprint: dict[str, Any], interval: float) -> None:
+        self.db, self.store, self.fingerprint, self.interval = db, store, fingerprint, interval
+        self.saved = 0
+
+    def resume(self) -> dict[str, dict[str, Any]] | None:
+        """The saved links per collection, when they may be resumed."""
+        saved = self.db.full_read_progress
+        if not isinstance(saved, dict) or saved.get("generation") != self.db.generation or saved.get("fingerprint") != self.fingerprint:
+            return None
+        links = saved.get("links")
+        if not isinstance(links, dict) or not all(c in COLLECTIONS and isinstance(v, dict) for c, v in links.items()):
+            return None
+        return links
+
+    def attach(self, load: Any) -> None:
+        load.checkpoint, load.interval = self.save, self.interval
+
+    def save(self, links: dict[str, dict[str, Any]]) -> None:
+        db = self.db
+        db.directory_cache = "partial"
+        # The generation this commit makes: any later commit (another action) voids the checkpoint.
+        db.full_read_progress = {"generation": db.generation + 1, "fingerprint": self.fingerprint, "links": links,
+                                 "savedAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        db.commit()
+        self.store.publish(db)
+        self.saved += 1
+        log.info("full read: checkpoint %d saved (%s)", self.saved, ", ".join(f"{c}: {'done' if 'delta' in p else 'in progress'}" for c, p in links.items()))
+
+    def done(self) -> None:
+        """The round is complete: the checkpoint goes with the run's commit."""
+        if self.db.full_read_progress is not None:
+            self.db.full_read_progress = None
+
+
+async def read_full(source: GraphSource, reason: str, cache: Cache, checkpoints: Checkpoints | None = None) -> Read:
     """A first delta round over users, groups (with members) and contacts, streamed into
     ``cache`` as it arrives (the cache is emptied first: ``Cache.load``), so the read never
-    holds the whole directory; once the round is complete, the candidate rows are derived
+    holds the whole directory; with ``checkpoints``, its progress is saved as it goes and an
+    interrupted read is resumed. Once the round is complete, the candidate rows are derived
     (``Cache.finish_load``) and the objects counted."""
-    stats = await source.read_directory(cache.load())
-    read = Read("full", reason, Round(), dict(stats.links), stats.membership_read)
+    resume = checkpoints.resume() if checkpoints is not None else None
+    load = cache.load(keep=resume is not None)
+    if checkpoints is not None:
+        checkpoints.attach(load)
+    try:
+        stats = await source.read_directory(load, resume)
+    except DeltaExpiredError as exc:
+        if resume is None or checkpoints is None:
+            raise
+        log.warning("%s: the interrupted full read starts over", exc)
+        reason, resume = f"{reason}; the checkpoint of an interrupted full read was refused ({exc}), read from the start", None
+        source.stats.links.clear()
+        load = cache.load()
+        checkpoints.attach(load)
+        stats = await source.read_directory(load)
+    if resume is not None:
+        reason = f"{reason}; resumed from the checkpoint of an interrupted full read"
+    read = Read("full", reason, Round(), dict(stats.links), stats.membership_read, resumed=resume is not None)
     read.counted = cache.finish_load()
+    if checkpoints is not None:
+        checkpoints.done()
     return read
 
 

@@ -7,6 +7,7 @@ test that starts the process:
 - ``SYNC_TEST_MAX_ITEMS``: items per request (``Options.max_items``)
 - ``SYNC_TEST_BACKOFF_SECONDS``: the Graph and sync API backoff base
 - ``SYNC_TEST_SEQUENTIAL_READ=1``: read the Graph collections one after another
+- ``SYNC_TEST_CHECKPOINT_SECONDS``: how often a full read commits its progress (``Options.checkpoint_seconds``)
 
 It calls the same entry point as ``python -m shared`` (``shared.cli.main``)."""
 
@@ -28,6 +29,8 @@ def test_options(env: Mapping[str, str]) -> Options:
             options.max_items = max(1, int(env["SYNC_TEST_MAX_ITEMS"]))
         if env.get("SYNC_TEST_SEQUENTIAL_READ") == "1":
             options.graph_concurrent = False  # bench/: what reading the collections concurrently buys
+        if env.get("SYNC_TEST_CHECKPOINT_SECONDS"):
+            options.checkpoint_seconds = float(env["SYNC_TEST_CHECKPOINT_SECONDS"])
         if env.get("SYNC_TEST_BACKOFF_SECONDS"):
             options.graph_backoff_seconds = options.sync_backoff_seconds = float(env["SYNC_TEST_BACKOFF_SECONDS"])
     except ValueError:

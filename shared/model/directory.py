@@ -140,10 +140,11 @@ class Cache(WholeDirectory):
             for oid, net in nets.items():
                 self._apply_net(oid, kind, net, sink)
 
-    def load(self, *, flush_entries: int = FLUSH_ENTRIES) -> StreamLoad:
-        """Empty the cache for a full read, which is then streamed into it (``StreamLoad``)."""
+    def load(self, *, flush_entries: int = FLUSH_ENTRIES, keep: bool = False) -> StreamLoad:
+        """Empty the cache for a full read, which is then streamed into it (``StreamLoad``);
+        ``keep``: a checkpointed read resumed, its merged pages stay."""
         self._verdict = None
-        self._loading = StreamLoad(self.conn, self.provisioned, self.rules, flush_entries=flush_entries)
+        self._loading = StreamLoad(self.conn, self.provisioned, self.rules, flush_entries=flush_entries, keep=keep)
         return self._loading
 
     def finish_load(self, affected: Affected | None = None) -> dict[str, int]:

@@ -18,6 +18,8 @@ commit left it."""
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..common.fastjson import dumps_ascii, loads
@@ -49,7 +51,7 @@ class StreamLoad:
     Raises ``ValueError`` for an entry without an id."""
 
     def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *,
-                 flush_entries: int = FLUSH_ENTRIES) -> None:
+                 flush_entries: int = FLUSH_ENTRIES, keep: bool = False) -> None:
         self.conn = conn
         self.provisioned = provisioned
         self.rules = rules
@@ -57,8 +59,15 @@ class StreamLoad:
         self.entries: dict[str, int] = dict.fromkeys(KIND_OF, 0)
         self._buf = Round()
         self._pending = 0
-        for table in CACHE_TABLES:
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        # Checkpoints (a full read that outlives one invocation): where each collection's round
+        # stands ({"next": nextLink} or {"delta": deltaLink}), and what saves it (``checkpoint``).
+        self.progress: dict[str, dict[str, str | None]] = {}
+        self.checkpoint: Callable[[dict[str, dict[str, str | None]]], None] | None = None
+        self.interval = 60.0
+        self._saved_at = time.monotonic()
+        if not keep:  # keep: a checkpointed round resumed, its merged pages stay
+            for table in CACHE_TABLES:
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         for index in INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {index}")  # noqa: S608 - fixed index names
 
@@ -68,6 +77,20 @@ class StreamLoad:
         self._pending += 1
         if self._pending >= self.flush_entries:
             self.flush()
+
+    def page_done(self, collection: str, next_link: str | None, delta_link: str | None) -> None:
+        """After each Graph page: where the collection's round stands; every ``interval``
+        seconds the merged pages and the links are saved (``checkpoint``), at a page boundary,
+        so the saved links continue exactly after what the cache holds."""
+        self.progress[collection] = {"delta": delta_link} if next_link is None else {"next": next_link}
+        if self.checkpoint is not None and time.monotonic() - self._saved_at >= self.interval:
+            self.flush()
+            self.checkpoint({c: dict(p) for c, p in self.progress.items()})
+            self._saved_at = time.monotonic()
+
+    def stop_checkpoints(self) -> None:
+        """A collection has no delta (read in full without links): nothing could be resumed."""
+        self.checkpoint = None
 
     def flush(self) -> None:
         """Merge the folded entries into the cache tables (a checkpoint calls this first)."""

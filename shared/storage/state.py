@@ -167,6 +167,7 @@ class StateDB:
     delta_links = _Meta("deltaLinks")  # collection -> deltaLink of the last read
     read_fingerprint = _Meta("readFingerprint")  # the settings the cache was read under
     rejected = _Meta("rejected")  # dataset -> keys the service rejected last run (sent again)
+    full_read_progress = _Meta("fullReadProgress")  # a checkpointed full read (shared/reading.py Checkpoints)
 
     def adopt_lineage(self, lineage: str, generation: int) -> None:
         """Continue an existing lineage at ``generation`` (a converted state of the previous release)."""
