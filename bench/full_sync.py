@@ -1,6 +1,9 @@
-"""Full-sync benchmark (issue 2, section 8): a synthetic tenant of N users on the Graph emulator,
-the product's full ``update`` and a second no-change ``update``, and the same users read through
-msgraph-sdk's typed models, as a ratio measured in the same run.
+"""Full-sync benchmark (issue 2, section 8; issue 13, part 5): a synthetic tenant of N users on
+the Graph emulator, the product's full ``update``, a second no-change ``update``, an incremental
+``update`` after ``--churn`` of the users changed, and the same users read through msgraph-sdk's
+typed models, side by side in one run: the full update's product CPU seconds against the typed
+read's cost per user × N (CPU and wall), their ratio, peak RSS, and the incremental update's share
+of the full one (in-process time, Graph requests).
 
 The emulator, the receiver and each ``update`` are separate processes, so the peak RSS reported
 is the product's alone (``os.wait4`` gives each child's own rusage). This prints numbers; it is
@@ -152,14 +155,18 @@ async def typed_read(graph_url: str, limit: int) -> tuple[int, float]:
     client = GraphServiceClient(request_adapter=adapter)
     query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id", "mail", "proxyAddresses"], top=999)
     users = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     page = await client.users.get(request_configuration=RequestConfiguration(query_parameters=query))
     while page is not None:
         users += len(page.value or [])
         if users >= limit or not page.odata_next_link:
             break
         page = await client.users.with_url(page.odata_next_link).get()
+    TYPED_CPU.append(time.process_time() - cpu)  # this process's CPU: the SDK's own cost (the emulator is another process)
     return users, time.perf_counter() - start
+
+
+TYPED_CPU: list[float] = []
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -190,14 +197,44 @@ def report(n: int, first: UpdateRun, second: UpdateRun, raw: tuple[int, float], 
     ]
 
 
+def side_by_side(n: int, full: UpdateRun, delta: UpdateRun, churn: float, typed: tuple[int, float]) -> list[str]:
+    """Issue 13's figures in one table: the full update's product CPU against the typed read."""
+    typed_cpu = TYPED_CPU[-1] / typed[0] if TYPED_CPU else float("nan")
+    typed_wall = typed[1] / typed[0]
+    head = ("| N users | full update: product CPU s | wall s | in-process s | peak RSS MB | typed SDK CPU ms/user | × N: CPU s "
+            "| typed CPU ÷ product CPU | typed SDK wall ms/user | × N: wall s | typed wall ÷ product CPU "
+            f"| incremental ({churn * 100:g} % churn): in-process s | share of full (in-process) | share (wall) | Graph req | share |")
+    row = (f"| {n:,} | {full.cpu_seconds:.2f} | {full.wall_seconds:.2f} | {full.summary['durationSeconds']:.2f} | {full.peak_rss_mb:.0f} "
+           f"| {typed_cpu * 1e3:.2f} | {typed_cpu * n:,.0f} | {typed_cpu * n / full.cpu_seconds:,.0f}x "
+           f"| {typed_wall * 1e3:.2f} | {typed_wall * n:,.0f} | {typed_wall * n / full.cpu_seconds:,.0f}x "
+           f"| {delta.summary['durationSeconds']:.2f} | {100 * delta.summary['durationSeconds'] / full.summary['durationSeconds']:.1f} % "
+           f"| {100 * delta.wall_seconds / full.wall_seconds:.1f} % "
+           f"| {delta.summary['graphRequests']} / {full.summary['graphRequests']} "
+           f"| {100 * delta.summary['graphRequests'] / full.summary['graphRequests']:.1f} % |")
+    return [head, "|" + " --- |" * (head.count("|") - 1), row,
+            f"incremental update: {delta.changes:,} changes sent, {delta.cpu_seconds:.2f} s CPU, {delta.wall_seconds:.2f} s wall, "
+            f"peak RSS {delta.peak_rss_mb:.0f} MB"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--typed-sample", type=int, default=5_000, help="users read through the typed models (~6 ms each)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds of emulator sleep per Graph request")
+    parser.add_argument("--churn", type=float, default=0.01, help="fraction of the users changed before the incremental update")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory with the logs")
     args = parser.parse_args(argv)
+    import random
+
+    from incremental_sync import mutate  # bench/: the same changes as the incremental benchmark
+
+    from devstack.tenant import generate_tenant
+
+    tenant = generate_tenant(args.users, groups=args.users // 10, seed=args.seed, domains=tuple(DOMAINS.split(",")))
+    user_ids, group_ids = [u["id"] for u in tenant["users"]], [g["id"] for g in tenant["groups"]]
+    del tenant
+    os.environ["DELETE_THRESHOLD_COUNT"], os.environ["DELETE_THRESHOLD_PERCENT"] = str(10**9), "100"
 
     tmp = Path(tempfile.mkdtemp(prefix="full_sync."))
     emulator = ["devstack.graph_emulator", "--port", "0", "--users", str(args.users), "--groups", str(args.users // 10),
@@ -213,12 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             second = run_update(graph_url, sync_url, state, tmp, "update2")
             if second.changes:
                 print(f"WARNING: the no-change update sent {second.changes} changes", file=sys.stderr)
+            mutate(graph_url, user_ids, group_ids, args.churn, random.Random(args.seed), "churn")
+            delta = run_update(graph_url, sync_url, state, tmp, "update3")
             raw = asyncio.run(raw_read(graph_url))
             typed = asyncio.run(typed_read(graph_url, args.typed_sample))
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(report(args.users, first, second, raw, typed)))
+    print()
+    print("\n".join(side_by_side(args.users, first, delta, args.churn, typed)))
     print(f"# load average {os.getloadavg()[0]:.1f} at the end (other processes share the 2 cores)")
     if not args.keep:
         shutil.rmtree(tmp)
