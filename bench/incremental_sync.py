@@ -29,9 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from full_sync import CREDENTIAL, DOMAINS, BenchError, UpdateRun, run_update, service  # noqa: E402
-
-from devstack.tenant import generate_tenant  # noqa: E402
+from full_sync import CREDENTIAL, DOMAINS, BenchError, UpdateRun, run_update, service, tenant_ids  # noqa: E402
 
 
 def mutate(graph_url: str, users: list[str], groups: list[str], fraction: float, rng: random.Random, tag: str) -> int:
@@ -89,12 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     receiver = ["devstack.sync_receiver", "--port", "0", "--domains", DOMAINS, "--credential", CREDENTIAL, "--no-log-bodies"]
     print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}, latency {args.latency * 1000:.0f} ms "
           f"per Graph request, {'sequential' if args.sequential else 'concurrent'} collection reads, load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
-    # The same deterministic tenant the emulator builds, for the ids to change.
-    tenant = generate_tenant(args.users, groups=groups_n, seed=args.seed, domains=tuple(DOMAINS.split(",")))
-    users = [u["id"] for u in tenant["users"]]
-    groups = [g["id"] for g in tenant["groups"]]
-    memberships = sum(len(g.get("members") or ()) for g in tenant["groups"])
-    del tenant
+    # The same deterministic tenant the emulator builds, for the ids to change (built in a child process).
+    users, groups, memberships = tenant_ids(args.users, args.seed)
     rng = random.Random(args.seed)
     os.environ["DELETE_THRESHOLD_COUNT"] = str(10**9)
     os.environ["DELETE_THRESHOLD_PERCENT"] = "100"
