@@ -77,7 +77,7 @@ class Options:
     # Seconds between progress lines during long reads and sends (PROGRESS_INTERVAL_SECONDS;
     # 0: none). The CLI passes the setting; the Function logs one every 30 s.
     progress_interval: float = 30.0
-    checkpoint_seconds: float = 60.0  # a full update's read commits its progress this often (shared/reading.py Checkpoints)
+    checkpoint_seconds: float = 300.0  # a full update's read commits its progress this often (shared/reading.py Checkpoints)
     # Which door ran this: "functions" (function_app.py) or "cli"; the summary record's `host`
     # dimension, which the missed-run alert counts (only timer runs in Azure).
     host: str = "cli"

@@ -63,7 +63,7 @@ class StreamLoad:
         # stands ({"next": nextLink} or {"delta": deltaLink}), and what saves it (``checkpoint``).
         self.progress: dict[str, dict[str, str | None]] = {}
         self.checkpoint: Callable[[dict[str, dict[str, str | None]]], None] | None = None
-        self.interval = 60.0
+        self.interval = 300.0
         self._saved_at = time.monotonic()
         if not keep:  # keep: a checkpointed round resumed, its merged pages stay
             for table in CACHE_TABLES:
