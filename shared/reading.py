@@ -116,7 +116,7 @@ async def read_full(source: GraphSource, reason: str, cache: Cache, checkpoints:
     if checkpoints is not None:
         checkpoints.attach(load)
     try:
-        stats = await source.read_directory(load, resume)
+        stats = await (source.read_directory(load) if resume is None else source.read_directory(load, resume))
     except DeltaExpiredError as exc:
         if resume is None or checkpoints is None:
             raise
