@@ -110,7 +110,7 @@ def _main(args: argparse.Namespace, options: Options) -> int:
             print(json.dumps(info, ensure_ascii=False, separators=(",", ":")), flush=True)
         else:
             held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
-            print(format_status(info["runs"], held), end="")
+            print(format_status(info["runs"], held, info.get("preview")), end="")
         return 0
     if args.action != "status":
         if args.json:

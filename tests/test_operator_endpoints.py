@@ -306,7 +306,7 @@ def test_test_update_answers_202_at_once_a_second_post_gets_409_and_status_shows
     assert again["id"] != started["id"] and preview_ended(again["id"])["state"] == "finished"
 
 
-def test_status_shows_the_preview_counts_and_its_record_lists_only_when_asked(stack):
+def test_status_shows_the_preview_counts_and_its_record_lists_only_when_asked(stack, capsys):
     stack(nasty_directory())
     started = start_preview()
     full = preview_ended(started["id"], full=True)
@@ -319,6 +319,15 @@ def test_status_shows_the_preview_counts_and_its_record_lists_only_when_asked(st
     assert "alice@contoso.com" in json.dumps(full)
     code, body = call("operator_status", params={"preview": "yes"})
     assert code == 400 and body["parameter"] == "preview"
+    # the command line's status shows it too (the same engine action)
+    from tests import launcher
+
+    capsys.readouterr()
+    assert launcher.main(["status"]) == 0
+    assert f"newest preview (POST test-update) {started['id']}: finished, started {started['startedAt']}, ended " in capsys.readouterr().out
+    assert launcher.main(["status", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["preview"]["id"] == started["id"] and doc["preview"]["result"]["changes"] == full["result"]["changes"]
 
 
 def test_a_preview_running_elsewhere_gets_409_and_never_blocks_the_timer(stack):
