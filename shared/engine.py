@@ -58,8 +58,9 @@ async def perform(action: str, settings: Settings, *, limit: int = STATUS_LIMIT,
       started in the background (``shared/operations.py``), in ``summary.extra["status"]``; it
       reads a snapshot, takes no lock, writes no report and logs no summary record.
     * ``test-update`` with ``background=True``: starts the preview on a worker thread and
-      returns at once (``shared/previews.py``): ``summary.extra["preview"]`` holds its id, its
-      start and where its result appears; ``PreviewRunningError`` when one is running already.
+      returns at once (``shared/previews.py``): ``summary.extra["preview"]`` is ``{"id",
+      "state": "running", "startedAt"}``; its outcome appears in ``status``. When one runs
+      already, ``summary.exception`` is ``PreviewRunningError`` naming it.
     * anything else: ``run(action, settings, **run_args)``."""
     if action == "status":
         return await _status(settings, limit)

@@ -180,7 +180,8 @@ def _background(lock: RunLock, records: ReportStore, running: dict[str, Any], wo
             record["error"] = summary.error
     except BaseException as exc:  # noqa: BLE001 - a preview that broke must still say so in status
         record.update(state="failed", error=f"the preview stopped unexpectedly ({type(exc).__name__})")
-        log.exception("preview %s stopped unexpectedly", running["id"])
+        # The type alone: an SDK's exception text can echo request details (secrets included).
+        log.error("preview %s stopped unexpectedly (%s)", running["id"], type(exc).__name__)
     record["endedAt"] = _now()
     try:
         records.write(record)
