@@ -66,7 +66,8 @@ async def perform(action: str, settings: Settings, *, limit: int = STATUS_LIMIT,
         return await _status(settings, limit)
     if background and action == "test-update":
         options = run_args.pop("options", None) or Options(host="functions")
-        return _started(settings, lambda: run("test-update", settings, options=options, **run_args))
+        storage = open_storage(settings)  # the previews' lock and records and the run's state: one client
+        return _started(storage, lambda: run("test-update", settings, options=options, storage=storage, **run_args))
     if background:
         raise ValueError(f"only test-update runs in the background, not {action!r}")
     return await run(action, settings, **run_args)
@@ -99,10 +100,10 @@ async def _status(settings: Settings, limit: int) -> RunSummary:
         return summary.finish(False, scrub(str(exc)))
 
 
-def _started(settings: Settings, work: Any) -> RunSummary:
+def _started(storage: Storage, work: Any) -> RunSummary:
     summary = RunSummary("test-update")
     try:
-        summary.extra["preview"] = start_preview(open_storage(settings), work)
+        summary.extra["preview"] = start_preview(storage, work)
         return summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
@@ -122,19 +123,22 @@ async def run(
     dataset: str | None = None,
     expect: str | None = None,
     approver: Approver | None = None,
+    storage: Storage | None = None,
 ) -> RunSummary:
     """Run one action; never raises for an expected failure: the summary says ``ok: false``
     and carries the error (``summary.exception`` keeps the exception for exit codes).
 
     Every action but ``test-update`` holds the run lock from before the state is read until
     the end, so a second run fails at once and changes nothing. Every run leaves a report
-    next to the state and one ``SyncRunSummary`` log record (Application Insights)."""
+    next to the state and one ``SyncRunSummary`` log record (Application Insights).
+    ``storage``: the storage of ``settings.state`` when the caller has it open already (a
+    background preview: one blob client for its lock, its records and its run)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
     summary = RunSummary(action)
     options = options or Options()
     root = tracer.start_span(f"sync {action}")
-    storage = open_storage(settings)  # the store, the lock and the reports over one client
+    storage = storage or open_storage(settings)  # the store, the lock and the reports over one client
     report = await _attempt(action, settings, summary, storage, root, env=env, secrets=secrets, store=store, options=options,
                             lock=lock, reports=reports, dataset=dataset, expect=expect, approver=approver)
     _record(summary, root, options.host)

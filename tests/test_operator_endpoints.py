@@ -347,9 +347,21 @@ def test_a_preview_running_elsewhere_gets_409_and_never_blocks_the_timer(stack):
 
 
 def test_a_preview_on_blob_state_runs_once_at_a_time_with_its_record_in_the_container(stack, monkeypatch, azurite):
+    import threading
+
+    from azure.storage.blob import BlobServiceClient
+
     graph, receiver, _ = stack(nasty_directory())
     monkeypatch.setenv("SYNC_STATE", "blob:preview-state")
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    built_on: list[str] = []  # the thread that built each blob service client
+    original = BlobServiceClient.__init__
+
+    def counting(self, *args, **kwargs):
+        built_on.append(threading.current_thread().name)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlobServiceClient, "__init__", counting)
     graph.latency = 3600
     try:
         started = start_preview()
@@ -360,8 +372,8 @@ def test_a_preview_on_blob_state_runs_once_at_a_time_with_its_record_in_the_cont
     block = preview_ended(started["id"])
     assert block["state"] == "finished"
     assert {r["address"] for r in block["result"]["changes"]["addresses"]["added"]} == EXPECTED["addresses"]
-    from azure.storage.blob import BlobServiceClient
-
+    # the preview's run used the client its POST built for the previews' lock and records
+    assert built_on and not [name for name in built_on if name.startswith("preview ")]
     names = [b.name for b in BlobServiceClient.from_connection_string(azurite.connection_string)
              .get_container_client("preview-state").list_blobs()]
     assert "preview/run.lock" in names and sum(n.startswith("preview/runs/") for n in names) == 2
