@@ -131,7 +131,7 @@ class UpdateStage(ReadStage):
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
         return held
 
-    # --- update ----------------------------------------------------------------------------
+    # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
         await self._baseline(db)
         plan = await self._plan(db, provisioned)
