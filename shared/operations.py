@@ -1,5 +1,6 @@
 """Operator actions on the state that need no directory read: approving held deletions, and
-the status (last runs, held deletions) shown by ``python -m shared status`` and ``GET status``."""
+the status (last runs, held deletions, the newest preview started by ``POST test-update``)
+shown by ``python -m shared status`` and ``GET status``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .config.settings import Settings
 from .model.records import DATASETS
 from .plan.approval import Approver, check_expected, held_count, held_digest, normalize_digest
 from .plan.guard import approve
+from .previews import newest_preview
 from .storage.backend import open_storage
 from .storage.history import ReportStore
 from .storage.stores import StateStore
@@ -67,8 +69,9 @@ def approve_deletions(
 
 
 async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
-    """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``.
-    Reads a snapshot: it never waits for, or blocks, a running update."""
+    """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``,
+    and ``preview``, the newest preview started in the background (``shared/previews.py``;
+    only when one ever was). Reads a snapshot: it never waits for, or blocks, a running update."""
     storage = open_storage(settings)  # the store and the reports over one client
     store = store or storage.store()
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
@@ -88,4 +91,9 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
         out["runs"] = (reports or storage.reports()).recent(limit)
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
+    try:
+        if (preview := newest_preview(storage)) is not None:
+            out["preview"] = preview
+    except SyncError as exc:
+        out["previewError"] = scrub(str(exc))
     return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)
