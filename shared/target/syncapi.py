@@ -30,7 +30,7 @@ from ..common.errors import (
     SyncApiRequestError,
     SyncApiUnavailableError,
 )
-from ..common.netutil import jittered_backoff, parse_retry_after, url_problem
+from ..common.netutil import http_client, jittered_backoff, parse_retry_after, url_problem
 from ..common.redact import Secret, scrub
 from ..model.records import to_api_record
 
@@ -106,13 +106,9 @@ class SyncApiClient:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.requests = 0
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds, connect=30.0),
-            # Only gzip is accepted, so that every answer is decoded here, strictly (see _read_body).
-            headers={"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"},
-            transport=transport,
-            follow_redirects=False,
-        )
+        # Only gzip is accepted, so that every answer is decoded here, strictly (see _read_body).
+        headers = {"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"}
+        self._http = http_client(timeout_seconds, headers=headers, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
