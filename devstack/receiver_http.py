@@ -150,28 +150,6 @@ class ReceiverHandler(TrackedHandler):
         title = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
         self._send(problem_response(ApiError(code, title, explain or message or title)))
 
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_OPTIONS(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        """No endpoint serves HEAD; answer 405 without a body, keeping the framing right."""
-        self._serve()
-
     def _serve(self) -> None:
         try:
             body, too_large = self._read_body()
@@ -186,6 +164,9 @@ class ReceiverHandler(TrackedHandler):
             self.close_connection = True
             return
         self._send(response)
+
+    # No endpoint serves HEAD: it is answered 405 without a body, keeping the framing right.
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_OPTIONS = do_HEAD = _serve
 
     def _read_body(self) -> tuple[bytes, bool]:
         """The raw body, drained but discarded past the cap so keep-alive stays usable."""
