@@ -39,11 +39,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from devstack.http_server import LoopbackService, loopback_parser, parse_loopback_args, serve_until_signalled
+from devstack.http_server import LoopbackService, Response, loopback_parser, parse_loopback_args, serve_until_signalled
 
 ANCHOR = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant}"
 MAX_PAGE_SIZE = 1000
@@ -55,14 +55,6 @@ KNOWN_TYPES = frozenset({
 })
 FAULTS = ("429", "503", "throttle", "malformed", "drop", "401", "403")
 _PATH = re.compile(r"^/adminapi/beta/([^/]+)/InvokeCommand$")
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
 
 
 @dataclass

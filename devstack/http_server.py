@@ -7,8 +7,8 @@ Online emulator and the sync API receiver.
 - ``TrackedHandler``: the request handler base: keep-alive, no Nagle delay, quiet logging, its
   connection registered with the server while it is open.
 - ``EmulatorHandler``: hands each request to ``app.handle(method, target, headers, body)`` and
-  writes the answer (anything with ``status``, ``body``, ``headers`` (a dict) and ``drop``) in
-  one write, headers and body together; ``drop`` closes the connection without an answer.
+  writes the answer (a ``Response``) in one write, headers and body together; ``drop`` closes
+  the connection without an answer.
 - ``LoopbackService``: a mixin giving a server object ``start`` (serve from a daemon thread,
   return the base URL), ``stop`` and ``with``.
 - ``loopback_parser``, ``parse_loopback_args`` and ``serve_until_signalled``: the command line
@@ -26,11 +26,22 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class Response:
+    """An emulator's answer, as ``EmulatorHandler`` writes it."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the socket without answering
 
 
 class LoopbackServer(ThreadingHTTPServer):
