@@ -14,17 +14,14 @@ MODULE_LINES = 400
 FUNCTION_LINES = 60
 
 STILL_OVER_MODULES = {
-    "shared/config/settings.py": 428,
     "shared/model/directory.py": 727,
     "shared/sources/graph.py": 449,
     "shared/storage/lock.py": 462,
     "shared/storage/state.py": 474,
-    "shared/target/syncapi.py": 401,
 }
 STILL_OVER_FUNCTIONS = {
     "shared/storage/state.py:StateDB.__init__": 61,
     "shared/storage/stores.py:BlobStateStore.open": 72,
-    "shared/target/syncapi.py:SyncApiClient._call": 72,
 }
 
 

@@ -42,7 +42,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from ..common.errors import ExchangeAuthError, ExchangeError
-from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.netutil import http_client, jittered_backoff, parse_retry_after
 from ..common.redact import scrub
 
 log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
@@ -127,7 +127,7 @@ class ExchangeSource:
         self._origin = _origin(self.base_url)
         self._gate = asyncio.Lock()  # one Exchange request in flight at a time
         self._token: tuple[str, float] | None = None
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
+        self._client = http_client(timeout, connect_seconds=timeout, transport=transport)
 
     @property
     def url(self) -> str:

@@ -41,7 +41,7 @@ from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph_core import GraphClientFactory
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.netutil import http_client, jittered_backoff, parse_retry_after
 from ..common.textsafe import safe_text
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
@@ -97,11 +97,7 @@ class GraphSource:
         self.member_concurrency = member_concurrency
         self.concurrent = concurrent  # False only to measure what concurrency buys (bench/)
         self.stats = ReadStats()
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds, connect=30.0),
-            follow_redirects=False,
-            transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(), origin=self.base_url),
-        )
+        http = http_client(timeout_seconds, transport=_StrictGzipTransport(httpx.AsyncHTTPTransport(), origin=self.base_url))
         # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
         # connections, malformed pages; max_attempts in all). kiota's RetryHandler is switched
         # off, or one throttled page would cost up to (1 + 3) x max_attempts requests.
