@@ -77,9 +77,7 @@ class ReadStage(RunParts):
             credential = exchange_token_credential(self.settings, self.secrets.graph_client_secret)
             source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token_getter_for(credential),
                                     backoff_seconds=self.options.graph_backoff_seconds)
-            recipients = await source.read_recipients()
-            log.info("read: Exchange Online, %d recipients of %s in %d pages", len(recipients), ",".join(exo.recipient_types), source.stats.pages)
-            return recipients
+            return await source.read_recipients()
         except SyncError:
             raise
         except Exception as exc:  # noqa: BLE001 - azure-identity raises its own types
