@@ -24,7 +24,6 @@ STILL_OVER_MODULES = {
 STILL_OVER_FUNCTIONS = {
     "shared/engine.py:run": 75,
     "shared/storage/state.py:StateDB.__init__": 61,
-    "shared/storage/stores.py:BlobStateStore.open": 72,
     "shared/target/syncapi.py:SyncApiClient._call": 72,
 }
 
