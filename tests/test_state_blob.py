@@ -63,7 +63,10 @@ def test_round_trip_compressed_parts_and_a_cold_instance_opens_the_same_rows(blo
     db.close()
     manifest = json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())
     assert manifest["format"] == "entra-dirsync-state-image" and manifest["length"] == size and len(manifest["chunks"]) == -(-size // CHUNK)
-    assert set(parts(svc, name)) == {PARTS + h for h, _ in manifest["chunks"]}
+    named = {PARTS + h for h, _ in manifest["chunks"]}
+    # at most the first commit's one chunk (an empty database) besides: it is removed by a
+    # later commit once it is older than that commit's manifest (times have a 1 s resolution)
+    assert named <= set(parts(svc, name)) and len(set(parts(svc, name)) - named) <= 1
     assert stored_bytes(svc, name) < size / 2  # compressed on the wire
     cold = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "b", chunk_size=CHUNK)
     again = cold.open()
@@ -78,6 +81,7 @@ def test_a_warm_instance_uploads_only_its_change_log_and_downloads_only_the_mani
     store, db = seeded(svc, name, tmp_path / "a")
     db.close()
     before, stored = parts(svc, name), stored_bytes(svc, name)
+    base = {PARTS + h for h, _ in json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())["chunks"]}
     transport.reset()
     store.image.counters.update(uploaded=0, downloaded=0, parts_uploaded=0)
     db = store.open()  # the same instance: its copy matches the manifest
@@ -90,7 +94,7 @@ def test_a_warm_instance_uploads_only_its_change_log_and_downloads_only_the_mani
     written = [path for method, path in transport.writes if method == "PUT" and path.startswith("state.")]
     # one new part (the change log), the manifest, and nothing else (the container's own PUT aside)
     assert len(new) == 1 and sorted(written) == sorted([*new, MANIFEST_NAME])
-    assert set(before) <= set(after)  # no chunk rewritten or deleted
+    assert base <= set(after)  # no chunk of the base rewritten or deleted (only the first commit's leftover may go)
     assert transport.sent <= 0.05 * stored, (transport.sent, stored)
     cold = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "b", chunk_size=CHUNK).open()
     warm = store.open()
@@ -220,7 +224,7 @@ def test_refresh_replaces_a_state_with_a_missing_part(blob, tmp_path):
 def legacy_state(tmp_path):
     """A database as the previous release kept it in the single blob ``state.db``."""
     path = tmp_path / "legacy" / DB_NAME
-    path.parent.mkdir()
+    path.parent.mkdir(parents=True)
     db = StateDB(path, "legacy", durable=False)
     db.replace_records("users", users(300))
     db.replace_records("addresses", addresses(300))

@@ -64,6 +64,14 @@ MAX_LOG_SHARE = 0.25  # ... or when they reach this share of the base's stored b
 MIN_BUDGET = 50_000  # keys a change log records at least (see ``_budget``)
 
 
+def _stamp(path: Path, etag: str) -> str:
+    """What the local copy must still show to be reused: the manifest's ETag it was published
+    as, and the file's size and modification time then. Any later write to the file (a commit
+    that was never published, a half-written one of a killed process) changes the latter."""
+    st = path.stat()
+    return f"{etag} {st.st_size} {st.st_mtime_ns}"
+
+
 class BlobStateStore:
     """The state in ``container``: ``open`` → ``StateDB`` (or ``None`` for a dry run with no
     state), ``publish`` after ``db.commit()``, and the journal. ``chunk_size`` (bytes) is for
@@ -138,8 +146,8 @@ class BlobStateStore:
         release's single blob, downloaded) or ``None`` (no state)."""
         self._manifest, self._etag, _ = self.image.read_manifest()
         if self._manifest is not None:
-            if path.exists() and stamp.exists() and stamp.read_text() == self._etag:
-                return "manifest"  # a warm instance: its copy is this very generation
+            if path.exists() and stamp.exists() and stamp.read_text() == _stamp(path, self._etag):
+                return "manifest"  # a warm instance: its copy is this very generation, untouched since
             stamp.unlink(missing_ok=True)
             loaded = self.image.load(path)
             if loaded is None:
@@ -201,7 +209,7 @@ class BlobStateStore:
             manifest = self._next_manifest(db)
             self._etag, committed_at = self.image.commit(manifest, self._etag)
             self._manifest = manifest
-            (self.local / "etag").write_text(self._etag)
+            (self.local / "etag").write_text(_stamp(db.path, self._etag))
         if self._budget:
             changelog.reset(db.conn)
         self.image.collect_garbage(manifest, committed_at, log)
