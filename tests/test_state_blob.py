@@ -6,6 +6,7 @@ parts, and the conversion of the previous release's single ``state.db`` blob."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import zlib
 
@@ -279,4 +280,35 @@ def test_garbage_collection_removes_only_parts_no_manifest_names(blob, tmp_path,
     manifest = json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())
     named = {PARTS + h for h, _ in manifest["chunks"]}
     assert set(parts(svc, name)) == named and first - named  # the old base's own chunks are gone
+    db.close()
+
+
+def test_a_dry_run_whose_parts_are_collected_meanwhile_reads_the_new_generation(blob, tmp_path, monkeypatch):
+    """A dry run reads without the lock: when a writer commits a new base and removes the old
+    parts while it reads, it starts again from the new manifest rather than failing."""
+    svc, _ = blob
+    name = container_name("race")
+    monkeypatch.setattr(blob_store, "MIN_BUDGET", 100)
+    store, db = seeded(svc, name, tmp_path / "a", n=2000)
+    reader = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "r", chunk_size=CHUNK)
+    real_get = reader.image._get
+    raced: list[str] = []
+    once = threading.Lock()
+
+    def get(part: str, limit: int) -> bytes:
+        with once:  # the first fetch (whichever thread) lets the writer commit first
+            if not raced:
+                raced.append(part)
+                time.sleep(1.1)  # the writer's commit is a second later than the parts it removes
+                db.replace_records("users", users(2000, tag="-v2"))  # every row changes: no chunk is reused
+                db.replace_records("addresses", addresses(2000, tag="-v2"))
+                db.commit()
+                store.publish(db)
+                assert part not in parts(svc, name)  # the part this reader was about to fetch is gone
+        return real_get(part, limit)
+
+    monkeypatch.setattr(reader.image, "_get", get)
+    snapshot = reader.open(readonly=True)
+    assert raced and snapshot.records("users") == users(2000, tag="-v2")
+    snapshot.close()
     db.close()
