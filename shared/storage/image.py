@@ -1,5 +1,5 @@
 """The ``blob:`` state on the wire: the SQLite database as compressed, content-addressed parts
-under ``state.parts/`` and one small manifest blob, ``state.manifest.json``, which is the
+under ``<container>/state.parts/`` and one small manifest blob, ``<container>/state.manifest.json``, the
 commit point.
 
 Manifest (JSON): ``{"format": "entra-dirsync-state-image", "version": 1, "generation": int,
