@@ -5,7 +5,7 @@ garbage collection, after the old blob's or the journal's deletion): the transpo
 later write, as SIGKILL would. Then, at every k, the manifest names only parts that exist,
 and the next open, by the same instance (its local copy is stale) and by a cold one, gives a
 whole state: exactly the previous generation before the manifest was written, exactly the new
-one after it. Every k from 0 up to the first run that gets through uncut is visited (the test
+one after it; and the run after that leaves no blob of the previous release. Every k from 0 up to the first run that gets through uncut is visited (the test
 checks that an uncut run's count of writes was reached)."""
 
 from __future__ import annotations
@@ -117,6 +117,14 @@ def one_kill(azurite, tmp: Path, scenario: str, k: int | None) -> tuple[list, bo
                 assert got == case.before or case.before is None
         finally:
             db.close()
+    # the next run commits: afterwards no old single blob is left (a killed conversion is finished)
+    store = BlobStateStore(client(azurite)[0], name, "azurite", local_dir=tmp / "a", chunk_size=CHUNK)
+    db = store.open()
+    db.commit()
+    store.publish(db)
+    db.close()
+    assert check_manifest_names_only_existing_parts(svc, name)
+    assert DB_NAME not in {b.name for b in svc.get_container_client(name).list_blobs()}
     return writes, finished
 
 

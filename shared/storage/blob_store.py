@@ -30,8 +30,10 @@ unchanged: written before each batch is sent, replayed on open, deleted after a 
 Converting earlier formats on first open: a state written by the previous release as one
 block blob ``state.db`` is downloaded, published in this form (the journal kept: it still
 names the same lineage and generation), and the old blob is deleted only after the manifest
-was written; a run killed in between finds the manifest and deletes the old blob on its next
-commit. The release before that (``state.json.gz``) is converted by ``shared/storage/legacy.py``."""
+was written; the manifest says so (``legacy``) until a later one is written, so a run killed in
+between leaves a manifest that has the next run delete the old blob after its own commit. Run
+one release at a time: an older release would keep writing ``state.db``, which this one no longer
+reads once the manifest exists. The release before that (``state.json.gz``) is converted by ``shared/storage/legacy.py``."""
 
 from __future__ import annotations
 
@@ -146,6 +148,8 @@ class BlobStateStore:
         release's single blob, downloaded) or ``None`` (no state)."""
         self._manifest, self._etag, _ = self.image.read_manifest()
         if self._manifest is not None:
+            if self._manifest.legacy:  # a conversion killed before it deleted the old blob
+                self._legacy_etag = self._etag_of(LEGACY_NAME)
             if path.exists() and stamp.exists() and stamp.read_text() == _stamp(path, self._etag):
                 return "manifest"  # a warm instance: its copy is this very generation, untouched since
             stamp.unlink(missing_ok=True)
@@ -209,7 +213,10 @@ class BlobStateStore:
             manifest = self._next_manifest(db)
             self._etag, committed_at = self.image.commit(manifest, self._etag)
             self._manifest = manifest
+        try:
             (self.local / "etag").write_text(_stamp(db.path, self._etag))
+        except OSError as exc:  # committed: only the next open's reuse of the local copy is lost
+            log.warning("state %s: could not record the local copy's generation (%s); the next run downloads it", self.where, exc.strerror)
         if self._budget:
             changelog.reset(db.conn)
         self.image.collect_garbage(manifest, committed_at, log)
@@ -223,7 +230,7 @@ class BlobStateStore:
     def _next_manifest(self, db: StateDB) -> Manifest:
         """Upload this generation's parts: its change log when one is complete and the logs
         stay small, else the chunks of a new base that the current one lacks."""
-        base = self._manifest
+        base, legacy = self._manifest, self._legacy_etag is not None
         doc = changelog.collect(db.conn, self._budget, base.schema) if self._budget and base is not None else None
         if doc is not None and base is not None and len(base.logs) < MAX_LOGS:
             raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -231,9 +238,9 @@ class BlobStateStore:
             chunks_bytes = sum(n for _, n in base.chunks)
             if sum(n for _, n in base.logs) + len(data) <= MAX_LOG_SHARE * chunks_bytes:
                 part = self.image.put(raw, data)
-                return Manifest(db.generation, base.schema, base.length, base.chunk_size, base.chunks, (*base.logs, part))
+                return Manifest(db.generation, base.schema, base.length, base.chunk_size, base.chunks, (*base.logs, part), legacy)
         length, chunks = self.image.put_base(db.path, base)
-        return Manifest(db.generation, changelog.schema_digest(db.conn), length, self.image.chunk_size, chunks)
+        return Manifest(db.generation, changelog.schema_digest(db.conn), length, self.image.chunk_size, chunks, (), legacy)
 
     # --- the journal -----------------------------------------------------------------------------
     def retract_journal(self, token: Any) -> None:

@@ -4,7 +4,7 @@ commit point.
 
 Manifest (JSON): ``{"format": "entra-dirsync-state-image", "version": 1, "generation": int,
 "schema": str, "length": int, "chunkSize": int, "chunks": [[sha256, bytes], ...], "logs":
-[[sha256, bytes], ...]}``. ``chunks`` are the database file (the *base*) cut into
+[[sha256, bytes], ...], "legacy": true (only while the previous release's blob may remain)}``. ``chunks`` are the database file (the *base*) cut into
 ``chunkSize`` pieces (4 MiB; the last may be shorter), in order; ``logs`` are the change logs
 of the runs since the base (``shared/storage/changelog.py``), in the order they replay. Each
 part is stored zlib-compressed under ``state.parts/<sha256 of its raw bytes>``, written once
@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class Manifest:
     chunk_size: int
     chunks: tuple[tuple[str, int], ...]
     logs: tuple[tuple[str, int], ...] = ()
+    legacy: bool = False  # the previous release's single blob may still be there: delete it
 
     def names(self) -> set[str]:
         return {PARTS + h for h, _ in (*self.chunks, *self.logs)}
@@ -76,6 +78,8 @@ class Manifest:
     def to_json(self) -> bytes:
         doc = {"format": FORMAT, "version": VERSION, "generation": self.generation, "schema": self.schema, "length": self.length,
                "chunkSize": self.chunk_size, "chunks": [list(c) for c in self.chunks], "logs": [list(g) for g in self.logs]}
+        if self.legacy:
+            doc["legacy"] = True
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -89,7 +93,8 @@ class Manifest:
                 if not all(len(h) == 64 and all(c in "0123456789abcdef" for c in h) and n >= 0 for h, n in out):
                     raise ValueError(key)
                 return out
-            m = cls(int(doc["generation"]), str(doc["schema"]), int(doc["length"]), int(doc["chunkSize"]), parts("chunks"), parts("logs"))
+            m = cls(int(doc["generation"]), str(doc["schema"]), int(doc["length"]), int(doc["chunkSize"]), parts("chunks"), parts("logs"),
+                    doc.get("legacy") is True)
             if m.chunk_size <= 0 or m.length < 0 or len(m.chunks) != -(-m.length // m.chunk_size):
                 raise ValueError("the chunks do not cover the length")
             return m
@@ -127,6 +132,11 @@ class Image:
         self.chunk_size = chunk_size
         self.workers = workers
         self.counters = {"uploaded": 0, "downloaded": 0, "parts_uploaded": 0}
+        self._count_lock = threading.Lock()
+
+    def _count(self, key: str, n: int) -> None:
+        with self._count_lock:
+            self.counters[key] += n
 
     # --- reading -------------------------------------------------------------------------------
     def read_manifest(self) -> tuple[Manifest | None, str | None, Any]:
@@ -138,7 +148,7 @@ class Image:
         except ResourceNotFoundError:
             return None, None, None
         data = stream.readall()
-        self.counters["downloaded"] += len(data)
+        self._count("downloaded", len(data))
         return Manifest.parse(data, self.where), stream.properties.etag, stream.properties.last_modified
 
     def _get(self, name: str, limit: int) -> bytes:
@@ -148,7 +158,7 @@ class Image:
             data = self.container.get_blob_client(name).download_blob().readall()
         except ResourceNotFoundError:
             raise _Missing(name) from None
-        self.counters["downloaded"] += len(data)
+        self._count("downloaded", len(data))
         raw = _inflate(data, limit, name, self.where)
         if part_name(raw) != name:
             raise StateError(f"the state part {name} at {self.where} is corrupt (not the data its name promises); run 'refresh' to rebuild it")
@@ -226,8 +236,8 @@ class Image:
         data = zlib.compress(raw, LEVEL) if data is None else data
         name = part_name(raw)
         self.container.get_blob_client(name).upload_blob(data, overwrite=True)
-        self.counters["uploaded"] += len(data)
-        self.counters["parts_uploaded"] += 1
+        self._count("uploaded", len(data))
+        self._count("parts_uploaded", 1)
         return name[len(PARTS):], len(data)
 
     def put_base(self, path: Path, base: Manifest | None) -> tuple[int, tuple[tuple[str, int], ...]]:
@@ -260,7 +270,7 @@ class Image:
                 result = blob.upload_blob(data, overwrite=True, etag=etag, match_condition=if_not_modified())
         except (ResourceModifiedError, ResourceExistsError):
             raise StateConflictError(f"the state at {self.where} was changed by someone else during this run; nothing was overwritten") from None
-        self.counters["uploaded"] += len(data)
+        self._count("uploaded", len(data))
         return str(result.get("etag")), result.get("last_modified")
 
     def collect_garbage(self, manifest: Manifest, committed_at: Any, log: Any) -> int:
