@@ -31,14 +31,17 @@ def addresses(n: int, tag: str = "") -> dict[str, tuple]:
 
 
 def seeded(svc, container, local, n=4000):
-    """A store whose state holds ``n`` users and their addresses, committed and published."""
+    """A store whose state holds ``n`` users and their addresses and a complete directory cache,
+    committed and published, and opened again (as the next run would)."""
     store = BlobStateStore(svc, container, "azurite", local_dir=local, chunk_size=CHUNK)
     db = store.open()
     db.replace_records("users", users(n))
     db.replace_records("addresses", addresses(n))
+    db.directory_cache = "complete"  # as after a full read: later runs are delta rounds, recorded in change logs
     db.commit()
     store.publish(db)
-    return store, db
+    db.close()
+    return store, store.open()
 
 
 def churn(db, n=4000, share=0.01, tag="x"):
@@ -80,6 +83,8 @@ def test_a_warm_instance_uploads_only_its_change_log_and_downloads_only_the_mani
     svc, transport = blob
     name = container_name("warm")
     store, db = seeded(svc, name, tmp_path / "a")
+    db.commit()
+    store.publish(db)  # a run that ends as runs do: committed and published
     db.close()
     before, stored = parts(svc, name), stored_bytes(svc, name)
     base = {PARTS + h for h, _ in json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())["chunks"]}
