@@ -154,3 +154,14 @@ def test_a_log_for_another_database_is_refused(tmp_path):
         raise AssertionError("applied a log whose table does not match")
     except ValueError as exc:
         assert "pairs" in str(exc)
+
+
+def test_no_log_when_another_connection_wrote_the_file(tmp_path):
+    conn, schema = writer_with_log(tmp_path)
+    conn.execute("INSERT INTO plain VALUES (1, 1)")
+    conn.execute("COMMIT")
+    assert changelog.collect(conn, 5, schema) is not None
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    other.execute("INSERT INTO counted VALUES (7, 'behind its back')")
+    other.close()
+    assert changelog.collect(conn, 5, schema) is None

@@ -18,7 +18,8 @@ with plain SQL; the result holds the same rows as the writer's database (SQLite'
 indexes follow the rows), though not the same bytes. ``collect`` returns ``None`` whenever
 the log could miss something, and the caller then uploads the whole database: the budget ran
 out (a full read rewrites most rows), the schema changed (a table or index was created,
-dropped or altered; ``schema_digest``), a trigger is gone (its table was dropped), or a table
+dropped or altered; ``schema_digest``), a trigger is gone (its table was dropped), another
+connection committed to the file (its writes pass no trigger; ``PRAGMA data_version``), or a table
 has a shape the triggers cannot key (more than four primary-key columns, hidden columns).
 Changes rolled back (a savepoint, a failed run) roll back their records with them: the
 temp table is part of the same transaction."""
@@ -33,6 +34,7 @@ from typing import Any
 LOG_FORMAT = "entra-dirsync-state-log"
 LOG_VERSION = 1
 TABLE = "dirsync_changes"
+WATCH = "dirsync_capture_watch"
 PREFIX = "dirsync_capture_"
 MAX_KEY_COLUMNS = 4
 _KEYS = ("k1", "k2", "k3", "k4")
@@ -76,6 +78,10 @@ def install(conn: sqlite3.Connection, budget: int) -> bool:
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TABLE} (tbl TEXT NOT NULL, k1, k2, k3, k4)")
     if any(keys is None for keys in tables.values()):
         return False
+    # Writes by another connection pass no trigger of this one: PRAGMA data_version tells.
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {WATCH} (data_version INTEGER NOT NULL)")
+    conn.execute(f"DELETE FROM {WATCH}")  # noqa: S608 - a fixed name
+    conn.execute(f"INSERT INTO {WATCH} VALUES (?)", (conn.execute("PRAGMA main.data_version").fetchone()[0],))  # noqa: S608
     when = f"WHEN coalesce((SELECT max(rowid) FROM {TABLE}), 0) < {int(budget)}"  # noqa: S608 - fixed names, an int
     for i, (name, keys) in enumerate(sorted(tables.items())):
         def row(alias: str, keys: list[str] = keys or [], name: str = name) -> str:
@@ -110,6 +116,9 @@ def collect(conn: sqlite3.Connection, budget: int, schema: str | None) -> dict[s
         return None
     if _installed(conn) != 3 * len(tables):
         return None
+    seen = conn.execute(f"SELECT data_version FROM {WATCH}").fetchone()  # noqa: S608 - a fixed name
+    if seen is None or seen[0] != conn.execute("PRAGMA main.data_version").fetchone()[0]:
+        return None  # another connection committed to the file
     if conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] >= budget:  # noqa: S608 - a fixed name
         return None
     out: dict[str, Any] = {}
