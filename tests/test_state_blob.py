@@ -62,21 +62,29 @@ def test_round_trip_compressed_parts_and_a_cold_instance_opens_the_same_rows(blo
     svc, _ = blob
     name = container_name("rt")
     store, db = seeded(svc, name, tmp_path / "a")
+    db.commit()
+    store.publish(db)  # nothing changed but the generation: a change log on the base
+    db.close()
+    db = store.open()
+    db.conn.execute("CREATE TABLE extra (k TEXT PRIMARY KEY) WITHOUT ROWID")  # a schema change: a new base, no logs
+    db.commit()
+    store.publish(db)
     want = rows(db.conn)
     size = db.path.stat().st_size
     db.close()
     manifest = json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())
     assert manifest["format"] == "entra-dirsync-state-image" and manifest["length"] == size and len(manifest["chunks"]) == -(-size // CHUNK)
-    named = {PARTS + h for h, _ in manifest["chunks"]}
-    # at most the first commit's one chunk (an empty database) besides: it is removed by a
-    # later commit once it is older than that commit's manifest (times have a 1 s resolution)
-    assert named <= set(parts(svc, name)) and len(set(parts(svc, name)) - named) <= 1
+    # every part it names is there (earlier ones written within the same second as this commit
+    # stay until a later commit: garbage collection removes only parts older than the manifest)
+    assert {PARTS + h for h, _ in manifest["chunks"]} <= set(parts(svc, name)) and manifest["logs"] == []
     assert stored_bytes(svc, name) < size / 2  # compressed on the wire
     cold = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "b", chunk_size=CHUNK)
     again = cold.open()
-    assert rows(again.conn) == want and again.generation == 1
+    assert rows(again.conn) == want and again.generation == 3
     assert again.records("users") == users(4000)
     again.close()
+    # a base without logs comes back byte for byte
+    assert (cold.local / DB_NAME).read_bytes() == (store.local / DB_NAME).read_bytes()
 
 
 def test_a_warm_instance_uploads_only_its_change_log_and_downloads_only_the_manifest(blob, tmp_path):
@@ -317,3 +325,21 @@ def test_a_dry_run_whose_parts_are_collected_meanwhile_reads_the_new_generation(
     assert raced and snapshot.records("users") == users(2000, tag="-v2")
     snapshot.close()
     db.close()
+
+
+def test_a_new_base_is_written_once_the_logs_reach_their_limit(blob, tmp_path, monkeypatch):
+    svc, _ = blob
+    name = container_name("maxlogs")
+    monkeypatch.setattr(blob_store, "MAX_LOGS", 2)
+    store, db = seeded(svc, name, tmp_path / "a")
+    counts = []
+    for r in range(3):
+        churn(db, tag=f"m{r}")
+        store.publish(db)
+        counts.append(len(json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())["logs"]))
+    assert counts == [1, 2, 0]
+    want = rows(db.conn)
+    db.close()
+    cold = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "b", chunk_size=CHUNK).open()
+    assert rows(cold.conn) == want
+    cold.close()
