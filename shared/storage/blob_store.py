@@ -153,7 +153,7 @@ class BlobStateStore:
             if path.exists() and stamp.exists() and stamp.read_text() == _stamp(path, self._etag):
                 return "manifest"  # a warm instance: its copy is this very generation, untouched since
             stamp.unlink(missing_ok=True)
-            loaded = self.image.load(path)
+            loaded = self.image.load(path, (self._manifest, str(self._etag)))
             if loaded is None:
                 raise StateError(f"the state at {self.where} vanished while it was read; try again")
             self._manifest, self._etag = loaded

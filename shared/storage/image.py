@@ -164,11 +164,12 @@ class Image:
             raise StateError(f"the state part {name} at {self.where} is corrupt (not the data its name promises); run 'refresh' to rebuild it")
         return raw
 
-    def load(self, target: Path) -> tuple[Manifest, str] | None:
+    def load(self, target: Path, read: tuple[Manifest, str] | None = None) -> tuple[Manifest, str] | None:
         """The database the manifest names, written to ``target`` (replaced only when whole);
-        its manifest and ETag. ``None`` when there is no manifest."""
-        for _ in range(READ_ATTEMPTS):
-            manifest, etag, _ = self.read_manifest()
+        its manifest and ETag. ``None`` when there is no manifest. ``read``: the manifest and
+        ETag the caller just read, used for the first attempt."""
+        for attempt in range(READ_ATTEMPTS):
+            manifest, etag = read if read is not None and attempt == 0 else self.read_manifest()[:2]
             if manifest is None:
                 return None
             try:
