@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,10 +136,16 @@ def test_no_log_after_a_schema_change_or_a_dropped_table(tmp_path):
     assert changelog.collect(conn, 5, schema) is None
 
 
-def test_a_table_the_triggers_cannot_key_means_no_log(tmp_path):
-    path = tmp_path / "wide.db"
+@pytest.mark.parametrize("ddl", [
+    "CREATE TABLE wide (a, b, c, d, e, PRIMARY KEY (a, b, c, d, e)) WITHOUT ROWID",
+    "CREATE TABLE g (a INTEGER PRIMARY KEY, b, c AS (b * 2))",
+    "CREATE TABLE n (a INTEGER PRIMARY KEY AUTOINCREMENT, b)",
+    "CREATE TABLE t (a INTEGER PRIMARY KEY, b); CREATE TRIGGER own AFTER INSERT ON t BEGIN UPDATE t SET b = 1; END",
+])
+def test_what_rows_cannot_carry_means_no_log(tmp_path, ddl):
+    path = tmp_path / "odd.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("CREATE TABLE wide (a, b, c, d, e, PRIMARY KEY (a, b, c, d, e)) WITHOUT ROWID")
+    conn.executescript(ddl)
     schema = changelog.schema_digest(conn)
     assert not changelog.install(conn, 100)
     assert changelog.collect(conn, 100, schema) is None

@@ -19,8 +19,9 @@ indexes follow the rows), though not the same bytes. ``collect`` returns ``None`
 the log could miss something, and the caller then uploads the whole database: the budget ran
 out (a full read rewrites most rows), the schema changed (a table or index was created,
 dropped or altered; ``schema_digest``), a trigger is gone (its table was dropped), another
-connection committed to the file (its writes pass no trigger; ``PRAGMA data_version``), or a table
-has a shape the triggers cannot key (more than four primary-key columns, hidden columns).
+connection committed to the file (its writes pass no trigger; ``PRAGMA data_version``), or the
+database has what rows cannot carry (more than four primary-key columns, hidden columns,
+triggers of its own, AUTOINCREMENT).
 Changes rolled back (a savepoint, a failed run) roll back their records with them: the
 temp table is part of the same transaction."""
 
@@ -57,6 +58,10 @@ def _tables(conn: sqlite3.Connection) -> dict[str, list[str] | None]:
     """Every ordinary table of ``main`` → its key columns (``["rowid"]`` for a rowid table),
     or ``None`` when the triggers cannot key it."""
     out: dict[str, list[str] | None] = {}
+    # A trigger of the database's own would fire again on replay, and AUTOINCREMENT keeps a
+    # counter (sqlite_sequence) no row change carries: neither can be logged by rows alone.
+    if conn.execute("SELECT 1 FROM main.sqlite_master WHERE type='trigger' OR name='sqlite_sequence'").fetchone():
+        return {"": None}
     names = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'").fetchall()
     for name, sql in names:
         info = conn.execute(f"PRAGMA main.table_xinfo({_q(name)})").fetchall()
