@@ -1,7 +1,7 @@
 """The change log of the ``blob:`` state (shared/storage/changelog.py), as a class: for any
 sequence of inserts, updates (key changes included), deletes and rolled-back savepoints on
 tables of every shape the state may have (rowid, WITHOUT ROWID with one or more key columns,
-values of every SQLite type), the log replayed onto a copy of the starting database gives the
+UNIQUE columns whose values rows trade, values of every SQLite type), the log replayed onto a copy of the starting database gives the
 same rows; and when the log cannot be complete, ``collect`` says so (``None``)."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ CREATE TABLE pairs (a TEXT NOT NULL, b TEXT NOT NULL, v, PRIMARY KEY (a, b)) WIT
 CREATE INDEX pairs_by_b ON pairs (b);
 CREATE TABLE plain (x, y);
 CREATE TABLE counted (id INTEGER PRIMARY KEY, v);
+CREATE TABLE uniq (id INTEGER PRIMARY KEY, u TEXT UNIQUE);
 """
 
 keys = st.sampled_from(["a", "b", "c", "d", "é", "x'y", ""])
@@ -39,6 +40,8 @@ op = st.one_of(
     st.tuples(st.just("delete plain"), st.integers(0, 5)),
     st.tuples(st.just("upsert counted"), st.integers(1, 6), values),
     st.tuples(st.just("rolled back"), keys, values),
+    st.tuples(st.just("upsert uniq"), st.integers(1, 4), keys),
+    st.tuples(st.just("swap uniq"), st.integers(1, 4), st.integers(1, 4)),
 )
 
 
@@ -63,6 +66,16 @@ def run(conn: sqlite3.Connection, o: tuple) -> None:
         q("DELETE FROM plain WHERE rowid % 3 = ?", a)
     elif kind == "upsert counted":
         q("INSERT OR REPLACE INTO counted VALUES (?, ?)", a)
+    elif kind == "upsert uniq":
+        q("INSERT OR REPLACE INTO uniq VALUES (?, ?)", a)
+    elif kind == "swap uniq":  # two rows trade their unique values (a replay must not lose either)
+        x, y = a
+        ux = q("SELECT u FROM uniq WHERE id=?", (x,)).fetchone()
+        uy = q("SELECT u FROM uniq WHERE id=?", (y,)).fetchone()
+        if ux and uy and x != y:
+            q("UPDATE uniq SET u=NULL WHERE id=?", (x,))
+            q("UPDATE uniq SET u=? WHERE id=?", (ux[0], y))
+            q("UPDATE uniq SET u=? WHERE id=?", (uy[0], x))
     else:
         q("SAVEPOINT s")
         q("INSERT OR REPLACE INTO pairs VALUES (?, 'sp', ?)", a)
