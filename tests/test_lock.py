@@ -18,9 +18,9 @@ import pytest
 from devstack.azurite import DEV_KEY
 from shared.common.errors import StateError, SyncError
 from shared.storage.backend import open_run_lock
+from shared.storage.lease_lock import BlobRunLock
 from shared.storage.lock import (
     LOCK_NAME,
-    BlobRunLock,
     FileRunLock,
     RunLockedError,
     default_holder,
@@ -40,7 +40,7 @@ time.sleep(300)
 CHILD_BLOB = """
 import os, sys, time
 from azure.storage.blob import BlobServiceClient
-from shared.storage.lock import BlobRunLock
+from shared.storage.lease_lock import BlobRunLock
 svc = BlobServiceClient.from_connection_string(os.environ["LOCK_TEST_CONNECTION"])
 BlobRunLock(svc.get_container_client(sys.argv[1]), sys.argv[2], lease_seconds=15, renew_every=14).acquire()
 print("READY", flush=True)
@@ -356,7 +356,7 @@ CHILD_KILLED_AT = """
 import os, signal, sys
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
-from shared.storage.lock import BlobRunLock
+from shared.storage.lease_lock import BlobRunLock
 
 target, when = int(sys.argv[3]), sys.argv[4]
 count = 0

@@ -20,7 +20,8 @@ from .history import (
     FileReportStore,
     ReportStore,
 )
-from .lock import BlobRunLock, FileRunLock, RunLock
+from .lease_lock import BlobRunLock
+from .lock import FileRunLock, RunLock
 from .stores import BlobStateStore, FileStateStore, StateStore
 
 
