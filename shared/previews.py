@@ -36,15 +36,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from .common.errors import StateError
 from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
 from .storage.backend import Storage
-from .storage.history import BlobReportStore, FileReportStore, ReportStore
-from .storage.lock import BlobRunLock, FileRunLock, RunLock, RunLockedError, default_holder
+from .storage.history import ReportStore
+from .storage.lock import RunLock, RunLockedError, default_holder
 
 log = logging.getLogger("shared.previews")
 
@@ -71,47 +70,14 @@ class PreviewRunningError(StateError):
                          + "; its result appears in GET status; start another when it ends")
 
 
-class _Prefixed:
-    """A blob container seen through a name prefix: the lock and the report store of
-    ``shared/storage`` then keep the preview's ``run.lock`` and ``runs/`` under ``preview/``
-    in the state's container, over the same client (only the calls they make are passed on)."""
-
-    def __init__(self, container: Any, prefix: str) -> None:
-        self._container = container
-        self._prefix = prefix
-        self.container_name = container.container_name
-        self.account_name = getattr(container, "account_name", None)
-
-    def get_blob_client(self, name: str) -> Any:
-        return self._container.get_blob_client(self._prefix + name)
-
-    def list_blobs(self, name_starts_with: str = "") -> Any:
-        for blob in self._container.list_blobs(name_starts_with=self._prefix + name_starts_with):
-            yield _Named(blob.name[len(self._prefix):])
-
-    def create_container(self) -> Any:
-        return self._container.create_container()
-
-
-class _Named:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 def preview_lock(storage: Storage, holder: str) -> RunLock:
     """The previews' own lock (not acquired), beside the state's run lock."""
-    base = storage.lock(holder)
-    if isinstance(base, BlobRunLock):
-        return BlobRunLock(_Prefixed(base.container, f"{PREVIEW_DIR}/"), holder)
-    return FileRunLock(Path(storage.where) / PREVIEW_DIR, holder)
+    return storage.lock(holder, prefix=f"{PREVIEW_DIR}/")
 
 
 def preview_records(storage: Storage) -> ReportStore:
     """The previews' records, beside the state's run reports."""
-    base = storage.reports()
-    if isinstance(base, BlobReportStore):
-        return BlobReportStore(_Prefixed(base.container, f"{PREVIEW_DIR}/"), f"{base.where} ({PREVIEW_DIR}/)", max_count=MAX_RECORDS)
-    return FileReportStore(Path(storage.where) / PREVIEW_DIR, max_count=MAX_RECORDS)
+    return storage.reports(max_count=MAX_RECORDS, prefix=f"{PREVIEW_DIR}/")
 
 
 def newest_preview(storage: Storage) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ import pytest
 
 from devstack.azurite import DEV_KEY
 from shared.common.errors import StateError, SyncError
-from shared.storage.backend import open_run_lock
+from shared.storage.backend import open_storage
 from shared.storage.lease_lock import BlobRunLock
 from shared.storage.lock import (
     LOCK_NAME,
@@ -300,15 +300,15 @@ def settings_for(kind: str, where: str, connection_string: str | None = None) ->
     )
 
 
-def test_open_run_lock_builds_the_lock_for_the_state(tmp_path, azurite):
-    file_lock = open_run_lock(settings_for("file", str(tmp_path)), "update")
+def test_the_storage_builds_the_lock_for_the_state(tmp_path, azurite):
+    file_lock = open_storage(settings_for("file", str(tmp_path))).lock("update")
     assert isinstance(file_lock, FileRunLock) and file_lock.where == f"file:{tmp_path}"
     name = f"lock-{uuid.uuid4().hex[:12]}"
     settings = settings_for("blob", name, azurite.connection_string)
-    with open_run_lock(settings, "update by timer") as lock:
+    with open_storage(settings).lock("update by timer") as lock:
         assert isinstance(lock, BlobRunLock) and lock.lease_seconds == 60
         with pytest.raises(RunLockedError) as info:
-            open_run_lock(settings, "update by cli").acquire()
+            open_storage(settings).lock("update by cli").acquire()
     text = str(info.value)
     assert "update by timer" in text and name in text
     assert azurite.connection_string not in text and DEV_KEY not in text and "AccountKey" not in text
