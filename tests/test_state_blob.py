@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import zlib
 
 import pytest
 
 from shared.common.errors import StateConflictError, StateError
 from shared.storage import blob_store
 from shared.storage.blob_store import BlobStateStore
-from shared.storage.image import MANIFEST_NAME, PARTS
+from shared.storage.image import MANIFEST_NAME, PARTS, compress
 from shared.storage.state import DB_NAME, JOURNAL_NAME, StateDB
 from tests.blobstate_helpers import client, container_name, parts, rows, stored_bytes
 
@@ -189,7 +188,7 @@ def test_a_new_base_is_written_when_the_log_budget_runs_out_or_the_schema_change
     cold.close()
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "not zlib"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "not zstd"])
 @pytest.mark.parametrize("part", ["chunk", "log"])
 def test_a_damaged_part_gives_a_clear_error_naming_the_blob_and_no_half_state(blob, tmp_path, damage, part):
     svc, _ = blob
@@ -204,7 +203,7 @@ def test_a_damaged_part_gives_a_clear_error_naming_the_blob_and_no_half_state(bl
     if damage == "missing":
         blob_client.delete_blob()
     elif damage == "corrupt":
-        blob_client.upload_blob(zlib.compress(b"something else"), overwrite=True)
+        blob_client.upload_blob(compress(b"something else"), overwrite=True)  # a valid frame, the wrong content
     else:
         blob_client.upload_blob(b"\x00garbage" * 10, overwrite=True)
     local = tmp_path / "b"

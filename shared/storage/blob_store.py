@@ -45,7 +45,6 @@ import os
 import shutil
 import tempfile
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from ..common.errors import StateConflictError, StateError
 from ..common.localdir import default_base, private_dir
 from . import changelog
 from .blob import azure_reason, ensure_container, if_not_modified
-from .image import CHUNK_SIZE, LEVEL, MANIFEST_NAME, Image, Manifest
+from .image import CHUNK_SIZE, MANIFEST_NAME, Image, Manifest, compress
 from .legacy import convert_v1, load_v1
 from .state import DB_NAME, JOURNAL_NAME, V1_NAME, StateDB, replay_journal
 
@@ -241,7 +240,7 @@ class BlobStateStore:
         doc = changelog.collect(db.conn, self._budget, base.schema) if self._budget and base is not None else None
         if doc is not None and base is not None and len(base.logs) < MAX_LOGS:
             raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            data = zlib.compress(raw, LEVEL)
+            data = compress(raw)
             chunks_bytes = sum(n for _, n in base.chunks)
             if sum(n for _, n in base.logs) + len(data) <= MAX_LOG_SHARE * chunks_bytes:
                 part = self.image.put(raw, data)

@@ -7,7 +7,7 @@ Manifest (JSON): ``{"format": "entra-dirsync-state-image", "version": 1, "genera
 [[sha256, bytes], ...], "legacy": true (only while the previous release's blob may remain)}``. ``chunks`` are the database file (the *base*) cut into
 ``chunkSize`` pieces (4 MiB; the last may be shorter), in order; ``logs`` are the change logs
 of the runs since the base (``shared/storage/changelog.py``), in the order they replay. Each
-part is stored zlib-compressed under ``state.parts/<sha256 of its raw bytes>``, written once
+part is stored Zstandard-compressed under ``state.parts/<sha256 of its raw bytes>``, written once
 and never changed; ``bytes`` is its stored size. ``schema`` is the digest of the base's schema
 (a log is only taken on an unchanged schema).
 
@@ -37,10 +37,11 @@ import os
 import sqlite3
 import threading
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from ..common.errors import StateConflictError, StateError
 from . import changelog
@@ -52,7 +53,18 @@ FORMAT = "entra-dirsync-state-image"
 VERSION = 1
 CHUNK_SIZE = 4 * 1024 * 1024
 WORKERS = 4  # parts in flight at once (each holds a chunk raw and compressed)
-LEVEL = 6  # zlib level: measured in bench/blob_state.py
+# Parts are Zstandard frames (python-zstandard): level 3 with a window of a whole chunk and
+# long-distance matching. Measured on a 20,000-user state (bench/blob_state.py prints it at any
+# size): 22 % of the database against zlib level 6's 31 %, compressing about 5x faster and
+# inflating about 10x faster than zlib.
+LEVEL = 3
+WINDOW_LOG = 22  # 4 MiB: one chunk
+
+
+def compress(raw: bytes) -> bytes:
+    """One part's stored bytes: ``raw`` as one Zstandard frame (its size in the header)."""
+    params = zstandard.ZstdCompressionParameters.from_level(LEVEL, window_log=WINDOW_LOG, enable_ldm=True)
+    return zstandard.ZstdCompressor(compression_params=params).compress(raw)
 MAX_LOG_BYTES = 256 * 1024 * 1024  # a change log larger than this when inflated is refused
 READ_ATTEMPTS = 3
 
@@ -109,11 +121,15 @@ class _Missing(Exception):
 
 def _inflate(data: bytes, limit: int, name: str, where: str) -> bytes:
     try:
-        d = zlib.decompressobj()
-        raw = d.decompress(data, limit + 1)
-        if len(raw) > limit or not d.eof or d.unconsumed_tail or d.unused_data:
-            raise zlib.error("wrong length")
-    except zlib.error:
+        # One whole frame, whose content size (in its header) is at most ``limit``; anything
+        # after the frame, a frame cut short, or a bigger frame is corrupt.
+        if zstandard.frame_content_size(data) > limit:
+            raise zstandard.ZstdError("bigger than the part can be")
+        d = zstandard.ZstdDecompressor().decompressobj()
+        raw = d.decompress(data)
+        if not d.eof or d.unused_data or len(raw) > limit:
+            raise zstandard.ZstdError("wrong length")
+    except zstandard.ZstdError:
         raise StateError(f"the state part {name} at {where} is corrupt (not the data its name promises); run 'refresh' to rebuild it") from None
     return raw
 
@@ -234,7 +250,7 @@ class Image:
     # --- writing -------------------------------------------------------------------------------
     def put(self, raw: bytes, data: bytes | None = None) -> tuple[str, int]:
         """Upload one part (``data``: ``raw`` compressed, when already done); its (hash, stored bytes)."""
-        data = zlib.compress(raw, LEVEL) if data is None else data
+        data = compress(raw) if data is None else data
         name = part_name(raw)
         self.container.get_blob_client(name).upload_blob(data, overwrite=True)
         self._count("uploaded", len(data))
