@@ -21,7 +21,6 @@ from opentelemetry.trace import use_span as trace_use_span
 
 from .actions.base import Options
 from .actions.preview import PreviewStage
-from .actions.reads import _graph_failure  # noqa: F401 - kept where tests and tools have always found it
 from .actions.replace import REPLACE_ORDER, ReplaceStage
 from .common.errors import DeletionsHeldError, RunCancelledError, StateError, SyncError
 from .common.progress import Progress, ticking
