@@ -94,25 +94,33 @@ def resolves(path: str, name: str, files: list[str]) -> bool:
     return any(PurePosixPath(f).name == name for f in files)
 
 
-def named(path: str, text: str) -> list[tuple[int, str]]:
-    """(line, path) of each file a comment names; in a Markdown document, each link target
-    (without its ``#fragment``; web and mail links left out) and each backticked path with a folder."""
+def named(path: str, text: str) -> list[tuple[int, str, bool]]:
+    """(line, path, whether it is a link) of each file a comment names; in a Markdown document,
+    each link target (without its ``#fragment``; web and mail links left out) and each
+    backticked path with a folder."""
     if not path.endswith(".md"):
-        return [(line + body.count("\n", 0, m.start()), m.group(1)) for line, body in comments(path, text)
+        return [(line + body.count("\n", 0, m.start()), m.group(1), False) for line, body in comments(path, text)
                 for m in NAME.finditer(body)]
     out = []
     for m in LINK.finditer(text):
         target = m.group(1).split("#", 1)[0]
         if target and not re.match(r"[a-z][a-z+.-]*:", target):
-            out.append((text.count("\n", 0, m.start()) + 1, target))
+            out.append((text.count("\n", 0, m.start()) + 1, target, True))
     for m in BACKTICKED.finditer(text):
-        out += [(text.count("\n", 0, m.start()) + 1, n.group(1)) for n in NAME.finditer(m.group(1)) if "/" in n.group(1)]
+        out += [(text.count("\n", 0, m.start()) + 1, n.group(1), False) for n in NAME.finditer(m.group(1)) if "/" in n.group(1)]
     return out
 
 
+def link_resolves(path: str, target: str) -> bool:
+    """A Markdown link opens from the document's folder (``/``: from the repository's root)."""
+    base = ROOT if target.startswith("/") else (ROOT / path).parent
+    found = (base / target.lstrip("/")).resolve()
+    return (found == ROOT or ROOT in found.parents) and found.exists()
+
+
 def unresolved(path: str, text: str, files: list[str]) -> list[str]:
-    out = [f"{path}:{line}: {name}" for line, name in named(path, text)
-           if not (path.endswith(".md") and (ROOT / path).parent.joinpath(name).exists()) and not resolves(path, name, files)]
+    out = [f"{path}:{line}: {name}" for line, name, link in named(path, text)
+           if not (link_resolves(path, name) if link else resolves(path, name, files))]
     return out + [f"{path}:{line + body.count(chr(10), 0, body.index(FORBIDDEN))}: {FORBIDDEN} (the private specification folder)"
                   for line, body in comments(path, text) if FORBIDDEN in body]
 
@@ -161,8 +169,10 @@ def test_every_file_a_comment_names_exists():
 def test_the_scanner_reads_markdown_links_backticks_dot_paths_and_the_forbidden_folder():
     files = tracked()
     doc = ("See [the rules](sync-rules.md#the-deletion-guard), [gone](lost.md), [web](https://example.com/x.md),\n"
-           "`shared/engine.py`, `shared/nowhere.py`, `state.db` and `../README.md`.\n")
-    assert unresolved("docs/example.md", doc, files) == ["docs/example.md:1: lost.md", "docs/example.md:2: shared/nowhere.py"]
+           "`shared/engine.py`, `shared/nowhere.py`, `state.db` and `../README.md`; [root](../README.md),\n"
+           "[from the root](/shared/engine.py), [not from docs/](shared/engine.py).\n")
+    assert unresolved("docs/example.md", doc, files) == ["docs/example.md:1: lost.md", "docs/example.md:3: shared/engine.py",
+                                                         "docs/example.md:2: shared/nowhere.py"]
     assert unresolved("shared/example.py", "# see ../README.md, ./engine.py and ./gone.py\n", files) == [
         "shared/example.py:1: ./gone.py"]
     assert unresolved(".github/workflows/x.yml", "# runs scripts/test.sh and scripts/nothing.sh\n", files) == [
