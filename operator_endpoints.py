@@ -28,17 +28,15 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.common.errors import GraphError, SecretError, SettingsError, SyncApiError, SyncError
+from shared.common.errors import SettingsError, SyncError
 from shared.common.logs import configure_logging
 from shared.common.redact import register, scrub
 from shared.common.summary import RunSummary
 from shared.config.settings import Settings, load_settings
 from shared.engine import Options, perform_blocking
 from shared.model.records import DATASETS
-from shared.plan.approval import ApprovalForbiddenError, ApprovalMismatchError, http_approver
-from shared.previews import PreviewRunningError
+from shared.plan.approval import ApprovalForbiddenError, http_approver
 from shared.storage.history import bounded
-from shared.storage.lock import RunLockedError
 
 operators = func.Blueprint()
 log = logging.getLogger("sync")
@@ -46,8 +44,6 @@ log = logging.getLogger("sync")
 STATUS_LIMIT_DEFAULT = 10
 STATUS_LIMIT_MAX = 50
 STATUS_PATH = "/api/status"
-# What a run report holds beyond what status needs (with each dataset's rejections): record lists.
-_BULKY_RUN_KEYS = ("changes", "exclusions")
 
 
 def _json(doc: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -60,18 +56,14 @@ def _problem(status_code: int, message: str, **detail: Any) -> func.HttpResponse
     return _json({"ok": False, "error": message, **detail}, status_code)
 
 
-def _failure_status(exc: BaseException | None) -> int:
-    if isinstance(exc, (RunLockedError, ApprovalMismatchError, PreviewRunningError)):
-        return 409  # ApprovalMismatchError: the held set is not the one reviewed (shared/plan/approval.py)
-    if isinstance(exc, SettingsError) and exc.setting == "--expect":
-        return 400
-    if isinstance(exc, (GraphError, SyncApiError, SecretError)):
-        return 502  # a service the sync depends on failed or refused
-    return 500
+def _failure_status(summary: RunSummary) -> int:
+    """The HTTP status of a failed summary: its exception's ``http_status`` (shared/common/errors.py)."""
+    exc = summary.exception
+    return exc.http_status if isinstance(exc, SyncError) else 500
 
 
 def _summary_response(summary: RunSummary) -> func.HttpResponse:
-    return _json(summary.as_dict(), 200 if summary.ok else _failure_status(summary.exception))
+    return _json(summary.as_dict(), 200 if summary.ok else _failure_status(summary))
 
 
 def _start(req: func.HttpRequest, method: str) -> func.HttpResponse | None:
@@ -93,16 +85,6 @@ def _settings() -> Settings | func.HttpResponse:
         log.error("operator endpoint: %s", message)
         setting = {"setting": exc.setting} if isinstance(exc, SettingsError) else {}
         return _problem(500, message, **setting)
-
-
-def _compact_run(report: dict[str, Any]) -> dict[str, Any]:
-    """A run report as status shows it: counts and outcome, no per-record lists."""
-    out = {k: v for k, v in report.items() if k not in _BULKY_RUN_KEYS}
-    datasets = out.get("datasets")
-    if isinstance(datasets, dict):
-        out["datasets"] = {d: {k: v for k, v in c.items() if not k.startswith("rejections")} if isinstance(c, dict) else c
-                           for d, c in datasets.items()}
-    return out
 
 
 def _status_query(req: func.HttpRequest) -> tuple[int, bool] | func.HttpResponse:
@@ -130,15 +112,10 @@ def operator_status(req: func.HttpRequest) -> func.HttpResponse:
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings
-    summary = perform_blocking("status", settings, limit=limit)
+    summary = perform_blocking("status", settings, limit=limit, compact=True, full_preview=full_preview)
     if not summary.ok:
-        return _problem(_failure_status(summary.exception), summary.error or "status failed")
-    info = summary.extra["status"]
-    info["runs"] = [_compact_run(r) for r in info.get("runs", []) if isinstance(r, dict)]
-    preview = info.get("preview")
-    if isinstance(preview, dict) and isinstance(preview.get("result"), dict) and not full_preview:
-        preview["result"] = _compact_run(preview["result"])
-    return _json(info)
+        return _problem(_failure_status(summary), summary.error or "status failed")
+    return _json(summary.extra["status"])
 
 
 @operators.function_name(name="operator_test_update")
@@ -152,10 +129,8 @@ def operator_test_update(req: func.HttpRequest) -> func.HttpResponse:
     if isinstance(settings, func.HttpResponse):
         return settings
     summary = perform_blocking("test-update", settings, background=True, options=Options(host="functions"))
-    exc = summary.exception
-    if isinstance(exc, PreviewRunningError):
-        return _problem(409, summary.error or "a preview is running", running={"id": exc.preview_id, "startedAt": exc.started},
-                        resultIn=f"GET {STATUS_PATH}")
+    if "running" in summary.extra:  # another preview runs (shared/previews.py): nothing was started
+        return _problem(409, summary.error or "a preview is running", running=summary.extra["running"], resultIn=f"GET {STATUS_PATH}")
     if not summary.ok:
         return _summary_response(summary)
     doc = {"ok": True, "action": "test-update", "preview": summary.extra["preview"], "resultIn": f"GET {STATUS_PATH}"}
@@ -198,7 +173,7 @@ def operator_approve_deletions(req: func.HttpRequest) -> func.HttpResponse:
         approver = http_approver(req.headers, req.params, os.environ)
     except ApprovalForbiddenError as exc:
         log.warning("approve-deletions refused: %s", exc)
-        return _problem(403, str(exc))
+        return _problem(exc.http_status, str(exc))
     settings = _settings()
     if isinstance(settings, func.HttpResponse):
         return settings

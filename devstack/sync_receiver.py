@@ -27,7 +27,7 @@ Requests
 - The 10 MB limit is on the uncompressed body (decompression stops there, so
   a gzip bomb is a 413). An oversized plain body is drained, then 413.
 - Unknown query parameters, a repeated parameter, or query parameters on an
-  endpoint that takes none are 400. A wrong method on a known path is 405.
+  endpoint that takes none are 400. A wrong method on a known path is 405, with `Allow`.
   Unknown paths are 404 (problem+json), as is an unknown dataset name
   (case-sensitive: `Users` is not a dataset).
 - `POST /changes`: the body must be an object whose only members are

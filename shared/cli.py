@@ -19,6 +19,7 @@ from .common.telemetry import configure_telemetry, flush_telemetry
 from .config.settings import load_settings, progress_interval_seconds
 from .config.state_settings import load_state_settings
 from .engine import ACTIONS, Options, perform
+from .model.records import DATASETS
 from .text import format_status, print_report
 
 SETTINGS_LINE = (
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=f"example: {example}\n\n{SETTINGS_LINE}",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "approve-deletions":
-            sub.add_argument("--dataset", choices=("addresses", "groups", "users"), help="approve only this dataset's held deletions")
+            sub.add_argument("--dataset", choices=DATASETS, help="approve only this dataset's held deletions")
             sub.add_argument("--expect", metavar="DIGEST", required=False,
                              help="the digest of the held set you reviewed, as status or test-update shows it (required when deletions are held)")
     return parser

@@ -21,7 +21,6 @@ from opentelemetry.trace import use_span as trace_use_span
 
 from .actions.base import Options
 from .actions.preview import PreviewStage
-from .actions.reads import _graph_failure  # noqa: F401 - kept where tests and tools have always found it
 from .actions.replace import REPLACE_ORDER, ReplaceStage
 from .common.errors import DeletionsHeldError, RunCancelledError, StateError, SyncError
 from .common.progress import Progress, ticking
@@ -33,7 +32,7 @@ from .config.settings import Settings
 from .config.vault import Secrets, load_secrets
 from .operations import approve_deletions, status
 from .plan.approval import Approver, cli_approver
-from .previews import start_preview
+from .previews import PreviewRunningError, start_preview
 from .storage.backend import Storage, open_storage
 from .storage.history import ReportStore
 from .storage.lock import RunLock, default_holder
@@ -50,20 +49,24 @@ STATUS_LIMIT = 10
 T = TypeVar("T")
 
 
-async def perform(action: str, settings: Settings, *, limit: int = STATUS_LIMIT, background: bool = False, **run_args: Any) -> RunSummary:
+async def perform(action: str, settings: Settings, *, limit: int = STATUS_LIMIT, compact: bool = False, full_preview: bool = False,
+                  background: bool = False, **run_args: Any) -> RunSummary:
     """The one entry point of every door. Never raises for an expected failure: the summary
     says ``ok: false``, carries the error, and ``summary.exception`` the exception.
 
     * ``status``: the last ``limit`` run reports, the held deletions and the newest preview
       started in the background (``shared/operations.py``), in ``summary.extra["status"]``; it
-      reads a snapshot, takes no lock, writes no report and logs no summary record.
+      reads a snapshot, takes no lock, writes no report and logs no summary record. With
+      ``compact`` the runs come without their record lists, and so does the preview's result
+      unless ``full_preview`` (``operations.status``).
     * ``test-update`` with ``background=True``: starts the preview on a worker thread and
       returns at once (``shared/previews.py``): ``summary.extra["preview"]`` is ``{"id",
       "state": "running", "startedAt"}``; its outcome appears in ``status``. When one runs
-      already, ``summary.exception`` is ``PreviewRunningError`` naming it.
+      already, ``summary.exception`` is ``PreviewRunningError`` naming it, and
+      ``summary.extra["running"]`` is ``{"id", "startedAt"}`` of the running one.
     * anything else: ``run(action, settings, **run_args)``."""
     if action == "status":
-        return await _status(settings, limit)
+        return await _status(settings, limit, compact=compact, full_preview=full_preview)
     if background and action == "test-update":
         options = run_args.pop("options", None) or Options(host="functions")
         storage = open_storage(settings)  # the previews' lock and records and the run's state: one client
@@ -90,10 +93,10 @@ def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, run_cancellable(coro)).result()
 
 
-async def _status(settings: Settings, limit: int) -> RunSummary:
+async def _status(settings: Settings, limit: int, *, compact: bool, full_preview: bool) -> RunSummary:
     summary = RunSummary("status")
     try:
-        summary.extra["status"] = await status(settings, limit=limit)
+        summary.extra["status"] = await status(settings, limit=limit, compact=compact, full_preview=full_preview)
         return summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
@@ -107,6 +110,8 @@ def _started(storage: Storage, work: Any) -> RunSummary:
         return summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
+        if isinstance(exc, PreviewRunningError):
+            summary.extra["running"] = {"id": exc.preview_id, "startedAt": exc.started}
         return summary.finish(False, scrub(str(exc)))
 
 

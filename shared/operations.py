@@ -68,10 +68,29 @@ def approve_deletions(
         db.close()
 
 
-async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
+# What a run report holds beyond what a compact status needs (with each dataset's rejections): record lists.
+_BULKY_RUN_KEYS = ("changes", "exclusions")
+
+
+def compact_run(report: dict[str, Any]) -> dict[str, Any]:
+    """A run report as a compact status shows it: counts and outcome, no per-record lists
+    (``changes``, ``exclusions``, each dataset's ``rejections*``)."""
+    out = {k: v for k, v in report.items() if k not in _BULKY_RUN_KEYS}
+    datasets = out.get("datasets")
+    if isinstance(datasets, dict):
+        out["datasets"] = {d: {k: v for k, v in c.items() if not k.startswith("rejections")} if isinstance(c, dict) else c
+                           for d, c in datasets.items()}
+    return out
+
+
+async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10,
+                 compact: bool = False, full_preview: bool = False) -> dict[str, Any]:
     """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``,
     and ``preview``, the newest preview started in the background (``shared/previews.py``;
-    only when one ever was). Reads a snapshot: it never waits for, or blocks, a running update."""
+    only when one ever was). Reads a snapshot: it never waits for, or blocks, a running update.
+
+    ``compact`` (``GET status``): the runs without their record lists (``compact_run``), and
+    the preview's ``result`` too unless ``full_preview``."""
     storage = open_storage(settings)  # the store and the reports over one client
     store = store or storage.store()
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
@@ -96,4 +115,10 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
             out["preview"] = preview
     except SyncError as exc:
         out["previewError"] = scrub(str(exc))
-    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)
+    doc = safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)
+    if compact:
+        doc["runs"] = [compact_run(r) for r in doc.get("runs", []) if isinstance(r, dict)]
+        preview = doc.get("preview")
+        if isinstance(preview, dict) and isinstance(preview.get("result"), dict) and not full_preview:
+            preview["result"] = compact_run(preview["result"])
+    return doc

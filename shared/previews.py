@@ -60,6 +60,7 @@ class PreviewRunningError(StateError):
     """A preview is running already (here or on another instance); nothing was started."""
 
     exit_code = 3
+    http_status = 409
 
     def __init__(self, preview_id: str | None, started: str | None, holder: str) -> None:
         self.preview_id = preview_id

@@ -507,3 +507,40 @@ def test_the_timer_still_raises_for_a_broken_state(stack):
     (state / "state.db").write_bytes(b"not a database")
     with pytest.raises(function_app.SyncRunFailed, match="state"):
         timer()
+
+
+# --- the HTTP status of each failure ----------------------------------------------------------------
+def _http_status_cases() -> list[tuple[Exception, int]]:
+    from shared.common import errors
+    from shared.plan.approval import ApprovalForbiddenError, ApprovalMismatchError
+    from shared.previews import PreviewRunningError
+    from shared.storage.lock import RunLockedError
+
+    return [
+        (RunLockedError("file:/x/run.lock", "update pid 1", None), 409),
+        (PreviewRunningError("0123456789abcdef", "2026-01-01T00:00:00Z", "preview"), 409),
+        (ApprovalMismatchError("the held deletions are not the set that was reviewed"), 409),
+        (ApprovalForbiddenError("no principal"), 403),
+        (errors.SettingsError("--expect", "approving needs the digest"), 400),
+        (errors.SettingsError("SYNC_SCOPE_GROUPS", "names no group"), 500),
+        (errors.GraphError("page failed"), 502),
+        (errors.IncompleteReadError("page failed"), 502),
+        (errors.SecretError("vault"), 502),
+        (errors.CredentialExpiredError("expired"), 502),
+        (errors.SyncApiUnavailableError("503"), 502),
+        (errors.SyncApiRequestError("400", 400), 502),
+        (errors.StateError("unreadable"), 500),
+        (errors.StateConflictError("written meanwhile"), 500),
+        (errors.DeletionsHeldError("held"), 500),
+        (errors.RunCancelledError("SIGTERM"), 500),
+        (errors.ExchangeError("exo"), 500),
+        (errors.SyncError("anything"), 500),
+    ]
+
+
+def test_each_failure_carries_the_http_status_the_endpoints_answer_with():
+    """The SyncError tree's ``http_status`` (shared/common/errors.py): 409 for a lock or preview
+    held elsewhere and for a held set that is not the one reviewed, 400 for the caller's own
+    input, 502 when a service the sync depends on failed, 500 otherwise."""
+    got = [(type(exc).__name__, exc.http_status) for exc, _ in _http_status_cases()]
+    assert got == [(type(exc).__name__, status) for exc, status in _http_status_cases()]

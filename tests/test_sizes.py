@@ -1,6 +1,6 @@
 """Size limits of ``shared/`` read with ast: no module over 400 lines, no function over 60.
 
-The modules and functions below are still over their limit (issue 10, step 6, unfinished):
+The modules and functions below are still over their limit (issue 10, "Done when", unfinished):
 each may not grow, and an entry that meets its limit must leave the list, so the list only
 shrinks until it is empty."""
 
@@ -15,7 +15,7 @@ FUNCTION_LINES = 60
 
 STILL_OVER_MODULES = {
     "shared/model/directory.py": 727,
-    "shared/sources/graph.py": 449,
+    "shared/sources/graph.py": 445,
     "shared/storage/state.py": 474,
 }
 STILL_OVER_FUNCTIONS = {

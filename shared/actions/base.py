@@ -31,7 +31,7 @@ class Options:
     max_items: int = MAX_ITEMS
     graph_concurrent: bool = True
     # Seconds between progress lines during long reads and sends (PROGRESS_INTERVAL_SECONDS;
-    # 0: none). The CLI passes the setting; the Function logs one every 30 s.
+    # 0: none). The CLI and the Function's timer (function_app.py) pass the setting.
     progress_interval: float = 30.0
     # Which door ran this: "functions" (function_app.py) or "cli"; the summary record's `host`
     # dimension, which the missed-run alert counts (only timer runs in Azure).

@@ -1,4 +1,4 @@
-"""The Exchange Online source's settings (docs/sync-rules.md, "Exchange Online"): ``EXO_MODE``,
+"""The Exchange Online source's settings (docs/sync-rules.md, "The Exchange Online source"): ``EXO_MODE``,
 ``EXO_RECIPIENT_TYPES`` and ``EXO_BASE_URL``, checked against ``GRAPH_AUTH``,
 ``GRAPH_TENANT_ID`` and ``SYNC_DATASETS``."""
 
@@ -15,7 +15,7 @@ from .values import TENANT_EXAMPLE, Getter, check_tenant
 EXO_MODES = ("off", "augment", "only")
 DEFAULT_EXO_BASE_URL = "https://outlook.office365.com"
 EXO_AUGMENT_TYPES: tuple[str, ...] = ("DynamicDistributionGroup", "PublicFolder")
-# Every RecipientTypeDetails value that receives mail (docs/sync-rules.md, "Exchange Online").
+# Every RecipientTypeDetails value that receives mail (docs/sync-rules.md, "The Exchange Online source").
 EXO_ALL_TYPES: tuple[str, ...] = (
     "UserMailbox", "SharedMailbox", "RoomMailbox", "EquipmentMailbox", "MailUser", "GuestMailUser", "MailContact",
     "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailNonUniversalGroup", "RoomList",
@@ -25,7 +25,7 @@ EXO_ALL_TYPES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class ExoSettings:
-    """The Exchange Online source (docs/sync-rules.md, "Exchange Online"): ``mode`` is ``off``,
+    """The Exchange Online source (docs/sync-rules.md, "The Exchange Online source"): ``mode`` is ``off``,
     ``augment`` or ``only``; ``recipient_types`` are RecipientTypeDetails values; ``base_url``
     has no trailing slash; ``tenant`` is GRAPH_TENANT_ID (set whenever the mode is not off)."""
 

@@ -3,8 +3,8 @@
 There is no public Exchange Online REST API that lists recipients (the official Exchange
 Online Admin API v2.0, in preview since November 2025, has none). The Exchange Online
 PowerShell module (v3) posts each cmdlet to an admin endpoint, and this module does the
-same, for one cmdlet (docs/sync-rules.md, "Exchange Online, for recipients that Graph
-cannot see")::
+same, for one cmdlet (docs/sync-rules.md, "The Exchange Online
+source")::
 
     POST {EXO_BASE_URL}/adminapi/beta/{GRAPH_TENANT_ID}/InvokeCommand
     Authorization: Bearer <token for {EXO_BASE_URL}/.default>   (none with GRAPH_AUTH=none)

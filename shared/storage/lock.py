@@ -41,6 +41,7 @@ class RunLockedError(StateError):
     """Another run holds the lock; this run changed nothing."""
 
     exit_code = 3
+    http_status = 409  # Conflict: the operator endpoints' answer
 
     def __init__(self, where: str, holder: str, since: str | None, note: str | None = None) -> None:
         self.where = where
