@@ -95,7 +95,7 @@ class ReadStage(RunParts):
     async def _with_exchange(self, graph_work: Awaitable[Read] | None, reason: str) -> Read:
         """Graph's round and Exchange Online's complete read, concurrently: the first to fail
         cancels the other and fails the run before anything is sent (docs/sync-rules.md,
-        "Exchange Online"). ``graph_work`` None: EXO_MODE=only, no Graph request at all."""
+        "The Exchange Online source"). ``graph_work`` None: EXO_MODE=only, no Graph request at all."""
         if graph_work is not None and not self.settings.exo.enabled:
             return await graph_work
         if graph_work is None:

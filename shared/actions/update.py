@@ -3,7 +3,7 @@ plus everything held, rejected, unknown or to recheck), the deletion guard, the 
 and the one commit; a state no run ever completed gets its baseline from the service first.
 
 In: the state, the provisioned domains. Out: batches sent (``shared/send.py``), the state
-committed, the summary's counts and ``heldDeletions`` (docs/sync-rules.md, "Deletion guard")."""
+committed, the summary's counts and ``heldDeletions`` (docs/sync-rules.md, "The deletion guard")."""
 
 from __future__ import annotations
 
