@@ -30,23 +30,20 @@ prints ``READY <base_url>`` once listening and serves until SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import re
 import secrets
-import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from devstack.http_server import LoopbackService, Response, loopback_parser, parse_loopback_args, serve_until_signalled
 
 ANCHOR = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant}"
 MAX_PAGE_SIZE = 1000
@@ -58,14 +55,6 @@ KNOWN_TYPES = frozenset({
 })
 FAULTS = ("429", "503", "throttle", "malformed", "drop", "401", "403")
 _PATH = re.compile(r"^/adminapi/beta/([^/]+)/InvokeCommand$")
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
 
 
 @dataclass
@@ -94,9 +83,12 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return _json(status, {"error": {"code": code, "message": message}}, headers)
 
 
-class ExchangeEmulator:
+class ExchangeEmulator(LoopbackService):
     """Serves ``recipients`` (dicts as ``Get-Recipient`` returns them) for ``tenant`` (any
-    tenant when None)."""
+    tenant when None). ``start(port=0, host="127.0.0.1")`` serves it from a thread and returns
+    the base URL (EXO_BASE_URL) ``http://host:port``; ``stop()`` (or ``with``) ends it."""
+
+    thread_name = "exchange-emulator"
 
     def __init__(self, recipients: Iterable[dict[str, Any]] = (), *, tenant: str | None = None, bearer: str | None = None,
                  max_page_size: int = MAX_PAGE_SIZE, latency: float = 0.0) -> None:
@@ -110,9 +102,6 @@ class ExchangeEmulator:
         self._recipients: dict[str, dict[str, Any]] = {}
         self._listings: dict[str, tuple[str, list[dict[str, Any]], int]] = {}  # skip token -> body hash, snapshot, offset
         self._faults: list[_Fault] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
         for r in recipients:
             self.upsert(r)
 
@@ -144,41 +133,6 @@ class ExchangeEmulator:
 
     def posts(self) -> list[LoggedRequest]:
         return [r for r in self.request_log if r.method == "POST"]
-
-    # --- lifecycle -------------------------------------------------------------------------
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        """Listen in a background thread; returns the base URL (EXO_BASE_URL) ``http://host:port``."""
-        if self._server is not None:
-            return self.base_url
-        server = _Server((host, port), _Handler)
-        server.daemon_threads = True
-        server.emulator = self  # type: ignore[attr-defined]
-        self._server = server
-        self.base_url = f"http://{host}:{server.server_address[1]}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="exchange-emulator", daemon=True)
-        self._thread.start()
-        return self.base_url
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __enter__(self) -> ExchangeEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     # --- the protocol ----------------------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response:
@@ -316,81 +270,18 @@ def recipient(guid: str, kind: str, primary: str, *, emails: Sequence[str] | Non
     }
 
 
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "Microsoft-IIS/10.0"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        emulator: ExchangeEmulator = self.server.emulator  # type: ignore[attr-defined]
-        with emulator._lock:
-            emulator._connections.add(self.connection)
-
-    def finish(self) -> None:
-        emulator: ExchangeEmulator = self.server.emulator  # type: ignore[attr-defined]
-        with emulator._lock:
-            emulator._connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        emulator: ExchangeEmulator = self.server.emulator  # type: ignore[attr-defined]
-        resp = emulator.handle(self.command, self.path, self.headers, body)
-        if resp.drop:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        reason = self.responses.get(resp.status, ("",))[0]
-        head = [f"HTTP/1.1 {resp.status} {reason}", f"Date: {formatdate(usegmt=True)}", f"Content-Length: {len(resp.body)}"]
-        head += [f"{k}: {v}" for k, v in resp.headers.items()]
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the demo tenant's Exchange-only recipients; print ``READY <base_url>``."""
     from devstack.tenant import demo_exchange_recipients
 
-    parser = argparse.ArgumentParser(prog="python -m devstack.exchange_emulator", description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--host", default="127.0.0.1", help="loopback only")
+    parser = loopback_parser("python -m devstack.exchange_emulator", __doc__.split("\n")[0])
     parser.add_argument("--tenant", default=None, help="serve only this tenant (default: any)")
     parser.add_argument("--bearer", default=None, help="require this bearer token")
     parser.add_argument("--demo", action="store_true", help="serve devstack.tenant.demo_exchange_recipients() (the default)")
     parser.add_argument("--max-page-size", type=int, default=MAX_PAGE_SIZE)
-    args = parser.parse_args(argv)
-    if not (args.host == "localhost" or args.host.startswith("127.")):
-        parser.error("--host must be a loopback address (127.0.0.0/8 or localhost)")
+    args = parse_loopback_args(parser, argv)
     emulator = ExchangeEmulator(demo_exchange_recipients(), tenant=args.tenant, bearer=args.bearer, max_page_size=args.max_page_size)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"READY {emulator.start(port=args.port, host=args.host)}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        emulator.stop()
-    return 0
+    return serve_until_signalled(lambda: emulator.start(port=args.port, host=args.host), emulator.stop)
 
 
 if __name__ == "__main__":

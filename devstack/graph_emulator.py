@@ -65,18 +65,16 @@ emulator in another process (not counted as Graph requests, never faulted or del
 The code lives in ``devstack/graph/``, one module per concern: ``model`` (vocabulary, errors, the
 JSON encoder), ``wire`` (object JSON, pages, query options), ``store`` (the directory model and its
 change log), ``paging`` (plain collections and routing), ``delta`` (delta rounds and tokens),
-``scripted`` (scripted delta rounds), ``faults``, ``admin`` (the ``/_emulator/`` endpoints),
-``server`` (the socket layer) and ``emulator`` (``GraphEmulator``, which joins them). This module is
+``scripted`` (scripted delta rounds), ``faults``, ``admin`` (the ``/_emulator/`` endpoints) and
+``emulator`` (``GraphEmulator``, which joins them); the socket layer, lifecycle and command-line
+helpers it shares with the other loopback servers are in ``devstack/http_server.py``. This module is
 the public entry: it re-exports ``GraphEmulator`` and runs the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from devstack.graph.emulator import GraphEmulator
@@ -91,6 +89,7 @@ from devstack.graph.model import (
     GraphError,
     Response,
 )
+from devstack.http_server import loopback_parser, parse_loopback_args, serve_until_signalled
 
 __all__ = [
     "COLLECTIONS",
@@ -113,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve a generated tenant until SIGTERM/SIGINT; print ``READY <base_url>`` once listening."""
     from devstack.tenant import demo_tenant, generate_tenant
 
-    parser = argparse.ArgumentParser(prog="python -m devstack.graph_emulator", description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--host", default="127.0.0.1", help="loopback only, e.g. 127.0.0.1")
+    parser = loopback_parser("python -m devstack.graph_emulator", __doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--groups", type=int, default=None)
     parser.add_argument("--memberships-per-user", type=float, default=3.0)
@@ -126,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-page-size", type=int, default=999)
     parser.add_argument("--max-members-per-page", type=int, default=500)
     parser.add_argument("--delta-token-ttl", type=float, default=None)
-    args = parser.parse_args(argv)
-    if not (args.host == "localhost" or args.host.startswith("127.")):
-        parser.error("--host must be a loopback address (127.0.0.0/8 or localhost)")
+    args = parse_loopback_args(parser, argv)
     if args.demo:
         directory = demo_tenant(seed=args.seed)
     else:
@@ -145,17 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator.warm()
     gc.collect()
     gc.freeze()  # the directory lives until exit: keep it out of every later collection
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    base_url = emulator.start(port=args.port, host=args.host)
-    print(f"READY {base_url}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        emulator.stop()
-    return 0
+    return serve_until_signalled(lambda: emulator.start(port=args.port, host=args.host), emulator.stop)
 
 
 if __name__ == "__main__":

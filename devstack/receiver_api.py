@@ -153,7 +153,7 @@ def resolve(method: str, path: str) -> tuple[Route, dict[str, str]]:
                 raise ApiError(404, "Unknown dataset", f"no dataset {params['dataset']!r}; the datasets are {list(DATASETS)}")
             return route, params
     allowed = ", ".join(sorted({r.method for r, _ in matched}))
-    raise ApiError(405, "Method not allowed", f"{method} is not allowed on {path}; use {allowed}")
+    raise ApiError(405, "Method not allowed", f"{method} is not allowed on {path}; use {allowed}", [("Allow", allowed)])
 
 
 class Credentials:
@@ -257,7 +257,7 @@ class SyncApi:
 
     def _error(self, error: ApiError) -> HttpResponse:
         headers = self.credentials.challenge() if error.status == 401 else []
-        return problem_response(error, headers)
+        return problem_response(error, headers + error.headers)
 
     def _fault_response(self, fault: Fault) -> HttpResponse:
         kind = fault.kind

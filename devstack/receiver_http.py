@@ -1,26 +1,22 @@
 """HTTP/1.1 plumbing of the receiver: framing, body decoding and responses.
 
-The standard library's ThreadingHTTPServer is enough: with keep-alive, one
-write per response and TCP_NODELAY, a request costs a few milliseconds, which
-is dominated by JSON parsing and validation, not by HTTP.
+The standard library's ThreadingHTTPServer is enough (the server and the
+handler base are devstack/http_server.py, shared with the emulators): with
+keep-alive, one write per response and TCP_NODELAY, a request costs a few
+milliseconds, which is dominated by JSON parsing and validation, not by HTTP.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import sys
-import threading
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from devstack.http_server import TrackedHandler
 from devstack.receiver_store import ApiError
 
 _CHUNK = 1 << 16
@@ -140,82 +136,19 @@ def _no_constants(name: str) -> Any:
 # ---- the server -------------------------------------------------------------
 
 
-class ReceiverServer(ThreadingHTTPServer):
-    """A threaded server that knows its open connections, so stop() can close them."""
+class ReceiverHandler(TrackedHandler):
+    """Reads one request fully, hands it to ``server.app.handle`` (the receiver), writes the
+    answer in one send. The server is a ``devstack.http_server.LoopbackServer``; the app also
+    names ``raw_body_cap``, the most raw body bytes read before a request counts as too large."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handle: Callable[[HttpRequest], HttpResponse], raw_body_cap: int) -> None:
-        self.handle_request_fn = handle
-        self.raw_body_cap = raw_body_cap
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, ReceiverHandler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-exchange is not a receiver fault: no traceback for it."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-
-class ReceiverHandler(BaseHTTPRequestHandler):
-    """Reads one request fully, hands it to the receiver, writes the answer in one send."""
-
-    protocol_version = "HTTP/1.1"
     server_version = "devstack-sync-receiver/1"
     timeout = 300
-    server: ReceiverServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib's own errors (bad request line, huge headers) as problem+json too."""
         self.close_connection = True
         title = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "Error"
         self._send(problem_response(ApiError(code, title, explain or message or title)))
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Quiet: the request log is the record, not stderr."""
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_OPTIONS(self) -> None:
-        self._serve()
-
-    def do_HEAD(self) -> None:
-        """No endpoint serves HEAD; answer 405 without a body, keeping the framing right."""
-        self._serve()
 
     def _serve(self) -> None:
         try:
@@ -226,11 +159,14 @@ class ReceiverHandler(BaseHTTPRequestHandler):
             return
         target = urlsplit(self.path)
         request = HttpRequest(self.command, self.path, target.path, target.query, self.headers, body, too_large)
-        response = self.server.handle_request_fn(request)
+        response = self.server.app.handle(request)
         if response.drop:
             self.close_connection = True
             return
         self._send(response)
+
+    # No endpoint serves HEAD: it is answered 405 without a body, keeping the framing right.
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_OPTIONS = do_HEAD = _serve
 
     def _read_body(self) -> tuple[bytes, bool]:
         """The raw body, drained but discarded past the cap so keep-alive stays usable."""
@@ -242,7 +178,7 @@ class ReceiverHandler(BaseHTTPRequestHandler):
         if not length_header.strip().isdigit():
             raise ApiError(400, "Bad Content-Length", f"Content-Length {length_header!r} is not a number")
         length = int(length_header)
-        if length > self.server.raw_body_cap:
+        if length > self.server.app.raw_body_cap:
             self._drain(length)
             return b"", True
         return self._read_exact(length), False
@@ -273,7 +209,7 @@ class ReceiverHandler(BaseHTTPRequestHandler):
                     pass
                 return b"".join(parts), too_large
             total += size
-            if total > self.server.raw_body_cap:
+            if total > self.server.app.raw_body_cap:
                 too_large, parts = True, []
                 self._drain(size)
             else:

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +34,15 @@ from devstack.receiver_records import (
 
 
 class ApiError(Exception):
-    """A request-level failure that becomes a problem+json response."""
+    """A request-level failure that becomes a problem+json response; ``headers`` are sent with
+    it (a 405's ``Allow``)."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(self, status: int, title: str, detail: str, headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
+        self.headers = list(headers)
 
 
 _ABSENT = object()

@@ -27,7 +27,7 @@ Requests
 - The 10 MB limit is on the uncompressed body (decompression stops there, so
   a gzip bomb is a 413). An oversized plain body is drained, then 413.
 - Unknown query parameters, a repeated parameter, or query parameters on an
-  endpoint that takes none are 400. A wrong method on a known path is 405.
+  endpoint that takes none are 400. A wrong method on a known path is 405, with `Allow`.
   Unknown paths are 404 (problem+json), as is an unknown dataset name
   (case-sensitive: `Users` is not a dataset).
 - `POST /changes`: the body must be an object whose only members are
@@ -131,24 +131,31 @@ body instead of the real answer (kept in the log's `response`).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from devstack.http_server import LoopbackService, loopback_parser, parse_loopback_args, serve_until_signalled
 from devstack.receiver_addresses import normalize_domain
 from devstack.receiver_api import Credentials, LoggedRequest, SyncApi
-from devstack.receiver_http import HttpRequest, HttpResponse, ReceiverServer, json_response, parse_json, problem_response
+from devstack.receiver_http import HttpRequest, HttpResponse, ReceiverHandler, json_response, parse_json, problem_response
 from devstack.receiver_records import DATASETS, RecordValidator
 from devstack.receiver_store import ApiError, Store
 
 __all__ = ["LoggedRequest", "SyncReceiver", "main"]
 
 
-class SyncReceiver:
-    """A real HTTP server on 127.0.0.1 that implements every rule of docs/sync-api.md."""
+class SyncReceiver(LoopbackService):
+    """A real HTTP server on 127.0.0.1 that implements every rule of docs/sync-api.md.
+
+    ``start(port=0)`` binds 127.0.0.1:port (0 picks a free one), serves from a thread and
+    returns the /v1 base URL; ``stop()`` (or ``with``) stops serving and closes keep-alive
+    connections, so clients see the server go (``devstack.http_server``)."""
+
+    http_handler = ReceiverHandler
+    thread_name = "sync-receiver"
+    url_path = "/v1"
 
     def __init__(
         self,
@@ -169,40 +176,11 @@ class SyncReceiver:
         credentials = Credentials(credential, forbidden_credential)
         self._api = SyncApi(self._store, credentials, self.domains, max_items, max_body_bytes, log_bodies)
         self.max_body_bytes = max_body_bytes
-        self._server: ReceiverServer | None = None
-        self._thread: threading.Thread | None = None
-        self.base_url = ""
 
-    # ---- lifecycle --------------------------------------------------------------
-
-    def start(self, port: int = 0) -> str:
-        """Bind 127.0.0.1:port (0 picks a free one), serve in a thread, return the /v1 base URL."""
-        raw_cap = self.max_body_bytes + self.max_body_bytes // 64 + 4096
-        self._server = ReceiverServer(("127.0.0.1", port), self._dispatch, raw_cap)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
-                                         name="sync-receiver", daemon=True)
-        self._thread.start()
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and close keep-alive connections, so clients see the server go."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.close_connections()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> SyncReceiver:
-        if self._server is None:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def raw_body_cap(self) -> int:
+        """Raw (possibly gzip) body bytes read before a request counts as too large."""
+        return self.max_body_bytes + self.max_body_bytes // 64 + 4096
 
     # ---- inspection and control ---------------------------------------------------
 
@@ -245,6 +223,10 @@ class SyncReceiver:
             return list(self._api.idempotency.reused_keys)
 
     # ---- HTTP -------------------------------------------------------------------------
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        """Answer one request (the socket layer is ``devstack.receiver_http.ReceiverHandler``)."""
+        return self._dispatch(request)
 
     def _dispatch(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith("/_receiver/"):
@@ -303,8 +285,8 @@ def _check_dataset(dataset: str, error: Exception | None = None) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devstack.sync_receiver", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    parser = loopback_parser("python -m devstack.sync_receiver", __doc__.splitlines()[0], host=False,
+                             port_help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--domains", required=True, help="comma-separated provisioned domains")
     parser.add_argument("--credential", default="sync:secret", help="user:pass for Basic, or a Bearer token")
     parser.add_argument("--forbidden-credential", default=None, help="a credential that authenticates but gets 403")
@@ -313,7 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-body-bytes", type=int, default=10_000_000)
     parser.add_argument("--replacement-ttl", type=float, default=86400.0)
     parser.add_argument("--no-log-bodies", action="store_true", help="keep request bodies out of the log (saves memory)")
-    return parser.parse_args(argv)
+    return parse_loopback_args(parser, argv)
 
 
 def _split(text: str) -> list[str]:
@@ -328,16 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         other_account_addresses=set(_split(args.other_account_addresses)), max_items=args.max_items,
         max_body_bytes=args.max_body_bytes, replacement_ttl=args.replacement_ttl, log_bodies=not args.no_log_bodies,
     )
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    base_url = receiver.start(args.port)
-    sys.stdout.write(f"READY {base_url}\n")
-    sys.stdout.flush()
-    while not stopping.wait(0.5):
-        pass
-    receiver.stop()
-    return 0
+    return serve_until_signalled(lambda: receiver.start(args.port), receiver.stop)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 One run flows one way: settings → Graph read → projection → diff against the
 change-tracking state → sync API → state. Each stage is a module with a plain-data
-interface; ``function_app.py`` and ``python -m shared`` are two doors into ``engine.run``.
+interface; three doors reach ``engine.perform``: the timer (``function_app.py``), the operator
+endpoints (``operator_endpoints.py``) and the command line (``python -m shared``).
 """
 
 __version__ = "1.0.0"

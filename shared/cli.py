@@ -18,8 +18,8 @@ from .common.summary import RunSummary
 from .common.telemetry import configure_telemetry, flush_telemetry
 from .config.settings import load_settings, progress_interval_seconds
 from .config.state_settings import load_state_settings
-from .engine import ACTIONS, Options, run
-from .operations import status
+from .engine import ACTIONS, Options, perform
+from .model.records import DATASETS
 from .text import format_status, print_report
 
 SETTINGS_LINE = (
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=f"example: {example}\n\n{SETTINGS_LINE}",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "approve-deletions":
-            sub.add_argument("--dataset", choices=("addresses", "groups", "users"), help="approve only this dataset's held deletions")
+            sub.add_argument("--dataset", choices=DATASETS, help="approve only this dataset's held deletions")
             sub.add_argument("--expect", metavar="DIGEST", required=False,
                              help="the digest of the held set you reviewed, as status or test-update shows it (required when deletions are held)")
     return parser
@@ -103,24 +103,21 @@ def _main(args: argparse.Namespace, options: Options) -> int:
             print(summary.to_json(), flush=True)
         print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
         return exc.exit_code
-    if args.action == "status":
-        try:
-            info = asyncio.run(status(settings))
-        except SyncError as exc:
-            print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
-            return exc.exit_code
+    options.progress_interval = progress_interval
+    summary = asyncio.run(run_cancellable(perform(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
+    if summary.ok and args.action == "status":
+        info = summary.extra["status"]
         if args.json:
             print(json.dumps(info, ensure_ascii=False, separators=(",", ":")), flush=True)
         else:
             held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
-            print(format_status(info["runs"], held), end="")
+            print(format_status(info["runs"], held, info.get("preview")), end="")
         return 0
-    options.progress_interval = progress_interval
-    summary = asyncio.run(run_cancellable(run(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))
-    if args.json:
-        print(summary.to_json(), flush=True)
-    else:
-        print_report(summary)
+    if args.action != "status":
+        if args.json:
+            print(summary.to_json(), flush=True)
+        else:
+            print_report(summary)
     if not summary.ok:
         code = summary.exception.exit_code if isinstance(summary.exception, SyncError) else 1
         print(f"error: {summary.error}", file=sys.stderr, flush=True)

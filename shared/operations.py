@@ -1,5 +1,6 @@
 """Operator actions on the state that need no directory read: approving held deletions, and
-the status (last runs, held deletions) shown by ``python -m shared status`` and ``GET status``."""
+the status (last runs, held deletions, the newest preview started by ``POST test-update``)
+shown by ``python -m shared status`` and ``GET status``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .config.settings import Settings
 from .model.records import DATASETS
 from .plan.approval import Approver, check_expected, held_count, held_digest, normalize_digest
 from .plan.guard import approve
+from .previews import newest_preview
 from .storage.backend import open_storage
 from .storage.history import ReportStore
 from .storage.stores import StateStore
@@ -66,9 +68,29 @@ def approve_deletions(
         db.close()
 
 
-async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10) -> dict[str, Any]:
-    """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``.
-    Reads a snapshot: it never waits for, or blocks, a running update."""
+# What a run report holds beyond what a compact status needs (with each dataset's rejections): record lists.
+_BULKY_RUN_KEYS = ("changes", "exclusions")
+
+
+def compact_run(report: dict[str, Any]) -> dict[str, Any]:
+    """A run report as a compact status shows it: counts and outcome, no per-record lists
+    (``changes``, ``exclusions``, each dataset's ``rejections*``)."""
+    out = {k: v for k, v in report.items() if k not in _BULKY_RUN_KEYS}
+    datasets = out.get("datasets")
+    if isinstance(datasets, dict):
+        out["datasets"] = {d: {k: v for k, v in c.items() if not k.startswith("rejections")} if isinstance(c, dict) else c
+                           for d, c in datasets.items()}
+    return out
+
+
+async def status(settings: Settings, *, store: StateStore | None = None, reports: ReportStore | None = None, limit: int = 10,
+                 compact: bool = False, full_preview: bool = False) -> dict[str, Any]:
+    """The last runs and the held deletions, for ``python -m shared status`` and ``GET status``,
+    and ``preview``, the newest preview started in the background (``shared/previews.py``;
+    only when one ever was). Reads a snapshot: it never waits for, or blocks, a running update.
+
+    ``compact`` (``GET status``): the runs without their record lists (``compact_run``), and
+    the preview's ``result`` too unless ``full_preview``."""
     storage = open_storage(settings)  # the store and the reports over one client
     store = store or storage.store()
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
@@ -88,4 +110,15 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
         out["runs"] = (reports or storage.reports()).recent(limit)
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
-    return safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)
+    try:
+        if (preview := newest_preview(storage)) is not None:
+            out["preview"] = preview
+    except SyncError as exc:
+        out["previewError"] = scrub(str(exc))
+    doc = safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)
+    if compact:
+        doc["runs"] = [compact_run(r) for r in doc.get("runs", []) if isinstance(r, dict)]
+        preview = doc.get("preview")
+        if isinstance(preview, dict) and isinstance(preview.get("result"), dict) and not full_preview:
+            preview["result"] = compact_run(preview["result"])
+    return doc

@@ -3,7 +3,7 @@ read itself (Graph → a ``Round`` of entries in arrival order), and its merge i
 directory cache. Full reads and delta rounds go through the same merge
 (``shared.model.directory.Round`` and ``Cache.apply_round``): a full read is a first delta round
 applied to an empty cache, and the full projection is computed from that cache by the same
-rules as a delta round's affected keys (docs/sync-rules.md, "Reading the directory").
+rules as a delta round's affected keys (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order").
 
 Shapes: ``Read.kind`` is ``"full"`` or ``"delta"``; ``Read.links`` maps each collection to the
 round's ``@odata.deltaLink`` (``None`` where the delta endpoint was not served);

@@ -49,9 +49,21 @@ def print_report(summary: RunSummary) -> None:
         print(f"  warning: {w}")
 
 
-def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | None) -> str:
-    """The text of ``python -m shared status``: the last runs, newest first, then the held
-    deletions and how to approve them.
+def _preview_line(preview: dict[str, Any]) -> str:
+    """``newest preview (POST test-update) <id>: finished, started <UTC>, ended <UTC>`` (and the
+    error of a failed one)."""
+    text = f"newest preview (POST test-update) {preview.get('id', '-')}: {preview.get('state', '-')}, started {preview.get('startedAt', '-')}"
+    if preview.get("endedAt"):
+        text += f", ended {preview['endedAt']}"
+    if preview.get("error"):
+        text += f": {preview['error']}"
+    return text
+
+
+def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | None, preview: dict[str, Any] | None = None) -> str:
+    """The text of ``python -m shared status``: the last runs, newest first, the newest preview
+    started by ``POST test-update`` (``preview``, ``shared/previews.py``; none: no line), then the
+    held deletions and how to approve them.
 
     ``held`` is the state's current held deletions per dataset. When it is None (the state
     could not be consulted), the newest report that recorded ``heldDeletions`` is shown
@@ -63,6 +75,8 @@ def format_status(reports: list[dict[str, Any]], held: dict[str, list[str]] | No
     held = safe_tree(held) if held is not None else None
     lines = _runs_table(reports)
     lines.extend(rule_exclusion_lines(reports))  # scope and exclusions (shared/model/rules.py)
+    if isinstance(preview, dict):
+        lines.append(_preview_line(safe_tree(preview)))
     lines.append("")
     source = "held deletions"
     counts: dict[str, int]

@@ -1,4 +1,6 @@
-"""Offline reading of the Bicep files in infra/, for tests/test_infra.py.
+"""Offline reading of the Bicep files in infra/, and the helpers the infra suites share
+(tests/test_infra.py, tests/test_infra_ops.py, tests/test_portal_template.py): values at a
+dotted path, a mutated copy of infra/, the checkov runs and the Bicep CLI lookup.
 
 The Bicep grammar is tree-sitter-bicep (PyPI), a real Bicep grammar. It predates the
 `extension` keyword (Bicep's extensibility, which the Microsoft Graph extension needs),
@@ -11,13 +13,19 @@ that starts with `extension` is an error, not something to blank.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import pytest
 import tree_sitter
 import tree_sitter_bicep
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -293,3 +301,111 @@ def parse_bicep(path: Path) -> BicepFile:
 
 def bicep_files() -> list[Path]:
     return sorted(p for p in INFRA.rglob("*.bicep") if ".build" not in p.parts)
+
+
+# ----------------------------------------------------------------------------- values at a path
+def load(root: Path, relative: str) -> BicepFile:
+    """The parsed Bicep file ``relative`` of the infra/ directory ``root`` (infra/ or a mutated copy)."""
+    return parse_bicep((root / relative).resolve())
+
+
+def lit(bicep: BicepFile, node: tree_sitter.Node, dotted: str | None = None):
+    """Literal value at a dotted path (None when absent or not a literal)."""
+    try:
+        target = lookup(bicep, node, dotted) if dotted else node
+        return literal(bicep, target)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def expr(bicep: BicepFile, node: tree_sitter.Node, dotted: str) -> str:
+    """Expression text at a dotted path ('' when absent)."""
+    try:
+        return bicep.text(lookup(bicep, node, dotted))
+    except (KeyError, TypeError):
+        return ""
+
+
+def module_params(main: BicepFile, module: str) -> dict[str, str]:
+    """A module's ``params``: name -> the expression text main.bicep passes."""
+    body = main.modules[module].body
+    return {k: main.text(v) for k, v in object_properties(main, lookup(main, body, "params")).items()}
+
+
+# ----------------------------------------------------------------------------- mutated copies
+def copy_infra(tmp_path: Path, *ignore: str) -> Path:
+    """A copy of infra/ at ``tmp_path/infra``, without its ``.build`` output (nor ``ignore``)."""
+    copy = tmp_path / "infra"
+    shutil.copytree(INFRA, copy, ignore=shutil.ignore_patterns(".build", *ignore))
+    return copy
+
+
+def mutated_infra(tmp_path: Path, relative: str, old: str, new: str) -> Path:
+    """A copy of infra/ in which the one ``old`` of ``relative`` is replaced by ``new``; fails
+    when ``old`` is not found exactly once (a mutation that no longer applies proves nothing)."""
+    copy = copy_infra(tmp_path)
+    target = copy / relative
+    text = target.read_text()
+    assert text.count(old) == 1, f"mutation anchor not found exactly once in {relative}: {old!r}"
+    target.write_text(text.replace(old, new))
+    return copy
+
+
+# ----------------------------------------------------------------------------- checkov
+CHECKOV_CONFIG = INFRA / ".checkov.yaml"
+
+
+def find_checkov() -> str | None:
+    candidates = [os.environ.get("CHECKOV_BIN"), shutil.which("checkov"), str(REPO / ".local/checkov/bin/checkov")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_checkov() -> str:
+    """The checkov executable; skips the test when it is not installed (fails under REQUIRE_CHECKOV)."""
+    found = find_checkov()
+    if found is None:
+        message = "checkov is not installed (pip install -r infra/requirements-checkov.txt into .local/checkov)"
+        if os.environ.get("REQUIRE_CHECKOV"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def checkov_skips(config: Path) -> dict[str, str]:
+    """skip-check entries of a .checkov.yaml with the reason on their line."""
+    reasons = {}
+    for line in config.read_text().splitlines():
+        match = re.match(r"\s*-\s*(CKV2?_\w+)\s*(?:#\s*(.*))?$", line)
+        if match:
+            reasons[match.group(1)] = (match.group(2) or "").strip()
+    configured = yaml.safe_load(config.read_text())["skip-check"]
+    assert sorted(configured) == sorted(reasons), "every skip-check entry must be on its own '- ID  # reason' line"
+    return reasons
+
+
+def skipped_checks() -> dict[str, str]:
+    """skip-check entries of infra/.checkov.yaml with the reason on their line."""
+    return checkov_skips(CHECKOV_CONFIG)
+
+
+def checkov_report(command: list[str], check_type: str, cwd: Path) -> dict:
+    """Run checkov (``command``, with ``-o json``) in ``cwd``; its one report of ``check_type``."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    (found,) = [r for r in reports if r.get("check_type") == check_type]
+    return found
+
+
+# ----------------------------------------------------------------------------- bicep CLI
+def bicep_cli() -> tuple[str, tuple[int, int, int]] | None:
+    path = shutil.which("bicep")
+    if path is None:
+        return None
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    return (path, tuple(map(int, match.groups()))) if match else None

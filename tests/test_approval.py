@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from shared.plan.approval import APPROVER_ROLE, held_digest
 from tests import launcher
 from tests.stack import CREDENTIAL
-from tests.test_operator_endpoints import ENDPOINTS, FUNCTIONS, held, stack, state_files, tenant, timer  # noqa: F401 - fixtures below  # noqa: F401 - pytest fixtures
+from tests.test_operator_endpoints import ENDPOINTS, FUNCTIONS, held, preview, stack, state_files, tenant, timer  # noqa: F401 - fixtures below  # noqa: F401 - pytest fixtures
 
 PASSWORD = CREDENTIAL.split(":", 1)[1]
 
@@ -86,8 +86,8 @@ def test_status_and_test_update_show_the_digest_and_count_of_the_held_set(held):
     stored = {d: h["keys"] for d, h in info["heldDeletions"].items()}
     assert info["heldDigest"] == held_digest(stored) and info["heldCount"] == sum(len(v) for v in stored.values())
     assert info["heldDeletions"]["users"]["digest"] == held_digest({"users": keys_held})
-    code, preview = call("operator_test_update")
-    assert code == 200 and preview["heldDigest"] == info["heldDigest"] and preview["heldCount"] == info["heldCount"]
+    result = preview()  # POST test-update, then its result from GET status
+    assert result["ok"] is True and result["heldDigest"] == info["heldDigest"] and result["heldCount"] == info["heldCount"]
 
 
 def test_approval_without_the_digest_is_400_naming_expect_and_approves_nothing(held):
@@ -215,10 +215,9 @@ def test_a_cancel_from_the_sigterm_handler_ends_a_worker_thread_run_with_its_rep
     import threading
     import time
 
-    import function_app
     from shared.common import shutdown
     from shared.config.settings import load_settings
-    from shared.engine import run
+    from shared.engine import run, run_to_end
 
     graph, _, state, _ = held
     graph.latency = 3600  # the run waits in the Graph read until the test lowers it again
@@ -226,7 +225,7 @@ def test_a_cancel_from_the_sigterm_handler_ends_a_worker_thread_run_with_its_rep
     done: dict[str, Any] = {}
 
     def worker() -> None:
-        done["summary"] = function_app._run_to_end(run("update", load_settings()))
+        done["summary"] = run_to_end(run("update", load_settings()))
 
     thread = threading.Thread(target=worker)
     thread.start()

@@ -39,7 +39,11 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 target = node.module or ""
             found.add(target)
             found.update(f"{target}.{a.name}" for a in node.names)  # `from .pkg import module`
-    return {m for m in found if m in known and m != name}
+    # Importing ``a.b.c`` runs the packages ``a`` and ``a.b`` first (their ``__init__.py``), so a
+    # cycle through a package's ``__init__`` is a cycle too. The packages that hold ``name`` itself
+    # are left out: Python has run them before ``name``, whatever ``name`` imports.
+    found.update(".".join(m.split(".")[:i]) for m in list(found) for i in range(1, m.count(".") + 1))
+    return {m for m in found if m in known and m != name and not name.startswith(m + ".")}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -85,6 +89,23 @@ def test_the_graph_sees_relative_and_function_local_imports(tmp_path):
     assert "shared.model.records" in graph["shared.model.projection"]  # from .records import ...
     assert "shared.engine" in graph["shared.cli"]  # from .engine import ...
     assert "shared.cli" in graph["shared.__main__"]
+
+
+def test_an_import_runs_the_packages_above_the_module(tmp_path):
+    """``from ..common.errors import X`` runs ``shared/common/__init__.py`` (and ``shared/__init__.py``)
+    first: those are edges, so a package whose ``__init__`` imports back is a cycle."""
+    source = tmp_path / "engine.py"
+    source.write_text("from .common.errors import SyncError\n", encoding="utf-8")
+    known = {"shared", "shared.common", "shared.common.errors", "shared.engine"}
+    assert imports_of("shared.engine", source, known) == {"shared.common", "shared.common.errors"}  # not `shared`: it holds engine
+    init = tmp_path / "__init__.py"
+    init.write_text("from ..engine import perform\n", encoding="utf-8")
+    graph = {"shared.engine": imports_of("shared.engine", source, known),
+             "shared.common": imports_of("shared.common", init, known)}
+    assert find_cycle(graph) == ["shared.common", "shared.engine", "shared.common"]
+    inside = tmp_path / "errors.py"
+    inside.write_text("from .textsafe import safe\n", encoding="utf-8")
+    assert imports_of("shared.common.errors", inside, known | {"shared.common.textsafe"}) == {"shared.common.textsafe"}
 
 
 def test_no_import_cycle_in_shared():

@@ -53,6 +53,7 @@ from azure.identity import ClientSecretCredential
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from shared import engine
+from shared.actions.reads import _graph_failure
 from shared.common.errors import (
     CredentialExpiredError,
     GraphError,
@@ -599,7 +600,7 @@ def test_graph_failure_maps_real_azure_identity_exceptions(logs, entra, mode, va
     assert isinstance(credential, ClientSecretCredential)
     with pytest.raises(Exception) as info:  # noqa: B017 - whatever azure-identity raises is the point
         credential.get_token(settings.graph_scope)
-    mapped = engine._graph_failure(info.value, settings)
+    mapped = _graph_failure(info.value, settings)
     text = str(mapped)
     if mode in ("7000222", "7000215", "echo"):  # the echo still carries AADSTS7000215
         assert isinstance(mapped, CredentialExpiredError) and ROTATE_SCRIPT in text

@@ -1,4 +1,4 @@
-"""The crash matrix (issue 9, docs/sync-rules.md "An interrupted run is repaired by the next one").
+"""The crash matrix (issue 9, docs/sync-rules.md "The recovery guarantee").
 
 For every undo pattern × every kill point, on ``file:`` and ``blob:`` (Azurite) state:
 change the directory (through the Graph emulator's admin endpoint), run an ``update`` that is

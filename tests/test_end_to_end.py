@@ -258,4 +258,4 @@ def test_blob_state_in_azurite(graph, receiver, azurite):
     from azure.storage.blob import BlobServiceClient
 
     names = [b.name for b in BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("sync-state-e2e").list_blobs()]
-    assert "state.db" in names
+    assert "state.manifest.json" in names and any(n.startswith("state.parts/") for n in names)

@@ -14,7 +14,7 @@ import pytest
 
 from shared.common.errors import StateError
 from shared.plan.approval import held_digest
-from shared.storage.backend import open_reports
+from shared.storage.backend import open_storage
 from shared.storage.history import BlobReportStore, FileReportStore, bounded
 from shared.text import format_status
 
@@ -273,8 +273,8 @@ def test_blob_store_skips_an_unparseable_report(container, caplog):
     assert "deadbeef" in caplog.text
 
 
-def test_open_reports_follows_the_state_location(tmp_path, azurite):
-    file_store = open_reports(SimpleNamespace(state=SimpleNamespace(kind="file", where=str(tmp_path))))
+def test_the_storage_reports_follow_the_state_location(tmp_path, azurite):
+    file_store = open_storage(SimpleNamespace(state=SimpleNamespace(kind="file", where=str(tmp_path)))).reports()
     assert isinstance(file_store, FileReportStore) and file_store.dir == tmp_path / "runs"
 
     name = f"history-{uuid.uuid4().hex[:12]}"
@@ -283,7 +283,7 @@ def test_open_reports_follows_the_state_location(tmp_path, azurite):
         storage_connection_string=azurite.connection_string,
         storage_blob_uri=None, storage_client_id=None, managed_identity_client_id=None,
     )
-    blob_store = open_reports(settings)
+    blob_store = open_storage(settings).reports()
     assert isinstance(blob_store, BlobReportStore)
     assert name in blob_store.where and "AccountKey" not in blob_store.where
     written = blob_store.write(summary())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,16 +25,27 @@ from pathlib import Path
 import pytest
 import yaml
 from infra_helpers import (
+    CHECKOV_CONFIG,
     EXTENSION_LINE,
     INFRA,
     REPO,
     BicepSourceError,
+    bicep_cli,
     bicep_files,
     blank_extension_lines,
+    checkov_report,
+    copy_infra,
+    expr,
+    lit,
     literal,
+    load,
     lookup,
+    module_params,
+    mutated_infra,
     object_properties,
     parse_bicep,
+    require_checkov,
+    skipped_checks,
 )
 
 # ----------------------------------------------------------------------------- facts
@@ -128,29 +138,8 @@ GRAPH_EXTENSION_REF = "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0
 
 
 # ----------------------------------------------------------------------------- helpers
-def load(root: Path, relative: str):
-    return parse_bicep((root / relative).resolve())
-
-
 def text_of(bicep, node) -> str:
     return bicep.text(node) if node is not None else ""
-
-
-def lit(bicep, node, dotted: str | None = None):
-    """Literal value at a dotted path (None when absent or not a literal)."""
-    try:
-        target = lookup(bicep, node, dotted) if dotted else node
-        return literal(bicep, target)
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def expr(bicep, node, dotted: str) -> str:
-    """Expression text at a dotted path ('' when absent)."""
-    try:
-        return bicep.text(lookup(bicep, node, dotted))
-    except (KeyError, TypeError):
-        return ""
 
 
 def settings_of(fa) -> tuple[dict[str, object], list]:
@@ -184,11 +173,6 @@ def settings_of(fa) -> tuple[dict[str, object], list]:
 
     walk(lookup(fa, config[0].body, "properties"))
     return settings, guards
-
-
-def module_params(main, module: str) -> dict[str, str]:
-    body = main.modules[module].body
-    return {k: main.text(v) for k, v in object_properties(main, lookup(main, body, "params")).items()}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -1067,13 +1051,7 @@ MUTATIONS = [
     ids=[f"{m[0].__name__}:{m[1]}:{i}" for i, m in enumerate(MUTATIONS)],
 )
 def test_structural_check_catches_a_mutation(tmp_path: Path, check, relative: str, old: str, new: str) -> None:
-    copy = tmp_path / "infra"
-    shutil.copytree(INFRA, copy, ignore=shutil.ignore_patterns(".build"))
-    target = copy / relative
-    text = target.read_text()
-    assert text.count(old) == 1, f"mutation anchor not found exactly once in {relative}: {old!r}"
-    target.write_text(text.replace(old, new))
-    assert check(copy) != []
+    assert check(mutated_infra(tmp_path, relative, old, new)) != []
 
 
 # ----------------------------------------------------------------------------- other infra files
@@ -1340,56 +1318,19 @@ def test_build_arm_never_writes_the_credential_into_a_parameters_file(tmp_path: 
 
 
 # ----------------------------------------------------------------------------- checkov
-CHECKOV_CONFIG = INFRA / ".checkov.yaml"
 # graph-app.bicep: `extension` and lambdas are outside pycep's grammar; it is scanned as ARM
 # JSON after the documented compile step (test_checkov_scans_the_compiled_arm_template).
 UNPARSEABLE_BY_CHECKOV = {"app/graph-app.bicep"}
 
 
-def find_checkov() -> str | None:
-    candidates = [os.environ.get("CHECKOV_BIN"), shutil.which("checkov"), str(REPO / ".local/checkov/bin/checkov")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def skipped_checks() -> dict[str, str]:
-    """skip-check entries of infra/.checkov.yaml with the reason on their line."""
-    reasons = {}
-    for line in CHECKOV_CONFIG.read_text().splitlines():
-        match = re.match(r"\s*-\s*(CKV2?_\w+)\s*(?:#\s*(.*))?$", line)
-        if match:
-            reasons[match.group(1)] = (match.group(2) or "").strip()
-    configured = yaml.safe_load(CHECKOV_CONFIG.read_text())["skip-check"]
-    assert sorted(configured) == sorted(reasons), "every skip-check entry must be on its own '- ID  # reason' line"
-    return reasons
-
-
 def run_checkov(checkov: str, directory: Path) -> dict:
-    result = subprocess.run(
-        [checkov, "-d", str(directory), "--framework", "bicep", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=directory,
-    )
-    assert result.returncode in (0, 1), result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    reports = report if isinstance(report, list) else [report]
-    (bicep,) = [r for r in reports if r.get("check_type") == "bicep"]
-    return bicep
+    command = [checkov, "-d", str(directory), "--framework", "bicep", "--skip-download", "-o", "json"]
+    return checkov_report(command, "bicep", directory)
 
 
 @pytest.fixture(scope="module")
 def checkov() -> str:
-    found = find_checkov()
-    if found is None:
-        message = "checkov is not installed (pip install -r infra/requirements-checkov.txt into .local/checkov)"
-        if os.environ.get("REQUIRE_CHECKOV"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_checkov()
 
 
 def test_every_checkov_skip_has_a_reason() -> None:
@@ -1408,16 +1349,13 @@ def test_checkov_scan_has_no_unexplained_failure(checkov: str, tmp_path: Path) -
     parse_errors = {str(Path(p).resolve().relative_to(INFRA)) for p in report["results"]["parsing_errors"]}
     assert parse_errors == UNPARSEABLE_BY_CHECKOV
     # The same scan without the skips: every skip must still match a real failure.
-    raw_copy = tmp_path / "infra"
-    shutil.copytree(INFRA, raw_copy, ignore=shutil.ignore_patterns(".build", ".checkov.yaml"))
-    raw = run_checkov(checkov, raw_copy)
+    raw = run_checkov(checkov, copy_infra(tmp_path, ".checkov.yaml"))
     raw_failed = {c["check_id"] for c in raw["results"]["failed_checks"]}
     assert raw_failed == set(skipped_checks())
 
 
 def test_checkov_scan_catches_a_weakened_storage_account(checkov: str, tmp_path: Path) -> None:
-    copy = tmp_path / "infra"
-    shutil.copytree(INFRA, copy, ignore=shutil.ignore_patterns(".build"))
+    copy = copy_infra(tmp_path)
     storage = copy / "app/storage.bicep"
     storage.write_text(
         storage.read_text()
@@ -1430,15 +1368,6 @@ def test_checkov_scan_catches_a_weakened_storage_account(checkov: str, tmp_path:
 
 
 # ----------------------------------------------------------------------------- bicep CLI
-def bicep_cli() -> tuple[str, tuple[int, int, int]] | None:
-    path = shutil.which("bicep")
-    if path is None:
-        return None
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
-    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
-    return (path, tuple(map(int, match.groups()))) if match else None
-
-
 def test_bicep_build_and_lint() -> None:
     found = bicep_cli()
     if found is None or found[1] < MIN_BICEP:
@@ -1467,12 +1396,9 @@ def test_checkov_scans_the_compiled_arm_template(checkov: str, tmp_path: Path) -
     build = subprocess.run(["bash", str(INFRA / "scripts/build-arm.sh"), str(tmp_path)], capture_output=True, text=True, timeout=600,
                            env={k: v for k, v in os.environ.items() if k not in ("SYNC_API_URL", "ALERT_EMAIL", "SYNC_API_CREDENTIAL")})
     assert build.returncode == 0, build.stderr
-    result = subprocess.run([checkov, "-f", str(tmp_path / "main.json"), "--framework", "arm", "--skip-download", "-o", "json",
-                             "--config-file", str(CHECKOV_CONFIG)], capture_output=True, text=True, timeout=600)
-    assert result.returncode in (0, 1), result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    reports = report if isinstance(report, list) else [report]
-    (arm,) = [r for r in reports if r.get("check_type") == "arm"]
+    command = [checkov, "-f", str(tmp_path / "main.json"), "--framework", "arm", "--skip-download", "-o", "json",
+               "--config-file", str(CHECKOV_CONFIG)]
+    arm = checkov_report(command, "arm", REPO)
     assert arm["results"]["parsing_errors"] == []
     assert arm["summary"]["passed"] > 0
 

@@ -7,39 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from infra_helpers import INFRA, lookup, object_properties, parse_bicep
+from infra_helpers import INFRA, expr, lit, load, lookup, module_params, mutated_infra
 
 from shared.common.summary import RunSummary
 from shared.common.telemetry import summary_dimensions
-
-
-def load(root: Path, relative: str):
-    return parse_bicep((root / relative).resolve())
-
-
-def lit(bicep, node, dotted: str):
-    from infra_helpers import literal
-
-    try:
-        return literal(bicep, lookup(bicep, node, dotted))
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def expr(bicep, node, dotted: str) -> str:
-    try:
-        return bicep.text(lookup(bicep, node, dotted))
-    except (KeyError, TypeError):
-        return ""
-
-
-def module_params(main, module: str) -> dict[str, str]:
-    body = main.modules[module].body
-    return {k: main.text(v) for k, v in object_properties(main, lookup(main, body, "params")).items()}
 
 
 def var_text(bicep, name: str) -> str:
@@ -211,13 +185,7 @@ MUTATIONS = [
 
 @pytest.mark.parametrize(("check", "relative", "old", "new"), MUTATIONS, ids=lambda v: getattr(v, "__name__", None))
 def test_structural_check_catches_a_mutation(tmp_path: Path, check, relative: str, old: str, new: str) -> None:
-    copy = tmp_path / "infra"
-    shutil.copytree(INFRA, copy, ignore=shutil.ignore_patterns(".build"))
-    target = copy / relative
-    text = target.read_text()
-    assert text.count(old) == 1, f"mutation anchor not found exactly once in {relative}: {old!r}"
-    target.write_text(text.replace(old, new))
-    assert check(copy) != []
+    assert check(mutated_infra(tmp_path, relative, old, new)) != []
 
 
 def test_the_missed_run_window_is_three_hourly_runs_by_default() -> None:

@@ -17,10 +17,10 @@ import pytest
 
 from devstack.azurite import DEV_KEY
 from shared.common.errors import StateError, SyncError
-from shared.storage.backend import open_run_lock
+from shared.storage.backend import open_storage
+from shared.storage.lease_lock import BlobRunLock
 from shared.storage.lock import (
     LOCK_NAME,
-    BlobRunLock,
     FileRunLock,
     RunLockedError,
     default_holder,
@@ -40,7 +40,7 @@ time.sleep(300)
 CHILD_BLOB = """
 import os, sys, time
 from azure.storage.blob import BlobServiceClient
-from shared.storage.lock import BlobRunLock
+from shared.storage.lease_lock import BlobRunLock
 svc = BlobServiceClient.from_connection_string(os.environ["LOCK_TEST_CONNECTION"])
 BlobRunLock(svc.get_container_client(sys.argv[1]), sys.argv[2], lease_seconds=15, renew_every=14).acquire()
 print("READY", flush=True)
@@ -300,15 +300,15 @@ def settings_for(kind: str, where: str, connection_string: str | None = None) ->
     )
 
 
-def test_open_run_lock_builds_the_lock_for_the_state(tmp_path, azurite):
-    file_lock = open_run_lock(settings_for("file", str(tmp_path)), "update")
+def test_the_storage_builds_the_lock_for_the_state(tmp_path, azurite):
+    file_lock = open_storage(settings_for("file", str(tmp_path))).lock("update")
     assert isinstance(file_lock, FileRunLock) and file_lock.where == f"file:{tmp_path}"
     name = f"lock-{uuid.uuid4().hex[:12]}"
     settings = settings_for("blob", name, azurite.connection_string)
-    with open_run_lock(settings, "update by timer") as lock:
+    with open_storage(settings).lock("update by timer") as lock:
         assert isinstance(lock, BlobRunLock) and lock.lease_seconds == 60
         with pytest.raises(RunLockedError) as info:
-            open_run_lock(settings, "update by cli").acquire()
+            open_storage(settings).lock("update by cli").acquire()
     text = str(info.value)
     assert "update by timer" in text and name in text
     assert azurite.connection_string not in text and DEV_KEY not in text and "AccountKey" not in text
@@ -356,7 +356,7 @@ CHILD_KILLED_AT = """
 import os, signal, sys
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
-from shared.storage.lock import BlobRunLock
+from shared.storage.lease_lock import BlobRunLock
 
 target, when = int(sys.argv[3]), sys.argv[4]
 count = 0

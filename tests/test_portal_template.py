@@ -29,17 +29,26 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import tree_sitter
-import yaml
-from infra_helpers import INFRA, REPO, BicepFile, literal, object_properties, parse_bicep
-from test_infra import bicep_cli, find_checkov, skipped_checks
+from infra_helpers import (
+    INFRA,
+    REPO,
+    BicepFile,
+    bicep_cli,
+    checkov_report,
+    checkov_skips,
+    literal,
+    mutated_infra,
+    object_properties,
+    parse_bicep,
+    require_checkov,
+    skipped_checks,
+)
 
 PORTAL = INFRA / "portal"
 TEMPLATE = PORTAL / "azuredeploy.json"
@@ -729,13 +738,7 @@ BICEP_MUTATIONS = [
 
 @pytest.mark.parametrize(("relative", "old", "new"), BICEP_MUTATIONS, ids=[f"{m[0]}:{i}" for i, m in enumerate(BICEP_MUTATIONS)])
 def test_the_comparison_catches_a_bicep_change(tmp_path: Path, relative: str, old: str, new: str) -> None:
-    copy_dir = tmp_path / "infra"
-    shutil.copytree(INFRA, copy_dir, ignore=shutil.ignore_patterns(".build"))
-    target = copy_dir / relative
-    text = target.read_text()
-    assert text.count(old) == 1, f"mutation anchor not found exactly once in {relative}: {old!r}"
-    target.write_text(text.replace(old, new))
-    assert drift(copy_dir, load_template()) != []
+    assert drift(mutated_infra(tmp_path, relative, old, new), load_template()) != []
 
 
 def nested(template: dict, name: str) -> dict:
@@ -876,14 +879,7 @@ ARM_CHECKOV_CONFIG = PORTAL / ".checkov.yaml"
 
 def arm_only_skips() -> dict[str, str]:
     """skip-check entries of infra/portal/.checkov.yaml with the reason on their line."""
-    reasons = {}
-    for line in ARM_CHECKOV_CONFIG.read_text().splitlines():
-        match = re.match(r"\s*-\s*(CKV2?_\w+)\s*(?:#\s*(.*))?$", line)
-        if match:
-            reasons[match.group(1)] = (match.group(2) or "").strip()
-    configured = yaml.safe_load(ARM_CHECKOV_CONFIG.read_text())["skip-check"]
-    assert sorted(configured) == sorted(reasons), "every skip-check entry must be on its own '- ID  # reason' line"
-    return reasons
+    return checkov_skips(ARM_CHECKOV_CONFIG)
 
 
 def run_checkov_arm(checkov: str, template: Path, skips: set[str]) -> dict:
@@ -891,23 +887,12 @@ def run_checkov_arm(checkov: str, template: Path, skips: set[str]) -> dict:
     if skips:
         command += ["--skip-check", ",".join(sorted(skips))]
     # Run from tests/, which has no .checkov.yaml: the skips are exactly the ones passed.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO / "tests")
-    assert result.returncode in (0, 1), result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    reports = report if isinstance(report, list) else [report]
-    (arm,) = [r for r in reports if r.get("check_type") == "arm"]
-    return arm
+    return checkov_report(command, "arm", REPO / "tests")
 
 
 @pytest.fixture(scope="module")
 def checkov() -> str:
-    found = find_checkov()
-    if found is None:
-        message = "checkov is not installed (pip install -r infra/requirements-checkov.txt into .local/checkov)"
-        if os.environ.get("REQUIRE_CHECKOV"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_checkov()
 
 
 def test_every_arm_only_checkov_skip_has_a_reason() -> None:

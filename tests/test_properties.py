@@ -298,8 +298,8 @@ def _member(graph: dict[str, Any], mid: str, style: str) -> Any:
 
 def _live(graph: dict[str, Any]) -> set[tuple[str, str]]:
     """The direct memberships the read shows: Graph's entries apply in arrival order, so a
-    member is live when its last entry is not @removed (docs/sync-rules.md, "Reading the
-    directory"); the per-group /members read lists live members only."""
+    member is live when its last entry is not @removed (docs/sync-rules.md, "Reading
+    Microsoft Graph"); the per-group /members read lists live members only."""
     if graph["via"] == "per-group":
         return {(g, m) for g, m, style in graph["edges"] if style != "removed"}
     last: dict[tuple[str, str], str] = {}

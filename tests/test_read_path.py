@@ -1,5 +1,5 @@
 """Every read applies Graph's entries in the order they arrive (issue 9, part 1; docs/sync-rules.md,
-"Reading the directory"): the first (full) round as much as a later one. Within a round the
+"Reading Microsoft Graph"): the first (full) round as much as a later one. Within a round the
 same object can come back with a newer state, ``@removed`` removes an object, and a big group
 comes in slices that repeat its properties, whose ``members@delta`` add up and whose member
 entries marked ``@removed`` remove that member.

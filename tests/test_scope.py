@@ -268,13 +268,11 @@ def test_the_timer_function_syncs_the_scope(monkeypatch, graph, receiver, tmp_pa
 
 
 def test_the_operator_preview_includes_the_rule_exclusions(monkeypatch, graph, receiver, tmp_path):
-    import azure.functions as func
+    from tests.test_operator_endpoints import preview  # POST test-update, then its result from GET status
 
     for k, v in {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"), **RULES}.items():
         monkeypatch.setenv(k, v)
-    req = func.HttpRequest(method="POST", url="/api/test-update", body=b"", headers={}, params={})
-    resp = app_functions()["operator_test_update"].get_user_function()(req)
-    body = json.loads(resp.get_body())
+    body = preview()
     reasons = {e["reason"] for e in body["exclusions"]}
     assert any("SYNC_SCOPE_GROUPS" in r for r in reasons) and any("EXCLUDE_USER_TYPES" in r for r in reasons)
     assert body["ruleExclusions"]["counts"]["EXCLUDE_ADDRESS_PATTERNS"] == {"addresses": 3}

@@ -20,7 +20,7 @@ import package  # noqa: E402  (scripts/package.py)
 
 NEVER_SHIPPED = ("tests/", "devstack/", "bench/", "docs/", "infra/", "scripts/", ".github/", ".ci/",
                  ".venv/", ".local/", "node_modules/")
-MUST_SHIP = ("function_app.py", "host.json", "requirements.txt", "shared/engine.py", "shared/common/telemetry.py")
+MUST_SHIP = ("function_app.py", "operator_endpoints.py", "host.json", "requirements.txt", "shared/engine.py", "shared/common/telemetry.py")
 
 
 def shipping_problems(files: list[str]) -> list[str]:

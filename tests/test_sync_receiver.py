@@ -149,9 +149,12 @@ def test_unknown_dataset_path_and_method(client: httpx.Client) -> None:
     assert_problem(change(client, "Users", {"upsert": []}), 404)
     assert_problem(client.get("/nothing"), 404)
     assert_problem(client.get("/domains/"), 404)
-    assert_problem(client.delete("/datasets/users/changes"), 405)
+    wrong = client.delete("/datasets/users/changes")
+    assert_problem(wrong, 405)
+    assert wrong.headers["Allow"] == "POST"  # RFC 9110 §15.5.6: a 405 names the methods the resource allows
+    assert client.post("/datasets/users/replacements/r1").headers["Allow"] == "DELETE"  # abandon
     head = client.head("/domains")
-    assert head.status_code == 405 and head.content == b""
+    assert head.status_code == 405 and head.content == b"" and head.headers["Allow"] == "GET"
     assert client.get("/domains").status_code == 200  # framing intact after HEAD
 
 

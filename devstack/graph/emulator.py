@@ -1,17 +1,16 @@
-"""The Graph emulator: state, lifecycle and the dispatch of one request; the rest lives in the mixins."""
+"""The Graph emulator: state and the dispatch of one request; the rest lives in the mixins, the
+socket layer and lifecycle in ``devstack.http_server``."""
 
 from __future__ import annotations
 
 import gzip
 import secrets
-import socket
 import threading
 import time
 import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,13 +20,19 @@ from devstack.graph.faults import _BODY_FAULTS, FaultsMixin, _Fault
 from devstack.graph.model import COLLECTIONS, CONTENT_TYPE, GraphError, Response
 from devstack.graph.paging import PagingMixin
 from devstack.graph.scripted import ScriptedRounds
-from devstack.graph.server import _Handler, _Server
 from devstack.graph.store import DirectoryStore
 from devstack.graph.wire import _check_auth, _error_response, _parse_query, _unquote_path
+from devstack.http_server import LoopbackService
 
 
-class GraphEmulator(DirectoryStore, PagingMixin, DeltaMixin, ScriptedRounds, FaultsMixin, AdminMixin):
-    """Microsoft Graph v1.0, in memory, over real HTTP on 127.0.0.1. Thread-safe."""
+class GraphEmulator(LoopbackService, DirectoryStore, PagingMixin, DeltaMixin, ScriptedRounds, FaultsMixin, AdminMixin):
+    """Microsoft Graph v1.0, in memory, over real HTTP on 127.0.0.1. Thread-safe.
+
+    ``start(port=0, host="127.0.0.1")`` serves it from a thread and returns the base URL
+    ``http://host:port/v1.0``; ``stop()`` (or ``with``) ends it (``devstack.http_server``)."""
+
+    thread_name = "graph-emulator"
+    url_path = "/v1.0"
 
     def __init__(
         self,
@@ -69,49 +74,8 @@ class GraphEmulator(DirectoryStore, PagingMixin, DeltaMixin, ScriptedRounds, Fau
         self._faults: list[_Fault] = []
         self._scripts: dict[str, list[list[list[dict[str, Any]]]]] = {c: [] for c in COLLECTIONS}  # queued scripted rounds
         self._script_runs: dict[str, tuple[list[list[str]], int, list[str] | None]] = {}  # id -> (pages, watermark, select)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
         if directory:
             self._load(directory)
-
-    # --- lifecycle ----------------------------------------------------------------------------
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        """Listen in a background thread; returns the base URL ``http://host:port/v1.0``."""
-        if self._server is not None:
-            return self.base_url
-        server = _Server((host, port), _Handler)
-        server.daemon_threads = True
-        server.emulator = self  # type: ignore[attr-defined]
-        self._server = server
-        self.base_url = f"http://{host}:{server.server_address[1]}/v1.0"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="graph-emulator", daemon=True)
-        self._thread.start()
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop listening and cut open keep-alive connections, so clients see the server gone."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> GraphEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def request_count(self) -> int:
@@ -124,7 +88,7 @@ class GraphEmulator(DirectoryStore, PagingMixin, DeltaMixin, ScriptedRounds, Fau
 
     # --- request handling -----------------------------------------------------------------------
     def handle(self, method: str, raw_target: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
-        """Answer one HTTP request (the socket layer is in ``_Handler``)."""
+        """Answer one HTTP request (the socket layer is ``devstack.http_server.EmulatorHandler``)."""
         parts = urlsplit(raw_target)
         path = _unquote_path(parts.path)
         if path.startswith("/_emulator/"):

@@ -30,6 +30,19 @@ PROXY_PAGE = (
     b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Web proxy</h1><p>Please sign in to continue.</p></body></html>"
 )
 
+_RETRY_LATER = "Retry after the time in the Retry-After header."
+_SYNC_STATE_GONE = "The sync state generation is not found. The delta token is expired and data must be synchronized again."
+# The faults answered in Graph's error shape: kind -> (status, code, message, the header it
+# carries: "Retry-After" (the fault's value), "Location" (the initial delta request) or None).
+_ERROR_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
+    "429": (429, "TooManyRequests", f"Too many requests. {_RETRY_LATER}", "Retry-After"),
+    "503": (503, "serviceNotAvailable", f"The service is temporarily unavailable. {_RETRY_LATER}", "Retry-After"),
+    "500": (500, "generalException", "An unspecified error has occurred.", None),
+    "410": (410, "syncStateNotFound", _SYNC_STATE_GONE, "Location"),
+    "410-resync": (410, "resyncRequired", "The delta token is no longer valid, and the app must reset the sync state.", "Location"),
+    "400-syncstate": (400, "syncStateNotFound", _SYNC_STATE_GONE, None),
+}
+
 
 @dataclass
 class _Fault:
@@ -101,43 +114,14 @@ class FaultsMixin:
             else:
                 doc["items"] = []
             return Response(200, _dumps(doc).encode())
-        if kind == "429":
-            exc = GraphError(
-                429,
-                "TooManyRequests",
-                "Too many requests. Retry after the time in the Retry-After header.",
-                {"Retry-After": fault.retry_after},
-            )
-        elif kind == "503":
-            exc = GraphError(
-                503,
-                "serviceNotAvailable",
-                "The service is temporarily unavailable. Retry after the time in the Retry-After header.",
-                {"Retry-After": fault.retry_after},
-            )
-        elif kind == "500":
-            exc = GraphError(500, "generalException", "An unspecified error has occurred.")
-        elif kind == "410-resync":
-            exc = GraphError(
-                410,
-                "resyncRequired",
-                "The delta token is no longer valid, and the app must reset the sync state.",
-                {"Location": self._reset_location(path)},
-            )
-        elif kind == "400-syncstate":
-            exc = GraphError(
-                400,
-                "syncStateNotFound",
-                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
-            )
-        else:  # "410"
-            exc = GraphError(
-                410,
-                "syncStateNotFound",
-                "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
-                {"Location": self._reset_location(path)},
-            )
-        return _error_response(exc, request_id)
+        status, code, message, header = _ERROR_FAULTS[kind]
+        if header == "Retry-After":
+            headers = {header: fault.retry_after}
+        elif header == "Location":
+            headers = {header: self._reset_location(path)}
+        else:
+            headers = {}
+        return _error_response(GraphError(status, code, message, headers), request_id)
 
     def _reset_location(self, path: str) -> str:
         """The initial delta request for the collection of ``path`` (Graph's Location on a 410)."""

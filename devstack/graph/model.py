@@ -8,8 +8,9 @@ import base64
 import copy
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from devstack.http_server import Response  # noqa: F401 - re-exported: the answer the socket layer writes
 
 COLLECTIONS: tuple[str, ...] = ("users", "groups", "contacts", "devices", "servicePrincipals")
 ODATA_TYPES: dict[str, str] = {
@@ -115,14 +116,6 @@ class GraphError(Exception):
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
         self.headers = dict(headers or {})
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False  # close the socket without answering
 
 
 def _b64(raw: bytes) -> str:

@@ -1,5 +1,7 @@
 """The exception hierarchy. Every failure a user can meet is a ``SyncError`` with a message
-that names what is wrong and never carries a secret value."""
+that names what is wrong and never carries a secret value. Each class says how a door reports
+it: ``exit_code``, the command line's exit status, and ``http_status``, the operator
+endpoints' HTTP status (500 unless a class says otherwise)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ class SyncError(Exception):
     """Base of every expected failure of a run."""
 
     exit_code = 1
+    http_status = 500
 
 
 class SettingsError(SyncError):
@@ -22,9 +25,17 @@ class SettingsError(SyncError):
             text += f" (a valid value looks like: {example})"
         super().__init__(text)
 
+    @property
+    def http_status(self) -> int:  # type: ignore[override]
+        """400 when the caller's own input is wrong (a request parameter, ``--expect``), else 500:
+        the app's settings are the operator's to fix, not the caller's."""
+        return 400 if self.setting.startswith("--") else 500
+
 
 class SecretError(SyncError):
     """A secret could not be read from Key Vault or the environment."""
+
+    http_status = 502  # a service the sync depends on failed or refused
 
 
 class CredentialExpiredError(SecretError):
@@ -33,6 +44,8 @@ class CredentialExpiredError(SecretError):
 
 class GraphError(SyncError):
     """Microsoft Graph could not be read completely."""
+
+    http_status = 502
 
 
 class DeltaExpiredError(GraphError):
@@ -46,6 +59,7 @@ class IncompleteReadError(GraphError):
 class SyncApiError(SyncError):
     """The sync API refused a request or answered something the contract does not allow."""
 
+    http_status = 502
     # True when an attempt may have been applied without its answer reaching us (a connection
     # lost after sending, a gateway error): the caller must treat the records as unknown.
     maybe_applied = False
@@ -84,6 +98,12 @@ class DeletionsHeldError(SyncError):
 
 class StateError(SyncError):
     """The change-tracking state cannot be read or written safely."""
+
+    @property
+    def http_status(self) -> int:  # type: ignore[override]
+        """409 for a state another run holds (exit status 3: the run lock of
+        ``shared/storage/lock.py``, a running preview), else 500."""
+        return 409 if self.exit_code == 3 else 500
 
 
 class StateConflictError(StateError):

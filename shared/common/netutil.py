@@ -1,4 +1,5 @@
-"""URL checks shared by settings and clients: plain http only to loopback."""
+"""Network helpers shared by settings and clients: URL checks (plain http only to loopback),
+``Retry-After`` and backoff, and the one construction of an httpx client."""
 
 from __future__ import annotations
 
@@ -8,18 +9,11 @@ import ipaddress
 import math
 import random
 import ssl
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-
-@functools.lru_cache(maxsize=1)
-def tls_context() -> ssl.SSLContext:
-    """The one TLS client context of the process, shared by every HTTP client: httpx's default
-    (certifi's CA bundle; SSL_CERT_FILE and SSL_CERT_DIR honoured). Loading the CA bundle costs
-    about 0.1 s per client, which every run of a warm Function would otherwise pay again."""
-    import httpx
-
-    return httpx.create_ssl_context()
+import httpx
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -72,3 +66,33 @@ def parse_retry_after(raw: str) -> float | None:
 def jittered_backoff(base: float, attempt: int, cap: float = math.inf) -> float:
     """Exponential backoff for retry ``attempt`` (1-based), capped, with jitter in [50%, 100%]."""
     return min(cap, base * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)  # noqa: S311  # nosec B311 - jitter, not crypto
+
+
+def http_client(
+    timeout_seconds: float,
+    *,
+    connect_seconds: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` every API adapter uses (Graph, Exchange Online, the sync API).
+
+    ``timeout_seconds``: the read, write and pool timeout, in seconds; ``connect_seconds``: the
+    connect timeout. ``headers`` go on every request; ``transport`` replaces httpx's own (tests,
+    or a wrapping transport). Redirects are never followed: an answer is taken from the host
+    that was asked, or not at all."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_seconds, connect=connect_seconds),
+        headers=headers,
+        transport=transport,
+        follow_redirects=False,
+        verify=tls_context(),  # used when no transport is given
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def tls_context() -> ssl.SSLContext:
+    """The one TLS client context of the process, shared by every HTTP client: httpx's default
+    (certifi's CA bundle; SSL_CERT_FILE and SSL_CERT_DIR honoured). Loading the CA bundle costs
+    about 0.1 s per client, which every run of a warm Function would otherwise pay again."""
+    return httpx.create_ssl_context()

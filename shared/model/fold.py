@@ -4,8 +4,7 @@ Graph documents that, within a round (a full read's first round as much as a lat
 object comes back when it changed during the round (the later entry is the newer state), that
 ``@removed`` removes it (reason ``changed`` or ``deleted``), and that a big group comes in
 slices that repeat its selected properties, with ``members@delta`` entries that add up and
-member entries marked ``@removed`` that remove that member (docs/sync-rules.md, "Reading the
-directory"; Microsoft Graph: "Use delta query to track changes in Microsoft Graph data",
+member entries marked ``@removed`` that remove that member (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order"; Microsoft Graph: "Use delta query to track changes in Microsoft Graph data",
 "group: delta", "user: delta").
 
 Kinds: ``u`` user, ``g`` group, ``c`` contact, ``x`` an Exchange Online recipient; a member is

@@ -1,7 +1,6 @@
 """A full read streamed into an empty directory cache, a few pages at a time.
 
-A full read is a first delta round applied to an empty cache (docs/sync-rules.md, "Reading
-the directory"). Holding the whole round in Python objects costs memory in proportion to the
+A full read is a first delta round applied to an empty cache (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order"). Holding the whole round in Python objects costs memory in proportion to the
 tenant (about 1 KB per object), so the read is folded a batch of entries at a time
 (``shared.model.fold.Round``: the same fold as a delta round) and each folded batch is merged
 into the cache tables ``objects`` and ``members`` at once: an object an earlier batch already

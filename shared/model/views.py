@@ -1,8 +1,7 @@
 """The whole cached directory, projected: every record of a dataset (a full read), every
 exclusion with its reason, and the whole-directory counts. A mixin of ``Cache``
 (``shared/model/directory.py``), which supplies ``conn``, ``provisioned``, ``rules`` and
-``verdict()``; the rules are those of docs/sync-rules.md ("From directory objects to the three
-datasets", "Scope and exclusions")."""
+``verdict()``; the rules are those of docs/sync-rules.md ("The three datasets", "Scope and exclusions")."""
 
 from __future__ import annotations
 
@@ -72,7 +71,7 @@ class WholeDirectory:
     # --- the whole directory, projected (a full read) ------------------------------------------
     def records(self, dataset: str) -> Records:
         """Every record of a dataset the cached directory implies, by the rules of
-        docs/sync-rules.md ("From directory objects to the three datasets"); the same rules as
+        docs/sync-rules.md ("The three datasets"); the same rules as
         ``desired``, over every key at once. Canonical values as in ``shared/model/projection.py``."""
         q = self.conn.execute
         verdict = self.verdict()  # the scope and exclusions: what is left out contributes nothing

@@ -49,10 +49,13 @@ class ApprovalMismatchError(SyncError):
     """The held set is not the one the operator reviewed (its digest differs from ``expect``)."""
 
     exit_code = 5
+    http_status = 409
 
 
 class ApprovalForbiddenError(SyncError):
     """The caller may not approve (no Entra principal, or no approver role): HTTP 403."""
+
+    http_status = 403
 
 
 def held_digest(held: Mapping[str, Iterable[str]]) -> str:

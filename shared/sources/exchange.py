@@ -3,8 +3,8 @@
 There is no public Exchange Online REST API that lists recipients (the official Exchange
 Online Admin API v2.0, in preview since November 2025, has none). The Exchange Online
 PowerShell module (v3) posts each cmdlet to an admin endpoint, and this module does the
-same, for one cmdlet (docs/sync-rules.md, "Exchange Online, for recipients that Graph
-cannot see")::
+same, for one cmdlet (docs/sync-rules.md, "The Exchange Online
+source")::
 
     POST {EXO_BASE_URL}/adminapi/beta/{GRAPH_TENANT_ID}/InvokeCommand
     Authorization: Bearer <token for {EXO_BASE_URL}/.default>   (none with GRAPH_AUTH=none)
@@ -34,7 +34,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -42,8 +42,9 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from ..common.errors import ExchangeAuthError, ExchangeError
-from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.netutil import http_client, jittered_backoff, parse_retry_after
 from ..common.redact import scrub
+from .base import EntrySink, SourceRead
 
 log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
 
@@ -97,6 +98,14 @@ class _Retry(Exception):
         self.wait = wait
 
 
+class _ListSink:
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def take(self, collection: str, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+
+
 class ExchangeSource:
     """Reads every recipient of the configured types, page by page, one request at a time.
 
@@ -127,7 +136,7 @@ class ExchangeSource:
         self._origin = _origin(self.base_url)
         self._gate = asyncio.Lock()  # one Exchange request in flight at a time
         self._token: tuple[str, float] | None = None
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
+        self._client = http_client(timeout, connect_seconds=timeout, transport=transport)
 
     @property
     def url(self) -> str:
@@ -136,13 +145,19 @@ class ExchangeSource:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def read_recipients(self) -> list[dict[str, Any]]:
-        """Every recipient of the configured types, each reduced to ``KEPT_PROPERTIES``.
+    # --- the source interface (shared/sources/base.py) ------------------------------------
+    name = SOURCE
+    collections = ("recipients",)
+    delta = False  # no delta query: every read is complete and replaces the recipients held before
+
+    async def read(self, sink: EntrySink, links: Mapping[str, str] | None = None) -> SourceRead:
+        """Every recipient of the configured types, each reduced to ``KEPT_PROPERTIES`` and
+        handed to ``sink`` as a ``recipients`` entry, page by page in arrival order
+        (``links`` is ignored: a snapshot source has none).
 
         Raises ``ExchangeAuthError`` (401/403) or ``ExchangeError`` (a page that failed for
         good, a refused request, a nextLink that leaves EXO_BASE_URL's origin)."""
         body = invoke_body(self.types)
-        out: list[dict[str, Any]] = []
         url: str | None = self.url
         seen: set[str] = set()
         while url is not None:
@@ -152,14 +167,22 @@ class ExchangeSource:
             page = await self._page(url, body)
             self.stats.pages += 1
             for rec in page["value"]:
-                out.append({k: rec.get(k) for k in KEPT_PROPERTIES})
-            self.stats.recipients = len(out)
+                sink.take("recipients", {k: rec.get(k) for k in KEPT_PROPERTIES})
+                self.stats.recipients += 1
             link = page.get("@odata.nextLink")
             url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
             if url is not None and _origin(url) != self._origin:
                 # The bearer token goes with every page: never to another host.
                 raise ExchangeError("Exchange Online Get-Recipient: @odata.nextLink points outside EXO_BASE_URL; the read stopped, nothing was sent")
-        return out
+        log.info("read: Exchange Online, %d recipients of %s in %d pages", self.stats.recipients, ",".join(self.types), self.stats.pages)
+        return SourceRead(SOURCE, True, {}, self.stats.requests, self.stats.retries,
+                          {"recipients": self.stats.recipients, "pages": self.stats.pages})
+
+    async def read_recipients(self) -> list[dict[str, Any]]:
+        """Every recipient as a list (``read`` into a list; same errors)."""
+        out = _ListSink()
+        await self.read(out)
+        return out.entries
 
     # --- one page, with retries ----------------------------------------------------------
     async def _page(self, url: str, body: bytes) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph_core import GraphClientFactory
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import jittered_backoff, parse_retry_after, tls_context
+from ..common.netutil import http_client, jittered_backoff, parse_retry_after, tls_context
 from .graph_transport import MAX_PAGE_BYTES, StrictGzipTransport, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
@@ -94,11 +94,7 @@ class GraphSource:
         self.concurrent = concurrent  # False only to measure what concurrency buys (bench/)
         self.stats = ReadStats()
         self.resume: dict[str, dict[str, Any]] = {}  # a checkpointed round's links (read_directory)
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds, connect=30.0),
-            follow_redirects=False,
-            transport=StrictGzipTransport(httpx.AsyncHTTPTransport(verify=tls_context()), origin=self.base_url),
-        )
+        http = http_client(timeout_seconds, transport=StrictGzipTransport(httpx.AsyncHTTPTransport(verify=tls_context()), origin=self.base_url))
         # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
         # connections, malformed pages; max_attempts in all). kiota's RetryHandler is switched
         # off, or one throttled page would cost up to (1 + 3) x max_attempts requests.

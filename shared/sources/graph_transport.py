@@ -2,7 +2,7 @@
 redirect is followed, an answer is capped in size before and after gzip (a truncated gzip
 stream fails as such), and a page must be a JSON object with a ``value`` list (parsed through
 orjson: shared/common/fastjson.py). Any of these failures fails the page, and with it the read:
-nothing is sent from a partial read (docs/sync-rules.md, "Reading the directory")."""
+nothing is sent from a partial read (docs/sync-rules.md, "Failures while reading")."""
 
 from __future__ import annotations
 

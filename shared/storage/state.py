@@ -51,8 +51,7 @@ V1_NAME = "state.json.gz"  # the previous release's format
 # Keys whose value at the service may differ from what the records say: every key that a batch
 # of an interrupted run named (confirmed or only intended). The next update compares each of
 # them again with what the directory implies, whatever its read (full or delta) saw; the
-# commit of a successful update empties the table. (docs/sync-rules.md: "An interrupted run is
-# repaired by the next one".)
+# commit of a successful update empties the table. (docs/sync-rules.md: "The recovery guarantee".)
 RECHECK_TABLE = "CREATE TABLE IF NOT EXISTS recheck (dataset TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (dataset, key)) WITHOUT ROWID"
 # Records of unknown state are few: each run finds them without reading every record.
 UNKNOWN_INDEX = "CREATE INDEX IF NOT EXISTS records_unknown ON records (dataset) WHERE value = '?'"

@@ -2,63 +2,35 @@
 
 Transport rules live here: https (or loopback http), gzip for large bodies, Idempotency-Key on
 every write, retries with Retry-After/backoff on 429, 5xx and connection faults, and a clear
-error for everything the contract says not to retry. What to send, and in which order, is
-the engine's business."""
+error for everything the contract says not to retry. Reading and judging the answers is in
+``shared/target/responses.py``. What to send, and in which order, is the engine's business."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import gzip
-import io
 import json
 import logging
-import math
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from ..common.errors import (
-    PayloadTooLargeError,
-    SyncApiAuthError,
-    SyncApiError,
-    SyncApiProtocolError,
-    SyncApiRequestError,
-    SyncApiUnavailableError,
-)
-from ..common.netutil import jittered_backoff, parse_retry_after, tls_context, url_problem
-from ..common.redact import Secret, scrub
+from ..common.errors import SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
+from ..common.netutil import http_client, jittered_backoff, url_problem
+from ..common.redact import Secret
 from ..model.records import to_api_record
+from .responses import Raw, Rejection, WriteResult, json_body, read_raw, refusal, retry_after, write_result
+
+__all__ = ["GZIP_ABOVE_BYTES", "Rejection", "SyncApiClient", "WriteResult", "auth_header", "changes_body", "encode_body", "replacement_body"]
 
 log = logging.getLogger("shared.syncapi")  # the name its log lines have always carried
 
 GZIP_ABOVE_BYTES = 16 * 1024
-MAX_RETRY_AFTER_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 30.0
-# An answer larger than this (after gzip) is not one the contract can produce (a page is at
-# most 5,000 records): refuse it rather than let a broken or hostile peer exhaust memory.
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CREDENTIAL_HINT = "SYNC_API_CREDENTIAL (or the Key Vault secret named by SYNC_API_CREDENTIAL_NAME)"
-
-
-@dataclass
-class Rejection:
-    key: Any
-    code: str
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "code": self.code, "message": self.message}
-
-
-@dataclass
-class WriteResult:
-    count: int  # applied / received / committed count, as the endpoint names it
-    rejected: list[Rejection] = field(default_factory=list)
 
 
 def auth_header(credential: Secret) -> str:
@@ -106,13 +78,9 @@ class SyncApiClient:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.requests = 0
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds, connect=30.0),
-            # Only gzip is accepted, so that every answer is decoded here, strictly (see _read_body).
-            headers={"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"},
-            transport=transport,
-            follow_redirects=False, verify=tls_context(),  # used when no transport is given
-        )
+        # Only gzip is accepted, so that every answer is decoded strictly (responses.py, _decoded).
+        headers = {"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"}
+        self._http = http_client(timeout_seconds, headers=headers, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -152,7 +120,7 @@ class SyncApiClient:
 
     async def post_changes(self, dataset: str, upsert: list[dict[str, Any]], delete: list[str], key: str) -> WriteResult:
         doc = await self._call("POST", f"/datasets/{dataset}/changes", _changes_document(upsert, delete), key=key)
-        return _write_result(doc, "applied", f"POST {dataset} changes")
+        return write_result(doc, "applied", f"POST {dataset} changes")
 
     async def create_replacement(self, dataset: str) -> str:
         doc = await self._call("POST", f"/datasets/{dataset}/replacements", {}, expect=(200, 201))
@@ -165,11 +133,11 @@ class SyncApiClient:
         doc = await self._call(
             "POST", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}/records", replacement_body(records), key=key
         )
-        return _write_result(doc, "received", f"POST {dataset} replacement records")
+        return write_result(doc, "received", f"POST {dataset} replacement records")
 
     async def commit_replacement(self, dataset: str, rid: str) -> WriteResult:
         doc = await self._call("POST", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}/commit", {})
-        return _write_result(doc, "count", f"commit of the {dataset} replacement")
+        return write_result(doc, "count", f"commit of the {dataset} replacement")
 
     async def abandon_replacement(self, dataset: str, rid: str) -> None:
         await self._call("DELETE", f"/datasets/{dataset}/replacements/{quote(rid, safe='')}", None, expect=(204, 200, 404))
@@ -184,16 +152,10 @@ class SyncApiClient:
         key: str | None = None,
         expect: tuple[int, ...] = (200,),
     ) -> dict[str, Any]:
-        headers: dict[str, str] = {}
-        content: bytes | None = None
-        if body is not None:
-            raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-            if len(raw) > GZIP_ABOVE_BYTES:
-                content = gzip.compress(raw, compresslevel=1, mtime=0)  # level 1: a third of level 5's CPU, loopback/in-region bytes
-                headers["Content-Encoding"] = "gzip"
-            else:
-                content = raw
+        """Send one request, retried on 429, 5xx and connection faults (at most
+        ``max_attempts``); its answer as a JSON object (``{}`` for 204). Raises a
+        ``SyncApiError`` whose ``maybe_applied`` says whether the request may have been applied."""
+        content, headers = encode_body(body)
         if key is not None:
             headers["Idempotency-Key"] = key
         what = f"{method} {path.split('?')[0]}"
@@ -201,46 +163,18 @@ class SyncApiClient:
         uncertain = False  # an attempt may have been applied without our seeing the answer
         for attempt in range(1, self.max_attempts + 1):
             self.requests += 1
-            delay: float
             try:
-                request = self._http.build_request(method, self.base_url + path, content=content, headers=headers)
-                resp = await self._http.send(request, stream=True)
-                try:
-                    raw = await _read_raw(resp, what)
-                except SyncApiError as exc:  # an answer too large to read: not a definite refusal
-                    exc.maybe_applied = not 400 <= resp.status_code < 500
-                    raise
-                finally:
-                    await resp.aclose()
+                resp, raw = await self._send(method, path, content, headers, what)
             except httpx.TransportError as exc:
                 last = f"connection fault ({type(exc).__name__})"
                 uncertain |= not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
+                delay = self._backoff(attempt)
             else:
                 if resp.status_code in expect:
-                    try:
-                        return _json_body(resp, raw, what) if resp.status_code != 204 else {}
-                    except SyncApiError as exc:
-                        # The request was accepted but its answer cannot be read (not JSON, the
-                        # wrong shape, a truncated gzip): it may have been applied.
-                        exc.maybe_applied = True
-                        raise
-                if resp.status_code in (429, 503):
-                    last = f"HTTP {resp.status_code}"
-                    # A missing or malformed Retry-After falls back to this client's own backoff
-                    # (it used to be a fixed 2 s, which ignored backoff_seconds).
-                    hinted = _retry_after(resp, what) if "retry-after" in resp.headers else None
-                    delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS) if hinted is None else hinted
-                elif resp.status_code >= 500:
-                    last = f"HTTP {resp.status_code}"
-                    uncertain |= resp.status_code in (500, 502, 504)  # a gateway's, or a failure after the work
-                    delay = jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
-                else:
-                    fatal = _fatal(resp, raw, what, self)
-                    # Only a 4xx is a definite refusal; any other answer (an unexpected 2xx, a
-                    # redirect) may stand for a request that was applied.
-                    fatal.maybe_applied = not 400 <= resp.status_code < 500
-                    raise fatal
+                    return _answer(resp, raw, what)
+                last = f"HTTP {resp.status_code}"
+                delay, maybe_applied = self._retry_delay(resp, raw, what, attempt)
+                uncertain |= maybe_applied
             if attempt < self.max_attempts:
                 log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
@@ -248,154 +182,60 @@ class SyncApiClient:
         error.maybe_applied = uncertain
         raise error
 
-
-
-class _BadBody(Exception):
-    """An answer's body that cannot be decoded: the reason, for the error message."""
-
-
-@dataclass
-class _Raw:
-    body: bytes
-    decoded: bool = False  # True when a transport handed over a response already read and decoded
-
-
-async def _read_raw(resp: httpx.Response, what: str) -> _Raw:
-    """The body as sent (still compressed), at most MAX_RESPONSE_BYTES."""
-    if resp.is_stream_consumed:  # httpx.MockTransport hands over responses already read
-        return _Raw(resp.content, decoded=True)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.aiter_raw():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise SyncApiProtocolError(f"sync API {what} answered a body larger than {MAX_RESPONSE_BYTES} bytes; nothing more was sent")
-        chunks.append(chunk)
-    return _Raw(b"".join(chunks))
-
-
-def _decoded(resp: httpx.Response, raw: _Raw) -> bytes:
-    """The body without its Content-Encoding. httpx's own gzip decoder accepts a stream that
-    is cut short (zlib's flush does not check for the end of the stream), so gzip is decoded
-    here: a truncated or corrupt body raises ``_BadBody`` instead of passing as a short one."""
-    if raw.decoded:
-        return raw.body
-    codings = [c.strip().lower() for c in resp.headers.get("content-encoding", "").split(",") if c.strip()]
-    data = raw.body
-    for coding in reversed(codings):
-        if coding == "identity":
-            continue
-        if coding not in ("gzip", "x-gzip"):
-            raise _BadBody(f"an unsupported Content-Encoding {coding!r} (this client accepts gzip)")
+    async def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], what: str) -> tuple[httpx.Response, Raw]:
+        """One attempt: the answer and its body as sent (at most MAX_RESPONSE_BYTES)."""
+        request = self._http.build_request(method, self.base_url + path, content=content, headers=headers)
+        resp = await self._http.send(request, stream=True)
         try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
-                data = fh.read(MAX_RESPONSE_BYTES + 1)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise _BadBody(f"a truncated or corrupt gzip body (Content-Encoding: gzip; {exc})") from None
-        if len(data) > MAX_RESPONSE_BYTES:
-            raise _BadBody(f"a gzip body over {MAX_RESPONSE_BYTES} bytes uncompressed")
-    return data
+            return resp, await read_raw(resp, what)
+        except SyncApiError as exc:  # an answer too large to read: not a definite refusal
+            exc.maybe_applied = not 400 <= resp.status_code < 500
+            raise
+        finally:
+            await resp.aclose()
+
+    def _backoff(self, attempt: int) -> float:
+        return jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
+
+    def _retry_delay(self, resp: httpx.Response, raw: Raw, what: str, attempt: int) -> tuple[float, bool]:
+        """For an answer that was not expected: (seconds before the retry, whether the request
+        may have been applied), or the error when the answer must not be retried."""
+        status = resp.status_code
+        if status in (429, 503):
+            # A missing or malformed Retry-After falls back to this client's own backoff
+            # (it used to be a fixed 2 s, which ignored backoff_seconds).
+            hinted = retry_after(resp, what) if "retry-after" in resp.headers else None
+            return (self._backoff(attempt) if hinted is None else hinted), False
+        if status >= 500:
+            return self._backoff(attempt), status in (500, 502, 504)  # a gateway's, or a failure after the work
+        fatal = refusal(resp, raw, what, self.credential_where, self.credential_fix)
+        # Only a 4xx is a definite refusal; any other answer (an unexpected 2xx, a
+        # redirect) may stand for a request that was applied.
+        fatal.maybe_applied = not 400 <= status < 500
+        raise fatal
 
 
-def _json_body(resp: httpx.Response, raw: _Raw, what: str) -> dict[str, Any]:
-    ctype = resp.headers.get("content-type", "")
+def encode_body(body: dict[str, Any] | None) -> tuple[bytes | None, dict[str, str]]:
+    """A request body as sent: compact UTF-8 JSON, gzip-compressed above GZIP_ABOVE_BYTES;
+    with its Content-Type (and Content-Encoding) headers. ``None``: no body, no headers."""
+    if body is None:
+        return None, {}
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    headers = {"Content-Type": "application/json"}
+    if len(raw) <= GZIP_ABOVE_BYTES:
+        return raw, headers
+    headers["Content-Encoding"] = "gzip"
+    return gzip.compress(raw, compresslevel=1, mtime=0), headers  # level 1: a third of level 5's CPU
+
+
+def _answer(resp: httpx.Response, raw: Raw, what: str) -> dict[str, Any]:
+    """An expected answer as a JSON object (``{}`` for 204)."""
+    if resp.status_code == 204:
+        return {}
     try:
-        data = _decoded(resp, raw)
-    except _BadBody as exc:
-        raise SyncApiProtocolError(f"sync API {what} answered HTTP {resp.status_code} with {exc}; is a proxy in the way?") from None
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        kind = "an HTML page, not JSON" if "html" in ctype.lower() or data.lstrip()[:1] == b"<" else "a body that is not JSON"
-        if isinstance(exc, RecursionError):
-            kind = "JSON nested too deeply to read"
-        raise SyncApiProtocolError(
-            f"sync API {what} answered HTTP {resp.status_code} with {kind} "
-            f"(Content-Type {ctype or 'none'}); is a proxy or login page in the way?"
-        ) from None
-    if not isinstance(doc, dict):
-        raise SyncApiProtocolError(f"sync API {what} answered JSON of the wrong shape: not an object")
-    return doc
-
-
-def _write_result(doc: dict[str, Any], count_field: str, what: str) -> WriteResult:
-    """The answer to a write. A 2xx of the wrong shape raises SyncApiProtocolError with
-    ``maybe_applied`` set: the service accepted the request and may have applied it."""
-    try:
-        return _write_result_strict(doc, count_field, what)
+        return json_body(resp, raw, what)
     except SyncApiError as exc:
+        # The request was accepted but its answer cannot be read (not JSON, the wrong shape,
+        # a truncated gzip): it may have been applied.
         exc.maybe_applied = True
         raise
-
-
-def _write_result_strict(doc: dict[str, Any], count_field: str, what: str) -> WriteResult:
-    count = doc.get(count_field)
-    rejected = doc.get("rejected")
-    if not isinstance(count, int) or isinstance(count, bool) or not isinstance(rejected, list):
-        raise SyncApiProtocolError(f"{what} answered JSON of the wrong shape: without '{count_field}' and 'rejected'")
-    out: list[Rejection] = []
-    for r in rejected:
-        if not isinstance(r, dict) or not isinstance(r.get("code"), str):
-            raise SyncApiProtocolError(f"{what} answered JSON of the wrong shape: a malformed rejection")
-        out.append(Rejection(r.get("key"), r["code"], str(r.get("message", ""))))
-    return WriteResult(count, out)
-
-
-def _problem_detail(resp: httpx.Response, raw: _Raw) -> str:
-    """The answer's own words, for the error message. A body can echo the request (its
-    Authorization header): registered secrets are scrubbed before the text is cut short, so
-    that no part of one survives the cut."""
-    try:
-        data = _decoded(resp, raw)
-    except _BadBody as exc:
-        return f"an unreadable body: {exc}"
-    try:
-        doc = json.loads(data)
-        if isinstance(doc, dict):
-            parts = [str(doc[k]) for k in ("title", "detail") if doc.get(k)]
-            if parts:
-                return scrub(": ".join(parts)[:4096])[:500]
-    except (ValueError, RecursionError):
-        pass
-    return scrub(data[:4096].decode("utf-8", "replace"))[:200].strip().replace("\n", " ") or "no detail"
-
-
-def _fatal(resp: httpx.Response, raw: _Raw, what: str, client: SyncApiClient) -> SyncApiError:
-    status = resp.status_code
-    detail = _problem_detail(resp, raw)
-    if status == 401:
-        return SyncApiAuthError(
-            f"sync API refused the credential (HTTP 401) on {what}: the credential in {client.credential_where} is wrong, "
-            f"expired or disabled; {client.credential_fix}",
-            status,
-        )
-    if status == 403:
-        return SyncApiAuthError(
-            f"sync API account lacks the roles (HTTP 403) on {what}: the account in {client.credential_where} needs "
-            "'Mail Platform' and 'LDAP User Groups'",
-            status,
-        )
-    if status == 413:
-        return PayloadTooLargeError(f"sync API {what}: request too large (HTTP 413)", status)
-    if status == 404:
-        return SyncApiRequestError(f"sync API {what}: not found (HTTP 404): {detail}; check SYNC_API_URL", status)
-    if status == 409:
-        return SyncApiRequestError(f"sync API {what}: Idempotency-Key reused with a different body (HTTP 409): {detail}", status)
-    return SyncApiRequestError(f"sync API {what} failed with HTTP {status}: {detail}", status)
-
-
-def _retry_after(resp: httpx.Response, what: str) -> float | None:
-    """Seconds to wait, None when the header is malformed (the caller backs off instead)."""
-    raw = resp.headers.get("retry-after", "").strip()
-    seconds = parse_retry_after(raw)
-    # parse_retry_after clamps a negative value to 0 and passes "1e309" as infinity: both are
-    # malformed (delay-seconds is a non-negative integer), and neither may mean "at once" or "never".
-    if seconds is None or not math.isfinite(seconds) or raw.startswith("-"):
-        log.warning("sync API %s sent a malformed Retry-After %r; backing off instead", what, scrub(raw)[:40])
-        return None
-    if seconds > MAX_RETRY_AFTER_SECONDS:
-        raise SyncApiUnavailableError(
-            f"sync API {what} asked to wait {seconds:.0f} s (Retry-After), more than the {MAX_RETRY_AFTER_SECONDS:.0f} s "
-            "this run will wait; nothing more was sent"
-        )
-    return seconds

@@ -1,0 +1,193 @@
+"""The reading stage of a run: the provisioned domains (``GET /domains`` ∩ ``ADDRESS_DOMAINS``),
+one Graph read (full, or a delta round from saved links) concurrently with Exchange Online's
+complete read, the read's fingerprint (what makes the next update read in full), the service's
+own copy of a dataset, and sign-in failures mapped to one clear message.
+
+In: ``Settings``, secrets, the state's meta. Out: a ``Read`` (``shared/reading.py``), the
+summary's ``read`` block, ``Records`` of the service (docs/sync-api.md, ``GET .../records``)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..common.errors import CredentialExpiredError, ExchangeError, GraphError, SyncApiProtocolError, SyncError
+from ..common.redact import scrub
+from ..common.telemetry import phase
+from ..config.credentials import exchange_token_credential, graph_auth_provider
+from ..config.settings import Settings
+from ..model.directory import Cache, Round
+from ..model.records import Records, from_api_record
+from ..model.rules import RULE_SETTINGS, rule_exclusions_summary
+from ..reading import Checkpoints, Read, fingerprint, read_full, why_full
+from ..sources.exchange import ExchangeSource, token_getter_for
+from ..sources.graph import GraphSource, gather_or_cancel
+from ..storage.state import StateDB
+from .base import RunParts
+
+log = logging.getLogger("shared.engine")  # the name its log lines have always carried
+
+
+class ReadStage(RunParts):
+    """The reads of a run (a part of the engine's run class)."""
+
+    async def _provisioned(self) -> frozenset[str]:
+        domains = frozenset(await self.api.domains())
+        if self.settings.address_domains is not None:
+            domains &= self.settings.address_domains
+        self.summary.extra["provisionedDomains"] = sorted(domains)
+        if not domains:
+            log.warning("no provisioned domain remains (GET /domains ∩ ADDRESS_DOMAINS is empty): no address will be kept")
+        return domains
+
+    def _source(self) -> GraphSource:
+        auth = graph_auth_provider(self.settings, self.secrets.graph_client_secret)
+        return GraphSource(self.settings.graph_base_url, auth, backoff_seconds=self.options.graph_backoff_seconds,
+                           concurrent=self.options.graph_concurrent)
+
+    async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
+        source = self._source()
+        failure: SyncError | None = None
+        self.progress.reading(source)
+        try:
+            with phase(self.summary, "read"):
+                return await work(source)
+        except GraphError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - azure-identity and kiota raise their own types
+            failure = _graph_failure(exc, self.settings)
+        finally:
+            self.graph_requests += source.stats.requests
+            self.graph_retries += source.stats.retries
+            self.progress.idle()
+            await source.aclose()
+        # Raised outside the except block, so the SDK's exception (whose text can echo the
+        # token request, secret included) is not kept as the error's __context__.
+        raise failure
+
+    async def _exchange(self) -> list[dict[str, Any]]:
+        """Every recipient of EXO_RECIPIENT_TYPES, read in full (Exchange has no delta)."""
+        exo = self.settings.exo
+        failure: SyncError | None = None
+        source: ExchangeSource | None = None
+        credential = None
+        try:
+            credential = exchange_token_credential(self.settings, self.secrets.graph_client_secret)
+            source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token_getter_for(credential),
+                                    backoff_seconds=self.options.graph_backoff_seconds)
+            return await source.read_recipients()
+        except SyncError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - azure-identity raises its own types
+            failure = _exchange_failure(exc)
+        finally:
+            if source is not None:
+                self.exo_requests += source.stats.requests
+                self.exo_retries += source.stats.retries
+                await source.aclose()
+            if credential is not None and hasattr(credential, "close"):
+                credential.close()
+        # Raised outside the except block: the SDK's exception text stays out of __context__.
+        raise failure
+
+    async def _with_exchange(self, graph_work: Awaitable[Read] | None, reason: str) -> Read:
+        """Graph's round and Exchange Online's complete read, concurrently: the first to fail
+        cancels the other and fails the run before anything is sent (docs/sync-rules.md,
+        "The Exchange Online source"). ``graph_work`` None: EXO_MODE=only, no Graph request at all."""
+        if graph_work is not None and not self.settings.exo.enabled:
+            return await graph_work
+        if graph_work is None:
+            read = Read("full", reason, Round(), {}, "none (EXO_MODE=only)")
+            read.recipients = await self._exchange()
+            return read
+        read, recipients = await gather_or_cancel(graph_work, self._exchange())
+        read.recipients = recipients
+        return read
+
+    def _read_summary(self, read: Read) -> dict[str, Any]:
+        out = read.summary(self.graph_retries)
+        if self.settings.exo.enabled:
+            out["exchange"] = {"mode": self.settings.exo.mode, "recipientTypes": list(self.settings.exo.recipient_types),
+                               "recipients": len(read.recipients or ()), "exoRetries": self.exo_retries}
+        return out
+
+    async def _read_full(self, reason: str, cache: Cache, checkpoints: Checkpoints | None = None) -> Read:
+        graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason, cache, checkpoints))
+        read = await self._with_exchange(graph_work, reason)
+        self.summary.extra["read"] = self._read_summary(read)
+        log.info("read: full (%s)", reason)
+        return read
+
+    def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
+        # The scope and exclusion settings too: a change of any of them reads in full.
+        out = {**fingerprint(self.datasets, self.settings.address_domains, provisioned), "rules": self.settings.rules.fingerprint()}
+        if self.settings.exo.enabled:
+            out["exo"] = {"mode": self.settings.exo.mode, "types": list(self.settings.exo.recipient_types)}
+        return out
+
+    def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
+        """Why this update must read the directory in full; ``None``: a delta round will do."""
+        if self.settings.exo.mode == "only":
+            return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
+        reason = why_full(db, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
+        if reason is None or reason.startswith(("periodic", "FULL_SYNC_INTERVAL_HOURS")):
+            was = (db.read_fingerprint or {}).get("rules") or {}
+            now = self.settings.rules.fingerprint() or {}
+            changed = [setting for key, setting in RULE_SETTINGS if was.get(key) != now.get(key)]
+            if changed:
+                return f"{', '.join(changed)} changed since the last full read"
+        return reason
+
+    def _note_rule_exclusions(self, exclusions: Any) -> None:
+        """What the scope and exclusion settings left out, for the run report and status."""
+        if self.settings.rules.active:
+            self.summary.extra["ruleExclusions"] = rule_exclusions_summary(exclusions)
+
+
+    async def _read_service(self, dataset: str) -> Records:
+        out: Records = {}
+        async for page in self.api.records(dataset):
+            for rec in page:
+                try:
+                    key, value = from_api_record(dataset, rec)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
+                out[key] = value
+        return out
+
+
+
+_AADSTS = re.compile(r"AADSTS(\d{5,})")
+
+
+def _exchange_failure(exc: Exception) -> SyncError:
+    """An azure-identity failure to get the Exchange token, without its text beyond the code."""
+    m = _AADSTS.search(scrub(str(exc)))
+    code = f" (AADSTS{m.group(1)})" if m else f" ({type(exc).__name__})"
+    return ExchangeError(f"signing in for Exchange Online failed{code}; check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_AUTH and EXO_BASE_URL; nothing was sent")
+
+
+def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
+    """Turn azure-identity/kiota exceptions into one clear message, without their text
+    (which can echo request details) beyond the AADSTS code."""
+    text = scrub(str(exc))
+    m = _AADSTS.search(text)
+    if m and m.group(1) in ("7000222", "7000215", "7000221"):
+        where = (
+            f"secret {settings.graph_client_secret_name!r} in Key Vault {settings.key_vault_url}"
+            if settings.key_vault_url
+            else "GRAPH_CLIENT_SECRET"
+        )
+        what = "has expired" if m.group(1) == "7000222" else "is not valid for this app"
+        return CredentialExpiredError(
+            f"Entra ID refused the Graph client secret (AADSTS{m.group(1)}): the {where} {what}; "
+            "rotate it with infra/scripts/rotate-graph-secret.sh"
+        )
+    if m:
+        return GraphError(f"Entra ID sign-in for Graph failed (AADSTS{m.group(1)}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
+    name = type(exc).__name__
+    if "Authentication" in name or "Credential" in name:
+        return GraphError(f"signing in to Graph failed ({name}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
+    return GraphError(f"reading Graph failed ({name}); nothing was sent")

@@ -1,0 +1,194 @@
+"""The update stage of a run: the plan (a full read's diff, or a delta round's affected keys
+plus everything held, rejected, unknown or to recheck), the deletion guard, the sending stage,
+and the one commit; a state no run ever completed gets its baseline from the service first.
+
+In: the state, the provisioned domains. Out: batches sent (``shared/send.py``), the state
+committed, the summary's counts and ``heldDeletions`` (docs/sync-rules.md, "The deletion guard")."""
+
+from __future__ import annotations
+
+import logging
+
+from ..common.errors import DeletionsHeldError, DeltaExpiredError, StateError
+from ..common.telemetry import phase
+from ..model.records import DATASETS, Records
+from ..model.rules import ScopeError
+from ..plan.diff import DatasetDiff, diff_records, plan_update
+from ..plan.guard import Thresholds, judge_all
+from ..reading import Checkpoints, Read, merge_delta, merge_full, read_delta
+from ..send import BatchSender
+from ..storage.state import StateDB
+from .base import Plan
+from .reads import ReadStage
+
+log = logging.getLogger("shared.engine")  # the name its log lines have always carried
+
+
+class UpdateStage(ReadStage):
+    """``update``, the plan and the deletion guard (a part of the engine's run class)."""
+
+    async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> Plan:
+        reason = self._why_full(db, provisioned)
+        if reason is None:
+            links: dict[str, str] = db.delta_links
+            try:
+                reason_delta = "delta links saved by the last run"
+                read = await self._with_exchange(self._graph(lambda source: read_delta(source, links, reason_delta)), reason_delta)
+            except DeltaExpiredError as exc:
+                reason = f"{exc}; reading in full"
+                log.warning("%s", reason)
+            else:
+                return self._delta_plan(db, provisioned, read)
+        # Streamed into the state's cache in the run's transaction (checkpoints: shared/reading.py); incomplete until _save_read.
+        cache = db.cache(provisioned, self.settings.rules)
+        db.directory_cache = None
+        read = await self._read_full(reason, cache, Checkpoints(db, self.store, self._fingerprint(provisioned), self.options.checkpoint_seconds))
+        merge_full(cache, read)
+        held_view = {d: db.records(d) for d in self.datasets}
+        diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
+        if self.settings.rules.active:
+            self._note_rule_exclusions(cache.rule_exclusions())
+        return Plan("full", reason, diffs, held_view, cache.excluded(), read=read)
+
+    def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> Plan:
+        # Held deletions and last run's rejections are looked at again, whatever changed.
+        held_keys = {d: set(keys) for d, keys in db.held().items()}
+        for d, keys in (db.rejected or {}).items():
+            held_keys.setdefault(d, set()).update(keys)
+        for d in self.datasets:  # records a lost answer left unknown
+            held_keys.setdefault(d, set()).update(db.unknown_keys(d))
+            # Every key an interrupted run's batches named (confirmed or only intended): the
+            # directory may have undone that change since, in objects this round never names.
+            held_keys[d].update(db.recheck_keys(d))
+        with db.planning():  # the merge stays in the run's transaction: committed only after the service confirmed
+            cache = db.cache(provisioned, self.settings.rules)
+            try:
+                before = cache.verdict()
+            except ScopeError:
+                before = None  # judged again after the round; then every object is looked at
+            affected = merge_delta(cache, read)
+            if self.settings.rules.judges_objects:
+                cache.verdict()  # a scope id that names no group fails the run here, before anything is sent
+                cache.rescope(before, affected)  # users and subtrees the round moved in or out of scope
+            affected.users |= cache.claimants(affected.primaries)
+            diffs: dict[str, DatasetDiff] = {}
+            held_view: dict[str, Records] = {}
+            for d in self.datasets:
+                keys = affected.keys(d) | held_keys.get(d, set())
+                want = cache.desired(d, sorted(keys))
+                have = db.values(d, keys)
+                upserts = {k: v for k, v in want.items() if v is not None and have.get(k) != v}
+                deletes = sorted(k for k, v in want.items() if v is None and k in have)
+                diffs[d] = DatasetDiff(d, upserts, deletes)
+                held_view[d] = have
+            excluded = cache.excluded()
+            if self.settings.rules.active:
+                self._note_rule_exclusions(cache.rule_exclusions())
+        self.summary.extra["read"] = self._read_summary(read)
+        log.info("read: delta (%s): %s changed objects", read.reason, read.objects)
+        return Plan("delta", read.reason, diffs, held_view, excluded, read=read)
+
+    def _save_read(self, db: StateDB, plan: Plan, provisioned: frozenset[str]) -> None:
+        """After the service confirmed the run: the cache and links of this read become the state's."""
+        read = plan.read
+        if read is None:
+            raise StateError("internal error: a read to save is missing")
+        if read.kind == "full":  # already merged into the cache (see _plan, _replace)
+            db.last_full_read = self.options.now().isoformat(timespec="seconds")
+        else:
+            merge_delta(db.cache(provisioned, self.settings.rules), read)
+        db.directory_cache = "complete"
+        db.delta_links = read.links if read.links_complete() else None
+        db.read_fingerprint = self._fingerprint(provisioned)
+
+    # --- the deletion guard --------------------------------------------------------------------
+    def _guard(self, db: StateDB | None, plan: Plan) -> dict[str, list[str]]:
+        """Cut each dataset's deletions down to what the guard lets through; returns the held
+        keys per dataset (and sets ``self.held_error`` when anything is held)."""
+        thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count)
+        before = db.held() if db is not None else {}
+        deletions = {d: plan.diffs[d].deletes for d in self.datasets if plan.diffs[d].deletes}
+        totals = {d: (db.count(d) if db is not None else 0) for d in deletions}
+        held: dict[str, list[str]] = {}
+        reasons = []
+        for d, verdict in judge_all(deletions, totals, before, thresholds).items():
+            plan.diffs[d].deletes = verdict.send
+            if verdict.approved:
+                log.warning("deletion guard: sending %d approved %s deletions", len(verdict.approved), d)
+            if verdict.tripped:
+                held[d] = verdict.hold
+                reasons.append(f"{d}: {len(verdict.hold)} held ({verdict.reason})")
+                log.error("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
+        if held:
+            self.held_error = DeletionsHeldError(
+                "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
+                + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve with "
+                "'python -m shared approve-deletions' (optionally --dataset NAME) or POST /api/approve-deletions; "
+                "additions and updates were sent"
+            )
+        self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
+        return held
+
+    # --- update --------------------------------------------------------------------------
+    async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
+        await self._baseline(db)
+        plan = await self._plan(db, provisioned)
+        for d in DATASETS:
+            self.summary.datasets[d].excluded = plan.excluded[d]
+        with phase(self.summary, "plan"):
+            held = self._guard(db, plan)
+            batches = plan_update(plan.diffs, plan.held_view, self.options.max_items)
+        sender = BatchSender(self.api, self.store, db, self.summary)  # the sending stage (shared/send.py)
+        await sender.send_all(batches, self.progress)
+        with phase(self.summary, "commit"):
+            db.rejected = {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None
+            # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
+            self._save_read(db, plan, provisioned)
+            for d in DATASETS:
+                db.set_held(d, dict.fromkeys(held.get(d, ()), False))
+            for d in self.datasets:  # every such key was compared with this read (the plan's keys)
+                db.clear_recheck(d)
+            db.last_action = "update"
+            db.commit()
+            self.store.publish(db)
+
+    async def _baseline(self, db: StateDB) -> None:
+        """A state that no run ever completed (a first run, or a lost state: the file deleted,
+        the blob removed, a new storage account) gets its records from the service's own copy
+        (``GET .../records``, as ``refresh`` does) before the diff, so that records the service
+        holds and the directory no longer implies are deleted, and judged by the deletion
+        guard like any others. Without it, the diff against an empty state sends no deletion.
+        The state counts as lost when run reports exist or the service already holds records.
+        Reads: ``GET /datasets/{dataset}/records`` per synced dataset (docs/sync-api.md)."""
+        lost = await self._lost_state(db)
+        if lost is None:
+            return
+        signals, service = lost
+        log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
+                    "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
+                    " and ".join(signals))
+        for d, recs in service.items():
+            db.replace_records(d, recs)
+
+    async def _lost_state(self, db: StateDB | None) -> tuple[list[str], dict[str, Records]] | None:
+        """``(signals, the service's records)`` when no run ever completed this state (``db``
+        ``None``: there is none) although run reports exist or the service holds records;
+        else ``None``. Sets the summary's ``stateRebuilt``."""
+        if db is not None and (db.last_action is not None or db.converted_from is not None):
+            return None
+        signals: list[str] = []
+        try:
+            if self.reports is not None and self.reports.recent(1):
+                signals.append("run reports exist")
+        except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
+            log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
+        service: dict[str, Records] = {}
+        for d in self.datasets:
+            service[d] = await self._read_service(d)
+        held = {d: len(r) for d, r in service.items() if r}
+        if held:
+            signals.append("the service already holds " + ", ".join(f"{n} {d}" for d, n in held.items()))
+        if not signals:
+            return None
+        self.summary.extra["stateRebuilt"] = {"signals": signals, "serviceRecords": {d: len(r) for d, r in service.items()}}
+        return signals, service
