@@ -236,9 +236,9 @@ class _LockedStore:
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
         return self.inner.open(readonly=readonly, rebuild=rebuild)
 
-    def append_journal(self, entry: dict[str, Any]) -> Any:
+    def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any:
         self._check()
-        return self.inner.append_journal(entry)
+        return self.inner.append_journal(entry, durable=durable)
 
     def retract_journal(self, token: Any) -> None:
         self.inner.retract_journal(token)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.exchange_emulator import recipient
-from shared.model.directory import Affected, Cache, Round, memory_cache
+from shared.model.directory import Affected, Cache, Round, scratch_cache
 from shared.model.projection import candidates
 
 PROVISIONED = frozenset({"contoso.com", "fabrikam.com", "xn--bcher-kva.example"})
@@ -42,7 +42,7 @@ def kept_of(cache: Cache) -> set[str]:
 
 def full_read(listing: list[dict]) -> Cache:
     """A full read of one Exchange listing: applied to an empty cache."""
-    cache = memory_cache(PROVISIONED)
+    cache = scratch_cache(PROVISIONED)
     cache.apply_recipients(listing, None)
     return cache
 
@@ -61,7 +61,7 @@ def test_exchange_candidates_are_graph_candidates(rec):
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(recipients(), max_size=6), min_size=1, max_size=5))
 def test_cache_follows_any_sequence_of_complete_reads(reads):
-    cache = memory_cache(PROVISIONED)
+    cache = scratch_cache(PROVISIONED)
     cache.apply_round(Round(), None)  # no longer empty: recipients now take the incremental path
     before: set[str] = set()
     for listing in reads:

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.model.directory import SCHEMA, Cache, Round, memory_cache
+from shared.model.directory import SCHEMA, Cache, Round, scratch_cache
 
 PROVISIONED = frozenset({"contoso.com"})
 USERS = [f"u{i}" for i in range(6)]
@@ -90,7 +90,7 @@ def entry_by_entry(entries: list[tuple[str, dict[str, Any]]]) -> Cache:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(entry(), max_size=30), st.integers(1, 31))
 def test_a_streamed_full_read_equals_the_entry_by_entry_merge(entries: list[tuple[str, dict[str, Any]]], batch: int) -> None:
-    streamed = memory_cache(PROVISIONED)
+    streamed = scratch_cache(PROVISIONED)
     load = streamed.load(flush_entries=batch)
     for collection, obj in entries:
         load.take(collection, obj)
@@ -103,7 +103,7 @@ def test_a_streamed_full_read_equals_the_entry_by_entry_merge(entries: list[tupl
 
 
 def test_a_load_empties_what_the_cache_held_and_builds_the_indexes() -> None:
-    cache = memory_cache(PROVISIONED)
+    cache = scratch_cache(PROVISIONED)
     cache.apply_round(_round([("users", {"id": "u1", "mail": "a@contoso.com"})]), None)
     load = cache.load(flush_entries=1)
     load.take("users", {"id": "u2", "mail": "b@contoso.com"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model.directory import memory_cache
+from ..model.directory import scratch_cache
 from ..model.records import DATASETS, to_api_record
 from ..plan.approval import held_count, held_digest
 from ..plan.diff import diff_records
@@ -23,7 +23,7 @@ class PreviewStage(UpdateStage):
     """``test-update`` (a part of the engine's run class)."""
 
     async def _test_update(self, db: StateDB | None, provisioned: frozenset[str]) -> None:
-        cache = memory_cache(provisioned, self.settings.rules)  # a scratch cache: a dry run never writes the state
+        cache = scratch_cache(provisioned, self.settings.rules)  # a scratch cache: a dry run never writes the state
         try:
             read = await self._read_full("test-update always reads in full", cache)
             merge_full(cache, read)

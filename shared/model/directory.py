@@ -59,7 +59,7 @@ class Affected:
 
 class Cache(WholeDirectory):
     """The cache tables of one open state database (inside the caller's transaction), or of a
-    scratch database (``memory_cache``). The whole-directory projection is in
+    scratch database (``scratch_cache``). The whole-directory projection is in
     ``shared/model/views.py``."""
 
     def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *, empty: bool = False) -> None:
@@ -356,9 +356,13 @@ class Cache(WholeDirectory):
         self._empty = True
 
 
-def memory_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:
-    """An empty cache in a scratch in-memory database (a dry run, tests): never the state."""
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+def scratch_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:
+    """An empty cache in a scratch database (a dry run, tests): never the state. SQLite's
+    private temporary database (an empty file name): its pages spill to a temporary file
+    beyond the page cache and it is deleted on close, so a preview of a 1,000,000-user tenant
+    does not hold its whole cache in memory (an in-memory database would, about 1.4 GB)."""
+    conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA cache_size=-32768")  # 32 MiB, as the state's
     conn.executescript(SCHEMA)
     return Cache(conn, frozenset(provisioned), rules, empty=True)
 
@@ -369,7 +373,7 @@ def project_entries(entries: Iterable[tuple[str, dict[str, Any]]], provisioned: 
     rnd = Round()
     for collection, obj in entries:
         rnd.take(collection, obj)
-    cache = memory_cache(provisioned, rules)
+    cache = scratch_cache(provisioned, rules)
     try:
         # Merged a few entries at a time, as a full read streams its pages into the cache.
         cache.load(flush_entries=3).feed(rnd)

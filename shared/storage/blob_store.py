@@ -253,7 +253,8 @@ class BlobStateStore:
         """An append blob cannot be cut: the intent stays, and the next run sends its records
         again (idempotently) as if the process had died with the batch in flight."""
 
-    def append_journal(self, entry: dict[str, Any]) -> Any:
+    def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any:
+        """One line appended as a block (an append is durable once acknowledged, whatever ``durable``)."""
         from azure.core.exceptions import AzureError, ResourceExistsError
 
         blob = self.container.get_blob_client(JOURNAL_NAME)

@@ -299,8 +299,10 @@ class StateDB:
         journal.retract_journal(token)
 
     def confirm(self, journal: Any, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> None:
-        """Journal what the service confirmed, then apply it and advance the position."""
-        journal.append_journal(self.journal_entry(dataset, upsert, delete))
+        """Journal what the service confirmed (not fsync'd on its own: the next intent's fsync
+        carries it; a confirmation lost with the OS leaves its intent, which the next run
+        repairs), then apply it and advance the position."""
+        journal.append_journal(self.journal_entry(dataset, upsert, delete), durable=False)
         self.apply(dataset, upsert, delete)
         self.advance()
 

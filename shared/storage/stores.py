@@ -8,13 +8,13 @@ first open (shared/storage/legacy.py). Built by shared/storage/backend.py."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..common import fastjson
 from ..common.errors import StateError
 from .blob_store import BlobStateStore
 from .legacy import convert_v1, load_v1
@@ -27,7 +27,7 @@ class StateStore(Protocol):
     where: str
 
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None: ...
-    def append_journal(self, entry: dict[str, Any]) -> Any: ...
+    def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any: ...
     def retract_journal(self, token: Any) -> None: ...
     def publish(self, db: StateDB) -> None: ...
 
@@ -109,15 +109,23 @@ class FileStateStore:
         except OSError as exc:
             log.warning("state %s: could not clear the journal (%s); its entries are stale and will be ignored", self.where, exc.strerror)
 
-    def append_journal(self, entry: dict[str, Any]) -> Any:
-        """Returns a token for ``retract_journal`` (the journal's length before)."""
-        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any:
+        """Returns a token for ``retract_journal`` (the journal's length before).
+
+        ``durable``: fsync before returning (an intent, which must be on disk before its
+        request is sent). A confirmation is appended without its own fsync: a killed process
+        loses nothing (the write is in the OS's cache), and the next intent's fsync makes it
+        durable with its own line. Only an OS crash in between can lose it, and then its intent
+        stands alone, which the next run already repairs: those keys are marked unknown,
+        rechecked and sent again as the directory then implies (shared/storage/journal.py)."""
+        line = fastjson.dumps(entry).encode("utf-8") + b"\n"
         try:
             with open(self.journal, "ab") as fh:
                 before = fh.tell()
                 fh.write(line)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
         except OSError as exc:
             raise StateError(f"cannot append to the journal at {self.where}: {exc.strerror}") from None
         return before
