@@ -268,6 +268,7 @@ class _Run(PreviewStage, ReplaceStage):
         self.graph_retries = 0
         self.exo_requests = 0
         self.exo_retries = 0
+        self.snapshots = []
         self.found_state = False
         self.progress = Progress(options.progress_interval)
 

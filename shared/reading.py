@@ -36,8 +36,9 @@ class Read:
     links: dict[str, str | None] = field(default_factory=dict)
     membership_read: str = "groups/delta"
     counted: dict[str, int] | None = None  # ``objects``, kept when the fold is dropped
-    # EXO_MODE on: Exchange Online's complete read (shared/sources/exchange.py), merged with the round.
-    recipients: list[dict[str, Any]] | None = None
+    # The snapshot sources' complete reads (shared/sources/configured.py), merged with the
+    # round: collection -> entries in arrival order (``recipients``: Exchange Online's).
+    snapshots: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     merged: bool = False  # a delta round already merged into the state's cache (merge_delta)
     resumed: bool = False  # a full read that continued an interrupted one's checkpoint
 
@@ -151,8 +152,8 @@ def merge_full(cache: Cache, read: Read) -> None:
     Exchange Online's recipients are merged."""
     if read.counted is None:
         read.counted = cache.finish_load()
-    if read.recipients is not None:
-        cache.apply_recipients(read.recipients, None)
+    if "recipients" in read.snapshots:
+        cache.apply_recipients(read.snapshots["recipients"], None)
 
 
 def merge_delta(cache: Cache, read: Read) -> Affected:
@@ -163,8 +164,8 @@ def merge_delta(cache: Cache, read: Read) -> Affected:
         return affected
     read.merged = True
     cache.apply_round(read.round, affected)
-    if read.recipients is not None:  # Exchange has no delta: its complete read replaces the cached recipients
-        cache.apply_recipients(read.recipients, affected)
+    if "recipients" in read.snapshots:  # no delta: a snapshot source's complete read replaces what it held
+        cache.apply_recipients(read.snapshots["recipients"], affected)
     return affected
 
 

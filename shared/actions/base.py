@@ -17,6 +17,7 @@ from ..config.vault import Secrets
 from ..model.records import MAX_ITEMS, Records
 from ..plan.diff import DatasetDiff
 from ..reading import Read
+from ..sources.configured import Snapshot
 from ..storage.history import ReportStore
 from ..storage.stores import StateStore
 from ..target.syncapi import SyncApiClient
@@ -70,5 +71,6 @@ class RunParts:
     graph_retries: int
     exo_requests: int
     exo_retries: int
+    snapshots: list[Snapshot]  # the snapshot sources this run read (shared/sources/configured.py)
     found_state: bool
     progress: Progress

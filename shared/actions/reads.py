@@ -13,16 +13,16 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..common.errors import CredentialExpiredError, ExchangeError, GraphError, SyncApiProtocolError, SyncError
+from ..common.errors import CredentialExpiredError, GraphError, SyncApiProtocolError, SyncError
 from ..common.redact import scrub
 from ..common.telemetry import phase
-from ..config.credentials import exchange_token_credential, graph_auth_provider
+from ..config.credentials import graph_auth_provider
 from ..config.settings import Settings
 from ..model.directory import Cache, Round
 from ..model.records import Records, from_api_record
 from ..model.rules import RULE_SETTINGS, rule_exclusions_summary
 from ..reading import Checkpoints, Read, fingerprint, read_full, why_full
-from ..sources.exchange import ExchangeSource, token_getter_for
+from ..sources.configured import snapshot_sources
 from ..sources.graph import GraphSource, gather_or_cancel
 from ..storage.state import StateDB
 from .base import RunParts
@@ -67,55 +67,36 @@ class ReadStage(RunParts):
         # token request, secret included) is not kept as the error's __context__.
         raise failure
 
-    async def _exchange(self) -> list[dict[str, Any]]:
-        """Every recipient of EXO_RECIPIENT_TYPES, read in full (Exchange has no delta)."""
-        exo = self.settings.exo
-        failure: SyncError | None = None
-        source: ExchangeSource | None = None
-        credential = None
-        try:
-            credential = exchange_token_credential(self.settings, self.secrets.graph_client_secret)
-            source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token_getter_for(credential),
-                                    backoff_seconds=self.options.graph_backoff_seconds)
-            return await source.read_recipients()
-        except SyncError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - azure-identity raises its own types
-            failure = _exchange_failure(exc)
-        finally:
-            if source is not None:
-                self.exo_requests += source.stats.requests
-                self.exo_retries += source.stats.retries
-                await source.aclose()
-            if credential is not None and hasattr(credential, "close"):
-                credential.close()
-        # Raised outside the except block: the SDK's exception text stays out of __context__.
-        raise failure
-
-    async def _with_exchange(self, graph_work: Awaitable[Read] | None, reason: str) -> Read:
-        """Graph's round and Exchange Online's complete read, concurrently: the first to fail
-        cancels the other and fails the run before anything is sent (docs/sync-rules.md,
-        "The Exchange Online source"). ``graph_work`` None: EXO_MODE=only, no Graph request at all."""
-        if graph_work is not None and not self.settings.exo.enabled:
+    async def _with_snapshots(self, graph_work: Awaitable[Read] | None, reason: str) -> Read:
+        """Graph's round and the snapshot sources' complete reads (shared/sources/configured.py;
+        Exchange Online with EXO_MODE), concurrently: the first to fail cancels the others and
+        fails the run before anything is sent (docs/sync-rules.md, "The Exchange Online
+        source"). ``graph_work`` None: no Graph request at all (EXO_MODE=only)."""
+        self.snapshots = snapshot_sources(self.settings, self.secrets.graph_client_secret, self.options.graph_backoff_seconds)
+        if graph_work is not None and not self.snapshots:
             return await graph_work
         if graph_work is None:
-            read = Read("full", reason, Round(), {}, "none (EXO_MODE=only)")
-            read.recipients = await self._exchange()
-            return read
-        read, recipients = await gather_or_cancel(graph_work, self._exchange())
-        read.recipients = recipients
+            graph_work = _no_graph(reason)
+        try:
+            read, *reads = await gather_or_cancel(graph_work, *(snap.read() for snap in self.snapshots))
+        finally:
+            for snap in self.snapshots:  # counted even when a read failed
+                setattr(self, f"{snap.counter}_requests", getattr(self, f"{snap.counter}_requests") + snap.counters.requests)
+                setattr(self, f"{snap.counter}_retries", getattr(self, f"{snap.counter}_retries") + snap.counters.retries)
+        for snap, (entries, _) in zip(self.snapshots, reads, strict=True):
+            read.snapshots[snap.collection] = entries
         return read
 
     def _read_summary(self, read: Read) -> dict[str, Any]:
         out = read.summary(self.graph_retries)
-        if self.settings.exo.enabled:
-            out["exchange"] = {"mode": self.settings.exo.mode, "recipientTypes": list(self.settings.exo.recipient_types),
-                               "recipients": len(read.recipients or ()), "exoRetries": self.exo_retries}
+        for snap in self.snapshots:
+            out[snap.key] = {**snap.summary, snap.collection: len(read.snapshots.get(snap.collection, ())),
+                             f"{snap.counter}Retries": getattr(self, f"{snap.counter}_retries")}
         return out
 
     async def _read_full(self, reason: str, cache: Cache, checkpoints: Checkpoints | None = None) -> Read:
         graph_work = None if self.settings.exo.mode == "only" else self._graph(lambda source: read_full(source, reason, cache, checkpoints))
-        read = await self._with_exchange(graph_work, reason)
+        read = await self._with_snapshots(graph_work, reason)
         self.summary.extra["read"] = self._read_summary(read)
         log.info("read: full (%s)", reason)
         return read
@@ -162,13 +143,6 @@ class ReadStage(RunParts):
 _AADSTS = re.compile(r"AADSTS(\d{5,})")
 
 
-def _exchange_failure(exc: Exception) -> SyncError:
-    """An azure-identity failure to get the Exchange token, without its text beyond the code."""
-    m = _AADSTS.search(scrub(str(exc)))
-    code = f" (AADSTS{m.group(1)})" if m else f" ({type(exc).__name__})"
-    return ExchangeError(f"signing in for Exchange Online failed{code}; check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_AUTH and EXO_BASE_URL; nothing was sent")
-
-
 def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     """Turn azure-identity/kiota exceptions into one clear message, without their text
     (which can echo request details) beyond the AADSTS code."""
@@ -191,3 +165,8 @@ def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     if "Authentication" in name or "Credential" in name:
         return GraphError(f"signing in to Graph failed ({name}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
     return GraphError(f"reading Graph failed ({name}); nothing was sent")
+
+
+async def _no_graph(reason: str) -> Read:
+    """EXO_MODE=only: a full read with no Graph round (the snapshot sources' reads alone)."""
+    return Read("full", reason, Round(), {}, "none (EXO_MODE=only)")

@@ -33,7 +33,7 @@ class UpdateStage(ReadStage):
             links: dict[str, str] = db.delta_links
             try:
                 reason_delta = "delta links saved by the last run"
-                read = await self._with_exchange(self._graph(lambda source: read_delta(source, links, reason_delta)), reason_delta)
+                read = await self._with_snapshots(self._graph(lambda source: read_delta(source, links, reason_delta)), reason_delta)
             except DeltaExpiredError as exc:
                 reason = f"{exc}; reading in full"
                 log.warning("%s", reason)

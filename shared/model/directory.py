@@ -357,12 +357,10 @@ class Cache(WholeDirectory):
 
 
 def scratch_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:
-    """An empty cache in a scratch database (a dry run, tests): never the state. SQLite's
-    private temporary database (an empty file name): its pages spill to a temporary file
-    beyond the page cache and it is deleted on close, so a preview of a 1,000,000-user tenant
-    does not hold its whole cache in memory (an in-memory database would, about 1.4 GB)."""
+    """An empty cache in a scratch database (a dry run, tests), never the state: SQLite's private
+    temporary database (spills to a file past its 32 MiB cache, deleted on close), not RAM."""
     conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA cache_size=-32768")  # 32 MiB, as the state's
+    conn.execute("PRAGMA cache_size=-32768")
     conn.executescript(SCHEMA)
     return Cache(conn, frozenset(provisioned), rules, empty=True)
 
