@@ -315,3 +315,18 @@ def test_a_credential_is_asked_for_the_exchange_scope():
         got, _ = read(emu, token=token_getter_for(Cred()))
     assert len(got) == 3 and asked == [(f"{emu.base_url}/.default",)]
     assert token_getter_for(None) is None
+
+
+def test_both_sources_implement_the_source_interface():
+    """Graph and Exchange Online answer the reading stage's interface (shared/sources/base.py)."""
+    from shared.sources.base import DirectorySource
+    from shared.sources.exchange import ExchangeSource
+    from shared.sources.graph import GraphSource
+
+    for cls, delta in ((GraphSource, True), (ExchangeSource, False)):
+        for member in DirectorySource.__annotations__:
+            assert hasattr(cls, member), f"{cls.__name__} lacks {member}"
+        assert callable(cls.read) and callable(cls.aclose)
+        assert cls.delta is delta
+    assert ExchangeSource.collections == ("recipients",)
+    assert GraphSource.collections == ("users", "groups", "contacts")

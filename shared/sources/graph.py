@@ -38,6 +38,7 @@ from msgraph_core import GraphClientFactory
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
 from ..common.netutil import http_client, jittered_backoff, parse_retry_after, tls_context
+from .base import SourceRead
 from .graph_transport import MAX_PAGE_BYTES, StrictGzipTransport, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
@@ -106,6 +107,15 @@ class GraphSource:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    name = "Microsoft Graph"  # the source interface (shared/sources/base.py): a delta source
+    collections = COLLECTIONS
+    delta = True
+
+    async def read(self, sink: RoundSink, links: Mapping[str, str] | None = None) -> SourceRead:
+        """A first delta round (``links`` None) or a delta round from saved links."""
+        stats = await (self.read_directory(sink) if links is None else self.read_changes(dict(links), sink))
+        return SourceRead(self.name, True, dict(stats.links), stats.requests, stats.retries, {"membershipRead": stats.membership_read})
 
     # --- the enumeration -----------------------------------------------------------------
     async def read_directory(self, sink: RoundSink, resume: Mapping[str, dict[str, Any]] | None = None) -> ReadStats:
