@@ -27,8 +27,7 @@ class ReplaceStage(UpdateStage):
         # The cache is marked incomplete until the end: each dataset is committed as soon as the
         # service holds it, and a replace that fails later leaves a state whose next update
         # reads in full.
-        db.directory_cache = None
-        db.delta_links = None
+        db.forget_reads()
         read = await self._read_full("replace always reads in full", cache)
         merge_full(cache, read)
         excluded = cache.excluded()  # a scope id that names no group fails here, before anything is sent
@@ -75,8 +74,7 @@ class ReplaceStage(UpdateStage):
             db.clear_recheck(d)
             counts[d] = len(recs)
         # The service's copy may differ from what the cache implies: the next update reads in full.
-        db.directory_cache = None
-        db.delta_links = None
+        db.forget_reads()
         db.last_action = "refresh"
         self.summary.extra["serviceRecords"] = counts
         db.commit()

@@ -93,13 +93,12 @@ class UpdateStage(ReadStage):
         read = plan.read
         if read is None:
             raise StateError("internal error: a read to save is missing")
+        full_at = None
         if read.kind == "full":  # already merged into the cache (see _plan, _replace)
-            db.last_full_read = self.options.now().isoformat(timespec="seconds")
+            full_at = self.options.now().isoformat(timespec="seconds")
         else:
             merge_delta(db.cache(provisioned, self.settings.rules), read)
-        db.directory_cache = "complete"
-        db.delta_links = read.links if read.links_complete() else None
-        db.read_fingerprint = self._fingerprint(provisioned)
+        db.record_read(read.links if read.links_complete() else None, self._fingerprint(provisioned), full_at)
 
     # --- the deletion guard --------------------------------------------------------------------
     def _guard(self, db: StateDB | None, plan: Plan) -> dict[str, list[str]]:

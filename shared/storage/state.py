@@ -168,6 +168,20 @@ class StateDB:
     rejected = _Meta("rejected")  # dataset -> keys the service rejected last run (sent again)
     full_read_progress = _Meta("fullReadProgress")  # a checkpointed full read (shared/reading.py Checkpoints)
 
+    def forget_reads(self) -> None:
+        """The cache no longer holds a whole read: the next update reads in full."""
+        self.directory_cache = None
+        self.delta_links = None
+
+    def record_read(self, links: dict[str, str | None] | None, fingerprint: dict[str, Any], full_at: str | None) -> None:
+        """A complete read is the cache's: its deltaLinks (``None``: read in full next time),
+        the settings it was read under, and the time of a full read (``None``: a delta round)."""
+        if full_at is not None:
+            self.last_full_read = full_at
+        self.directory_cache = "complete"
+        self.delta_links = links
+        self.read_fingerprint = fingerprint
+
     def adopt_lineage(self, lineage: str, generation: int) -> None:
         """Continue an existing lineage at ``generation`` (a converted state of the previous release)."""
         self.lineage, self.generation = lineage, generation
