@@ -25,8 +25,7 @@ from typing import Any
 
 from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
 from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, encode_data, prefetch
-from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates, group_name
-from .records import GroupRecord, UserRecord
+from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates
 from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge
 from .views import WholeDirectory
 

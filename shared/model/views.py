@@ -140,11 +140,8 @@ class WholeDirectory:
         keeps = self.verdict().keeps
         data = dict(q(f"SELECT id, data FROM objects WHERE kind='g' AND id IN ({marks})", gids).fetchall())  # noqa: S608
         parents: dict[str, set[str]] = {}
-        for mid, gid in q(
-            "SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
-            f"WHERE m.member_id IN ({marks}) AND m.kind IN ('g', '?')",  # noqa: S608
-            gids,
-        ):
+        sql = f"SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' WHERE m.member_id IN ({marks}) AND m.kind IN ('g', '?')"  # noqa: S608
+        for mid, gid in q(sql, gids):
             if keeps(gid):
                 parents.setdefault(mid, set()).add(gid)
         return {
@@ -168,11 +165,8 @@ class WholeDirectory:
                 if verdict.keeps(u) and (p not in owner or u < owner[p]):
                     owner[p] = u
         groups: dict[str, set[str]] = {}
-        for mid, gid in q(
-            "SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
-            f"WHERE m.member_id IN ({marks}) AND m.kind IN ('u', '?')",  # noqa: S608
-            uids,
-        ):
+        sql = f"SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' WHERE m.member_id IN ({marks}) AND m.kind IN ('u', '?')"  # noqa: S608
+        for mid, gid in q(sql, uids):
             if verdict.keeps(gid):
                 groups.setdefault(mid, set()).add(gid)
         return {u: UserRecord(primary[u], tuple(sorted(groups.get(u, ())))) if u in primary and owner.get(primary[u]) == u else None for u in uids}
