@@ -187,7 +187,7 @@ class Cache(WholeDirectory):
             old = json.loads(row[1]) if row is not None and row[0] == kind else None
             if row is None and kind == "g":
                 self._children(oid, affected)  # a group that (re)appears becomes a parent again
-            self._upsert(oid, kind, merge(old, kind, net.props), affected, (kept, primaries))
+            self._upsert(oid, kind, merge(old, kind, net.props), affected, (kept, primaries, row))
         if kind == "g" and net.members:
             self._member_ops(oid, net.members, net.present, affected)
 
@@ -210,15 +210,14 @@ class Cache(WholeDirectory):
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
 
-    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected, now: tuple[list, list]) -> None:
-        """``now``: the object's kept addresses and users row (0 or 1 primary) as they are."""
+    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected, now: Before) -> None:
+        """``now``: the object's rows as they are (``Before``); rows that are already right stay."""
         q = self.conn.execute
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
-        q(
-            "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
-            (oid, kind, encode_data(data), len(cands.exclusions)),
-        )
-        if set(now[0]) != set(cands.kept):  # rows that are already right stay
+        row = (kind, encode_data(data), len(cands.exclusions))
+        if now[2] != row:
+            q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", (oid, *row))
+        if set(now[0]) != set(cands.kept):
             if now[0]:
                 q("DELETE FROM kept WHERE object_id=?", (oid,))
             self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))

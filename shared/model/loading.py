@@ -184,8 +184,9 @@ def derive(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules) 
 
 
 # An object's rows before a delta round: its kept addresses, its users row's primary address
-# (an empty list: no users row; ``[None]``: a user without one) and its objects (kind, data).
-Before = tuple[list[str], list[str | None], tuple[str, str] | None]
+# (an empty list: no users row; ``[None]``: a user without one) and its objects row (kind,
+# data, excluded).
+Before = tuple[list[str], list[str | None], tuple[str, str, int] | None]
 CHUNK = 500  # ids per IN (...) query, well under SQLite's limit on host parameters
 
 
@@ -200,13 +201,13 @@ def prefetch(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Before]:
     unique = list(dict.fromkeys(ids))
     kept: dict[str, list[str]] = {oid: [] for oid in unique}
     primaries: dict[str, list[str | None]] = {oid: [] for oid in unique}
-    rows: dict[str, tuple[str, str]] = {}
+    rows: dict[str, tuple[str, str, int]] = {}
     for part in chunks(unique):
         marks = ",".join("?" * len(part))
         for address, oid in conn.execute(f"SELECT address, object_id FROM kept WHERE object_id IN ({marks})", part):  # noqa: S608 - placeholders only
             kept[oid].append(address)
         for oid, primary in conn.execute(f"SELECT id, primary_address FROM users WHERE id IN ({marks})", part):  # noqa: S608
             primaries[oid].append(primary)
-        for oid, kind, data in conn.execute(f"SELECT id, kind, data FROM objects WHERE id IN ({marks})", part):  # noqa: S608
-            rows[oid] = (kind, data)
+        for oid, kind, data, excluded in conn.execute(f"SELECT id, kind, data, excluded FROM objects WHERE id IN ({marks})", part):  # noqa: S608
+            rows[oid] = (kind, data, excluded)
     return {oid: (kept[oid], primaries[oid], rows.get(oid)) for oid in unique}
