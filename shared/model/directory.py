@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
-from .loading import CACHE_TABLES, FLUSH_ENTRIES, StreamLoad, encode_data
-from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates, group_name
-from .records import GroupRecord, UserRecord
+from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, encode_data, prefetch
+from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates
 from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge
 from .views import WholeDirectory
 
@@ -135,10 +134,13 @@ class Cache(WholeDirectory):
             self.finish_load(affected)
             return
         sink = affected if affected is not None else Affected()
+        # Each object's rows before the round, read in chunks; an id named twice (in two
+        # collections) reads them again, after its first entry changed them.
+        before = prefetch(self.conn, [oid for nets in rnd.nets.values() for oid in nets])
         for collection, nets in rnd.nets.items():
             kind = KIND_OF[collection]
             for oid, net in nets.items():
-                self._apply_net(oid, kind, net, sink)
+                self._apply_net(oid, kind, net, sink, before.pop(oid, None))
 
     def load(self, *, flush_entries: int = FLUSH_ENTRIES, keep: bool = False) -> StreamLoad:
         """Empty the cache for a full read, which is then streamed into it (``StreamLoad``);
@@ -170,23 +172,22 @@ class Cache(WholeDirectory):
                     affected.groups.add(mid)
         return counts
 
-    def _apply_net(self, oid: str, kind: str, net: Net, affected: Affected) -> None:
-        q = self.conn.execute
+    def _apply_net(self, oid: str, kind: str, net: Net, affected: Affected, before: Before | None = None) -> None:
         # What the object held before: the keys it could stop affecting.
-        affected.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
-        for (primary,) in q("SELECT primary_address FROM users WHERE id=?", (oid,)):
+        kept, primaries, row = before if before is not None else prefetch(self.conn, [oid])[oid]
+        affected.addresses.update(kept)
+        for primary in primaries:
             affected.users.add(oid)
             if primary:
                 affected.primaries.add(primary)
-        row = q("SELECT kind, data FROM objects WHERE id=?", (oid,)).fetchone()
         if row is not None and (net.reset or not net.present):
             self._remove(oid, row[0], affected)
-            row = None
+            row, kept, primaries = None, [], []
         if net.present:
             old = json.loads(row[1]) if row is not None and row[0] == kind else None
             if row is None and kind == "g":
                 self._children(oid, affected)  # a group that (re)appears becomes a parent again
-            self._upsert(oid, kind, merge(old, kind, net.props), affected)
+            self._upsert(oid, kind, merge(old, kind, net.props), affected, (kept, primaries, row))
         if kind == "g" and net.members:
             self._member_ops(oid, net.members, net.present, affected)
 
@@ -209,19 +210,22 @@ class Cache(WholeDirectory):
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
 
-    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected) -> None:
+    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected, now: Before) -> None:
+        """``now``: the object's rows as they are (``Before``); rows that are already right stay."""
         q = self.conn.execute
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
-        q(
-            "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
-            (oid, kind, encode_data(data), len(cands.exclusions)),
-        )
-        q("DELETE FROM kept WHERE object_id=?", (oid,))
-        self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
+        row = (kind, encode_data(data), len(cands.exclusions))
+        if now[2] != row:
+            q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", (oid, *row))
+        if set(now[0]) != set(cands.kept):
+            if now[0]:
+                q("DELETE FROM kept WHERE object_id=?", (oid,))
+            self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
         affected.addresses.update(cands.kept)
         if kind == "u":
             primary = cands.primary
-            q("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", (oid, primary))
+            if now[1] != [primary]:
+                q("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", (oid, primary))
             affected.users.add(oid)
             if primary:
                 affected.primaries.add(primary)
@@ -244,7 +248,6 @@ class Cache(WholeDirectory):
                 affected.users.add(mid)
             if mkind in ("g", "?"):
                 affected.groups.add(mid)
-
 
     # --- Exchange Online: no delta, the whole kind every run ----------------------------------
     def apply_recipients(self, recipients: Iterable[dict[str, Any]], affected: Affected | None) -> None:
@@ -295,14 +298,16 @@ class Cache(WholeDirectory):
 
     # --- projecting the affected keys ------------------------------------------------------
     def desired(self, dataset: str, keys: Iterable[str]) -> dict[str, tuple | None]:
-        """The projected record of each key (``None``: the directory implies no record)."""
+        """The projected record of each key (``None``: the directory implies no record), read
+        a chunk of keys at a time (``shared/model/views.py``)."""
         if self.rules.judges_objects:
             self.verdict()  # a scope id that names no group fails here, before anything is sent
-        if dataset == "addresses":
-            return {a: (() if self._kept(a) else None) for a in keys}
-        if dataset == "groups":
-            return {g: self._group(g) for g in keys}
-        return {u: self._user(u) for u in keys}
+        keys = list(keys)
+        out: dict[str, tuple | None] = {}
+        project = {"addresses": self._kept_chunk, "groups": self._group_chunk}.get(dataset, self._user_chunk)
+        for part in chunks(list(dict.fromkeys(keys))):
+            out.update(project(part))
+        return {k: out[k] for k in keys}
 
     def claimants(self, primaries: Iterable[str]) -> set[str]:
         """Users whose primary address is one of these (an owner can change with any of them)."""
@@ -310,43 +315,6 @@ class Cache(WholeDirectory):
         for p in primaries:
             out.update(u for (u,) in self.conn.execute("SELECT id FROM users WHERE primary_address=?", (p,)))
         return out
-
-    def _kept(self, address: str) -> bool:
-        if not self.rules.judges_objects:
-            return self.conn.execute("SELECT 1 FROM kept WHERE address=? LIMIT 1", (address,)).fetchone() is not None
-        verdict = self.verdict()
-        return any(verdict.keeps(o) for (o,) in self.conn.execute("SELECT object_id FROM kept WHERE address=?", (address,)))
-
-    def _group(self, gid: str) -> tuple | None:
-        row = self.conn.execute("SELECT data FROM objects WHERE id=? AND kind='g'", (gid,)).fetchone()
-        verdict = self.verdict()
-        if row is None or not verdict.keeps(gid):
-            return None
-        parents = self.conn.execute(
-            "SELECT DISTINCT m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
-            "WHERE m.member_id = ? AND m.kind IN ('g', '?')",
-            (gid,),
-        ).fetchall()
-        return GroupRecord(group_name(gid, json.loads(row[0])), tuple(sorted(p for (p,) in parents if verdict.keeps(p))))
-
-    def _user(self, uid: str) -> tuple | None:
-        q = self.conn.execute
-        verdict = self.verdict()
-        row = q("SELECT primary_address FROM users WHERE id=?", (uid,)).fetchone()
-        if row is None or not row[0] or not verdict.keeps(uid):
-            return None
-        if verdict is EVERYTHING:
-            owner = q("SELECT MIN(id) FROM users WHERE primary_address=?", (row[0],)).fetchone()[0]
-        else:  # only users the rules keep claim a primary address
-            owner = min(u for (u,) in q("SELECT id FROM users WHERE primary_address=?", (row[0],)) if verdict.keeps(u))
-        if owner != uid:
-            return None
-        groups = q(
-            "SELECT DISTINCT m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' "
-            "WHERE m.member_id = ? AND m.kind IN ('u', '?')",
-            (uid,),
-        ).fetchall()
-        return UserRecord(row[0], tuple(sorted(g for (g,) in groups if verdict.keeps(g))))
 
     # --- a full read starts from nothing ------------------------------------------------------
     def clear(self) -> None:

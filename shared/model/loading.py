@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..common.fastjson import dumps_ascii, loads
@@ -181,3 +181,33 @@ def derive(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules) 
         em("UPDATE objects SET excluded=? WHERE id=?", excluded)
     for statement in INDEXES.values():
         q(statement)
+
+
+# An object's rows before a delta round: its kept addresses, its users row's primary address
+# (an empty list: no users row; ``[None]``: a user without one) and its objects row (kind,
+# data, excluded).
+Before = tuple[list[str], list[str | None], tuple[str, str, int] | None]
+CHUNK = 500  # ids per IN (...) query, well under SQLite's limit on host parameters
+
+
+def chunks(ids: list[str], size: int = CHUNK) -> Iterator[list[str]]:
+    """``ids`` in consecutive slices of at most ``size``."""
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def prefetch(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, Before]:
+    """The rows of each of ``ids`` as they are now (``Before``), read a chunk at a time."""
+    unique = list(dict.fromkeys(ids))
+    kept: dict[str, list[str]] = {oid: [] for oid in unique}
+    primaries: dict[str, list[str | None]] = {oid: [] for oid in unique}
+    rows: dict[str, tuple[str, str, int]] = {}
+    for part in chunks(unique):
+        marks = ",".join("?" * len(part))
+        for address, oid in conn.execute(f"SELECT address, object_id FROM kept WHERE object_id IN ({marks})", part):  # noqa: S608 - placeholders only
+            kept[oid].append(address)
+        for oid, primary in conn.execute(f"SELECT id, primary_address FROM users WHERE id IN ({marks})", part):  # noqa: S608
+            primaries[oid].append(primary)
+        for oid, kind, data, excluded in conn.execute(f"SELECT id, kind, data, excluded FROM objects WHERE id IN ({marks})", part):  # noqa: S608
+            rows[oid] = (kind, data, excluded)
+    return {oid: (kept[oid], primaries[oid], rows.get(oid)) for oid in unique}

@@ -39,7 +39,12 @@ class WholeDirectory:
         verdict = self.verdict()
         if verdict is EVERYTHING:
             no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]
-            shared = q("SELECT COUNT(*) - COUNT(DISTINCT primary_address) FROM users WHERE primary_address IS NOT NULL").fetchone()[0]
+            # Users past the first of each shared primary address: one ordered pass over
+            # users_by_primary (COUNT(DISTINCT) sorted the addresses again in a temporary B-tree).
+            shared = q(
+                "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM users WHERE primary_address IS NOT NULL "
+                "GROUP BY primary_address HAVING n > 1)"
+            ).fetchone()[0]
             return {"addresses": int(addresses), "groups": 0, "users": int(no_primary + shared)}
         # Everything an object the rules leave out would have kept is left out too; a left-out
         # user counts once, whatever else is true of it.
@@ -120,6 +125,51 @@ class WholeDirectory:
                 row = next(rows, None)
             out[uid] = UserRecord(primary, tuple(gids))
         return out
+
+    # --- the records of some keys (a delta round's affected keys), one chunk of keys at a time --
+    def _kept_chunk(self, addresses: list[str]) -> dict[str, tuple | None]:
+        """``()`` for an address some object the rules keep holds, else ``None``."""
+        marks = ",".join("?" * len(addresses))
+        verdict = self.verdict() if self.rules.judges_objects else EVERYTHING
+        held = {a for a, o in self.conn.execute(f"SELECT address, object_id FROM kept WHERE address IN ({marks})", addresses) if verdict.keeps(o)}  # noqa: S608
+        return {a: (() if a in held else None) for a in addresses}
+
+    def _group_chunk(self, gids: list[str]) -> dict[str, tuple | None]:
+        q = self.conn.execute
+        marks = ",".join("?" * len(gids))
+        keeps = self.verdict().keeps
+        data = dict(q(f"SELECT id, data FROM objects WHERE kind='g' AND id IN ({marks})", gids).fetchall())  # noqa: S608
+        parents: dict[str, set[str]] = {}
+        sql = f"SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' WHERE m.member_id IN ({marks}) AND m.kind IN ('g', '?')"  # noqa: S608
+        for mid, gid in q(sql, gids):
+            if keeps(gid):
+                parents.setdefault(mid, set()).add(gid)
+        return {
+            g: GroupRecord(group_name(g, json.loads(data[g])), tuple(sorted(parents.get(g, ())))) if g in data and keeps(g) else None
+            for g in gids
+        }
+
+    def _user_chunk(self, uids: list[str]) -> dict[str, tuple | None]:
+        """A user's record: it has a primary address, the rules keep it, and it has the smallest
+        id among the kept users with that primary address."""
+        q = self.conn.execute
+        marks = ",".join("?" * len(uids))
+        verdict = self.verdict()
+        primary = {u: p for u, p in q(f"SELECT id, primary_address FROM users WHERE id IN ({marks})", uids) if p and verdict.keeps(u)}  # noqa: S608
+        wanted = sorted(set(primary.values()))
+        owner: dict[str, str] = {}
+        for part in range(0, len(wanted), 500):
+            chunk = wanted[part : part + 500]
+            sql = f"SELECT id, primary_address FROM users WHERE primary_address IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            for u, p in q(sql, chunk):
+                if verdict.keeps(u) and (p not in owner or u < owner[p]):
+                    owner[p] = u
+        groups: dict[str, set[str]] = {}
+        sql = f"SELECT m.member_id, m.group_id FROM members m JOIN objects g ON g.id = m.group_id AND g.kind = 'g' WHERE m.member_id IN ({marks}) AND m.kind IN ('u', '?')"  # noqa: S608
+        for mid, gid in q(sql, uids):
+            if verdict.keeps(gid):
+                groups.setdefault(mid, set()).add(gid)
+        return {u: UserRecord(primary[u], tuple(sorted(groups.get(u, ())))) if u in primary and owner.get(primary[u]) == u else None for u in uids}
 
     def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
         """Every candidate address and user the rules leave out, with its reason, recomputed

@@ -214,12 +214,13 @@ class StateDB:
 
     def values(self, dataset: str, keys: Iterable[str]) -> Records:
         out: Records = {}
-        q = self.conn.execute
-        for k in keys:
-            row = q("SELECT value FROM records WHERE dataset=? AND key=?", (dataset, k)).fetchone()
-            if row is not None:
-                out[k] = _decode(dataset, row[0])
-        return out
+        unique = list(dict.fromkeys(keys))
+        for i in range(0, len(unique), 500):  # a chunk of keys per query
+            part = unique[i : i + 500]
+            sql = f"SELECT key, value FROM records WHERE dataset=? AND key IN ({','.join('?' * len(part))})"  # noqa: S608 - placeholders only
+            for k, value in self.conn.execute(sql, (dataset, *part)):
+                out[k] = _decode(dataset, value)
+        return {k: out[k] for k in unique if k in out}
 
     def count(self, dataset: str) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM records WHERE dataset=?", (dataset,)).fetchone()[0])
