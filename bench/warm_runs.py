@@ -34,10 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from full_sync import CREDENTIAL, DOMAINS, BenchError, service  # noqa: E402
+from full_sync import CREDENTIAL, DOMAINS, BenchError, service, tenant_ids  # noqa: E402
 from incremental_sync import mutate  # noqa: E402
-
-from devstack.tenant import generate_tenant  # noqa: E402
 
 HEADER = ("| run | changed users | read | wall s | CPU s | peak RSS MB (so far) | Graph req | sync req | records sent "
           "| wall vs full | CPU vs full | Graph req vs full |")
@@ -99,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     receiver = ["devstack.sync_receiver", "--port", "0", "--domains", DOMAINS, "--credential", CREDENTIAL, "--no-log-bodies"]
     print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}, one warm process, "
           f"load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
-    tenant = generate_tenant(args.users, groups=groups_n, seed=args.seed, domains=tuple(DOMAINS.split(",")))
-    users = [u["id"] for u in tenant["users"]]
-    groups = [g["id"] for g in tenant["groups"]]
-    del tenant
+    users, groups, _ = tenant_ids(args.users, args.seed)  # built in a child: this process holds only the ids
     rng = random.Random(args.seed)
     lines = [HEADER, "|" + " --- |" * (HEADER.count("|") - 1)]
     try:
