@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 from azure.identity import ClientAssertionCredential, ClientSecretCredential
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.common.errors import SecretError
 from shared.common.redact import Secret
@@ -135,3 +137,15 @@ def test_expiring_secret_is_reported_early(caplog, days, level):
         assert records and records[0].levelno == level
         assert "graph-client-secret" in records[0].getMessage() and "rotate" in records[0].getMessage()
         assert "canary" not in records[0].getMessage()
+
+
+_AROUND = st.text(alphabet=" :;.,()[]-\n", max_size=30)  # no letters: never a registered secret that scrub would mask
+
+
+@given(_AROUND, st.from_regex(r"[0-9]{5,9}", fullmatch=True), _AROUND)
+def test_aadsts_code_is_found_wherever_the_sign_in_error_names_it(before, digits, after):
+    """The Graph and the Exchange sign-in failures read the same code (common/redact.py)."""
+    from shared.common.redact import aadsts_code
+
+    assert aadsts_code(RuntimeError(f"{before}AADSTS{digits}{after}")) == digits
+    assert aadsts_code(RuntimeError(before)) is None

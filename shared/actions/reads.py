@@ -9,12 +9,11 @@ summary's ``read`` block, ``Records`` of the service (docs/sync-api.md, ``GET ..
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..common.errors import CredentialExpiredError, GraphError, SyncApiProtocolError, SyncError
-from ..common.redact import scrub
+from ..common.redact import aadsts_code
 from ..common.telemetry import phase
 from ..config.credentials import graph_auth_provider
 from ..config.settings import Settings
@@ -140,27 +139,23 @@ class ReadStage(RunParts):
 
 
 
-_AADSTS = re.compile(r"AADSTS(\d{5,})")
-
-
 def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     """Turn azure-identity/kiota exceptions into one clear message, without their text
     (which can echo request details) beyond the AADSTS code."""
-    text = scrub(str(exc))
-    m = _AADSTS.search(text)
-    if m and m.group(1) in ("7000222", "7000215", "7000221"):
+    code = aadsts_code(exc)
+    if code in ("7000222", "7000215", "7000221"):
         where = (
             f"secret {settings.graph_client_secret_name!r} in Key Vault {settings.key_vault_url}"
             if settings.key_vault_url
             else "GRAPH_CLIENT_SECRET"
         )
-        what = "has expired" if m.group(1) == "7000222" else "is not valid for this app"
+        what = "has expired" if code == "7000222" else "is not valid for this app"
         return CredentialExpiredError(
-            f"Entra ID refused the Graph client secret (AADSTS{m.group(1)}): the {where} {what}; "
+            f"Entra ID refused the Graph client secret (AADSTS{code}): the {where} {what}; "
             "rotate it with infra/scripts/rotate-graph-secret.sh"
         )
-    if m:
-        return GraphError(f"Entra ID sign-in for Graph failed (AADSTS{m.group(1)}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
+    if code:
+        return GraphError(f"Entra ID sign-in for Graph failed (AADSTS{code}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
     name = type(exc).__name__
     if "Authentication" in name or "Credential" in name:
         return GraphError(f"signing in to Graph failed ({name}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -143,3 +144,13 @@ def install_log_redaction() -> None:
             h.addFilter(_filter)
     if _filter not in root.filters:
         root.addFilter(_filter)
+
+
+_AADSTS = re.compile(r"AADSTS(\d{5,})")
+
+
+def aadsts_code(exc: BaseException) -> str | None:
+    """The Entra ID error code (the digits of ``AADSTSnnnnn``) a sign-in failure's text names,
+    read after scrubbing; the one part of an identity SDK's error text a message may repeat."""
+    m = _AADSTS.search(scrub(str(exc)))
+    return m.group(1) if m else None

@@ -24,6 +24,16 @@ class EntrySink(Protocol):
     def take(self, collection: str, entry: dict[str, Any]) -> None: ...
 
 
+class ListSink:
+    """A sink that keeps a snapshot source's entries, in arrival order, in ``entries``."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def take(self, collection: str, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+
+
 @dataclass
 class SourceRead:
     """What one complete read of a source says about itself.

@@ -11,17 +11,14 @@ SDK is turned into ``ExchangeError`` naming only its AADSTS code (no SDK text)."
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..common.errors import ExchangeError, SyncError
-from ..common.redact import scrub
+from ..common.redact import aadsts_code
 from ..config.credentials import exchange_token_credential
-from .base import SourceRead
+from .base import ListSink, SourceRead
 from .exchange import ExchangeSource, token_getter_for
-
-_AADSTS = re.compile(r"AADSTS(\d{5,})")
 
 
 @dataclass
@@ -55,7 +52,7 @@ class Snapshot:
         failure: SyncError | None = None
         source: ExchangeSource | None = None
         credential = None
-        sink = _ListSink()
+        sink = ListSink()
         try:
             credential = exchange_token_credential(self.settings, self.secret)
             source = ExchangeSource(exo.base_url, exo.tenant or "", exo.recipient_types, token=token_getter_for(credential),
@@ -76,14 +73,6 @@ class Snapshot:
         raise failure
 
 
-class _ListSink:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def take(self, collection: str, entry: dict[str, Any]) -> None:
-        self.entries.append(entry)
-
-
 def snapshot_sources(settings: Any, graph_client_secret: str | None, backoff_seconds: float) -> list[Snapshot]:
     """The snapshot sources ``settings`` turn on, in a fixed order (none when EXO_MODE=off)."""
     exo = settings.exo
@@ -95,6 +84,6 @@ def snapshot_sources(settings: Any, graph_client_secret: str | None, backoff_sec
 
 def exchange_failure(exc: Exception) -> SyncError:
     """An azure-identity failure to get the Exchange token, without its text beyond the code."""
-    m = _AADSTS.search(scrub(str(exc)))
-    code = f" (AADSTS{m.group(1)})" if m else f" ({type(exc).__name__})"
+    found = aadsts_code(exc)
+    code = f" (AADSTS{found})" if found else f" ({type(exc).__name__})"
     return ExchangeError(f"signing in for Exchange Online failed{code}; check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_AUTH and EXO_BASE_URL; nothing was sent")

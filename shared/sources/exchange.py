@@ -44,7 +44,7 @@ import httpx
 from ..common.errors import ExchangeAuthError, ExchangeError
 from ..common.netutil import http_client, jittered_backoff, parse_retry_after
 from ..common.redact import scrub
-from .base import EntrySink, SourceRead
+from .base import EntrySink, ListSink, SourceRead
 
 log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
 
@@ -96,14 +96,6 @@ class _Retry(Exception):
         super().__init__(why)
         self.why = why
         self.wait = wait
-
-
-class _ListSink:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def take(self, collection: str, entry: dict[str, Any]) -> None:
-        self.entries.append(entry)
 
 
 class ExchangeSource:
@@ -180,7 +172,7 @@ class ExchangeSource:
 
     async def read_recipients(self) -> list[dict[str, Any]]:
         """Every recipient as a list (``read`` into a list; same errors)."""
-        out = _ListSink()
+        out = ListSink()
         await self.read(out)
         return out.entries
 
