@@ -11,9 +11,9 @@
   down to one item (docs/sync-api.md, 413).
 
 The request bodies come from the adapter (``shared/target/syncapi.py``: ``changes_body``,
-``replacement_body``); this stage hashes them with the state position into the
-Idempotency-Key (``idempotency_key``). A dry run (``test-update``) is the same pipeline without
-this stage."""
+``replacement_body``), encoded once (``request_body``); this stage hashes the bytes it sends
+with the state position into the Idempotency-Key (``idempotency_key``). A dry run
+(``test-update``) is the same pipeline without this stage."""
 
 from __future__ import annotations
 
@@ -33,18 +33,21 @@ from .model.records import DATASETS, Records, to_api_record
 from .plan.diff import Batch
 from .storage.state import StateDB
 from .storage.stores import StateStore
-from .target.syncapi import Rejection, SyncApiClient, WriteResult, changes_body, replacement_body
+from .target.syncapi import Rejection, SyncApiClient, WriteResult, changes_body, replacement_body, request_body
 
 log = logging.getLogger("shared.engine")  # the name these log lines have always carried
 
 T = TypeVar("T", bound=Sequence[Any] | Batch)
 
 
-def idempotency_key(position: str, dataset: str, body: dict[str, Any]) -> str:
+def idempotency_key(position: str, dataset: str, body: bytes | dict[str, Any]) -> str:
     """Same state position + same body → same key (a retry, or a rerun after a lost answer);
     anything else → a different key, so a key never stands for two different intentions.
-    Returns 64 hex characters (SHA-256 of the position, the dataset and the canonical body)."""
-    raw = fastjson.dumps_sorted_bytes(body)  # json.dumps(body, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    ``body``: the request body's bytes as sent, uncompressed (``request_body(...).raw``), which
+    is what the service compares (docs/sync-api.md, "6. Idempotency"); a document stands for
+    the bytes ``request_body`` writes of it. Returns 64 hex characters (SHA-256 of the position,
+    the dataset and the body)."""
+    raw = body if isinstance(body, bytes) else fastjson.dumps_bytes(body)
     h = hashlib.sha256()
     h.update(f"{position}|{dataset}|".encode())
     h.update(raw)
@@ -125,13 +128,13 @@ class BatchSender:
 
     async def _post(self, batch: Batch) -> None:
         d = batch.dataset
-        body = changes_body(d, batch.upserts, batch.deletes)
-        key = idempotency_key(self.state.position, d, body)
+        body = request_body(changes_body(d, batch.upserts, batch.deletes))
+        key = idempotency_key(self.state.position, d, body.raw)
         # The keys go to the journal before the request: if this process dies with the request
         # in flight, the next run knows these records may have changed at the service.
         token = self.state.record_intent(self.store, d, [k for k, _ in batch.upserts] + list(batch.deletes))
         try:
-            result: WriteResult = await self.api.post_changes(d, body["upsert"], body["delete"], key)
+            result: WriteResult = await self.api.post_encoded_changes(d, body, key)
         except PayloadTooLargeError:
             self.state.withdraw_intent(self.store, token)
             raise
@@ -145,7 +148,7 @@ class BatchSender:
             raise
         rejected = {rejection_key(d, r.key) for r in result.rejected}
         self.rejected[d] |= rejected
-        accepted = {k: v for k, v in batch.upserts if k not in rejected}
+        accepted = dict(batch.upserts) if not rejected else {k: v for k, v in batch.upserts if k not in rejected}
         self.state.confirm(self.store, d, accepted, batch.deletes)
         self.upserted[d].update(accepted)
         self.deleted[d].update(batch.deletes)
@@ -170,8 +173,9 @@ async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, 
         items = [to_api_record(dataset, k, v) for k, v in records.items()]
 
         async def post(chunk: list[dict[str, Any]]) -> None:
-            key = idempotency_key(f"{lineage}:replace:{rid}", dataset, replacement_body(chunk))
-            result = await api.post_replacement_records(dataset, rid, chunk, key)
+            body = request_body(replacement_body(chunk))
+            key = idempotency_key(f"{lineage}:replace:{rid}", dataset, body.raw)
+            result = await api.post_encoded_replacement_records(dataset, rid, body, key)
             note_rejections(counts, dataset, result.rejected)
 
         progress.sending(-(-len(items) // max_items))

@@ -4,9 +4,10 @@ orjson (a compiled, well-kept library) encodes and parses several times faster t
 standard library. Where the text is persisted or hashed (the state's record values, the cached
 objects, the Idempotency-Key's canonical body), it must not change: orjson's compact output is
 exactly ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` for the values the
-product writes (str, int, bool, None, lists, tuples and dicts with str keys; never a float, which
-orjson would write differently: NaN as null). What orjson refuses (a lone surrogate from a JSON
-escape, a type it does not serialize such as a NamedTuple, an integer over 64 bits) goes
+product writes (str, int, bool, None, lists, tuples, NamedTuples and dicts with str keys; never a
+float, which orjson would write differently: NaN as null). A NamedTuple (the state's records) is
+written as the list ``json`` makes of it, through orjson's ``default`` hook. What orjson refuses
+(a lone surrogate from a JSON escape, an integer over 64 bits, a type neither serializes) goes
 through ``json``, so every result stays what ``json`` gives; tests/test_fastjson.py compares
 the two over generated values."""
 
@@ -22,19 +23,36 @@ _ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 _SORTED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
 
 
+def _tuple_as_list(value: Any) -> Any:
+    """orjson's ``default`` hook: a tuple subclass (a NamedTuple) is the list ``json`` writes;
+    any other type orjson refuses is left to ``json`` (the TypeError sends it there)."""
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value).__name__)
+
+
 def dumps(value: Any) -> str:
     """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``."""
     try:
-        return orjson.dumps(value).decode("utf-8")
+        return orjson.dumps(value, default=_tuple_as_list).decode("utf-8")
     except TypeError:
         return _COMPACT(value)
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")``: a
+    request body as sent. A lone surrogate raises ``UnicodeEncodeError``, as it does there."""
+    try:
+        return orjson.dumps(value, default=_tuple_as_list)
+    except TypeError:
+        return _COMPACT(value).encode("utf-8")
 
 
 def dumps_ascii(value: Any) -> str:
     """``json.dumps(value, separators=(",", ":"), ensure_ascii=True)`` (text SQLite can hold
     whatever it carries: a lone surrogate survives as its escape)."""
     try:
-        raw = orjson.dumps(value)
+        raw = orjson.dumps(value, default=_tuple_as_list)
     except TypeError:
         return _ASCII(value)
     return raw.decode("ascii") if raw.isascii() else _ASCII(value)
@@ -43,14 +61,16 @@ def dumps_ascii(value: Any) -> str:
 def dumps_sorted_bytes(value: Any) -> bytes:
     """``json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)`` as UTF-8."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(value, default=_tuple_as_list, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return _SORTED(value).encode("utf-8")
 
 
 def loads(data: str | bytes) -> Any:
     """``json.loads``: what orjson cannot parse (a lone surrogate escape, NaN, a BOM) is parsed
-    by ``json``, which raises ``ValueError`` for what is not JSON at all."""
+    by ``json``, which raises ``ValueError`` for what is not JSON at all. One difference: an
+    integer literal outside the 64-bit range comes back as a float (orjson's reading); nothing
+    this product reads carries one (Graph pages, the state's record values)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:

@@ -37,7 +37,7 @@ from ..model.directory import Cache
 from ..model.loading import INDEXES as CACHE_INDEXES
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
-from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode  # noqa: F401 - the record values as stored
+from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode, _rows  # noqa: F401 - the record values as stored
 from .journal import good_prefix, parse_journal, replay_journal, snapshot  # noqa: F401 - the journal's side of the state
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
@@ -227,10 +227,7 @@ class StateDB:
 
     def apply(self, dataset: str, upsert: dict[str, tuple], delete: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM records WHERE dataset=? AND key=?", ((dataset, k) for k in delete))
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)",
-            ((dataset, k, _encode(dataset, v)) for k, v in upsert.items()),
-        )
+        self.conn.executemany("INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)", _rows(dataset, upsert))
         self.changed = True
 
     def replace_records(self, dataset: str, records: Records) -> None:
@@ -271,15 +268,10 @@ class StateDB:
         self.changed = True
 
     def journal_entry(self, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> dict[str, Any]:
-        return {
-            "lineage": self.lineage,
-            "generation": self.generation,
-            "seq": self.seq + 1,
-            "run": self.run_id,
-            "dataset": dataset,
-            "upsert": {k: [v[0], list(v[1])] if v else [] for k, v in upsert.items()},
-            "delete": list(delete),
-        }
+        """A confirmed batch. ``upsert`` goes in as it is: its values, tuples of (first, ids) or
+        empty, are written as the lists ``[first, [ids...]]`` or ``[]`` (JSON writes a tuple so)."""
+        return {"lineage": self.lineage, "generation": self.generation, "seq": self.seq + 1, "run": self.run_id,
+                "dataset": dataset, "upsert": upsert, "delete": list(delete)}
 
     def replay(self, entry: dict[str, Any]) -> bool:
         """Apply a journal entry if it is the next one for this state."""
