@@ -118,7 +118,7 @@ class FileStateStore:
         durable with its own line. Only an OS crash in between can lose it, and then its intent
         stands alone, which the next run already repairs: those keys are marked unknown,
         rechecked and sent again as the directory then implies (shared/storage/journal.py)."""
-        line = fastjson.dumps(entry).encode("utf-8") + b"\n"
+        line = fastjson.dumps_bytes(entry) + b"\n"  # json.dumps(entry, separators=(",", ":"), ensure_ascii=False), UTF-8
         try:
             with open(self.journal, "ab") as fh:
                 before = fh.tell()
