@@ -46,7 +46,9 @@ def idempotency_key(position: str, dataset: str, body: bytes | dict[str, Any]) -
     ``body``: the request body's bytes as sent, uncompressed (``request_body(...).raw``), which
     is what the service compares (docs/sync-api.md, "6. Idempotency"); a document stands for
     the bytes ``request_body`` writes of it. Returns 64 hex characters (SHA-256 of the position,
-    the dataset and the body)."""
+    the dataset and the body). The release before hashed a second, key-sorted dump instead: a
+    batch it left in flight is sent again under another key and applied once more, which leaves
+    the service as once does (the same upserts and deletes), never a key with two bodies."""
     raw = body if isinstance(body, bytes) else fastjson.dumps_bytes(body)
     h = hashlib.sha256()
     h.update(f"{position}|{dataset}|".encode())
