@@ -24,13 +24,25 @@ def _encode(dataset: str, value: tuple) -> str:
     return fastjson.dumps([value[0], list(value[1])])  # byte for byte json.dumps(..., separators=(",", ":"), ensure_ascii=False)
 
 
-def _rows(dataset: str, upsert: dict[str, tuple]) -> list[tuple[str, str, str]]:
-    """``(dataset, key, _encode(dataset, value))`` for each record of ``upsert``, without a call
-    per record (tests/test_send_fast.py holds the two equal over generated records)."""
-    if dataset == "addresses":
-        return [(dataset, k, UNKNOWN_TEXT if v is UNKNOWN else "") for k, v in upsert.items()]
-    dumps = fastjson.dumps  # a tuple is written as the list json writes of it
-    return [(dataset, k, UNKNOWN_TEXT if v is UNKNOWN else dumps((v[0], v[1]))) for k, v in upsert.items()]
+_UPSERT = "INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)"
+# The same for one dataset: its name (and an address's empty value) in the statement, not bound per row.
+_UPSERT_ADDRESSES = "INSERT OR REPLACE INTO records (dataset, key, value) VALUES ('addresses', ?, '')"
+_UPSERT_NAMED = {
+    "groups": "INSERT OR REPLACE INTO records (dataset, key, value) VALUES ('groups', ?, ?)",
+    "users": "INSERT OR REPLACE INTO records (dataset, key, value) VALUES ('users', ?, ?)",
+}
+
+
+def _upsert_rows(dataset: str, upsert: dict[str, tuple]) -> tuple[str, list[tuple[str, ...]]]:
+    """The statement and its rows that store ``upsert`` as the rows ``(dataset, key,
+    _encode(dataset, value))`` of ``records`` (``_UPSERT``), without a call per record and with
+    one or two values bound per row (tests/test_send_fast.py holds the stored rows equal)."""
+    if dataset == "addresses" and not any(v is UNKNOWN for v in upsert.values()):
+        return _UPSERT_ADDRESSES, [(k,) for k in upsert]
+    if dataset in _UPSERT_NAMED:
+        dumps = fastjson.dumps  # a tuple is written as the list json writes of it
+        return _UPSERT_NAMED[dataset], [(k, UNKNOWN_TEXT if v is UNKNOWN else dumps((v[0], v[1]))) for k, v in upsert.items()]
+    return _UPSERT, [(dataset, k, _encode(dataset, v)) for k, v in upsert.items()]
 
 
 def _decode(dataset: str, text: str) -> tuple:

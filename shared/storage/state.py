@@ -37,7 +37,7 @@ from ..model.directory import Cache
 from ..model.loading import INDEXES as CACHE_INDEXES
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
-from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode, _rows  # noqa: F401 - the record values as stored
+from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode, _upsert_rows  # noqa: F401 - the record values as stored
 from .journal import good_prefix, parse_journal, replay_journal, snapshot  # noqa: F401 - the journal's side of the state
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
@@ -227,7 +227,7 @@ class StateDB:
 
     def apply(self, dataset: str, upsert: dict[str, tuple], delete: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM records WHERE dataset=? AND key=?", ((dataset, k) for k in delete))
-        self.conn.executemany("INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)", _rows(dataset, upsert))
+        self.conn.executemany(*_upsert_rows(dataset, upsert))
         self.changed = True
 
     def replace_records(self, dataset: str, records: Records) -> None:
