@@ -1,15 +1,15 @@
 """JSON on the hot paths through orjson, byte for byte what ``json`` writes.
 
 orjson (a compiled, well-kept library) encodes and parses several times faster than the
-standard library. Where the text is persisted or hashed (the state's record values, the cached
-objects, the Idempotency-Key's canonical body), it must not change: orjson's compact output is
-exactly ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)`` for the values the
-product writes (str, int, bool, None, lists, tuples, NamedTuples and dicts with str keys; never a
-float, which orjson would write differently: NaN as null). A NamedTuple (the state's records) is
-written as the list ``json`` makes of it, through orjson's ``default`` hook. What orjson refuses
-(a lone surrogate from a JSON escape, an integer over 64 bits, a type neither serializes) goes
-through ``json``, so every result stays what ``json`` gives; tests/test_fastjson.py compares
-the two over generated values."""
+standard library. Where the text is persisted, sent or hashed (the state's record values and
+journal, the cached objects, the request bodies whose bytes the Idempotency-Key hashes), it must
+not change: orjson's compact output is exactly ``json.dumps(value, separators=(",", ":"),
+ensure_ascii=False)`` for the values the product writes (str, int, bool, None, lists, tuples,
+NamedTuples and dicts with str keys; never a float, which orjson would write differently: NaN as
+null). A NamedTuple (the state's records) is written as the list ``json`` makes of it, through
+orjson's ``default`` hook. What orjson refuses (a lone surrogate from a JSON escape, an integer
+over 64 bits, a type neither serializes) goes through ``json``, so every result stays what
+``json`` gives; tests/test_fastjson.py compares the two over generated values."""
 
 from __future__ import annotations
 
