@@ -28,6 +28,7 @@ from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, en
 from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates
 from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge
 from .views import WholeDirectory
+from .writes import DROP_MEMBER, PUT_MEMBER, Writes
 
 log = logging.getLogger("shared.directory")  # the name its log lines have always carried
 
@@ -68,6 +69,8 @@ class Cache(WholeDirectory):
         self._verdict: Verdict | None = None
         self._empty = empty  # known to hold no object: a round is loaded in bulk
         self._loading: StreamLoad | None = None  # a full read being streamed in (load)
+        self.immediate_writes = False  # True: each delta write run at once (the tests' reference)
+        self._w = Writes(conn, immediate=True)  # a delta round's queued writes (apply_round)
 
     # --- scope and exclusions (shared/model/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
@@ -137,10 +140,13 @@ class Cache(WholeDirectory):
         # Each object's rows before the round, read in chunks; an id named twice (in two
         # collections) reads them again, after its first entry changed them.
         before = prefetch(self.conn, [oid for nets in rnd.nets.values() for oid in nets])
+        # The rows' writes are queued and run a statement kind at a time (shared/model/writes.py).
+        self._w = Writes(self.conn, immediate=self.immediate_writes)
         for collection, nets in rnd.nets.items():
             kind = KIND_OF[collection]
             for oid, net in nets.items():
                 self._apply_net(oid, kind, net, sink, before.pop(oid, None))
+        self._w.flush()
 
     def load(self, *, flush_entries: int = FLUSH_ENTRIES, keep: bool = False) -> StreamLoad:
         """Empty the cache for a full read, which is then streamed into it (``StreamLoad``);
@@ -173,7 +179,10 @@ class Cache(WholeDirectory):
         return counts
 
     def _apply_net(self, oid: str, kind: str, net: Net, affected: Affected, before: Before | None = None) -> None:
-        # What the object held before: the keys it could stop affecting.
+        # What the object held before: the keys it could stop affecting (an id met again
+        # reads its rows as its first entry left them: the queued writes run first).
+        if before is None:
+            self._w.flush()
         kept, primaries, row = before if before is not None else prefetch(self.conn, [oid])[oid]
         affected.addresses.update(kept)
         for primary in primaries:
@@ -192,18 +201,19 @@ class Cache(WholeDirectory):
             self._member_ops(oid, net.members, net.present, affected)
 
     def _remove(self, oid: str, old_kind: str, affected: Affected) -> None:
-        q = self.conn.execute
+        w = self._w.add
         if old_kind == "g":
             affected.groups.add(oid)
             self._children(oid, affected)
-            q("DELETE FROM members WHERE group_id=?", (oid,))
+            w("drop_members", (oid,))
         elif old_kind == "u":
             affected.users.add(oid)
-        q("DELETE FROM objects WHERE id=?", (oid,))
-        q("DELETE FROM kept WHERE object_id=?", (oid,))
-        q("DELETE FROM users WHERE id=?", (oid,))
+        w("drop_object", (oid,))
+        w("drop_kept", (oid,))
+        w("drop_user", (oid,))
 
     def _children(self, gid: str, affected: Affected) -> None:
+        self._w.flush()  # a read sees every write queued before it
         for mid, mkind in self.conn.execute("SELECT member_id, kind FROM members WHERE group_id=?", (gid,)):
             if mkind in ("u", "?"):
                 affected.users.add(mid)
@@ -212,20 +222,21 @@ class Cache(WholeDirectory):
 
     def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected, now: Before) -> None:
         """``now``: the object's rows as they are (``Before``); rows that are already right stay."""
-        q = self.conn.execute
+        w = self._w.add
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         row = (kind, encode_data(data), len(cands.exclusions))
         if now[2] != row:
-            q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", (oid, *row))
+            w("put_object", (oid, *row))
         if set(now[0]) != set(cands.kept):
             if now[0]:
-                q("DELETE FROM kept WHERE object_id=?", (oid,))
-            self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
+                w("clear_kept", (oid,))
+            for a in cands.kept:
+                w("put_kept", (a, oid))
         affected.addresses.update(cands.kept)
         if kind == "u":
             primary = cands.primary
             if now[1] != [primary]:
-                q("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", (oid, primary))
+                w("put_user", (oid, primary))
             affected.users.add(oid)
             if primary:
                 affected.primaries.add(primary)
@@ -233,15 +244,17 @@ class Cache(WholeDirectory):
             affected.groups.add(oid)
 
     def _member_ops(self, gid: str, ops: dict[str, tuple[bool, str]], group_exists: bool, affected: Affected) -> None:
-        q = self.conn.execute
+        w = self._w.add
         for mid, (added, mkind) in ops.items():
             if not added:
-                row = q("SELECT kind FROM members WHERE group_id=? AND member_id=?", (gid, mid)).fetchone()
-                if row is not None and mkind == "?":
-                    mkind = row[0]
-                q("DELETE FROM members WHERE group_id=? AND member_id=?", (gid, mid))
+                if mkind == "?":  # Graph did not say what the member was: the cached row does
+                    self._w.flush()
+                    row = self.conn.execute("SELECT kind FROM members WHERE group_id=? AND member_id=?", (gid, mid)).fetchone()
+                    if row is not None:
+                        mkind = row[0]
+                w("member", (DROP_MEMBER, (gid, mid)))
             elif group_exists:
-                q("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", (gid, mid, mkind))
+                w("member", (PUT_MEMBER, (gid, mid, mkind)))
             else:
                 continue
             if mkind in ("u", "?"):
