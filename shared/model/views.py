@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 
 from ..common import fastjson
-
 from .fold import OTYPE
 from .projection import EXCHANGE_SOURCE, Exclusion, Projection, candidates, group_name
 from .records import DATASETS, GroupRecord, Records, UserRecord
