@@ -19,9 +19,6 @@ from .rules import EVERYTHING, Rules, Verdict, rule_of
 
 log = logging.getLogger("shared.directory")  # the name its log lines have always carried
 
-# The direct parent groups of an object as a JSON array (in no set order), read through
-# members_by_member; whether each is a kept group is judged in Python, a dict lookup (a join
-# with objects here costs twice as much).
 # A record built without the NamedTuple's Python-level ``__new__`` (a frame per record): the
 # same object, ``UserRecord(a, b) == _make(UserRecord, (a, b))``, for fewer instructions.
 _make = tuple.__new__
@@ -116,8 +113,9 @@ class WholeDirectory:
         """Users in id order, merged with their memberships read through ``members_by_member``
         in (member, group) order: each record's group ids come out sorted, and each group id
         is one shared string (memory grows with the users, not with their memberships).
-        (Measured with callgrind: one row per user with its memberships gathered by SQLite,
-        a correlated ``json_group_array`` or ``group_concat``, costs as many instructions.)"""
+        (Measured with callgrind: gathering each user's memberships in SQLite, a correlated
+        ``json_group_array`` or ``group_concat`` per user, or JSON arrays a chunk of users at a
+        time, costs more instructions than these rows do.)"""
         q = self.conn.execute
         groups = {gid: gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'") if keeps(gid)}
         owner: dict[str, str] = {}  # primary address -> the user with the smallest id
