@@ -138,9 +138,10 @@ def _order_users(diff: DatasetDiff, held: Records) -> tuple[list[str], list[tupl
     deletes = list(diff.deletes)
     deleted = set(deletes)
     holder = {v[0]: k for k, v in held.items() if k not in deleted} if diff.upserts else {}
-    # after[u] = the user that must be upserted before u (it gives up u's new address)
+    # after[u] = the user that must be upserted before u (it gives up u's new address); against
+    # an empty state (a first run) no address is given up, and no upsert needs looking at
     after: dict[str, str] = {}
-    for uid, value in diff.upserts.items():
+    for uid, value in diff.upserts.items() if holder else ():
         other = holder.get(value[0])
         if other is not None and other != uid and other in diff.upserts:
             after[uid] = other
