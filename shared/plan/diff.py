@@ -28,9 +28,14 @@ class DatasetDiff:
 
 
 def diff_records(dataset: str, wanted: Records, held: Records) -> DatasetDiff:
-    upserts = {k: v for k, v in wanted.items() if held.get(k, _MISSING) != v}
-    deletes = sorted(k for k in held if k not in wanted)
-    return DatasetDiff(dataset, upserts, deletes)
+    """``wanted`` (the projection) against ``held`` (the state): the records to upsert, in
+    ``wanted``'s order, and the sorted keys to delete. Against an empty state (a first run)
+    every record is an upsert: a copy of ``wanted``, without a comparison per record."""
+    if not held:
+        return DatasetDiff(dataset, dict(wanted), [])
+    get = held.get
+    upserts = {k: v for k, v in wanted.items() if get(k, _MISSING) != v}
+    return DatasetDiff(dataset, upserts, sorted(held.keys() - wanted.keys()))
 
 
 _MISSING = object()
@@ -82,23 +87,23 @@ def _chunk(dataset: str, deletes: list[str], upserts: list[tuple[str, tuple]], m
 
 
 def _parents_first(upserts: dict[str, tuple]) -> list[str]:
-    """Upserted groups ordered so a parent (within the upserts) precedes its children."""
+    """Upserted groups ordered so a parent (within the upserts) precedes its children: a
+    depth-first walk from each group in key order, each group's parents in their order."""
     order: list[str] = []
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
     for root in sorted(upserts):
         if root in state:
             continue
-        stack: list[tuple[str, int]] = [(root, 0)]
+        stack: list[tuple[str, list[str], int]] = [(root, [p for p in upserts[root][1] if p in upserts], 0)]
         state[root] = 1
         while stack:
-            node, i = stack[-1]
-            parents = [p for p in upserts[node][1] if p in upserts]
+            node, parents, i = stack[-1]
             if i < len(parents):
-                stack[-1] = (node, i + 1)
+                stack[-1] = (node, parents, i + 1)
                 p = parents[i]
                 if p not in state:  # a parent being visited is a cycle: that edge waits
                     state[p] = 1
-                    stack.append((p, 0))
+                    stack.append((p, [q for q in upserts[p][1] if q in upserts], 0))
             else:
                 stack.pop()
                 state[node] = 2
@@ -113,17 +118,16 @@ def _group_upserts(upserts: dict[str, tuple], stored: set[str], max_items: int) 
     fixups: list[tuple[str, tuple]] = []
     for start in range(0, len(order), max_items):
         keys = order[start : start + max_items]
-        available = existing | set(keys)
+        existing.update(keys)  # a parent in this request or an earlier one (or stored) exists once it is applied
         batch = Batch("groups", phase="group upserts")
         for k in keys:
-            name, parents = upserts[k]
-            present = tuple(p for p in parents if p in available or p not in upserts)
+            name, parents = value = upserts[k]
+            present = tuple(p for p in parents if p in existing or p not in upserts)
             if present != parents:
                 batch.upserts.append((k, (name, present)))
-                fixups.append((k, upserts[k]))
+                fixups.append((k, value))
             else:
-                batch.upserts.append((k, upserts[k]))
-        existing |= set(keys)
+                batch.upserts.append((k, value))
         out.append(batch)
     out += _chunk("groups", [], fixups, max_items, "group references")
     return out
@@ -133,13 +137,16 @@ def _order_users(diff: DatasetDiff, held: Records) -> tuple[list[str], list[tupl
     """Deletes, then upserts ordered so that an address is given up before it is taken."""
     deletes = list(diff.deletes)
     deleted = set(deletes)
-    holder = {v[0]: k for k, v in held.items() if k not in deleted}
-    # after[u] = the user that must be upserted before u (it gives up u's new address)
+    holder = {v[0]: k for k, v in held.items() if k not in deleted} if diff.upserts else {}
+    # after[u] = the user that must be upserted before u (it gives up u's new address); against
+    # an empty state (a first run) no address is given up, and no upsert needs looking at
     after: dict[str, str] = {}
-    for uid, value in diff.upserts.items():
+    for uid, value in diff.upserts.items() if holder else ():
         other = holder.get(value[0])
         if other is not None and other != uid and other in diff.upserts:
             after[uid] = other
+    if not after:  # no user takes an address another upserted user gives up: the upserts' own order
+        return deletes, list(diff.upserts.items())
     order: list[str] = []
     done: set[str] = set()
     for uid in diff.upserts:
