@@ -93,12 +93,20 @@ def normalize_address(value: str) -> str:
     """Strip, lowercase, convert an IDN domain to A-labels, then validate.
 
     Returns the normalized address or raises ``InvalidAddress`` naming the rule it breaks."""
+    return split_address(value)[0]
+
+
+def split_address(value: str) -> tuple[str, str]:
+    """``normalize_address`` and the normalized address's domain (``domain_of``), in one step:
+    plain ASCII takes a compiled fast path, anything else ``normalize_address_fully``."""
     lowered = value.strip().lower()
     plain = _PLAIN.fullmatch(lowered)
     if plain is not None and plain.start(1) <= 65 and len(lowered) <= 254:  # the local part's 64 octets, the "@"
-        check_domain(plain.group(1))
-        return lowered
-    return normalize_address_fully(value)
+        domain = plain.group(1)
+        check_domain(domain)
+        return lowered, domain
+    address = normalize_address_fully(value)
+    return address, domain_of(address)
 
 
 def normalize_address_fully(value: str) -> str:
