@@ -20,6 +20,12 @@ _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 _PLAIN = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([a-z0-9.-]+)")
 
 
+# "smtp:" in every mix of cases: ``p[:5] in SMTP_PREFIXES`` is ``p[:5].lower() == "smtp:"``
+# without building a lowered copy (no other code point lowercases to one of these ASCII
+# characters: tests/test_candidate_paths.py checks every code point).
+SMTP_PREFIXES = frozenset(a + b + c + d + ":" for a in "sS" for b in "mM" for c in "tT" for d in "pP")
+
+
 class InvalidAddress(ValueError):
     """Why a value is not a valid address; the message is safe to log (it holds no secret)."""
 

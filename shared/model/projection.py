@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .addresses import InvalidAddress, split_address
+from .addresses import SMTP_PREFIXES, InvalidAddress, split_address
 from .records import Records
 from .rules import NO_RULES, Rules
 
@@ -119,13 +119,15 @@ def _sift(obj: dict[str, Any], provisioned: frozenset[str], rules: Rules,
     why); ``found``, when given, receives each exclusion as (value as a report prints it, reason)."""
     raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
     mail = obj.get("mail")
-    if isinstance(mail, str) and mail.strip():
+    if isinstance(mail, str) and mail and not mail.isspace():  # mail.strip() is not empty
         raw.append((mail, None))
     proxies = obj.get("proxyAddresses")
     if isinstance(proxies, list):
         for p in proxies:
-            if isinstance(p, str) and p[:5].lower() == "smtp:":
-                raw.append((p[5:], p.startswith("SMTP:")))
+            if isinstance(p, str):
+                head = p[:5]
+                if head in SMTP_PREFIXES:  # head.lower() == "smtp:"
+                    raw.append((p[5:], head == "SMTP:"))
     kept: list[str] = []
     primary_proxy = kept_mail = None
     excluded = 0
