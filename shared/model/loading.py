@@ -226,7 +226,7 @@ def _underived(conn: sqlite3.Connection) -> bool:
 def _derive_all(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules) -> None:
     """Every Graph object's candidate rows, in one pass over ``objects`` in key order, a step
     of ``REDERIVE_ROWS`` rows at a time (a resumed checkpoint that has none: ``_underived``)."""
-    q, em = conn.execute, conn.executemany
+    q = conn.execute
     last = ""
     while True:
         step = q("SELECT id, kind, data FROM objects WHERE id > ? AND kind IN ('u', 'g', 'c') ORDER BY id LIMIT ?", (last, REDERIVE_ROWS)).fetchall()
