@@ -20,6 +20,12 @@ _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 _PLAIN = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([a-z0-9.-]+)")
 
 
+# "smtp:" in every mix of cases: ``p[:5] in SMTP_PREFIXES`` is ``p[:5].lower() == "smtp:"``
+# without building a lowered copy (no other code point lowercases to one of these ASCII
+# characters: tests/test_candidate_paths.py checks every code point).
+SMTP_PREFIXES = frozenset(a + b + c + d + ":" for a in "sS" for b in "mM" for c in "tT" for d in "pP")
+
+
 class InvalidAddress(ValueError):
     """Why a value is not a valid address; the message is safe to log (it holds no secret)."""
 
@@ -93,12 +99,20 @@ def normalize_address(value: str) -> str:
     """Strip, lowercase, convert an IDN domain to A-labels, then validate.
 
     Returns the normalized address or raises ``InvalidAddress`` naming the rule it breaks."""
+    return split_address(value)[0]
+
+
+def split_address(value: str) -> tuple[str, str]:
+    """``normalize_address`` and the normalized address's domain (``domain_of``), in one step:
+    plain ASCII takes a compiled fast path, anything else ``normalize_address_fully``."""
     lowered = value.strip().lower()
     plain = _PLAIN.fullmatch(lowered)
     if plain is not None and plain.start(1) <= 65 and len(lowered) <= 254:  # the local part's 64 octets, the "@"
-        check_domain(plain.group(1))
-        return lowered
-    return normalize_address_fully(value)
+        domain = plain.group(1)
+        check_domain(domain)
+        return lowered, domain
+    address = normalize_address_fully(value)
+    return address, domain_of(address)
 
 
 def normalize_address_fully(value: str) -> str:

@@ -156,7 +156,7 @@ class Cache(WholeDirectory):
         return self._loading
 
     def finish_load(self, affected: Affected | None = None) -> dict[str, int]:
-        """The streamed round is complete: derive the candidate rows (``StreamLoad.finish``).
+        """The streamed round is complete: its last batch merged, the indexes built (``StreamLoad.finish``).
         Returns the distinct objects per collection; with ``affected``, every key the cache
         now implies goes to it (the cache held nothing before)."""
         loading = self._loading if self._loading is not None else self.load()  # nothing streamed in (EXO_MODE=only)

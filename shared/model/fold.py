@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .addresses import SMTP_PREFIXES
 from .projection import GROUP_TYPE, USER_TYPE
 
 PROPS: dict[str, tuple[str, ...]] = {
@@ -31,7 +32,7 @@ def compact_value(prop: str, value: Any) -> Any:
     """A selected property as cached: ``proxyAddresses`` keeps only its ``smtp:`` values (the
     others are never candidates), any other property a string or ``None``."""
     if prop == "proxyAddresses":
-        return [p for p in value if isinstance(p, str) and p[:5].lower() == "smtp:"] if isinstance(value, list) else []
+        return [p for p in value if isinstance(p, str) and p[:5] in SMTP_PREFIXES] if isinstance(value, list) else []
     return value if isinstance(value, str) else None
 
 
@@ -140,7 +141,9 @@ class Round:
             props = net.props
             for prop in PROPS[kind]:
                 if prop in obj:
-                    props[prop] = compact_value(prop, obj[prop])
+                    value = obj[prop]
+                    # compact_value, inline for the plain cases (a string, or a list of proxies)
+                    props[prop] = value if type(value) is str and prop != "proxyAddresses" else compact_value(prop, value)
         if kind == "g":
             ops = obj.get("members@delta")
             if isinstance(ops, list):
@@ -158,16 +161,22 @@ class Round:
         return sum(self.entries.values())
 
 
+_MEMBER_KINDS = {USER_TYPE: "u", GROUP_TYPE: "g", "": "?"}  # member_kind of a string, by lookup
+
+
 def _fold_members(net: Net, ops: list[Any]) -> None:
     members = net.members
     present = net.present
+    kinds = _MEMBER_KINDS
     for m in ops:
         if not isinstance(m, dict):
             continue
         mid = m.get("id")
         if not isinstance(mid, str) or not mid:
             continue
+        otype = m.get("@odata.type")
+        mkind = kinds.get(otype, "o") if type(otype) is str else member_kind(otype)
         if "@removed" in m:
-            members[mid] = (False, member_kind(m.get("@odata.type")))
+            members[mid] = (False, mkind)
         elif present:
-            members[mid] = (True, member_kind(m.get("@odata.type")))
+            members[mid] = (True, mkind)

@@ -3,14 +3,15 @@
 A full read is a first delta round applied to an empty cache (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order"). Holding the whole round in Python objects costs memory in proportion to the
 tenant (about 1 KB per object), so the read is folded a batch of entries at a time
 (``shared.model.fold.Round``: the same fold as a delta round) and each folded batch is merged
-into the cache tables ``objects`` and ``members`` at once: an object an earlier batch already
-wrote gets the newer properties merged over its row (a group's later slices, a repeated
-object), an ``@removed`` entry drops the row (and a group's member rows), member additions
-and removals are applied in order. When the round is complete, one pass over ``objects`` in
-key order derives the candidate rows (``kept``, ``users``, ``objects.excluded``) by the rules of
-``shared/model/projection.py``, and the secondary indexes are built once.
+into the cache tables at once (``merge_nets``): an object an earlier batch already wrote gets
+the newer properties merged over its row (a group's later slices, a repeated object), an
+``@removed`` entry drops its rows (and a group's member rows), member additions and removals
+are applied in order. Each object's candidate rows (``kept``, ``users``, ``objects.excluded``)
+are derived by the rules of ``shared/model/projection.py`` when its merged row is written, in
+the same statements as the batch, so that no second pass over the cache is needed; the
+secondary indexes are built once, when the round is complete.
 
-Peak memory is then one batch of entries plus one chunk of rows, whatever the tenant's size.
+Peak memory is then one batch of entries plus its rows, whatever the tenant's size.
 Everything happens in the caller's transaction: a read that fails leaves the cache as the last
 commit left it."""
 
@@ -23,12 +24,12 @@ from typing import Any
 
 from ..common.fastjson import dumps_ascii, loads
 from .fold import KIND_OF, OTYPE, Net, Round
-from .projection import candidates
+from .projection import tally, warn_invalid
 from .rules import NO_RULES, Rules
 
 FLUSH_ENTRIES = 2000  # entries folded in memory before they are merged into the cache tables
-CHUNK = 4096  # objects per step of the candidate pass
-_LOOKUP = 500  # ids per SELECT ... IN (...) (under SQLite's 999 host parameters)
+CHUNK = 500  # ids per SELECT ... IN (...) query, well under SQLite's limit on host parameters
+REDERIVE_ROWS = 4096  # objects rows per step of the pass that derives a resumed checkpoint's rows (_derive_all)
 
 CACHE_TABLES = ("objects", "kept", "users", "members")
 INDEXES = {  # the cache's secondary indexes: dropped for a load, built once after it
@@ -46,8 +47,8 @@ encode_data = dumps_ascii
 
 class StreamLoad:
     """The sink of a full read (``take(collection, entry)``, as ``Round``): it empties the
-    cache, merges the entries into it a batch at a time, and ``finish`` derives the rest.
-    Raises ``ValueError`` for an entry without an id."""
+    cache, merges the entries into it a batch at a time with their candidate rows, and
+    ``finish`` builds the indexes. Raises ``ValueError`` for an entry without an id."""
 
     def __init__(self, conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules = NO_RULES, *,
                  flush_entries: int = FLUSH_ENTRIES, keep: bool = False) -> None:
@@ -69,6 +70,8 @@ class StreamLoad:
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         for index in INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {index}")  # noqa: S608 - fixed index names
+        if keep and _underived(conn):
+            _derive_all(conn, provisioned, rules)
 
     def take(self, collection: str, obj: dict[str, Any]) -> None:
         self._buf.take(collection, obj)
@@ -95,7 +98,7 @@ class StreamLoad:
         """Merge the folded entries into the cache tables (a checkpoint calls this first)."""
         for collection, nets in self._buf.nets.items():
             if nets:
-                merge_nets(self.conn, KIND_OF[collection], nets)
+                merge_nets(self.conn, KIND_OF[collection], nets, self.provisioned, self.rules)
         self._buf = Round()
         self._pending = 0
 
@@ -106,88 +109,145 @@ class StreamLoad:
         self.flush()
 
     def finish(self) -> dict[str, int]:
-        """The round is complete: derive the candidate rows, build the indexes. Returns the
+        """The round is complete: the last batch merged, the indexes built. Returns the
         distinct objects per collection that exist at the end of the round."""
         self.flush()
-        derive(self.conn, self.provisioned, self.rules)
         q = self.conn.execute
-        return {c: q("SELECT COUNT(*) FROM objects WHERE kind=?", (k,)).fetchone()[0] for c, k in KIND_OF.items()}
+        for statement in INDEXES.values():
+            q(statement)
+        counted = dict(q("SELECT kind, COUNT(*) FROM objects GROUP BY kind").fetchall())
+        return {c: counted.get(k, 0) for c, k in KIND_OF.items()}
 
 
-def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net]) -> None:
-    """One folded batch of one kind merged into ``objects`` and ``members`` (the rows of an
-    object an earlier batch wrote are its state so far in this round)."""
-    q, em = conn.execute, conn.executemany
-    ids = list(nets)
+class _Rows:
+    """The statements' parameters of one merged batch, applied in ``apply``'s order."""
+
+    __slots__ = ("gone", "reset_groups", "unkept", "unusers", "objects", "kept", "users", "added", "removed")
+
+    def __init__(self) -> None:
+        self.gone: list[tuple[str]] = []  # objects rows an @removed entry drops
+        self.reset_groups: list[tuple[str]] = []  # groups whose member rows go with them
+        self.unkept: list[tuple[str, str]] = []  # kept rows of an object's earlier state
+        self.unusers: list[tuple[str]] = []  # users rows of an object that is no user now
+        self.objects: list[tuple[str, str, str, int]] = []
+        self.kept: list[tuple[str, str]] = []
+        self.users: list[tuple[str, str | None]] = []
+        self.added: list[tuple[str, str, str]] = []
+        self.removed: list[tuple[str, str]] = []
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Deletions first, then the new rows, each sorted by its table's key (a B-tree fed
+        in key order touches each page once per batch)."""
+        em = conn.executemany
+        em("DELETE FROM objects WHERE id=?", self.gone)
+        em("DELETE FROM members WHERE group_id=?", self.reset_groups)
+        em("DELETE FROM kept WHERE address=? AND object_id=?", self.unkept)
+        em("DELETE FROM users WHERE id=?", self.unusers)
+        em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", sorted(self.objects))
+        em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", sorted(self.kept))
+        em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", sorted(self.users))
+        em("DELETE FROM members WHERE group_id=? AND member_id=?", self.removed)
+        em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", sorted(self.added))
+
+
+def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provisioned: frozenset[str], rules: Rules = NO_RULES) -> None:
+    """One folded batch of one kind merged into the cache tables, with each written object's
+    candidate rows (the rows of an object an earlier batch wrote are its state so far in this
+    round: they are replaced, or left as they are when the merged row is unchanged)."""
     old: dict[str, tuple[str, str]] = {}
-    for i in range(0, len(ids), _LOOKUP):
-        chunk = ids[i : i + _LOOKUP]
-        marks = ",".join("?" * len(chunk))
-        old.update((oid, (k, data)) for oid, k, data in q(f"SELECT id, kind, data FROM objects WHERE id IN ({marks})", chunk))  # noqa: S608
-    gone: list[tuple[str]] = []
-    reset_groups: list[tuple[str]] = []
-    rows: list[tuple[str, str, str, int]] = []
-    added: list[tuple[str, str, str]] = []
-    removed: list[tuple[str, str]] = []
+    for part in chunks(list(nets)):
+        marks = ",".join("?" * len(part))
+        old.update((oid, (k, data)) for oid, k, data in conn.execute(f"SELECT id, kind, data FROM objects WHERE id IN ({marks})", part))  # noqa: S608
+    rows = _Rows()
     for oid, net in nets.items():
         prev = old.get(oid)
+        quiet: frozenset[str] = frozenset()
         if prev is not None and (net.reset or not net.present):
-            gone.append((oid,))
+            rows.gone.append((oid,))
             if prev[0] == "g":
-                reset_groups.append((oid,))
+                rows.reset_groups.append((oid,))
+            quiet = _forget(rows, oid, prev[0], loads(prev[1]), provisioned, rules, kind if net.present else None)
             prev = None
         if net.present:
-            data = {**loads(prev[1]), **net.props} if prev is not None and prev[0] == kind else net.props
-            rows.append((oid, kind, encode_data(data), 0))
+            _write(rows, oid, kind, net.props, prev, provisioned, rules, quiet)
         for mid, (add, mkind) in net.members.items():
             if add:
-                added.append((oid, mid, mkind))
+                rows.added.append((oid, mid, mkind))
             else:
-                removed.append((oid, mid))
-    em("DELETE FROM objects WHERE id=?", gone)
-    em("DELETE FROM members WHERE group_id=?", reset_groups)
-    em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", rows)
-    em("DELETE FROM members WHERE group_id=? AND member_id=?", removed)
-    em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", added)
+                rows.removed.append((oid, mid))
+    rows.apply(conn)
 
 
-def derive(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules) -> None:
-    """Every Graph object's candidates (kept addresses, a user's primary address, the count
-    of excluded candidates) in one pass over ``objects`` in key order, a chunk at a time;
-    then the secondary indexes."""
-    q, em = conn.execute, conn.executemany
+def _write(rows: _Rows, oid: str, kind: str, props: dict[str, Any], prev: tuple[str, str] | None,
+           provisioned: frozenset[str], rules: Rules, quiet: frozenset[str]) -> None:
+    """The object's merged row and its candidate rows. ``prev``: its row so far in this round
+    (kind, data); ``quiet``: invalid values already logged for it."""
+    data = props
+    if prev is not None:
+        old = loads(prev[1])
+        if prev[0] == kind:
+            data = {**old, **props}
+        text = encode_data(data)
+        if text == prev[1] and prev[0] == kind:
+            return  # already right (a group's later slice with the same properties)
+        quiet = _forget(rows, oid, prev[0], old, provisioned, rules, kind)
+    else:
+        text = encode_data(data)
+    t = tally(data, provisioned, rules)
+    if t.invalid:
+        warn_invalid(OTYPE[kind], oid, t.invalid, quiet)
+    rows.objects.append((oid, kind, text, t.excluded))
+    rows.kept.extend([(a, oid) for a in t.kept])
+    if kind == "u":
+        rows.users.append((oid, t.primary))
+
+
+def _forget(rows: _Rows, oid: str, prev_kind: str, prev_data: dict[str, Any], provisioned: frozenset[str], rules: Rules,
+            kind: str | None) -> frozenset[str]:
+    """Take back the candidate rows an object's earlier state wrote: its kept rows (derived
+    again from that state, by key: the load runs without the index by object) and its users
+    row, unless a users row of the new state (``kind`` ``u``) replaces it. Returns the invalid
+    values that state had (they were logged then)."""
+    t = tally(prev_data, provisioned, rules)
+    rows.unkept.extend([(a, oid) for a in t.kept])
+    if prev_kind == "u" and kind != "u":
+        rows.unusers.append((oid,))
+    return frozenset(value for value, _ in t.invalid)
+
+
+def _underived(conn: sqlite3.Connection) -> bool:
+    """A resumed checkpoint whose objects have no candidate rows: one saved by a release that
+    derived them only once the round was complete (no users row and no kept row at all)."""
+    q = conn.execute
+    return (q("SELECT 1 FROM users LIMIT 1").fetchone() is None and q("SELECT 1 FROM kept LIMIT 1").fetchone() is None
+            and q("SELECT 1 FROM objects WHERE kind IN ('u', 'g', 'c') LIMIT 1").fetchone() is not None)
+
+
+def _derive_all(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Rules) -> None:
+    """Every Graph object's candidate rows, in one pass over ``objects`` in key order, a step
+    of ``REDERIVE_ROWS`` rows at a time (a resumed checkpoint that has none: ``_underived``)."""
+    q = conn.execute
     last = ""
     while True:
-        chunk = q("SELECT id, kind, data FROM objects WHERE id > ? ORDER BY id LIMIT ?", (last, CHUNK)).fetchall()
-        if not chunk:
+        step = q("SELECT id, kind, data FROM objects WHERE id > ? AND kind IN ('u', 'g', 'c') ORDER BY id LIMIT ?", (last, REDERIVE_ROWS)).fetchall()
+        if not step:
             break
-        last = chunk[-1][0]
-        kept: list[tuple[str, str]] = []
-        users: list[tuple[str, str | None]] = []
-        excluded: list[tuple[int, str]] = []
-        for oid, kind, data in chunk:
-            otype = OTYPE.get(kind)
-            if otype is None:
-                continue  # an Exchange Online recipient: apply_recipients derives its rows
-            cands = candidates(oid, otype, loads(data), provisioned, rules)
-            if cands.kept:
-                kept.extend([(a, oid) for a in cands.kept])
+        last = step[-1][0]
+        rows = _Rows()
+        for oid, kind, text in step:
+            t = tally(loads(text), provisioned, rules)
+            warn_invalid(OTYPE[kind], oid, t.invalid)
+            rows.objects.append((oid, kind, text, t.excluded))
+            rows.kept.extend([(a, oid) for a in t.kept])
             if kind == "u":
-                users.append((oid, cands.primary))
-            if cands.exclusions:
-                excluded.append((len(cands.exclusions), oid))
-        em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", kept)
-        em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", users)
-        em("UPDATE objects SET excluded=? WHERE id=?", excluded)
-    for statement in INDEXES.values():
-        q(statement)
+                rows.users.append((oid, t.primary))
+        rows.apply(conn)
 
 
 # An object's rows before a delta round: its kept addresses, its users row's primary address
 # (an empty list: no users row; ``[None]``: a user without one) and its objects row (kind,
 # data, excluded).
 Before = tuple[list[str], list[str | None], tuple[str, str, int] | None]
-CHUNK = 500  # ids per IN (...) query, well under SQLite's limit on host parameters
 
 
 def chunks(ids: list[str], size: int = CHUNK) -> Iterator[list[str]]:

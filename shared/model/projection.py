@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from .addresses import InvalidAddress, domain_of, normalize_address
+from .addresses import SMTP_PREFIXES, InvalidAddress, split_address
 from .records import Records
 from .rules import NO_RULES, Rules
 
@@ -77,52 +77,98 @@ def candidates(oid: str, otype: str, obj: dict[str, Any], provisioned: frozenset
     PrimarySmtpAddress and its ``proxyAddresses`` its EmailAddresses, under exactly these rules.
     A candidate that matches an ``EXCLUDE_ADDRESS_PATTERNS`` pattern is not kept, so a user
     whose ``mail`` matches falls back to its kept ``SMTP:`` value (docs/sync-rules.md)."""
+    found: list[tuple[str, str]] = []
+    kept, primary_proxy, kept_mail, _, invalid = _sift(obj, provisioned, rules, found)
+    if warn:
+        warn_invalid(otype, oid, invalid)
+    return Candidates(kept, primary_proxy, kept_mail, [Exclusion("addresses", oid, otype, value, why, source) for value, why in found])
+
+
+class Tally(NamedTuple):
+    """One object's candidate rows without the exclusions themselves (a full read's load
+    keeps only their count): the kept addresses, the primary address (``Candidates.primary``),
+    how many candidates were left out, and the invalid values with why (for the warning)."""
+
+    kept: list[str]
+    primary: str | None
+    excluded: int
+    invalid: list[tuple[str, InvalidAddress]]
+
+
+def tally(obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES) -> Tally:
+    """``candidates`` without building ``Exclusion``s, and without logging (``warn_invalid``):
+    the same rules, through the same code (``_sift``)."""
+    kept, primary_proxy, kept_mail, excluded, invalid = _sift(obj, provisioned, rules, None)
+    return Tally(kept, kept_mail or primary_proxy, excluded, invalid)
+
+
+def warn_invalid(otype: str, oid: str, invalid: list[tuple[str, InvalidAddress]], quiet: frozenset[str] | set[str] = frozenset()) -> None:
+    """Log each invalid candidate with the object's id, except those whose value is in
+    ``quiet`` (already logged for this object)."""
+    for value, exc in invalid:
+        if value not in quiet:
+            log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
+
+
+def _sift(obj: dict[str, Any], provisioned: frozenset[str], rules: Rules,
+          found: list[tuple[str, str]] | None) -> tuple[list[str], str | None, str | None, int, list[tuple[str, InvalidAddress]]]:
+    """The candidate rules of one object (docs/sync-rules.md): its ``mail`` and ``smtp:``
+    proxies, each normalized (``split_address``), kept when valid, in a provisioned domain and
+    matching no exclusion pattern. Returns (kept addresses in order, the first kept ``SMTP:``
+    value, the kept mail, the count of distinct candidates left out, the invalid values with
+    why); ``found``, when given, receives each exclusion as (value as a report prints it, reason)."""
     raw: list[tuple[str, bool | None]] = []  # (value, is the uppercase SMTP: primary proxy; None: mail)
     mail = obj.get("mail")
-    if isinstance(mail, str) and mail.strip():
+    if isinstance(mail, str) and mail and not mail.isspace():  # mail.strip() is not empty
         raw.append((mail, None))
     proxies = obj.get("proxyAddresses")
     if isinstance(proxies, list):
         for p in proxies:
-            if isinstance(p, str) and p[:5].lower() == "smtp:":
-                raw.append((p[5:], p.startswith("SMTP:")))
-    out = Candidates([], None, None)
+            if isinstance(p, str):
+                head = p[:5]
+                if head in SMTP_PREFIXES:  # head.lower() == "smtp:"
+                    raw.append((p[5:], head == "SMTP:"))
+    kept: list[str] = []
+    primary_proxy = kept_mail = None
+    excluded = 0
+    invalid: list[tuple[str, InvalidAddress]] = []
     seen: set[str] = set()
-    normalized: dict[str, str] = {}  # each distinct value is normalized once (mail is often also the SMTP: value)
+    normalized: dict[str, tuple[str, str]] = {}  # each distinct value is normalized once (mail is often also the SMTP: value)
+    patterns = rules.exclude_address_patterns
     for value, is_primary in raw:
-        address = normalized.get(value)
-        try:
-            if address is None:
-                address = normalized[value] = normalize_address(value)
-        except InvalidAddress as exc:
-            shown = value.strip().lower()
-            if shown not in seen:
-                seen.add(shown)
-                if warn:
-                    log.warning("%s %s: skipped invalid address %r: %s", otype, oid, value, exc)
-                out.exclusions.append(Exclusion("addresses", oid, otype, _printable(value), f"invalid address: {exc}", source))
-            continue
-        if domain_of(address) not in provisioned:
-            if address not in seen:
-                seen.add(address)
-                out.exclusions.append(Exclusion("addresses", oid, otype, address, f"domain {domain_of(address)} is not provisioned", source))
-            continue
-        why = rules.address_reason(address) if rules.exclude_address_patterns else None
+        split = normalized.get(value)
+        if split is None:
+            try:
+                split = normalized[value] = split_address(value)
+            except InvalidAddress as exc:
+                shown = value.strip().lower()
+                if shown not in seen:
+                    seen.add(shown)
+                    excluded += 1
+                    invalid.append((value, exc))
+                    if found is not None:
+                        found.append((_printable(value), f"invalid address: {exc}"))
+                continue
+        address, domain = split
+        if domain not in provisioned:
+            why: str | None = f"domain {domain} is not provisioned" if found is not None else ""
+        else:
+            why = rules.address_reason(address) if patterns else None
         if why is not None:
             if address not in seen:
                 seen.add(address)
-                out.exclusions.append(Exclusion("addresses", oid, otype, address, why, source))
+                excluded += 1
+                if found is not None:
+                    found.append((address, why))
             continue
         if address not in seen:
             seen.add(address)
-            out.kept.append(address)
+            kept.append(address)
         if is_primary is None:
-            out.kept_mail = address
-        elif is_primary and out.primary_proxy is None:
-            out.primary_proxy = address
-    return out
-
-
+            kept_mail = address
+        elif is_primary and primary_proxy is None:
+            primary_proxy = address
+    return kept, primary_proxy, kept_mail, excluded, invalid
 
 
 def _usable_name(value: Any) -> bool:
