@@ -80,3 +80,12 @@ def test_types_orjson_refuses_take_the_json_path() -> None:
     assert isinstance(nan, float) and nan != nan
     with pytest.raises(ValueError):
         fastjson.loads(b"<html>")
+
+
+def test_every_ascii_character_is_written_as_json_writes_it() -> None:
+    """Exhaustive over the 128 ASCII characters, alone, inside text and as a key: ensure_ascii
+    escapes DEL (0x7f) as ``\\u007f`` although it is ASCII, which orjson does not."""
+    for c in map(chr, range(128)):
+        for value in (c, f"a{c}b", {c: [c, 1]}):
+            assert fastjson.dumps_ascii(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+            assert fastjson.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -55,7 +55,8 @@ def dumps_ascii(value: Any) -> str:
         raw = orjson.dumps(value, default=_tuple_as_list)
     except TypeError:
         return _ASCII(value)
-    return raw.decode("ascii") if raw.isascii() else _ASCII(value)
+    # ensure_ascii escapes DEL (0x7f) as \u007f, which orjson writes as it is.
+    return raw.decode("ascii") if raw.isascii() and b"\x7f" not in raw else _ASCII(value)
 
 
 def dumps_sorted_bytes(value: Any) -> bytes:
