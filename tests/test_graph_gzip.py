@@ -3,9 +3,9 @@ body is inflated once, checked whole (every member's end marker, CRC-32 and leng
 before and after inflation; httpx gets the inflated body without ``Content-Encoding``. Checked on
 generated bodies (hypothesis), on an exhaustive matrix of sizes around the caps for both
 encodings, and end to end through ``GraphSource`` against a Graph server on loopback that
-answers in gzip when asked, as Microsoft Graph does (msgraph-sdk-design,
-middleware/DecompressionHandler.md: clients send ``Accept-Encoding: gzip`` and inflate
-``Content-Encoding: gzip``)."""
+answers in gzip when asked, as Microsoft Graph does (the Graph SDKs' decompression handler
+specification: clients send ``Accept-Encoding: gzip`` and inflate ``Content-Encoding: gzip``,
+https://microsoftgraph.github.io/msgraph-sdk-design/middleware/DecompressionHandler.html)."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -88,6 +89,7 @@ class GraphSource:
         concurrent: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._netloc = urlsplit(self.base_url).netloc
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.member_concurrency = member_concurrency
@@ -139,13 +141,11 @@ class GraphSource:
         page_done = getattr(sink, "page_done", None)
         hook = None if page_done is None else lambda nxt, link: page_done(collection, nxt, link)
 
-        def take(obj: dict[str, Any]) -> None:
-            self._deliver(sink, collection, obj)
-
+        take = partial(sink.take, collection)
         what = f"{collection}/delta"
         if "next" in saved:
-            return await self._each_page(self._follow(saved["next"], first, what), what, take, delta=True, on_page=hook)
-        return await self._each_page(first, what, take, unsupported_ok=True, on_page=hook)
+            return await self._each_page(self._follow(saved["next"], first, what), what, take, count=collection, delta=True, on_page=hook)
+        return await self._each_page(first, what, take, count=collection, unsupported_ok=True, on_page=hook)
 
     async def _all(self, *aws: Awaitable[Any]) -> None:
         if self.concurrent:
@@ -184,7 +184,7 @@ class GraphSource:
             log.warning("%s/delta is not served by %s (%s); reading /%s in full", collection, self.base_url, exc, collection)
             self.stats.links[collection] = None
             _unresumable(sink)
-            await self._each_page(plain, collection, lambda obj: self._deliver(sink, collection, obj))
+            await self._each_page(plain, collection, partial(sink.take, collection), count=collection)
 
     async def _read_groups(self, sink: RoundSink) -> None:
         from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
@@ -210,11 +210,8 @@ class GraphSource:
         async def one(collection: str) -> None:
             first = self._follow(links[collection], None, f"{collection}/delta")
             first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-
-            def take(obj: dict[str, Any]) -> None:
-                self._deliver(sink, collection, obj)
-
-            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, delta=True)
+            take = partial(sink.take, collection)
+            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, count=collection, delta=True)
 
         await self._all(*(one(c) for c in COLLECTIONS))
         return self.stats
@@ -228,9 +225,9 @@ class GraphSource:
 
         def take(obj: dict[str, Any]) -> None:
             ids.append(obj["id"])
-            self._deliver(sink, "groups", obj)
+            sink.take("groups", obj)
 
-        await self._each_page(first, "groups", take)
+        await self._each_page(first, "groups", take, count="groups")
         gate = asyncio.Semaphore(self.member_concurrency)
 
         async def members_of(gid: str) -> None:
@@ -246,10 +243,6 @@ class GraphSource:
 
         await asyncio.gather(*(members_of(gid) for gid in ids))
 
-    def _deliver(self, sink: RoundSink, collection: str, obj: dict[str, Any]) -> None:
-        self.stats.entries[collection] += 1
-        sink.take(collection, obj)
-
     # --- paging --------------------------------------------------------------------------
     async def _each_page(
         self,
@@ -257,12 +250,14 @@ class GraphSource:
         what: str,
         take: Callable[[dict[str, Any]], None],
         *,
+        count: str | None = None,
         unsupported_ok: bool = False,
         delta: bool = False,
         on_page: Callable[[str | None, str | None], None] | None = None,
     ) -> str | None:
         """Follow ``@odata.nextLink`` to the end; returns the final ``@odata.deltaLink``.
-        ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
+        Each entry goes to ``take``; ``count`` names the collection whose ``stats.entries`` the
+        page adds to; ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
         request: RequestInformation | None = first
         page_no = 0
         while request is not None:
@@ -272,6 +267,8 @@ class GraphSource:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
                     raise IncompleteReadError(f"Graph {what} page {page_no + 1} holds an object without an id")
                 take(obj)
+            if count is not None:
+                self.stats.entries[count] += len(values)
             page_no += 1
             next_link = page.get("@odata.nextLink")
             if next_link is None:
@@ -289,8 +286,9 @@ class GraphSource:
     def _follow(self, link: Any, first: RequestInformation | None, what: str) -> RequestInformation:
         if not isinstance(link, str) or not link.startswith(("http://", "https://")):
             raise IncompleteReadError(f"Graph {what}: @odata.nextLink is not an absolute URL")
-        if urlsplit(link).netloc != urlsplit(self.base_url).netloc:
-            raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({urlsplit(link).netloc})")
+        netloc = urlsplit(link).netloc
+        if netloc != self._netloc:
+            raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({netloc})")
         ri = RequestInformation(Method.GET)
         ri.url = link
         ri.headers.try_add("Accept", "application/json")
@@ -344,14 +342,19 @@ class GraphSource:
 
 
 
-def _error_map() -> dict[str, Any]:
-    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+class _ODataErrorFactory:
+    """msgraph's ``ODataError`` as kiota's error factory, imported when Graph first answers 400
+    or 410 (the body of a sync reset names its code), not at start-up."""
 
-    # Only the codes whose error body matters: the sync-reset answers to a delta token.
-    return {"400": ODataError, "410": ODataError}
+    @staticmethod
+    def create_from_discriminator_value(parse_node: Any) -> Any:
+        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+        return ODataError.create_from_discriminator_value(parse_node)
 
 
-_ERROR_MAP = _error_map()
+# Only the codes whose error body matters: the sync-reset answers to a delta token.
+_ERROR_MAP: dict[str, Any] = {"400": _ODataErrorFactory, "410": _ODataErrorFactory}
 
 
 def _error_code(exc: APIError) -> str | None:
