@@ -44,6 +44,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         server: Server = self.server.owner  # type: ignore[attr-defined]
         server.asked.append(self.headers)  # an email.message.Message: case-insensitive
+        server.paths.append(self.path)
         status, headers, data = server.answer(self.path)
         self.send_response(status)
         for k, v in headers.items():
@@ -57,6 +58,7 @@ class Server:
     def __init__(self, answer: Callable[[str], Answer]) -> None:
         self.answer = answer
         self.asked: list[Any] = []
+        self.paths: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.owner = self  # type: ignore[attr-defined]

@@ -34,11 +34,13 @@ from kiota_abstractions.authentication import AuthenticationProvider
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
+from kiota_http.middleware.options import ParametersNameDecodingHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import jittered_backoff, parse_retry_after
+from ..common.netutil import jittered_backoff
 from .base import SourceRead
+from .graph_errors import _ERROR_MAP, _api_error_text, _error_code, _retry_after
 from .graph_transport import MAX_PAGE_BYTES, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer, graph_http_client  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
@@ -49,6 +51,9 @@ CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]
 COLLECTIONS = ("users", "groups", "contacts")
+# A nextLink/deltaLink is followed as Graph wrote it: the parameter-name decoding kiota does
+# for the URLs it builds ($select, $top) is off for it.
+_VERBATIM = ParametersNameDecodingHandlerOption(enable=False)
 # Graph's answers to a delta token it no longer honours ("synchronization reset").
 SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
 
@@ -291,6 +296,7 @@ class GraphSource:
             raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({netloc})")
         ri = RequestInformation(Method.GET)
         ri.url = link
+        ri.add_request_options([_VERBATIM])  # Graph's link as it is: no name to decode, no URL to parse again
         ri.headers.try_add("Accept", "application/json")
         prefer = first.headers.get("Prefer") if first is not None else None
         if prefer:
@@ -341,42 +347,6 @@ class GraphSource:
         raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent")
 
 
-
-class _ODataErrorFactory:
-    """msgraph's ``ODataError`` as kiota's error factory, imported when Graph first answers 400
-    or 410 (the body of a sync reset names its code), not at start-up."""
-
-    @staticmethod
-    def create_from_discriminator_value(parse_node: Any) -> Any:
-        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
-
-        return ODataError.create_from_discriminator_value(parse_node)
-
-
-# Only the codes whose error body matters: the sync-reset answers to a delta token.
-_ERROR_MAP: dict[str, Any] = {"400": _ODataErrorFactory, "410": _ODataErrorFactory}
-
-
-def _error_code(exc: APIError) -> str | None:
-    error = getattr(exc, "error", None)
-    code = getattr(error, "code", None)
-    return code if isinstance(code, str) else None
-
-
-def _retry_after(exc: APIError) -> float | None:
-    headers = exc.response_headers or {}
-    for key, value in headers.items():
-        if key.lower() == "retry-after":
-            raw = value if isinstance(value, str) else next(iter(value), "")
-            return parse_retry_after(raw)
-    return None
-
-
-def _api_error_text(exc: APIError) -> str:
-    error = getattr(exc, "error", None)
-    code, message = _error_code(exc), getattr(error, "message", None)
-    text = f"{code}: {message}" if code and message else str(exc.message or exc)
-    return text[:300]
 
 
 def _unresumable(sink: RoundSink) -> None:
