@@ -16,9 +16,7 @@ from typing import Any
 
 from ..common.errors import ExchangeError, SyncError
 from ..common.redact import aadsts_code
-from ..config.credentials import exchange_token_credential
 from .base import ListSink, SourceRead
-from .exchange import ExchangeSource, token_getter_for
 
 
 @dataclass
@@ -48,6 +46,10 @@ class Snapshot:
 
     async def read(self) -> tuple[list[dict[str, Any]], SourceRead]:
         """The source's complete read: (entries in arrival order, what the read says)."""
+        # Imported here: a run with EXO_MODE=off never loads the Exchange adapter.
+        from ..config.credentials import exchange_token_credential
+        from .exchange import ExchangeSource, token_getter_for
+
         exo = self.settings.exo
         failure: SyncError | None = None
         source: ExchangeSource | None = None

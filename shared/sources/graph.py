@@ -6,9 +6,10 @@ and ends with a delta link per collection; a round from saved links lists only w
 since. The links are read from each raw page's ``@odata.deltaLink`` (msgraph-core's
 ``PageIterator`` leaves ``delta_link`` empty).
 
-The SDK builds the requests and runs its middleware (auth, redirects; its retry handler is
-off: ``_fetch`` is the one retry policy, Retry-After included); the pages come back as bytes and are parsed with ``json`` instead of
-the typed models, which cost ~6 ms per object against ~8 µs here.
+The SDK builds the requests, signs them in (its request adapter) and runs the middleware this
+read uses (``graph_transport.graph_http_client``: no retry handler, ``_fetch`` is the one retry
+policy, Retry-After included); the pages come back as bytes and are parsed with orjson instead
+of the typed models, which cost ~6 ms per object against ~8 µs here.
 
 Memberships come from ``groups/delta`` with ``members`` selected: one paged enumeration returns
 every group with its direct members (a big group's members spread over several pages), so the
@@ -23,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -32,14 +34,14 @@ from kiota_abstractions.authentication import AuthenticationProvider
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_abstractions.method import Method
 from kiota_abstractions.request_information import RequestInformation
-from kiota_http.middleware.options import RetryHandlerOption
+from kiota_http.middleware.options import ParametersNameDecodingHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
-from msgraph_core import GraphClientFactory
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import http_client, jittered_backoff, parse_retry_after, tls_context
+from ..common.netutil import jittered_backoff
 from .base import SourceRead
-from .graph_transport import MAX_PAGE_BYTES, StrictGzipTransport, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
+from .graph_errors import _ERROR_MAP, _api_error_text, _error_code, _retry_after
+from .graph_transport import MAX_PAGE_BYTES, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer, graph_http_client  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
 
@@ -49,6 +51,9 @@ CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]
 COLLECTIONS = ("users", "groups", "contacts")
+# A nextLink/deltaLink is followed as Graph wrote it: the parameter-name decoding kiota does
+# for the URLs it builds ($select, $top) is off for it.
+_VERBATIM = ParametersNameDecodingHandlerOption(enable=False)
 # Graph's answers to a delta token it no longer honours ("synchronization reset").
 SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
 
@@ -89,18 +94,16 @@ class GraphSource:
         concurrent: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._netloc = urlsplit(self.base_url).netloc
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.member_concurrency = member_concurrency
         self.concurrent = concurrent  # False only to measure what concurrency buys (bench/)
         self.stats = ReadStats()
         self.resume: dict[str, dict[str, Any]] = {}  # a checkpointed round's links (read_directory)
-        http = http_client(timeout_seconds, transport=StrictGzipTransport(httpx.AsyncHTTPTransport(verify=tls_context()), origin=self.base_url))
         # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
-        # connections, malformed pages; max_attempts in all). kiota's RetryHandler is switched
-        # off, or one throttled page would cost up to (1 + 3) x max_attempts requests.
-        options = {RetryHandlerOption.get_key(): RetryHandlerOption(delay=0, max_retries=0)}
-        self._http = GraphClientFactory.create_with_default_middleware(client=http, options=options)
+        # connections, malformed pages; max_attempts in all); the client has no RetryHandler.
+        self._http = graph_http_client(self.base_url, timeout_seconds)
         self.adapter = GraphRequestAdapter(auth_provider, client=self._http)
         self.adapter.base_url = self.base_url
         self.client = GraphServiceClient(request_adapter=self.adapter)
@@ -143,13 +146,11 @@ class GraphSource:
         page_done = getattr(sink, "page_done", None)
         hook = None if page_done is None else lambda nxt, link: page_done(collection, nxt, link)
 
-        def take(obj: dict[str, Any]) -> None:
-            self._deliver(sink, collection, obj)
-
+        take = partial(sink.take, collection)
         what = f"{collection}/delta"
         if "next" in saved:
-            return await self._each_page(self._follow(saved["next"], first, what), what, take, delta=True, on_page=hook)
-        return await self._each_page(first, what, take, unsupported_ok=True, on_page=hook)
+            return await self._each_page(self._follow(saved["next"], first, what), what, take, count=collection, delta=True, on_page=hook)
+        return await self._each_page(first, what, take, count=collection, unsupported_ok=True, on_page=hook)
 
     async def _all(self, *aws: Awaitable[Any]) -> None:
         if self.concurrent:
@@ -188,7 +189,7 @@ class GraphSource:
             log.warning("%s/delta is not served by %s (%s); reading /%s in full", collection, self.base_url, exc, collection)
             self.stats.links[collection] = None
             _unresumable(sink)
-            await self._each_page(plain, collection, lambda obj: self._deliver(sink, collection, obj))
+            await self._each_page(plain, collection, partial(sink.take, collection), count=collection)
 
     async def _read_groups(self, sink: RoundSink) -> None:
         from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
@@ -214,11 +215,8 @@ class GraphSource:
         async def one(collection: str) -> None:
             first = self._follow(links[collection], None, f"{collection}/delta")
             first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
-
-            def take(obj: dict[str, Any]) -> None:
-                self._deliver(sink, collection, obj)
-
-            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, delta=True)
+            take = partial(sink.take, collection)
+            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, count=collection, delta=True)
 
         await self._all(*(one(c) for c in COLLECTIONS))
         return self.stats
@@ -232,9 +230,9 @@ class GraphSource:
 
         def take(obj: dict[str, Any]) -> None:
             ids.append(obj["id"])
-            self._deliver(sink, "groups", obj)
+            sink.take("groups", obj)
 
-        await self._each_page(first, "groups", take)
+        await self._each_page(first, "groups", take, count="groups")
         gate = asyncio.Semaphore(self.member_concurrency)
 
         async def members_of(gid: str) -> None:
@@ -250,10 +248,6 @@ class GraphSource:
 
         await asyncio.gather(*(members_of(gid) for gid in ids))
 
-    def _deliver(self, sink: RoundSink, collection: str, obj: dict[str, Any]) -> None:
-        self.stats.entries[collection] += 1
-        sink.take(collection, obj)
-
     # --- paging --------------------------------------------------------------------------
     async def _each_page(
         self,
@@ -261,12 +255,14 @@ class GraphSource:
         what: str,
         take: Callable[[dict[str, Any]], None],
         *,
+        count: str | None = None,
         unsupported_ok: bool = False,
         delta: bool = False,
         on_page: Callable[[str | None, str | None], None] | None = None,
     ) -> str | None:
         """Follow ``@odata.nextLink`` to the end; returns the final ``@odata.deltaLink``.
-        ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
+        Each entry goes to ``take``; ``count`` names the collection whose ``stats.entries`` the
+        page adds to; ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
         request: RequestInformation | None = first
         page_no = 0
         while request is not None:
@@ -276,6 +272,8 @@ class GraphSource:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
                     raise IncompleteReadError(f"Graph {what} page {page_no + 1} holds an object without an id")
                 take(obj)
+            if count is not None:
+                self.stats.entries[count] += len(values)
             page_no += 1
             next_link = page.get("@odata.nextLink")
             if next_link is None:
@@ -293,10 +291,12 @@ class GraphSource:
     def _follow(self, link: Any, first: RequestInformation | None, what: str) -> RequestInformation:
         if not isinstance(link, str) or not link.startswith(("http://", "https://")):
             raise IncompleteReadError(f"Graph {what}: @odata.nextLink is not an absolute URL")
-        if urlsplit(link).netloc != urlsplit(self.base_url).netloc:
-            raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({urlsplit(link).netloc})")
+        netloc = urlsplit(link).netloc
+        if netloc != self._netloc:
+            raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({netloc})")
         ri = RequestInformation(Method.GET)
         ri.url = link
+        ri.add_request_options([_VERBATIM])  # Graph's link as it is: no name to decode, no URL to parse again
         ri.headers.try_add("Accept", "application/json")
         prefer = first.headers.get("Prefer") if first is not None else None
         if prefer:
@@ -347,37 +347,6 @@ class GraphSource:
         raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent")
 
 
-
-def _error_map() -> dict[str, Any]:
-    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
-
-    # Only the codes whose error body matters: the sync-reset answers to a delta token.
-    return {"400": ODataError, "410": ODataError}
-
-
-_ERROR_MAP = _error_map()
-
-
-def _error_code(exc: APIError) -> str | None:
-    error = getattr(exc, "error", None)
-    code = getattr(error, "code", None)
-    return code if isinstance(code, str) else None
-
-
-def _retry_after(exc: APIError) -> float | None:
-    headers = exc.response_headers or {}
-    for key, value in headers.items():
-        if key.lower() == "retry-after":
-            raw = value if isinstance(value, str) else next(iter(value), "")
-            return parse_retry_after(raw)
-    return None
-
-
-def _api_error_text(exc: APIError) -> str:
-    error = getattr(exc, "error", None)
-    code, message = _error_code(exc), getattr(error, "message", None)
-    text = f"{code}: {message}" if code and message else str(exc.message or exc)
-    return text[:300]
 
 
 def _unresumable(sink: RoundSink) -> None:
