@@ -62,6 +62,13 @@ class Read:
         return all(isinstance(self.links.get(c), str) for c in COLLECTIONS)
 
 
+# What a checkpoint's merged pages hold, saved beside the read's settings: since this release,
+# each merged object's candidate rows (kept, users) too (shared/model/loading.py). A release
+# that compares the saved fingerprint verbatim (the one before) refuses such a checkpoint and
+# reads from the start, instead of resuming rows it would not maintain; this one resumes both.
+CACHE_ROWS = {"cacheRows": "per-batch"}
+
+
 class Checkpoints:
     """A full read that outlives one invocation (a Function's timeout, a killed process): every
     ``interval`` seconds, at a page boundary, the pages merged so far and each collection's next
@@ -79,7 +86,9 @@ class Checkpoints:
     def resume(self) -> dict[str, dict[str, Any]] | None:
         """The saved links per collection, when they may be resumed."""
         saved = self.db.full_read_progress
-        if not isinstance(saved, dict) or saved.get("generation") != self.db.generation or saved.get("fingerprint") != self.fingerprint:
+        if not isinstance(saved, dict) or saved.get("generation") != self.db.generation:
+            return None
+        if saved.get("fingerprint") not in (self.fingerprint, {**self.fingerprint, **CACHE_ROWS}):  # plain: saved by the release before
             return None
         links = saved.get("links")
         if not isinstance(links, dict) or not all(c in COLLECTIONS and isinstance(v, dict) for c, v in links.items()):
@@ -93,7 +102,7 @@ class Checkpoints:
         db = self.db
         db.directory_cache = "partial"
         # The generation this commit makes: any later commit (another action) voids the checkpoint.
-        db.full_read_progress = {"generation": db.generation + 1, "fingerprint": self.fingerprint, "links": links,
+        db.full_read_progress = {"generation": db.generation + 1, "fingerprint": {**self.fingerprint, **CACHE_ROWS}, "links": links,
                                  "savedAt": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         db.commit()
         self.store.publish(db)
@@ -110,8 +119,8 @@ async def read_full(source: GraphSource, reason: str, cache: Cache, checkpoints:
     """A first delta round over users, groups (with members) and contacts, streamed into
     ``cache`` as it arrives (the cache is emptied first: ``Cache.load``), so the read never
     holds the whole directory; with ``checkpoints``, its progress is saved as it goes and an
-    interrupted read is resumed. Once the round is complete, the candidate rows are derived
-    (``Cache.finish_load``) and the objects counted."""
+    interrupted read is resumed. Each merged batch brings its objects' candidate rows; once the
+    round is complete, the indexes are built (``Cache.finish_load``) and the objects counted."""
     resume = checkpoints.resume() if checkpoints is not None else None
     load = cache.load(keep=resume is not None)
     if checkpoints is not None:

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_streamed_load import entry, tables
 
+from shared.model import writes
 from shared.model.directory import SCHEMA, Affected, Cache, Round
-from shared.model.writes import PHASES, Writes
+from shared.model.writes import FLUSH_ROWS, PHASES, Writes
 
 PROVISIONED = frozenset({"contoso.com"})
 
@@ -47,8 +48,17 @@ rounds = st.lists(st.one_of(entry(), entry(), entry(), crossed()), max_size=25)
 
 
 @settings(max_examples=300, deadline=None)
-@given(rounds, rounds)
-def test_queued_writes_leave_what_one_execute_per_write_leaves(base, delta) -> None:
+@given(rounds, rounds, st.sampled_from([1, 2, 3, 7, FLUSH_ROWS]))
+def test_queued_writes_leave_what_one_execute_per_write_leaves(base, delta, limit) -> None:
+    """``limit``: the queued rows that make a flush (a large round is flushed as it goes)."""
+    writes.FLUSH_ROWS = limit
+    try:
+        _compare(base, delta)
+    finally:
+        writes.FLUSH_ROWS = FLUSH_ROWS
+
+
+def _compare(base: list[tuple[str, dict[str, Any]]], delta: list[tuple[str, dict[str, Any]]]) -> None:
     got, want = _cache(base, immediate=False), _cache(base, immediate=True)
     assert tables(got) == tables(want)
     for cache in (got, want):

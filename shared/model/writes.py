@@ -36,6 +36,7 @@ PHASES: dict[str, str] = {
     "put_user": "INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)",
     "member": "",  # a member removed or added: DELETE or INSERT, in the order they came (below)
 }
+FLUSH_ROWS = 20_000  # queued rows that make a flush: a large round (after an outage) is not held whole
 DROP_MEMBER = "DELETE FROM members WHERE group_id=? AND member_id=?"
 PUT_MEMBER = "INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)"
 
@@ -43,14 +44,16 @@ PUT_MEMBER = "INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES 
 class Writes:
     """Queued writes of one delta merge. ``add(phase, params)`` queues a row of a phase's
     statement (``member`` takes ``(sql, params)`` with ``DROP_MEMBER`` or ``PUT_MEMBER``);
-    ``flush()`` runs everything queued, phase by phase. ``immediate``: run each write at once
-    (the reference the tests compare the queued merge with)."""
+    ``flush()`` runs everything queued, phase by phase, and so does the ``FLUSH_ROWS``-th queued
+    row (an object's later writes then run in a later flush, after its earlier ones).
+    ``immediate``: run each write at once (the reference the tests compare the queued merge with)."""
 
     def __init__(self, conn: sqlite3.Connection, *, immediate: bool = False) -> None:
         self.conn = conn
         self.immediate = immediate
         self._rows: dict[str, list[Any]] = {phase: [] for phase in PHASES}
         self.pending = 0
+        self.limit = FLUSH_ROWS
 
     def add(self, phase: str, params: Any) -> None:
         if self.immediate:
@@ -59,6 +62,8 @@ class Writes:
             return
         self._rows[phase].append(params)
         self.pending += 1
+        if self.pending >= self.limit:
+            self.flush()
 
     def flush(self) -> None:
         """Run every queued write (nothing queued: nothing is run)."""
