@@ -107,7 +107,8 @@ class UpdateStage(ReadStage):
         thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count)
         before = db.held() if db is not None else {}
         deletions = {d: plan.diffs[d].deletes for d in self.datasets if plan.diffs[d].deletes}
-        totals = {d: (db.count(d) if db is not None else 0) for d in deletions}
+        # Counted only as far as the percentage needs (Thresholds.total_bound).
+        totals = {d: (db.count(d, thresholds.total_bound(len(keys))) if db is not None else 0) for d, keys in deletions.items()}
         held: dict[str, list[str]] = {}
         reasons = []
         for d, verdict in judge_all(deletions, totals, before, thresholds).items():

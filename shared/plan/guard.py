@@ -17,6 +17,7 @@ record count and what the state holds (key → approved), and stores what it ret
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +30,20 @@ class Thresholds:
     def exceeded(self, deletions: int, total: int) -> bool:
         """More than either threshold (equal to one is allowed)."""
         return deletions > self.count or (total > 0 and deletions * 100 > self.percent * total)
+
+    def total_bound(self, deletions: int) -> int | None:
+        """How many of a dataset's records must be counted to judge ``deletions`` of them:
+        a dataset with at least that many records is past the percentage either way, so
+        ``judge`` decides (and words its reason) the same with ``min(total, bound)`` as with
+        the total. ``None``: count them all (the count threshold is passed, and its reason
+        names the total; or a percentage of 0). A delta run then counts a few rows, not the
+        whole dataset (tests/test_guard_bound.py)."""
+        if deletions > self.count or self.percent <= 0:
+            return None
+        bound = math.floor(deletions * 100 / self.percent) + 1
+        while self.exceeded(deletions, bound):  # a float's rounding: the bound must be past the percentage
+            bound += 1
+        return bound
 
 
 @dataclass

@@ -222,8 +222,11 @@ class StateDB:
                 out[k] = _decode(dataset, value)
         return {k: out[k] for k in unique if k in out}
 
-    def count(self, dataset: str) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM records WHERE dataset=?", (dataset,)).fetchone()[0])
+    def count(self, dataset: str, limit: int | None = None) -> int:
+        """The dataset's records; with ``limit``, at most that many are counted."""
+        if limit is None:
+            return int(self.conn.execute("SELECT COUNT(*) FROM records WHERE dataset=?", (dataset,)).fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM records WHERE dataset=? LIMIT ?)", (dataset, limit)).fetchone()[0])
 
     def apply(self, dataset: str, upsert: dict[str, tuple], delete: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM records WHERE dataset=? AND key=?", ((dataset, k) for k in delete))
