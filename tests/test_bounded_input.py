@@ -14,10 +14,9 @@ import gzip
 import json
 import logging
 import os
-import threading
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from shared.sources.graph import MAX_PAGE_BYTES, GraphSource
 from shared.storage.history import MAX_REPORT_BYTES, FileReportStore, _document
 from shared.text import format_status
 from tests import launcher
+from tests.loopback import Loopback
 from tests.stack import DOMAINS, base_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
@@ -50,7 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length) if length else b""
-        server: Hostile = self.server.hostile  # type: ignore[attr-defined]
+        server: Hostile = self.server.owner  # type: ignore[attr-defined]
         server.requests.append(f"{self.command} {self.path}")
         status, headers, data = server.answer(self.command, self.path, body)
         self.send_response(status)
@@ -69,15 +69,11 @@ class Hostile:
     def __init__(self, answer: Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]) -> None:
         self.answer = answer
         self.requests: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.hostile = self  # type: ignore[attr-defined]
-        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        self._loopback = Loopback(_Handler, self)
+        self.origin = self._loopback.origin
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
 
 @pytest.fixture

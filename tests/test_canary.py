@@ -31,11 +31,10 @@ import logging
 import os
 import socket
 import ssl
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,6 +67,7 @@ from shared.common.summary import RunSummary
 from shared.config import credentials, vault
 from shared.config.settings import load_settings
 from shared.engine import Options
+from tests.loopback import Loopback
 from tests.stack import run_cli
 
 # --- the canaries ---------------------------------------------------------------------------------
@@ -292,14 +292,14 @@ class _EntraHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         tenant = self.path.split("/")[1]
-        base = f"{self.server.entra.authority}/{tenant}"
+        base = f"{self.server.owner.authority}/{tenant}"
         self._send(200, {"token_endpoint": f"{base}/oauth2/v2.0/token", "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                          "issuer": f"{base}/v2.0", "token_endpoint_auth_methods_supported": ["client_secret_post"]})
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
         form = parse_qs(raw)
-        entra: FakeEntra = self.server.entra
+        entra: FakeEntra = self.server.owner
         entra.token_requests.append(form)
         secret = (form.get("client_secret") or [""])[0]
         mode = entra.mode
@@ -333,18 +333,13 @@ class FakeEntra:
         self.mode = "ok"
         self.token_requests: list[dict[str, list[str]]] = []
         self.ca_file = cert_file
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _EntraHandler)
-        self._server.daemon_threads = True
-        self._server.entra = self  # type: ignore[attr-defined]
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert_file, key_file)
-        self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
-        self.authority = f"https://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        self._loopback = Loopback(_EntraHandler, self, ctx)
+        self.authority = self._loopback.origin
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
 
 class _LoopbackClientSecretCredential(ClientSecretCredential):
@@ -384,7 +379,7 @@ class _HostileHandler(BaseHTTPRequestHandler):
         pass
 
     def _answer(self) -> None:
-        api: HostileSyncApi = self.server.api
+        api: HostileSyncApi = self.server.owner
         length = int(self.headers.get("Content-Length", "0"))
         if length:
             self.rfile.read(length)
@@ -423,15 +418,11 @@ class HostileSyncApi:
         self.headers = headers or {}
         self.fail_domains = fail_domains
         self.requests: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHandler)
-        self._server.daemon_threads = True
-        self._server.api = self  # type: ignore[attr-defined]
-        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        self._loopback = Loopback(_HostileHandler, self)
+        self.base_url = f"{self._loopback.origin}/v1"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
 
 def closed_port() -> int:

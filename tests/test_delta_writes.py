@@ -15,11 +15,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_streamed_load import entry, tables
 
 from shared.model import writes
 from shared.model.directory import SCHEMA, Affected, Cache, Round
 from shared.model.writes import FLUSH_ROWS, PHASES, Writes
+from tests.test_streamed_load import entry, tables
 
 PROVISIONED = frozenset({"contoso.com"})
 

@@ -13,10 +13,9 @@ import asyncio
 import gzip
 import json
 import struct
-import threading
 import zlib
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 from shared.common.errors import IncompleteReadError
 from shared.sources.graph import GraphSource
 from shared.sources.graph_transport import StrictGzipTransport, _BadGzip, _RefusedAnswer, inflate_gzip
+from tests.loopback import Loopback
 
 pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
 
@@ -59,15 +59,11 @@ class Server:
         self.answer = answer
         self.asked: list[Any] = []
         self.paths: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.owner = self  # type: ignore[attr-defined]
-        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        self._loopback = Loopback(_Handler, self)
+        self.origin = self._loopback.origin
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._loopback.stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from tests.load_reference import derive, merge_entries
 from tests.test_properties import mail as any_mail
 from tests.test_properties import props
 from tests.test_properties import proxies as any_proxies
+from tests.test_streamed_load import member_ops
 
 PROVISIONED = frozenset({"contoso.com", "fabrikam.com", "xn--bcher-kva.example"})
 USERS = [f"u{i}" for i in range(5)]
@@ -35,7 +36,6 @@ PLAIN_MAILS = ["a@contoso.com", "A@Contoso.COM", " b@fabrikam.com ", "x@elsewher
                "noreply@contoso.com", None]
 PLAIN_PROXIES = [["SMTP:a@contoso.com"], ["smtp:c@contoso.com", "SMTP:d@fabrikam.com"], ["X500:/o=x", "smtp:bad@@contoso.com"],
                  ["SMTP:noreply@contoso.com", "smtp:e@contoso.com"], []]
-MEMBER_TYPES = ["#microsoft.graph.user", "#microsoft.graph.group", "#microsoft.graph.orgContact", None]
 RULES = [NO_RULES, parse_rules(None, None, r"noreply@.*,.*@fabrikam\.com")]
 SELECTED = {"users": ("mail", "proxyAddresses", "userType"), "groups": ("displayName", "mail", "proxyAddresses"),
             "contacts": ("mail", "proxyAddresses")}
@@ -61,16 +61,7 @@ def entry(draw: Any) -> tuple[str, dict[str, Any]]:
             else:
                 obj[name] = draw(st.one_of(st.sampled_from(PLAIN_MAILS), any_mail))
     if collection == "groups" and draw(st.booleans()):
-        ops = []
-        for _ in range(draw(st.integers(0, 4))):
-            op: dict[str, Any] = {"id": draw(st.sampled_from(USERS + GROUPS + CONTACTS))}
-            otype = draw(st.sampled_from(MEMBER_TYPES))
-            if otype:
-                op["@odata.type"] = otype
-            if draw(st.integers(0, 3)) == 0:
-                op["@removed"] = {"reason": "deleted"}
-            ops.append(op)
-        obj["members@delta"] = ops
+        obj["members@delta"] = member_ops(draw, USERS + GROUPS + CONTACTS)
     return collection, obj
 
 

@@ -52,17 +52,23 @@ def entry(draw: Any) -> tuple[str, dict[str, Any]]:
                  "contacts": ("mail", "proxyAddresses")}[collection]
         obj.update(_props(draw, names))
     if collection == "groups" and draw(st.booleans()):
-        ops = []
-        for _ in range(draw(st.integers(0, 4))):
-            op: dict[str, Any] = {"id": draw(st.sampled_from(USERS + GROUPS + CONTACTS))}
-            otype = draw(st.sampled_from(MEMBER_TYPES))
-            if otype:
-                op["@odata.type"] = otype
-            if draw(st.integers(0, 3)) == 0:
-                op["@removed"] = {"reason": "deleted"}
-            ops.append(op)
-        obj["members@delta"] = ops
+        obj["members@delta"] = member_ops(draw, USERS + GROUPS + CONTACTS)
     return collection, obj
+
+
+def member_ops(draw: Any, ids: list[str]) -> list[dict[str, Any]]:
+    """A group slice's ``members@delta``: members of ``ids`` added or ``@removed``, with or
+    without their ``@odata.type``."""
+    ops = []
+    for _ in range(draw(st.integers(0, 4))):
+        op: dict[str, Any] = {"id": draw(st.sampled_from(ids))}
+        otype = draw(st.sampled_from(MEMBER_TYPES))
+        if otype:
+            op["@odata.type"] = otype
+        if draw(st.integers(0, 3)) == 0:
+            op["@removed"] = {"reason": "deleted"}
+        ops.append(op)
+    return ops
 
 
 def tables(cache: Cache) -> dict[str, list[tuple]]:

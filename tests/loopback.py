@@ -1,0 +1,32 @@
+"""A test's own HTTP server on loopback: ``http.server``'s threading server on 127.0.0.1 and an
+OS-chosen port, served from a daemon thread. Its handler reaches the object that decides the
+answers as ``self.server.owner``. For servers a test shapes answer by answer (hostile,
+compressed, failing); the Graph emulator, the Exchange emulator and the sync API receiver are
+in ``devstack/``."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Loopback:
+    """``handler`` serves; ``owner`` decides (``self.server.owner`` in the handler); with
+    ``tls``, over TLS. ``origin``: ``http(s)://127.0.0.1:<port>``. ``stop()`` shuts it down and
+    closes its socket."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], owner: Any, tls: ssl.SSLContext | None = None) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._server.owner = owner  # type: ignore[attr-defined]
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.origin = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
