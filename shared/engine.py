@@ -22,6 +22,7 @@ from opentelemetry.trace import use_span as trace_use_span
 from .actions.base import Options
 from .actions.preview import PreviewStage
 from .actions.replace import REPLACE_ORDER, ReplaceStage
+from .common import collector
 from .common.errors import DeletionsHeldError, RunCancelledError, StateError, SyncError
 from .common.progress import Progress, ticking
 from .common.redact import scrub
@@ -144,8 +145,9 @@ async def run(
     options = options or Options()
     root = tracer.start_span(f"sync {action}")
     storage = storage or open_storage(settings)  # the store, the lock and the reports over one client
-    report = await _attempt(action, settings, summary, storage, root, env=env, secrets=secrets, store=store, options=options,
-                            lock=lock, reports=reports, dataset=dataset, expect=expect, approver=approver)
+    with collector.during_run():  # fewer collector scans while the run allocates (shared/common/collector.py)
+        report = await _attempt(action, settings, summary, storage, root, env=env, secrets=secrets, store=store, options=options,
+                                lock=lock, reports=reports, dataset=dataset, expect=expect, approver=approver)
     _record(summary, root, options.host)
     if report:
         _write_report(summary, reports or storage.reports())
