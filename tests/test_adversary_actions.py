@@ -28,9 +28,6 @@ def contract_env(graph, receiver, tmp_path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.xfail(strict=True, reason="sync-rules, Actions: update sends what changed since the last successful sync, "
-                   "and the next successful update leaves the service equal to what the directory implies; the contract "
-                   "names no deletion-guard setting, yet the default 10 % threshold holds 1 deletion of 5 users (exit 4)")
 def test_one_departure_in_a_small_tenant_is_sent_with_the_contract_settings(graph, receiver, tmp_path):
     env = contract_env(graph, receiver, tmp_path)
     assert run_cli("update", env).code == 0

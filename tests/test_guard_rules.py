@@ -6,7 +6,7 @@ import pytest
 
 from shared.plan.guard import Thresholds, approve, judge
 
-T = Thresholds(percent=10, count=500)
+T = Thresholds(percent=10, count=500, floor=0)  # the percentage on every deletion (the floor has its own tests below)
 
 
 def keys(n: int, prefix: str = "k") -> list[str]:
@@ -83,3 +83,37 @@ def test_one_dataset_tripping_holds_the_others_deletions_of_the_run():
     approved = approve(dict.fromkeys(addrs[:5], False))
     v = judge_all({"users": users, "addresses": addrs}, {"users": 100, "addresses": 1000}, {"addresses": approved}, T)
     assert v["addresses"].send == addrs[:5] and v["addresses"].hold == addrs[5:]
+
+
+@pytest.mark.parametrize("floor", [0, 1, 5, 25, 100])
+@pytest.mark.parametrize("total", [0, 1, 4, 5, 9, 10, 11, 50, 100, 251, 1000])
+def test_the_percentage_holds_nothing_up_to_the_floor(floor, total):
+    """Every number of deletions up to 120 of every dataset size above: held exactly when more
+    than the count, or more than the floor and more than the percentage."""
+    t = Thresholds(percent=10, count=100, floor=floor)
+    for n in range(0, 121):
+        v = judge("users", keys(n), total, {}, t)
+        assert v.tripped is (n > 100 or (n > floor and total > 0 and n * 10 > total)), (floor, total, n)
+
+
+def test_one_departure_of_five_users_is_sent_with_the_default_thresholds():
+    v = judge("users", keys(1), 5, {}, Thresholds())
+    assert not v.tripped and v.send == keys(1)
+
+
+def test_a_wiped_small_tenant_is_still_held_with_the_default_thresholds():
+    v = judge("addresses", keys(26), 26, {}, Thresholds())
+    assert v.tripped and "DELETE_THRESHOLD_FLOOR=25" in v.reason and "26 of 26 addresses records (100.0%)" in v.reason
+    assert not judge("addresses", keys(25), 25, {}, Thresholds()).tripped  # equal to the floor is allowed
+
+
+def test_the_floor_setting_is_read_and_checked():
+    from shared.common.errors import SettingsError
+    from shared.config.settings import _read_guard
+
+    assert _read_guard(lambda name: None)["delete_threshold_floor"] == 25
+    assert _read_guard(lambda name: "0" if name == "DELETE_THRESHOLD_FLOOR" else None)["delete_threshold_floor"] == 0
+    for bad in ("-1", "2.5", "many"):
+        with pytest.raises(SettingsError) as caught:
+            _read_guard(lambda name, bad=bad: bad if name == "DELETE_THRESHOLD_FLOOR" else None)
+        assert "DELETE_THRESHOLD_FLOOR" in str(caught.value)

@@ -217,7 +217,9 @@ def test_delta_rounds_move_users_and_subtrees_in_and_out_of_scope(env, receiver,
 
 def test_a_rule_change_reads_in_full_and_a_mistyped_scope_is_held_until_approved(graph, receiver, tmp_path):
     env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
-    env.update({"DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_COUNT": "500"})  # the guard as shipped
+    # The guard as shipped, with its percentage on every deletion: this directory is smaller than
+    # the floor (DELETE_THRESHOLD_FLOOR, 25 deletions per dataset), below which nothing is held.
+    env.update({"DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_COUNT": "500", "DELETE_THRESHOLD_FLOOR": "0"})
     assert run_cli("update", env).code == 0
     everything = service_view(receiver)
     assert len(everything["users"]) == 12

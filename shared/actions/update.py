@@ -104,7 +104,7 @@ class UpdateStage(ReadStage):
     def _guard(self, db: StateDB | None, plan: Plan) -> dict[str, list[str]]:
         """Cut each dataset's deletions down to what the guard lets through; returns the held
         keys per dataset (and sets ``self.held_error`` when anything is held)."""
-        thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count)
+        thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count, self.settings.delete_threshold_floor)
         before = db.held() if db is not None else {}
         deletions = {d: plan.diffs[d].deletes for d in self.datasets if plan.diffs[d].deletes}
         # Counted only as far as the percentage needs (Thresholds.total_bound).

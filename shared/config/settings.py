@@ -59,6 +59,7 @@ class Settings:
     full_sync_interval_hours: float = 24.0
     delete_threshold_percent: float = 10.0
     delete_threshold_count: int = 500
+    delete_threshold_floor: int = 25
     exo: ExoSettings = field(default_factory=ExoSettings)
     rules: Rules = NO_RULES
 
@@ -155,10 +156,12 @@ def _read_schedule(get: Getter) -> dict[str, Any]:
 
 
 def _read_guard(get: Getter) -> dict[str, Any]:
-    """DELETE_THRESHOLD_PERCENT and DELETE_THRESHOLD_COUNT (the deletion guard)."""
+    """DELETE_THRESHOLD_PERCENT, DELETE_THRESHOLD_COUNT and DELETE_THRESHOLD_FLOOR (the deletion guard, shared/plan/guard.py)."""
     delete_percent = number(get("DELETE_THRESHOLD_PERCENT"), "DELETE_THRESHOLD_PERCENT", 10.0, "10 (percent of a dataset's records; 100 turns the percentage check off)", 0, 100)
     delete_count = int(number(get("DELETE_THRESHOLD_COUNT"), "DELETE_THRESHOLD_COUNT", 500, "500 (deletions per dataset and run)", 0, 10**9, integer=True))
-    return {"delete_threshold_percent": delete_percent, "delete_threshold_count": delete_count}
+    delete_floor = int(number(get("DELETE_THRESHOLD_FLOOR"), "DELETE_THRESHOLD_FLOOR", 25,
+                              "25 (deletions per dataset and run that the percentage never holds; 0 applies it to every deletion)", 0, 10**9, integer=True))
+    return {"delete_threshold_percent": delete_percent, "delete_threshold_count": delete_count, "delete_threshold_floor": delete_floor}
 
 
 def _rules(get: Getter, exo_mode: str | None = None) -> Rules:

@@ -24,12 +24,30 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Thresholds:
+    """When a run's deletions of one dataset are a mass deletion. ``count``: more than this
+    many always are. ``percent``: more than this share of the dataset's records are, once
+    they are more than ``floor`` deletions: a few deletions are never a mass deletion, however
+    small the dataset (one departure of five users is 20 %, and holding it would page an
+    operator for nothing). Entra Connect's and Entra provisioning's accidental-deletion
+    thresholds are a count alone (500 by default); the percentage above the floor adds the
+    tenant's size (a tenant of 300 users losing 60 is held, far below 500). ``floor`` 0 applies
+    the percentage to any number of deletions."""
+
     percent: float = 10.0  # DELETE_THRESHOLD_PERCENT: of the dataset's records
     count: int = 500  # DELETE_THRESHOLD_COUNT: per dataset and run
+    floor: int = 25  # DELETE_THRESHOLD_FLOOR: deletions per dataset and run that the percentage never holds
 
     def exceeded(self, deletions: int, total: int) -> bool:
-        """More than either threshold (equal to one is allowed)."""
-        return deletions > self.count or (total > 0 and deletions * 100 > self.percent * total)
+        """More than ``count``, or more than ``floor`` and more than ``percent`` of ``total``
+        (equal to a threshold is allowed)."""
+        if deletions > self.count:
+            return True
+        return deletions > self.floor and total > 0 and deletions * 100 > self.percent * total
+
+    def describe(self) -> str:
+        """The thresholds as the settings that set them (for a held deletion's reason)."""
+        return (f"more than DELETE_THRESHOLD_COUNT={self.count}, or more than DELETE_THRESHOLD_PERCENT={self.percent:g} "
+                f"of the records once above DELETE_THRESHOLD_FLOOR={self.floor}")
 
     def total_bound(self, deletions: int) -> int | None:
         """How many of a dataset's records must be counted to judge ``deletions`` of them:
@@ -40,6 +58,8 @@ class Thresholds:
         whole dataset (tests/test_guard_bound.py)."""
         if deletions > self.count or self.percent <= 0:
             return None
+        if deletions <= self.floor:
+            return 0  # the percentage does not apply: nothing to count
         bound = math.floor(deletions * 100 / self.percent) + 1
         while self.exceeded(deletions, bound):  # a float's rounding: the bound must be past the percentage
             bound += 1
@@ -72,8 +92,7 @@ def judge(dataset: str, deletions: list[str], total: int, prior: Mapping[str, bo
         return Verdict(send=approved + pending, hold=[], approved=approved)
     if over:
         share = f"{100.0 * len(pending) / total:.1f}%" if total else "all"
-        reason = (f"{len(pending)} of {total} {dataset} records ({share}) is more than DELETE_THRESHOLD_COUNT={thresholds.count} "
-                  f"or DELETE_THRESHOLD_PERCENT={thresholds.percent:g}")
+        reason = f"{len(pending)} of {total} {dataset} records ({share}) is {thresholds.describe()}"
     else:
         reason = "deletions held by an earlier run still await approval"
     return Verdict(send=approved, hold=pending, approved=approved, reason=reason)
