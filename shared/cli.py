@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .common.errors import SyncError
-from .common.logs import configure_logging
+from .common.logs import cli_log_level, configure_logging
 from .common.redact import scrub
 from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as one JSON line, last on stdout")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more on stderr: -v the run's INFO lines (the summary record, reads, retries), -vv debug")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
                                     title="actions", description=", ".join((*ACTIONS, "status")))
     for name in (*ACTIONS, "status"):
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None, *, options: Options | None = None) -
     args = build_parser().parse_args(argv)
     args.dataset = getattr(args, "dataset", None)
     args.expect = getattr(args, "expect", None)
-    configure_logging(args.verbose)
+    configure_logging(cli_log_level(args.verbose))
     configure_telemetry(os.environ)
     try:
         return _main(args, options or Options())

@@ -40,8 +40,6 @@ def test_one_departure_in_a_small_tenant_is_sent_with_the_contract_settings(grap
     assert U(8) not in view["users"] and "dave@fabrikam.com" not in view["addresses"]
 
 
-@pytest.mark.xfail(strict=True, reason="sync-rules, Commands: a failure prints one clear line on standard error; the "
-                   "product also logs the run summary (and progress) there, so stderr holds two or more lines")
 def test_a_failure_prints_one_line_on_stderr(graph, receiver, tmp_path):
     env = contract_env(graph, receiver, tmp_path)
     env["SYNC_API_CREDENTIAL"] = "sync-admin:not-the-password"

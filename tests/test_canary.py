@@ -822,7 +822,7 @@ def test_the_cli_prints_no_canary(tmp_path, path):
             env = make_env(tmp_path, sync_url=server.base_url)
         else:
             env = make_env(tmp_path, sync_url=f"http://127.0.0.1:{closed_port()}/v1")
-        result = run_cli("update", _cli_env(env), "--json", "-v", timeout=60)
+        result = run_cli("update", _cli_env(env), "--json", "-vv", timeout=60)  # debug logging too
     finally:
         if server is not None:
             server.stop()

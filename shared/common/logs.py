@@ -9,11 +9,24 @@ import sys
 
 from .redact import install_log_redaction
 
+PROGRESS_LOGGER = "shared.progress"  # shared/common/progress.py: a long run's progress lines
 
-def configure_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log records at ``level`` and above to stderr, one line each. The Function app logs at
+    INFO (its ``SyncRunSummary`` record feeds Application Insights). The CLI logs warnings and
+    errors only unless asked (``-v``: INFO, ``-vv``: DEBUG; ``cli_log_level``), so a failure's
+    stderr is its one ``error:`` line (docs/sync-rules.md, "Commands") plus any warning the run
+    gave; a long run's progress lines are kept at every level."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.INFO:
+        logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
     # The Azure SDKs and httpx log every request at INFO: keep that noise out of a run's log.
     for noisy in ("azure", "httpx", "httpcore", "msal", "kiota_http", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     install_log_redaction()
+
+
+def cli_log_level(verbosity: int) -> int:
+    """The CLI's log level for ``-v`` given ``verbosity`` times: WARNING, INFO, then DEBUG."""
+    return (logging.WARNING, logging.INFO)[verbosity] if verbosity < 2 else logging.DEBUG
