@@ -101,7 +101,7 @@ param syncIntervalMinutes int = 60
 @minValue(0)
 param fullSyncIntervalHours int = 24
 
-@description('Deletion guard: hold a dataset\'s deletions when they exceed this percentage of its records (DELETE_THRESHOLD_PERCENT).')
+@description('Deletion guard: hold a dataset\'s deletions when they exceed this percentage of its records and deleteThresholdFloor (DELETE_THRESHOLD_PERCENT).')
 @minValue(0)
 @maxValue(100)
 param deleteThresholdPercent int = 10
@@ -109,6 +109,10 @@ param deleteThresholdPercent int = 10
 @description('Deletion guard: hold a dataset\'s deletions when they exceed this count in one run (DELETE_THRESHOLD_COUNT).')
 @minValue(0)
 param deleteThresholdCount int = 500
+
+@description('Deletion guard: deletions per dataset and run that the percentage never holds; 0 applies the percentage to every deletion (DELETE_THRESHOLD_FLOOR).')
+@minValue(0)
+param deleteThresholdFloor int = 25
 
 @description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')
 param stateContainerName string = 'sync-state'
@@ -311,6 +315,7 @@ module functionApp 'app/function-app.bicep' = {
     fullSyncIntervalHours: fullSyncIntervalHours
     deleteThresholdPercent: deleteThresholdPercent
     deleteThresholdCount: deleteThresholdCount
+    deleteThresholdFloor: deleteThresholdFloor
     exoMode: exoMode
   }
   // The identity must hold its storage role before the host starts and before the

@@ -26,6 +26,7 @@ param syncIntervalMinutes = int(readEnvironmentVariable('SYNC_INTERVAL_MINUTES',
 param fullSyncIntervalHours = int(readEnvironmentVariable('FULL_SYNC_INTERVAL_HOURS', '24'))
 param deleteThresholdPercent = int(readEnvironmentVariable('DELETE_THRESHOLD_PERCENT', '10'))
 param deleteThresholdCount = int(readEnvironmentVariable('DELETE_THRESHOLD_COUNT', '500'))
+param deleteThresholdFloor = int(readEnvironmentVariable('DELETE_THRESHOLD_FLOOR', '25'))
 
 // Key Vault Secrets Officer (to write the Graph client secret) for a person, never for CI:
 // azd sets AZURE_PRINCIPAL_ID to the signed-in user; CI sets neither, so nobody gets it.

@@ -68,6 +68,7 @@ PRODUCT_SETTINGS = [
     "FULL_SYNC_INTERVAL_HOURS",
     "DELETE_THRESHOLD_PERCENT",
     "DELETE_THRESHOLD_COUNT",
+    "DELETE_THRESHOLD_FLOOR",
     # added by the Exchange Online issue
     "EXO_MODE",
     # added by the scope and exclusions issue (optional: set only when given)
@@ -103,6 +104,7 @@ SETTING_DEFAULTS = {
     "fullSyncIntervalHours": 24,
     "deleteThresholdPercent": 10,
     "deleteThresholdCount": 500,
+    "deleteThresholdFloor": 25,
     "exoMode": "off",
 }
 
@@ -246,7 +248,7 @@ def check_settings(root: Path) -> list[str]:
             problems.append(f"{setting} must be the function-app.bicep parameter {param}")
     # ... numbers, as app settings are strings.
     for setting, param in {"FULL_SYNC_INTERVAL_HOURS": "fullSyncIntervalHours", "DELETE_THRESHOLD_PERCENT": "deleteThresholdPercent",
-                           "DELETE_THRESHOLD_COUNT": "deleteThresholdCount"}.items():
+                           "DELETE_THRESHOLD_COUNT": "deleteThresholdCount", "DELETE_THRESHOLD_FLOOR": "deleteThresholdFloor"}.items():
         if value(setting) != f"string({param})" or param not in fa.params:
             problems.append(f"{setting} must be string() of the function-app.bicep parameter {param}")
     if "stateContainerName" not in value("SYNC_STATE"):
@@ -276,6 +278,7 @@ def check_settings(root: Path) -> list[str]:
         "fullSyncIntervalHours": "fullSyncIntervalHours",
         "deleteThresholdPercent": "deleteThresholdPercent",
         "deleteThresholdCount": "deleteThresholdCount",
+        "deleteThresholdFloor": "deleteThresholdFloor",
         "exoMode": "exoMode",
     }
     for param, source in expected.items():
@@ -820,6 +823,15 @@ def check_bicepparam(root: Path) -> list[str]:
     for name in ("syncApiUrl", "alertEmail"):
         if name in values and "," in values[name]:
             problems.append(f"main.bicepparam: {name} is required; it must have no fallback value")
+    # A parameter that becomes a product setting (graphAuth -> GRAPH_AUTH) reads that setting's
+    # own variable, and falls back to the settings table's default, as main.bicep does.
+    for name, default in SETTING_DEFAULTS.items():
+        if name not in values:
+            continue
+        variable = re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
+        fallback = re.fullmatch(r"(?:int\()?readEnvironmentVariable\('([A-Z_]+)', '([^']*)'\)\)?", values[name])
+        if fallback is None or fallback.groups() != (variable, str(default)):
+            problems.append(f"main.bicepparam: {name} must be readEnvironmentVariable('{variable}', '{default}'), not {values[name]!r}")
     return problems
 
 
@@ -1022,6 +1034,10 @@ MUTATIONS = [
     (check_exchange_app, "main.bicep", "f2ef992c-3afb-46b9-b7cf-a126ee74c451", "62e90394-69f5-4237-9190-012177145e10"),
     (check_exchange_app, "scripts/assign-exchange-role.sh", '"directoryScopeId":"/"', '"directoryScopeId":"/administrativeUnits/x"'),
     (check_settings, "app/function-app.bicep", "  EXO_MODE: exoMode\n", ""),
+    (check_settings, "app/function-app.bicep", "  DELETE_THRESHOLD_FLOOR: string(deleteThresholdFloor)\n", ""),
+    (check_settings, "app/function-app.bicep", "  DELETE_THRESHOLD_FLOOR: string(deleteThresholdFloor)\n", "  DELETE_THRESHOLD_FLOOR: string(deleteThresholdCount)\n"),
+    (check_settings, "main.bicep", "param deleteThresholdFloor int = 25", "param deleteThresholdFloor int = 0"),
+    (check_settings, "main.bicep", "    deleteThresholdFloor: deleteThresholdFloor\n", "    deleteThresholdFloor: deleteThresholdCount\n"),
     (check_settings, "main.bicep", "    exoMode: exoMode\n  }", "  }"),
     (check_graph_confinement, "app/identity.bicep", "// The user-assigned", "extension microsoftGraphV1\n// The user-assigned"),
     (check_graph_confinement, "bicepconfig.json", "microsoftgraph/v1.0:1.0.0", "microsoftgraph/v1.0:0.1.9-preview"),
@@ -1042,6 +1058,9 @@ MUTATIONS = [
         "param syncApiUrl = readEnvironmentVariable('SYNC_API_URL')",
         "param syncApiUrl = readEnvironmentVariable('SYNC_API_URL', 'http://localhost/v1')",
     ),
+    (check_bicepparam, "main.bicepparam", "readEnvironmentVariable('DELETE_THRESHOLD_FLOOR', '25')", "readEnvironmentVariable('DELETE_THRESHOLD_FLOOR', '0')"),
+    (check_bicepparam, "main.bicepparam", "readEnvironmentVariable('DELETE_THRESHOLD_FLOOR', '25')", "readEnvironmentVariable('DELETE_THRESHOLD_COUNT', '25')"),
+    (check_bicepparam, "main.bicepparam", "readEnvironmentVariable('GRAPH_AUTH', 'client_secret')", "readEnvironmentVariable('GRAPH_AUTH', 'managed_identity')"),
 ]
 
 
@@ -1128,6 +1147,48 @@ def test_deployment_doc_covers_every_path() -> None:
         "403",
     ):
         assert needle in doc, needle
+
+
+def parameter_table_problems(doc: str, bicepparam: str) -> list[str]:
+    """docs/deployment.md's Parameters table against main.bicepparam: the same parameters, each
+    read from the variable the table names first, with the table's default as its fallback."""
+    section = doc.split("\n## Parameters\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, tuple[list[str], str | None]] = {}
+    for row in section.splitlines():
+        if not row.startswith("| `"):
+            continue
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        param = re.match(r"`(\w+)`", cells[1])
+        default = re.match(r"`([^`]*)`", cells[2])
+        if param is None:
+            continue
+        table[param.group(1)] = (re.findall(r"`([A-Z_]+)`", cells[0]), default.group(1) if default else None)
+    read = {}
+    for name, value in BICEPPARAM_LINE.findall(bicepparam):
+        variable = re.match(r"(?:\w+\()?readEnvironmentVariable\('([A-Z_]+)'(?:, '([^']*)')?", value)
+        read[name] = (variable.group(1), variable.group(2) or None) if variable else (None, None)
+    problems = [f"main.bicepparam sets {name}, which the Parameters table of docs/deployment.md lacks" for name in sorted(set(read) - set(table))]
+    problems += [f"docs/deployment.md lists {name}, which main.bicepparam does not set" for name in sorted(set(table) - set(read))]
+    for name in sorted(set(read) & set(table)):
+        (variables, doc_default), (variable, fallback) = table[name], read[name]
+        if not variables or variables[0] != variable:
+            problems.append(f"docs/deployment.md: {name} comes from {variable}, not {variables[:1]}")
+        if doc_default != fallback:
+            problems.append(f"docs/deployment.md: {name} defaults to {fallback!r} in main.bicepparam, {doc_default!r} in the table")
+    return problems
+
+
+def test_deployment_doc_parameter_table_matches_the_bicepparam() -> None:
+    doc = (REPO / "docs/deployment.md").read_text()
+    bicepparam = (INFRA / "main.bicepparam").read_text()
+    assert parameter_table_problems(doc, bicepparam) == []
+    # ... and the comparison fails on a dropped row, a wrong variable and a wrong default.
+    row = "| `DELETE_THRESHOLD_FLOOR` | `deleteThresholdFloor` | `25` |"
+    assert doc.count(row) == 1
+    for changed in (doc.replace(row, "| `DELETE_THRESHOLD_FLOOR` | `x` | `25` |"), doc.replace(row, "| `DELETE_THRESHOLD_COUNT` | `deleteThresholdFloor` | `25` |"),
+                    doc.replace(row, "| `DELETE_THRESHOLD_FLOOR` | `deleteThresholdFloor` | `0` |")):
+        assert parameter_table_problems(changed, bicepparam) != []
+    assert parameter_table_problems(doc, bicepparam.replace("param deleteThresholdFloor = ", "param deleteThresholdFlor = ")) != []
 
 
 # ----------------------------------------------------------------------------- scripts

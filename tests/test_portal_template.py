@@ -702,6 +702,10 @@ def test_the_secret_stays_secure_in_the_json() -> None:
 BICEP_MUTATIONS = [
     ("portal/main.bicep", "param tags object = {}", "param tags object = {}\n\nparam extraSetting string = 'x'"),
     ("portal/main.bicep", "param deleteThresholdCount int = 500", "param deleteThresholdCount int = 499"),
+    ("portal/main.bicep", "param deleteThresholdFloor int = 25", "param deleteThresholdFloor int = 0"),
+    ("portal/main.bicep", "    deleteThresholdFloor: deleteThresholdFloor\n", ""),
+    ("app/function-app.bicep", "  DELETE_THRESHOLD_FLOOR: string(deleteThresholdFloor)\n", ""),
+    ("app/function-app.bicep", "  DELETE_THRESHOLD_FLOOR: string(deleteThresholdFloor)\n", "  DELETE_THRESHOLD_FLOOR: string(deleteThresholdCount)\n"),
     ("portal/main.bicep", "@minLength(3)\nparam alertEmail", "@minLength(4)\nparam alertEmail"),
     ("portal/main.bicep", "output STORAGE_ACCOUNT_NAME string = storage.outputs.name\n", ""),
     ("portal/main.bicep", "    auditRetentionDays: auditRetentionDays\n", ""),
@@ -862,7 +866,24 @@ def _dropped_setting(t):
     settings["properties"] = settings["properties"].replace(", 'EXO_MODE', parameters('exoMode')", "")
 
 
-JSON_MUTATIONS = [_swapped_settings, _dropped_setting, _dropped_optional_settings, _wrong_principal, _wrong_setting, _wrong_variable, _wrong_loop, _dangling_output, _dangling_parameter, _wrong_wiring, _tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
+def _dropped_floor_setting(t):
+    settings = next(r for r in nested(t, "functionApp")["resources"] if r["type"] == "Microsoft.Web/sites/config")
+    settings["properties"] = settings["properties"].replace(", 'DELETE_THRESHOLD_FLOOR', string(parameters('deleteThresholdFloor'))", "")
+
+
+def _floor_default(t):
+    t["parameters"]["deleteThresholdFloor"]["defaultValue"] = 0
+
+
+def _floor_bound(t):
+    del nested(t, "functionApp")["parameters"]["deleteThresholdFloor"]["minValue"]
+
+
+def _floor_not_passed(t):
+    del next(r for r in t["resources"] if r["name"] == "functionApp")["properties"]["parameters"]["deleteThresholdFloor"]
+
+
+JSON_MUTATIONS = [_dropped_floor_setting, _floor_default, _floor_bound, _floor_not_passed, _swapped_settings, _dropped_setting, _dropped_optional_settings, _wrong_principal, _wrong_setting, _wrong_variable, _wrong_loop, _dangling_output, _dangling_parameter, _wrong_wiring, _tls, _drop_property, _extra_property, _literal_for_expression, _drop_parameter, _api_version, _resource_type, _default, _allowed, _drop_resource, _drop_condition, _kql,
                   _name, _drop_output, _dependency, _schema]
 
 
@@ -1024,6 +1045,14 @@ def _ui_default(ui, t):
     next(e for e in ui["parameters"]["steps"][1]["elements"] if e["name"] == "deleteThresholdPercent")["defaultValue"] = "50"
 
 
+def _ui_floor_default(ui, t):
+    next(e for e in ui["parameters"]["steps"][1]["elements"] if e["name"] == "deleteThresholdFloor")["defaultValue"] = "0"
+
+
+def _ui_floor_int(ui, t):
+    ui["parameters"]["outputs"]["deleteThresholdFloor"] = "[steps('sync').deleteThresholdFloor]"
+
+
 def _ui_dropdown_default(ui, t):
     next(e for e in ui["parameters"]["steps"][2]["elements"] if e["name"] == "instanceMemoryMB")["defaultValue"] = "4096 MB"
 
@@ -1037,7 +1066,7 @@ def _template_new_required(ui, t):
 
 
 @pytest.mark.parametrize("mutate", [_ui_drop_required, _ui_unknown_output, _ui_missing_control, _ui_dropdown, _ui_int, _ui_default,
-                                    _ui_dropdown_default, _ui_tags, _template_new_required], ids=lambda f: f.__name__.strip("_"))
+                                    _ui_floor_default, _ui_floor_int, _ui_dropdown_default, _ui_tags, _template_new_required], ids=lambda f: f.__name__.strip("_"))
 def test_the_ui_definition_check_catches_a_mutation(mutate) -> None:
     ui = json.loads(UI_DEFINITION.read_text())
     template = copy.deepcopy(load_template())

@@ -94,7 +94,7 @@ param syncSchedule string
 @minValue(0)
 param fullSyncIntervalHours int
 
-@description('DELETE_THRESHOLD_PERCENT: the deletion guard holds a dataset\'s deletions above this share of its records.')
+@description('DELETE_THRESHOLD_PERCENT: the deletion guard holds a dataset\'s deletions above this share of its records once above DELETE_THRESHOLD_FLOOR.')
 @minValue(0)
 @maxValue(100)
 param deleteThresholdPercent int
@@ -102,6 +102,10 @@ param deleteThresholdPercent int
 @description('DELETE_THRESHOLD_COUNT: the deletion guard holds a dataset\'s deletions above this many per run.')
 @minValue(0)
 param deleteThresholdCount int
+
+@description('DELETE_THRESHOLD_FLOOR: deletions per dataset and run that the deletion guard\'s percentage never holds; 0 applies it to every deletion.')
+@minValue(0)
+param deleteThresholdFloor int
 
 @description('EXO_MODE: the Exchange Online source (off, augment, only).')
 @allowed([
@@ -146,6 +150,7 @@ var appSettingsAlways = {
   FULL_SYNC_INTERVAL_HOURS: string(fullSyncIntervalHours)
   DELETE_THRESHOLD_PERCENT: string(deleteThresholdPercent)
   DELETE_THRESHOLD_COUNT: string(deleteThresholdCount)
+  DELETE_THRESHOLD_FLOOR: string(deleteThresholdFloor)
   EXO_MODE: exoMode
 }
 

@@ -150,7 +150,7 @@ resource guardHolds 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'Directory sync: the deletion guard holds deletions'
-    description: 'A sync run held deletions for approval (more than DELETE_THRESHOLD_PERCENT or DELETE_THRESHOLD_COUNT of a dataset). Review them with "python -m shared status" or GET /api/status, then approve-deletions (README, "Approving held deletions").'
+    description: 'A sync run held deletions for approval (more than DELETE_THRESHOLD_COUNT deletions in a dataset, or more than DELETE_THRESHOLD_PERCENT of its records once above DELETE_THRESHOLD_FLOOR deletions). Review them with "python -m shared status" or GET /api/status, then approve-deletions (README, "Approving held deletions").'
     severity: 2
     enabled: true
     scopes: [
