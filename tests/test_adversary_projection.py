@@ -25,8 +25,6 @@ def run(directory: dict, receiver, tmp_path, action: str = "update", **settings:
         graph.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="sync-rules, From directory objects to the three datasets: a group's name is its "
-                   "displayName unless that is empty; a displayName of blanks is not empty (and is a valid 1-256 character name)")
 @pytest.mark.parametrize("blank", ["   ", "\t"])
 def test_a_blank_display_name_is_the_group_name(receiver, tmp_path, blank):
     gid = "20000000-0000-0000-0000-00000000000b"

@@ -141,7 +141,8 @@ def test_group_names_fall_back_to_mail_then_id():
         PROV,
     )
     names = {k: v[0] for k, v in p.datasets["groups"].items()}
-    assert names == {"g1": "Sales", "g2": "Ops@Contoso.com", "g3": "g3", "g4": "g4"}
+    # Empty is absent, null or "": a name of blanks is a name (1 to 256 characters, docs/sync-api.md).
+    assert names == {"g1": "Sales", "g2": "Ops@Contoso.com", "g3": "g3", "g4": "   "}
 
 
 def test_nested_cyclic_groups_and_non_user_members():

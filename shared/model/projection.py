@@ -172,10 +172,12 @@ def _sift(obj: dict[str, Any], provisioned: frozenset[str], rules: Rules,
 
 
 def _usable_name(value: Any) -> bool:
-    """Not blank, and Unicode text that UTF-8 can carry (JSON escapes can smuggle lone
-    surrogates into a Graph string; they would make the request body unsendable). An over-long
-    name is kept as the rules define it: the service rejects that record and the run reports it."""
-    if not isinstance(value, str) or not value.strip():
+    """Not empty (absent, null or ``""``; a value of blanks is not empty, and the service takes
+    any 1 to 256 characters: docs/sync-rules.md), and Unicode text that UTF-8 can carry (JSON
+    escapes can smuggle lone surrogates into a Graph string; they would make the request body
+    unsendable). An over-long name is kept as the rules define it: the service rejects that
+    record and the run reports it."""
+    if not isinstance(value, str) or not value:
         return False
     try:
         value.encode("utf-8")
