@@ -33,9 +33,6 @@ def test_a_blank_display_name_is_the_group_name(receiver, tmp_path, blank):
     assert service_view(receiver)["groups"] == {gid: {"id": gid, "name": blank, "parentIds": []}}
 
 
-@pytest.mark.xfail(strict=True, reason="sync-rules, Scope and exclusions: each user that a setting leaves out is reported "
-                   "by test-update with a reason that names the setting; a user whose every candidate matches "
-                   "EXCLUDE_ADDRESS_PATTERNS is reported only as 'no primary address'")
 def test_a_user_left_out_by_the_address_patterns_is_reported_naming_the_setting(receiver, tmp_path):
     s = run(scope_directory(), receiver, tmp_path, "test-update", **RULES)
     # U(10): mail and SMTP: are both info-desk@contoso.com, which the pattern info.desk@contoso\.com matches,

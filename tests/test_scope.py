@@ -141,7 +141,7 @@ def test_update_sends_only_the_scope_and_status_shows_the_exclusions(env, receiv
     assert "EXCLUDE_USER_TYPES: 2 addresses, 2 users" in status.stdout
     assert "EXCLUDE_ADDRESS_PATTERNS: 3 addresses" in status.stdout
     js = json.loads(run_cli("status", env, "--json").stdout.strip().splitlines()[-1])
-    assert js["runs"][0]["ruleExclusions"]["counts"]["EXCLUDE_ADDRESS_PATTERNS"] == {"addresses": 3}
+    assert js["runs"][0]["ruleExclusions"]["counts"]["EXCLUDE_ADDRESS_PATTERNS"] == {"addresses": 3, "users": 1}  # U10: its only candidate matches
 
 
 def test_a_scope_id_that_names_no_group_fails_before_anything_is_sent(env, receiver):
@@ -277,5 +277,5 @@ def test_the_operator_preview_includes_the_rule_exclusions(monkeypatch, graph, r
     body = preview()
     reasons = {e["reason"] for e in body["exclusions"]}
     assert any("SYNC_SCOPE_GROUPS" in r for r in reasons) and any("EXCLUDE_USER_TYPES" in r for r in reasons)
-    assert body["ruleExclusions"]["counts"]["EXCLUDE_ADDRESS_PATTERNS"] == {"addresses": 3}
+    assert body["ruleExclusions"]["counts"]["EXCLUDE_ADDRESS_PATTERNS"] == {"addresses": 3, "users": 1}  # U10: its only candidate matches
     assert {r["id"] for r in body["changes"]["users"]["added"]} == set(SCOPED["users"])

@@ -9,6 +9,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from itertools import chain
 
 from ..common import fastjson
@@ -16,6 +17,8 @@ from .fold import OTYPE
 from .projection import EXCHANGE_SOURCE, Exclusion, Projection, candidates, group_name
 from .records import DATASETS, GroupRecord, Records, UserRecord
 from .rules import EVERYTHING, Rules, Verdict, rule_of
+
+NO_PRIMARY = "no primary address: neither mail nor an SMTP: proxy address is kept"
 
 log = logging.getLogger("shared.directory")  # the name its log lines have always carried
 
@@ -221,22 +224,36 @@ class WholeDirectory:
                 if kind == "g":
                     out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
         owner: dict[str, str] = {}
-        if only_rules and not left:
+        patterns = bool(self.rules.exclude_address_patterns)
+        if only_rules and not left and not patterns:
             return out
         for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
             why = verdict.reason(uid)
             if why is not None:
                 out.append(Exclusion("users", uid, "user", primary, why))
                 continue
-            if only_rules:
-                continue
             if primary is None:
-                out.append(Exclusion("users", uid, "user", None, "no primary address: neither mail nor an SMTP: proxy address is kept"))
+                why = self._no_primary_reason(uid) if patterns else NO_PRIMARY
+                if not only_rules or rule_of(why) is not None:
+                    out.append(Exclusion("users", uid, "user", None, why))
+                continue
+            if only_rules:
                 continue
             first = owner.setdefault(primary, uid)
             if first != uid:
                 out.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {first}, which has the smaller id"))
         return out
+
+    def _no_primary_reason(self, uid: str) -> str:
+        """Why a user has no primary address, naming ``EXCLUDE_ADDRESS_PATTERNS`` (and the
+        pattern) when the address it would have had without the patterns matches one: the
+        setting left that user out (docs/sync-rules.md, "Scope and exclusions")."""
+        row = self.conn.execute("SELECT data FROM objects WHERE id=? AND kind='u'", (uid,)).fetchone()
+        if row is not None:
+            unpatterned = candidates(uid, "user", json.loads(row[0]), self.provisioned, replace(self.rules, exclude_address_patterns=()), warn=False)
+            if unpatterned.primary is not None:
+                return f"no primary address: {unpatterned.primary} {self.rules.address_reason(unpatterned.primary)}, and no other candidate is kept"
+        return NO_PRIMARY
 
     def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
         """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
