@@ -18,6 +18,7 @@ from ..plan.guard import Thresholds, judge_all
 from ..reading import Checkpoints, Read, merge_delta, merge_full, read_delta
 from ..send import BatchSender
 from ..storage.state import StateDB
+from ..target.syncapi import service_address
 from .base import Plan
 from .reads import ReadStage
 
@@ -29,6 +30,8 @@ class UpdateStage(ReadStage):
 
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> Plan:
         reason = self._why_full(db, provisioned)
+        if reason is None and self._moved(db) is not None:  # every record is compared with the new service's copy
+            reason = f"{self._moved(db)}, whose every record is compared"
         if reason is None:
             links: dict[str, str] = db.delta_links
             try:
@@ -149,6 +152,7 @@ class UpdateStage(ReadStage):
             for d in self.datasets:  # every such key was compared with this read (the plan's keys)
                 db.clear_recheck(d)
             db.last_action = "update"
+            db.service = service_address(self.settings.sync_api_url)
             db.commit()
             self.store.publish(db)
 
@@ -164,24 +168,44 @@ class UpdateStage(ReadStage):
         if lost is None:
             return
         signals, service = lost
-        log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
-                    "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
-                    " and ".join(signals))
+        if self._moved(db) is not None:
+            log.warning("%s: the baseline is rebuilt from that service's own copy before the diff; held deletions of the "
+                        "other service are dropped", signals[0])
+        else:
+            log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
+                        "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
+                        " and ".join(signals))
         for d, recs in service.items():
             db.replace_records(d, recs)
+            db.set_held(d, {})
+
+    def _moved(self, db: StateDB | None) -> str | None:
+        """Why the state's records describe another sync API than ``SYNC_API_URL`` names now, or
+        ``None``: a state that a run completed against another service is a lost state for
+        this one (its records say nothing of what this service holds). A state written before
+        the service was recorded is taken as this service's."""
+        then = db.service if db is not None and db.last_action is not None else None
+        now = service_address(self.settings.sync_api_url)
+        if then is None or then == now:
+            return None
+        return f"SYNC_API_URL names {now}, and the state's records describe {then}"
 
     async def _lost_state(self, db: StateDB | None) -> tuple[list[str], dict[str, Records]] | None:
         """``(signals, the service's records)`` when no run ever completed this state (``db``
         ``None``: there is none) although run reports exist or the service holds records;
         else ``None``. Sets the summary's ``stateRebuilt``."""
-        if db is not None and (db.last_action is not None or db.converted_from is not None):
-            return None
         signals: list[str] = []
-        try:
-            if self.reports is not None and self.reports.recent(1):
-                signals.append("run reports exist")
-        except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
-            log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
+        if db is not None and (db.last_action is not None or db.converted_from is not None):
+            moved = self._moved(db)
+            if moved is None:
+                return None
+            signals.append(moved)
+        else:
+            try:
+                if self.reports is not None and self.reports.recent(1):
+                    signals.append("run reports exist")
+            except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
+                log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
         service: dict[str, Records] = {}
         for d in self.datasets:
             service[d] = await self._read_service(d)

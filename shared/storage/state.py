@@ -160,6 +160,7 @@ class StateDB:
     # --- meta --------------------------------------------------------------------------------
     last_action = _Meta("lastAction")  # the last action that committed: "update", "replace", ...
     converted_from = _Meta("convertedFrom")  # set when converted from the previous release's format
+    service = _Meta("syncApi")  # the sync API its records describe (target.syncapi.service_address); None before 2026-11-30
     last_full_read = _Meta("lastFullRead")  # ISO time of the last full read (UTC)
     saved_at = _Meta("savedAt")  # ISO time of the last commit (UTC)
     directory_cache = _Meta("directoryCache")  # "complete" when the cache holds a whole read

@@ -44,6 +44,14 @@ def auth_header(credential: Secret) -> str:
     return "Bearer " + value
 
 
+def service_address(url: str) -> str:
+    """Which sync API a state's records describe: ``SYNC_API_URL`` without what names the same
+    service twice (the case of the scheme and host, a default port, a trailing slash)."""
+    u = httpx.URL(url)
+    port = f":{u.port}" if u.port is not None else ""
+    return f"{u.scheme.lower()}://{u.host.lower()}{port}{u.path.rstrip('/')}"
+
+
 def _changes_document(upsert: list[dict[str, Any]], delete: list[str]) -> dict[str, Any]:
     return {"upsert": upsert, "delete": delete}
 
