@@ -16,7 +16,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Log records at ``level`` and above to stderr, one line each. The Function app logs at
     INFO (its ``SyncRunSummary`` record feeds Application Insights). The CLI logs warnings and
     errors only unless asked (``-v``: INFO, ``-vv``: DEBUG; ``cli_log_level``), so a failure's
-    stderr is its one ``error:`` line (docs/sync-rules.md, "Commands") plus any warning the run
+    stderr is its one ``error:`` line (docs/sync-rules.md, "Commands and exit statuses") plus any warning the run
     gave; a long run's progress lines are kept at every level."""
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.INFO:
