@@ -188,3 +188,20 @@ def test_a_progress_line_that_cannot_be_rendered_never_fails_the_run() -> None:
     asyncio.run(go())
     assert not any("reading" in line for line in emitted)
     assert any(line.startswith("progress: sending: 1 of 3 batches sent") for line in emitted)
+
+
+@pytest.mark.parametrize("flags, info, debug", [((), False, False), (("-v",), True, False), (("-vv",), True, True), (("-v", "-v"), True, True)])
+def test_stderr_has_warnings_only_unless_asked(receiver, tmp_path, flags, info, debug) -> None:
+    """Without -v a run's stderr holds its warnings and errors only (a failure: one error line,
+    docs/sync-rules.md); -v adds the INFO lines (the SyncRunSummary record), -vv debug."""
+    em = GraphEmulator(small_directory(5))
+    em.start()
+    try:
+        env = base_env(em.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+        r = run_cli("update", env, "--json", *flags)
+    finally:
+        em.stop()
+    assert r.code == 0, r.stderr
+    assert ("INFO shared.engine: SyncRunSummary" in r.stderr) is info
+    assert (" DEBUG " in r.stderr) is debug
+    assert all(" INFO " not in ln and " DEBUG " not in ln for ln in r.stderr.splitlines()) is (not info)
