@@ -13,6 +13,7 @@ import signal
 import subprocess  # noqa: S404 - a child process that dies mid-transaction, as a killed run does
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -196,3 +197,29 @@ def test_a_killed_runs_rollback_journal_is_never_rolled_back_onto_a_downloaded_c
         assert rows(again.conn) == want
     finally:
         again.close()
+
+
+SDK_CHILD = """
+import sys
+from types import SimpleNamespace
+from shared.storage.blob import blob_service
+
+svc, _ = blob_service(SimpleNamespace(storage_connection_string=sys.argv[1]))
+assert "aiohttp" not in sys.modules, "the blob SDK loaded aiohttp"
+container = svc.get_container_client(sys.argv[2])
+container.create_container()
+name = "state.parts/a b+c%d \\u00e9"  # a name whose shared-key signature depends on its encoding
+container.upload_blob(name, b"part", overwrite=True)
+assert container.download_blob(name).readall() == b"part"
+from azure.core.pipeline.transport import AioHttpTransport  # anyone else can still import it
+print("ok", AioHttpTransport.__name__)
+"""
+
+
+def test_the_blob_sdk_is_imported_without_aiohttp_and_signs_as_before(azurite):
+    """A fresh process, as a run: the product's blob client loads no aiohttp (the SDK's probe
+    for its async transport), signs requests with the shared key (a name with spaces, ``+``,
+    ``%`` and non-ASCII letters round-trips), and leaves aiohttp importable for anything else."""
+    child = subprocess.run([sys.executable, "-c", SDK_CHILD, azurite.connection_string, container_name("sdk")],
+                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0 and child.stdout.split() == ["ok", "AioHttpTransport"], child.stderr[-2000:]
