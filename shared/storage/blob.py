@@ -15,7 +15,7 @@ def import_blob_sdk() -> Any:
     """``azure.storage.blob``, imported without loading aiohttp when nothing has loaded it yet.
 
     The SDK's shared-key policy probes at import for azure-core's aiohttp transport
-    (``azure/storage/blob/_shared/authentication.py``, ``except ImportError``), which it needs
+    (its module ``azure.storage.blob._shared.authentication``, ``except ImportError``), which it needs
     only to sign the requests of its async clients; this product uses the sync client alone
     (requests). The probe loads aiohttp, about 7 MB of resident memory for the whole run
     (docs/performance.md, *`blob:` state on the wire*). While the SDK is imported, that
