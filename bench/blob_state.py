@@ -9,9 +9,12 @@ Printed: the local database's size; the stored size (bytes of every state blob: 
 the manifest), and what compression alone gives at 1 and 4 MiB chunks; the bytes the full
 run's commit uploaded; the bytes a warm instance's incremental run uploaded after 1 % of the
 users changed (the same temp directory, so the CLI finds its local copy), as a share of the
-stored size; and a cold instance's open (a new local directory): bytes downloaded and time.
-Bytes uploaded are read from the container as a user would: the sizes of the parts a run added
-(parts are written once, under the hash of their content) plus the manifest."""
+stored size; a cold instance's open (a new local directory): bytes downloaded and time; and
+last a periodic full reconcile on the warm instance (``FULL_SYNC_INTERVAL_HOURS=0``: a full read
+over the existing state, which rewrites its rows). Each update's peak RSS is its process's
+``ru_maxrss`` (``os.wait4``). Bytes uploaded are read from the container as a user would: the
+sizes of the parts a run added (parts are written once, under the hash of their content) plus
+the manifest."""
 
 from __future__ import annotations
 
@@ -105,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             changed = mutate(graph, users, groups, 0.01, random.Random(args.seed), "bench")
             incr = blob_update(graph, sync, tmp, env, "incremental")
             after_incr = blobs(container)
-        manifest = json.loads(container.get_blob_client(MANIFEST_NAME).download_blob().readall())
-        cold = BlobStateStore(svc, CONTAINER, "bench", local_dir=tmp / "cold")
-        start = time.perf_counter()
-        db = cold.open()
-        cold_seconds = time.perf_counter() - start
-        db.close()
+            manifest = json.loads(container.get_blob_client(MANIFEST_NAME).download_blob().readall())
+            cold = BlobStateStore(svc, CONTAINER, "bench", local_dir=tmp / "cold")
+            start = time.perf_counter()
+            db = cold.open()
+            cold_seconds = time.perf_counter() - start
+            db.close()
+            reconcile = blob_update(graph, sync, tmp, {**env, "FULL_SYNC_INTERVAL_HOURS": "0"}, "reconcile")
+            after_reconcile = blobs(container)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -129,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * up_incr / stored:.2f} % of the {stored:,} bytes stored; {len(manifest['logs'])} change log(s) on the base |")
     print(f"| downloaded by a cold instance's open | {cold.image.counters['downloaded']:,} | {cold_seconds:.2f} s wall "
           "(download, check, replay; Azurite on loopback) |")
+    print(f"| uploaded by the periodic full reconcile (warm) | {uploaded(after_incr, after_reconcile):,} | "
+          f"{len(after_reconcile) - 1} parts and the manifest stored after it |")
     print(f"\nfull update: {full.wall_seconds:.1f} s wall, {full.cpu_seconds:.1f} s CPU, peak RSS {full.peak_rss_mb:.0f} MB; "
           f"incremental: {incr.wall_seconds:.2f} s wall, {incr.cpu_seconds:.2f} s CPU, {incr.changes:,} changes sent")
+    print(f"periodic full reconcile (warm, FULL_SYNC_INTERVAL_HOURS=0, read {reconcile.summary['read']['kind']}): "
+          f"{reconcile.wall_seconds:.1f} s wall, {reconcile.cpu_seconds:.1f} s CPU, peak RSS {reconcile.peak_rss_mb:.0f} MB")
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -188,7 +188,7 @@ def test_a_new_base_is_written_when_the_log_budget_runs_out_or_the_schema_change
     cold.close()
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "not zstd"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "not zstd", "cut short"])
 @pytest.mark.parametrize("part", ["chunk", "log"])
 def test_a_damaged_part_gives_a_clear_error_naming_the_blob_and_no_half_state(blob, tmp_path, damage, part):
     svc, _ = blob
@@ -204,6 +204,9 @@ def test_a_damaged_part_gives_a_clear_error_naming_the_blob_and_no_half_state(bl
         blob_client.delete_blob()
     elif damage == "corrupt":
         blob_client.upload_blob(compress(b"something else"), overwrite=True)  # a valid frame, the wrong content
+    elif damage == "cut short":
+        whole = blob_client.download_blob().readall()
+        blob_client.upload_blob(whole[: len(whole) // 2], overwrite=True)  # an upload that stopped halfway
     else:
         blob_client.upload_blob(b"\x00garbage" * 10, overwrite=True)
     local = tmp_path / "b"

@@ -5,13 +5,39 @@ run share the client that ``shared/storage/backend.py`` builds once."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+AIOHTTP_TRANSPORT = "azure.core.pipeline.transport._aiohttp"
+
+
+def import_blob_sdk() -> Any:
+    """``azure.storage.blob``, imported without loading aiohttp when nothing has loaded it yet.
+
+    The SDK's shared-key policy probes at import for azure-core's aiohttp transport
+    (its module ``azure.storage.blob._shared.authentication``, ``except ImportError``), which it needs
+    only to sign the requests of its async clients; this product uses the sync client alone
+    (requests). The probe loads aiohttp, about 7 MB of resident memory for the whole run
+    (docs/performance.md, *`blob:` state on the wire*). While the SDK is imported, that
+    transport module is marked absent, so the probe finds what it finds on an installation
+    without aiohttp; the mark is removed right after, so anything else can still import it."""
+    if "aiohttp" in sys.modules or "azure.storage.blob" in sys.modules or AIOHTTP_TRANSPORT in sys.modules:
+        import azure.storage.blob
+
+        return azure.storage.blob
+    sys.modules[AIOHTTP_TRANSPORT] = None  # type: ignore[assignment]
+    try:
+        import azure.storage.blob
+    finally:
+        if sys.modules.get(AIOHTTP_TRANSPORT, "") is None:
+            del sys.modules[AIOHTTP_TRANSPORT]
+    return azure.storage.blob
 
 
 def blob_service(settings: Any) -> tuple[Any, str]:
     """The blob service client of ``AzureWebJobsStorage`` (connection string or identity) and
     a hint naming the account for messages: ``(BlobServiceClient, str)``."""
-    from azure.storage.blob import BlobServiceClient
+    BlobServiceClient = import_blob_sdk().BlobServiceClient  # noqa: N806 - the SDK's class
 
     if settings.storage_connection_string:
         service = BlobServiceClient.from_connection_string(settings.storage_connection_string)

@@ -38,11 +38,14 @@ reads once the manifest exists. The release before that (``state.json.gz``) is c
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -71,6 +74,31 @@ def _stamp(path: Path, etag: str) -> str:
     that was never published, a half-written one of a killed process) changes the latter."""
     st = path.stat()
     return f"{etag} {st.st_size} {st.st_mtime_ns}"
+
+
+def _journal_of(path: Path) -> Path:
+    """SQLite's rollback journal of the database at ``path``."""
+    return path.with_name(path.name + "-journal")
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None where the C library has none, as on musl or Windows)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None
+
+
+def release_cache(conn: sqlite3.Connection) -> None:
+    """Hand a committed connection's page cache back to the system before the image is packed,
+    so the packing does not add to it: SQLite frees its clean pages (``PRAGMA shrink_memory``),
+    then glibc returns the heap pages that are free to the system (``malloc_trim``: freed small
+    blocks among live ones otherwise stay resident). The cache fills again as it is read."""
+    conn.execute("PRAGMA shrink_memory")
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class BlobStateStore:
@@ -111,13 +139,17 @@ class BlobStateStore:
             with self._azure("read"):
                 self._etag = self._etag_of(MANIFEST_NAME)
             self._manifest, self._budget = None, 0
-            (self.local / DB_NAME).unlink(missing_ok=True)
-            (self.local / "etag").unlink(missing_ok=True)
+            for stale in (self.local / DB_NAME, _journal_of(self.local / DB_NAME), self.local / "etag"):
+                stale.unlink(missing_ok=True)
             return StateDB(self.local / DB_NAME, self.where, durable=False)
 
     def _open(self) -> StateDB:
         private_dir(self.local, self._local_base)
         path, stamp = self.local / DB_NAME, self.local / "etag"
+        # A killed run's rollback journal belongs to the bytes it was written against: the copy
+        # is reused only when untouched since its publish (the journal then undoes nothing), and
+        # otherwise replaced by a download, onto which the journal must never be rolled back.
+        _journal_of(path).unlink(missing_ok=True)
         v1 = None
         with self._azure("read"):
             ensure_container(self.container)
@@ -215,6 +247,7 @@ class BlobStateStore:
         self._publish(db, clear_journal=True)
 
     def _publish(self, db: StateDB, *, clear_journal: bool) -> None:
+        release_cache(db.conn)
         with self._azure("write"):
             manifest = self._next_manifest(db)
             self._etag, committed_at = self.image.commit(manifest, self._etag)

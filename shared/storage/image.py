@@ -52,7 +52,7 @@ PARTS = "state.parts/"
 FORMAT = "entra-dirsync-state-image"
 VERSION = 1
 CHUNK_SIZE = 4 * 1024 * 1024
-WORKERS = 4  # parts in flight at once (each holds a chunk raw and compressed)
+WORKERS = 4  # parts downloading at once (each holds a chunk raw and compressed), or uploading (each compressed)
 # Parts are Zstandard frames (python-zstandard): level 3 with a window of a whole chunk and
 # long-distance matching. Measured on a 20,000-user state (bench/blob_state.py prints it at any
 # size): 22 % of the database against zlib level 6's 31 %, compressing about 5x faster and
@@ -61,10 +61,15 @@ LEVEL = 3
 WINDOW_LOG = 22  # 4 MiB: one chunk
 
 
-def compress(raw: bytes) -> bytes:
-    """One part's stored bytes: ``raw`` as one Zstandard frame (its size in the header)."""
+def compressor() -> zstandard.ZstdCompressor:
+    """The parts' compressor (one thread at a time; reusing it keeps one context for many parts)."""
     params = zstandard.ZstdCompressionParameters.from_level(LEVEL, window_log=WINDOW_LOG, enable_ldm=True)
-    return zstandard.ZstdCompressor(compression_params=params).compress(raw)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+def compress(raw: bytes | memoryview) -> bytes:
+    """One part's stored bytes: ``raw`` as one Zstandard frame (its size in the header)."""
+    return compressor().compress(raw)
 MAX_LOG_BYTES = 256 * 1024 * 1024  # a change log larger than this when inflated is refused
 READ_ATTEMPTS = 3
 
@@ -132,6 +137,51 @@ def _inflate(data: bytes, limit: int, name: str, where: str) -> bytes:
     except zstandard.ZstdError:
         raise StateError(f"the state part {name} at {where} is corrupt (not the data its name promises); run 'refresh' to rebuild it") from None
     return raw
+
+
+def _read_exactly(fh: Any, into: memoryview, path: Path) -> int:
+    """Fill ``into`` from the file; a file shorter than it was when measured is an error."""
+    got = 0
+    while got < len(into):
+        n = fh.readinto(into[got:])
+        if not n:
+            raise StateError(f"the local state {path} changed while it was packed; nothing was published")
+        got += n
+    return got
+
+
+class _Uploads:
+    """Parts uploading in the background, at most ``limit`` at once. ``submit`` waits for a
+    free slot; the first failure is raised (by ``submit`` or on leaving), and the uploads not
+    started yet are cancelled."""
+
+    def __init__(self, upload: Any, limit: int) -> None:
+        self._upload = upload
+        self._limit = max(1, limit)
+        self._pool = cf.ThreadPoolExecutor(max_workers=self._limit, thread_name_prefix="state-part")
+        self._pending: set[cf.Future[None]] = set()
+
+    def submit(self, name: str, data: bytes) -> None:
+        while len(self._pending) >= self._limit:
+            self._reap(cf.FIRST_COMPLETED)
+        self._pending.add(self._pool.submit(self._upload, name, data))
+
+    def _reap(self, when: str) -> None:
+        done, self._pending = cf.wait(self._pending, return_when=when)
+        for f in done:
+            f.result()
+
+    def __enter__(self) -> _Uploads:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        try:
+            if kind is None:
+                self._reap(cf.ALL_COMPLETED)
+        finally:
+            for f in self._pending:
+                f.cancel()
+            self._pool.shutdown(wait=True)
 
 
 def part_name(raw: bytes) -> str:
@@ -252,25 +302,39 @@ class Image:
         """Upload one part (``data``: ``raw`` compressed, when already done); its (hash, stored bytes)."""
         data = compress(raw) if data is None else data
         name = part_name(raw)
+        self._upload(name, data)
+        return name[len(PARTS):], len(data)
+
+    def _upload(self, name: str, data: bytes) -> None:
         self.container.get_blob_client(name).upload_blob(data, overwrite=True)
         self._count("uploaded", len(data))
         self._count("parts_uploaded", 1)
-        return name[len(PARTS):], len(data)
 
     def put_base(self, path: Path, base: Manifest | None) -> tuple[int, tuple[tuple[str, int], ...]]:
-        """Cut the committed database file into chunks and upload those ``base`` does not have;
-        (file length, chunks)."""
+        """Cut the committed database file into chunks and upload those ``base`` does not have
+        (nor an earlier chunk of this file); (file length, chunks).
+
+        Streamed: the chunks are read one after the other into one reused buffer, hashed, and
+        compressed by one reused context, and each compressed part goes to the uploads, of which
+        at most ``workers`` are in flight (the next chunk waits for a free slot). What this holds
+        is one raw chunk, one context and at most ``workers`` + 1 compressed parts, whatever the
+        size of the file. A failed upload stops the rest and is raised: the manifest is never
+        written over a part that did not arrive."""
         have = dict(base.chunks) if base is not None and base.chunk_size == self.chunk_size else {}
         length = path.stat().st_size
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            def chunk(i: int) -> tuple[str, int]:
-                raw = os.pread(fd, self.chunk_size, i * self.chunk_size)
+        buf = memoryview(bytearray(min(self.chunk_size, length)))
+        packer = compressor()
+        chunks: list[tuple[str, int]] = []
+        with open(path, "rb", buffering=0) as fh, _Uploads(self._upload, self.workers) as uploads:
+            for offset in range(0, length, self.chunk_size):
+                raw = buf[: _read_exactly(fh, buf[: min(self.chunk_size, length - offset)], path)]
                 h = hashlib.sha256(raw).hexdigest()
-                return (h, have[h]) if h in have else self.put(raw)
-            chunks = self._parallel(chunk, range(-(-length // self.chunk_size)))
-        finally:
-            os.close(fd)
+                if h not in have:
+                    data = packer.compress(raw)
+                    have[h] = len(data)
+                    uploads.submit(PARTS + h, data)
+                    del data
+                chunks.append((h, have[h]))
         return length, tuple(chunks)
 
     def commit(self, manifest: Manifest, etag: str | None) -> tuple[str, Any]:

@@ -104,8 +104,10 @@ class StateDB:
                     "run 'refresh' to rebuild it from the service"
                 )
             # WAL for a state on disk: a dry run's snapshot never waits for a running update's
-            # commit, and the update never waits for the snapshot.
-            self.conn.execute("PRAGMA journal_mode=" + ("WAL" if durable else "MEMORY"))
+            # commit, and the update never waits for the snapshot. A working copy (``blob:``,
+            # snapshots) keeps its rollback journal in a file, not in memory: a full read
+            # rewrites most pages, and their old images would otherwise all be held in RAM.
+            self.conn.execute("PRAGMA journal_mode=" + ("WAL" if durable else "TRUNCATE"))
             self.conn.execute("PRAGMA synchronous=" + ("FULL" if durable else "OFF"))
             self.conn.execute("PRAGMA cache_size=-32768")
             self.conn.execute("PRAGMA foreign_keys=OFF")
