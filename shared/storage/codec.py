@@ -45,7 +45,10 @@ def _upsert_rows(dataset: str, upsert: dict[str, tuple]) -> tuple[str, list[tupl
     return _UPSERT, [(dataset, k, _encode(dataset, v)) for k, v in upsert.items()]
 
 
-def _decode(dataset: str, text: str) -> tuple:
+def _decode(dataset: str, text: str, ids_seen: dict[str, str] | None = None) -> tuple:
+    """A stored value → the record's value. ``ids_seen``: the group ids decoded so far, so
+    that each group id is one string however many records name it (a whole dataset read at
+    once: 300,000 memberships of 10,000 groups are 10,000 strings, not 300,000)."""
     if text == UNKNOWN_TEXT:
         return UNKNOWN
     if dataset == "addresses":
@@ -53,4 +56,6 @@ def _decode(dataset: str, text: str) -> tuple:
     first, ids = fastjson.loads(text)
     if not isinstance(first, str) or not isinstance(ids, list):
         raise ValueError("bad record")
+    if ids_seen is not None:
+        return (first, tuple([ids_seen.setdefault(i, i) for i in ids]))
     return (first, tuple(ids))

@@ -211,7 +211,8 @@ class StateDB:
     # --- records (what the service holds) ------------------------------------------------------
     def records(self, dataset: str) -> Records:
         try:
-            return {k: _decode(dataset, v) for k, v in self.conn.execute("SELECT key, value FROM records WHERE dataset=?", (dataset,))}
+            seen: dict[str, str] = {}
+            return {k: _decode(dataset, v, seen) for k, v in self.conn.execute("SELECT key, value FROM records WHERE dataset=?", (dataset,))}
         except (ValueError, TypeError):
             raise StateError(f"the state at {self.where} holds a malformed {dataset} record; run 'refresh' to rebuild it") from None
 
