@@ -96,35 +96,35 @@ def test_cycles_made_during_a_run_are_still_collected() -> None:
 
 
 def test_an_update_runs_under_the_policy_and_leaves_the_collector_as_it_found_it(tmp_path, receiver, monkeypatch) -> None:
-    """A real update (Graph emulator, receiver, file: state) in this process: the collections
-    it triggers run at the run's threshold, and the host's thresholds are back after it."""
+    """A real update (Graph emulator, receiver, file: state) in this process: while it plans
+    and sends, the run's threshold is set and the objects alive at its start are frozen; the
+    host's thresholds are back after it. (Observed from inside the update stage, not from
+    collections: whether one happens depends on how much the run allocates, which depends on
+    what earlier tests imported.)"""
     from devstack.graph_emulator import GraphEmulator
+    from shared.actions.update import UpdateStage
     from shared.config.settings import load_settings
     from shared.engine import run, run_to_end
     from tests.stack import base_env, nasty_directory
 
+    seen: list[tuple[int, int]] = []
+    inner = UpdateStage._update
+
+    async def observed(self, *args, **kwargs):
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        return await inner(self, *args, **kwargs)
+
+    monkeypatch.setattr(UpdateStage, "_update", observed)
     graph = GraphEmulator(nasty_directory(), max_page_size=3, max_members_per_page=2)
     try:
         for key, value in base_env(graph.start(), receiver.base_url, f"file:{tmp_path}/state").items():
             monkeypatch.setenv(key, value)
         gc.set_threshold(700, 10, 10)
-        seen: set[int] = set()
-
-        def watch(phase: str, info: dict) -> None:
-            if phase == "start":
-                seen.add(gc.get_threshold()[0])
-
-        gc.callbacks.append(watch)
-        try:
-            gc.collect()  # outside the run: the host's threshold
-            summary = run_to_end(run("update", load_settings()))
-            gc.collect()
-        finally:
-            gc.callbacks.remove(watch)
+        summary = run_to_end(run("update", load_settings()))
     finally:
         graph.stop()
     assert summary.ok, summary.error
     assert sum(c.added for c in summary.datasets.values()) > 0
-    assert collector.YOUNG_THRESHOLD in seen and 700 in seen
+    assert len(seen) == 1 and seen[0][0] == collector.YOUNG_THRESHOLD and seen[0][1] > 0
     assert gc.get_threshold() == (700, 10, 10)
     assert gc.get_freeze_count() == 0
