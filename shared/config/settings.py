@@ -21,6 +21,7 @@ from ..model.records import DATASETS
 from ..model.rules import NO_RULES, Rules, parse_rules
 from .exo_settings import EXO_ALL_TYPES, EXO_AUGMENT_TYPES, EXO_MODES, ExoSettings, read_exo
 from .graph_settings import BASIC_SIGN_IN_REFUSAL, DEFAULT_GRAPH_BASE_URL, GRAPH_AUTH_MODES, read_graph
+from .schedule import DEFAULT_SCHEDULE, check_schedule
 from .storage_settings import StateLocation, read_state, read_storage
 from .values import Getter, getter, number
 
@@ -31,11 +32,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEDULE = "0 0 * * * *"
-
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-_CRON_FIELD = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
-_TIMESPAN = re.compile(r"^\d{1,2}:\d{2}:\d{2}$")
 
 
 @dataclass(frozen=True)
@@ -138,18 +135,14 @@ def _read_sync_api(get: Getter) -> str:
 
 
 def _read_scope(get: Getter) -> tuple[tuple[str, ...], frozenset[str] | None]:
-    """SYNC_DATASETS (with EXO_MODE=only, unset means addresses alone) and ADDRESS_DOMAINS."""
-    datasets = _datasets(get("SYNC_DATASETS"))
-    if get("SYNC_DATASETS") is None and (get("EXO_MODE") or "").strip().lower() == "only":
-        datasets = ("addresses",)  # EXO_MODE=only syncs addresses alone: unset means just that
-    return datasets, _domains(get("ADDRESS_DOMAINS"))
+    """SYNC_DATASETS (unset: every dataset, whatever EXO_MODE is; ``read_exo`` refuses that
+    with EXO_MODE=only, docs/sync-rules.md) and ADDRESS_DOMAINS."""
+    return _datasets(get("SYNC_DATASETS")), _domains(get("ADDRESS_DOMAINS"))
 
 
 def _read_schedule(get: Getter) -> dict[str, Any]:
     """SYNC_SCHEDULE (NCRONTAB) and FULL_SYNC_INTERVAL_HOURS."""
-    schedule = get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE
-    if not _valid_schedule(schedule):
-        raise SettingsError("SYNC_SCHEDULE", "is not an NCRONTAB expression of six fields (second minute hour day month day-of-week)", DEFAULT_SCHEDULE)
+    schedule = check_schedule(get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE)  # schedule.py: as the Functions host reads it
     full_interval = number(get("FULL_SYNC_INTERVAL_HOURS"), "FULL_SYNC_INTERVAL_HOURS", 24.0, "24 (hours; 0 reads in full every run)", 0, 24 * 366)
     return {"schedule": schedule, "full_sync_interval_hours": full_interval}
 
@@ -208,13 +201,6 @@ def _domains(raw: str | None) -> frozenset[str] | None:
     if not out:
         raise SettingsError("ADDRESS_DOMAINS", "is set but names no domain; unset it to sync every provisioned domain", "contoso.com,fabrikam.com")
     return frozenset(out)
-
-
-def _valid_schedule(value: str) -> bool:
-    if _TIMESPAN.match(value):
-        return True
-    fields = value.split()
-    return len(fields) == 6 and all(_CRON_FIELD.match(f) for f in fields)
 
 
 def progress_interval_seconds(env: Mapping[str, str] | None = None) -> float:
