@@ -62,7 +62,9 @@ def read_storage(get: Getter, state: StateLocation) -> dict[str, Any]:
         if blob_uri is not None and conn is None:
             problem = url_problem(blob_uri)
             if problem:
-                raise SettingsError("AzureWebJobsStorage__blobServiceUri", problem, "https://mystorage.blob.core.windows.net")
+                source = next((n for n in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__serviceUri") if get(n) == blob_uri),
+                              "AzureWebJobsStorage__accountName")
+                raise SettingsError(source, problem, "https://mystorage.blob.core.windows.net")
     return {"storage_connection_string": conn, "storage_blob_uri": blob_uri, "storage_client_id": get("AzureWebJobsStorage__clientId")}
 
 
