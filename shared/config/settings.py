@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..common.carriable import CREDENTIAL_EXAMPLE, form_secret_problem, header_credential_problem
 from ..common.errors import SettingsError
 from ..common.netutil import url_problem
 from ..model.addresses import InvalidAddress, check_domain, normalize_domain
@@ -117,7 +118,20 @@ def _read_secret_names(get: Getter, graph_auth: str) -> dict[str, Any]:
             raise SettingsError("GRAPH_CLIENT_SECRET", "is required when KEY_VAULT_URL is unset and GRAPH_AUTH is client_secret", "the app's client secret value")
         if get("SYNC_API_CREDENTIAL") is None:
             raise SettingsError("SYNC_API_CREDENTIAL", "is required when KEY_VAULT_URL is unset", "username:password, or a bearer token")
+        _check_carriable(get, graph_auth)
     return {"key_vault_url": key_vault_url, "graph_client_secret_name": secret_name, "sync_api_credential_name": credential_name}
+
+
+def _check_carriable(get: Getter, graph_auth: str) -> None:
+    """The secrets from the environment must be sendable: SYNC_API_CREDENTIAL in the
+    Authorization header, GRAPH_CLIENT_SECRET in the token request (``shared/common/carriable.py``).
+    The error names the setting and quotes no part of the value."""
+    cred_problem = header_credential_problem(get("SYNC_API_CREDENTIAL") or "")
+    if cred_problem:
+        raise SettingsError("SYNC_API_CREDENTIAL", cred_problem, CREDENTIAL_EXAMPLE)
+    secret_problem = form_secret_problem(get("GRAPH_CLIENT_SECRET") or "") if graph_auth == "client_secret" else None
+    if secret_problem:
+        raise SettingsError("GRAPH_CLIENT_SECRET", secret_problem, "the app's client secret value, as Entra showed it when it was created")
 
 
 def _read_sync_api(get: Getter) -> str:
