@@ -77,10 +77,14 @@ def test_only_needs_the_addresses_dataset_alone(datasets):
     assert e.setting == "SYNC_DATASETS" and "EXO_MODE=only" in str(e)
 
 
-def test_only_with_sync_datasets_unset_syncs_addresses():
-    """Unset SYNC_DATASETS means the default; with EXO_MODE=only the default is what the mode
-    allows: addresses alone (an explicit other value is the error above)."""
-    assert load_settings({**GOOD, "EXO_MODE": "only"}).datasets == ("addresses",)
+def test_only_with_sync_datasets_unset_is_a_settings_error_naming_both():
+    """Unset SYNC_DATASETS means its default, addresses,groups,users, whatever the mode; with
+    EXO_MODE=only that is a settings error naming both settings and the value to set
+    (docs/sync-rules.md, "The Exchange Online source")."""
+    e = error({**GOOD, "EXO_MODE": "only"})
+    assert e.setting == "SYNC_DATASETS" and "EXO_MODE=only" in str(e) and "SYNC_DATASETS=addresses" in str(e)
+    assert "unset" in str(e)
+    assert load_settings({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses"}).datasets == ("addresses",)
     assert load_settings({**GOOD, "EXO_MODE": "augment"}).datasets == ("addresses", "groups", "users")
 
 
@@ -97,7 +101,7 @@ def test_only_accepts_the_user_type_and_pattern_rules(caplog):
     EXCLUDE_ADDRESS_PATTERNS applies to the Exchange candidates."""
     s = load_settings({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", "EXCLUDE_USER_TYPES": "Guest"})
     assert s.exo.mode == "only" and "EXCLUDE_USER_TYPES has no effect" in caplog.text
-    patterns = load_settings({**GOOD, "EXO_MODE": "only", "EXCLUDE_ADDRESS_PATTERNS": "noreply@.*"})
+    patterns = load_settings({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", "EXCLUDE_ADDRESS_PATTERNS": "noreply@.*"})
     assert patterns.rules.exclude_address_patterns
 
 

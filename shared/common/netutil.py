@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import math
 import random
+import re
 import ssl
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -29,9 +30,16 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 def url_problem(url: str) -> str | None:
-    """Why ``url`` may not be used for an API call, or None when it may.
+    """Why ``url`` may not be used for an API call, or None when it may: the one check of every
+    URL setting (GRAPH_BASE_URL, SYNC_API_URL, EXO_BASE_URL, KEY_VAULT_URL, the storage URIs).
 
-    HTTPS always; plain http only when the host is a loopback address (local emulators)."""
+    An absolute http(s) URL with a host name (or IP literal), an optional port that is a whole
+    number in 1-65535, no credentials, no spaces or control characters, and that httpx (the
+    client that will use it) parses. HTTPS always; plain http only when the host is a loopback
+    address (local emulators). The reasons quote no part of the URL but a loopback-checked host:
+    a URL may carry a secret where a port or credentials should be."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -39,10 +47,51 @@ def url_problem(url: str) -> str | None:
         return "is not a valid URL"
     if parts.scheme not in ("http", "https") or not host:
         return "must be an absolute http(s) URL"
-    if parts.username or parts.password:
+    if parts.username is not None or parts.password is not None:
         return "must not carry credentials in the URL"
+    problem = _port_problem(parts.netloc) or _host_problem(host)
+    if problem:
+        return problem
+    try:
+        httpx.URL(url)
+    except Exception:  # noqa: BLE001 - httpx.InvalidURL, or idna's errors for a malformed A-label
+        return "is not a valid URL"
     if parts.scheme == "http" and not is_loopback_host(host):
         return f"uses plain http to the non-loopback host {host!r}; only https is allowed there"
+    return None
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _port_problem(netloc: str) -> str | None:
+    """The port after the host (``host:port``, ``[v6]:port``): absent, or digits in 1-65535."""
+    hostport = netloc.rpartition("@")[2]
+    rest = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    if ":" not in rest:
+        return None
+    port = rest.partition(":")[2]
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return "has a port that is not a whole number in 1-65535 (leave it out for the scheme's default)"
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    """An IP literal, or a DNS name whose labels (after IDNA encoding) are 1-63 letters, digits
+    and inner hyphens."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "has a host name that is not a valid DNS name"
+    labels = ascii_host.lower().removesuffix(".").split(".")
+    if len(ascii_host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "has a host name that is not a valid DNS name"
     return None
 
 

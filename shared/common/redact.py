@@ -51,12 +51,14 @@ class Secret:
 
 def _forms(value: str) -> set[str]:
     """The value as it may appear on the wire: raw, URL-encoded, base64 (without the padding,
-    so that it also matches inside a longer base64 text that starts with it)."""
-    raw = value.encode("utf-8")
+    so that it also matches inside a longer base64 text that starts with it). A lone surrogate
+    (``os.environ``'s stand-in for a byte that is not UTF-8) is encoded as it is
+    (``surrogatepass``): registering a value must not raise an error that quotes it."""
+    raw = value.encode("utf-8", "surrogatepass")
     return {
         value,
-        quote(value, safe=""),
-        quote_plus(value),
+        quote(value, safe="", errors="surrogatepass"),
+        quote_plus(value, errors="surrogatepass"),
         base64.b64encode(raw).decode("ascii").rstrip("="),
         base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),
     }

@@ -69,8 +69,9 @@ def read_exo(get: Getter, graph_auth: str, tenant: str | None, datasets: tuple[s
         raise SettingsError("EXO_BASE_URL", "GRAPH_AUTH=none sends no token, so EXO_BASE_URL must be a loopback address (a local emulator)",
                             "http://127.0.0.1:8765")
     if mode == "only" and datasets != ("addresses",):
-        raise SettingsError("SYNC_DATASETS", f"EXO_MODE=only syncs the addresses dataset alone, so SYNC_DATASETS must be 'addresses' (it is {','.join(datasets)!r})",
-                            "addresses")
+        now = f"it is {','.join(datasets)!r}" if get("SYNC_DATASETS") is not None else f"it is unset, which means {','.join(datasets)!r}"
+        raise SettingsError("SYNC_DATASETS", f"EXO_MODE=only syncs the addresses dataset alone, so SYNC_DATASETS must be 'addresses' ({now}): "
+                            "set SYNC_DATASETS=addresses", "addresses")
     return ExoSettings(mode, types, base_url, tenant)
 
 

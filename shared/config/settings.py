@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..common.carriable import CREDENTIAL_EXAMPLE, form_secret_problem, header_credential_problem
 from ..common.errors import SettingsError
 from ..common.netutil import url_problem
 from ..model.addresses import InvalidAddress, check_domain, normalize_domain
@@ -21,6 +22,7 @@ from ..model.records import DATASETS
 from ..model.rules import NO_RULES, Rules, parse_rules
 from .exo_settings import EXO_ALL_TYPES, EXO_AUGMENT_TYPES, EXO_MODES, ExoSettings, read_exo
 from .graph_settings import BASIC_SIGN_IN_REFUSAL, DEFAULT_GRAPH_BASE_URL, GRAPH_AUTH_MODES, read_graph
+from .schedule import DEFAULT_SCHEDULE, check_schedule
 from .storage_settings import StateLocation, read_state, read_storage
 from .values import Getter, getter, number
 
@@ -31,11 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEDULE = "0 0 * * * *"
-
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-_CRON_FIELD = re.compile(r"^(\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$")
-_TIMESPAN = re.compile(r"^\d{1,2}:\d{2}:\d{2}$")
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,20 @@ def _read_secret_names(get: Getter, graph_auth: str) -> dict[str, Any]:
             raise SettingsError("GRAPH_CLIENT_SECRET", "is required when KEY_VAULT_URL is unset and GRAPH_AUTH is client_secret", "the app's client secret value")
         if get("SYNC_API_CREDENTIAL") is None:
             raise SettingsError("SYNC_API_CREDENTIAL", "is required when KEY_VAULT_URL is unset", "username:password, or a bearer token")
+        _check_carriable(get, graph_auth)
     return {"key_vault_url": key_vault_url, "graph_client_secret_name": secret_name, "sync_api_credential_name": credential_name}
+
+
+def _check_carriable(get: Getter, graph_auth: str) -> None:
+    """The secrets from the environment must be sendable: SYNC_API_CREDENTIAL in the
+    Authorization header, GRAPH_CLIENT_SECRET in the token request (``shared/common/carriable.py``).
+    The error names the setting and quotes no part of the value."""
+    cred_problem = header_credential_problem(get("SYNC_API_CREDENTIAL") or "")
+    if cred_problem:
+        raise SettingsError("SYNC_API_CREDENTIAL", cred_problem, CREDENTIAL_EXAMPLE)
+    secret_problem = form_secret_problem(get("GRAPH_CLIENT_SECRET") or "") if graph_auth == "client_secret" else None
+    if secret_problem:
+        raise SettingsError("GRAPH_CLIENT_SECRET", secret_problem, "the app's client secret value, as Entra showed it when it was created")
 
 
 def _read_sync_api(get: Getter) -> str:
@@ -139,18 +150,14 @@ def _read_sync_api(get: Getter) -> str:
 
 
 def _read_scope(get: Getter) -> tuple[tuple[str, ...], frozenset[str] | None]:
-    """SYNC_DATASETS (with EXO_MODE=only, unset means addresses alone) and ADDRESS_DOMAINS."""
-    datasets = _datasets(get("SYNC_DATASETS"))
-    if get("SYNC_DATASETS") is None and (get("EXO_MODE") or "").strip().lower() == "only":
-        datasets = ("addresses",)  # EXO_MODE=only syncs addresses alone: unset means just that
-    return datasets, _domains(get("ADDRESS_DOMAINS"))
+    """SYNC_DATASETS (unset: every dataset, whatever EXO_MODE is; ``read_exo`` refuses that
+    with EXO_MODE=only, docs/sync-rules.md) and ADDRESS_DOMAINS."""
+    return _datasets(get("SYNC_DATASETS")), _domains(get("ADDRESS_DOMAINS"))
 
 
 def _read_schedule(get: Getter) -> dict[str, Any]:
     """SYNC_SCHEDULE (NCRONTAB) and FULL_SYNC_INTERVAL_HOURS."""
-    schedule = get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE
-    if not _valid_schedule(schedule):
-        raise SettingsError("SYNC_SCHEDULE", "is not an NCRONTAB expression of six fields (second minute hour day month day-of-week)", DEFAULT_SCHEDULE)
+    schedule = check_schedule(get("SYNC_SCHEDULE") or DEFAULT_SCHEDULE)  # schedule.py: as the Functions host reads it
     full_interval = number(get("FULL_SYNC_INTERVAL_HOURS"), "FULL_SYNC_INTERVAL_HOURS", 24.0, "24 (hours; 0 reads in full every run)", 0, 24 * 366)
     return {"schedule": schedule, "full_sync_interval_hours": full_interval}
 
@@ -211,13 +218,6 @@ def _domains(raw: str | None) -> frozenset[str] | None:
     if not out:
         raise SettingsError("ADDRESS_DOMAINS", "is set but names no domain; unset it to sync every provisioned domain", "contoso.com,fabrikam.com")
     return frozenset(out)
-
-
-def _valid_schedule(value: str) -> bool:
-    if _TIMESPAN.match(value):
-        return True
-    fields = value.split()
-    return len(fields) == 6 and all(_CRON_FIELD.match(f) for f in fields)
 
 
 def progress_interval_seconds(env: Mapping[str, str] | None = None) -> float:

@@ -15,6 +15,7 @@ from ..common.redact import register
 from .values import Getter
 
 DEFAULT_STATE = "blob:sync-state"
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 
 
@@ -44,6 +45,8 @@ def read_storage(get: Getter, state: StateLocation) -> dict[str, Any]:
     blob_uri = get("AzureWebJobsStorage__blobServiceUri") or get("AzureWebJobsStorage__serviceUri")
     _check_storage_secrets(conn, {n: get(n) for n in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__serviceUri")})
     account = get("AzureWebJobsStorage__accountName")
+    if account is not None and not _ACCOUNT.match(account):
+        raise SettingsError("AzureWebJobsStorage__accountName", "is not a storage account name (3-24 lowercase letters and digits)", "mystorage")
     if blob_uri is None and account is not None:
         blob_uri = f"https://{account}.blob.core.windows.net"
     if state.kind == "blob":
@@ -59,7 +62,9 @@ def read_storage(get: Getter, state: StateLocation) -> dict[str, Any]:
         if blob_uri is not None and conn is None:
             problem = url_problem(blob_uri)
             if problem:
-                raise SettingsError("AzureWebJobsStorage__blobServiceUri", problem, "https://mystorage.blob.core.windows.net")
+                source = next((n for n in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__serviceUri") if get(n) == blob_uri),
+                              "AzureWebJobsStorage__accountName")
+                raise SettingsError(source, problem, "https://mystorage.blob.core.windows.net")
     return {"storage_connection_string": conn, "storage_blob_uri": blob_uri, "storage_client_id": get("AzureWebJobsStorage__clientId")}
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..common.errors import SecretError
+from ..common.carriable import CREDENTIAL_EXAMPLE, form_secret_problem, header_credential_problem
+from ..common.errors import SecretError, SettingsError
 from ..common.redact import Secret
 from .settings import Settings
 
@@ -36,6 +37,10 @@ def load_secrets(settings: Settings, env: Mapping[str, str] | None = None, *, se
     if settings.key_vault_url is None:
         graph = env.get("GRAPH_CLIENT_SECRET", "").strip()
         cred = env.get("SYNC_API_CREDENTIAL", "").strip()
+        for setting, value, check in (("GRAPH_CLIENT_SECRET", graph, form_secret_problem), ("SYNC_API_CREDENTIAL", cred, header_credential_problem)):
+            problem = check(value)  # load_settings checked them too; this is for a caller that did not
+            if problem:
+                raise SettingsError(setting, problem, CREDENTIAL_EXAMPLE if setting == "SYNC_API_CREDENTIAL" else None)
         return Secrets(
             Secret(graph, "GRAPH_CLIENT_SECRET", fix=ROTATE_HINT) if graph else None,
             Secret(cred, "SYNC_API_CREDENTIAL", fix=SYNC_ENV_HINT),
@@ -46,8 +51,18 @@ def load_secrets(settings: Settings, env: Mapping[str, str] | None = None, *, se
     graph_secret = None
     if settings.graph_auth == "client_secret":
         graph_secret = _read(client, settings, settings.graph_client_secret_name, warnings, ROTATE_HINT)
+        _check_carriable(graph_secret, "GRAPH_CLIENT_SECRET_NAME", form_secret_problem)
     cred = _read(client, settings, settings.sync_api_credential_name, warnings, _sync_fix(settings))
+    _check_carriable(cred, "SYNC_API_CREDENTIAL_NAME", header_credential_problem)
     return Secrets(graph_secret, cred, warnings)
+
+
+def _check_carriable(secret: Secret, setting: str, check: Callable[[str], str | None]) -> None:
+    """A vault secret that cannot travel where it must (``shared/common/carriable.py``) is a
+    ``SecretError`` naming the vault, the secret and the setting that names it, never the value."""
+    problem = check(secret.reveal())
+    if problem:
+        raise SecretError(f"{secret.where} (named by {setting}) {problem}; {secret.fix}")
 
 
 def _secret_client(settings: Settings) -> Any:

@@ -115,13 +115,24 @@ def parse_rules(scope: str | None, user_types: str | None, patterns: str | None)
     compiled: list[re.Pattern[str]] = []
     if patterns is not None:
         for part in _items(patterns):
-            try:
-                compiled.append(re.compile(part, re.IGNORECASE))
-            except re.error as exc:
-                raise SettingsError(PATTERNS_SETTING, f"'{part}' is not a valid Python regular expression ({exc})", r"noreply@.*,.*\.test\.contoso\.com") from None
+            compiled.append(_compile(part))
         if not compiled:
             raise SettingsError(PATTERNS_SETTING, "is set but names no pattern; unset it to keep every address", r"noreply@.*")
     return Rules(scope_groups, frozenset(types), tuple(compiled))
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled case-insensitively, or ``SettingsError`` quoting it. ``re.compile``
+    refuses with ``re.error`` for bad syntax, but also with ``OverflowError`` (a repeat count
+    past the C limit, ``x{99999999999}``), ``RecursionError`` (deep nesting), ``MemoryError`` and
+    others: every failure to compile is the same settings error (docs/sync-rules.md, "Scope and
+    exclusions")."""
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except Exception as exc:  # noqa: BLE001 - any failure to compile is a malformed setting
+        why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, re.error) else str(exc)
+    raise SettingsError(PATTERNS_SETTING, f"'{pattern}' is not a valid Python regular expression ({why[:200]})",
+                        r"noreply@.*,.*\.test\.contoso\.com")
 
 
 def _items(raw: str) -> list[str]:

@@ -18,7 +18,8 @@ import httpx
 from isal import igzip
 
 from ..common import fastjson
-from ..common.errors import SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
+from ..common.carriable import header_credential_problem
+from ..common.errors import SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
 from ..common.netutil import http_client, jittered_backoff, url_problem
 from ..common.redact import Secret
 from ..model.records import to_api_record
@@ -37,8 +38,13 @@ CREDENTIAL_HINT = "SYNC_API_CREDENTIAL (or the Key Vault secret named by SYNC_AP
 
 
 def auth_header(credential: Secret) -> str:
-    """``user:password`` is sent as Basic, a bare token as Bearer."""
+    """``user:password`` is sent as Basic, a bare token as Bearer. A value that the header
+    cannot carry (``shared/common/carriable.py``) raises ``SecretError`` naming where the
+    credential came from (``credential.where``), never the value."""
     value = credential.reveal()
+    problem = header_credential_problem(value)
+    if problem:
+        raise SecretError(f"the sync API credential ({credential.where}) {problem}; {credential.fix or 'replace it'}")
     if ":" in value:
         return "Basic " + base64.b64encode(value.encode("utf-8")).decode("ascii")
     return "Bearer " + value
