@@ -16,6 +16,7 @@ from .common.redact import scrub
 from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
 from .common.telemetry import configure_telemetry, flush_telemetry
+from .common.textsafe import safe_text
 from .config.settings import load_settings, progress_interval_seconds
 from .config.state_settings import load_state_settings
 from .engine import ACTIONS, Options, perform
@@ -99,10 +100,12 @@ def _main(args: argparse.Namespace, options: Options) -> int:
             settings = load_settings(os.environ)
         progress_interval = progress_interval_seconds(os.environ)
     except SyncError as exc:
-        summary = RunSummary(args.action).finish(False, scrub(str(exc)))
+        # One line: a value the message quotes (a pattern, a host) may hold a newline or another control character.
+        message = safe_text(scrub(str(exc)), None, backslashes=False)
+        summary = RunSummary(args.action).finish(False, message)
         if args.json:
             print(summary.to_json(), flush=True)
-        print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
+        print(f"error: {message}", file=sys.stderr, flush=True)
         return exc.exit_code
     options.progress_interval = progress_interval
     summary = asyncio.run(run_cancellable(perform(args.action, settings, options=options, dataset=args.dataset, expect=args.expect)))

@@ -145,3 +145,46 @@ def test_a_full_read_killed_mid_read_is_resumed_by_the_next_update(refused: bool
         for server in (graph, service, reference):
             server.stop()
         tmp.cleanup()
+
+
+@pytest.mark.parametrize("pages_done", [1, 4])
+def test_what_changed_after_the_kill_is_in_the_resumed_run(pages_done: int) -> None:
+    """The directory does not wait for the next invocation: objects already read before the
+    checkpoint change (a new mail, a deletion, a membership added and removed, a group gone)
+    and new ones appear. The resumed update leaves the service equal to the directory as it
+    is then (docs/sync-rules.md, "The recovery guarantee"), not as the checkpoint saw it."""
+    tenant = generate_tenant(600, groups=60, seed=11, domains=tuple(DOMAINS))
+    graph = GraphEmulator(tenant, max_page_size=40, max_members_per_page=50, latency=0.03)
+    service = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL)
+    for server in (graph, service):
+        server.start()
+    tmp = tempfile.TemporaryDirectory(prefix="checkpoint-")
+    try:
+        state = Path(tmp.name) / "state"
+        env = {**base_env(graph.base_url, service.base_url, f"file:{state}"), "SYNC_TEST_CHECKPOINT_SECONDS": "0"}
+        _kill_mid_read(env, state / "state.db", pages_done=pages_done)
+        users, groups = tenant["users"], tenant["groups"]
+        first_user, second_user, third_user = users[0]["id"], users[1]["id"], users[2]["id"]
+        graph.upsert_user({**users[0], "mail": "renamed.after.kill@contoso.com"})
+        graph.delete_user(second_user)
+        graph.add_member(groups[0]["id"], third_user)
+        member = next(m for g in groups[1:] for m in g.get("members", []) if isinstance(m, str) and m != second_user)
+        holder = next(g["id"] for g in groups[1:] if member in g.get("members", []))
+        graph.remove_member(holder, member)
+        graph.delete_group(groups[-1]["id"])
+        graph.upsert_user({"id": "0c000000-0000-0000-0000-00000000beef", "mail": "new.after.kill@fabrikam.com", "proxyAddresses": []})
+        graph.latency = 0.0
+        resumed = run_cli("update", env, "--json")
+        assert resumed.code == 0, resumed.stderr
+        assert resumed.summary["read"]["resumedFromCheckpoint"] is True
+        view = service_view(service)
+        assert view == _expected(graph)
+        assert "renamed.after.kill@contoso.com" in view["addresses"] and first_user in view["users"]
+        assert second_user not in view["users"] and "new.after.kill@fabrikam.com" in view["addresses"]
+        again = run_cli("update", env, "--json")  # and the links it saved are current
+        assert again.code == 0 and again.summary["read"]["kind"] == "delta", again.stderr
+        assert sum(d["added"] + d["removed"] for d in again.summary["datasets"].values()) == 0
+    finally:
+        for server in (graph, service):
+            server.stop()
+        tmp.cleanup()

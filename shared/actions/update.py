@@ -28,10 +28,12 @@ log = logging.getLogger("shared.engine")  # the name its log lines have always c
 class UpdateStage(ReadStage):
     """``update``, the plan and the deletion guard (a part of the engine's run class)."""
 
+    moved: str | None = None  # set by _baseline: the state's records were another sync API's (why), and are now this one's
+
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> Plan:
         reason = self._why_full(db, provisioned)
-        if reason is None and self._moved(db) is not None:  # every record is compared with the new service's copy
-            reason = f"{self._moved(db)}, whose every record is compared"
+        if reason is None and self.moved is not None:  # every record is compared with the new service's copy
+            reason = f"{self.moved}, whose every record is compared"
         if reason is None:
             links: dict[str, str] = db.delta_links
             try:
@@ -108,7 +110,9 @@ class UpdateStage(ReadStage):
         """Cut each dataset's deletions down to what the guard lets through; returns the held
         keys per dataset (and sets ``self.held_error`` when anything is held)."""
         thresholds = Thresholds(self.settings.delete_threshold_percent, self.settings.delete_threshold_count, self.settings.delete_threshold_floor)
-        before = db.held() if db is not None else {}
+        # A state pointed at another service holds that service's held deletions: none of this one's
+        # (update drops them with the baseline; a preview reads the state as it is).
+        before = db.held() if db is not None and self._moved(db) is None else {}
         deletions = {d: plan.diffs[d].deletes for d in self.datasets if plan.diffs[d].deletes}
         # Counted only as far as the percentage needs (Thresholds.total_bound).
         totals = {d: (db.count(d, thresholds.total_bound(len(keys))) if db is not None else 0) for d, keys in deletions.items()}
@@ -121,7 +125,8 @@ class UpdateStage(ReadStage):
             if verdict.tripped:
                 held[d] = verdict.hold
                 reasons.append(f"{d}: {len(verdict.hold)} held ({verdict.reason})")
-                log.error("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
+                # INFO: the run's error says the same (a failure's stderr is its one error line); the Function logs INFO.
+                log.info("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
         if held:
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
@@ -168,16 +173,26 @@ class UpdateStage(ReadStage):
         if lost is None:
             return
         signals, service = lost
-        if self._moved(db) is not None:
+        moved = self._moved(db)
+        if moved is not None:
             log.warning("%s: the baseline is rebuilt from that service's own copy before the diff; held deletions of the "
-                        "other service are dropped", signals[0])
+                        "other service are dropped", moved)
         else:
             log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
                         "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
                         " and ".join(signals))
+        self._rebase(db, service)
+        self.moved = moved
+
+    def _rebase(self, db: StateDB, service: dict[str, Records]) -> None:
+        """The state's records become ``service`` (every dataset), its held deletions none, and
+        the service it names this one, in one transaction: whatever commits them first (a
+        checkpoint of the full read, the run's commit) commits all three together, so a run
+        killed after that never leaves one service's records under another's name."""
         for d, recs in service.items():
             db.replace_records(d, recs)
             db.set_held(d, {})
+        db.service = service_address(self.settings.sync_api_url)
 
     def _moved(self, db: StateDB | None) -> str | None:
         """Why the state's records describe another sync API than ``SYNC_API_URL`` names now, or
@@ -207,7 +222,8 @@ class UpdateStage(ReadStage):
             except Exception as exc:  # noqa: BLE001 - the service's copy below decides as well
                 log.warning("could not look for earlier run reports (%s)", type(exc).__name__)
         service: dict[str, Records] = {}
-        for d in self.datasets:
+        # Every dataset, synced or not: the state then names this service for all of them.
+        for d in DATASETS:
             service[d] = await self._read_service(d)
         held = {d: len(r) for d, r in service.items() if r}
         if held:
