@@ -1,7 +1,7 @@
 """A user that ``EXCLUDE_ADDRESS_PATTERNS`` leaves without a primary address is left out by that
 setting, and its exclusion says so (docs/sync-rules.md, "Scope and exclusions"): over generated
 users (mail and proxy addresses of either case, in and out of the provisioned domains, invalid
-values) and generated patterns, a user without a record is reported with a reason naming the
+values, guests with and without EXCLUDE_USER_TYPES=Guest) and generated patterns, a user without a record is reported with a reason naming the
 setting exactly when the same directory without the patterns gives it a primary address, and
 the address named is that one."""
 
@@ -21,16 +21,17 @@ DOMAINS = ["contoso.com", "fabrikam.com", "elsewhere.example"]
 addresses = st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(LOCALS), st.sampled_from(DOMAINS))
 values = st.one_of(addresses, st.sampled_from(["not an address", "", "  ", "@contoso.com"]))
 proxies = st.lists(st.tuples(st.sampled_from(["SMTP:", "smtp:", "X500:", "sip:"]), values).map("".join), max_size=3)
-users = st.lists(st.fixed_dictionaries({"mail": st.one_of(st.none(), values), "proxyAddresses": proxies}), min_size=1, max_size=6)
+users = st.lists(st.fixed_dictionaries({"mail": st.one_of(st.none(), values), "proxyAddresses": proxies,
+                                        "userType": st.sampled_from(["Member", "Guest", None])}), min_size=1, max_size=6)
 patterns = st.lists(st.sampled_from([r"info.desk@contoso\.com", r"ann@.*", r".*@fabrikam\.com", r"bob@contoso\.com", r"nomatch@.*"]),
                     min_size=1, max_size=3, unique=True)
 
 
 @settings(max_examples=150, deadline=None)
-@given(users, patterns)
-def test_a_user_the_patterns_leave_without_a_primary_is_reported_naming_them(raw_users, chosen) -> None:
+@given(users, patterns, st.booleans())
+def test_a_user_the_patterns_leave_without_a_primary_is_reported_naming_them(raw_users, chosen, no_guests) -> None:
     directory = {"users": [{"id": f"u{i:02d}", **u} for i, u in enumerate(raw_users)]}
-    rules = parse_rules(None, None, ",".join(chosen))
+    rules = parse_rules(None, "Guest" if no_guests else None, ",".join(chosen))
     with_rules = project(directory, PROV, rules)
     without = project(directory, PROV)
     # the primary address each user has without the patterns
@@ -41,6 +42,9 @@ def test_a_user_the_patterns_leave_without_a_primary_is_reported_naming_them(raw
         if uid in with_rules.datasets["users"] or uid not in reasons:
             continue
         why = reasons[uid]
+        if no_guests and u["userType"] == "Guest":  # the user type's rule comes first, and says so
+            assert "EXCLUDE_USER_TYPES" in why
+            continue
         if why.startswith("primary address already used"):
             continue
         named = PATTERNS_SETTING in why

@@ -30,23 +30,25 @@ def _with(index: int, text: str) -> str:
 def _valid_items(f: Field) -> list[str]:
     span = f.high - f.low + 1
     out = [str(f.low), str(f.high), "*", f"{f.low}-{f.high}", f"*/{span}", "*/1", f"{f.low}/2", f"{f.low}-{f.high}/3",
-           f"{f.low},{f.high}", f"{f.high},{f.low}", f"{f.low}-{f.low}", "0" + str(f.high), f"*/{span},{f.low}"]
+           f"{f.low},{f.high}", f"{f.high},{f.low}", f"{f.low}-{f.low}", "0" + str(f.high), f"*/{span},{f.low}",
+           # NCrontab reads a reversed range as the range (10-5 is 5-10), and takes any step from 1
+           f"{f.high}-{f.low}", f"*/{span + 1}", f"{f.low}-{f.high}/{span * 3}"]
     for name in f.names:
         out += [name, name[:3], name[:3].upper(), name.title(), name[:4]]
     if f.names:
-        out += [f"{f.names[0][:3]}-{f.names[-1][:3]}", f"{f.names[0][:3]},{f.high}", f"{f.names[1][:3]}-{f.names[2]}/1"]
+        out += [f"{f.names[0][:3]}-{f.names[-1][:3]}", f"{f.names[0][:3]},{f.high}", f"{f.names[1][:3]}-{f.names[2]}/1",
+                f"{f.names[2][:3]}-{f.names[1][:3]}"]
     return out
 
 
 def _invalid_items(f: Field) -> list[str]:
-    span = f.high - f.low + 1
     out = [str(f.high + 1), "99", "100", "1" * 12, "-1", "?", "L", "W", "#", "1#2", "", ",", f"{f.low},", f",{f.low}",
-           f"{f.high}-{f.low}", f"{f.low}-", f"-{f.high}", "*/0", f"*/{span + 1}", "*/", "/2", "**", "1 -2", "x",
+           f"{f.low}-", f"-{f.high}", "*/0", "*/", "/2", "**", "1 -2", "x",
            f"{f.low}-{f.high}-{f.high}", f"{f.low}/2/2", "\u0661", f"{f.low}\t", "FOO", "*/1000000000000"]
     if f.low > 0:
         out.append(str(f.low - 1))
     if f.names:
-        out += [f.names[0][:2], f.names[0] + "x", f"{f.names[2][:3]}-{f.names[1][:3]}"]
+        out += [f.names[0][:2], f.names[0] + "x"]
     else:
         out += ["Jan", "Mon"]
     return out

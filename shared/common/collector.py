@@ -41,6 +41,10 @@ def during_run() -> Iterator[None]:
     with _lock:
         if _depth == 0:
             _saved = gc.get_threshold()
+            # The young generations' garbage first (an earlier run's last answers): frozen, it
+            # would wait for the run's end. Older garbage does (a full collection before every
+            # run costs 30-40 ms, a tenth of a warm incremental update).
+            gc.collect(1)
             gc.freeze()
             young = _saved[0] and max(YOUNG_THRESHOLD, _saved[0])  # 0: the host turned collections off
             gc.set_threshold(young, _saved[1], _saved[2])

@@ -15,8 +15,9 @@ spaces (docs/sync-rules.md, "Settings"; Microsoft's "Timer trigger for Azure Fun
     day-of-week  0-6 with 0 for Sunday, or an English day name (Sun, Monday, ...)
 
 Each field is a comma-separated list of items; an item is ``*``, a value, or a range
-``low-high`` (low <= high), optionally followed by ``/step`` (step 1 up to the number of values
-of the field; ``5/15`` is ``5-max/15``). NCrontab has no ``?``, ``L``, ``W`` or ``#``: they are
+``low-high`` (NCrontab reads a reversed one, ``10-5``, as ``5-10``), optionally followed by
+``/step`` (a whole number from 1; one larger than the field matches its first value only;
+``5/15`` is ``5-max/15``). NCrontab has no ``?``, ``L``, ``W`` or ``#``: they are
 refused here, as the host would refuse them.
 
 The TimeSpan form (``hh:mm:ss``) is refused too: the Functions host accepts it only on an App
@@ -80,17 +81,15 @@ def field_problem(text: str, spec: Field) -> str | None:
         if m is None:
             return f"has {item!r}, which is not *, a value, or a range low-high, with an optional /step"
         step = m["step"]
-        if step is not None and not (len(step) <= 9 and 1 <= int(step) <= spec.high - spec.low + 1):
-            return f"has the step {step}; a step is 1 to {spec.high - spec.low + 1}"
+        if step is not None and not (len(step) <= 9 and int(step) >= 1):
+            return f"has the step {step}; a step is a whole number from 1"
         if m["base"] == "*":
             continue
         low = _value(m["a"], spec)
         high = low if m["b"] is None else _value(m["b"], spec)
         if low is None or high is None:
             return f"has {item!r}, outside {_allowed(spec)}"
-        if low > high:
-            return f"has the range {item!r}, whose low end is above its high end"
-    return None
+    return None  # a reversed range (10-5) is read by NCrontab as 5-10, so it is a range the host takes
 
 
 def _value(text: str, spec: Field) -> int | None:

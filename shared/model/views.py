@@ -194,15 +194,7 @@ class WholeDirectory:
         order, then users in id order. ``only_rules``: only what the scope and exclusion
         settings leave out (candidates are recomputed only when address patterns are set)."""
         q = self.conn.execute
-        out: list[Exclusion] = []
-        if not only_rules or self.rules.exclude_address_patterns:
-            for oid, kind, data in q("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
-                obj = json.loads(data)
-                if kind == "x":  # an Exchange Online recipient
-                    cands = candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, self.rules, warn=False, source=EXCHANGE_SOURCE)
-                else:
-                    cands = candidates(oid, OTYPE[kind], obj, self.provisioned, self.rules, warn=False)
-                out.extend(e for e in cands.exclusions if not only_rules or rule_of(e.reason) is not None)
+        out, lost_primary = self._candidate_exclusions(only_rules)
         # What the scope and user types leave out: every address the object would keep, the
         # group, the user (docs/sync-rules.md, "Scope and exclusions").
         verdict = self.verdict()
@@ -224,8 +216,7 @@ class WholeDirectory:
                 if kind == "g":
                     out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
         owner: dict[str, str] = {}
-        patterns = bool(self.rules.exclude_address_patterns)
-        if only_rules and not left and not patterns:
+        if only_rules and not left and not lost_primary:
             return out
         for uid, primary in q("SELECT id, primary_address FROM users ORDER BY id"):
             why = verdict.reason(uid)
@@ -233,7 +224,9 @@ class WholeDirectory:
                 out.append(Exclusion("users", uid, "user", primary, why))
                 continue
             if primary is None:
-                why = self._no_primary_reason(uid) if patterns else NO_PRIMARY
+                would = lost_primary.get(uid)
+                why = NO_PRIMARY if would is None else (
+                    f"no primary address: {would} {self.rules.address_reason(would)}, and no other candidate is kept")
                 if not only_rules or rule_of(why) is not None:
                     out.append(Exclusion("users", uid, "user", None, why))
                 continue
@@ -244,16 +237,28 @@ class WholeDirectory:
                 out.append(Exclusion("users", uid, "user", primary, f"primary address already used by user {first}, which has the smaller id"))
         return out
 
-    def _no_primary_reason(self, uid: str) -> str:
-        """Why a user has no primary address, naming ``EXCLUDE_ADDRESS_PATTERNS`` (and the
-        pattern) when the address it would have had without the patterns matches one: the
-        setting left that user out (docs/sync-rules.md, "Scope and exclusions")."""
-        row = self.conn.execute("SELECT data FROM objects WHERE id=? AND kind='u'", (uid,)).fetchone()
-        if row is not None:
-            unpatterned = candidates(uid, "user", json.loads(row[0]), self.provisioned, replace(self.rules, exclude_address_patterns=()), warn=False)
-            if unpatterned.primary is not None:
-                return f"no primary address: {unpatterned.primary} {self.rules.address_reason(unpatterned.primary)}, and no other candidate is kept"
-        return NO_PRIMARY
+    def _candidate_exclusions(self, only_rules: bool) -> tuple[list[Exclusion], dict[str, str]]:
+        """The left-out candidates of every object that has some, and the users the patterns
+        leave without a primary address, with the primary they would have had (only an object
+        with a left-out candidate can be one: a pattern's match is left out)."""
+        out: list[Exclusion] = []
+        lost_primary: dict[str, str] = {}
+        patterns = bool(self.rules.exclude_address_patterns)
+        if only_rules and not patterns:
+            return out, lost_primary
+        unpatterned = replace(self.rules, exclude_address_patterns=())
+        for oid, kind, data in self.conn.execute("SELECT id, kind, data FROM objects WHERE excluded > 0 ORDER BY id"):
+            obj = json.loads(data)
+            if kind == "x":  # an Exchange Online recipient
+                cands = candidates(oid[4:], str(obj.get("type")), obj, self.provisioned, self.rules, warn=False, source=EXCHANGE_SOURCE)
+            else:
+                cands = candidates(oid, OTYPE[kind], obj, self.provisioned, self.rules, warn=False)
+                if patterns and kind == "u" and cands.primary is None:
+                    would = candidates(oid, "user", obj, self.provisioned, unpatterned, warn=False).primary
+                    if would is not None:
+                        lost_primary[oid] = would
+            out.extend(e for e in cands.exclusions if not only_rules or rule_of(e.reason) is not None)
+        return out, lost_primary
 
     def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
         """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
