@@ -362,7 +362,7 @@ def test_sigterm_cancels_the_run_writes_its_report_and_summary_and_releases_the_
     try:
         env = {**base_env(graph.base_url, receiver.base_url, "blob:sigterm-state"), "AzureWebJobsStorage": azurite.connection_string,
                "TMPDIR": str(tmp_path), "SYNC_TEST_MAX_ITEMS": "20"}
-        proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update", "--json"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "tests.launcher", "update", "--json", "-v"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while graph.request_count < 1 and time.monotonic() < deadline and proc.poll() is None:
