@@ -16,15 +16,7 @@ from hypothesis import strategies as st
 from shared.common.errors import SettingsError
 from shared.config.settings import load_settings
 from shared.model.rules import PATTERNS_SETTING, parse_rules
-
-GOOD = {
-    "GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555",
-    "GRAPH_CLIENT_ID": "66666666-7777-8888-9999-000000000000",
-    "GRAPH_CLIENT_SECRET": "client-secret-canary-XYZ",
-    "SYNC_API_URL": "https://dirsync.example.net/v1",
-    "SYNC_API_CREDENTIAL": "user:pw-canary-ABC",
-    "SYNC_STATE": "file:/tmp/state",
-}
+from tests.test_settings import GOOD  # the settings every test here starts from
 
 # --- EXCLUDE_ADDRESS_PATTERNS -----------------------------------------------------------------
 
@@ -143,11 +135,18 @@ def test_a_storage_account_name_is_checked():
     assert load_settings({**env, "AzureWebJobsStorage__accountName": "mystorage01"}).storage_blob_uri == "https://mystorage01.blob.core.windows.net"
 
 
+# "/", "?" and "#" end the authority (RFC 3986): what follows one of them is the path, the query
+# or the fragment, not the port, so port text never holds them (a generated "1/" was port 1 and
+# a path, which the oracle below took for a bad port: the test failed by chance).
+PORT_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="/?#"), max_size=12)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=12), st.sampled_from(sorted(URL_SETTINGS)))
+@given(PORT_TEXT, st.sampled_from(sorted(URL_SETTINGS)))
 def test_any_port_text_is_accepted_only_when_it_is_a_port(port, setting):
-    """Whatever follows the colon: accepted exactly when it is ASCII digits naming 1-65535,
-    else the settings error naming the setting (never another exception)."""
+    """Whatever follows the colon up to the end of the authority: accepted exactly when it is
+    ASCII digits naming 1-65535, else the settings error naming the setting (never another
+    exception)."""
     extra, url = URL_SETTINGS[setting]
     value = url.format(port=":" + port)
     try:
