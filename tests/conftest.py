@@ -35,3 +35,15 @@ def receiver():
     rc.start()
     yield rc
     rc.stop()
+
+
+@pytest.fixture
+def nasty_graph():
+    """The Graph emulator serving the suite's nasty directory (tests/stack.py ``nasty_directory``)."""
+    from devstack.graph_emulator import GraphEmulator
+    from tests.stack import nasty_directory
+
+    em = GraphEmulator(nasty_directory())
+    em.start()
+    yield em
+    em.stop()

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from devstack.graph_emulator import GraphEmulator
-from tests.stack import EXPECTED, U, base_env, nasty_directory, run_cli, service_view
+from tests.stack import EXPECTED, U, base_env, run_cli, service_view
 
 
 @pytest.fixture
-def graph():
-    em = GraphEmulator(nasty_directory())
-    em.start()
-    yield em
-    em.stop()
+def graph(nasty_graph):
+    return nasty_graph
 
 
 def contract_env(graph, receiver, tmp_path) -> dict[str, str]:

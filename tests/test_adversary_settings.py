@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from devstack.graph_emulator import GraphEmulator
-from tests.stack import base_env, nasty_directory, run_cli
+from tests.stack import base_env, run_cli
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 
 
 @pytest.fixture
-def graph():
-    em = GraphEmulator(nasty_directory())
-    em.start()
-    yield em
-    em.stop()
+def graph(nasty_graph):
+    return nasty_graph
 
 
 def test_exo_only_with_sync_datasets_left_at_its_default_is_a_settings_error(graph, receiver, tmp_path):

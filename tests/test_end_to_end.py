@@ -8,7 +8,6 @@ import signal
 
 import pytest
 
-from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from tests.stack import (
     CREDENTIAL,
@@ -18,7 +17,6 @@ from tests.stack import (
     G,
     U,
     base_env,
-    nasty_directory,
     posts,
     run_cli,
     service_view,
@@ -26,11 +24,8 @@ from tests.stack import (
 
 
 @pytest.fixture
-def graph():
-    em = GraphEmulator(nasty_directory())
-    em.start()
-    yield em
-    em.stop()
+def graph(nasty_graph):
+    return nasty_graph
 
 
 @pytest.fixture

@@ -45,11 +45,8 @@ EXO_EXCLUDED = {(X(2), "support@elsewhere.org"), (X(2), "bad..dot@contoso.com"),
 
 
 @pytest.fixture
-def graph():
-    em = GraphEmulator(nasty_directory())
-    em.start()
-    yield em
-    em.stop()
+def graph(nasty_graph):
+    return nasty_graph
 
 
 @pytest.fixture

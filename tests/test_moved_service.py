@@ -10,18 +10,14 @@ import sqlite3
 
 import pytest
 
-from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
 from shared.target.syncapi import service_address
-from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, U, base_env, nasty_directory, run_cli, service_view
+from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, U, base_env, run_cli, service_view
 
 
 @pytest.fixture
-def graph():
-    em = GraphEmulator(nasty_directory())
-    em.start()
-    yield em
-    em.stop()
+def graph(nasty_graph):
+    return nasty_graph
 
 
 @pytest.fixture

@@ -24,14 +24,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devstack.graph_emulator import GraphEmulator
 from shared import engine
 from shared.common import telemetry
 from shared.common.summary import RunSummary
 from shared.config.settings import load_settings
 from shared.engine import Options
 from shared.model.records import DATASETS
-from tests.stack import U, base_env, nasty_directory, run_cli
+from tests.stack import U, base_env, run_cli
 
 _SPANS = InMemorySpanExporter()
 InMemoryLogExporter = getattr(_log_export, "InMemoryLogRecordExporter", None) or _log_export.InMemoryLogExporter
@@ -71,11 +70,8 @@ def exported():
 
 
 @pytest.fixture
-def graph():
-    em = GraphEmulator(nasty_directory())
-    em.start()
-    yield em
-    em.stop()
+def graph(nasty_graph):
+    return nasty_graph
 
 
 def _run(env: dict[str, str], action: str = "update") -> RunSummary:
