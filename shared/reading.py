@@ -59,7 +59,12 @@ class Read:
         return out
 
     def links_complete(self) -> bool:
-        return all(isinstance(self.links.get(c), str) for c in COLLECTIONS)
+        return links_complete(self.links)
+
+
+def links_complete(links: Mapping[str, str | None]) -> bool:
+    """Every collection's round ended with a deltaLink."""
+    return all(isinstance(links.get(c), str) for c in COLLECTIONS)
 
 
 # What a checkpoint's merged pages hold, saved beside the read's settings: since this release,
@@ -134,7 +139,7 @@ async def read_full(source: GraphSource, reason: str, cache: Cache, checkpoints:
             # (to objects of pages read before it, too) comes in one more round from the links the
             # resumed round ended with, into the same cache, so the run reflects the directory now
             # (docs/sync-rules.md, "The recovery guarantee").
-            if all(isinstance(stats.links.get(c), str) for c in COLLECTIONS):
+            if links_complete(stats.links):
                 stats = await source.read_changes({c: str(stats.links[c]) for c in COLLECTIONS}, load)
     except DeltaExpiredError as exc:
         if resume is None or checkpoints is None:
@@ -206,7 +211,7 @@ def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, no
         if db.last_full_read is None:
             return "first run: no directory cache yet"
         return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
-    if any(not isinstance(links.get(c), str) for c in COLLECTIONS):
+    if not links_complete(links):
         return "a collection has no delta link (its delta endpoint was not served)"
     old = db.read_fingerprint or {}
     for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),

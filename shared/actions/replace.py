@@ -13,7 +13,6 @@ from ..model.records import DATASETS, Records
 from ..reading import merge_full
 from ..send import stage_replacement
 from ..storage.state import StateDB
-from ..target.syncapi import service_address
 from .base import Plan
 from .update import UpdateStage
 
@@ -62,7 +61,7 @@ class ReplaceStage(UpdateStage):
         plan = Plan("full", "replace", {}, {}, {}, read=read)
         self._save_read(db, plan, provisioned)
         db.last_action = "replace"
-        db.service = service_address(self.settings.sync_api_url)
+        db.service = self._service()
         db.commit()
         self.store.publish(db)
 
@@ -81,7 +80,7 @@ class ReplaceStage(UpdateStage):
         # The service's copy may differ from what the cache implies: the next update reads in full.
         db.forget_reads()
         db.last_action = "refresh"
-        db.service = service_address(self.settings.sync_api_url)
+        db.service = self._service()
         self.summary.extra["serviceRecords"] = counts
         db.commit()
         self.store.publish(db)

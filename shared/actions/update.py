@@ -157,7 +157,7 @@ class UpdateStage(ReadStage):
             for d in self.datasets:  # every such key was compared with this read (the plan's keys)
                 db.clear_recheck(d)
             db.last_action = "update"
-            db.service = service_address(self.settings.sync_api_url)
+            db.service = self._service()
             db.commit()
             self.store.publish(db)
 
@@ -192,7 +192,11 @@ class UpdateStage(ReadStage):
         for d, recs in service.items():
             db.replace_records(d, recs)
             db.set_held(d, {})
-        db.service = service_address(self.settings.sync_api_url)
+        db.service = self._service()
+
+    def _service(self) -> str:
+        """The sync API this run's records describe (``SYNC_API_URL``, ``service_address``)."""
+        return service_address(self.settings.sync_api_url)
 
     def _moved(self, db: StateDB | None) -> str | None:
         """Why the state's records describe another sync API than ``SYNC_API_URL`` names now, or
@@ -200,7 +204,7 @@ class UpdateStage(ReadStage):
         this one (its records say nothing of what this service holds). A state written before
         the service was recorded is taken as this service's."""
         then = db.service if db is not None and db.last_action is not None else None
-        now = service_address(self.settings.sync_api_url)
+        now = self._service()
         if then is None or then == now:
             return None
         return f"SYNC_API_URL names {now}, and the state's records describe {then}"

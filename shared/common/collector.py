@@ -6,8 +6,7 @@ scans the young ones every 700 allocations and, every so often, every object of 
 the tens of thousands of modules, classes and functions the imports made included. Measured
 with ``gc.callbacks`` at 100,000 users (docs/performance.md): 0.80 s of a 10.7 s full update
 went to collections; with the objects that exist at the start of the run left out of the scans
-and a young collection every 5,000 allocations, 0.33 s, with the same peak memory within a few
-MB. Nothing is collected later than the process can afford: unreachable cycles (httpx's
+and a young collection every 5,000 allocations, 0.39 s, with the peak memory 3 MB higher. Nothing is collected later than the process can afford: unreachable cycles (httpx's
 ``Response`` and its stream refer to each other, so each answer's body waits for a collection)
 still go at the next young collection, a few thousand allocations on.
 
