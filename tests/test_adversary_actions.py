@@ -44,3 +44,43 @@ def test_a_failure_prints_one_line_on_stderr(graph, receiver, tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert "SYNC_API_CREDENTIAL" in lines[0] and "not-the-password" not in lines[0]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FAILURES = {
+    # kind of failure: (what it changes, exit status, a word the error line names)
+    "a malformed setting": ({"EXCLUDE_ADDRESS_PATTERNS": "(\nunclosed"}, 2, "EXCLUDE_ADDRESS_PATTERNS"),
+    "a refused credential": ({"SYNC_API_CREDENTIAL": "sync-admin:not-the-password"}, 1, "SYNC_API_CREDENTIAL"),
+    "a scope that names no group": ({"SYNC_SCOPE_GROUPS": "00000000-0000-0000-0000-0000000000ff"}, 2, "SYNC_SCOPE_GROUPS"),
+    "Graph unreachable": ({"GRAPH_BASE_URL": "closed"}, 1, "Graph"),
+    "the deletion guard": ({"DELETE_THRESHOLD_FLOOR": "0", "departure": "yes"}, 4, "deletion guard"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+def test_every_kind_of_failure_ends_stderr_with_its_one_error_line(graph, receiver, tmp_path, kind):
+    """Whatever fails, stderr holds the run's warnings (the nasty directory's invalid values)
+    and then one error line, last; no INFO, ERROR or traceback lines (docs/sync-rules.md,
+    "Commands and exit statuses")."""
+    change, status, named = FAILURES[kind]
+    env = contract_env(graph, receiver, tmp_path)
+    if change.get("departure"):
+        assert run_cli("update", env).code == 0
+        graph.delete_user(U(8))
+    env.update({k: v for k, v in change.items() if k != "departure"})
+    if env.get("GRAPH_BASE_URL") == "closed":
+        env["GRAPH_BASE_URL"] = f"http://127.0.0.1:{_closed_port()}/v1.0"
+    r = run_cli("update", env)
+    assert r.code == status, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert errors == [len(lines) - 1], lines
+    assert named in lines[-1], lines[-1]
+    assert all(" WARNING " in line for line in lines[:-1]), lines

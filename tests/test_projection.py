@@ -177,3 +177,37 @@ def test_address_domains_restricts_provisioned():
     p = project({"users": [{"id": "u1", "mail": "a@contoso.com", "proxyAddresses": ["smtp:a@fabrikam.com"]}]}, {"fabrikam.com"})
     assert addrs(p) == {"a@fabrikam.com"}
     assert p.datasets["users"] == {}  # mail not kept, no uppercase SMTP: proxy
+
+
+def test_a_group_name_is_its_display_name_unless_empty_over_generated_values():
+    """Every kind of displayName and mail (absent, null, "", blanks of any Unicode whitespace,
+    text, a lone surrogate): the name is the displayName when it is a non-empty string UTF-8
+    can carry, else the mail by the same test, else the id (docs/sync-rules.md)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    missing = object()
+    values = st.one_of(st.just(missing), st.none(), st.just(""), st.text(alphabet=" \t\n\u00a0\u2028\u3000", min_size=1, max_size=4),
+                       st.text(min_size=1, max_size=8), st.just("Sales\ud800"))
+
+    def usable(v):
+        if not isinstance(v, str) or v == "":
+            return False
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    @settings(max_examples=300, deadline=None)
+    @given(values, values)
+    def check(display, mail):
+        group = {"id": "g1", "proxyAddresses": []}
+        if display is not missing:
+            group["displayName"] = display
+        if mail is not missing:
+            group["mail"] = mail
+        name = project({"groups": [group]}, PROV).datasets["groups"]["g1"][0]
+        assert name == (display if usable(display) else mail if usable(mail) else "g1")
+
+    check()
