@@ -393,3 +393,28 @@ def test_a_json_document_keeps_backslashes_exact_and_still_escapes_control_chara
     doc = safe_tree({"reason": r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'", "key": "a\nb\x1b[31m"})
     assert doc["reason"] == r"matches EXCLUDE_ADDRESS_PATTERNS pattern '^no\.reply@.*'"
     assert doc["key"] == "a\\x0ab\\x1b[31m"
+
+
+def test_a_loop_without_signal_handlers_still_runs_the_action(caplog):
+    """Windows' event loops have no add_signal_handler (NotImplementedError): the run goes on
+    without SIGTERM cancelling it, and says so at debug level (shared/common/shutdown.py)."""
+    import asyncio as aio
+    import logging as lg
+
+    from shared.common.shutdown import run_cancellable
+
+    class NoSignals(aio.SelectorEventLoop):
+        def add_signal_handler(self, sig, callback, *args):
+            raise NotImplementedError
+
+    async def action() -> str:
+        await aio.sleep(0)
+        return "done"
+
+    loop = NoSignals()
+    try:
+        with caplog.at_level(lg.DEBUG, logger="shared.shutdown"):
+            assert loop.run_until_complete(run_cancellable(action())) == "done"
+    finally:
+        loop.close()
+    assert "SIGTERM does not cancel this run on this event loop (NotImplementedError)" in caplog.text

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
+log = logging.getLogger("shared.shutdown")
 T = TypeVar("T")
 GRACE_SECONDS = 20.0
 CANCEL_MESSAGE = "SIGTERM (the host is stopping this instance)"
@@ -60,9 +62,14 @@ async def run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
     loop = asyncio.get_running_loop()
     handled = False
     if threading.current_thread() is threading.main_thread():
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals on this platform/loop
+        try:
             loop.add_signal_handler(signal.SIGTERM, cancel_all)
             handled = True
+        except (NotImplementedError, RuntimeError, ValueError) as exc:
+            # Windows' event loops have no signal handlers (NotImplementedError); a closed or
+            # foreign loop refuses them. SIGTERM then ends the process as the OS does, and the
+            # journal makes the next run go on from what the service confirmed.
+            log.debug("SIGTERM does not cancel this run on this event loop (%s)", type(exc).__name__)
     try:
         with _registered(task):
             return await task
