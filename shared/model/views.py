@@ -186,6 +186,9 @@ class WholeDirectory:
         for mid, gid in q(sql, uids):
             if verdict.keeps(gid):
                 groups.setdefault(mid, set()).add(gid)
+        for u, p in primary.items():  # the same warning as a full read's (_user_records)
+            if owner.get(p, u) != u:
+                log.warning("user %s shares the primary address %s with user %s, which keeps the record", u, p, owner[p])
         return {u: UserRecord(primary[u], tuple(sorted(groups.get(u, ())))) if u in primary and owner.get(primary[u]) == u else None for u in uids}
 
     def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:

@@ -1,0 +1,40 @@
+"""Adversarial checks, round 7: rules of the contract that earlier rounds left unchecked, through
+the real CLI against the Graph emulator and the strict receiver, as the harness runs them
+(docs/sync-rules.md; docs/sync-api.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.stack import U, base_env, run_cli, service_view
+
+
+@pytest.fixture
+def graph(nasty_graph):
+    return nasty_graph
+
+
+def contract_env(graph, receiver, tmp_path) -> dict[str, str]:
+    return base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+
+
+def _warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " WARNING " in line]
+
+
+def test_a_user_left_out_for_a_shared_primary_in_a_delta_round_is_warned(graph, receiver, tmp_path):
+    """"If two users share a primary address, the user with the smaller id (by string order) keeps
+    the record. The other is left out with a warning" (docs/sync-rules.md): in an incremental
+    update as much as in a full read."""
+    env = contract_env(graph, receiver, tmp_path)
+    assert run_cli("update", env).code == 0
+    # U(4) holds shared@contoso.com; U(9) arrives with the same primary address, in another case
+    graph.upsert_user({"id": U(9), "displayName": "Shared C", "mail": "Shared@Contoso.com", "proxyAddresses": []})
+    r = run_cli("update", env, "--json")
+    assert r.code == 0, r.stderr
+    assert r.summary["read"]["kind"] == "delta"
+    assert service_view(receiver)["users"][U(4)]["address"] == "shared@contoso.com"
+    assert U(9) not in service_view(receiver)["users"]
+    named = [w for w in _warnings(r.stderr) if U(9) in w and "shared@contoso.com" in w]
+    assert named, r.stderr
+    assert U(4) in named[0]  # the user that keeps the record
