@@ -1,4 +1,4 @@
-"""``python -m shared <action> [--json]``: one action with the settings from the environment."""
+"""``python -m shared [--json] <action> [--json]``: one action with the settings from the environment."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .common.errors import SyncError
@@ -50,9 +51,18 @@ _ACTION_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line on stderr, like any other failure (exit status 2;
+    docs/sync-rules.md, "Commands")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """``python -m shared [--version] <action> [options]``, with ``--help`` for each action."""
-    parser = argparse.ArgumentParser(
+    """``python -m shared [--version] [--json] <action> [options]``, with ``--help`` for each
+    action; ``--json`` and ``-v`` may come before the action or after it."""
+    parser = _Parser(
         prog="python -m shared",
         description="Sync Microsoft Entra ID to the email-security directory sync API.",
         epilog=f"{SETTINGS_LINE} 'python -m shared ACTION --help' describes one action. "
@@ -60,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "5 the held deletions are not the set reviewed (--expect), 143 cancelled (SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    json_help = "print the result as one JSON line, last on stdout"
+    verbose_help = "log more on stderr: -v the run's INFO lines (the summary record, reads, retries), -vv debug"
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
+    # After the action: without defaults of their own, so they never undo the same option given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print the result as one JSON line, last on stdout")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more on stderr: -v the run's INFO lines (the summary record, reads, retries), -vv debug")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
                                     title="actions", description=", ".join((*ACTIONS, "status")))
     for name in (*ACTIONS, "status"):

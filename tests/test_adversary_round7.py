@@ -4,9 +4,12 @@ the real CLI against the Graph emulator and the strict receiver, as the harness 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.stack import U, base_env, run_cli, service_view
+from tests.stack import ROOT, U, base_env, run_cli, service_view
 
 
 @pytest.fixture
@@ -38,3 +41,24 @@ def test_a_user_left_out_for_a_shared_primary_in_a_delta_round_is_warned(graph, 
     named = [w for w in _warnings(r.stderr) if U(9) in w and "shared@contoso.com" in w]
     assert named, r.stderr
     assert U(4) in named[0]  # the user that keeps the record
+
+
+@pytest.mark.parametrize("argv", [["bogus"], [], ["update", "extra"], ["test-update", "--bogus"], ["--json"]],
+                         ids=["unknown-action", "no-action", "extra-argument", "unknown-option", "no-action-json"])
+def test_a_command_line_mistake_is_one_line_on_stderr(argv):
+    """"A failure prints one clear line on standard error" (docs/sync-rules.md, "Commands"): a
+    mistyped command line too, with a non-zero exit status and a pointer to --help."""
+    r = subprocess.run([sys.executable, "-m", "shared", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", "file:/nonexistent"))
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and "--help" in lines[0], lines
+
+
+def test_json_may_come_before_the_action(graph, receiver, tmp_path):
+    """`--json` prints the run summary as the last line of stdout wherever it is written."""
+    env = contract_env(graph, receiver, tmp_path)
+    r = run_cli("--json", env, "test-update")
+    assert r.code == 0, r.stderr
+    assert r.summary["action"] == "test-update" and r.summary["ok"] is True
