@@ -53,7 +53,7 @@ _ACTION_HELP = {
 
 class _Parser(argparse.ArgumentParser):
     """A command-line mistake is one line on stderr, like any other failure (exit status 2;
-    docs/sync-rules.md, "Commands")."""
+    docs/sync-rules.md, "Commands and exit statuses")."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see '{self.prog} --help'\n")

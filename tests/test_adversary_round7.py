@@ -46,7 +46,7 @@ def test_a_user_left_out_for_a_shared_primary_in_a_delta_round_is_warned(graph, 
 @pytest.mark.parametrize("argv", [["bogus"], [], ["update", "extra"], ["test-update", "--bogus"], ["--json"]],
                          ids=["unknown-action", "no-action", "extra-argument", "unknown-option", "no-action-json"])
 def test_a_command_line_mistake_is_one_line_on_stderr(argv):
-    """"A failure prints one clear line on standard error" (docs/sync-rules.md, "Commands"): a
+    """"A failure prints one clear line on standard error" (docs/sync-rules.md, "Commands and exit statuses"): a
     mistyped command line too, with a non-zero exit status and a pointer to --help."""
     r = subprocess.run([sys.executable, "-m", "shared", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60,
                        env=base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", "file:/nonexistent"))
