@@ -17,6 +17,7 @@ from .plan.approval import held_digest
 from .storage.history import _utc
 
 STATUS_KEYS_SHOWN = 20
+EXCLUSIONS_SHOWN = 20  # exclusions a plain test-update report lists (--json lists every one)
 APPROVE_COMMAND = "python -m shared approve-deletions"
 
 
@@ -37,6 +38,7 @@ def print_report(summary: RunSummary) -> None:
                     print(f"    + {rec}")
                 for key in ch["removed"][:5]:
                     print(f"    - {key}")
+    _print_exclusions(summary.extra.get("exclusions"))
     for name, h in summary.extra.get("heldDeletions", {}).items():
         print(f"  HELD: {h['count']} {name} deletions (deletion guard); first: {', '.join(h['keys'][:5])}")
     if summary.extra.get("heldCount"):
@@ -47,6 +49,20 @@ def print_report(summary: RunSummary) -> None:
         print("  no deletions are held; nothing to approve")
     for w in summary.extra.get("credentialWarnings", []):
         print(f"  warning: {w}")
+
+
+def _print_exclusions(exclusions: Any, shown: int = EXCLUSIONS_SHOWN) -> None:
+    """test-update's exclusions with their reasons (docs/sync-rules.md, "Actions"): how many,
+    then the first ``shown``, one a line (``dataset type id value: reason``); --json lists all."""
+    if not isinstance(exclusions, list) or not exclusions:
+        return
+    print(f"  exclusions: {len(exclusions)} (candidates, groups and users left out, with why)")
+    for e in exclusions[:shown]:
+        if isinstance(e, dict):
+            value = f" {e['value']}" if e.get("value") is not None else ""
+            print("    ! " + safe_text(f"{e.get('dataset')} {e.get('objectType')} {e.get('objectId')}{value}: {e.get('reason')}"))
+    if len(exclusions) > shown:
+        print(f"    ... and {len(exclusions) - shown:,} more (--json lists every exclusion)")
 
 
 def _preview_line(preview: dict[str, Any]) -> str:

@@ -62,3 +62,17 @@ def test_json_may_come_before_the_action(graph, receiver, tmp_path):
     r = run_cli("--json", env, "test-update")
     assert r.code == 0, r.stderr
     assert r.summary["action"] == "test-update" and r.summary["ok"] is True
+
+
+def test_test_update_without_json_reports_the_exclusions_with_their_reasons(graph, receiver, tmp_path):
+    """test-update "reports what Update would send: counts and records per dataset, added and
+    removed, plus the exclusions with their reasons" (docs/sync-rules.md, "Actions"): its plain
+    report too, not only --json."""
+    env = contract_env(graph, receiver, tmp_path)
+    r = run_cli("test-update", env)
+    assert r.code == 0, r.stderr
+    # the nasty directory leaves out 5 candidates and 3 users (tests/stack.py EXPECTED_EXCLUDED)
+    assert "exclusions: 8" in r.stdout, r.stdout
+    for value, why in (("bad..dot@contoso.com", "invalid address"), ("guest@gmail.com", "not provisioned"),
+                       ("shared@contoso.com", "smaller id"), (U(7), "no primary address")):
+        assert any(value in line and why in line for line in r.stdout.splitlines()), (value, r.stdout)
