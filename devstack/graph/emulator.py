@@ -4,6 +4,7 @@ socket layer and lifecycle in ``devstack.http_server``."""
 from __future__ import annotations
 
 import gzip
+import json
 import secrets
 import threading
 import time
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 from devstack.graph.admin import AdminMixin
 from devstack.graph.delta import DeltaMixin, _ChangeState
 from devstack.graph.faults import _BODY_FAULTS, FaultsMixin, _Fault
-from devstack.graph.model import COLLECTIONS, CONTENT_TYPE, GraphError, Response
+from devstack.graph.model import COLLECTIONS, CONTENT_TYPE, GraphError, Response, _dumps
 from devstack.graph.paging import PagingMixin
 from devstack.graph.scripted import ScriptedRounds
 from devstack.graph.store import DirectoryStore
@@ -126,6 +127,11 @@ class GraphEmulator(LoopbackService, DirectoryStore, PagingMixin, DeltaMixin, Sc
             status, body, extra = self._route(path, params, headers)
             if fault is not None and fault.kind == "malformed":  # the real page, cut short
                 body = body[: max(1, len(body) // 2)]
+            elif fault is not None and fault.kind == "no_links":  # the real page, without the links that say what follows
+                page = json.loads(body)
+                for link in ("@odata.nextLink", "@odata.deltaLink"):
+                    page.pop(link, None)
+                body = _dumps(page).encode()
             elif fault is not None:  # truncated_gzip: the real page, compressed, the stream cut short
                 packed = gzip.compress(body, mtime=0)
                 body = packed[: max(1, len(packed) // 2)]

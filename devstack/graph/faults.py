@@ -23,9 +23,10 @@ FAULT_KINDS: tuple[str, ...] = (
     "no_value",
     "truncated_gzip",
     "deep_json",
+    "no_links",
 )
 # Faults that spoil the real answer rather than replace it.
-_BODY_FAULTS = frozenset(("malformed", "truncated_gzip"))
+_BODY_FAULTS = frozenset(("malformed", "truncated_gzip", "no_links"))
 PROXY_PAGE = (
     b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Web proxy</h1><p>Please sign in to continue.</p></body></html>"
 )
@@ -69,7 +70,8 @@ class FaultsMixin:
         (``{"value": {}}``), ``no_value`` (an object without ``value``), ``truncated_gzip`` (the
         real page gzip-compressed with ``Content-Encoding: gzip`` and the stream cut in half,
         Content-Length matching the cut body), ``deep_json`` (valid JSON nested 100,000 deep, past
-        any recursive parser's limit)."""
+        any recursive parser's limit), ``no_links`` (the real page without its ``@odata.nextLink`` and
+        ``@odata.deltaLink``: a page that does not say whether the round goes on)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
         if times < 1:

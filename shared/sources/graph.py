@@ -280,6 +280,8 @@ class GraphSource:
                 link = page.get("@odata.deltaLink")
                 if link is not None and not isinstance(link, str):
                     raise IncompleteReadError(f"Graph {what}: @odata.deltaLink is not a URL")
+                if link is None and (unsupported_ok or delta):  # a delta round ends with its deltaLink (plain listings pass neither flag)
+                    raise IncompleteReadError(f"Graph {what} page {page_no}: neither @odata.nextLink nor @odata.deltaLink, so the round may not be complete; nothing was sent")
                 if on_page is not None:
                     on_page(None, link)
                 return link
