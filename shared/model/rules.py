@@ -93,9 +93,10 @@ NO_RULES = Rules()
 def parse_rules(scope: str | None, user_types: str | None, patterns: str | None) -> Rules:
     """The three settings' raw values (stripped, ``None`` when unset) → ``Rules``.
 
-    Raises ``SettingsError`` naming the setting: a scope id that is not a GUID, a setting that
-    is set but names nothing, or a pattern that is not a valid Python regular expression (the
-    error quotes it)."""
+    Raises ``SettingsError`` naming the setting: a scope id with whitespace, ``/``, ``?`` or
+    ``#`` in it (no object id has them; any other id that names no group fails the run after
+    the read, before anything is sent: ``judge``), a setting that is set but names nothing, or
+    a pattern that is not a valid Python regular expression (the error quotes it)."""
     scope_groups: tuple[str, ...] | None = None
     if scope is not None:
         ids: list[str] = []
