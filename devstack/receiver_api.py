@@ -42,6 +42,9 @@ FAULT_KINDS = (
     # the request is applied in full (its idempotent answer remembered), then answered 200
     # with a body the client cannot read, as from a proxy that mangles the service's answer:
     "applied_html", "applied_wrong_shape", "applied_not_json", "applied_truncated_gzip",
+    # the real answer without its `nextPageToken` member, as from a gateway that drops null
+    # members: a records page that does not say whether another page follows
+    "no_page_token",
 )
 APPLIED_PREFIX = "applied_"
 PROXY_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Proxy sign-in</h1></body></html>"
@@ -217,7 +220,7 @@ class SyncApi:
         entry = LoggedRequest(request.method, request.path, request.query, request.headers.get("Idempotency-Key"), None, None)
         fault = self.faults.take(request.target)
         entry.fault = fault.kind if fault else None
-        applies = fault is not None and (fault.kind == "drop_after" or fault.kind.startswith(APPLIED_PREFIX))
+        applies = fault is not None and (fault.kind in ("drop_after", "no_page_token") or fault.kind.startswith(APPLIED_PREFIX))
         if fault and not applies:
             entry.body = self._observe_faulted(request)
             response = self._fault_response(fault)
@@ -229,6 +232,10 @@ class SyncApi:
             except Exception as exc:  # a receiver bug: answer it instead of hanging the client
                 traceback.print_exc()
                 response = problem_response(ApiError(500, "Receiver bug", f"{type(exc).__name__}: {exc}"))
+        if entry.fault == "no_page_token" and response.status == 200:
+            page = json.loads(response.body)
+            page.pop("nextPageToken", None)
+            response = json_response(200, page)
         entry.status = None if response.drop or entry.fault == "drop_after" else response.status
         entry.response_bytes, entry.response_type = response.body, response.content_type
         with self._log_lock:

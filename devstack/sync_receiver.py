@@ -125,7 +125,8 @@ matching the cut body) and `deep_json` (valid JSON nested 100,000 deep).
 `applied_html`, `applied_wrong_shape`, `applied_not_json` and
 `applied_truncated_gzip` apply the request in full first (like `drop_after`,
 its idempotent answer is remembered) and then answer 200 with that hostile
-body instead of the real answer (kept in the log's `response`).
+body instead of the real answer (kept in the log's `response`). `no_page_token`
+answers the real records page without its `nextPageToken` member.
 """
 
 from __future__ import annotations

@@ -620,3 +620,19 @@ async def test_a_definite_refusal_is_not_maybe_applied(receiver: SyncReceiver, a
     with pytest.raises(SyncApiRequestError) as info:
         await api.post_changes("nosuch", [], ["x"], "k-refused")
     assert info.value.status == 404 and info.value.maybe_applied is False
+
+
+@pytest.mark.parametrize(("records", "faulted"), [(7, "/records"), (7, "pageToken="), (4, "pageToken=")], ids=["first", "middle", "last"])
+async def test_a_records_page_without_next_page_token_is_a_protocol_error(receiver: SyncReceiver, api: SyncApiClient, records: int, faulted: str) -> None:
+    """``nextPageToken`` is ``null`` on the last page (docs/sync-api.md): a page without the
+    member does not say whether another follows, so the listing fails instead of ending there
+    (refresh would otherwise rebuild the state from part of the service's copy). Pages of 3:
+    the first page, the second of three, or the second and last."""
+    receiver.load("addresses", [addr(i) for i in range(records)])
+    receiver.inject_fault("no_page_token", path_contains=faulted)
+    got: list[dict[str, Any]] = []
+    with pytest.raises(SyncApiProtocolError, match="without 'nextPageToken'"):
+        async for part in api.records("addresses", page_size=3):
+            got.extend(part)
+    assert len(got) == (0 if faulted == "/records" else 3)  # only the pages before the faulted one
+    assert [e.fault for e in receiver.request_log if e.path.endswith("/records")][-1] == "no_page_token"

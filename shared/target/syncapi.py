@@ -140,6 +140,8 @@ class SyncApiClient:
             records = doc.get("records")
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                 raise SyncApiProtocolError(f"GET {dataset} records answered without a 'records' list")
+            if "nextPageToken" not in doc:  # null on the last page (docs/sync-api.md): absent says nothing
+                raise SyncApiProtocolError(f"GET {dataset} records answered without 'nextPageToken', so the listing may not be complete")
             yield records
             token = doc.get("nextPageToken")
             if token is None:
