@@ -178,3 +178,37 @@ def test_a_delta_page_that_says_neither_next_nor_delta_link_is_an_incomplete_rea
         assert service_view(receiver)["addresses"] == EXPECTED["addresses"] | (new if read == "delta" else set())
     finally:
         graph.stop()
+
+
+LOOP_CASES = [("full", "users"), ("full", "groups"), ("delta", "users"), ("delta", "contacts")]
+
+
+@pytest.mark.parametrize("read,collection", LOOP_CASES, ids=["-".join(c) for c in LOOP_CASES])
+def test_a_next_link_that_comes_back_ends_the_read_instead_of_looping(receiver, tmp_path, read, collection):
+    """A round whose @odata.nextLink points back at a page already read (a cache serving a
+    stale page) would never end: the read fails at the first repeat, nothing is sent, and the
+    next run reads the round again. Every page of the collection loops back at itself."""
+    from devstack.graph_emulator import GraphEmulator
+    from tests.stack import EXPECTED, nasty_directory
+
+    graph = GraphEmulator(nasty_directory(), max_page_size=1)
+    graph.start()
+    try:
+        env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+        assert run_cli("update", env).code == 0
+        if read == "full":
+            env["FULL_SYNC_INTERVAL_HOURS"] = "0"
+        graph.inject_fault("loop_link", path_contains=f"{collection}/delta", times=1000)
+        sent, asked = len(receiver.request_log), len(graph.request_log)
+        r = run_cli("update", env, "--json")
+        assert r.code == 1, r.stdout
+        assert "repeats an earlier page's link" in r.stderr.strip().splitlines()[-1]
+        assert [e for e in receiver.request_log[sent:] if e.method != "GET"] == []
+        assert service_view(receiver) == EXPECTED
+        assert sum(1 for _, target in graph.request_log[asked:] if f"{collection}/delta" in target) == 2  # it stopped at the first repeat
+        graph.clear_faults()
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert service_view(receiver) == EXPECTED
+    finally:
+        graph.stop()

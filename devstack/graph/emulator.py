@@ -132,6 +132,11 @@ class GraphEmulator(LoopbackService, DirectoryStore, PagingMixin, DeltaMixin, Sc
                 for link in ("@odata.nextLink", "@odata.deltaLink"):
                     page.pop(link, None)
                 body = _dumps(page).encode()
+            elif fault is not None and fault.kind == "loop_link":  # the real page, its nextLink back at this very page
+                page = json.loads(body)
+                page.pop("@odata.deltaLink", None)
+                page["@odata.nextLink"] = self.base_url[: len(self.base_url) - len(self.url_path)] + target
+                body = _dumps(page).encode()
             elif fault is not None:  # truncated_gzip: the real page, compressed, the stream cut short
                 packed = gzip.compress(body, mtime=0)
                 body = packed[: max(1, len(packed) // 2)]

@@ -24,9 +24,10 @@ FAULT_KINDS: tuple[str, ...] = (
     "truncated_gzip",
     "deep_json",
     "no_links",
+    "loop_link",
 )
 # Faults that spoil the real answer rather than replace it.
-_BODY_FAULTS = frozenset(("malformed", "truncated_gzip", "no_links"))
+_BODY_FAULTS = frozenset(("malformed", "truncated_gzip", "no_links", "loop_link"))
 PROXY_PAGE = (
     b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Web proxy</h1><p>Please sign in to continue.</p></body></html>"
 )
@@ -71,7 +72,9 @@ class FaultsMixin:
         real page gzip-compressed with ``Content-Encoding: gzip`` and the stream cut in half,
         Content-Length matching the cut body), ``deep_json`` (valid JSON nested 100,000 deep, past
         any recursive parser's limit), ``no_links`` (the real page without its ``@odata.nextLink`` and
-        ``@odata.deltaLink``: a page that does not say whether the round goes on)."""
+        ``@odata.deltaLink``: a page that does not say whether the round goes on), ``loop_link`` (the
+        real page with its ``@odata.nextLink`` pointing back at the page itself, as from a cache
+        that serves a stale page: followed, the round would never end)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
         if times < 1:

@@ -265,6 +265,7 @@ class GraphSource:
         page adds to; ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
         request: RequestInformation | None = first
         page_no = 0
+        followed: set[str] = set()  # the round's nextLinks so far: one that comes back would loop forever
         while request is not None:
             page = await self._fetch(request, f"{what} page {page_no + 1}", unsupported_ok=unsupported_ok and page_no == 0, delta=delta)
             values = page["value"]
@@ -286,6 +287,9 @@ class GraphSource:
                     on_page(None, link)
                 return link
             request = self._follow(next_link, first, what)
+            if next_link in followed:
+                raise IncompleteReadError(f"Graph {what} page {page_no}: @odata.nextLink repeats an earlier page's link, so the round would never end; nothing was sent")
+            followed.add(next_link)
             if on_page is not None:
                 on_page(next_link, None)
         return None
