@@ -36,7 +36,7 @@ MAX_KEY_LENGTH = 128
 MAX_PAGE_SIZE = 5000
 DEFAULT_PAGE_SIZE = 1000
 FAULT_KINDS = (
-    "429", "503", "500", "drop_before", "drop_after", "401",
+    "429", "503", "500", "408", "drop_before", "drop_after", "401",
     # hostile 200 answers, as from a broken proxy in front of the service:
     "html", "wrong_shape", "not_json", "truncated_gzip", "deep_json",
     # the request is applied in full (its idempotent answer remembered), then answered 200
@@ -275,6 +275,8 @@ class SyncApi:
             return problem_response(ApiError(int(kind), title, "injected fault"), [("Retry-After", str(fault.retry_after))])
         if kind == "500":
             return problem_response(ApiError(500, "Internal server error", "injected fault"))
+        if kind == "408":  # a gateway that timed out waiting for the request: it was never processed
+            return problem_response(ApiError(408, "Request timeout", "injected fault"))
         if kind == "401":
             return self._error(ApiError(401, "Unauthorized", "injected fault: credentials refused"))
         if kind == "html":

@@ -116,7 +116,7 @@ request fully (and remembers its idempotent answer) and then closes the
 connection without answering. In the request log, `status` is None for both
 drops; drop_after's unsent answer is in `response`. The other kinds answer
 without applying anything: `429`/`503` (with `retry_after` as the Retry-After
-header, sent as given, so a malformed one can be tested), `500`, `401`,
+header, sent as given, so a malformed one can be tested), `500`, `408`, `401`,
 `drop_before`, and hostile 200s as from a broken proxy: `html` (a text/html
 sign-in page), `wrong_shape` (JSON of the wrong shape), `not_json`
 (application/json over a body that is not JSON), `truncated_gzip`

@@ -274,6 +274,23 @@ async def test_lost_answer_on_replacement_records_is_replayed(receiver: SyncRece
     assert receiver.keys_reused_with_different_body() == []
 
 
+async def test_408_request_timeout_is_retried_with_the_same_key(receiver: SyncReceiver) -> None:
+    """A 408 is a timeout, which docs/sync-api.md counts as transient: retried with the same
+    Idempotency-Key; when every attempt times out, the run's error says so and the request
+    is known not to have been applied."""
+    receiver.inject_fault("408", path_contains="/changes", times=1)
+    async with make_client(receiver.base_url, max_attempts=3) as c:
+        assert (await c.post_changes("addresses", [addr(1)], [], "k-408")).count == 1
+        entries = change_log(receiver)
+        assert [e.status for e in entries] == [408, 200]
+        assert_same_request_retried(entries, "k-408")
+        receiver.inject_fault("408", path_contains="/changes", times=10)
+        with pytest.raises(SyncApiUnavailableError) as info:
+            await c.post_changes("addresses", [addr(2)], [], "k-408-always")
+    assert "3 attempts" in str(info.value) and "HTTP 408" in str(info.value) and info.value.maybe_applied is False
+    assert list(receiver.records("addresses")) == ["user00001@contoso.com"]
+
+
 async def test_retries_exhausted_raise_unavailable(receiver: SyncReceiver) -> None:
     receiver.inject_fault("500", path_contains="/changes", times=10)
     async with make_client(receiver.base_url, max_attempts=3) as c:

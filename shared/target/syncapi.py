@@ -1,7 +1,7 @@
 """The one adapter that speaks the email-security directory sync API (docs/sync-api.md).
 
 Transport rules live here: https (or loopback http), gzip for large bodies, Idempotency-Key on
-every write, retries with Retry-After/backoff on 429, 5xx and connection faults, and a clear
+every write, retries with Retry-After/backoff on 429, 408, 5xx and connection faults, and a clear
 error for everything the contract says not to retry. Reading and judging the answers is in
 ``shared/target/responses.py``. What to send, and in which order, is the engine's business."""
 
@@ -193,7 +193,7 @@ class SyncApiClient:
         expect: tuple[int, ...] = (200,),
     ) -> dict[str, Any]:
         """Send one request (``body``: a JSON document, or one already encoded), retried on 429,
-        5xx and connection faults (at most ``max_attempts``); its answer as a JSON object
+        408, 5xx and connection faults (at most ``max_attempts``); its answer as a JSON object
         (``{}`` for 204). Raises a ``SyncApiError`` whose ``maybe_applied`` says whether the
         request may have been applied."""
         encoded = body if isinstance(body, RequestBody) else request_body(body)
@@ -250,6 +250,8 @@ class SyncApiClient:
             return (self._backoff(attempt) if hinted is None else hinted), False
         if status >= 500:
             return self._backoff(attempt), status in (500, 502, 504)  # a gateway's, or a failure after the work
+        if status == 408:  # a timeout (docs/sync-api.md: transient): the request was not processed
+            return self._backoff(attempt), False
         fatal = refusal(resp, raw, what, self.credential_where, self.credential_fix)
         # Only a 4xx is a definite refusal; any other answer (an unexpected 2xx, a
         # redirect) may stand for a request that was applied.
