@@ -157,3 +157,32 @@ def test_any_port_text_is_accepted_only_when_it_is_a_port(port, setting):
     else:
         ok = True
     assert ok == bool(re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535)
+
+
+@pytest.mark.parametrize("pattern", ["[[a]x@contoso.com", "[0-9--x]@contoso.com", "[a&&b]@contoso.com", "[a||b]@contoso.com", "[a~~b]@contoso.com"])
+def test_a_pattern_python_warns_about_is_kept_and_the_warning_logged_naming_the_setting(pattern, caplog):
+    """re's FutureWarning (a possible nested set, set difference, intersection, union or
+    symmetric difference) is not an error: the pattern is kept, and the warning is one log line
+    naming the setting, not Python's warning text on stderr. Each pattern here is new to the
+    process (re caches what it compiled, and warns only the first time)."""
+    import warnings
+
+    unique = pattern + f"|never{abs(hash((pattern, id(caplog))))}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escaped would fail here
+        rules = parse_rules(None, None, unique)
+    assert [p.pattern for p in rules.exclude_address_patterns] == [unique]
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and PATTERNS_SETTING in lines[0] and unique in lines[0] and "FutureWarning" not in lines[0]
+
+
+def test_a_pattern_python_warns_about_and_then_refuses_is_the_settings_error_alone(caplog):
+    """``[a--b]`` draws re's FutureWarning (a possible set difference) and then fails to compile:
+    the settings error, and no warning on top of it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(SettingsError, match=r"EXCLUDE_ADDRESS_PATTERNS.*\[a--b\]"):
+            parse_rules(None, None, f"[a--b]@contoso.com|never{id(caplog)}")
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []

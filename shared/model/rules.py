@@ -23,7 +23,9 @@ domains: a matching candidate is simply not kept.
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from ..common.errors import SettingsError
 SCOPE_SETTING = "SYNC_SCOPE_GROUPS"
 USER_TYPES_SETTING = "EXCLUDE_USER_TYPES"
 PATTERNS_SETTING = "EXCLUDE_ADDRESS_PATTERNS"
+log = logging.getLogger(__name__)
 
 OUT_OF_SCOPE = f"not in the scope of {SCOPE_SETTING} (not a scope group, nor a member of one directly or through nested groups)"
 RECIPIENT_OUT_OF_SCOPE = (f"not in the scope of {SCOPE_SETTING}: an Exchange Online recipient that is no Entra object in "
@@ -127,9 +130,17 @@ def _compile(pattern: str) -> re.Pattern[str]:
     refuses with ``re.error`` for bad syntax, but also with ``OverflowError`` (a repeat count
     past the C limit, ``x{99999999999}``), ``RecursionError`` (deep nesting), ``MemoryError`` and
     others: every failure to compile is the same settings error (docs/sync-rules.md, "Scope and
-    exclusions")."""
+    exclusions"). A pattern that compiles with a warning (``FutureWarning: Possible nested
+    set``) is kept, and the warning is logged once, naming the setting, instead of Python's
+    own two lines of source on stderr."""
     try:
-        return re.compile(pattern, re.IGNORECASE)
+        with warnings.catch_warnings(record=True) as caught:  # re's FutureWarning: said once, naming the setting
+            warnings.simplefilter("always")
+            compiled = re.compile(pattern, re.IGNORECASE)
+        for w in caught:
+            log.warning("%s: the pattern '%s' compiles, but Python warns that a later version may read it otherwise (%s)",
+                        PATTERNS_SETTING, pattern, w.message)
+        return compiled
     except Exception as exc:  # noqa: BLE001 - any failure to compile is a malformed setting
         why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, re.error) else str(exc)
     raise SettingsError(PATTERNS_SETTING, f"'{pattern}' is not a valid Python regular expression ({why[:200]})",
