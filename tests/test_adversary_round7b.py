@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.stack import ROOT, base_env
+from tests.stack import ROOT, base_env, run_cli
 
 _BINDINGS = (
     "import json, function_app\n"
@@ -46,3 +46,18 @@ def test_a_set_sync_schedule_is_resolved_by_the_host(tmp_path):
     env = {**base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", f"file:{tmp_path}"), "SYNC_SCHEDULE": "0 */15 * * * *"}
     (timer,) = _timer_bindings(env)
     assert timer["schedule"] == "%SYNC_SCHEDULE%" and timer["useMonitor"] is True and timer["runOnStartup"] is False
+
+
+@pytest.mark.parametrize("action", ["test-update", "update", "replace", "refresh"])
+def test_every_summary_counts_exchange_requests_beside_graph_requests(tmp_path, action):
+    """"The run summary counts these requests in exoRequests, beside graphRequests"
+    (docs/sync-rules.md, Exchange Online): a run that a malformed setting stops before any
+    request says 0 of each, as it says graphRequests."""
+    env = {**base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", f"file:{tmp_path / 'state'}"),
+           "GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555", "EXO_MODE": "augment", "EXO_BASE_URL": "http://127.0.0.1:9",
+           "EXO_RECIPIENT_TYPES": "DynamicDistributionGroup,NoSuchType"}
+    r = run_cli(action, env, "--json")
+    assert r.code == 2, r.stderr
+    s = r.summary
+    assert s["ok"] is False and "EXO_RECIPIENT_TYPES" in s["error"]
+    assert s["graphRequests"] == 0 and s["exoRequests"] == 0
