@@ -5,12 +5,18 @@ and the loopback emulators."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.stack import ROOT, base_env, run_cli
+from devstack.graph_emulator import GraphEmulator
+from devstack.receiver_addresses import address_problem
+from devstack.sync_receiver import SyncReceiver
+from tests.stack import CREDENTIAL, ROOT, base_env, run_cli, service_view
 
 _BINDINGS = (
     "import json, function_app\n"
@@ -61,3 +67,150 @@ def test_every_summary_counts_exchange_requests_beside_graph_requests(tmp_path, 
     s = r.summary
     assert s["ok"] is False and "EXO_RECIPIENT_TYPES" in s["error"]
     assert s["graphRequests"] == 0 and s["exoRequests"] == 0
+
+
+# --- Graph's real delta shapes, first round and later, end to end ---------------------------------
+# Generated rounds as Graph serves them (docs/sync-rules.md, "Reading the directory"): objects
+# repeated with newer state on any page, partial entries, @removed (changed / deleted) in any round,
+# groups in slices with members@delta of every @odata.type and member removals, users with a null
+# mail but proxyAddresses, prefixes in any case, guests. The oracle below reads the rules plainly
+# and validates addresses with the receiver's own validator (written from docs/sync-api.md alone).
+POOL_USERS = [f"10000000-0000-0000-0000-{n:012d}" for n in range(1, 6)]
+POOL_GROUPS = [f"20000000-0000-0000-0000-{n:012d}" for n in range(1, 5)]
+POOL_CONTACTS = [f"30000000-0000-0000-0000-{n:012d}" for n in range(1, 3)]
+MEMBER_TYPES = {"#microsoft.graph.user": POOL_USERS, "#microsoft.graph.group": POOL_GROUPS,
+                "#microsoft.graph.orgContact": POOL_CONTACTS, "#microsoft.graph.device": ["40000000-0000-0000-0000-000000000001"],
+                "#microsoft.graph.servicePrincipal": ["50000000-0000-0000-0000-000000000001"]}
+SHAPE_DOMAINS = ("contoso.com", "fabrikam.com")
+_LOCALS = st.sampled_from(["a", "b", "Al.Ice", "shared", "bad..dot", "x y"])
+_DOMAINS = st.sampled_from(["contoso.com", "Contoso.COM", "fabrikam.com", "elsewhere.org"])
+_ADDRESS = st.builds(lambda pad, local, dom, tail: f"{pad}{local}@{dom}{tail}", st.sampled_from(["", " "]), _LOCALS, _DOMAINS,
+                     st.sampled_from(["", " ", "\t"]))
+_PROXY = st.builds(lambda prefix, addr: prefix + addr.strip(), st.sampled_from(["smtp:", "Smtp:", "sMTP:", "X500:", "SIP:", "spo:", "EUM:"]), _ADDRESS)
+
+
+@st.composite
+def _props(draw, kind: str) -> dict:
+    """Selected properties, each present or not (a later round's entry carries only some)."""
+    out: dict = {}
+    if draw(st.booleans()):
+        out["mail"] = draw(st.none() | _ADDRESS)
+    if draw(st.booleans()):
+        proxies = draw(st.lists(_PROXY, max_size=3))
+        if draw(st.booleans()):  # at most one primary proxy address, as Exchange keeps it
+            proxies.insert(draw(st.integers(0, len(proxies))), "SMTP:" + draw(_ADDRESS).strip())
+        out["proxyAddresses"] = proxies
+    if kind == "users" and draw(st.booleans()):
+        out["userType"] = draw(st.sampled_from(["Member", "Guest", None]))
+    if kind == "groups" and draw(st.booleans()):
+        out["displayName"] = draw(st.sampled_from([None, "", "Sales", "Ops"]))
+    return out
+
+
+@st.composite
+def _round(draw, gone: set[str]) -> dict[str, list[list[dict]]]:
+    """One delta round: per collection, pages of entries in arrival order. An object removed in
+    an earlier round or earlier in this one never comes back (``gone``)."""
+    rnd: dict[str, list[list[dict]]] = {}
+    for kind, pool in (("users", POOL_USERS), ("groups", POOL_GROUPS), ("contacts", POOL_CONTACTS)):
+        entries: list[dict] = []
+        for _ in range(draw(st.integers(0, 6))):
+            oid = draw(st.sampled_from(pool))
+            if oid in gone:
+                continue
+            if draw(st.integers(0, 5)) == 0:
+                entries.append({"id": oid, "@removed": {"reason": draw(st.sampled_from(["changed", "deleted"]))}})
+                gone.add(oid)
+                continue
+            entry = {"id": oid, **draw(_props(kind))}
+            if kind == "groups":
+                entry["members@delta"] = [
+                    {"@odata.type": t, "id": draw(st.sampled_from(MEMBER_TYPES[t])), **({"@removed": {"reason": "deleted"}} if draw(st.booleans()) and draw(st.booleans()) else {})}
+                    for t in draw(st.lists(st.sampled_from(sorted(MEMBER_TYPES)), max_size=4))]
+            entries.append(entry)
+        cut = sorted(draw(st.lists(st.integers(0, len(entries)), max_size=2)))
+        bounds = [0, *cut, len(entries)]
+        rnd[kind] = [entries[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return rnd
+
+
+def _oracle_apply(state: dict[str, dict[str, dict]], rnd: dict[str, list[list[dict]]]) -> None:
+    """Graph's entries applied in arrival order: a carried property replaces, @removed removes,
+    members@delta add up and a member entry with @removed removes that member."""
+    for kind, pages in rnd.items():
+        for entry in (e for page in pages for e in page):
+            if "@removed" in entry:
+                state[kind].pop(entry["id"], None)
+                continue
+            obj = state[kind].setdefault(entry["id"], {"members": set()} if kind == "groups" else {})
+            obj.update({k: v for k, v in entry.items() if k not in ("id", "members@delta")})
+            for m in entry.get("members@delta", ()):
+                member = (m["@odata.type"], m["id"])
+                (obj["members"].discard if "@removed" in m else obj["members"].add)(member)
+
+
+def _kept(value) -> str | None:
+    if not isinstance(value, str):
+        return None
+    address = value.strip().lower()
+    return address if address_problem(address) is None and address.rpartition("@")[2] in SHAPE_DOMAINS else None
+
+
+def _oracle_datasets(state: dict[str, dict[str, dict]], rules: dict[str, str]) -> dict:
+    addresses: set[str] = set()
+    primaries: dict[str, str] = {}
+    pattern = rules.get("EXCLUDE_ADDRESS_PATTERNS")
+
+    def kept(value) -> str | None:
+        address = _kept(value)
+        return None if address is None or (pattern and re.fullmatch(pattern, address, re.IGNORECASE)) else address
+
+    for kind in ("users", "groups", "contacts"):
+        for oid, obj in state[kind].items():
+            if kind == "users" and "EXCLUDE_USER_TYPES" in rules and (obj.get("userType") or "").lower() == rules["EXCLUDE_USER_TYPES"]:
+                continue
+            proxies = obj.get("proxyAddresses") or []
+            candidates = [kept(obj.get("mail"))] + [kept(p[5:]) for p in proxies if p[:5].lower() == "smtp:"]
+            addresses.update(a for a in candidates if a)
+            if kind == "users":
+                primary = kept(obj.get("mail")) or next((kept(p[5:]) for p in proxies if p.startswith("SMTP:") and kept(p[5:])), None)
+                if primary:
+                    primaries[oid] = primary
+    owners: dict[str, str] = {}
+    for uid in sorted(primaries):
+        owners.setdefault(primaries[uid], uid)
+    groups = state["groups"]
+
+    def parents_of(oid: str, otype: str) -> list[str]:
+        return sorted(g for g, obj in groups.items() if (otype, oid) in obj["members"])
+
+    return {
+        "addresses": addresses,
+        "groups": {g: {"id": g, "name": obj.get("displayName") or obj.get("mail") or g, "parentIds": parents_of(g, "#microsoft.graph.group")}
+                   for g, obj in groups.items()},
+        "users": {u: {"id": u, "address": a, "groupIds": parents_of(u, "#microsoft.graph.user")} for u, a in primaries.items() if owners[a] == u},
+    }
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=15,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_sequence_of_real_delta_shapes_leaves_the_service_at_the_last_state_graph_showed(tmp_path_factory, data):
+    """The first (full) round and a later one, each of generated real shapes: after each
+    ``update`` the service holds exactly what the rules make of the last state each round showed
+    for each object (docs/sync-rules.md, "Reading the directory" and the three datasets)."""
+    gone: set[str] = set()
+    rounds = [data.draw(_round(gone)), data.draw(_round(gone))]
+    rules = data.draw(st.sampled_from([{}, {"EXCLUDE_USER_TYPES": "guest"}, {"EXCLUDE_ADDRESS_PATTERNS": "shared@.*"}]))
+    state: dict[str, dict[str, dict]] = {"users": {}, "groups": {}, "contacts": {}}
+    with GraphEmulator({"users": [], "groups": [], "contacts": []}) as graph, \
+            SyncReceiver(domains=list(SHAPE_DOMAINS), credential=CREDENTIAL) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path_factory.mktemp('state')}"), **rules}
+        for n, rnd in enumerate(rounds):
+            for kind, pages in rnd.items():
+                graph.script_round(kind, pages)
+            _oracle_apply(state, rnd)
+            r = run_cli("update", env, "--json")
+            assert r.code == 0, r.stderr
+            assert r.summary["read"]["kind"] == ("full" if n == 0 else "delta")
+            assert service_view(receiver) == _oracle_datasets(state, rules), (n, rounds, rules)
