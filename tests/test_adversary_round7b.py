@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.exchange_emulator import ExchangeEmulator, recipient
 from devstack.graph_emulator import GraphEmulator
 from devstack.receiver_addresses import address_problem
 from devstack.sync_receiver import SyncReceiver
@@ -233,3 +234,55 @@ def test_any_sequence_of_real_delta_shapes_leaves_the_service_at_the_last_state_
             assert r.code == 0, r.stderr
             assert r.summary["read"]["kind"] == ("full" if n == 0 else "delta")
             assert service_view(receiver) == _oracle_datasets(state, rules), (n, rounds, rules)
+
+
+_RECIPIENT_TYPES = ("DynamicDistributionGroup", "PublicFolder")
+
+
+@st.composite
+def _listing(draw) -> list[dict]:
+    """One complete Get-Recipient listing: PrimarySmtpAddress and EmailAddresses as Exchange
+    spells them, some recipients Entra objects (ExternalDirectoryObjectId), one Guid at most once."""
+    out = []
+    for n in draw(st.lists(st.integers(1, 5), unique=True, max_size=4)):
+        emails = draw(st.lists(_PROXY, max_size=3))
+        primary = draw(_ADDRESS).strip()
+        out.append(recipient(f"e0c5e0c5-0000-4000-8000-{n:012d}", draw(st.sampled_from(_RECIPIENT_TYPES)), primary,
+                             emails=["SMTP:" + primary, *emails], entra_id=draw(st.sampled_from(["", *POOL_USERS[:2]]))))
+    return out
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=12,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_exchange_recipients_join_the_addresses_by_the_graph_rules_in_every_run(tmp_path_factory, data):
+    """EXO_MODE=augment: each run's addresses are the Graph objects' kept candidates plus each
+    listed recipient's PrimarySmtpAddress and smtp: EmailAddresses, "normalized and kept by exactly
+    the rules for Graph candidates"; recipients add no groups or users records; a recipient gone
+    from the next listing takes away the addresses no other object still holds (docs/sync-rules.md,
+    Exchange Online)."""
+    rounds = [data.draw(_round()), data.draw(_round())]
+    listings = [data.draw(_listing()), data.draw(_listing())]
+    rules = data.draw(st.sampled_from([{}, {"EXCLUDE_ADDRESS_PATTERNS": "shared@.*"}]))
+    state: dict[str, dict[str, dict]] = {"users": {}, "groups": {}, "contacts": {}}
+    tenant = "11111111-2222-3333-4444-555555555555"
+    with GraphEmulator({"users": [], "groups": [], "contacts": []}) as graph, ExchangeEmulator(tenant=tenant, max_page_size=2) as exo, \
+            SyncReceiver(domains=list(SHAPE_DOMAINS), credential=CREDENTIAL) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path_factory.mktemp('state')}"), **rules,
+               "GRAPH_TENANT_ID": tenant, "EXO_MODE": "augment", "EXO_BASE_URL": exo.base_url}
+        for rnd, listing in zip(rounds, listings, strict=True):
+            for kind, pages in rnd.items():
+                graph.script_round(kind, pages)
+            for old in exo.recipients():
+                exo.delete(old["Guid"])
+            for rec in listing:
+                exo.upsert(rec)
+            _oracle_apply(state, rnd)
+            r = run_cli("update", env, "--json")
+            assert r.code == 0, r.stderr
+            want = _oracle_datasets(state, rules)
+            as_objects = {"users": {}, "groups": {}, "contacts": {f"x{n}": {"mail": rec["PrimarySmtpAddress"], "proxyAddresses": rec["EmailAddresses"]}
+                                                                 for n, rec in enumerate(listing)}}
+            want["addresses"] |= _oracle_datasets(as_objects, rules)["addresses"]
+            assert service_view(receiver) == want, (rounds, listings, rules)
+            assert r.summary["exoRequests"] == max(1, -(-len(listing) // 2)) and r.summary["datasets"]["addresses"]["rejected"] == 0
