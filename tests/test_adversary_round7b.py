@@ -4,11 +4,13 @@ and the loopback emulators."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +19,9 @@ from devstack.exchange_emulator import ExchangeEmulator, recipient
 from devstack.graph_emulator import GraphEmulator
 from devstack.receiver_addresses import address_problem
 from devstack.sync_receiver import SyncReceiver
-from tests.stack import CREDENTIAL, ROOT, base_env, run_cli, service_view
+from shared.common.netutil import same_origin
+from shared.sources.exchange import ExchangeSource
+from tests.stack import CREDENTIAL, EXPECTED, ROOT, U, base_env, nasty_directory, run_cli, service_view
 
 _BINDINGS = (
     "import json, function_app\n"
@@ -286,3 +290,72 @@ def test_exchange_recipients_join_the_addresses_by_the_graph_rules_in_every_run(
             want["addresses"] |= _oracle_datasets(as_objects, rules)["addresses"]
             assert service_view(receiver) == want, (rounds, listings, rules)
             assert r.summary["exoRequests"] == max(1, -(-len(listing) // 2)) and r.summary["datasets"]["addresses"]["rejected"] == 0
+
+
+# --- a page's next link: followed on the same origin, however it is spelled ----------------------
+@pytest.mark.parametrize(("base", "link", "same"), [
+    ("https://graph.microsoft.com/v1.0", "https://graph.microsoft.com/v1.0/users/delta?$skiptoken=x", True),
+    ("https://graph.microsoft.com/v1.0", "https://GRAPH.Microsoft.com/v1.0/users/delta?$skiptoken=x", True),
+    ("https://graph.microsoft.com/v1.0", "https://graph.microsoft.com:443/v1.0/users/delta", True),
+    ("https://graph.microsoft.com:443/v1.0", "https://graph.microsoft.com/v1.0/users/delta", True),
+    ("HTTPS://outlook.office365.com", "https://outlook.office365.com/adminapi/beta/t/InvokeCommand", True),
+    ("http://127.0.0.1:8080/v1.0", "http://localhost:8080/v1.0/users/delta", True),
+    ("http://localhost:8080", "http://[::1]:8080/adminapi/beta/t/InvokeCommand", True),
+    ("https://graph.microsoft.com/v1.0", "http://graph.microsoft.com/v1.0/users/delta", False),
+    ("https://graph.microsoft.com/v1.0", "https://graph.microsoft.com:8443/v1.0/users/delta", False),
+    ("https://graph.microsoft.com/v1.0", "https://evil.example/v1.0/users/delta", False),
+    ("https://graph.microsoft.com/v1.0", "https://graph.microsoft.com.evil.example/v1.0", False),
+    ("http://127.0.0.1:8080/v1.0", "http://127.0.0.1:8081/v1.0/users/delta", False),
+    ("http://127.0.0.1:8080/v1.0", "http://evil.example:8080/v1.0/users/delta", False),
+    ("https://outlook.office365.com", "https://user@outlook.office365.com/adminapi", False),
+])
+def test_a_next_link_is_on_the_same_origin_exactly_when_scheme_host_and_port_agree(base, link, same):
+    """Scheme and host compare case-insensitively and an absent port is the scheme's default
+    (RFC 3986, 6.2.3); a loopback host is one machine however it is spelled (localhost, 127.0.0.1,
+    ::1: a local emulator may write its links either way). Anything else is another origin,
+    which a bearer token never goes to."""
+    assert same_origin(link, base) is same
+
+
+def test_a_graph_emulator_that_spells_its_links_localhost_is_read_to_the_end(receiver, tmp_path):
+    """"The next page is read ... until there is none" (docs/sync-rules.md, Reading the
+    directory): GRAPH_BASE_URL names 127.0.0.1 while the emulator writes its nextLink and
+    deltaLink with localhost, the same loopback host and port."""
+    graph = GraphEmulator(nasty_directory(), max_page_size=2)
+    graph.start(host="localhost")
+    try:
+        env = base_env(graph.base_url.replace("localhost", "127.0.0.1"), receiver.base_url, f"file:{tmp_path / 'state'}")
+        first = run_cli("update", env, "--json")
+        assert first.code == 0, first.stderr
+        assert service_view(receiver) == EXPECTED
+        graph.delete_user(U(8))
+        again = run_cli("update", env, "--json")
+        assert again.code == 0 and again.summary["read"]["kind"] == "delta", again.stderr
+        assert "dave@fabrikam.com" not in service_view(receiver)["addresses"]
+    finally:
+        graph.stop()
+
+
+def test_an_exchange_next_link_with_the_default_port_is_followed():
+    """The same body is posted to the nextLink (docs/sync-rules.md, Exchange Online), when the
+    link spells the endpoint's host in capitals with its default port."""
+    tenant = "11111111-2222-3333-4444-555555555555"
+    first = f"/adminapi/beta/{tenant}/InvokeCommand"
+    pages = {first: {"value": [recipient("e0c5e0c5-0000-4000-8000-000000000001", "PublicFolder", "a@contoso.com")],
+                     "@odata.nextLink": f"https://OUTLOOK.office365.com:443{first}?$skiptoken=2"},
+             f"{first}?$skiptoken=2": {"value": [recipient("e0c5e0c5-0000-4000-8000-000000000002", "PublicFolder", "b@contoso.com")]}}
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(200, json=pages[seen[-1]])
+
+    async def go() -> list[dict]:
+        src = ExchangeSource("https://outlook.office365.com", tenant, _RECIPIENT_TYPES, token=None, transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    assert [r["PrimarySmtpAddress"] for r in asyncio.run(go())] == ["a@contoso.com", "b@contoso.com"]
+    assert seen == [first, f"{first}?$skiptoken=2"]
