@@ -62,7 +62,7 @@ def test_a_set_sync_schedule_is_resolved_by_the_host(tmp_path):
 @pytest.mark.parametrize("action", ["test-update", "update", "replace", "refresh"])
 def test_every_summary_counts_exchange_requests_beside_graph_requests(tmp_path, action):
     """"The run summary counts these requests in exoRequests, beside graphRequests"
-    (docs/sync-rules.md, Exchange Online): a run that a malformed setting stops before any
+    (docs/sync-rules.md, "The Exchange Online source"): a run that a malformed setting stops before any
     request says 0 of each, as it says graphRequests."""
     env = {**base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", f"file:{tmp_path / 'state'}"),
            "GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555", "EXO_MODE": "augment", "EXO_BASE_URL": "http://127.0.0.1:9",
@@ -75,9 +75,9 @@ def test_every_summary_counts_exchange_requests_beside_graph_requests(tmp_path, 
 
 
 # --- Graph's real delta shapes, first round and later, end to end ---------------------------------
-# Generated rounds as Graph serves them (docs/sync-rules.md, "Reading the directory"): objects
-# repeated with newer state on any page, partial entries, @removed (changed / deleted) in any round,
-# groups in slices with members@delta of every @odata.type and member removals, users with a null
+# Generated rounds as Graph serves them (docs/sync-rules.md, "Every round is a delta round, and
+# entries are applied in arrival order"): objects repeated with newer state on any page, partial
+# entries, @removed (changed / deleted) in any round, groups in slices with members@delta of every @odata.type and member removals, users with a null
 # mail but proxyAddresses, prefixes in any case, guests. The oracle below reads the rules plainly
 # and validates addresses with the receiver's own validator (written from docs/sync-api.md alone).
 POOL_USERS = [f"10000000-0000-0000-0000-{n:012d}" for n in range(1, 6)]
@@ -218,7 +218,7 @@ def _oracle_datasets(state: dict[str, dict[str, dict]], rules: dict[str, str]) -
 def test_any_sequence_of_real_delta_shapes_leaves_the_service_at_the_last_state_graph_showed(tmp_path_factory, data):
     """The first (full) round and a later one, each of generated real shapes: after each
     ``update`` the service holds exactly what the rules make of the last state each round showed
-    for each object (docs/sync-rules.md, "Reading the directory" and the three datasets)."""
+    for each object (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order"; "The three datasets")."""
     rounds = [data.draw(_round()), data.draw(_round())]
     rules = data.draw(st.sampled_from([{}, {"EXCLUDE_USER_TYPES": "guest"}, {"EXCLUDE_ADDRESS_PATTERNS": "shared@.*"},
                                        {"SYNC_SCOPE_GROUPS": POOL_GROUPS[0]}]))
@@ -264,7 +264,7 @@ def test_exchange_recipients_join_the_addresses_by_the_graph_rules_in_every_run(
     listed recipient's PrimarySmtpAddress and smtp: EmailAddresses, "normalized and kept by exactly
     the rules for Graph candidates"; recipients add no groups or users records; a recipient gone
     from the next listing takes away the addresses no other object still holds (docs/sync-rules.md,
-    Exchange Online)."""
+    "The Exchange Online source")."""
     rounds = [data.draw(_round()), data.draw(_round())]
     listings = [data.draw(_listing()), data.draw(_listing())]
     rules = data.draw(st.sampled_from([{}, {"EXCLUDE_ADDRESS_PATTERNS": "shared@.*"}]))
@@ -318,8 +318,8 @@ def test_a_next_link_is_on_the_same_origin_exactly_when_scheme_host_and_port_agr
 
 
 def test_a_graph_emulator_that_spells_its_links_localhost_is_read_to_the_end(receiver, tmp_path):
-    """"The next page is read ... until there is none" (docs/sync-rules.md, Reading the
-    directory): GRAPH_BASE_URL names 127.0.0.1 while the emulator writes its nextLink and
+    """Every page of a round is read to its deltaLink (docs/sync-rules.md, "Failures while
+    reading") when GRAPH_BASE_URL names 127.0.0.1 while the emulator writes its nextLink and
     deltaLink with localhost, the same loopback host and port."""
     graph = GraphEmulator(nasty_directory(), max_page_size=2)
     graph.start(host="localhost")
@@ -337,7 +337,7 @@ def test_a_graph_emulator_that_spells_its_links_localhost_is_read_to_the_end(rec
 
 
 def test_an_exchange_next_link_with_the_default_port_is_followed():
-    """The same body is posted to the nextLink (docs/sync-rules.md, Exchange Online), when the
+    """The same body is posted to the nextLink (docs/sync-rules.md, "The Exchange Online source"), when the
     link spells the endpoint's host in capitals with its default port."""
     tenant = "11111111-2222-3333-4444-555555555555"
     first = f"/adminapi/beta/{tenant}/InvokeCommand"
