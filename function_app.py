@@ -1,6 +1,6 @@
 """Azure Functions entry point (Python v2 programming model): a thin door into ``shared``.
 
-The timer runs ``update`` on SYNC_SCHEDULE. A failed run raises, so the platform records a
+The timer runs ``update`` on SYNC_SCHEDULE (hourly when it is unset). A failed run raises, so the platform records a
 failed execution and the failure alert fires; a run skipped because another run (say, one from
 the command line) holds the lock is logged and is not a failure. The functions are synchronous
 (the worker runs them on its thread pool); the engine's asyncio run lives inside each.
@@ -11,6 +11,7 @@ blueprint of their own, ``operator_endpoints.py``, registered here."""
 from __future__ import annotations
 
 import logging
+import os
 
 import azure.functions as func
 
@@ -19,6 +20,7 @@ from shared.common.errors import SyncError
 from shared.common.logs import configure_logging
 from shared.common.shutdown import install_sigterm_handler
 from shared.common.telemetry import configure_telemetry
+from shared.config.schedule import DEFAULT_SCHEDULE
 from shared.config.settings import load_settings, progress_interval_seconds
 from shared.engine import Options, perform_blocking
 from shared.storage.lock import RunLockedError
@@ -36,8 +38,14 @@ class SyncRunFailed(RuntimeError):
     """Raised from the timer so the execution is recorded as failed."""
 
 
+# SYNC_SCHEDULE, resolved by the host; unset, the contract's hourly default (docs/sync-rules.md,
+# Settings). The host cannot resolve "%SYNC_SCHEDULE%" without the app setting and would then
+# run no timer at all; it indexes this module at start, with the app settings as environment.
+TIMER_SCHEDULE = "%SYNC_SCHEDULE%" if os.environ.get("SYNC_SCHEDULE", "").strip() else DEFAULT_SCHEDULE
+
+
 @app.function_name(name="sync_timer")
-@app.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+@app.timer_trigger(schedule=TIMER_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=True)
 def sync_timer(timer: func.TimerRequest) -> None:
     configure_logging()
     if timer is not None and getattr(timer, "past_due", False):

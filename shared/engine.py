@@ -285,7 +285,7 @@ class _Run(PreviewStage, ReplaceStage):
         finally:
             self.summary.sync_requests = api.requests
             self.summary.graph_requests = self.graph_requests
-            self.summary.extra["exoRequests"] = self.exo_requests
+            self.summary.exo_requests = self.exo_requests
             await api.aclose()
             if db is not None:
                 db.close()

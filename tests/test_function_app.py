@@ -21,9 +21,10 @@ def timer_function():
 
 
 def test_the_timer_is_bound_to_sync_schedule():
+    # "%SYNC_SCHEDULE%", or the hourly default when it is unset (tests/test_adversary_round7b.py)
     bindings = timer_function().get_bindings_dict()["bindings"]
     assert bindings == [{"direction": bindings[0]["direction"], "type": "timerTrigger", "name": "timer",
-                         "schedule": "%SYNC_SCHEDULE%", "runOnStartup": False, "useMonitor": True}]
+                         "schedule": function_app.TIMER_SCHEDULE, "runOnStartup": False, "useMonitor": True}]
 
 
 def _timer(past_due: bool = False) -> func.TimerRequest:

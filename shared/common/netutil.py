@@ -29,6 +29,26 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Whether ``url`` (a page's next link) is on the origin of ``base`` (the configured root),
+    so that a request with the bearer token may go there. Scheme and host compare
+    case-insensitively and an absent port is the scheme's default (RFC 3986, 6.2.3); two loopback
+    hosts (localhost, 127.0.0.0/8, ::1) on the same port are one machine, however a local emulator
+    spells its links. A link with credentials in it is never the same origin."""
+    a, b = urlsplit(url), urlsplit(base)
+    try:
+        ports = (a.port or _DEFAULT_PORTS.get(a.scheme.lower())), (b.port or _DEFAULT_PORTS.get(b.scheme.lower()))
+    except ValueError:
+        return False
+    if a.username is not None or a.password is not None or a.scheme.lower() != b.scheme.lower() or ports[0] != ports[1]:
+        return False
+    host, root = (a.hostname or "").lower(), (b.hostname or "").lower()
+    return bool(host) and (host == root or (is_loopback_host(host) and is_loopback_host(root)))
+
+
 def url_problem(url: str) -> str | None:
     """Why ``url`` may not be used for an API call, or None when it may: the one check of every
     URL setting (GRAPH_BASE_URL, SYNC_API_URL, EXO_BASE_URL, KEY_VAULT_URL, the storage URIs).

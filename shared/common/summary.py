@@ -45,6 +45,7 @@ class RunSummary:
     ok: bool = False
     datasets: dict[str, DatasetCounts] = field(default_factory=lambda: {d: DatasetCounts() for d in DATASETS})
     graph_requests: int = 0
+    exo_requests: int = 0  # Exchange Online requests (EXO_MODE), beside graph_requests (docs/sync-rules.md)
     sync_requests: int = 0
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -75,6 +76,7 @@ class RunSummary:
             "ok": self.ok,
             "datasets": {d: c.as_dict() for d, c in self.datasets.items()},
             "graphRequests": self.graph_requests,
+            "exoRequests": self.exo_requests,
             "syncRequests": self.sync_requests,
             "durationSeconds": round(self.duration, 3),
         }

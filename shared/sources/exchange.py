@@ -37,12 +37,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import httpx
 
 from ..common.errors import ExchangeAuthError, ExchangeError
-from ..common.netutil import http_client, jittered_backoff, parse_retry_after
+from ..common.netutil import http_client, jittered_backoff, parse_retry_after, same_origin
 from ..common.redact import scrub
 from .base import EntrySink, ListSink, SourceRead
 
@@ -125,7 +125,6 @@ class ExchangeSource:
         self.max_attempts = max(1, max_attempts)
         self.stats = ExoStats()
         self.scope = f"{self.base_url}/.default"
-        self._origin = _origin(self.base_url)
         self._gate = asyncio.Lock()  # one Exchange request in flight at a time
         self._token: tuple[str, float] | None = None
         self._client = http_client(timeout, connect_seconds=timeout, transport=transport)
@@ -163,7 +162,7 @@ class ExchangeSource:
                 self.stats.recipients += 1
             link = page.get("@odata.nextLink")
             url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
-            if url is not None and _origin(url) != self._origin:
+            if url is not None and not same_origin(url, self.base_url):
                 # The bearer token goes with every page: never to another host.
                 raise ExchangeError("Exchange Online Get-Recipient: @odata.nextLink points outside EXO_BASE_URL; the read stopped, nothing was sent")
         log.info("read: Exchange Online, %d recipients of %s in %d pages", self.stats.recipients, ",".join(self.types), self.stats.pages)
@@ -254,11 +253,6 @@ def auth_message(status: int, diagnostics: str | None) -> str:
 
 def _printable(value: str) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in value).strip()
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

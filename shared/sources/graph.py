@@ -38,7 +38,7 @@ from kiota_http.middleware.options import ParametersNameDecodingHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import jittered_backoff
+from ..common.netutil import jittered_backoff, same_origin
 from .base import SourceRead
 from .graph_errors import _ERROR_MAP, _api_error_text, _error_code, _retry_after
 from .graph_transport import MAX_PAGE_BYTES, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer, graph_http_client  # noqa: F401 - MAX_PAGE_BYTES: this module's API
@@ -94,7 +94,6 @@ class GraphSource:
         concurrent: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._netloc = urlsplit(self.base_url).netloc
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.member_concurrency = member_concurrency
@@ -297,9 +296,8 @@ class GraphSource:
     def _follow(self, link: Any, first: RequestInformation | None, what: str) -> RequestInformation:
         if not isinstance(link, str) or not link.startswith(("http://", "https://")):
             raise IncompleteReadError(f"Graph {what}: @odata.nextLink is not an absolute URL")
-        netloc = urlsplit(link).netloc
-        if netloc != self._netloc:
-            raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({netloc})")
+        if not same_origin(link, self.base_url):  # the token goes with the request: never to another origin
+            raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({urlsplit(link).netloc})")
         ri = RequestInformation(Method.GET)
         ri.url = link
         ri.add_request_options([_VERBATIM])  # Graph's link as it is: no name to decode, no URL to parse again

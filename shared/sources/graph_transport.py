@@ -16,7 +16,7 @@ from msgraph_core import GraphClientFactory
 from msgraph_core.middleware import GraphTelemetryHandler
 
 from ..common import fastjson
-from ..common.netutil import http_client, tls_context
+from ..common.netutil import http_client, same_origin, tls_context
 from ..common.textsafe import safe_text
 
 
@@ -62,7 +62,7 @@ def graph_http_client(base_url: str, timeout_seconds: float) -> httpx.AsyncClien
 class StrictGzipTransport(httpx.AsyncBaseTransport):
     """The Graph client's transport, under msgraph's middleware:
 
-    * requests go only to ``origin`` (scheme, host, port of GRAPH_BASE_URL): a redirect the
+    * requests go only to ``origin`` (GRAPH_BASE_URL's origin, ``netutil.same_origin``): a redirect the
       middleware would follow, or any link, to another host fails the page;
     * a 3xx answer fails the page (Graph's delta and list endpoints do not redirect; a client
       that followed it would take the other page as directory data);
@@ -77,12 +77,12 @@ class StrictGzipTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, origin: str | None = None, max_bytes: int = MAX_PAGE_BYTES) -> None:
         self._inner = inner
-        self._origin = _origin(httpx.URL(origin)) if origin else None
+        self._origin = origin
         self._max = max_bytes
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._origin is not None and _origin(request.url) != self._origin:
-            raise _RefusedAnswer(f"a request to {safe_text(request.url.host, 100)!r} was refused: Graph reads stay on {self._origin[1]}")
+        if self._origin is not None and not same_origin(str(request.url), self._origin):
+            raise _RefusedAnswer(f"a request to {safe_text(request.url.host, 100)!r} was refused: Graph reads stay on {httpx.URL(self._origin).host}")
         request.headers["Accept-Encoding"] = "gzip"
         resp = await self._inner.handle_async_request(request)
         if 300 <= resp.status_code < 400:
@@ -137,10 +137,6 @@ def inflate_gzip(data: bytes, max_bytes: int, request: httpx.Request | None = No
     except zlib.error as exc:
         raise _BadGzip(f"truncated or corrupt gzip body ({exc})", request=request) from None
     return out[0] if len(out) == 1 else b"".join(out)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host, url.port or {"https": 443, "http": 80}.get(url.scheme))
 
 
 def _parse_page(body: bytes | None) -> dict[str, Any]:
