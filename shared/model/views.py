@@ -130,7 +130,7 @@ class WholeDirectory:
                 continue
             first = owner.setdefault(primary, uid)
             if first != uid:
-                log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, first)
+                _warn_left_out(uid, primary, first)
                 continue
             while row is not None and row[0] < uid:
                 row = next(rows, None)
@@ -188,7 +188,7 @@ class WholeDirectory:
                 groups.setdefault(mid, set()).add(gid)
         for u, p in primary.items():  # the same warning as a full read's (_user_records)
             if owner.get(p, u) != u:
-                log.warning("user %s shares the primary address %s with user %s, which keeps the record", u, p, owner[p])
+                _warn_left_out(u, p, owner[p])
         return {u: UserRecord(primary[u], tuple(sorted(groups.get(u, ())))) if u in primary and owner.get(primary[u]) == u else None for u in uids}
 
     def exclusions(self, *, only_rules: bool = False) -> list[Exclusion]:
@@ -266,3 +266,9 @@ class WholeDirectory:
     def projection(self, datasets: Iterable[str] = DATASETS) -> Projection:
         """The whole projection of the cached directory: records of ``datasets``, every exclusion."""
         return Projection({d: self.records(d) for d in datasets}, self.exclusions())
+
+
+def _warn_left_out(uid: str, primary: str, keeper: str) -> None:
+    """A user left out because ``keeper`` (the smaller id) holds the same primary address
+    (docs/sync-rules.md, the users dataset: "The other is left out with a warning")."""
+    log.warning("user %s shares the primary address %s with user %s, which keeps the record", uid, primary, keeper)
