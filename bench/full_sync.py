@@ -140,12 +140,11 @@ class CountingSink:
 
 async def raw_read(graph_url: str) -> tuple[int, float]:
     """The product's read path alone (``GraphSource.read_directory``): (objects, seconds)."""
-    from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
     sys.path.insert(0, str(ROOT))
     from shared.sources.graph import GraphSource
 
-    source = GraphSource(graph_url, AnonymousAuthenticationProvider())
+    source = GraphSource(graph_url)
     sink = CountingSink()
     try:
         start = time.perf_counter()

@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
 from devstack.graph_emulator import GraphEmulator
 from shared.common.errors import IncompleteReadError, SettingsError
@@ -33,8 +32,6 @@ from shared.text import format_status
 from tests import launcher
 from tests.loopback import Loopback
 from tests.stack import DOMAINS, base_env
-
-pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
 
 FORGED = "\n2026-01-01 00:00:00,000 ERROR sync: forged line \x1b[2J\x1b[31mred\u2028sep\x9b1m"
 CONTROL = ("\n", "\r", "\x1b", "\u2028", "\x9b")
@@ -100,7 +97,7 @@ class Sink:
 
 def read(base_url: str) -> Sink:
     async def go() -> Sink:
-        source = GraphSource(base_url, AnonymousAuthenticationProvider(), backoff_seconds=0.01, max_attempts=2)
+        source = GraphSource(base_url, None, backoff_seconds=0.01, max_attempts=2)
         sink = Sink()
         try:
             await source.read_directory(sink)

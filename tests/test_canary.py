@@ -163,7 +163,7 @@ def assert_exception_clean(where: str, exc: BaseException | None, *, chain: bool
 
 # --- log capture ----------------------------------------------------------------------------------
 LOGGERS = ("", "shared", "azure", "azure.identity", "azure.core", "msal", "httpx", "httpcore", "urllib3", "hpack",
-           "kiota_http", "kiota_abstractions", "kiota_authentication_azure", "msgraph", "msgraph_core", "asyncio")
+           "aiohttp", "aiohttp.client", "aiohttp.internal", "asyncio")
 
 
 class Capture(logging.Handler):

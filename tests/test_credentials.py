@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -27,13 +29,22 @@ BASE = {
 }
 
 
-def test_client_secret_mode_builds_a_client_secret_credential():
+def test_client_secret_mode_builds_a_client_secret_credential(monkeypatch):
     s = load_settings({**BASE, "GRAPH_AUTH": "client_secret"})
     cred = credentials.graph_token_credential(s, Secret("the-secret-value", "graph-client-secret"))
     assert isinstance(cred, ClientSecretCredential)
     assert cred._client_id == BASE["GRAPH_CLIENT_ID"]
-    provider = credentials.graph_auth_provider(s, Secret("the-secret-value", "graph-client-secret"))
-    assert "graph.microsoft.com" in provider.access_token_provider._allowed_hosts_validator.get_allowed_hosts()
+    # Graph's token getter asks that credential for GRAPH_SCOPE, off the event loop's thread.
+    asked: list[tuple] = []
+
+    def get_token(self, *scopes, **kwargs):
+        asked.append((scopes, threading.current_thread() is threading.main_thread()))
+        return SimpleNamespace(token="graph-token", expires_on=1_900_000_000)
+
+    monkeypatch.setattr(ClientSecretCredential, "get_token", get_token)
+    getter = credentials.graph_token_getter(s, Secret("the-secret-value", "graph-client-secret"))
+    assert asyncio.run(getter(s.graph_scope)) == ("graph-token", 1_900_000_000.0)
+    assert asked == [((s.graph_scope,), False)]
 
 
 def test_managed_identity_mode_uses_the_identity_token_as_client_assertion(monkeypatch):
@@ -62,7 +73,7 @@ def test_managed_identity_mode_uses_the_identity_token_as_client_assertion(monke
 def test_none_mode_is_anonymous():
     s = load_settings({k: v for k, v in BASE.items() if not k.startswith("GRAPH_")} | {"GRAPH_AUTH": "none", "GRAPH_BASE_URL": "http://127.0.0.1:1/v1.0"})
     assert credentials.graph_token_credential(s, None) is None
-    assert type(credentials.graph_auth_provider(s, None)).__name__ == "AnonymousAuthenticationProvider"
+    assert credentials.graph_token_getter(s, None) is None  # no Authorization header at all
 
 
 def test_national_cloud_authority():

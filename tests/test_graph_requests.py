@@ -1,6 +1,6 @@
 """What the Graph reader puts on the wire, read by a Graph server on loopback: the first request of
-a round spells ``$select``/``$top`` as Graph documents them (kiota writes ``%24select``; the
-parameter-name decoding handler stays in the pipeline for it), every page asks for
+a round spells ``$select``/``$top`` as Graph documents them (not ``%24select``, as msgraph-sdk's
+URL templates write it), every page asks for
 ``Prefer: odata.maxpagesize=999`` and gzip, and a ``@odata.nextLink`` is followed exactly as Graph
 wrote it (Graph: "use the entire URL in the @odata.nextLink property as is";
 https://learn.microsoft.com/graph/paging)."""
@@ -11,11 +11,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-import pytest
-
 from tests.test_graph_gzip import Answer, Server, read_users, serve  # noqa: F401 - serve: the fixture
-
-pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
 
 # A link whose parameter name and value hold percent-escapes a decoder would rewrite.
 NEXT = "/v1.0/users/delta?%24skiptoken=a%2Eb%24c%7E&x%2Dy=1"

@@ -1,5 +1,5 @@
-"""One retry policy per Graph request: ``GraphSource._fetch`` owns retries and kiota's
-RetryHandler is off, so a throttled page costs at most ``max_attempts`` requests, counted
+"""One retry policy per Graph request: ``GraphSource._fetch`` owns retries and no
+other layer retries, so a throttled page costs at most ``max_attempts`` requests, counted
 here by the Graph emulator (a real HTTP server on loopback) under 429 and 503 faults."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from kiota_abstractions.authentication import AnonymousAuthenticationProvider
 
 from devstack.graph_emulator import GraphEmulator
 from shared.common.errors import IncompleteReadError
@@ -39,7 +38,7 @@ def emulator():
 
 def _read(emu: GraphEmulator) -> tuple[_Sink, GraphSource]:
     async def go() -> tuple[_Sink, GraphSource]:
-        source = GraphSource(emu.base_url, AnonymousAuthenticationProvider(), max_attempts=MAX_ATTEMPTS, backoff_seconds=0.01)
+        source = GraphSource(emu.base_url, None, max_attempts=MAX_ATTEMPTS, backoff_seconds=0.01)
         sink = _Sink()
         try:
             await source.read_directory(sink)
@@ -70,5 +69,5 @@ def test_a_page_that_stays_throttled_costs_exactly_max_attempts_requests(emulato
     emulator.inject_fault(kind, path_contains="/users", times=1000, retry_after=0)
     with pytest.raises(IncompleteReadError, match=f"after {MAX_ATTEMPTS} attempts .*HTTP {kind}"):
         _read(emulator)
-    # With kiota's RetryHandler also retrying, this would be (1 + 3) x MAX_ATTEMPTS.
+    # With a second retry layer (msgraph's RetryHandler, 3 retries) this would be (1 + 3) x MAX_ATTEMPTS.
     assert _user_requests(emulator) == MAX_ATTEMPTS

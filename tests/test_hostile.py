@@ -27,9 +27,6 @@ from devstack.sync_receiver import SyncReceiver
 from tests import launcher
 from tests.stack import CREDENTIAL, DOMAINS, base_env, run_cli, service_view
 
-# The SDK warns about its own request builders; not this file's concern.
-pytestmark = pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning")
-
 U1, U2, G1, C1 = "u-0001", "u-0002", "g-0001", "c-0001"
 DIRECTORY = {
     "users": [{"id": U1, "displayName": "Alice", "mail": "alice@contoso.com", "proxyAddresses": ["SMTP:alice@contoso.com"]}],

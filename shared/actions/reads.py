@@ -15,7 +15,7 @@ from typing import Any
 from ..common.errors import CredentialExpiredError, GraphError, SyncApiProtocolError, SyncError
 from ..common.redact import aadsts_code
 from ..common.telemetry import phase
-from ..config.credentials import graph_auth_provider
+from ..config.credentials import graph_token_getter
 from ..config.settings import Settings
 from ..model.directory import Cache, Round
 from ..model.records import Records, from_api_record
@@ -42,8 +42,8 @@ class ReadStage(RunParts):
         return domains
 
     def _source(self) -> GraphSource:
-        auth = graph_auth_provider(self.settings, self.secrets.graph_client_secret)
-        return GraphSource(self.settings.graph_base_url, auth, backoff_seconds=self.options.graph_backoff_seconds,
+        token = graph_token_getter(self.settings, self.secrets.graph_client_secret)
+        return GraphSource(self.settings.graph_base_url, token, scope=self.settings.graph_scope, backoff_seconds=self.options.graph_backoff_seconds,
                            concurrent=self.options.graph_concurrent)
 
     async def _graph(self, work: Callable[[GraphSource], Awaitable[Any]]) -> Any:
@@ -55,7 +55,7 @@ class ReadStage(RunParts):
                 return await work(source)
         except GraphError:
             raise
-        except Exception as exc:  # noqa: BLE001 - azure-identity and kiota raise their own types
+        except Exception as exc:  # noqa: BLE001 - azure-identity raises its own types
             failure = _graph_failure(exc, self.settings)
         finally:
             self.graph_requests += source.stats.requests
@@ -140,7 +140,7 @@ class ReadStage(RunParts):
 
 
 def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
-    """Turn azure-identity/kiota exceptions into one clear message, without their text
+    """Turn azure-identity exceptions into one clear message, without their text
     (which can echo request details) beyond the AADSTS code."""
     code = aadsts_code(exc)
     if code in ("7000222", "7000215", "7000221"):

@@ -25,8 +25,8 @@ def configure_logging(level: int = logging.INFO) -> None:
         for handler in logging.getLogger().handlers:
             if getattr(handler, "stream", None) is sys.stderr:
                 handler.addFilter(_StderrLevel(level))
-    # The Azure SDKs and httpx log every request at INFO: keep that noise out of a run's log.
-    for noisy in ("azure", "httpx", "httpcore", "msal", "kiota_http", "urllib3"):
+    # The Azure SDKs and the HTTP clients log every request at INFO: keep that noise out of a run's log.
+    for noisy in ("azure", "httpx", "httpcore", "msal", "aiohttp", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     install_log_redaction()
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
-
-from kiota_abstractions.authentication import AnonymousAuthenticationProvider, AuthenticationProvider
 
 from ..common.errors import SecretError
 from ..common.redact import Secret
 from .settings import Settings
+
+# A token getter: scope → (access token, expiry as POSIX seconds). Graph and Exchange Online
+# sign in through one (None: GRAPH_AUTH=none, no Authorization header).
+TokenGetter = Callable[[str], Awaitable[tuple[str, float]]]
 
 TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"  # noqa: S105  # nosec B105 - an audience, not a secret
 
@@ -54,16 +59,24 @@ def graph_token_credential(settings: Settings, client_secret: Secret | None, *, 
     return ClientAssertionCredential(settings.graph_tenant_id, settings.graph_client_id, assertion, authority=authority)
 
 
-def graph_auth_provider(settings: Settings, client_secret: Secret | None) -> AuthenticationProvider:
-    credential = graph_token_credential(settings, client_secret)
+def token_getter_for(credential: Any) -> TokenGetter | None:
+    """Wrap an azure-identity (sync) credential as a ``TokenGetter``, its ``get_token`` run in
+    a worker thread (a sign-in is a blocking HTTP call); None stays None."""
     if credential is None:
-        return AnonymousAuthenticationProvider()
-    from kiota_authentication_azure.azure_identity_authentication_provider import (
-        AzureIdentityAuthenticationProvider,
-    )
+        return None
 
-    host = urlsplit(settings.graph_base_url).hostname or "graph.microsoft.com"
-    return AzureIdentityAuthenticationProvider(credential, scopes=[settings.graph_scope], allowed_hosts=[host])
+    async def get(scope: str) -> tuple[str, float]:
+        token = await asyncio.to_thread(credential.get_token, scope)
+        return token.token, float(token.expires_on)
+
+    return get
+
+
+def graph_token_getter(settings: Settings, client_secret: Secret | None) -> TokenGetter | None:
+    """How Graph requests sign in: a ``TokenGetter`` over the app's credential, asked for
+    GRAPH_SCOPE; None for GRAPH_AUTH=none (no Authorization header). The token goes only to
+    GRAPH_BASE_URL's origin (``GraphHttp`` refuses any other)."""
+    return token_getter_for(graph_token_credential(settings, client_secret))
 
 
 def exchange_token_credential(settings: Settings, client_secret: Secret | None):

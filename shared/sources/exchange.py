@@ -34,7 +34,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin
@@ -44,6 +44,7 @@ import httpx
 from ..common.errors import ExchangeAuthError, ExchangeError
 from ..common.netutil import http_client, jittered_backoff, parse_retry_after, same_origin
 from ..common.redact import scrub
+from ..config.credentials import TokenGetter, token_getter_for
 from .base import EntrySink, ListSink, SourceRead
 
 log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
@@ -55,10 +56,6 @@ CONCURRENCY_THROTTLE = re.compile(r"maximum\s+number\s+of\s+concurrent\s+request
 MAX_RETRY_AFTER_SECONDS = 300.0
 # What the engine keeps of a recipient (the rest of Get-Recipient's ~100 properties is dropped).
 KEPT_PROPERTIES = ("Guid", "RecipientTypeDetails", "PrimarySmtpAddress", "EmailAddresses", "DisplayName", "ExternalDirectoryObjectId")
-
-# A token getter: scope → (access token, expiry as POSIX seconds).
-TokenGetter = Callable[[str], Awaitable[tuple[str, float]]]
-
 
 @dataclass
 class ExoStats:
@@ -73,19 +70,6 @@ def invoke_body(types: Sequence[str]) -> bytes:
     every page."""
     doc = {"CmdletInput": {"CmdletName": "Get-Recipient", "Parameters": {"ResultSize": "Unlimited", "RecipientTypeDetails": list(types)}}}
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
-
-
-def token_getter_for(credential: Any) -> TokenGetter | None:
-    """Wrap an azure-identity (sync) credential as a ``TokenGetter``; None stays None
-    (GRAPH_AUTH=none: no token is sent)."""
-    if credential is None:
-        return None
-
-    async def get(scope: str) -> tuple[str, float]:
-        token = await asyncio.to_thread(credential.get_token, scope)
-        return token.token, float(token.expires_on)
-
-    return get
 
 
 class _Retry(Exception):

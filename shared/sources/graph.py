@@ -1,15 +1,15 @@
-"""Read the directory from Microsoft Graph: raw pages through msgraph-sdk's request adapter.
+"""Read the directory from Microsoft Graph: raw pages over HTTP (``graph_transport.GraphHttp``).
 
 Every read is a delta round over ``users/delta``, ``groups/delta`` (with ``members``) and
 ``contacts/delta``, run concurrently. A round without tokens lists everything (a full read)
 and ends with a delta link per collection; a round from saved links lists only what changed
-since. The links are read from each raw page's ``@odata.deltaLink`` (msgraph-core's
-``PageIterator`` leaves ``delta_link`` empty).
+since. The links are read from each raw page's ``@odata.deltaLink``.
 
-The SDK builds the requests, signs them in (its request adapter) and runs the middleware this
-read uses (``graph_transport.graph_http_client``: no retry handler, ``_fetch`` is the one retry
-policy, Retry-After included); the pages come back as bytes and are parsed with orjson instead
-of the typed models, which cost ~6 ms per object against ~8 µs here.
+Each first request is the documented one (``GET /users/delta?$select=...``: Graph's "delta"
+and "paging" pages); every later one is a link exactly as Graph wrote it. ``_fetch`` is the one
+retry policy (429 and 5xx with Retry-After, dropped connections, malformed pages). The pages are
+parsed with orjson into plain dicts: msgraph-sdk's typed models cost ~6-10 ms per object against
+~10 µs here.
 
 Memberships come from ``groups/delta`` with ``members`` selected: one paged enumeration returns
 every group with its direct members (a big group's members spread over several pages), so the
@@ -22,26 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
-from urllib.parse import urlsplit
-
-import httpx
-from kiota_abstractions.api_error import APIError
-from kiota_abstractions.authentication import AuthenticationProvider
-from kiota_abstractions.base_request_configuration import RequestConfiguration
-from kiota_abstractions.method import Method
-from kiota_abstractions.request_information import RequestInformation
-from kiota_http.middleware.options import ParametersNameDecodingHandlerOption
-from msgraph import GraphRequestAdapter, GraphServiceClient
+from urllib.parse import quote, urlsplit
 
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
 from ..common.netutil import jittered_backoff, same_origin
+from ..config.credentials import TokenGetter
 from .base import SourceRead
-from .graph_errors import _ERROR_MAP, _api_error_text, _error_code, _retry_after
-from .graph_transport import MAX_PAGE_BYTES, _BadGzip, _MalformedPage, _parse_page, _RefusedAnswer, graph_http_client  # noqa: F401 - MAX_PAGE_BYTES: this module's API
+from .graph_transport import MAX_PAGE_BYTES, GraphConnectionError, GraphHttp, GraphHttpError, _MalformedPage, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
 
@@ -51,9 +42,8 @@ CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]
 COLLECTIONS = ("users", "groups", "contacts")
-# A nextLink/deltaLink is followed as Graph wrote it: the parameter-name decoding kiota does
-# for the URLs it builds ($select, $top) is off for it.
-_VERBATIM = ParametersNameDecodingHandlerOption(enable=False)
+PREFER = f"odata.maxpagesize={PAGE_SIZE}"  # every page of a delta round asks for it
+DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
 # Graph's answers to a delta token it no longer honours ("synchronization reset").
 SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
 
@@ -85,8 +75,9 @@ class GraphSource:
     def __init__(
         self,
         base_url: str,
-        auth_provider: AuthenticationProvider,
+        token: TokenGetter | None = None,
         *,
+        scope: str = DEFAULT_SCOPE,
         max_attempts: int = 5,
         backoff_seconds: float = 1.0,
         timeout_seconds: float = 120.0,
@@ -101,11 +92,8 @@ class GraphSource:
         self.stats = ReadStats()
         self.resume: dict[str, dict[str, Any]] = {}  # a checkpointed round's links (read_directory)
         # One retry policy per request: _fetch owns retries (429/5xx with Retry-After, dropped
-        # connections, malformed pages; max_attempts in all); the client has no RetryHandler.
-        self._http = graph_http_client(self.base_url, timeout_seconds)
-        self.adapter = GraphRequestAdapter(auth_provider, client=self._http)
-        self.adapter.base_url = self.base_url
-        self.client = GraphServiceClient(request_adapter=self.adapter)
+        # connections, malformed pages; max_attempts in all).
+        self._http = GraphHttp(self.base_url, token, scope, timeout_seconds)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -136,7 +124,12 @@ class GraphSource:
         await self._all(self._read_users(sink), self._read_groups(sink), self._read_contacts(sink))
         return self.stats
 
-    async def _delta_round(self, collection: str, first: RequestInformation, sink: RoundSink) -> str | None:
+    def _url(self, path: str, select: list[str], *, top: bool = False) -> str:
+        """A first request as Graph documents it: ``{base}/{path}?$select=a,b[&$top=999]``."""
+        query = f"$select={','.join(select)}" + (f"&$top={PAGE_SIZE}" if top else "")
+        return f"{self.base_url}/{path}?{query}"
+
+    async def _delta_round(self, collection: str, first: str, sink: RoundSink) -> str | None:
         """One collection's first delta round, from the start or from its checkpoint; returns
         its deltaLink. Raises ``_Unsupported`` when the endpoint does not serve delta."""
         saved = self.resume.get(collection) or {}
@@ -148,54 +141,40 @@ class GraphSource:
         take = partial(sink.take, collection)
         what = f"{collection}/delta"
         if "next" in saved:
-            return await self._each_page(self._follow(saved["next"], first, what), what, take, count=collection, delta=True, on_page=hook)
-        return await self._each_page(first, what, take, count=collection, unsupported_ok=True, on_page=hook)
+            return await self._each_page(self._follow(saved["next"], what), what, take, prefer=PREFER, count=collection, delta=True, on_page=hook)
+        return await self._each_page(first, what, take, prefer=PREFER, count=collection, unsupported_ok=True, on_page=hook)
 
-    async def _all(self, *aws: Awaitable[Any]) -> None:
+    async def _all(self, *aws: Coroutine[Any, Any, Any]) -> None:
         if self.concurrent:
             await gather_or_cancel(*aws)
-        else:
-            for aw in aws:
+            return
+        for n, aw in enumerate(aws):
+            try:
                 await aw
+            except BaseException:
+                for rest in aws[n + 1:]:  # never started: closed, not left to warn
+                    rest.close()
+                raise
 
     async def _read_users(self, sink: RoundSink) -> None:
-        from msgraph.generated.users.delta.delta_request_builder import DeltaRequestBuilder
-        from msgraph.generated.users.users_request_builder import UsersRequestBuilder
-
-        dq = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=USER_SELECT)
-        delta = self.client.users.delta.to_get_request_information(RequestConfiguration(query_parameters=dq))
-        q = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=USER_SELECT, top=PAGE_SIZE)
-        plain = self.client.users.to_get_request_information(RequestConfiguration(query_parameters=q))
-        await self._full_collection("users", delta, plain, sink)
+        await self._full_collection("users", USER_SELECT, sink)
 
     async def _read_contacts(self, sink: RoundSink) -> None:
-        from msgraph.generated.contacts.contacts_request_builder import ContactsRequestBuilder
-        from msgraph.generated.contacts.delta.delta_request_builder import DeltaRequestBuilder
+        await self._full_collection("contacts", CONTACT_SELECT, sink)
 
-        dq = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=CONTACT_SELECT)
-        delta = self.client.contacts.delta.to_get_request_information(RequestConfiguration(query_parameters=dq))
-        q = ContactsRequestBuilder.ContactsRequestBuilderGetQueryParameters(select=CONTACT_SELECT, top=PAGE_SIZE)
-        plain = self.client.contacts.to_get_request_information(RequestConfiguration(query_parameters=q))
-        await self._full_collection("contacts", delta, plain, sink)
-
-    async def _full_collection(self, collection: str, delta: RequestInformation, plain: RequestInformation, sink: RoundSink) -> None:
+    async def _full_collection(self, collection: str, select: list[str], sink: RoundSink) -> None:
         """A first delta round (it ends with the link for the next one); the plain collection
         when the endpoint does not serve delta (then every run reads in full)."""
-        delta.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
         try:
-            self.stats.links[collection] = await self._delta_round(collection, delta, sink)
+            self.stats.links[collection] = await self._delta_round(collection, self._url(f"{collection}/delta", select), sink)
         except _Unsupported as exc:
             log.warning("%s/delta is not served by %s (%s); reading /%s in full", collection, self.base_url, exc, collection)
             self.stats.links[collection] = None
             _unresumable(sink)
-            await self._each_page(plain, collection, partial(sink.take, collection), count=collection)
+            await self._each_page(self._url(collection, select, top=True), collection, partial(sink.take, collection), count=collection)
 
     async def _read_groups(self, sink: RoundSink) -> None:
-        from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
-
-        q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(select=[*GROUP_SELECT, "members"])
-        first = self.client.groups.delta.to_get_request_information(RequestConfiguration(query_parameters=q))
-        first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
+        first = self._url("groups/delta", [*GROUP_SELECT, "members"])
         try:
             self.stats.links["groups"] = await self._delta_round("groups", first, sink)
         except _Unsupported as exc:
@@ -212,61 +191,53 @@ class GraphSource:
         and ``IncompleteReadError`` when a page fails."""
 
         async def one(collection: str) -> None:
-            first = self._follow(links[collection], None, f"{collection}/delta")
-            first.headers.try_add("Prefer", f"odata.maxpagesize={PAGE_SIZE}")
+            first = self._follow(links[collection], f"{collection}/delta")
             take = partial(sink.take, collection)
-            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, count=collection, delta=True)
+            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, prefer=PREFER, count=collection, delta=True)
 
         await self._all(*(one(c) for c in COLLECTIONS))
         return self.stats
 
     async def _read_groups_per_group(self, sink: RoundSink) -> None:
-        from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
-
-        q = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(select=GROUP_SELECT, top=PAGE_SIZE)
-        first = self.client.groups.to_get_request_information(RequestConfiguration(query_parameters=q))
         ids: list[str] = []
 
         def take(obj: dict[str, Any]) -> None:
             ids.append(obj["id"])
             sink.take("groups", obj)
 
-        await self._each_page(first, "groups", take, count="groups")
+        await self._each_page(self._url("groups", GROUP_SELECT, top=True), "groups", take, count="groups")
         gate = asyncio.Semaphore(self.member_concurrency)
 
         async def members_of(gid: str) -> None:
-            from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
-
-            mq = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=MEMBER_SELECT, top=PAGE_SIZE)
-            ri = self.client.groups.by_group_id(gid).members.to_get_request_information(
-                RequestConfiguration(query_parameters=mq)
-            )
+            url = self._url(f"groups/{quote(gid, safe='')}/members", MEMBER_SELECT, top=True)
             async with gate:
                 # Each member as a members@delta entry of the group: the same merge as a delta round.
-                await self._each_page(ri, f"groups/{gid}/members", lambda m: sink.take("groups", {"id": gid, "members@delta": [m]}))
+                await self._each_page(url, f"groups/{gid}/members", lambda m: sink.take("groups", {"id": gid, "members@delta": [m]}))
 
         await asyncio.gather(*(members_of(gid) for gid in ids))
 
     # --- paging --------------------------------------------------------------------------
     async def _each_page(
         self,
-        first: RequestInformation,
+        first: str,
         what: str,
         take: Callable[[dict[str, Any]], None],
         *,
+        prefer: str | None = None,
         count: str | None = None,
         unsupported_ok: bool = False,
         delta: bool = False,
         on_page: Callable[[str | None, str | None], None] | None = None,
     ) -> str | None:
-        """Follow ``@odata.nextLink`` to the end; returns the final ``@odata.deltaLink``.
-        Each entry goes to ``take``; ``count`` names the collection whose ``stats.entries`` the
-        page adds to; ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
-        request: RequestInformation | None = first
+        """Follow ``@odata.nextLink`` from the URL ``first`` to the end; returns the final
+        ``@odata.deltaLink``. Each entry goes to ``take``; ``prefer``: every request's Prefer
+        header; ``count`` names the collection whose ``stats.entries`` the page adds to;
+        ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
+        url: str | None = first
         page_no = 0
         followed: set[str] = set()  # the round's nextLinks so far: one that comes back would loop forever
-        while request is not None:
-            page = await self._fetch(request, f"{what} page {page_no + 1}", unsupported_ok=unsupported_ok and page_no == 0, delta=delta)
+        while url is not None:
+            page = await self._fetch(url, f"{what} page {page_no + 1}", prefer=prefer, unsupported_ok=unsupported_ok and page_no == 0, delta=delta)
             values = page["value"]
             for obj in values:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
@@ -285,7 +256,7 @@ class GraphSource:
                 if on_page is not None:
                     on_page(None, link)
                 return link
-            request = self._follow(next_link, first, what)
+            url = self._follow(next_link, what)
             if next_link in followed:
                 raise IncompleteReadError(f"Graph {what} page {page_no}: @odata.nextLink repeats an earlier page's link, so the round would never end; nothing was sent")
             followed.add(next_link)
@@ -293,55 +264,33 @@ class GraphSource:
                 on_page(next_link, None)
         return None
 
-    def _follow(self, link: Any, first: RequestInformation | None, what: str) -> RequestInformation:
+    def _follow(self, link: Any, what: str) -> str:
+        """A nextLink or a saved deltaLink, checked: absolute, and on GRAPH_BASE_URL's origin
+        (the token goes with the request). It is then sent exactly as Graph wrote it (Graph:
+        "use the entire URL in the @odata.nextLink property as is")."""
         if not isinstance(link, str) or not link.startswith(("http://", "https://")):
             raise IncompleteReadError(f"Graph {what}: @odata.nextLink is not an absolute URL")
-        if not same_origin(link, self.base_url):  # the token goes with the request: never to another origin
+        if not same_origin(link, self.base_url):
             raise IncompleteReadError(f"Graph {what}: @odata.nextLink points to another host ({urlsplit(link).netloc})")
-        ri = RequestInformation(Method.GET)
-        ri.url = link
-        ri.add_request_options([_VERBATIM])  # Graph's link as it is: no name to decode, no URL to parse again
-        ri.headers.try_add("Accept", "application/json")
-        prefer = first.headers.get("Prefer") if first is not None else None
-        if prefer:
-            ri.headers.try_add("Prefer", next(iter(prefer)))
-        return ri
+        return link
 
-    async def _fetch(self, request: RequestInformation, what: str, *, unsupported_ok: bool = False, delta: bool = False) -> dict[str, Any]:
-        """One page, with retries for what the middleware does not retry: dropped
-        connections, other 5xx, and a body that is not a Graph page."""
+    async def _fetch(self, url: str, what: str, *, prefer: str | None = None, unsupported_ok: bool = False, delta: bool = False) -> dict[str, Any]:
+        """One page, with retries: 429 and 5xx (Retry-After honoured), dropped connections,
+        and a body that is not a Graph page."""
         last = "no attempt"
         for attempt in range(1, self.max_attempts + 1):
             self.stats.requests += 1
             try:
-                body = await self.adapter.send_primitive_async(request, "bytes", _ERROR_MAP)
-                page = _parse_page(body)
-            except APIError as exc:
-                status = exc.response_status_code or 0
-                if delta and (status == 410 or _error_code(exc) in SYNC_RESET_CODES):
-                    raise DeltaExpiredError(
-                        f"Graph no longer honours the saved delta link for {what.split(' page')[0]} "
-                        f"(HTTP {status} {_error_code(exc) or ''}".rstrip() + ")"
-                    ) from None
-                if unsupported_ok and status in (400, 404, 405, 501):
-                    raise _Unsupported(f"HTTP {status}") from None
-                if status in (401, 403):
-                    raise GraphError(
-                        f"Graph refused {what} with HTTP {status}: check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
-                        "secret and the app's admin-consented permissions (User.Read.All, GroupMember.Read.All, "
-                        "OrgContact.Read.All; README, 'Graph permissions')"
-                    ) from None
-                if status not in (429, 500, 502, 503, 504) and status < 500:
-                    raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {_api_error_text(exc)}") from None
-                last = f"HTTP {status}"
-                delay = _retry_after(exc) or jittered_backoff(self.backoff_seconds, attempt)
-            except (httpx.TransportError, httpx.DecodingError, _MalformedPage) as exc:
-                last = f"{type(exc).__name__}: {exc}" if isinstance(exc, (_MalformedPage, _BadGzip)) else type(exc).__name__
+                return await self._http.page(url, prefer)
+            except GraphHttpError as exc:
+                self._refuse(exc, what, unsupported_ok=unsupported_ok, delta=delta)
+                last = f"HTTP {exc.status}"
+                delay = exc.retry_after or jittered_backoff(self.backoff_seconds, attempt)
+            except (GraphConnectionError, _MalformedPage) as exc:
                 if isinstance(exc, _RefusedAnswer):  # hostile, not transient: no retry
                     raise IncompleteReadError(f"Graph {what} could not be read ({exc}); nothing was sent") from None
+                last = exc.fault if isinstance(exc, GraphConnectionError) else f"{type(exc).__name__}: {exc}"
                 delay = jittered_backoff(self.backoff_seconds, attempt)
-            else:
-                return page
             if attempt < self.max_attempts:
                 if delay > 300:
                     raise IncompleteReadError(f"Graph asked to wait {delay:.0f} s before reading {what}; giving up")
@@ -350,7 +299,25 @@ class GraphSource:
                 await asyncio.sleep(delay)
         raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent")
 
-
+    @staticmethod
+    def _refuse(exc: GraphHttpError, what: str, *, unsupported_ok: bool, delta: bool) -> None:
+        """Raise for an HTTP error that no retry mends; return for 429 and 5xx (retried)."""
+        status = exc.status
+        if delta and (status == 410 or exc.code in SYNC_RESET_CODES):
+            raise DeltaExpiredError(
+                f"Graph no longer honours the saved delta link for {what.split(' page')[0]} "
+                f"(HTTP {status} {exc.code or ''}".rstrip() + ")"
+            ) from None
+        if unsupported_ok and status in (400, 404, 405, 501):
+            raise _Unsupported(f"HTTP {status}") from None
+        if status in (401, 403):
+            raise GraphError(
+                f"Graph refused {what} with HTTP {status}: check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
+                "secret and the app's admin-consented permissions (User.Read.All, GroupMember.Read.All, "
+                "OrgContact.Read.All; README, 'Graph permissions')"
+            ) from None
+        if status != 429 and status < 500:
+            raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {exc.text()}") from None
 
 
 def _unresumable(sink: RoundSink) -> None:
