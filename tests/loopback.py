@@ -7,9 +7,21 @@ in ``devstack/``."""
 from __future__ import annotations
 
 import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a reset, a broken pipe) is what several tests ask of the
+        client under test; anything else is printed, as ``http.server`` does."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class Loopback:
@@ -18,8 +30,7 @@ class Loopback:
     closes its socket."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], owner: Any, tls: ssl.SSLContext | None = None) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.owner = owner  # type: ignore[attr-defined]
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)

@@ -55,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(data)  # a client that hangs up on an answer over its cap: tests/loopback.py
 
     do_GET = do_POST = _answer
 

@@ -309,7 +309,10 @@ async def test_retries_exhausted_on_dropped_connections(receiver: SyncReceiver) 
         with pytest.raises(SyncApiUnavailableError) as info:
             await c.domains()
     assert "connection fault" in str(info.value)
-    assert len(receiver.request_log) == 2
+    assert c.requests == 2  # the client's attempts
+    # Each GET twice on the wire: aiohttp sends an idempotent request again once, at once, when
+    # the connection closes before an answer (RFC 9112, 9.3.1.1); a POST it never sends twice.
+    assert len(receiver.request_log) == 4
 
 
 async def test_absurd_retry_after_fails_promptly(receiver: SyncReceiver, api: SyncApiClient) -> None:
@@ -653,3 +656,18 @@ async def test_a_records_page_without_next_page_token_is_a_protocol_error(receiv
             got.extend(part)
     assert len(got) == (0 if faulted == "/records" else 3)  # only the pages before the faulted one
     assert [e.fault for e in receiver.request_log if e.path.endswith("/records")][-1] == "no_page_token"
+
+
+@pytest.mark.parametrize("fault", ["drop_before", "drop_after"])
+async def test_a_dropped_post_is_sent_again_only_by_the_clients_retries(receiver: SyncReceiver, fault: str) -> None:
+    """The one retry policy for a write: a POST whose connection drops is sent again only by
+    the client's own retries, with the same Idempotency-Key (aiohttp resends only idempotent
+    methods), and the error says it may have been applied."""
+    receiver.inject_fault(fault, path_contains="/changes", times=10)
+    async with make_client(receiver.base_url, max_attempts=3) as c:
+        with pytest.raises(SyncApiUnavailableError, match=r"connection fault \(RemoteProtocolError\)") as info:
+            await c.post_changes("addresses", [{"address": "a@contoso.com"}], [], key="k-drop")
+    assert c.requests == 3
+    posts = [r for r in receiver.request_log if r.path.endswith("/changes")]
+    assert [(r.method, r.idempotency_key) for r in posts] == [("POST", "k-drop")] * 3
+    assert info.value.maybe_applied

@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
+import yarl
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -54,8 +55,8 @@ def url_problem(url: str) -> str | None:
     URL setting (GRAPH_BASE_URL, SYNC_API_URL, EXO_BASE_URL, KEY_VAULT_URL, the storage URIs).
 
     An absolute http(s) URL with a host name (or IP literal), an optional port that is a whole
-    number in 1-65535, no credentials, no spaces or control characters, and that httpx (the
-    client that will use it) parses. HTTPS always; plain http only when the host is a loopback
+    number in 1-65535, no credentials, no spaces or control characters, and that both HTTP
+    clients parse (httpx: Exchange Online; aiohttp's yarl, host included: Graph and the sync API). HTTPS always; plain http only when the host is a loopback
     address (local emulators). The reasons quote no part of the URL but a loopback-checked host:
     a URL may carry a secret where a port or credentials should be."""
     if any(ch.isspace() or not ch.isprintable() for ch in url):
@@ -74,7 +75,8 @@ def url_problem(url: str) -> str | None:
         return problem
     try:
         httpx.URL(url)
-    except Exception:  # noqa: BLE001 - httpx.InvalidURL, or idna's errors for a malformed A-label
+        yarl.URL(url).raw_host  # noqa: B018 - its IDNA encoding runs on first use
+    except Exception:  # noqa: BLE001 - httpx.InvalidURL, ValueError, or idna's errors for a malformed A-label
         return "is not a valid URL"
     if parts.scheme == "http" and not is_loopback_host(host):
         return f"uses plain http to the non-loopback host {host!r}; only https is allowed there"

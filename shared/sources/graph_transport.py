@@ -6,10 +6,10 @@ list (parsed through orjson: shared/common/fastjson.py). Any of these failures f
 and with it the read: nothing is sent from a partial read (docs/sync-rules.md, "Failures while
 reading").
 
-Why aiohttp and not msgraph-sdk's request adapter over httpx: the read takes the raw pages (not
-the SDK's typed models), so the adapter only carried the request; per 999-user page it cost
-about 3 ms of CPU against about 1 ms here (docs/performance.md, "The Graph read on aiohttp"),
-and a 100,000-user full read fetches 713 pages.
+Why aiohttp (``shared/common/aio.py``) and not msgraph-sdk's request adapter over httpx: the
+read takes the raw pages (not the SDK's typed models), so the adapter only carried the request;
+per 999-user page it cost about 3 ms of CPU against about 1 ms here (docs/performance.md, "The
+Graph read on aiohttp"), and a 100,000-user full read fetches 713 pages.
 
 Errors, in one place: ``GraphHttpError`` (Graph answered with an HTTP error status; its code,
 message and Retry-After are read from the answer), ``GraphConnectionError`` (no answer: refused,
@@ -24,12 +24,12 @@ import uuid
 from typing import Any
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
 from isal import isal_zlib
 from yarl import URL
 
 from ..common import fastjson
-from ..common.netutil import parse_retry_after, same_origin, tls_context
+from ..common.aio import no_answer, open_session
+from ..common.netutil import parse_retry_after, same_origin
 from ..common.textsafe import safe_text
 from ..config.credentials import TokenGetter
 
@@ -104,7 +104,8 @@ class GraphHttp:
         self.origin = origin
         self._token_getter = token
         self._scope = scope
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_seconds, sock_read=timeout_seconds)
+        self._timeout_seconds = timeout_seconds
+        self._connect_seconds = connect_seconds
         self._max = max_bytes
         self._session: aiohttp.ClientSession | None = None
         self._token: tuple[str, float] | None = None
@@ -116,20 +117,8 @@ class GraphHttp:
             self._session = None
 
     def _open(self) -> aiohttp.ClientSession:
-        """The session, at the first request. Every request goes to one origin, so the proxy
-        the environment names for it (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as httpx and
-        azure-core honour them) is looked up here once: aiohttp's ``trust_env`` would look it
-        up, and read ``~/.netrc``, in a worker thread at every request."""
         if self._session is None:
-            try:
-                proxy, proxy_auth = get_env_proxy_for_url(URL(self.origin))
-            except LookupError:
-                proxy, proxy_auth = None, None
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=tls_context(), limit=0), timeout=self._timeout,
-                auto_decompress=False, trust_env=False, proxy=proxy, proxy_auth=proxy_auth,
-                cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("Accept-Encoding",),
-            )
+            self._session = open_session(self.origin, self._timeout_seconds, self._connect_seconds)
         return self._session
 
     async def _bearer(self) -> str:
@@ -165,10 +154,8 @@ class GraphHttp:
                     raise _RefusedAnswer(f"Graph answered HTTP {status} (a redirect to {where!r}); redirects are not followed")
                 body = await self._body(resp)
                 retry_after = resp.headers.get("Retry-After")
-        except aiohttp.ClientError as exc:
-            raise GraphConnectionError(_fault(exc)) from None
-        except TimeoutError:
-            raise GraphConnectionError("ReadTimeout") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GraphConnectionError(no_answer(exc).fault) from None
         if status >= 400:
             raise GraphHttpError(status, body, parse_retry_after(retry_after) if retry_after is not None else None)
         return body
@@ -192,19 +179,6 @@ class GraphHttp:
         if coding not in ("", "identity"):
             raise _RefusedAnswer(f"Graph answered in the content coding {safe_text(coding, 40)!r}; only gzip was asked for")
         return body
-
-
-def _fault(exc: aiohttp.ClientError) -> str:
-    """The name a failed request is reported by (the run's message and log)."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "ConnectTimeout"
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return "ReadTimeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "ConnectError"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError, aiohttp.ClientOSError)):
-        return "RemoteProtocolError"
-    return type(exc).__name__
 
 
 def inflate_gzip(data: bytes, max_bytes: int) -> bytes:

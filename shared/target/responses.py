@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import httpx
+import aiohttp
 
 from ..common.errors import (
     PayloadTooLargeError,
@@ -57,19 +58,23 @@ class _BadBody(Exception):
     """An answer's body that cannot be decoded: the reason, for the error message."""
 
 
+class Answer(NamedTuple):
+    """An answer's status and headers (``headers``: case-insensitive, aiohttp's)."""
+
+    status_code: int
+    headers: Mapping[str, str]
+
+
 @dataclass
 class Raw:
     body: bytes
-    decoded: bool = False  # True when a transport handed over a response already read and decoded
 
 
-async def read_raw(resp: httpx.Response, what: str) -> Raw:
+async def read_raw(stream: aiohttp.StreamReader, what: str) -> Raw:
     """The body as sent (still compressed), at most MAX_RESPONSE_BYTES."""
-    if resp.is_stream_consumed:  # httpx.MockTransport hands over responses already read
-        return Raw(resp.content, decoded=True)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.aiter_raw():
+    async for chunk in stream.iter_any():
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             raise SyncApiProtocolError(f"sync API {what} answered a body larger than {MAX_RESPONSE_BYTES} bytes; nothing more was sent")
@@ -77,12 +82,9 @@ async def read_raw(resp: httpx.Response, what: str) -> Raw:
     return Raw(b"".join(chunks))
 
 
-def _decoded(resp: httpx.Response, raw: Raw) -> bytes:
-    """The body without its Content-Encoding. httpx's own gzip decoder accepts a stream that
-    is cut short (zlib's flush does not check for the end of the stream), so gzip is decoded
-    here: a truncated or corrupt body raises ``_BadBody`` instead of passing as a short one."""
-    if raw.decoded:
-        return raw.body
+def _decoded(resp: Answer, raw: Raw) -> bytes:
+    """The body without its Content-Encoding, decoded here (the session inflates nothing): a
+    truncated or corrupt gzip body raises ``_BadBody`` instead of passing as a short one."""
     codings = [c.strip().lower() for c in resp.headers.get("content-encoding", "").split(",") if c.strip()]
     data = raw.body
     for coding in reversed(codings):
@@ -100,7 +102,7 @@ def _decoded(resp: httpx.Response, raw: Raw) -> bytes:
     return data
 
 
-def json_body(resp: httpx.Response, raw: Raw, what: str) -> dict[str, Any]:
+def json_body(resp: Answer, raw: Raw, what: str) -> dict[str, Any]:
     """The answer as a JSON object; ``SyncApiProtocolError`` for anything else."""
     ctype = resp.headers.get("content-type", "")
     try:
@@ -145,7 +147,7 @@ def _write_result_strict(doc: dict[str, Any], count_field: str, what: str) -> Wr
     return WriteResult(count, out)
 
 
-def _problem_detail(resp: httpx.Response, raw: Raw) -> str:
+def _problem_detail(resp: Answer, raw: Raw) -> str:
     """The answer's own words, for the error message. A body can echo the request (its
     Authorization header): registered secrets are scrubbed before the text is cut short, so
     that no part of one survives the cut."""
@@ -164,7 +166,7 @@ def _problem_detail(resp: httpx.Response, raw: Raw) -> str:
     return scrub(data[:4096].decode("utf-8", "replace"))[:200].strip().replace("\n", " ") or "no detail"
 
 
-def refusal(resp: httpx.Response, raw: Raw, what: str, credential_where: str, credential_fix: str) -> SyncApiError:
+def refusal(resp: Answer, raw: Raw, what: str, credential_where: str, credential_fix: str) -> SyncApiError:
     """The error an answer that must not be retried stands for; 401/403 name where the
     credential lives (``credential_where``) and how to replace it (``credential_fix``)."""
     status = resp.status_code
@@ -190,7 +192,7 @@ def refusal(resp: httpx.Response, raw: Raw, what: str, credential_where: str, cr
     return SyncApiRequestError(f"sync API {what} failed with HTTP {status}: {detail}", status)
 
 
-def retry_after(resp: httpx.Response, what: str) -> float | None:
+def retry_after(resp: Answer, what: str) -> float | None:
     """Seconds to wait, None when the header is malformed (the caller backs off instead)."""
     raw = resp.headers.get("retry-after", "").strip()
     seconds = parse_retry_after(raw)

@@ -14,16 +14,19 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 from isal import igzip
+from yarl import URL
 
 from ..common import fastjson
+from ..common.aio import NoAnswer, no_answer, open_session
 from ..common.carriable import header_credential_problem
 from ..common.errors import SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
-from ..common.netutil import http_client, jittered_backoff, url_problem
+from ..common.netutil import jittered_backoff, url_problem
 from ..common.redact import Secret
 from ..model.records import to_api_record
-from .responses import Raw, Rejection, WriteResult, json_body, read_raw, refusal, retry_after, write_result
+from .responses import Answer, Raw, Rejection, WriteResult, json_body, read_raw, refusal, retry_after, write_result
 
 __all__ = [
     "GZIP_ABOVE_BYTES", "Rejection", "RequestBody", "SyncApiClient", "WriteResult", "auth_header", "changes_body", "encode_body",
@@ -96,7 +99,7 @@ class SyncApiClient:
         max_attempts: int = 6,
         backoff_seconds: float = 0.5,
         timeout_seconds: float = 120.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        connect_seconds: float = 30.0,
     ) -> None:
         problem = url_problem(base_url)
         if problem:
@@ -109,11 +112,20 @@ class SyncApiClient:
         self.backoff_seconds = backoff_seconds
         self.requests = 0
         # Only gzip is accepted, so that every answer is decoded strictly (responses.py, _decoded).
-        headers = {"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"}
-        self._http = http_client(timeout_seconds, headers=headers, transport=transport)
+        self._headers = {"Authorization": auth_header(credential), "Accept": "application/json", "Accept-Encoding": "gzip"}
+        self._timeouts = (timeout_seconds, connect_seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The aiohttp session (``shared/common/aio.py``), opened at the first request."""
+        if self._session is None:
+            self._session = open_session(self.base_url, *self._timeouts, headers=self._headers)
+        return self._session
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> SyncApiClient:
         return self
@@ -207,9 +219,9 @@ class SyncApiClient:
             self.requests += 1
             try:
                 resp, raw = await self._send(method, path, content, headers, what)
-            except httpx.TransportError as exc:
-                last = f"connection fault ({type(exc).__name__})"
-                uncertain |= not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+            except NoAnswer as exc:
+                last = f"connection fault ({exc.fault})"
+                uncertain |= exc.sent  # a request that reached the service may have been applied
                 delay = self._backoff(attempt)
             else:
                 if resp.status_code in expect:
@@ -224,22 +236,25 @@ class SyncApiClient:
         error.maybe_applied = uncertain
         raise error
 
-    async def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], what: str) -> tuple[httpx.Response, Raw]:
-        """One attempt: the answer and its body as sent (at most MAX_RESPONSE_BYTES)."""
-        request = self._http.build_request(method, self.base_url + path, content=content, headers=headers)
-        resp = await self._http.send(request, stream=True)
+    async def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], what: str) -> tuple[Answer, Raw]:
+        """One attempt: the answer and its body as sent (at most MAX_RESPONSE_BYTES). The URL
+        goes out as written (its path and query are quoted here). Raises ``NoAnswer``."""
         try:
-            return resp, await read_raw(resp, what)
-        except SyncApiError as exc:  # an answer too large to read: not a definite refusal
-            exc.maybe_applied = not 400 <= resp.status_code < 500
-            raise
-        finally:
-            await resp.aclose()
+            async with self._open().request(method, URL(self.base_url + path, encoded=True), data=content, headers=headers,
+                                            allow_redirects=False) as resp:
+                answer = Answer(resp.status, resp.headers)
+                try:
+                    return answer, await read_raw(resp.content, what)
+                except SyncApiError as exc:  # an answer too large to read: not a definite refusal
+                    exc.maybe_applied = not 400 <= answer.status_code < 500
+                    raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise no_answer(exc) from None
 
     def _backoff(self, attempt: int) -> float:
         return jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
 
-    def _retry_delay(self, resp: httpx.Response, raw: Raw, what: str, attempt: int) -> tuple[float, bool]:
+    def _retry_delay(self, resp: Answer, raw: Raw, what: str, attempt: int) -> tuple[float, bool]:
         """For an answer that was not expected: (seconds before the retry, whether the request
         may have been applied), or the error when the answer must not be retried."""
         status = resp.status_code
@@ -290,7 +305,7 @@ def encode_body(body: dict[str, Any] | None) -> tuple[bytes | None, dict[str, st
     return encoded.content, dict(encoded.headers)
 
 
-def _answer(resp: httpx.Response, raw: Raw, what: str) -> dict[str, Any]:
+def _answer(resp: Answer, raw: Raw, what: str) -> dict[str, Any]:
     """An expected answer as a JSON object (``{}`` for 204)."""
     if resp.status_code == 204:
         return {}
