@@ -6,9 +6,11 @@ scans the young ones every 700 allocations and, every so often, every object of 
 the tens of thousands of modules, classes and functions the imports made included. Measured
 with ``gc.callbacks`` at 100,000 users (docs/performance.md): 0.80 s of a 10.7 s full update
 went to collections; with the objects that exist at the start of the run left out of the scans
-and a young collection every 5,000 allocations, 0.39 s, with the peak memory 3 MB higher. Nothing is collected later than the process can afford: unreachable cycles (httpx's
-``Response`` and its stream refer to each other, so each answer's body waits for a collection)
-still go at the next young collection, a few thousand allocations on.
+and a young collection every 5,000 allocations, 0.39 s, with the peak memory 3 MB higher. Since
+the Graph read and the sync API left httpx (whose ``Response`` and stream refer to each other,
+so each answer's body waited for a collection: 20 MB more at 20,000), a young collection every
+20,000 allocations costs no memory: 0.15 s against 0.35 s at 5,000, the peak 161 MB either way
+(docs/performance.md, "The Graph read on aiohttp").
 
 The policy is process-wide and runs may overlap (a Functions worker can run a timer
 invocation and an HTTP one at once), so it is counted: the first run to enter applies it, the
@@ -22,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-YOUNG_THRESHOLD = 5000  # allocations between young collections during a run (Python's default: 700)
+YOUNG_THRESHOLD = 20_000  # allocations between young collections during a run (Python's default: 700)
 
 _lock = threading.Lock()
 _depth = 0
