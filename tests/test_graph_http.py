@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.common.aio import USER_AGENT
 from shared.common.errors import IncompleteReadError
 from shared.common.textsafe import _UNSAFE_LOG
 from shared.sources.graph import GraphSource
@@ -78,6 +79,7 @@ def test_one_sign_in_serves_the_round_and_every_request_carries_its_token(serve)
     assert tokens.asked == [SCOPE]  # three collections started together, one sign-in
     assert len(server.asked) == 3
     assert {h["Authorization"] for h in server.asked} == {"Bearer token-1"}
+    assert {h["User-Agent"] for h in server.asked} == {USER_AGENT} and USER_AGENT.startswith("entra-dirsync/")
     ids = [h["client-request-id"] for h in server.asked]
     assert len(set(ids)) == 3 and all(uuid.UUID(i).version == 4 for i in ids)
 

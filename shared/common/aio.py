@@ -13,13 +13,17 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from .. import __version__
 from .netutil import tls_context
+
+# Who is asking, on every request (Microsoft Graph's guidance: a User-Agent that names the app).
+USER_AGENT = f"entra-dirsync/{__version__} aiohttp/{aiohttp.__version__}"
 
 
 def open_session(origin: str, timeout_seconds: float, connect_seconds: float, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
     """A session for requests to ``origin``. ``timeout_seconds``: the wait for each read of an
     answer; ``connect_seconds``: for a connection (TLS included); ``headers`` go on every
-    request. HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured as httpx and azure-core honour
+    request, with ``User-Agent: USER_AGENT``. HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured as httpx and azure-core honour
     them, looked up here once (aiohttp's ``trust_env`` would look them up, and read
     ``~/.netrc``, in a worker thread at every request). Call it inside the running loop."""
     try:
@@ -29,7 +33,7 @@ def open_session(origin: str, timeout_seconds: float, connect_seconds: float, he
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=tls_context(), limit=0),
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_seconds, sock_read=timeout_seconds),
-        headers=headers, auto_decompress=False, trust_env=False, proxy=proxy, proxy_auth=proxy_auth,
+        headers={"User-Agent": USER_AGENT, **(headers or {})}, auto_decompress=False, trust_env=False, proxy=proxy, proxy_auth=proxy_auth,
         cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("Accept-Encoding",),
     )
 
