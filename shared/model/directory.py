@@ -226,12 +226,19 @@ class Cache(WholeDirectory):
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         row = (kind, encode_data(data), len(cands.exclusions))
         if now[2] != row:
-            w("put_object", (oid, *row))
-        if set(now[0]) != set(cands.kept):
-            if now[0]:
-                w("clear_kept", (oid,))
+            if now[2] is not None and now[2][0] == kind and now[2][2] == row[2]:
+                w("put_data", (row[1], oid))  # only the data changed: no index entry is rewritten
+            else:
+                w("put_object", (oid, *row))
+        # Only the kept rows that change are written: each one written dirties a page of
+        # ``kept`` and one of ``kept_by_object``, committed through the WAL and checkpointed.
+        held = set(now[0])
+        if held != set(cands.kept):
+            for a in held.difference(cands.kept):
+                w("drop_address", (a, oid))
             for a in cands.kept:
-                w("put_kept", (a, oid))
+                if a not in held:
+                    w("put_kept", (a, oid))
         affected.addresses.update(cands.kept)
         if kind == "u":
             primary = cands.primary
