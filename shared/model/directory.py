@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .counts import start_of
 from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
 from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, encode_data, prefetch
 from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates
@@ -71,6 +72,7 @@ class Cache(WholeDirectory):
         self._loading: StreamLoad | None = None  # a full read being streamed in (load)
         self.immediate_writes = False  # True: each delta write run at once (the tests' reference)
         self._w = Writes(conn, immediate=True)  # a delta round's queued writes (apply_round)
+        self.start: dict[str, tuple[int, list[Any]]] | None = {}  # see WholeDirectory.excluded_since
 
     # --- scope and exclusions (shared/model/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
@@ -140,6 +142,8 @@ class Cache(WholeDirectory):
         # Each object's rows before the round, read in chunks; an id named twice (in two
         # collections) reads them again, after its first entry changed them.
         before = prefetch(self.conn, [oid for nets in rnd.nets.values() for oid in nets])
+        if self.start is not None:  # each object's rows before the first round that named it
+            self.start = {**start_of(before), **self.start}
         # The rows' writes are queued and run a statement kind at a time (shared/model/writes.py).
         self._w = Writes(self.conn, immediate=self.immediate_writes)
         for collection, nets in rnd.nets.items():
@@ -152,6 +156,7 @@ class Cache(WholeDirectory):
         """Empty the cache for a full read, which is then streamed into it (``StreamLoad``);
         ``keep``: a checkpointed read resumed, its merged pages stay."""
         self._verdict = None
+        self.start = None
         self._loading = StreamLoad(self.conn, self.provisioned, self.rules, flush_entries=flush_entries, keep=keep)
         return self._loading
 
@@ -277,6 +282,7 @@ class Cache(WholeDirectory):
         twice: the first one stands."""
         q = self.conn.execute
         sink = affected if affected is not None else Affected()
+        self.start = None  # changes objects no round named
         old = dict(q("SELECT id, data FROM objects WHERE kind='x'").fetchall())
         seen: set[str] = set()
         for rec in recipients:
@@ -342,6 +348,7 @@ class Cache(WholeDirectory):
         for table in CACHE_TABLES:
             self.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         self._empty = True
+        self.start = None
 
 
 def scratch_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:

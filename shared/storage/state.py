@@ -170,6 +170,7 @@ class StateDB:
     read_fingerprint = _Meta("readFingerprint")  # the settings the cache was read under
     rejected = _Meta("rejected")  # dataset -> keys the service rejected last run (sent again)
     full_read_progress = _Meta("fullReadProgress")  # a checkpointed full read (shared/reading.py Checkpoints)
+    excluded_figures = _Meta("excludedFigures")  # the cache's excluded figures and the generation they hold for (shared/model/counts.py)
 
     def forget_reads(self) -> None:
         """The cache no longer holds a whole read: the next update reads in full."""
