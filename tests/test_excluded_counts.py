@@ -47,6 +47,10 @@ def test_counted_from_the_round_equals_counted_over_the_cache(base, deltas) -> N
     got, figures = opened.excluded_since(before)
     assert figures == counts.count_all(cache.conn)
     assert got == opened.excluded_since(None)[0] == opened.excluded()
+    # The users holding a primary address, read a chunk of addresses at a time, as one query per address reads them.
+    q = cache.conn.execute
+    addresses = [p for (p,) in q("SELECT DISTINCT primary_address FROM users WHERE primary_address IS NOT NULL")] + ["nobody@contoso.com"]
+    assert opened.claimants(addresses) == {u for p in addresses for (u,) in q("SELECT id FROM users WHERE primary_address=?", (p,))}
 
 
 def test_the_counts_of_a_shared_primary_address_follow_its_users() -> None:

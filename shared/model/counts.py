@@ -8,7 +8,8 @@ first of each shared primary address (docs/sync-rules.md, "The three datasets").
 ``shared`` over the cache reads every users row (about 30 ms at 100,000 users, a tenth of an
 update after 1 % churn). A round changes the figures only through the objects it names, so
 the figures after it are the figures before it (kept in the state, ``StateDB.excluded_figures``,
-tied to the generation they were committed with) plus what changed in those objects' rows.
+tied to the generation they were committed with) plus what changed in those objects' rows,
+as the merge wrote them (``Cache.end``).
 
 Shapes: figures ``{"addresses": int, "noPrimary": int, "shared": int}``; a *start* maps each
 object id a round names to ``(excluded, primaries)`` as it was before the round (``excluded``
@@ -52,22 +53,12 @@ def start_of(before: dict[str, Before]) -> Start:
     return {oid: (row[2] if row is not None else 0, list(primaries)) for oid, (_, primaries, row) in before.items()}
 
 
-def _now(conn: sqlite3.Connection, ids: list[str]) -> Start:
-    excluded: dict[str, int] = {}
-    primaries: dict[str, list[Any]] = {oid: [] for oid in ids}
-    for part in chunks(ids):
-        marks = ",".join("?" * len(part))
-        excluded.update(conn.execute(f"SELECT id, excluded FROM objects WHERE id IN ({marks})", part))  # noqa: S608 - placeholders only
-        for oid, primary in conn.execute(f"SELECT id, primary_address FROM users WHERE id IN ({marks})", part):  # noqa: S608
-            primaries[oid].append(primary)
-    return {oid: (excluded.get(oid, 0), primaries[oid]) for oid in ids}
-
-
-def moved(conn: sqlite3.Connection, figures: Figures, start: Start) -> Figures:
-    """The figures after a round that changed only the rows of the objects in ``start``,
-    given the ``figures`` before it: those objects' rows are read again, and each primary
-    address they held or hold now is counted in ``users_by_primary``."""
-    end = _now(conn, list(start))
+def moved(conn: sqlite3.Connection, figures: Figures, start: Start, end: Start) -> Figures:
+    """The figures after rounds that changed only the rows of the objects in ``start``, given
+    the ``figures`` before them and ``end``, those objects' rows after them (an object missing
+    from ``end``: its rows were not written); each primary address they held or hold now is
+    counted in ``users_by_primary``."""
+    end = {o: end.get(o, start[o]) for o in start}
     addresses = figures["addresses"] + sum(end[o][0] - start[o][0] for o in start)
     no_primary = figures["noPrimary"] + sum(end[o][1].count(None) - start[o][1].count(None) for o in start)
     held = Counter(p for o in start for p in start[o][1] if p is not None)

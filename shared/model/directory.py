@@ -73,6 +73,7 @@ class Cache(WholeDirectory):
         self.immediate_writes = False  # True: each delta write run at once (the tests' reference)
         self._w = Writes(conn, immediate=True)  # a delta round's queued writes (apply_round)
         self.start: dict[str, tuple[int, list[Any]]] | None = {}  # see WholeDirectory.excluded_since
+        self.end: dict[str, tuple[int, list[Any]]] = {}  # the same after the rounds, for the objects whose rows they wrote
 
     # --- scope and exclusions (shared/model/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
@@ -216,6 +217,7 @@ class Cache(WholeDirectory):
         w("drop_object", (oid,))
         w("drop_kept", (oid,))
         w("drop_user", (oid,))
+        self.end[oid] = (0, [])
 
     def _children(self, gid: str, affected: Affected) -> None:
         self._w.flush()  # a read sees every write queued before it
@@ -230,6 +232,7 @@ class Cache(WholeDirectory):
         w = self._w.add
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         row = (kind, encode_data(data), len(cands.exclusions))
+        self.end[oid] = (row[2], [cands.primary] if kind == "u" else now[1])  # another kind keeps its users row
         if now[2] != row:
             if now[2] is not None and now[2][0] == kind and now[2][2] == row[2]:
                 w("put_data", (row[1], oid))  # only the data changed: no index entry is rewritten
@@ -334,13 +337,6 @@ class Cache(WholeDirectory):
         for part in chunks(list(dict.fromkeys(keys))):
             out.update(project(part))
         return {k: out[k] for k in keys}
-
-    def claimants(self, primaries: Iterable[str]) -> set[str]:
-        """Users whose primary address is one of these (an owner can change with any of them)."""
-        out: set[str] = set()
-        for p in primaries:
-            out.update(u for (u,) in self.conn.execute("SELECT id FROM users WHERE primary_address=?", (p,)))
-        return out
 
     # --- a full read starts from nothing ------------------------------------------------------
     def clear(self) -> None:

@@ -15,6 +15,7 @@ from itertools import chain
 from ..common import fastjson
 from . import counts
 from .fold import OTYPE
+from .loading import chunks
 from .projection import EXCHANGE_SOURCE, Exclusion, Projection, candidates, group_name
 from .records import DATASETS, GroupRecord, Records, UserRecord
 from .rules import EVERYTHING, Rules, Verdict, rule_of
@@ -36,6 +37,7 @@ class WholeDirectory:
     rules: Rules
     verdict: Callable[[], Verdict]  # the rules' verdict over the cache (Cache.verdict)
     start: counts.Start | None  # the rows before the delta rounds applied since it was opened (Cache.apply_round); None: unknown
+    end: counts.Start  # the same after them, for the objects whose rows they wrote (the others' are as they were)
 
     def rule_exclusions(self) -> list[Exclusion]:
         """What the scope and exclusion settings leave out of the whole cached directory, with
@@ -55,7 +57,7 @@ class WholeDirectory:
         verdict = self.verdict()
         if verdict is EVERYTHING:
             start = self.start
-            now = counts.count_all(self.conn) if figures is None or start is None else counts.moved(self.conn, figures, start)
+            now = counts.count_all(self.conn) if figures is None or start is None else counts.moved(self.conn, figures, start, self.end)
             return counts.summary(now), now
         q = self.conn.execute
         addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects WHERE excluded > 0").fetchone()[0]  # objects_excluding
@@ -85,6 +87,14 @@ class WholeDirectory:
             kind: q("SELECT COUNT(*) FROM objects WHERE kind=?", (k,)).fetchone()[0]
             for kind, k in (("users", "u"), ("groups", "g"), ("contacts", "c"))
         }
+
+    def claimants(self, primaries: Iterable[str]) -> set[str]:
+        """Users whose primary address is one of these (an owner can change with any of them),
+        read a chunk of addresses at a time."""
+        out: set[str] = set()
+        for part in chunks(sorted(set(primaries))):
+            out.update(u for (u,) in self.conn.execute(f"SELECT id FROM users WHERE primary_address IN ({','.join('?' * len(part))})", part))  # noqa: S608
+        return out
 
     # --- the whole directory, projected (a full read) ------------------------------------------
     def records(self, dataset: str) -> Records:
