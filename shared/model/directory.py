@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..common.fastjson import loads
 from .counts import start_of
 from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
 from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, encode_data, prefetch
@@ -199,7 +200,7 @@ class Cache(WholeDirectory):
             self._remove(oid, row[0], affected)
             row, kept, primaries = None, [], []
         if net.present:
-            old = json.loads(row[1]) if row is not None and row[0] == kind else None
+            old = loads(row[1]) if row is not None and row[0] == kind else None  # orjson; json for what it refuses
             if row is None and kind == "g":
                 self._children(oid, affected)  # a group that (re)appears becomes a parent again
             self._upsert(oid, kind, merge(old, kind, net.props), affected, (kept, primaries, row))
