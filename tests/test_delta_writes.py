@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.model import writes
-from shared.model.directory import SCHEMA, Affected, Cache, Round
+from shared.model.directory import OTYPE, SCHEMA, Affected, Cache, Round, candidates, encode_data
 from shared.model.writes import FLUSH_ROWS, PHASES, Writes
 from tests.test_streamed_load import entry, tables
 
@@ -79,7 +79,7 @@ def test_a_flush_runs_each_phase_in_order_and_nothing_twice() -> None:
     conn.set_trace_callback(statements.append)
     w = Writes(conn)
     w.add("put_kept", ("a@contoso.com", "u1"))
-    w.add("clear_kept", ("u1",))  # queued after, runs before: an object's own phases are in PHASES order
+    w.add("drop_address", ("c@contoso.com", "u1"))  # queued after, runs before: an object's own phases are in PHASES order
     w.add("put_kept", ("b@contoso.com", "u2"))
     assert statements == []  # nothing runs before the flush
     w.flush()
@@ -87,5 +87,78 @@ def test_a_flush_runs_each_phase_in_order_and_nothing_twice() -> None:
     def head(sql: str) -> str:  # the statement without its values
         return sql.split(" WHERE")[0].split(" (")[0]
 
-    assert [head(s) for s in statements] == [head(PHASES["clear_kept"])] + [head(PHASES["put_kept"])] * 2
+    assert [head(s) for s in statements] == [head(PHASES["drop_address"])] + [head(PHASES["put_kept"])] * 2
     assert conn.execute("SELECT address, object_id FROM kept ORDER BY 1").fetchall() == [("a@contoso.com", "u1"), ("b@contoso.com", "u2")]
+
+
+class RewritingCache(Cache):
+    """The merge before 2026-11-30 (session 8), the reference of the one that writes only the
+    rows that change: a changed objects row REPLACEd whole, and every kept row of an object
+    whose kept set changed deleted and inserted again."""
+
+    def _upsert(self, oid: str, kind: str, data: dict[str, Any], affected: Affected, now: Any) -> None:
+        cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
+        row = (kind, encode_data(data), len(cands.exclusions))
+        execute = self.conn.execute
+        self._w.flush()
+        if now[2] != row:
+            execute("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", (oid, *row))
+        if set(now[0]) != set(cands.kept):
+            execute("DELETE FROM kept WHERE object_id=?", (oid,))
+            for a in cands.kept:
+                execute("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", (a, oid))
+        affected.addresses.update(cands.kept)
+        if kind == "u":
+            if now[1] != [cands.primary]:
+                execute("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", (oid, cands.primary))
+            affected.users.add(oid)
+            if cands.primary:
+                affected.primaries.add(cands.primary)
+        elif kind == "g":
+            affected.groups.add(oid)
+
+
+def _merged(cls: type[Cache], base: list[tuple[str, dict[str, Any]]], delta: list[tuple[str, dict[str, Any]]]) -> tuple[Cache, Affected]:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(SCHEMA)
+    cache = cls(conn, PROVISIONED)
+    affected = Affected()
+    for entries, sink in ((base, None), (delta, affected)):
+        rnd = Round()
+        for collection, obj in entries:
+            rnd.take(collection, obj)
+        cache.apply_round(rnd, sink)
+    return cache, affected
+
+
+@settings(max_examples=300, deadline=None)
+@given(rounds, rounds)
+def test_writing_only_the_rows_that_change_leaves_what_rewriting_them_leaves(base, delta) -> None:
+    got, got_affected = _merged(Cache, base, delta)
+    want, want_affected = _merged(RewritingCache, base, delta)
+    assert tables(got) == tables(want)
+    assert got.conn.execute("SELECT id, excluded FROM objects INDEXED BY objects_excluding WHERE excluded > 0 ORDER BY id").fetchall() == \
+        want.conn.execute("SELECT id, excluded FROM objects WHERE excluded > 0 ORDER BY id").fetchall()
+    assert got_affected == want_affected
+    assert got.projection().datasets == want.projection().datasets
+    assert got.excluded() == want.excluded()
+
+
+def test_an_object_that_gains_an_address_writes_only_that_row() -> None:
+    """A user whose mail changes (the old one stays in proxyAddresses, as Exchange keeps it):
+    one kept row is inserted, no kept row is deleted, and the objects row is updated in place
+    (its entry in objects_excluding, for its onmicrosoft alias left out, is not rewritten)."""
+    old = {"id": "u1", "mail": "a@contoso.com", "proxyAddresses": ["SMTP:a@contoso.com", "smtp:b@contoso.com", "smtp:a@x.onmicrosoft.com"]}
+    cache, _ = _merged(Cache, [("users", old)], [])
+    statements: list[str] = []
+    cache.conn.set_trace_callback(statements.append)
+    rnd = Round()
+    rnd.take("users", {**old, "mail": "c@contoso.com", "proxyAddresses": ["SMTP:c@contoso.com", *(p.lower() for p in old["proxyAddresses"])]})
+    cache.apply_round(rnd, Affected())
+    writes_run = [s for s in statements if not s.startswith("SELECT")]
+    assert not any(s.startswith("DELETE FROM kept") for s in writes_run), writes_run
+    assert [s for s in writes_run if s.startswith("INSERT OR IGNORE INTO kept")] == ["INSERT OR IGNORE INTO kept (address, object_id) VALUES ('c@contoso.com', 'u1')"]
+    assert not any("INTO objects" in s for s in writes_run), writes_run
+    assert [s.split(" SET")[0] for s in writes_run if s.startswith("UPDATE objects")] == ["UPDATE objects"]
+    assert cache.conn.execute("SELECT address FROM kept ORDER BY 1").fetchall() == [("a@contoso.com",), ("b@contoso.com",), ("c@contoso.com",)]
+    assert cache.excluded()["addresses"] == 1

@@ -143,6 +143,30 @@ def test_an_uncommitted_run_leaves_the_last_commit(tmp_path):
     db.close()
 
 
+def test_a_plan_that_failed_is_never_committed(tmp_path):
+    """A delta round merged while planning, then a failure (a scope id that names no group, a
+    malformed entry): the state refuses to commit the run, and closing it leaves the last
+    commit, what the run did before planning (a replayed batch) included."""
+    store = FileStateStore(tmp_path)
+    db = store.open()
+    fill(db)
+    db.commit()
+    store.publish(db)
+    store.append_journal(db.journal_entry("users", {"u2": ("b@x.com", ())}, []))  # a batch confirmed, then a crash
+    db.close()
+    db = store.open()  # the batch is replayed into the run's transaction
+    assert "u2" in db.records("users")
+    with pytest.raises(ValueError), db.planning():
+        db.replace_records("addresses", {})  # what a merge writes before it fails
+        raise ValueError("the round cannot be planned")
+    with pytest.raises(StateError, match="plan failed"):
+        db.commit()
+    db.close()
+    db = store.open()
+    assert db.records("addresses") == SAMPLE["addresses"] and db.generation == 1
+    db.close()
+
+
 def test_a_dry_run_never_writes_and_never_blocks_a_writer(tmp_path):
     store = FileStateStore(tmp_path)
     assert store.open(readonly=True) is None and not (tmp_path / DB_NAME).exists()

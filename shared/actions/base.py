@@ -51,6 +51,7 @@ class Plan:
     held_view: dict[str, Records]  # the state records plan_update needs
     excluded: dict[str, int]
     read: Read | None = None  # full: already merged into the state's cache; delta: merged on save
+    figures: dict[str, int] | None = None  # what ``excluded`` is made of (shared/model/counts.py); None: not kept
 
 
 class RunParts:

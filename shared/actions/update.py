@@ -11,6 +11,7 @@ import logging
 
 from ..common.errors import DeletionsHeldError, DeltaExpiredError, StateError
 from ..common.telemetry import phase
+from ..model.counts import baseline
 from ..model.records import DATASETS, Records
 from ..model.rules import ScopeError
 from ..plan.diff import DatasetDiff, diff_records, plan_update
@@ -53,7 +54,8 @@ class UpdateStage(ReadStage):
         diffs = {d: diff_records(d, cache.records(d), held_view[d]) for d in self.datasets}
         if self.settings.rules.active:
             self._note_rule_exclusions(cache.rule_exclusions())
-        return Plan("full", reason, diffs, held_view, cache.excluded(), read=read)
+        excluded, figures = cache.excluded_since(None)
+        return Plan("full", reason, diffs, held_view, excluded, read=read, figures=figures)
 
     def _delta_plan(self, db: StateDB, provisioned: frozenset[str], read: Read) -> Plan:
         # Held deletions and last run's rejections are looked at again, whatever changed.
@@ -86,12 +88,13 @@ class UpdateStage(ReadStage):
                 deletes = sorted(k for k, v in want.items() if v is None and k in have)
                 diffs[d] = DatasetDiff(d, upserts, deletes)
                 held_view[d] = have
-            excluded = cache.excluded()
+            # Counted from the objects the round named, when the state holds the figures before it.
+            excluded, figures = cache.excluded_since(baseline(db.excluded_figures, db.generation))
             if self.settings.rules.active:
                 self._note_rule_exclusions(cache.rule_exclusions())
         self.summary.extra["read"] = self._read_summary(read)
         log.info("read: delta (%s): %s changed objects", read.reason, read.objects)
-        return Plan("delta", read.reason, diffs, held_view, excluded, read=read)
+        return Plan("delta", read.reason, diffs, held_view, excluded, read=read, figures=figures)
 
     def _save_read(self, db: StateDB, plan: Plan, provisioned: frozenset[str]) -> None:
         """After the service confirmed the run: the cache and links of this read become the state's."""
@@ -158,6 +161,8 @@ class UpdateStage(ReadStage):
                 db.clear_recheck(d)
             db.last_action = "update"
             db.service = self._service()
+            # The cache's figures as this commit leaves it (shared/model/counts.py), for the next delta round.
+            db.excluded_figures = None if plan.figures is None else {"generation": db.generation + 1, **plan.figures}
             db.commit()
             self.store.publish(db)
 

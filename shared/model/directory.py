@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..common.fastjson import loads
+from .counts import start_of
 from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
 from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, encode_data, prefetch
 from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates
@@ -71,6 +73,8 @@ class Cache(WholeDirectory):
         self._loading: StreamLoad | None = None  # a full read being streamed in (load)
         self.immediate_writes = False  # True: each delta write run at once (the tests' reference)
         self._w = Writes(conn, immediate=True)  # a delta round's queued writes (apply_round)
+        self.start: dict[str, tuple[int, list[Any]]] | None = {}  # see WholeDirectory.excluded_since
+        self.end: dict[str, tuple[int, list[Any]]] = {}  # the same after the rounds, for the objects whose rows they wrote
 
     # --- scope and exclusions (shared/model/rules.py), judged over the whole cached directory ---------
     def shape(self) -> Shape:
@@ -140,6 +144,8 @@ class Cache(WholeDirectory):
         # Each object's rows before the round, read in chunks; an id named twice (in two
         # collections) reads them again, after its first entry changed them.
         before = prefetch(self.conn, [oid for nets in rnd.nets.values() for oid in nets])
+        if self.start is not None:  # each object's rows before the first round that named it
+            self.start = {**start_of(before), **self.start}
         # The rows' writes are queued and run a statement kind at a time (shared/model/writes.py).
         self._w = Writes(self.conn, immediate=self.immediate_writes)
         for collection, nets in rnd.nets.items():
@@ -152,6 +158,7 @@ class Cache(WholeDirectory):
         """Empty the cache for a full read, which is then streamed into it (``StreamLoad``);
         ``keep``: a checkpointed read resumed, its merged pages stay."""
         self._verdict = None
+        self.start = None
         self._loading = StreamLoad(self.conn, self.provisioned, self.rules, flush_entries=flush_entries, keep=keep)
         return self._loading
 
@@ -193,7 +200,7 @@ class Cache(WholeDirectory):
             self._remove(oid, row[0], affected)
             row, kept, primaries = None, [], []
         if net.present:
-            old = json.loads(row[1]) if row is not None and row[0] == kind else None
+            old = loads(row[1]) if row is not None and row[0] == kind else None  # orjson; json for what it refuses
             if row is None and kind == "g":
                 self._children(oid, affected)  # a group that (re)appears becomes a parent again
             self._upsert(oid, kind, merge(old, kind, net.props), affected, (kept, primaries, row))
@@ -211,6 +218,7 @@ class Cache(WholeDirectory):
         w("drop_object", (oid,))
         w("drop_kept", (oid,))
         w("drop_user", (oid,))
+        self.end[oid] = (0, [])
 
     def _children(self, gid: str, affected: Affected) -> None:
         self._w.flush()  # a read sees every write queued before it
@@ -225,13 +233,21 @@ class Cache(WholeDirectory):
         w = self._w.add
         cands = candidates(oid, OTYPE[kind], data, self.provisioned, self.rules)
         row = (kind, encode_data(data), len(cands.exclusions))
+        self.end[oid] = (row[2], [cands.primary] if kind == "u" else now[1])  # another kind keeps its users row
         if now[2] != row:
-            w("put_object", (oid, *row))
-        if set(now[0]) != set(cands.kept):
-            if now[0]:
-                w("clear_kept", (oid,))
+            if now[2] is not None and now[2][0] == kind and now[2][2] == row[2]:
+                w("put_data", (row[1], oid))  # only the data changed: no index entry is rewritten
+            else:
+                w("put_object", (oid, *row))
+        # Only the kept rows that change are written: each one written dirties a page of
+        # ``kept`` and one of ``kept_by_object``, committed through the WAL and checkpointed.
+        held = set(now[0])
+        if held != set(cands.kept):
+            for a in held.difference(cands.kept):
+                w("drop_address", (a, oid))
             for a in cands.kept:
-                w("put_kept", (a, oid))
+                if a not in held:
+                    w("put_kept", (a, oid))
         affected.addresses.update(cands.kept)
         if kind == "u":
             primary = cands.primary
@@ -270,6 +286,7 @@ class Cache(WholeDirectory):
         twice: the first one stands."""
         q = self.conn.execute
         sink = affected if affected is not None else Affected()
+        self.start = None  # changes objects no round named
         old = dict(q("SELECT id, data FROM objects WHERE kind='x'").fetchall())
         seen: set[str] = set()
         for rec in recipients:
@@ -322,19 +339,13 @@ class Cache(WholeDirectory):
             out.update(project(part))
         return {k: out[k] for k in keys}
 
-    def claimants(self, primaries: Iterable[str]) -> set[str]:
-        """Users whose primary address is one of these (an owner can change with any of them)."""
-        out: set[str] = set()
-        for p in primaries:
-            out.update(u for (u,) in self.conn.execute("SELECT id FROM users WHERE primary_address=?", (p,)))
-        return out
-
     # --- a full read starts from nothing ------------------------------------------------------
     def clear(self) -> None:
         """Empty the cache (a full read is a round applied to an empty cache)."""
         for table in CACHE_TABLES:
             self.conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         self._empty = True
+        self.start = None
 
 
 def scratch_cache(provisioned: Iterable[str], rules: Rules = NO_RULES) -> Cache:

@@ -13,7 +13,9 @@ from dataclasses import replace
 from itertools import chain
 
 from ..common import fastjson
+from . import counts
 from .fold import OTYPE
+from .loading import chunks
 from .projection import EXCHANGE_SOURCE, Exclusion, Projection, candidates, group_name
 from .records import DATASETS, GroupRecord, Records, UserRecord
 from .rules import EVERYTHING, Rules, Verdict, rule_of
@@ -34,6 +36,8 @@ class WholeDirectory:
     provisioned: frozenset[str]
     rules: Rules
     verdict: Callable[[], Verdict]  # the rules' verdict over the cache (Cache.verdict)
+    start: counts.Start | None  # the rows before the delta rounds applied since it was opened (Cache.apply_round); None: unknown
+    end: counts.Start  # the same after them, for the objects whose rows they wrote (the others' are as they were)
 
     def rule_exclusions(self) -> list[Exclusion]:
         """What the scope and exclusion settings leave out of the whole cached directory, with
@@ -43,18 +47,20 @@ class WholeDirectory:
     # --- whole-directory figures -----------------------------------------------------------
     def excluded(self) -> dict[str, int]:
         """Candidates and users left out across the whole directory, as a full read counts them."""
-        q = self.conn.execute
-        addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects WHERE excluded > 0").fetchone()[0]  # objects_excluding
+        return self.excluded_since(None)[0]
+
+    def excluded_since(self, figures: counts.Figures | None) -> tuple[dict[str, int], counts.Figures | None]:
+        """``(excluded, figures)``: the counts of ``excluded``, and the figures they are made of
+        (``shared/model/counts.py``; ``None`` when the rules leave objects out). ``figures``:
+        those of the cache before the delta rounds applied since it was opened (``self.start``),
+        which are then counted from the objects they named; ``None``: counted over the cache."""
         verdict = self.verdict()
         if verdict is EVERYTHING:
-            no_primary = q("SELECT COUNT(*) FROM users WHERE primary_address IS NULL").fetchone()[0]
-            # Users past the first of each shared primary address: one ordered pass over
-            # users_by_primary (COUNT(DISTINCT) sorted the addresses again in a temporary B-tree).
-            shared = q(
-                "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM users WHERE primary_address IS NOT NULL "
-                "GROUP BY primary_address HAVING n > 1)"
-            ).fetchone()[0]
-            return {"addresses": int(addresses), "groups": 0, "users": int(no_primary + shared)}
+            start = self.start
+            now = counts.count_all(self.conn) if figures is None or start is None else counts.moved(self.conn, figures, start, self.end)
+            return counts.summary(now), now
+        q = self.conn.execute
+        addresses = q("SELECT COALESCE(SUM(excluded), 0) FROM objects WHERE excluded > 0").fetchone()[0]  # objects_excluding
         # Everything an object the rules leave out would have kept is left out too; a left-out
         # user counts once, whatever else is true of it.
         left_users = 0
@@ -73,7 +79,7 @@ class WholeDirectory:
         with_primary = [p for p in kept_primaries if p]
         no_primary = len(kept_primaries) - len(with_primary)
         shared = len(with_primary) - len(set(with_primary))
-        return {"addresses": int(addresses), "groups": left_groups, "users": left_users + no_primary + shared}
+        return {"addresses": int(addresses), "groups": left_groups, "users": left_users + no_primary + shared}, None
 
     def counts(self) -> dict[str, int]:
         q = self.conn.execute
@@ -81,6 +87,14 @@ class WholeDirectory:
             kind: q("SELECT COUNT(*) FROM objects WHERE kind=?", (k,)).fetchone()[0]
             for kind, k in (("users", "u"), ("groups", "g"), ("contacts", "c"))
         }
+
+    def claimants(self, primaries: Iterable[str]) -> set[str]:
+        """Users whose primary address is one of these (an owner can change with any of them),
+        read a chunk of addresses at a time."""
+        out: set[str] = set()
+        for part in chunks(sorted(set(primaries))):
+            out.update(u for (u,) in self.conn.execute(f"SELECT id FROM users WHERE primary_address IN ({','.join('?' * len(part))})", part))  # noqa: S608
+        return out
 
     # --- the whole directory, projected (a full read) ------------------------------------------
     def records(self, dataset: str) -> Records:

@@ -31,7 +31,11 @@ PHASES: dict[str, str] = {
     "drop_kept": "DELETE FROM kept WHERE object_id=?",
     "drop_user": "DELETE FROM users WHERE id=?",
     "put_object": "INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)",
-    "clear_kept": "DELETE FROM kept WHERE object_id=?",
+    # An object whose kind and excluded count stay: only its data column is written, so the
+    # row's entry in objects_excluding is left alone (REPLACE deletes and inserts it again).
+    "put_data": "UPDATE objects SET data=? WHERE id=?",
+    # One address an object no longer keeps; the addresses it still keeps are not written.
+    "drop_address": "DELETE FROM kept WHERE address=? AND object_id=?",
     "put_kept": "INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)",
     "put_user": "INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)",
     "member": "",  # a member removed or added: DELETE or INSERT, in the order they came (below)
