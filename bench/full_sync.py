@@ -7,7 +7,10 @@ of the full one (in-process time, Graph requests).
 
 The emulator, the receiver and each ``update`` are separate processes, so the peak RSS reported
 is the product's alone (``os.wait4`` gives each child's own rusage). This prints numbers; it is
-not a timed test, and on a shared machine only ratios within one run are comparable.
+not a timed test, and on a shared machine only ratios within one run are comparable. Then
+``--rounds`` more full updates (3 by default), each right before a typed read of
+``--round-sample`` users, and the median of their ratios: this machine's speed drifts by tens of
+percent within minutes, and the first table's typed read runs minutes after its update.
 
     .venv/bin/python bench/full_sync.py --users 100000
 """
@@ -21,6 +24,7 @@ import os
 import platform
 import select
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -229,6 +233,31 @@ def side_by_side(n: int, full: UpdateRun, delta: UpdateRun, churn: float, typed:
             f"peak RSS {delta.peak_rss_mb:.0f} MB"]
 
 
+def interleaved(graph_url: str, receiver: list[str], tmp: Path, n: int, rounds: int, sample: int) -> list[str]:
+    """The ratio again, ``rounds`` times, each full update (a fresh state and receiver) right
+    before a typed read of ``sample`` users: on a shared machine whose speed drifts by tens of
+    percent within minutes, a product run and a typed read taken far apart compare two
+    machines. Returns the table: each round and the median of the rounds."""
+    # No peak RSS here: after a typed read this process is large, and a child's ru_maxrss counts
+    # the parent's pages it shared before exec (the first table's update runs before any).
+    rows = ["| round | full update: product CPU s | typed SDK CPU ms/user | × N: CPU s | typed CPU ÷ product CPU | load |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    ratios: list[float] = []
+    for r in range(1, rounds + 1):
+        state = tmp / f"round{r}"
+        state.mkdir()
+        with service(receiver, tmp / f"receiver{r}.err") as sync_url:
+            full = run_update(graph_url, sync_url, state, tmp, f"round{r}")
+        users, _ = asyncio.run(typed_read(graph_url, sample))
+        per_user = TYPED_CPU[-1] / users
+        ratios.append(per_user * n / full.cpu_seconds)
+        rows.append(f"| {r} | {full.cpu_seconds:.2f} | {per_user * 1e3:.2f} | {per_user * n:,.0f} "
+                    f"| {ratios[-1]:,.0f}x | {os.getloadavg()[0]:.1f} |")
+        shutil.rmtree(state)
+    rows.append(f"| median of {rounds} | | | | {statistics.median(ratios):,.0f}x | |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -237,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds of emulator sleep per Graph request")
     parser.add_argument("--churn", type=float, default=0.01, help="fraction of the users changed before the incremental update")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory with the logs")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (full update, typed read) for the ratio")
+    parser.add_argument("--round-sample", type=int, default=2_997, help="users read through the typed models in each round")
     args = parser.parse_args(argv)
     import random
 
@@ -263,12 +294,16 @@ def main(argv: list[str] | None = None) -> int:
             delta = run_update(graph_url, sync_url, state, tmp, "update3")
             raw = asyncio.run(raw_read(graph_url))
             typed = asyncio.run(typed_read(graph_url, args.typed_sample))
+            rounds = interleaved(graph_url, receiver, tmp, args.users, args.rounds, args.round_sample) if args.rounds else []
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(report(args.users, first, second, raw, typed)))
     print()
     print("\n".join(side_by_side(args.users, first, delta, args.churn, typed)))
+    if rounds:
+        print()
+        print("\n".join(rounds))
     print(f"# load average {os.getloadavg()[0]:.1f} at the end (other processes share the 2 cores)")
     if not args.keep:
         shutil.rmtree(tmp)
