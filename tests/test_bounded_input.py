@@ -316,6 +316,30 @@ def test_the_local_copy_lives_in_a_per_user_0700_directory(blob_service, tmp_pat
         assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
 
 
+def test_the_local_copy_is_named_by_the_blob_endpoint_and_the_container(azurite, tmp_path, monkeypatch):
+    """Two storage endpoints with the same account name (two Azurites on one machine, say two
+    test sessions at once) never share a local copy: sharing one, the second run found the
+    first's database locked. The same endpoint, however spelled, is one copy per container."""
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.storage.stores import BlobStateStore
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    here = BlobServiceClient.from_connection_string(azurite.connection_string)
+    url = here.url.rstrip("/")
+    other_port = url.replace(f":{here.primary_hostname.split(':')[1].split('/')[0]}/", ":1/")
+    assert other_port != url
+    elsewhere = BlobServiceClient(other_port, credential=here.credential)
+    spelled = BlobServiceClient(url.upper().replace("HTTP://", "http://") + "/", credential=here.credential)
+
+    def local(svc, container):
+        return BlobStateStore(svc, container, "devstoreaccount1").local
+
+    assert local(here, "c1") != local(elsewhere, "c1")  # same account name and container, another endpoint
+    assert local(here, "c1") != local(here, "c2")
+    assert local(here, "c1") == local(spelled, "c1")
+
+
 @pytest.mark.parametrize("plant", ["world-writable", "other-owner", "symlink"])
 def test_a_planted_local_state_directory_is_refused(blob_service, tmp_path, monkeypatch, plant):
     from shared.common.errors import StateError

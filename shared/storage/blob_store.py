@@ -110,7 +110,11 @@ class BlobStateStore:
                  *, chunk_size: int = CHUNK_SIZE) -> None:
         self.container = service_client.get_container_client(container)
         self.where = f"blob:{container} ({account_hint})"
-        tag = hashlib.sha256(f"{account_hint}/{container}".encode()).hexdigest()[:16]
+        # The local copy is named by the blob endpoint and the container: two storage endpoints
+        # with the same account name (two Azurites, two clouds) never share a copy. One
+        # endpoint's container has one run at a time (the lease-based lock).
+        endpoint = str(getattr(service_client, "url", None) or account_hint).rstrip("/").lower()
+        tag = hashlib.sha256(f"{endpoint}/{container}".encode()).hexdigest()[:16]
         # a per-user 0700 directory, checked for owner and mode on every open (shared/common/localdir.py)
         self._local_base = None if local_dir else default_base()
         self.local = Path(local_dir or self._local_base) / f"dirsync-state-{tag}"
