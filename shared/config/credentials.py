@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +71,29 @@ def token_getter_for(credential: Any) -> TokenGetter | None:
         return token.token, float(token.expires_on)
 
     return get
+
+
+class BearerToken:
+    """The token ``getter`` gives for ``scope``, kept until ``MARGIN_SECONDS`` before it
+    expires and then asked for again; one sign-in at a time, so requests that start together
+    share it. Graph and Exchange Online hold one each."""
+
+    MARGIN_SECONDS = 300
+
+    def __init__(self, getter: TokenGetter, scope: str) -> None:
+        self.getter = getter
+        self.scope = scope
+        self._token: tuple[str, float] | None = None
+        self._lock: asyncio.Lock | None = None  # made in the running loop, at the first use
+
+    async def value(self) -> str:
+        """The access token to send (``Authorization: Bearer <value>``)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._token is None or self._token[1] - self.MARGIN_SECONDS <= time.time():
+                self._token = await self.getter(self.scope)
+        return self._token[0]
 
 
 def graph_token_getter(settings: Settings, client_secret: Secret | None) -> TokenGetter | None:

@@ -33,7 +33,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ import httpx
 from ..common.errors import ExchangeAuthError, ExchangeError
 from ..common.netutil import http_client, jittered_backoff, parse_retry_after, same_origin
 from ..common.redact import scrub
-from ..config.credentials import TokenGetter, token_getter_for
+from ..config.credentials import BearerToken, TokenGetter, token_getter_for
 from .base import EntrySink, ListSink, SourceRead
 
 log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
@@ -104,13 +103,12 @@ class ExchangeSource:
         self.base_url = base_url.rstrip("/")
         self.tenant = tenant
         self.types = tuple(types)
-        self.token = token
+        self.scope = f"{self.base_url}/.default"
+        self.token = None if token is None else BearerToken(token, self.scope)
         self.backoff_seconds = backoff_seconds
         self.max_attempts = max(1, max_attempts)
         self.stats = ExoStats()
-        self.scope = f"{self.base_url}/.default"
         self._gate = asyncio.Lock()  # one Exchange request in flight at a time
-        self._token: tuple[str, float] | None = None
         self._client = http_client(timeout, connect_seconds=timeout, transport=transport)
 
     @property
@@ -187,7 +185,7 @@ class ExchangeSource:
             "X-AnchorMailbox": ANCHOR_MAILBOX.format(tenant=self.tenant),
         }
         if self.token is not None:
-            headers["Authorization"] = f"Bearer {await self._bearer()}"
+            headers["Authorization"] = f"Bearer {await self.token.value()}"
         self.stats.requests += 1
         try:
             resp = await self._client.post(url, content=body, headers=headers)
@@ -213,12 +211,6 @@ class ExchangeSource:
         if problem:
             raise _Retry(f"a malformed page ({problem})")
         return page
-
-    async def _bearer(self) -> str:
-        assert self.token is not None  # noqa: S101 - only called with a token getter
-        if self._token is None or self._token[1] - 300 <= time.time():
-            self._token = await self.token(self.scope)
-        return self._token[0]
 
 
 def auth_message(status: int, diagnostics: str | None) -> str:

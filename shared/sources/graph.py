@@ -28,11 +28,12 @@ from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from ..common.aio import NoAnswer
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
 from ..common.netutil import jittered_backoff, same_origin
 from ..config.credentials import TokenGetter
 from .base import SourceRead
-from .graph_transport import MAX_PAGE_BYTES, GraphConnectionError, GraphHttp, GraphHttpError, _MalformedPage, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
+from .graph_transport import MAX_PAGE_BYTES, GraphHttp, GraphHttpError, _MalformedPage, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
 
 log = logging.getLogger("shared.graph")  # the name its log lines have always carried
 
@@ -286,10 +287,10 @@ class GraphSource:
                 self._refuse(exc, what, unsupported_ok=unsupported_ok, delta=delta)
                 last = f"HTTP {exc.status}"
                 delay = exc.retry_after or jittered_backoff(self.backoff_seconds, attempt)
-            except (GraphConnectionError, _MalformedPage) as exc:
+            except (NoAnswer, _MalformedPage) as exc:
                 if isinstance(exc, _RefusedAnswer):  # hostile, not transient: no retry
                     raise IncompleteReadError(f"Graph {what} could not be read ({exc}); nothing was sent") from None
-                last = exc.fault if isinstance(exc, GraphConnectionError) else f"{type(exc).__name__}: {exc}"
+                last = exc.fault if isinstance(exc, NoAnswer) else f"{type(exc).__name__}: {exc}"
                 delay = jittered_backoff(self.backoff_seconds, attempt)
             if attempt < self.max_attempts:
                 if delay > 300:

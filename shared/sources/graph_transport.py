@@ -12,14 +12,12 @@ per 999-user page it cost about 3 ms of CPU against about 1 ms here (docs/perfor
 Graph read on aiohttp"), and a 100,000-user full read fetches 713 pages.
 
 Errors, in one place: ``GraphHttpError`` (Graph answered with an HTTP error status; its code,
-message and Retry-After are read from the answer), ``GraphConnectionError`` (no answer: refused,
-dropped, timed out; ``fault`` names which), ``_MalformedPage`` (an answer that is not a page:
+message and Retry-After are read from the answer), ``NoAnswer`` (``shared/common/aio.py``: no
+answer, refused, dropped, timed out; ``fault`` names which), ``_MalformedPage`` (an answer that is not a page:
 retried) and its ``_RefusedAnswer`` (an answer that must not be taken: not retried)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -31,11 +29,10 @@ from ..common import fastjson
 from ..common.aio import no_answer, open_session
 from ..common.netutil import parse_retry_after, same_origin
 from ..common.textsafe import safe_text
-from ..config.credentials import TokenGetter
+from ..config.credentials import BearerToken, TokenGetter
 
 MAX_PAGE_BYTES = 64 * 1024 * 1024  # one Graph answer, as sent and after gzip (a page of 999 objects is a few MB)
 _GZIP = frozenset({"gzip", "x-gzip"})
-TOKEN_MARGIN_SECONDS = 300  # a token is renewed this long before it expires
 
 
 class _MalformedPage(Exception):
@@ -50,15 +47,6 @@ class _RefusedAnswer(_MalformedPage):
     """An answer that is not a Graph page and must not be taken: a redirect, a request to
     another host, a body over the size caps, a compression that was not asked for. The page
     fails at once (and with it the read: nothing is sent)."""
-
-
-class GraphConnectionError(Exception):
-    """No answer: ``fault`` is ``ConnectError`` (refused, no route, DNS, TLS), ``ConnectTimeout``,
-    ``ReadTimeout`` or ``RemoteProtocolError`` (the connection dropped or the answer broke off)."""
-
-    def __init__(self, fault: str) -> None:
-        super().__init__(fault)
-        self.fault = fault
 
 
 class GraphHttpError(Exception):
@@ -102,14 +90,11 @@ class GraphHttp:
     def __init__(self, origin: str, token: TokenGetter | None, scope: str, timeout_seconds: float = 120.0,
                  *, connect_seconds: float = 30.0, max_bytes: int = MAX_PAGE_BYTES) -> None:
         self.origin = origin
-        self._token_getter = token
-        self._scope = scope
         self._timeout_seconds = timeout_seconds
         self._connect_seconds = connect_seconds
         self._max = max_bytes
         self._session: aiohttp.ClientSession | None = None
-        self._token: tuple[str, float] | None = None
-        self._token_lock: asyncio.Lock | None = None
+        self._bearer = None if token is None else BearerToken(token, scope)  # one sign-in for the collections that start together
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -121,15 +106,6 @@ class GraphHttp:
             self._session = open_session(self.origin, self._timeout_seconds, self._connect_seconds)
         return self._session
 
-    async def _bearer(self) -> str:
-        assert self._token_getter is not None  # noqa: S101 - only called with a token getter
-        if self._token_lock is None:
-            self._token_lock = asyncio.Lock()
-        async with self._token_lock:  # the collections start together: one sign-in, not three
-            if self._token is None or self._token[1] - TOKEN_MARGIN_SECONDS <= time.time():
-                self._token = await self._token_getter(self._scope)
-        return self._token[0]
-
     async def page(self, url: str, prefer: str | None = None) -> dict[str, Any]:
         """The Graph page at ``url``, parsed (``get``; a body that is not a page raises
         ``_MalformedPage``)."""
@@ -137,15 +113,15 @@ class GraphHttp:
 
     async def get(self, url: str, prefer: str | None = None) -> bytes:
         """The body of a 2xx answer to ``GET url`` (sent byte for byte as given), inflated.
-        Raises ``GraphHttpError`` (status >= 400), ``GraphConnectionError``, ``_BadGzip`` and
+        Raises ``GraphHttpError`` (status >= 400), ``NoAnswer``, ``_BadGzip`` and
         ``_RefusedAnswer``."""
         if not same_origin(url, self.origin):
             raise _RefusedAnswer(f"a request to {safe_text(URL(url).host, 100)!r} was refused: Graph reads stay on {URL(self.origin).host}")
         headers = {"Accept": "application/json", "Accept-Encoding": "gzip", "client-request-id": str(uuid.uuid4())}
         if prefer:
             headers["Prefer"] = prefer
-        if self._token_getter is not None:
-            headers["Authorization"] = f"Bearer {await self._bearer()}"
+        if self._bearer is not None:
+            headers["Authorization"] = f"Bearer {await self._bearer.value()}"
         try:
             async with self._open().get(URL(url, encoded=True), headers=headers, allow_redirects=False) as resp:
                 status = resp.status
@@ -155,7 +131,7 @@ class GraphHttp:
                 body = await self._body(resp)
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GraphConnectionError(no_answer(exc).fault) from None
+            raise no_answer(exc) from None
         if status >= 400:
             raise GraphHttpError(status, body, parse_retry_after(retry_after) if retry_after is not None else None)
         return body
