@@ -6,6 +6,7 @@ in ``devstack/``."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import sys
 import threading
@@ -41,3 +42,12 @@ class Loopback:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a connection to it is refused)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

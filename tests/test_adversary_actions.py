@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.loopback import closed_port
 from tests.stack import EXPECTED, U, base_env, run_cli, service_view
 
 
@@ -46,14 +47,6 @@ def test_a_failure_prints_one_line_on_stderr(graph, receiver, tmp_path):
     assert "SYNC_API_CREDENTIAL" in lines[0] and "not-the-password" not in lines[0]
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 FAILURES = {
     # kind of failure: (what it changes, exit status, a word the error line names)
     "a malformed setting": ({"EXCLUDE_ADDRESS_PATTERNS": "(\nunclosed"}, 2, "EXCLUDE_ADDRESS_PATTERNS"),
@@ -76,7 +69,7 @@ def test_every_kind_of_failure_ends_stderr_with_its_one_error_line(graph, receiv
         graph.delete_user(U(8))
     env.update({k: v for k, v in change.items() if k != "departure"})
     if env.get("GRAPH_BASE_URL") == "closed":
-        env["GRAPH_BASE_URL"] = f"http://127.0.0.1:{_closed_port()}/v1.0"
+        env["GRAPH_BASE_URL"] = f"http://127.0.0.1:{closed_port()}/v1.0"
     r = run_cli("update", env)
     assert r.code == status, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -67,7 +67,7 @@ from shared.common.summary import RunSummary
 from shared.config import credentials, vault
 from shared.config.settings import load_settings
 from shared.engine import Options
-from tests.loopback import Loopback
+from tests.loopback import Loopback, closed_port
 from tests.stack import run_cli
 
 # --- the canaries ---------------------------------------------------------------------------------
@@ -423,14 +423,6 @@ class HostileSyncApi:
 
     def stop(self) -> None:
         self._loopback.stop()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # --- Key Vault --------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from shared.common.errors import IncompleteReadError
 from shared.common.textsafe import _UNSAFE_LOG
 from shared.sources.graph import GraphSource
 from shared.sources.graph_transport import GraphHttp, GraphHttpError, _RefusedAnswer
-from tests.loopback import Loopback
+from tests.loopback import Loopback, closed_port
 from tests.test_graph_gzip import Answer, page_bytes, serve  # noqa: F401 - serve: the fixture
 
 SCOPE = "https://graph.microsoft.com/.default"
@@ -153,14 +152,6 @@ def raw() -> Iterator[tuple[str, dict[str, Any]]]:
     server = Loopback(_RawHandler, owner)
     yield server.origin, owner
     server.stop()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 FAULTS = [("refused", "ConnectError"), ("drop", "RemoteProtocolError"), ("cut_body", "RemoteProtocolError"),
