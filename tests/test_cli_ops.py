@@ -55,6 +55,34 @@ def test_top_level_help_names_every_action_and_the_settings() -> None:
     assert SETTINGS_LINE in " ".join(r.stdout.split())
 
 
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_each_help_example_is_a_command_line_that_parses_as_written(action: str) -> None:
+    """The example an operator copies from ``ACTION --help`` is accepted by the parser, and the
+    approval's example names the reviewed digest: ``--expect`` is required whenever deletions
+    are held (docs/sync-rules.md, "The deletion guard"), the only time one approves."""
+    from shared.cli import _ACTION_HELP, build_parser
+
+    example = _ACTION_HELP[action][1].split(">")[0].split()
+    assert example[:3] == ["python", "-m", "shared"]
+    args = build_parser().parse_args(example[3:])
+    assert args.action == action
+    if action == "approve-deletions":
+        assert args.expect == "DIGEST"
+
+
+def test_top_level_help_summarizes_each_action_in_a_whole_sentence() -> None:
+    """``python -m shared --help`` lists each action with its description's first sentence,
+    not a fragment of it (``test-update  Dry run`` said nothing of what a dry run does)."""
+    from shared.cli import _ACTION_HELP
+
+    r = _cli("--help", env=_bare_env())
+    flat = " ".join(r.stdout.split())
+    for action, (text, _example) in _ACTION_HELP.items():
+        first = text.split(". ", 1)[0].rstrip(".")
+        assert " ".join(first.split()) in flat, action
+    assert "read the directory and report what update would send" in flat
+
+
 def test_dataset_belongs_to_approve_deletions_only() -> None:
     r = _cli("status", "--dataset", "users", env=_bare_env())
     assert r.returncode == 2 and "--dataset" in r.stderr
