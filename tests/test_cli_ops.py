@@ -233,3 +233,32 @@ def test_stderr_has_warnings_only_unless_asked(receiver, tmp_path, flags, info, 
     assert ("INFO shared.engine: SyncRunSummary" in r.stderr) is info
     assert (" DEBUG " in r.stderr) is debug
     assert all(" INFO " not in ln and " DEBUG " not in ln for ln in r.stderr.splitlines()) is (not info)
+
+
+def test_the_plain_report_says_which_read_ran_what_was_rejected_and_what_refresh_read_back(tmp_path) -> None:
+    """Without --json an operator still sees why the counts are what they are: the read's kind
+    and reason, each rejection's key and code, and what refresh read back (its table is all
+    zeros by nature)."""
+    from devstack.sync_receiver import SyncReceiver
+    from tests.stack import CREDENTIAL, DOMAINS
+
+    graph = GraphEmulator(small_directory(6))
+    receiver = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, other_account_addresses=["user3@contoso.com"])
+    graph.start()
+    receiver.start()
+    try:
+        env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+        r = run_cli("update", env)
+        assert r.code == 0, r.stderr
+        assert "read: full (first run: no directory cache yet)" in r.stdout
+        assert "addresses: the service rejected 1 (offered again by the next update):" in r.stdout
+        assert re.search(r"^    x user3@contoso\.com: address_in_other_account\b", r.stdout, re.M), r.stdout
+        r = run_cli("refresh", env)
+        assert r.code == 0, r.stderr
+        held = {d: len(receiver.records(d)) for d in ("addresses", "groups", "users")}
+        assert f"read back from the service (GET .../records): addresses {held['addresses']:,}, groups {held['groups']:,}, users {held['users']:,}" in r.stdout
+        assert held["addresses"] > 0 and "read:" not in r.stdout  # refresh reads no directory
+        assert CREDENTIAL not in r.stdout + r.stderr
+    finally:
+        receiver.stop()
+        graph.stop()
