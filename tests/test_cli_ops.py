@@ -262,3 +262,20 @@ def test_the_plain_report_says_which_read_ran_what_was_rejected_and_what_refresh
     finally:
         receiver.stop()
         graph.stop()
+
+
+def test_a_first_update_after_a_failed_one_says_why_it_rebuilds_from_the_service(receiver, tmp_path) -> None:
+    """An administrator's first update fails (a wrong credential); the next one, fixed, finds a
+    run report and no state. Its warning names that case too, not only a lost state."""
+    graph = GraphEmulator(small_directory(3))
+    graph.start()
+    try:
+        env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+        r = run_cli("update", {**env, "SYNC_API_CREDENTIAL": "sync-admin:wrong-password"})
+        assert r.code == 1 and "SYNC_API_CREDENTIAL" in r.stderr and "wrong-password" not in r.stderr
+        r = run_cli("update", env)
+        assert r.code == 0, r.stderr
+        warning = next(ln for ln in r.stderr.splitlines() if "no change-tracking state" in ln)
+        assert "run reports exist" in warning and "every earlier run failed before its first commit" in warning
+    finally:
+        graph.stop()

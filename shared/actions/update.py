@@ -184,8 +184,8 @@ class UpdateStage(ReadStage):
                         "other service are dropped", moved)
         else:
             log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
-                        "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
-                        " and ".join(signals))
+                        "desktop tool, or every earlier run failed before its first commit); the baseline is rebuilt from the "
+                        "service's own copy before the diff", self.store.where, " and ".join(signals))
         self._rebase(db, service)
         self.moved = moved
 
