@@ -147,3 +147,19 @@ def test_cli_settings_error_stops_before_any_network_call(tmp_path):
             "(a valid value looks like: addresses,groups,users)"
         ]
         assert graph.request_count == 0 and receiver.request_log == []
+
+
+@pytest.mark.parametrize("value, warned", [
+    ("Guest", None), ("guest,MEMBER", None), ("Guestt", "'guestt'"), ("Guest,External", "'external'"),
+])
+def test_an_exclude_user_type_entra_never_sets_is_warned_about(value, warned, caplog):
+    """A typo in EXCLUDE_USER_TYPES (``Guestt``) excludes no one; the run says so instead of
+    staying silent. Member and Guest, in any case, are what Entra ID sets: no warning."""
+    with caplog.at_level("WARNING", logger="shared.config.settings"):
+        s = load_settings({**GOOD, "EXCLUDE_USER_TYPES": value})
+    assert s.rules.exclude_user_types
+    lines = [r.getMessage() for r in caplog.records if "EXCLUDE_USER_TYPES" in r.getMessage()]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and warned in lines[0] and "neither Member nor Guest" in lines[0]
