@@ -48,7 +48,7 @@ def print_report(summary: RunSummary) -> None:
         print(f"  held in the state: {summary.extra['heldCount']} deletions, digest {summary.extra.get('heldDigest')} (approve-deletions --expect)")
     for name, a in summary.extra.get("approved", {}).items():
         print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
-    if summary.action == "approve-deletions" and not summary.extra.get("approved"):
+    if summary.action == "approve-deletions" and summary.ok and not summary.extra.get("approved"):
         print("  no deletions are held; nothing to approve")
     for w in summary.extra.get("credentialWarnings", []):
         print(f"  warning: {w}")

@@ -5,6 +5,7 @@ during long reads and sends, and silence about telemetry when none is configured
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -277,5 +278,34 @@ def test_a_first_update_after_a_failed_one_says_why_it_rebuilds_from_the_service
         assert r.code == 0, r.stderr
         warning = next(ln for ln in r.stderr.splitlines() if "no change-tracking state" in ln)
         assert "run reports exist" in warning and "every earlier run failed before its first commit" in warning
+    finally:
+        graph.stop()
+
+
+def test_held_deletions_the_guard_says_how_to_approve_and_a_refused_approval_never_says_none_are_held(receiver, tmp_path) -> None:
+    """The guard's error gives the approval command an operator can run as written (with
+    --expect: without it the command refuses, exit 2); a refused approval (no --expect, a
+    wrong digest) reports the refusal, not "no deletions are held", which is false then."""
+    graph = GraphEmulator(small_directory(60))
+    graph.start()
+    try:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"),
+               "DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_COUNT": "500"}
+        assert run_cli("update", env).code == 0
+        for user in graph.snapshot()["users"][:40]:
+            graph.delete_user(user["id"])
+        r = run_cli("update", env)
+        assert r.code == 4
+        error = r.stderr.strip().splitlines()[-1]
+        assert "python -m shared approve-deletions --expect DIGEST" in error and "?expect=DIGEST" in error
+        for args, code in ((), 2), (("--expect", "0123456789abcdef"), 5):
+            r = run_cli("approve-deletions", env, *args)
+            assert r.code == code, r.stderr
+            assert "nothing to approve" not in r.stdout and "no deletions are held" not in r.stdout
+            assert "held" in r.stderr
+        status = run_cli("status", env, "--json")
+        digest = json.loads(status.stdout.strip().splitlines()[-1])["heldDigest"]
+        r = run_cli("approve-deletions", env, "--expect", digest)
+        assert r.code == 0 and "approved 40 held users deletions" in r.stdout
     finally:
         graph.stop()

@@ -133,9 +133,9 @@ class UpdateStage(ReadStage):
         if held:
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
-                + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve with "
-                "'python -m shared approve-deletions' (optionally --dataset NAME) or POST /api/approve-deletions; "
-                "additions and updates were sent"
+                + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve the set you "
+                "reviewed with 'python -m shared approve-deletions --expect DIGEST' (the digest status shows; optionally "
+                "--dataset NAME) or POST /api/approve-deletions?expect=DIGEST; additions and updates were sent"
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
         return held
