@@ -141,7 +141,7 @@ def test_setup_installs_from_the_lock_and_only_what_each_script_needs() -> None:
     ("https://dirsync.example.net/v1", ["replace"], "-m shared replace"),
 ])
 def test_run_sh_starts_the_demo_only_without_settings_and_without_an_action(tmp_path, sync_api_url, args, runs) -> None:
-    """``./scripts/run.sh update`` with SYNC_API_URL forgotten runs the CLI, whose settings error
+    """``scripts/run.sh update`` with SYNC_API_URL forgotten runs the CLI, whose settings error
     names what is missing, rather than quietly starting the demo against the emulators. The
     script runs as shipped, in a copy of the tree whose setup and Python only record the call."""
     (tmp_path / "scripts").mkdir()
