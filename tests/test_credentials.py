@@ -176,3 +176,19 @@ def test_aadsts_code_is_found_wherever_the_sign_in_error_names_it(before, digits
 
     assert aadsts_code(RuntimeError(f"{before}AADSTS{digits}{after}")) == digits
     assert aadsts_code(RuntimeError(before)) is None
+
+
+@pytest.mark.parametrize("mode", ["managed_identity", "client_secret"])
+def test_no_managed_identity_where_the_command_runs_says_so(mode):
+    """GRAPH_AUTH=managed_identity on a laptop: azure-identity finds no identity
+    (CredentialUnavailableError). The message says that this mode works only in Azure and what
+    to use on a command line; other modes keep the generic advice."""
+    from azure.identity import CredentialUnavailableError
+
+    from shared.actions.reads import _graph_failure
+
+    settings = load_settings({**BASE, "GRAPH_AUTH": mode})
+    text = str(_graph_failure(CredentialUnavailableError(message="ManagedIdentityCredential authentication unavailable"), settings))
+    assert text.startswith("signing in to Graph failed (CredentialUnavailableError)")
+    assert ("exists only in Azure; on a command line use GRAPH_AUTH=client_secret" in text) == (mode == "managed_identity")
+    assert "GRAPH_AUTH" in text and "authentication unavailable" not in text
