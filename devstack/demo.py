@@ -34,14 +34,25 @@ def _run(action: str, env: dict[str, str], *args: str, expect: int = 0) -> dict:
     summary = json.loads(lines[-1]) if lines else {}
     warnings = [ln for ln in proc.stderr.splitlines() if " WARNING " in ln]
     if warnings:
-        print(f"  ({len(warnings)} warnings, e.g. {warnings[0].split(': ', 1)[-1][:140]})")
+        print(f"  ({len(warnings)} warnings, e.g. {cut(warnings[0].split(': ', 1)[-1], 140)})")
     _print_summary(summary)
     if proc.returncode != expect:
         print(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed", file=sys.stderr)
         raise SystemExit(proc.returncode or 1)
     if expect:
-        print(f"  exit status {proc.returncode}: {proc.stderr.strip().splitlines()[-1][:400]}")
+        print(f"  exit status {proc.returncode}: {cut(proc.stderr.strip().splitlines()[-1], 400)}")
     return summary
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` when it fits in ``limit`` characters; else its longest prefix that ends at a
+    space (or, with no space, ``limit`` characters) followed by `` …``, so that a shortened line
+    reads as shortened rather than as a word or a JSON value the product got wrong."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    space = head.rfind(" ")
+    return (head[:space] if space > 0 else head).rstrip() + " …"
 
 
 def _status(env: dict[str, str]) -> str | None:
@@ -79,7 +90,7 @@ def _print_summary(s: dict) -> None:
         print(f"    excluded {n:>5} {dataset:<9} × {reason}")
     for name, h in (s.get("heldDeletions") or {}).items():
         print(f"    HELD {h['count']} {name} deletions (deletion guard), e.g. {', '.join(h['keys'][:3])}")
-    print("  summary:", json.dumps({k: v for k, v in s.items() if k not in ("changes", "exclusions")})[:600])
+    print("  summary:", cut(json.dumps({k: v for k, v in s.items() if k not in ("changes", "exclusions")}), 600))
 
 
 def change_directory(graph: GraphEmulator) -> None:

@@ -44,7 +44,7 @@ _ACTION_HELP = {
                 "python -m shared refresh"),
     "approve-deletions": ("Let the next update send exactly the deletions the guard holds now (all datasets, or one). "
                           "Needs only the state settings (SYNC_STATE and the storage account).",
-                          "python -m shared approve-deletions --dataset users"),
+                          "python -m shared approve-deletions --dataset users --expect DIGEST"),
     "status": ("The last runs (from the run reports) and any held deletions, with the approval command. Needs only "
                "the state settings (SYNC_STATE and the storage account).",
                "python -m shared status --json"),
@@ -57,6 +57,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
+def _first_sentence(text: str) -> str:
+    """An action's one-line summary for the top-level help: its description's first sentence,
+    whole (``Dry run: read the directory and report ...``, not ``Dry run``)."""
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     title="actions", description=", ".join((*ACTIONS, "status")))
     for name in (*ACTIONS, "status"):
         text, example = _ACTION_HELP[name]
-        sub = actions.add_parser(name, parents=[common], help=text.split(":")[0].split(".")[0], description=text,
+        sub = actions.add_parser(name, parents=[common], help=_first_sentence(text), description=text,
                                  epilog=f"example: {example}\n\n{SETTINGS_LINE}",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "approve-deletions":

@@ -18,6 +18,7 @@ from .storage.history import _utc
 
 STATUS_KEYS_SHOWN = 20
 EXCLUSIONS_SHOWN = 20  # exclusions a plain test-update report lists (--json lists every one)
+REJECTIONS_SHOWN = 5  # rejections a plain report lists per dataset (--json lists up to 1,000)
 APPROVE_COMMAND = "python -m shared approve-deletions"
 
 
@@ -29,6 +30,8 @@ def print_report(summary: RunSummary) -> None:
     print(f"  {'dataset':<10} {'added':>8} {'removed':>8} {'rejected':>9} {'excluded':>9}")
     for name, c in summary.datasets.items():
         print(f"  {name:<10} {c.added:>8} {c.removed:>8} {c.rejected:>9} {c.excluded:>9}")
+    _print_read_and_service(summary.extra)
+    _print_rejections(summary)
     changes = summary.extra.get("changes")
     if changes:
         for name, ch in changes.items():
@@ -45,10 +48,38 @@ def print_report(summary: RunSummary) -> None:
         print(f"  held in the state: {summary.extra['heldCount']} deletions, digest {summary.extra.get('heldDigest')} (approve-deletions --expect)")
     for name, a in summary.extra.get("approved", {}).items():
         print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
-    if summary.action == "approve-deletions" and not summary.extra.get("approved"):
+    if summary.action == "approve-deletions" and summary.ok and not summary.extra.get("approved"):
         print("  no deletions are held; nothing to approve")
     for w in summary.extra.get("credentialWarnings", []):
         print(f"  warning: {w}")
+
+
+def _print_read_and_service(extra: dict[str, Any]) -> None:
+    """Which read ran and why (``read``), and what ``refresh`` read back from the service
+    (``serviceRecords``): without them a refresh's report is a table of zeros."""
+    read = extra.get("read")
+    if isinstance(read, dict) and read.get("kind"):
+        print("  " + safe_text(f"read: {read['kind']} ({read.get('reason') or 'no reason recorded'})"))
+    service = extra.get("serviceRecords")
+    if isinstance(service, dict) and service:
+        counts = ", ".join(f"{name} {n:,}" for name, n in service.items() if isinstance(n, int))
+        print(f"  read back from the service (GET .../records): {counts}; the state now holds these records")
+
+
+def _print_rejections(summary: RunSummary, shown: int = REJECTIONS_SHOWN) -> None:
+    """The records the service rejected, per dataset: how many, then the first ``shown`` as
+    ``key: code (message)`` (--json lists up to 1,000). They do not fail the run; the next
+    update offers them again (docs/sync-rules.md, "The recovery guarantee")."""
+    for name, c in summary.datasets.items():
+        if not c.rejections:
+            continue
+        print(f"  {name}: the service rejected {c.rejected:,} (offered again by the next update):")
+        for r in c.rejections[:shown]:
+            if isinstance(r, dict):
+                message = f" ({r['message']})" if r.get("message") else ""
+                print("    x " + safe_text(f"{r.get('key')}: {r.get('code')}{message}"))
+        if c.rejected > shown:
+            print(f"    ... and {c.rejected - shown:,} more (--json lists them)")
 
 
 def _print_exclusions(exclusions: Any, shown: int = EXCLUSIONS_SHOWN) -> None:

@@ -5,6 +5,7 @@ during long reads and sends, and silence about telemetry when none is configured
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -53,6 +54,34 @@ def test_top_level_help_names_every_action_and_the_settings() -> None:
     for action in ALL_ACTIONS:
         assert action in r.stdout
     assert SETTINGS_LINE in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_each_help_example_is_a_command_line_that_parses_as_written(action: str) -> None:
+    """The example an operator copies from ``ACTION --help`` is accepted by the parser, and the
+    approval's example names the reviewed digest: ``--expect`` is required whenever deletions
+    are held (docs/sync-rules.md, "The deletion guard"), the only time one approves."""
+    from shared.cli import _ACTION_HELP, build_parser
+
+    example = _ACTION_HELP[action][1].split(">")[0].split()
+    assert example[:3] == ["python", "-m", "shared"]
+    args = build_parser().parse_args(example[3:])
+    assert args.action == action
+    if action == "approve-deletions":
+        assert args.expect == "DIGEST"
+
+
+def test_top_level_help_summarizes_each_action_in_a_whole_sentence() -> None:
+    """``python -m shared --help`` lists each action with its description's first sentence,
+    not a fragment of it (``test-update  Dry run`` said nothing of what a dry run does)."""
+    from shared.cli import _ACTION_HELP
+
+    r = _cli("--help", env=_bare_env())
+    flat = " ".join(r.stdout.split())
+    for action, (text, _example) in _ACTION_HELP.items():
+        first = text.split(". ", 1)[0].rstrip(".")
+        assert " ".join(first.split()) in flat, action
+    assert "read the directory and report what update would send" in flat
 
 
 def test_dataset_belongs_to_approve_deletions_only() -> None:
@@ -205,3 +234,78 @@ def test_stderr_has_warnings_only_unless_asked(receiver, tmp_path, flags, info, 
     assert ("INFO shared.engine: SyncRunSummary" in r.stderr) is info
     assert (" DEBUG " in r.stderr) is debug
     assert all(" INFO " not in ln and " DEBUG " not in ln for ln in r.stderr.splitlines()) is (not info)
+
+
+def test_the_plain_report_says_which_read_ran_what_was_rejected_and_what_refresh_read_back(tmp_path) -> None:
+    """Without --json an operator still sees why the counts are what they are: the read's kind
+    and reason, each rejection's key and code, and what refresh read back (its table is all
+    zeros by nature)."""
+    from devstack.sync_receiver import SyncReceiver
+    from tests.stack import CREDENTIAL, DOMAINS
+
+    graph = GraphEmulator(small_directory(6))
+    receiver = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, other_account_addresses=["user3@contoso.com"])
+    graph.start()
+    receiver.start()
+    try:
+        env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+        r = run_cli("update", env)
+        assert r.code == 0, r.stderr
+        assert "read: full (first run: no directory cache yet)" in r.stdout
+        assert "addresses: the service rejected 1 (offered again by the next update):" in r.stdout
+        assert re.search(r"^    x user3@contoso\.com: address_in_other_account\b", r.stdout, re.M), r.stdout
+        r = run_cli("refresh", env)
+        assert r.code == 0, r.stderr
+        held = {d: len(receiver.records(d)) for d in ("addresses", "groups", "users")}
+        assert f"read back from the service (GET .../records): addresses {held['addresses']:,}, groups {held['groups']:,}, users {held['users']:,}" in r.stdout
+        assert held["addresses"] > 0 and "read:" not in r.stdout  # refresh reads no directory
+        assert CREDENTIAL not in r.stdout + r.stderr
+    finally:
+        receiver.stop()
+        graph.stop()
+
+
+def test_a_first_update_after_a_failed_one_says_why_it_rebuilds_from_the_service(receiver, tmp_path) -> None:
+    """An administrator's first update fails (a wrong credential); the next one, fixed, finds a
+    run report and no state. Its warning names that case too, not only a lost state."""
+    graph = GraphEmulator(small_directory(3))
+    graph.start()
+    try:
+        env = base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}")
+        r = run_cli("update", {**env, "SYNC_API_CREDENTIAL": "sync-admin:wrong-password"})
+        assert r.code == 1 and "SYNC_API_CREDENTIAL" in r.stderr and "wrong-password" not in r.stderr
+        r = run_cli("update", env)
+        assert r.code == 0, r.stderr
+        warning = next(ln for ln in r.stderr.splitlines() if "no change-tracking state" in ln)
+        assert "run reports exist" in warning and "every earlier run failed before its first commit" in warning
+    finally:
+        graph.stop()
+
+
+def test_held_deletions_the_guard_says_how_to_approve_and_a_refused_approval_never_says_none_are_held(receiver, tmp_path) -> None:
+    """The guard's error gives the approval command an operator can run as written (with
+    --expect: without it the command refuses, exit 2); a refused approval (no --expect, a
+    wrong digest) reports the refusal, not "no deletions are held", which is false then."""
+    graph = GraphEmulator(small_directory(60))
+    graph.start()
+    try:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"),
+               "DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_COUNT": "500"}
+        assert run_cli("update", env).code == 0
+        for user in graph.snapshot()["users"][:40]:
+            graph.delete_user(user["id"])
+        r = run_cli("update", env)
+        assert r.code == 4
+        error = r.stderr.strip().splitlines()[-1]
+        assert "python -m shared approve-deletions --expect DIGEST" in error and "?expect=DIGEST" in error
+        for args, code in ((), 2), (("--expect", "0123456789abcdef"), 5):
+            r = run_cli("approve-deletions", env, *args)
+            assert r.code == code, r.stderr
+            assert "nothing to approve" not in r.stdout and "no deletions are held" not in r.stdout
+            assert "held" in r.stderr
+        status = run_cli("status", env, "--json")
+        digest = json.loads(status.stdout.strip().splitlines()[-1])["heldDigest"]
+        r = run_cli("approve-deletions", env, "--expect", digest)
+        assert r.code == 0 and "approved 40 held users deletions" in r.stdout
+    finally:
+        graph.stop()

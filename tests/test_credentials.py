@@ -135,6 +135,22 @@ def test_forbidden_vault_says_which_role_is_missing():
         load_secrets(load_settings(BASE), {}, secret_client=FakeVault({}, error=err))
 
 
+@pytest.mark.parametrize("kind, fix", [
+    ("auth", "sign in first (az login) as a principal with 'Key Vault Secrets User'"),
+    ("connection", "check KEY_VAULT_URL and that this host"),
+])
+def test_an_unreachable_or_unauthenticated_vault_says_what_to_do(kind, fix):
+    """The two failures an administrator meets first, from a laptop or a new Function app: each
+    message says what to check (the setting, the sign-in), never only asks a question."""
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+
+    err = ClientAuthenticationError(message="no credential") if kind == "auth" else ServiceRequestError(message="no route")
+    with pytest.raises(SecretError) as e:
+        load_secrets(load_settings(BASE), {}, secret_client=FakeVault({}, error=err))
+    text = str(e.value)
+    assert fix in text and "kv-sync.vault.azure.net" in text and "graph-client-secret" in text and not text.endswith("?")
+
+
 @pytest.mark.parametrize("days, level", [(45, None), (20, logging.WARNING), (3, logging.ERROR), (-1, logging.ERROR)])
 def test_expiring_secret_is_reported_early(caplog, days, level):
     caplog.set_level(logging.WARNING)
@@ -160,3 +176,19 @@ def test_aadsts_code_is_found_wherever_the_sign_in_error_names_it(before, digits
 
     assert aadsts_code(RuntimeError(f"{before}AADSTS{digits}{after}")) == digits
     assert aadsts_code(RuntimeError(before)) is None
+
+
+@pytest.mark.parametrize("mode", ["managed_identity", "client_secret"])
+def test_no_managed_identity_where_the_command_runs_says_so(mode):
+    """GRAPH_AUTH=managed_identity on a laptop: azure-identity finds no identity
+    (CredentialUnavailableError). The message says that this mode works only in Azure and what
+    to use on a command line; other modes keep the generic advice."""
+    from azure.identity import CredentialUnavailableError
+
+    from shared.actions.reads import _graph_failure
+
+    settings = load_settings({**BASE, "GRAPH_AUTH": mode})
+    text = str(_graph_failure(CredentialUnavailableError(message="ManagedIdentityCredential authentication unavailable"), settings))
+    assert text.startswith("signing in to Graph failed (CredentialUnavailableError)")
+    assert ("exists only in Azure; on a command line use GRAPH_AUTH=client_secret" in text) == (mode == "managed_identity")
+    assert "GRAPH_AUTH" in text and "authentication unavailable" not in text

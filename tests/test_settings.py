@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shared.common.errors import SettingsError
-from shared.config.settings import load_settings
+from shared.config.settings import load_settings, progress_interval_seconds
 from tests.stack import base_env, run_cli
 
 GOOD = {
@@ -77,6 +77,30 @@ def test_malformed_settings_name_the_setting_and_a_valid_value(name, value, sett
     assert "canary" not in text.lower()
 
 
+NUMBER_SETTINGS = {  # setting: (lowest, highest) allowed
+    "FULL_SYNC_INTERVAL_HOURS": ("0", "8784"),
+    "DELETE_THRESHOLD_PERCENT": ("0", "100"),
+    "DELETE_THRESHOLD_COUNT": ("0", "1000000000"),
+    "DELETE_THRESHOLD_FLOOR": ("0", "1000000000"),
+    "PROGRESS_INTERVAL_SECONDS": ("0", "3600"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(NUMBER_SETTINGS))
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_a_number_out_of_range_names_the_range_as_an_operator_types_it(setting, side):
+    """The range in the message is whole numbers an operator can type (``0..1000000000``, not
+    ``0..1e+09``), for every numeric setting and either side of its range."""
+    low, high = NUMBER_SETTINGS[setting]
+    value = "-1" if side == "below" else str(int(high) + 1)
+    env = {**GOOD, setting: value}
+    with pytest.raises(SettingsError) as e:
+        load_settings(env)
+        progress_interval_seconds(env)
+    text = str(e.value)
+    assert e.value.setting == setting and f"is outside {low}..{high} " in text and "e+" not in text
+
+
 def test_secrets_are_required_without_a_vault_and_not_with_one():
     with pytest.raises(SettingsError, match="GRAPH_CLIENT_SECRET"):
         load_settings({k: v for k, v in GOOD.items() if k != "GRAPH_CLIENT_SECRET"})
@@ -123,3 +147,19 @@ def test_cli_settings_error_stops_before_any_network_call(tmp_path):
             "(a valid value looks like: addresses,groups,users)"
         ]
         assert graph.request_count == 0 and receiver.request_log == []
+
+
+@pytest.mark.parametrize("value, warned", [
+    ("Guest", None), ("guest,MEMBER", None), ("Guestt", "'guestt'"), ("Guest,External", "'external'"),
+])
+def test_an_exclude_user_type_entra_never_sets_is_warned_about(value, warned, caplog):
+    """A typo in EXCLUDE_USER_TYPES (``Guestt``) excludes no one; the run says so instead of
+    staying silent. Member and Guest, in any case, are what Entra ID sets: no warning."""
+    with caplog.at_level("WARNING", logger="shared.config.settings"):
+        s = load_settings({**GOOD, "EXCLUDE_USER_TYPES": value})
+    assert s.rules.exclude_user_types
+    lines = [r.getMessage() for r in caplog.records if "EXCLUDE_USER_TYPES" in r.getMessage()]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and warned in lines[0] and "neither Member nor Guest" in lines[0]

@@ -131,3 +131,27 @@ def test_setup_installs_from_the_lock_and_only_what_each_script_needs() -> None:
     assert "checkov" not in re.sub(r"#.*", "", setup)
     assert "setup.sh --runtime-only" in (ROOT / "scripts" / "run.sh").read_text()
     assert "requirements-checkov.txt" in (ROOT / "scripts" / "test.sh").read_text()
+
+
+@pytest.mark.parametrize("sync_api_url, args, runs", [
+    (None, [], "-m devstack.demo"),
+    (None, ["update"], "-m shared update"),
+    (None, ["test-update", "--json"], "-m shared test-update --json"),
+    ("https://dirsync.example.net/v1", [], "-m shared update"),
+    ("https://dirsync.example.net/v1", ["replace"], "-m shared replace"),
+])
+def test_run_sh_starts_the_demo_only_without_settings_and_without_an_action(tmp_path, sync_api_url, args, runs) -> None:
+    """``scripts/run.sh update`` with SYNC_API_URL forgotten runs the CLI, whose settings error
+    names what is missing, rather than quietly starting the demo against the emulators. The
+    script runs as shipped, in a copy of the tree whose setup and Python only record the call."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "run.sh", tmp_path / "scripts" / "run.sh")
+    (tmp_path / "scripts" / "setup.sh").write_text("exit 0\n")
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text('#!/usr/bin/env bash\necho "python $*"\n')
+    (venv_bin / "python").chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", **({"SYNC_API_URL": sync_api_url} if sync_api_url else {})}
+    r = subprocess.run(["bash", str(tmp_path / "scripts" / "run.sh"), *args], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"python {runs}"

@@ -315,6 +315,30 @@ async def test_retries_exhausted_on_dropped_connections(receiver: SyncReceiver) 
     assert len(receiver.request_log) == 4
 
 
+async def test_retries_exhausted_name_the_url_setting_and_the_fix_without_the_credential() -> None:
+    """An operator whose SYNC_API_URL points nowhere (a closed port) is told which URL and which
+    setting, and what to check; never the credential."""
+    from tests.loopback import closed_port
+
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    async with make_client(url, max_attempts=2) as c:
+        with pytest.raises(SyncApiUnavailableError) as info:
+            await c.domains()
+    text = str(info.value)
+    assert "connection fault" in text and url in text and "check SYNC_API_URL" in text and "firewall" in text
+    assert "secret" not in text and base64.b64encode(CREDENTIAL.encode()).decode() not in text
+
+
+async def test_retries_exhausted_on_5xx_name_the_service_and_say_the_next_run_tries_again(receiver: SyncReceiver) -> None:
+    receiver.inject_fault("503", path_contains="/domains", times=10)
+    async with make_client(receiver.base_url, max_attempts=2) as c:
+        with pytest.raises(SyncApiUnavailableError) as info:
+            await c.domains()
+    text = str(info.value)
+    assert "HTTP 503" in text and receiver.base_url in text and "SYNC_API_URL" in text and "next run tries again" in text
+    assert "secret" not in text
+
+
 async def test_absurd_retry_after_fails_promptly(receiver: SyncReceiver, api: SyncApiClient) -> None:
     receiver.inject_fault("429", path_contains="/changes", retry_after=86400)
     start = time.monotonic()

@@ -157,6 +157,11 @@ def _graph_failure(exc: Exception, settings: Settings) -> SyncError:
     if code:
         return GraphError(f"Entra ID sign-in for Graph failed (AADSTS{code}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
     name = type(exc).__name__
+    if name == "CredentialUnavailableError" and settings.graph_auth == "managed_identity":
+        # No managed identity where this runs (a laptop, a build agent): say so, not only "check the settings".
+        return GraphError(f"signing in to Graph failed ({name}): GRAPH_AUTH=managed_identity needs the Function app's managed "
+                          "identity (AZURE_CLIENT_ID), which exists only in Azure; on a command line use GRAPH_AUTH=client_secret "
+                          "with the app's client secret (GRAPH_CLIENT_SECRET, or KEY_VAULT_URL)")
     if "Authentication" in name or "Credential" in name:
         return GraphError(f"signing in to Graph failed ({name}); check GRAPH_TENANT_ID, GRAPH_CLIENT_ID and GRAPH_AUTH")
     return GraphError(f"reading Graph failed ({name}); nothing was sent")

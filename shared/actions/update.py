@@ -133,9 +133,9 @@ class UpdateStage(ReadStage):
         if held:
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
-                + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve with "
-                "'python -m shared approve-deletions' (optionally --dataset NAME) or POST /api/approve-deletions; "
-                "additions and updates were sent"
+                + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve the set you "
+                "reviewed with 'python -m shared approve-deletions --expect DIGEST' (the digest status shows; optionally "
+                "--dataset NAME) or POST /api/approve-deletions?expect=DIGEST; additions and updates were sent"
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
         return held
@@ -184,8 +184,8 @@ class UpdateStage(ReadStage):
                         "other service are dropped", moved)
         else:
             log.warning("no change-tracking state at %s although %s: the state was lost (or this is the first run after the "
-                        "desktop tool); the baseline is rebuilt from the service's own copy before the diff", self.store.where,
-                        " and ".join(signals))
+                        "desktop tool, or every earlier run failed before its first commit); the baseline is rebuilt from the "
+                        "service's own copy before the diff", self.store.where, " and ".join(signals))
         self._rebase(db, service)
         self.moved = moved
 

@@ -146,7 +146,8 @@ def http_client(
     headers: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """The ``httpx.AsyncClient`` every API adapter uses (Graph, Exchange Online, the sync API).
+    """The ``httpx.AsyncClient`` of the Exchange Online adapter (``shared/sources/exchange.py``);
+    Graph and the sync API use one aiohttp session each (``shared/common/aio.py``).
 
     ``timeout_seconds``: the read, write and pool timeout, in seconds; ``connect_seconds``: the
     connect timeout. ``headers`` go on every request; ``transport`` replaces httpx's own (tests,

@@ -34,6 +34,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+ENTRA_USER_TYPES = frozenset({"member", "guest"})  # user.userType as Entra ID sets it, casefolded
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,10 @@ def _rules(get: Getter, exo_mode: str | None = None) -> Rules:
     setting and the ids (docs/sync-rules.md). ``EXCLUDE_USER_TYPES`` then has no user to judge:
     it is accepted and does nothing (a warning says so)."""
     rules = parse_rules(get("SYNC_SCOPE_GROUPS"), get("EXCLUDE_USER_TYPES"), get("EXCLUDE_ADDRESS_PATTERNS"))
+    unknown = sorted(rules.exclude_user_types - ENTRA_USER_TYPES)
+    if unknown:  # Graph's user.userType: "such as Member and Guest"; a typo would silently exclude no one
+        log.warning("EXCLUDE_USER_TYPES names %s, which is neither Member nor Guest (the userType values Entra ID sets); "
+                    "check the spelling: a value no user has excludes no one", ", ".join(repr(t) for t in unknown))
     if (exo_mode or "").strip().lower() == "only":
         if rules.scope_groups is not None:
             ids = ", ".join(repr(g) for g in rules.scope_groups)

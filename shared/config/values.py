@@ -38,8 +38,13 @@ def number(raw: str | None, name: str, default: float, example: str, low: float,
     except ValueError:
         raise SettingsError(name, f"{raw!r} is not {'a whole number' if integer else 'a number'}", example) from None
     if not (low <= value <= high) or value != value:
-        raise SettingsError(name, f"{raw!r} is outside {low:g}..{high:g}", example)
+        raise SettingsError(name, f"{raw!r} is outside {_plain(low)}..{_plain(high)}", example)
     return value
+
+
+def _plain(bound: float) -> str:
+    """A range's bound as an operator types it: ``1000000000``, never ``1e+09``."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def is_guid(value: str) -> bool:

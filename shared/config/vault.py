@@ -101,13 +101,17 @@ def _read_failure(exc: Exception, where: str) -> SecretError:
     if isinstance(exc, ResourceNotFoundError):
         return SecretError(f"{where} does not exist; create it (for the Graph secret: {ROTATE_HINT})")
     if isinstance(exc, ClientAuthenticationError):
-        return SecretError(f"cannot authenticate to Key Vault to read {where}: {type(exc).__name__}; is the managed identity (AZURE_CLIENT_ID) assigned?")
+        return SecretError(f"cannot authenticate to Key Vault to read {where}: {type(exc).__name__}; in Azure, check that the "
+                           "managed identity AZURE_CLIENT_ID names is assigned to the Function app; on a command line, sign in "
+                           "first (az login) as a principal with 'Key Vault Secrets User' on the vault")
     if isinstance(exc, HttpResponseError):
         code = getattr(exc, "status_code", None)
         if code == 403:
             return SecretError(f"the Function's identity may not read {where} (HTTP 403): grant it 'Key Vault Secrets User' on the vault")
         return SecretError(f"reading {where} failed (HTTP {code})")
-    return SecretError(f"reading {where} failed ({type(exc).__name__}); is the vault reachable from the Function?")
+    return SecretError(f"reading {where} failed ({type(exc).__name__}): no answer from the vault; check KEY_VAULT_URL and "
+                       "that this host (the Function app, or the machine running the command) can reach it: DNS, firewall, the "
+                       "vault's network rules")
 
 
 def _sync_fix(settings: Settings) -> str:

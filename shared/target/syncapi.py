@@ -232,7 +232,7 @@ class SyncApiClient:
             if attempt < self.max_attempts:
                 log.info("sync API %s: %s; retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
-        error = SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last})")
+        error = SyncApiUnavailableError(f"sync API {what} failed after {self.max_attempts} attempts ({last}); {self._unavailable_fix(last)}")
         error.maybe_applied = uncertain
         raise error
 
@@ -250,6 +250,15 @@ class SyncApiClient:
                     raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise no_answer(exc) from None
+
+    def _unavailable_fix(self, last: str) -> str:
+        """What an operator checks when the retries ran out: no answer at all points at
+        SYNC_API_URL or the network; a 408/429/5xx to the end is the service's own outage. The
+        base URL carries no secret (``url_problem`` refuses credentials in it)."""
+        if last.startswith("connection fault"):
+            return (f"no answer came from {self.base_url}: check SYNC_API_URL and that this host can reach it "
+                    "(DNS, firewall, proxy)")
+        return f"the service at {self.base_url} (SYNC_API_URL) stayed unavailable; the next run tries again"
 
     def _backoff(self, attempt: int) -> float:
         return jittered_backoff(self.backoff_seconds, attempt, MAX_BACKOFF_SECONDS)
