@@ -112,6 +112,25 @@ def test_a_scope_id_that_names_no_group_fails_naming_the_setting_and_the_id():
         judge(shape(groups), parse_rules("nope", None, None))
 
 
+@given(st.lists(st.sampled_from(["g1", "G1", "g2", "u1", "nope", "x-1", "NOPE"]), min_size=1, max_size=6))
+def test_every_scope_id_that_names_no_group_is_named_at_once(ids):
+    """An operator who pasted several wrong ids learns all of them from one run (each run that
+    fails here has done a full read), in the order the setting lists them."""
+    groups = {"g1": ["u1"], "g2": []}
+    rules = parse_rules(",".join(ids), None, None)
+    wrong = [g for g in rules.scope_groups if g.lower() not in groups]
+    if not wrong:
+        judge(shape(groups, {"u1": None}), rules)
+        return
+    with pytest.raises(ScopeError) as exc:
+        judge(shape(groups, {"u1": None}), rules)
+    text = str(exc.value)
+    assert exc.value.setting == "SYNC_SCOPE_GROUPS"
+    positions = [text.index(repr(g)) for g in wrong]
+    assert positions == sorted(positions)
+    assert all(repr(g) not in text for g in rules.scope_groups if g not in wrong)
+
+
 def test_a_scope_id_in_capitals_names_the_same_group():
     gid = "3f2c1d4e-aaaa-4bbb-8ccc-000000000001"
     v = judge(shape({gid: ["u1"], "x": ["u2"]}, {"u1": None, "u2": None}), parse_rules(gid.upper(), None, None))

@@ -209,15 +209,21 @@ def judge(shape: Shape, rules: Rules) -> Verdict:
     groups_in: frozenset[str] | None = None
     if rules.scope_groups is not None:
         roots = []
+        unknown: list[str] = []
         by_lower: dict[str, str] | None = None
         for gid in rules.scope_groups:
             if gid not in shape.groups:
                 # Graph's object ids are lowercase GUIDs; an id pasted in capitals names the same group.
                 by_lower = by_lower if by_lower is not None else {g.lower(): g for g in shape.groups}
                 if gid.lower() not in by_lower:
-                    raise ScopeError(SCOPE_SETTING, f"{gid!r} names no group of the directory; nothing was sent", "the object id of a group, as Entra ID shows it")
+                    unknown.append(gid)
+                    continue
                 gid = by_lower[gid.lower()]
             roots.append(gid)
+        if unknown:  # every such id at once: each fix would otherwise cost another full read
+            named = ", ".join(repr(g) for g in unknown)
+            raise ScopeError(SCOPE_SETTING, f"{named} {'names' if len(unknown) == 1 else 'name'} no group of the directory; nothing was sent",
+                             "the object id of a group, as Entra ID shows it")
         groups_in = scope_groups(shape, roots)
         members_in: set[str] = set()
         for gid in groups_in:
