@@ -238,6 +238,9 @@ class _LockedStore:
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
         return self.inner.open(readonly=readonly, rebuild=rebuild)
 
+    def exists(self) -> bool:
+        return self.inner.exists()
+
     def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any:
         self._check()
         return self.inner.append_journal(entry, durable=durable)

@@ -34,6 +34,9 @@ def approve_deletions(
     raised and nothing is approved. ``approver`` is logged and returned with each dataset."""
     if dataset is not None and dataset not in DATASETS:
         raise SettingsError("--dataset", f"unknown dataset {dataset!r}", "users")
+    if not store.exists():  # a mistyped SYNC_STATE must not read as "nothing to approve"
+        raise StateError(f"no state at {store.where}: no update has run there, so no deletion is held there; "
+                         "check SYNC_STATE (and the storage account) against the one the updates use")
     db = store.open()
     if db is None:
         raise StateError(f"no state at {store.where}")

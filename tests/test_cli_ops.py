@@ -16,6 +16,7 @@ import pytest
 import shared
 from devstack.graph_emulator import GraphEmulator
 from shared.engine import ACTIONS
+from shared.storage.stores import FileStateStore
 from tests.stack import ROOT, base_env, run_cli
 from tests.test_graph_emulator import small_directory
 
@@ -93,12 +94,35 @@ def test_status_and_approve_need_only_the_state_settings(tmp_path) -> None:
     env = _bare_env(SYNC_STATE=f"file:{tmp_path / 'state'}")  # no Graph, sync API or secret setting
     r = _cli("status", env=env)
     assert r.returncode == 0, r.stderr
+    FileStateStore(tmp_path / "state").open().close()  # a state an update made (it holds nothing)
     r = _cli("approve-deletions", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert '"ok":true' in r.stdout.replace(" ", "")
     # update still needs everything, and says which setting is missing.
     r = _cli("update", env=env)
     assert r.returncode == 2 and "GRAPH_TENANT_ID" in r.stderr
+
+
+def test_approve_deletions_where_no_state_is_names_sync_state_and_creates_no_state(tmp_path) -> None:
+    """A mistyped SYNC_STATE: the approval must not read as "nothing to approve" (the operator
+    would believe the held deletions approved), and no empty state is made there."""
+    env = _bare_env(SYNC_STATE=f"file:{tmp_path / 'typo'}")
+    r = _cli("approve-deletions", "--expect", "3f9a0c1d2e4b5a69", env=env)
+    assert r.returncode != 0
+    assert "no state at" in r.stderr and "SYNC_STATE" in r.stderr
+    assert "nothing to approve" not in r.stdout + r.stderr
+    assert not (tmp_path / "typo" / "state.db").exists()
+
+
+def test_approve_deletions_in_an_empty_blob_container_names_sync_state_and_writes_no_state(azurite) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    env = _bare_env(SYNC_STATE="blob:typo-state", AzureWebJobsStorage=azurite.connection_string)
+    r = _cli("approve-deletions", "--json", env=env)
+    assert r.returncode != 0 and "blob:typo-state" in r.stderr and "SYNC_STATE" in r.stderr
+    container = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("typo-state")
+    names = [b.name for b in container.list_blobs()] if container.exists() else []
+    assert not [n for n in names if n.startswith("state")], names
 
 
 def test_status_still_checks_the_state_settings() -> None:

@@ -147,6 +147,12 @@ class BlobStateStore:
                 stale.unlink(missing_ok=True)
             return StateDB(self.local / DB_NAME, self.where, durable=False)
 
+    def exists(self) -> bool:
+        """Whether a state is there (a manifest, or the previous release's single blob); nothing
+        is created, not even the container. Raises ``StateError`` when storage cannot be read."""
+        with self._azure("read"):
+            return self._etag_of(MANIFEST_NAME) is not None or self._etag_of(LEGACY_NAME) is not None
+
     def _open(self) -> StateDB:
         private_dir(self.local, self._local_base)
         path, stamp = self.local / DB_NAME, self.local / "etag"

@@ -27,6 +27,7 @@ class StateStore(Protocol):
     where: str
 
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None: ...
+    def exists(self) -> bool: ...
     def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any: ...
     def retract_journal(self, token: Any) -> None: ...
     def publish(self, db: StateDB) -> None: ...
@@ -39,6 +40,11 @@ class FileStateStore:
         self.where = f"file:{self.dir}"
         self.path = self.dir / DB_NAME
         self.journal = self.dir / JOURNAL_NAME
+
+    def exists(self) -> bool:
+        """Whether a state is there (this release's database or the previous release's file);
+        nothing is created."""
+        return self.path.exists() or (self.dir / V1_NAME).exists()
 
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
         """The state, with the journal of an interrupted run folded in; ``None`` when there is
