@@ -52,7 +52,8 @@ FAILURES = {
     "a malformed setting": ({"EXCLUDE_ADDRESS_PATTERNS": "(\nunclosed"}, 2, "EXCLUDE_ADDRESS_PATTERNS"),
     "a refused credential": ({"SYNC_API_CREDENTIAL": "sync-admin:not-the-password"}, 1, "SYNC_API_CREDENTIAL"),
     "a scope that names no group": ({"SYNC_SCOPE_GROUPS": "00000000-0000-0000-0000-0000000000ff"}, 2, "SYNC_SCOPE_GROUPS"),
-    "Graph unreachable": ({"GRAPH_BASE_URL": "closed"}, 1, "Graph"),
+    "Graph unreachable": ({"GRAPH_BASE_URL": "closed"}, 1, "GRAPH_BASE_URL"),
+    "Graph's root without its version": ({"GRAPH_BASE_URL": "no-version"}, 1, "GRAPH_BASE_URL"),
     "the deletion guard": ({"DELETE_THRESHOLD_FLOOR": "0", "departure": "yes"}, 4, "deletion guard"),
 }
 
@@ -70,6 +71,8 @@ def test_every_kind_of_failure_ends_stderr_with_its_one_error_line(graph, receiv
     env.update({k: v for k, v in change.items() if k != "departure"})
     if env.get("GRAPH_BASE_URL") == "closed":
         env["GRAPH_BASE_URL"] = f"http://127.0.0.1:{closed_port()}/v1.0"
+    if env.get("GRAPH_BASE_URL") == "no-version":  # the emulator's root, as an operator might paste it
+        env["GRAPH_BASE_URL"] = contract_env(graph, receiver, tmp_path)["GRAPH_BASE_URL"].removesuffix("/v1.0")
     r = run_cli("update", env)
     assert r.code == status, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]

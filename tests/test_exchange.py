@@ -127,6 +127,20 @@ def test_a_page_that_keeps_failing_fails_the_read(exo, kind):
     assert "nothing was sent" in str(e.value) and "after 3 attempts" in str(e.value)
 
 
+def test_no_answer_at_all_names_exo_base_url_and_the_network(exo):
+    """Nothing listens where EXO_BASE_URL points: the error says which setting to check, not only
+    that a page could not be read; a throttled page does not (the setting is right)."""
+    from tests.loopback import closed_port
+
+    with pytest.raises(ExchangeError) as e:
+        read(exo, attempts=2, base_url=f"http://127.0.0.1:{closed_port()}")
+    assert "EXO_BASE_URL" in str(e.value) and "firewall" in str(e.value)
+    exo.fail("429", on_page=1, times=99, retry_after="0")
+    with pytest.raises(ExchangeError) as e:
+        read(exo, attempts=2)
+    assert "EXO_BASE_URL" not in str(e.value)
+
+
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_refusal_names_the_permission_the_role_and_exchanges_reason(exo, status):
     exo.fail(str(status), on_page=1)

@@ -172,9 +172,12 @@ class ExchangeSource:
                 wait = r.wait if r.wait is not None else jittered_backoff(self.backoff_seconds, attempt, cap=60.0)
                 log.warning("Exchange Online Get-Recipient: %s; retry %d of %d in %.1f s", r.why, attempt, self.max_attempts - 1, wait)
                 await asyncio.sleep(wait)
+        hint = ""
+        if last.startswith("connection failed"):  # never an answer: the setting or the network
+            hint = f"; no answer came from {self.base_url}: check EXO_BASE_URL and that this host can reach it (DNS, firewall, proxy)"
         raise ExchangeError(
             f"Exchange Online Get-Recipient: a page could not be read after {self.max_attempts} attempts ({last}); "
-            "the run failed and nothing was sent"
+            f"the run failed and nothing was sent{hint}"
         )
 
     async def _attempt(self, url: str, body: bytes) -> dict[str, Any]:

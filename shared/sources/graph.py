@@ -279,18 +279,20 @@ class GraphSource:
         """One page, with retries: 429 and 5xx (Retry-After honoured), dropped connections,
         and a body that is not a Graph page."""
         last = "no attempt"
+        last_fault: Exception | None = None
         for attempt in range(1, self.max_attempts + 1):
             self.stats.requests += 1
             try:
                 return await self._http.page(url, prefer)
             except GraphHttpError as exc:
                 self._refuse(exc, what, unsupported_ok=unsupported_ok, delta=delta)
-                last = f"HTTP {exc.status}"
+                last, last_fault = f"HTTP {exc.status}", exc
                 delay = exc.retry_after or jittered_backoff(self.backoff_seconds, attempt)
             except (NoAnswer, _MalformedPage) as exc:
                 if isinstance(exc, _RefusedAnswer):  # hostile, not transient: no retry
                     raise IncompleteReadError(f"Graph {what} could not be read ({exc}); nothing was sent") from None
                 last = exc.fault if isinstance(exc, NoAnswer) else f"{type(exc).__name__}: {exc}"
+                last_fault = exc
                 delay = jittered_backoff(self.backoff_seconds, attempt)
             if attempt < self.max_attempts:
                 if delay > 300:
@@ -298,7 +300,10 @@ class GraphSource:
                 self.stats.retries += 1
                 log.info("Graph %s failed (%s); retry %d in %.1f s", what, last, attempt, delay)
                 await asyncio.sleep(delay)
-        raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent")
+        hint = ""
+        if isinstance(last_fault, NoAnswer):  # never an answer: the setting or the network, not Graph's load
+            hint = f"; no answer came from {self.base_url}: check GRAPH_BASE_URL and that this host can reach it (DNS, firewall, proxy)"
+        raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent{hint}")
 
     @staticmethod
     def _refuse(exc: GraphHttpError, what: str, *, unsupported_ok: bool, delta: bool) -> None:
@@ -318,7 +323,9 @@ class GraphSource:
                 "OrgContact.Read.All; README, 'Graph permissions')"
             ) from None
         if status != 429 and status < 500:
-            raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {exc.text()}") from None
+            # 404 for a whole collection: most often GRAPH_BASE_URL without its version (/v1.0).
+            hint = "; check GRAPH_BASE_URL: Graph's root with its version, e.g. https://graph.microsoft.com/v1.0" if status == 404 else ""
+            raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {exc.text()}{hint}") from None
 
 
 def _unresumable(sink: RoundSink) -> None:
