@@ -166,6 +166,24 @@ def container(azurite):
     return svc.get_container_client(f"lock-{uuid.uuid4().hex[:12]}")  # not created: the lock creates it
 
 
+def test_a_storage_account_that_never_answers_names_the_setting_to_check():
+    """AzureWebJobsStorage pointing where nothing listens (a typo, a firewall): the error names
+    the setting and the network, not only the SDK's exception type."""
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.loopback import closed_port
+
+    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + "A" * 88
+            + f";BlobEndpoint=http://127.0.0.1:{closed_port()}/devstoreaccount1;")
+    svc = BlobServiceClient.from_connection_string(conn, retry_total=0)
+    lock = BlobRunLock(svc.get_container_client("nowhere"), "update by pid 1 on host cli", lease_seconds=15)
+    with pytest.raises(StateError) as info:
+        lock.acquire()
+    text = str(info.value)
+    assert "cannot take the run lock" in text and "AzureWebJobsStorage" in text and "firewall" in text
+    assert "A" * 20 not in text  # the key is never echoed
+
+
 def test_blob_lock_refuses_a_second_run_and_names_the_first(azurite, container):
     first = BlobRunLock(container, "update by pid 1 on host timer", lease_seconds=15)
     first.acquire()  # creates the container and the lock blob

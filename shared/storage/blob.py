@@ -72,3 +72,18 @@ def azure_reason(exc: Exception) -> str:
     """An Azure SDK error as its type and code only: its message can echo request details."""
     code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
     return f"{type(exc).__name__}{f' ({code})' if code else ''}"
+
+
+def storage_problem(exc: Exception) -> str:
+    """``azure_reason``, with what to check when the storage account never answered or refused
+    the credential (a run's first contact with it: the lock, the state, the run reports)."""
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+
+    reason = azure_reason(exc)
+    if isinstance(exc, ServiceRequestError):  # no answer at all: the setting or the network
+        return (f"{reason}: no answer from the storage account; check AzureWebJobsStorage (or its __blobServiceUri) and "
+                "that this host can reach it (DNS, firewall, private endpoint)")
+    if isinstance(exc, ClientAuthenticationError):
+        return (f"{reason}: the storage account refused the credential; check AzureWebJobsStorage's key, or that the "
+                "identity has 'Storage Blob Data Owner' on the account")
+    return reason

@@ -55,7 +55,7 @@ from typing import Any
 from ..common.errors import StateConflictError, StateError
 from ..common.localdir import default_base, private_dir
 from . import changelog
-from .blob import azure_reason, ensure_container, if_not_modified
+from .blob import azure_reason, ensure_container, if_not_modified, storage_problem
 from .image import CHUNK_SIZE, MANIFEST_NAME, Image, Manifest, compress
 from .legacy import convert_v1, load_v1
 from .state import DB_NAME, JOURNAL_NAME, V1_NAME, StateDB, replay_journal
@@ -323,7 +323,7 @@ class BlobStateStore:
         try:
             yield
         except AzureError as exc:
-            raise StateError(f"cannot {doing} the state at {self.where}: {azure_reason(exc)}") from None
+            raise StateError(f"cannot {doing} the state at {self.where}: {storage_problem(exc)}") from None
         except OSError as exc:
             raise StateError(f"cannot keep a local copy of the state at {self.local}: {exc.strerror}") from None
 

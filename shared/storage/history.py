@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ..common.errors import StateError
 from ..common.textsafe import safe_tree
-from .blob import azure_reason, ensure_container
+from .blob import azure_reason, ensure_container, storage_problem
 
 log = logging.getLogger("shared.history")  # the name its log lines have always carried
 
@@ -331,7 +331,7 @@ class BlobReportStore:
                 data, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
             )
         except AzureError as exc:
-            raise StateError(f"cannot write the run report at {self.where}: {azure_reason(exc)}") from None
+            raise StateError(f"cannot write the run report at {self.where}: {storage_problem(exc)}") from None
         _prune_quietly(self, now)
         return name
 
@@ -343,7 +343,7 @@ class BlobReportStore:
         except ResourceNotFoundError:
             return []  # no container yet: no run has written anything
         except AzureError as exc:
-            raise StateError(f"cannot list the run reports at {self.where}: {azure_reason(exc)}") from None
+            raise StateError(f"cannot list the run reports at {self.where}: {storage_problem(exc)}") from None
 
     def recent(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest ``limit`` readable reports, newest first. A report that cannot be parsed
@@ -359,7 +359,7 @@ class BlobReportStore:
         except ResourceNotFoundError:
             return None  # pruned by a concurrent run since the listing
         except AzureError as exc:
-            raise StateError(f"cannot read the run report {name} at {self.where}: {azure_reason(exc)}") from None
+            raise StateError(f"cannot read the run report {name} at {self.where}: {storage_problem(exc)}") from None
 
     def prune(self, now: dt.datetime | None = None) -> int:
         """Delete reports older than ``max_age_days`` and the oldest beyond ``max_count``;

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from ..common.errors import StateError
-from .blob import azure_reason, ensure_container
+from .blob import azure_reason, ensure_container, storage_problem
 from .lock import LOCK_NAME, UNNAMED, RunLockedError, _clean, _LockBase, _now
 
 log = logging.getLogger("shared.lock")  # the name its log lines have always carried
@@ -134,9 +134,9 @@ class BlobRunLock(_LockBase):
                 holder, since, seconds = self._read_holder()
                 note = f"its lease expires by itself within {seconds} s after a crashed run"
                 raise RunLockedError(self.where, holder, since, note) from None
-            raise StateError(f"cannot take the run lock on {self.where}: {azure_reason(exc)}") from None
+            raise StateError(f"cannot take the run lock on {self.where}: {storage_problem(exc)}") from None
         except AzureError as exc:
-            raise StateError(f"cannot take the run lock on {self.where}: {azure_reason(exc)}") from None
+            raise StateError(f"cannot take the run lock on {self.where}: {storage_problem(exc)}") from None
         try:
             self.blob.set_blob_metadata(metadata, lease=lease)  # again: a racing claim may have overwritten ours
         except AzureError as exc:  # the lock is held; only the name shown to others is missing
