@@ -20,7 +20,7 @@ from isal import igzip
 from yarl import URL
 
 from ..common import fastjson
-from ..common.aio import NoAnswer, no_answer, open_session
+from ..common.aio import NoAnswer, TimedBody, no_answer, open_session
 from ..common.carriable import header_credential_problem
 from ..common.errors import SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
 from ..common.netutil import jittered_backoff, url_problem
@@ -239,8 +239,9 @@ class SyncApiClient:
     async def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], what: str) -> tuple[Answer, Raw]:
         """One attempt: the answer and its body as sent (at most MAX_RESPONSE_BYTES). The URL
         goes out as written (its path and query are quoted here). Raises ``NoAnswer``."""
+        data = None if content is None else TimedBody(content, self._timeouts[0])  # a peer that stops reading it times out
         try:
-            async with self._open().request(method, URL(self.base_url + path, encoded=True), data=content, headers=headers,
+            async with self._open().request(method, URL(self.base_url + path, encoded=True), data=data, headers=headers,
                                             allow_redirects=False) as resp:
                 answer = Answer(resp.status, resp.headers)
                 try:

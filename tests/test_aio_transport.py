@@ -1,0 +1,192 @@
+"""What the aiohttp session both hot clients share (shared/common/aio.py) must keep from the httpx
+clients it replaced, driven through the real clients against servers on loopback:
+
+* a peer that stops reading a request body: the request times out after ``timeout_seconds``
+  without progress and is retried (httpx had a write timeout; aiohttp arms its read timeout only
+  once the whole body is written, so without one the run would wait for ever);
+* the environment's proxy as httpx took it: NO_PROXY naming the host, the host and its port, or
+  ``*``; an ``https://`` proxy spoken to over TLS, its certificate verified (aiohttp's own lookup
+  drops an https proxy with a warning, and the requests would go direct, past the proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.common.aio import TimedBody
+from shared.common.errors import IncompleteReadError, SyncApiUnavailableError
+from shared.common.netutil import tls_context
+from shared.common.redact import Secret
+from shared.target.syncapi import SyncApiClient, request_body
+from tests.loopback import Loopback, closed_port
+from tests.test_graph_gzip import Answer, Server, _Handler, serve  # noqa: F401 - serve: the fixture
+from tests.test_graph_http import _proxied_graph, empty_graph, no_proxy_env, read  # noqa: F401 - no_proxy_env: the fixture
+
+
+# --- a peer that stops reading the request body ---------------------------------------------------
+class _NoReader(BaseHTTPRequestHandler):
+    """Takes the request line and headers, then never reads the body (a stuck service or
+    gateway): the client's writes stall once the socket buffers are full."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        owner = self.server.owner  # type: ignore[attr-defined]
+        owner["posts"] += 1
+        owner["release"].wait(30)
+        self.close_connection = True
+
+
+@pytest.fixture
+def no_reader() -> Iterator[tuple[str, dict[str, Any]]]:
+    owner: dict[str, Any] = {"posts": 0, "release": threading.Event()}
+    server = Loopback(_NoReader, owner)
+    yield server.origin, owner
+    owner["release"].set()
+    server.stop()
+
+
+async def test_a_peer_that_stops_reading_the_body_times_out_and_is_retried(no_reader) -> None:
+    origin, owner = no_reader
+    # 1,000 users in 250 groups each: a changes body within the contract (under 10 MB as JSON),
+    # larger on the wire (gzip) than the socket buffers hold.
+    upserts = [{"id": f"{n:08x}-0000-4000-8000-{n:012x}", "address": f"user{n}@contoso.com",
+                "groupIds": [os.urandom(16).hex() for _ in range(250)]} for n in range(1000)]
+    body = request_body({"upsert": upserts, "delete": []})
+    assert body.raw is not None and body.content is not None
+    assert (len(body.raw) < 10_000_000, len(body.content) > 4_000_000) == (True, True)
+    api = SyncApiClient(f"{origin}/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=2,
+                        backoff_seconds=0.01, timeout_seconds=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SyncApiUnavailableError, match=r"after 2 attempts \(connection fault \(WriteTimeout\)\)") as info:
+            # The guard turns a hang into a failure of this test, not of the suite.
+            await asyncio.wait_for(api.post_encoded_changes("users", body, "k-stall"), 20)
+    finally:
+        await api.aclose()
+    assert time.monotonic() - started < 10
+    assert owner["posts"] == 2  # retried once, with the same key
+    assert info.value.maybe_applied  # part of the body reached the service
+
+
+async def test_a_body_goes_out_with_its_content_length_not_chunked() -> None:
+    """A body written a slice at a time is still one body of a known length on the wire."""
+    from tests.test_syncapi import HeaderRecordingReceiver
+
+    receiver = HeaderRecordingReceiver(domains=["contoso.com"])
+    receiver.start()
+    try:
+        upserts = [{"id": f"{n:08x}-0000-4000-8000-{n:012x}", "address": f"user{n}@contoso.com",
+                    "groupIds": [os.urandom(16).hex() for _ in range(20)]} for n in range(1000)]
+        body = request_body({"upsert": upserts, "delete": []})
+        assert body.content is not None and len(body.content) > 4 * TimedBody.SLICE
+        api = SyncApiClient(receiver.base_url, Secret("sync:secret", "SYNC_API_CREDENTIAL"), backoff_seconds=0.01)
+        try:
+            result = await api.post_encoded_changes("users", body, "k-length")
+        finally:
+            await api.aclose()
+    finally:
+        receiver.stop()
+    assert {r.code for r in result.rejected} == {"unknown_group"}  # the receiver read the whole body: every record judged
+    assert len(result.rejected) == 1000
+    (_, _, headers, raw), = [r for r in receiver.raw if r[1].endswith("/changes")]
+    assert raw == body.content and headers["content-length"] == str(len(body.content)) and "transfer-encoding" not in headers
+
+
+# --- the environment's proxy ------------------------------------------------------------------------
+def _graph(serve: Callable[[Callable[[str], Answer]], Server]) -> Server:  # noqa: F811
+    holder: dict[str, Any] = {}
+    holder["server"] = server = serve(empty_graph(holder))
+    return server
+
+
+@pytest.mark.parametrize("no_proxy,direct", [
+    ("127.0.0.1", True), ("127.0.0.1:{port}", True), ("*", True), ("localhost, 127.0.0.1:{port}", True),
+    (".0.0.1", True), ("127.0.0.1:{other}", False), ("127.0.0.2", False), ("", False),
+])
+def test_no_proxy_names_a_host_or_a_host_and_its_port(serve, no_proxy_env, no_proxy: str, direct: bool) -> None:  # noqa: F811
+    """NO_PROXY as httpx (the client before aiohttp) and curl read it: a host, a domain suffix,
+    ``host:port``, or ``*``."""
+    graph = _graph(serve)
+    proxy = serve(_proxied_graph)
+    port = urlsplit(graph.origin).port
+    no_proxy_env.setenv("HTTP_PROXY", proxy.origin)
+    no_proxy_env.setenv("NO_PROXY", no_proxy.format(port=port, other=closed_port()))
+    read(graph.origin)
+    assert (len(graph.paths), len(proxy.paths)) == ((3, 0) if direct else (0, 3))
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (the proxy's)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("proxy-tls")
+    cert_file, key_file = d / "cert.pem", d / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+class _TlsProxy(Server):
+    """A proxy reached over TLS (``HTTP_PROXY=https://...``) that answers absolute-form requests."""
+
+    def __init__(self, answer: Callable[[str], Answer], cert_file: str, key_file: str) -> None:
+        self.answer = answer
+        self.asked: list[Any] = []
+        self.paths: list[str] = []
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_file, key_file)
+        self._loopback = Loopback(_Handler, self, ctx)
+        self.origin = self._loopback.origin
+
+
+@pytest.fixture
+def tls_proxy(tls_files: tuple[str, str]) -> Iterator[_TlsProxy]:
+    proxy = _TlsProxy(_proxied_graph, *tls_files)
+    tls_context.cache_clear()  # the process's one TLS context reads SSL_CERT_FILE when it is made
+    yield proxy
+    tls_context.cache_clear()
+    proxy.stop()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_an_https_proxy_carries_every_request_over_verified_tls(tls_proxy: _TlsProxy, tls_files: tuple[str, str], no_proxy_env,  # noqa: F811
+                                                                trusted: bool) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", tls_proxy.origin)
+    if trusted:
+        no_proxy_env.setenv("SSL_CERT_FILE", tls_files[0])
+        read("http://graph.invalid")
+        assert sorted(urlsplit(p).netloc for p in tls_proxy.paths) == ["graph.invalid"] * 3
+    else:  # the proxy's certificate is not trusted: the read fails, and nothing goes direct either
+        with pytest.raises(IncompleteReadError, match="ConnectError"):
+            read("http://graph.invalid", max_attempts=1)
+        assert tls_proxy.paths == []
