@@ -190,3 +190,50 @@ def test_an_https_proxy_carries_every_request_over_verified_tls(tls_proxy: _TlsP
         with pytest.raises(IncompleteReadError, match="ConnectError"):
             read("http://graph.invalid", max_attempts=1)
         assert tls_proxy.paths == []
+
+
+class _RefusingProxy(BaseHTTPRequestHandler):
+    """A proxy that answers every CONNECT with 407 (the environment's proxy wants credentials)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_CONNECT(self) -> None:  # noqa: N802 - http.server's name
+        self.server.owner.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(407, "Proxy Authentication Required")
+        self.send_header("Proxy-Authenticate", 'Basic realm="corp"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def refusing_proxy() -> Iterator[tuple[str, list[str]]]:
+    tunnels: list[str] = []
+    proxy = Loopback(_RefusingProxy, tunnels)
+    yield proxy.origin, tunnels
+    proxy.stop()
+
+
+async def test_a_proxy_that_refuses_the_tunnel_is_named_and_nothing_was_sent(refusing_proxy, no_proxy_env) -> None:  # noqa: F811
+    """The request never reached the service: the error names the proxy, and a write is known
+    not to have been applied."""
+    origin, tunnels = refusing_proxy
+    no_proxy_env.setenv("HTTPS_PROXY", origin)
+    api = SyncApiClient("https://dirsync.invalid/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=2, backoff_seconds=0.01)
+    try:
+        with pytest.raises(SyncApiUnavailableError, match=r"after 2 attempts \(connection fault \(ProxyError\)\)") as info:
+            await api.post_changes("addresses", [{"address": "a@contoso.com"}], [], key="k-proxy")
+    finally:
+        await api.aclose()
+    assert tunnels == ["dirsync.invalid:443"] * 2
+    assert not info.value.maybe_applied
+
+
+def test_a_graph_read_through_a_refusing_proxy_names_it(refusing_proxy, no_proxy_env) -> None:  # noqa: F811
+    origin, tunnels = refusing_proxy
+    no_proxy_env.setenv("HTTPS_PROXY", origin)
+    with pytest.raises(IncompleteReadError, match=r"after 2 attempts \(ProxyError\)"):
+        read("https://graph.invalid", max_attempts=2, concurrent=False)
+    assert tunnels == ["graph.invalid:443"] * 2

@@ -86,7 +86,8 @@ class TimedBody(aiohttp.BytesPayload):
 
 class NoAnswer(Exception):
     """A request that got no (complete) answer. ``fault``: ``ConnectError`` (refused, no route,
-    DNS, TLS), ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout`` (``TimedBody``) or ``RemoteProtocolError`` (the connection
+    DNS, TLS), ``ProxyError`` (the proxy refused the tunnel: the request never left it),
+    ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout`` (``TimedBody``) or ``RemoteProtocolError`` (the connection
     dropped, or the answer broke off or was not HTTP). ``sent``: False when the request never
     reached the server (a connection fault), so it cannot have been applied."""
 
@@ -101,6 +102,8 @@ def no_answer(exc: BaseException) -> NoAnswer:
     derive from it)."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return NoAnswer("ConnectTimeout", sent=False)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # before ClientResponseError: it is one
+        return NoAnswer("ProxyError", sent=False)
     if isinstance(exc, aiohttp.ClientConnectorError):  # before ClientOSError: it is one
         return NoAnswer("ConnectError", sent=False)
     if isinstance(exc, _WriteStalled):
