@@ -237,3 +237,32 @@ def test_a_graph_read_through_a_refusing_proxy_names_it(refusing_proxy, no_proxy
     with pytest.raises(IncompleteReadError, match=r"after 2 attempts \(ProxyError\)"):
         read("https://graph.invalid", max_attempts=2, concurrent=False)
     assert tunnels == ["graph.invalid:443"] * 2
+
+
+# --- a configured URL that is not ASCII -------------------------------------------------------------
+def _domains(path: str) -> Answer:
+    return 200, {"Content-Type": "application/json"}, b'{"domains": ["contoso.com"]}'
+
+
+async def test_a_sync_api_url_with_an_idn_host_and_a_non_ascii_path_goes_out_encoded(serve, no_proxy_env) -> None:  # noqa: F811
+    """SYNC_API_URL passes the settings check with an internationalized host name and a non-ASCII
+    path; on the wire they are the host's A-labels and the path's UTF-8 percent-encoded (RFC 3986,
+    3.2.2 and 2.1), as httpx sent them, never raw UTF-8 in the request line and Host header.
+    Seen at a proxy: it gets the absolute URL as sent."""
+    proxy = serve(_domains)
+    no_proxy_env.setenv("HTTP_PROXY", proxy.origin)
+    api = SyncApiClient("http://bücher.localhost:8080/tenänt/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=1)
+    try:
+        assert await api.domains() == ["contoso.com"]
+    finally:
+        await api.aclose()
+    assert proxy.paths == ["http://xn--bcher-kva.localhost:8080/ten%C3%A4nt/v1/domains"]
+    assert proxy.asked[0]["Host"] == "xn--bcher-kva.localhost:8080"
+
+
+def test_a_graph_base_url_with_an_idn_host_goes_out_in_a_labels(serve, no_proxy_env) -> None:  # noqa: F811
+    proxy = serve(_proxied_graph)
+    no_proxy_env.setenv("HTTP_PROXY", proxy.origin)
+    read("http://bücher.localhost")
+    assert sorted(urlsplit(p).netloc for p in proxy.paths) == ["xn--bcher-kva.localhost"] * 3
+    assert {h["Host"] for h in proxy.asked} == {"xn--bcher-kva.localhost"}

@@ -39,6 +39,15 @@ def open_session(origin: str, timeout_seconds: float, connect_seconds: float, he
     )
 
 
+def wire_url(url: str) -> str:
+    """A configured URL (GRAPH_BASE_URL, SYNC_API_URL) as it goes on the wire: an
+    internationalized host in its A-labels, a path or query that is not ASCII percent-encoded as
+    UTF-8 (RFC 3986, 3.2.2 and 2.1), escapes already there kept. The clients then send their
+    URLs as they are (``URL(..., encoded=True)``: a Graph link byte for byte), so a configured
+    URL is put through this once, or aiohttp would send raw UTF-8 in the request line and Host."""
+    return str(URL(url))
+
+
 def env_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
     """The proxy the environment names for ``origin``'s scheme (HTTPS_PROXY, HTTP_PROXY; a
     value without a scheme is an http proxy) and the credentials in its URL, or ``(None,
