@@ -116,7 +116,7 @@ def _graph(serve: Callable[[Callable[[str], Answer]], Server]) -> Server:  # noq
 
 @pytest.mark.parametrize("no_proxy,direct", [
     ("127.0.0.1", True), ("127.0.0.1:{port}", True), ("*", True), ("localhost, 127.0.0.1:{port}", True),
-    (".0.0.1", True), ("127.0.0.1:{other}", False), ("127.0.0.2", False), ("", False),
+    (".0.0.1", True), ("example.com, *", True), ("127.0.0.1:{other}", False), ("127.0.0.2", False), ("", False),
 ])
 def test_no_proxy_names_a_host_or_a_host_and_its_port(serve, no_proxy_env, no_proxy: str, direct: bool) -> None:  # noqa: F811
     """NO_PROXY as httpx (the client before aiohttp) and curl read it: a host, a domain suffix,
@@ -128,6 +128,15 @@ def test_no_proxy_names_a_host_or_a_host_and_its_port(serve, no_proxy_env, no_pr
     no_proxy_env.setenv("NO_PROXY", no_proxy.format(port=port, other=closed_port()))
     read(graph.origin)
     assert (len(graph.paths), len(proxy.paths)) == ((3, 0) if direct else (0, 3))
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY", "all_proxy"])
+def test_all_proxy_stands_in_for_the_schemes_own(serve, no_proxy_env, variable: str) -> None:  # noqa: F811
+    """ALL_PROXY is the proxy of every scheme without its own, as httpx and curl take it."""
+    proxy = serve(_proxied_graph)
+    no_proxy_env.setenv(variable, proxy.origin.removeprefix("http://"))  # no scheme: an http proxy
+    read("http://graph.invalid")
+    assert sorted(urlsplit(p).netloc for p in proxy.paths) == ["graph.invalid"] * 3
 
 
 @pytest.fixture(scope="module")

@@ -49,16 +49,19 @@ def wire_url(url: str) -> str:
 
 
 def env_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy the environment names for ``origin``'s scheme (HTTPS_PROXY, HTTP_PROXY; a
-    value without a scheme is an http proxy) and the credentials in its URL, or ``(None,
-    None)``: none named, or NO_PROXY names the origin's host, a domain it is in, its host and
-    port (``127.0.0.1:8443``), or ``*``. An ``https://`` proxy is reached over TLS, its
-    certificate verified like any other (aiohttp's own lookup drops one with a warning, and the
-    requests would go past the proxy, direct)."""
+    """The proxy the environment names for ``origin``'s scheme (HTTPS_PROXY, HTTP_PROXY, else
+    ALL_PROXY; a value without a scheme is an http proxy) and the credentials in its URL, or
+    ``(None, None)``: none named, or NO_PROXY names the origin's host, a domain it is in, its
+    host and port (``127.0.0.1:8443``), or holds ``*``. An ``https://`` proxy is reached over
+    TLS, its certificate verified like any other (aiohttp's own lookup drops one with a
+    warning, and the requests would go past the proxy, direct). As httpx read them."""
     url = URL(origin)
+    proxies = getproxies()
+    if "*" in (name.strip() for name in proxies.get("no", "").split(",")):
+        return None, None
     if proxy_bypass(f"{url.host}:{url.port}"):  # urllib compares the host alone and host:port
         return None, None
-    value = getproxies().get(url.scheme)
+    value = proxies.get(url.scheme) or proxies.get("all")
     if not value:
         return None, None
     return strip_auth_from_url(URL(value if "://" in value else f"http://{value}"))
