@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.common.aio import TimedBody
-from shared.common.errors import IncompleteReadError, SyncApiUnavailableError
+from shared.common.errors import IncompleteReadError, PayloadTooLargeError, SyncApiUnavailableError
 from shared.common.netutil import tls_context
 from shared.common.redact import Secret
-from shared.target.syncapi import SyncApiClient, request_body
+from shared.target.syncapi import RequestBody, SyncApiClient, request_body
 from tests.loopback import Loopback, closed_port
 from tests.test_graph_gzip import Answer, Server, _Handler, serve  # noqa: F401 - serve: the fixture
 from tests.test_graph_http import _proxied_graph, empty_graph, no_proxy_env, read  # noqa: F401 - no_proxy_env: the fixture
@@ -81,6 +81,54 @@ async def test_a_peer_that_stops_reading_the_body_times_out_and_is_retried(no_re
     assert time.monotonic() - started < 10
     assert owner["posts"] == 2  # retried once, with the same key
     assert info.value.maybe_applied  # part of the body reached the service
+
+
+class _EarlyTooLarge(BaseHTTPRequestHandler):
+    """Answers 413 after the first bytes of the body (a gateway that judges the declared
+    Content-Length), then reads the rest and drops it before closing (a lingering close)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers["Content-Length"])
+        self.rfile.read(1000)
+        body = b'{"type":"about:blank","title":"Payload Too Large","status":413,"detail":"body over 10 MB"}'
+        self.send_response(413)
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.server.owner.append(length)  # type: ignore[attr-defined]
+        try:
+            while length > 1000 and self.rfile.read(min(length - 1000, 1 << 20)):
+                length -= 1 << 20
+        except OSError:
+            pass
+        self.close_connection = True
+
+
+async def test_a_413_answered_before_the_body_is_read_is_split_not_a_connection_fault() -> None:
+    """The answer comes while the body is still being written: it is read, and it is the 413
+    (split the request: docs/sync-api.md), not a connection fault retried as transient."""
+    seen: list[int] = []
+    server = Loopback(_EarlyTooLarge, seen)
+    content = os.urandom(8 * 1024 * 1024)  # incompressible: 8 MB on the wire
+    api = SyncApiClient(f"{server.origin}/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=3, backoff_seconds=0.01,
+                        timeout_seconds=5.0)
+    try:
+        with pytest.raises(PayloadTooLargeError) as info:
+            await asyncio.wait_for(api.post_encoded_changes(
+                "users", RequestBody(content, content, {"Content-Type": "application/json"}), "k-413"), 20)
+    finally:
+        await api.aclose()
+        server.stop()
+    assert seen == [len(content)]  # one request: a 413 is not retried
+    assert not info.value.maybe_applied
 
 
 async def test_a_body_goes_out_with_its_content_length_not_chunked() -> None:
