@@ -323,3 +323,21 @@ def test_a_graph_base_url_with_an_idn_host_goes_out_in_a_labels(serve, no_proxy_
     read("http://bücher.localhost")
     assert sorted(urlsplit(p).netloc for p in proxy.paths) == ["xn--bcher-kva.localhost"] * 3
     assert {h["Host"] for h in proxy.asked} == {"xn--bcher-kva.localhost"}
+
+
+# --- a URL setting with a fragment ------------------------------------------------------------------
+@pytest.mark.parametrize("fragment", ["#", "#x", "#/users", "#x?y=1"])
+@pytest.mark.parametrize("setting", ["GRAPH_BASE_URL", "SYNC_API_URL", "EXO_BASE_URL", "KEY_VAULT_URL", "AzureWebJobsStorage__blobServiceUri"])
+def test_a_url_setting_with_a_fragment_is_a_settings_error(setting: str, fragment: str) -> None:
+    """Both clients build their URLs as base + path, and a fragment is never sent: with
+    ``SYNC_API_URL=https://host/v1#x`` every request would go to ``/v1`` itself, and with a
+    GRAPH_BASE_URL ending in one every read would get Graph's service document. Refused where
+    it is configured, naming the setting."""
+    from shared.common.errors import SettingsError
+    from shared.config.settings import load_settings
+    from tests.test_settings_patterns_urls import GOOD, URL_SETTINGS
+
+    extra, url = URL_SETTINGS[setting]
+    with pytest.raises(SettingsError) as info:
+        load_settings({**GOOD, **extra, setting: url.format(port="") + fragment})
+    assert info.value.setting == setting and "fragment" in str(info.value)
