@@ -101,7 +101,8 @@ class NoAnswer(Exception):
     DNS, TLS), ``ProxyError`` (the proxy refused the tunnel: the request never left it),
     ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout`` (``TimedBody``) or ``RemoteProtocolError`` (the connection
     dropped, or the answer broke off or was not HTTP). ``sent``: False when the request never
-    reached the server (a connection fault), so it cannot have been applied."""
+    reached the server whole (a connection fault, a refused tunnel, a stalled body), so it cannot
+    have been applied."""
 
     def __init__(self, fault: str, sent: bool) -> None:
         super().__init__(fault)
@@ -118,8 +119,8 @@ def no_answer(exc: BaseException) -> NoAnswer:
         return NoAnswer("ProxyError", sent=False)
     if isinstance(exc, aiohttp.ClientConnectorError):  # before ClientOSError: it is one
         return NoAnswer("ConnectError", sent=False)
-    if isinstance(exc, _WriteStalled):
-        return NoAnswer("WriteTimeout", sent=True)
+    if isinstance(exc, _WriteStalled):  # the body's end never left this process: the peer cannot have taken the request
+        return NoAnswer("WriteTimeout", sent=False)
     if isinstance(exc, TimeoutError):
         return NoAnswer("ReadTimeout", sent=True)
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError, aiohttp.ClientOSError)):
