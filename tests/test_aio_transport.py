@@ -249,6 +249,38 @@ def test_an_https_proxy_carries_every_request_over_verified_tls(tls_proxy: _TlsP
         assert tls_proxy.paths == []
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_graph_and_the_sync_api_over_tls_verify_the_certificate(tls_files: tuple[str, str], no_proxy_env, trusted: bool) -> None:  # noqa: F811
+    """TLS is never unverified: a certificate the process does not trust fails the request
+    (a connection fault, retried, then the error), whichever client asks."""
+    holder: dict[str, Any] = {}
+    server = holder["server"] = _TlsProxy(empty_graph(holder), *tls_files)
+    tls_context.cache_clear()
+    try:
+        if trusted:
+            no_proxy_env.setenv("SSL_CERT_FILE", tls_files[0])
+            read(server.origin)
+            assert len(server.paths) == 3
+        else:
+            with pytest.raises(IncompleteReadError, match=r"\(ConnectError\)"):
+                read(server.origin, max_attempts=2, concurrent=False)
+            assert server.paths == []
+
+            async def domains() -> None:
+                api = SyncApiClient(f"{server.origin}/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=2, backoff_seconds=0.01)
+                try:
+                    await api.domains()
+                finally:
+                    await api.aclose()
+
+            with pytest.raises(SyncApiUnavailableError, match=r"\(connection fault \(ConnectError\)\)"):
+                asyncio.run(domains())
+            assert server.paths == []
+    finally:
+        tls_context.cache_clear()
+        server.stop()
+
+
 class _RefusingProxy(BaseHTTPRequestHandler):
     """A proxy that answers every CONNECT with 407 (the environment's proxy wants credentials)."""
 
