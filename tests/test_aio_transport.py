@@ -3,10 +3,15 @@ clients it replaced, driven through the real clients against servers on loopback
 
 * a peer that stops reading a request body: the request times out after ``timeout_seconds``
   without progress and is retried (httpx had a write timeout; aiohttp arms its read timeout only
-  once the whole body is written, so without one the run would wait for ever);
+  once the whole body is written, so without one the run would wait for ever); a 413 answered
+  while the body is still going out is read as the 413; the body keeps its Content-Length;
 * the environment's proxy as httpx took it: NO_PROXY naming the host, the host and its port, or
-  ``*``; an ``https://`` proxy spoken to over TLS, its certificate verified (aiohttp's own lookup
-  drops an https proxy with a warning, and the requests would go direct, past the proxy)."""
+  holding ``*``; ALL_PROXY; an ``https://`` proxy spoken to over TLS, its certificate verified
+  (aiohttp's own lookup drops an https proxy with a warning, and the requests would go direct,
+  past the proxy); a proxy that refuses the tunnel named as such, the request known unsent;
+* TLS verified for an origin, whichever client;
+* a configured URL with an IDN host or a non-ASCII path sent encoded, and one with a fragment
+  refused where it is configured."""
 
 from __future__ import annotations
 
@@ -16,7 +21,6 @@ import ipaddress
 import os
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -71,14 +75,12 @@ async def test_a_peer_that_stops_reading_the_body_times_out_and_is_retried(no_re
     assert (len(body.raw) < 10_000_000, len(body.content) > 4_000_000) == (True, True)
     api = SyncApiClient(f"{origin}/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=2,
                         backoff_seconds=0.01, timeout_seconds=0.5)
-    started = time.monotonic()
     try:
         with pytest.raises(SyncApiUnavailableError, match=r"after 2 attempts \(connection fault \(WriteTimeout\)\)") as info:
             # The guard turns a hang into a failure of this test, not of the suite.
             await asyncio.wait_for(api.post_encoded_changes("users", body, "k-stall"), 20)
     finally:
         await api.aclose()
-    assert time.monotonic() - started < 10
     assert owner["posts"] == 2  # retried once, with the same key
     assert not info.value.maybe_applied  # the body never reached the service whole: it cannot have been applied
 
