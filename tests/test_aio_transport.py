@@ -375,3 +375,67 @@ def test_a_url_setting_with_a_fragment_is_a_settings_error(setting: str, fragmen
     with pytest.raises(SettingsError) as info:
         load_settings({**GOOD, **extra, setting: url.format(port="") + fragment})
     assert info.value.setting == setting and "fragment" in str(info.value)
+
+
+# --- cancellation ------------------------------------------------------------------------------------
+class _Slow(BaseHTTPRequestHandler):
+    """Sends the head of an answer and a first part of its body, then waits (a slow page)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _slow(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"value": [')
+        self.wfile.flush()
+        self.server.owner.wait(10)  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    do_GET = do_POST = _slow  # noqa: N815 - http.server's names
+
+
+def test_a_run_cancelled_mid_request_closes_every_connection(no_proxy_env) -> None:  # noqa: F811
+    """SIGTERM cancels the run's task (shared/common/shutdown.py) while pages and a write are
+    in flight: both clients close, and nothing is left open for the collector to warn about."""
+    import gc
+    import warnings
+
+    from shared.sources.graph import GraphSource
+
+    release = threading.Event()
+    server = Loopback(_Slow, release)
+
+    class Sink:
+        def take(self, collection: str, obj: dict[str, Any]) -> None:
+            pass
+
+    async def run() -> None:
+        source = GraphSource(f"{server.origin}/v1.0", backoff_seconds=0.01)
+        api = SyncApiClient(f"{server.origin}/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), backoff_seconds=0.01)
+
+        async def work() -> None:
+            try:
+                await asyncio.gather(source.read_directory(Sink()), api.post_changes("addresses", [{"address": "a@contoso.com"}], [], key="k"))
+            finally:
+                await source.aclose()
+                await api.aclose()
+
+        task = asyncio.ensure_future(work())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.run(run())
+            gc.collect()
+    finally:
+        release.set()
+        server.stop()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) or "nclosed" in str(w.message)] == []
