@@ -283,6 +283,57 @@ def test_graph_and_the_sync_api_over_tls_verify_the_certificate(tls_files: tuple
         server.stop()
 
 
+async def test_an_https_proxy_tunnels_to_an_https_origin(tls_files: tuple[str, str], no_proxy_env) -> None:  # noqa: F811
+    """The usual deployment behind a TLS proxy: HTTPS_PROXY=https://..., an https service. The
+    client opens TLS to the proxy, asks it for a CONNECT tunnel and opens TLS to the service
+    inside it (both certificates verified); the proxy sees the CONNECT and never the request."""
+    seen: list[bytes] = []
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(b"service: " + head.split(b"\r\n")[0])
+        body = b'{"domains": ["contoso.com"]}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(b"proxy: " + head.split(b"\r\n")[0])
+        port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, w2), pipe(r2, writer))
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*tls_files)
+    origin = await asyncio.start_server(service, "127.0.0.1", 0, ssl=ctx)
+    tunnel = await asyncio.start_server(proxy, "127.0.0.1", 0, ssl=ctx)
+    origin_port, proxy_port = origin.sockets[0].getsockname()[1], tunnel.sockets[0].getsockname()[1]
+    no_proxy_env.setenv("HTTPS_PROXY", f"https://127.0.0.1:{proxy_port}")
+    no_proxy_env.setenv("SSL_CERT_FILE", tls_files[0])
+    tls_context.cache_clear()
+    api = SyncApiClient(f"https://127.0.0.1:{origin_port}/v1", Secret("sync:secret", "SYNC_API_CREDENTIAL"), max_attempts=1)
+    try:
+        assert await api.domains() == ["contoso.com"]
+    finally:
+        await api.aclose()
+        tls_context.cache_clear()
+        origin.close()
+        tunnel.close()
+    assert seen == [f"proxy: CONNECT 127.0.0.1:{origin_port} HTTP/1.1".encode(), b"service: GET /v1/domains HTTP/1.1"]
+
+
 class _RefusingProxy(BaseHTTPRequestHandler):
     """A proxy that answers every CONNECT with 407 (the environment's proxy wants credentials)."""
 
