@@ -189,6 +189,15 @@ def test_all_proxy_stands_in_for_the_schemes_own(serve, no_proxy_env, variable: 
     assert sorted(urlsplit(p).netloc for p in proxy.paths) == ["graph.invalid"] * 3
 
 
+def test_a_socks_all_proxy_is_left_to_the_tools_that_speak_it(serve, no_proxy_env) -> None:  # noqa: F811
+    """ALL_PROXY=socks5://... (a developer's setting for other tools) is no proxy these
+    clients speak: the requests go as without it."""
+    graph = _graph(serve)
+    no_proxy_env.setenv("ALL_PROXY", f"socks5://127.0.0.1:{closed_port()}")
+    read(graph.origin)
+    assert len(graph.paths) == 3
+
+
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 (the proxy's)."""

@@ -50,7 +50,7 @@ def wire_url(url: str) -> str:
 
 def env_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
     """The proxy the environment names for ``origin``'s scheme (HTTPS_PROXY, HTTP_PROXY, else
-    ALL_PROXY; a value without a scheme is an http proxy) and the credentials in its URL, or
+    an http(s) ALL_PROXY; a value without a scheme is an http proxy) and the credentials in its URL, or
     ``(None, None)``: none named, or NO_PROXY names the origin's host, a domain it is in, its
     host and port (``127.0.0.1:8443``), or holds ``*``. An ``https://`` proxy is reached over
     TLS, its certificate verified like any other (aiohttp's own lookup drops one with a
@@ -61,10 +61,18 @@ def env_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
         return None, None
     if proxy_bypass(f"{url.host}:{url.port}"):  # urllib compares the host alone and host:port
         return None, None
-    value = proxies.get(url.scheme) or proxies.get("all")
+    value = proxies.get(url.scheme) or _http_proxy(proxies.get("all"))
     if not value:
         return None, None
     return strip_auth_from_url(URL(value if "://" in value else f"http://{value}"))
+
+
+def _http_proxy(value: str | None) -> str | None:
+    """ALL_PROXY when it names an http(s) proxy; a socks one (a common ALL_PROXY for other
+    tools) is one neither client speaks, and is left to them."""
+    if value and ("://" not in value or value.partition("://")[0].lower() in ("http", "https")):
+        return value
+    return None
 
 
 class _WriteStalled(TimeoutError):
