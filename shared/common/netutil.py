@@ -55,12 +55,14 @@ def url_problem(url: str) -> str | None:
     URL setting (GRAPH_BASE_URL, SYNC_API_URL, EXO_BASE_URL, KEY_VAULT_URL, the storage URIs).
 
     An absolute http(s) URL with a host name (or IP literal), an optional port that is a whole
-    number in 1-65535, no credentials, no spaces or control characters, and that both HTTP
+    number in 1-65535, no credentials, no fragment, no spaces or control characters, and that both HTTP
     clients parse (httpx: Exchange Online; aiohttp's yarl, host included: Graph and the sync API). HTTPS always; plain http only when the host is a loopback
     address (local emulators). The reasons quote no part of the URL but a loopback-checked host:
     a URL may carry a secret where a port or credentials should be."""
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         return "must not contain spaces or control characters"
+    if "#" in url:  # the clients append paths to it; a fragment is never sent, and would swallow them
+        return "must not contain a fragment ('#')"
     try:
         parts = urlsplit(url)
         host = parts.hostname

@@ -28,7 +28,7 @@ from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from ..common.aio import NoAnswer
+from ..common.aio import NoAnswer, wire_url
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
 from ..common.netutil import jittered_backoff, same_origin
 from ..config.credentials import TokenGetter
@@ -85,7 +85,7 @@ class GraphSource:
         member_concurrency: int = 8,
         concurrent: bool = True,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = wire_url(base_url.rstrip("/"))  # an IDN host in A-labels: every URL is sent as it is
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.member_concurrency = member_concurrency

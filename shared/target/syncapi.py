@@ -20,7 +20,7 @@ from isal import igzip
 from yarl import URL
 
 from ..common import fastjson
-from ..common.aio import NoAnswer, no_answer, open_session
+from ..common.aio import NoAnswer, TimedBody, no_answer, open_session, wire_url
 from ..common.carriable import header_credential_problem
 from ..common.errors import SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
 from ..common.netutil import jittered_backoff, url_problem
@@ -105,6 +105,7 @@ class SyncApiClient:
         if problem:
             raise SyncApiError(f"SYNC_API_URL {problem}")
         self.base_url = base_url.rstrip("/")
+        self._wire_base = wire_url(self.base_url)  # IDN host, non-ASCII path: encoded once (shared/common/aio.py)
         # Where the credential lives and how to replace it, for the 401/403 messages.
         self.credential_where = credential.where
         self.credential_fix = credential.fix or f"check {CREDENTIAL_HINT}"
@@ -239,8 +240,9 @@ class SyncApiClient:
     async def _send(self, method: str, path: str, content: bytes | None, headers: dict[str, str], what: str) -> tuple[Answer, Raw]:
         """One attempt: the answer and its body as sent (at most MAX_RESPONSE_BYTES). The URL
         goes out as written (its path and query are quoted here). Raises ``NoAnswer``."""
+        data = None if content is None else TimedBody(content, self._timeouts[0])  # a peer that stops reading it times out
         try:
-            async with self._open().request(method, URL(self.base_url + path, encoded=True), data=content, headers=headers,
+            async with self._open().request(method, URL(self._wire_base + path, encoded=True), data=data, headers=headers,
                                             allow_redirects=False) as resp:
                 answer = Answer(resp.status, resp.headers)
                 try:
