@@ -19,10 +19,12 @@ import yarl
 
 
 def is_loopback_host(host: str | None) -> bool:
+    """The loopback hosts of docs/sync-api.md ("Transport"): 127.0.0.0/8, ::1 and ``localhost``.
+    A name under ``.localhost`` is not one: the resolver may ask DNS for it like any other name."""
     if not host:
         return False
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
