@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.common.errors import SettingsError, SyncApiError
+from shared.common.netutil import url_problem
 from shared.common.redact import Secret
 from shared.config.settings import load_settings
 from shared.target.syncapi import SyncApiClient
@@ -77,3 +80,38 @@ def test_graph_auth_none_needs_a_loopback_host_not_a_name_under_localhost(settin
 @pytest.mark.parametrize("url", ["http://localhost:8080/v1", "http://LOCALHOST:8080/v1", "http://127.0.0.2:8080/v1", "http://[::1]:8080/v1"])
 def test_plain_http_to_a_loopback_host_is_accepted(url):
     assert load_settings({**BASE, "SYNC_API_URL": url}).sync_api_url == url
+
+
+def _contract_loopback(host: str) -> bool:
+    """docs/sync-api.md, "Transport": plain http only to 127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip in ipaddress.ip_network("127.0.0.0/8") or ip == ipaddress.ip_address("::1")
+
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+_hosts = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.sampled_from(["127.0.0.1", "127.255.255.254", "::1", "::", "::ffff:127.0.0.1", "0.0.0.0", "128.0.0.1"]),
+    st.builds(lambda labels, tail: ".".join([*labels, tail]), st.lists(_label, min_size=0, max_size=3),
+              st.sampled_from(["localhost", "LocalHost", "localhost.example", "example.net", "local"])).filter(bool),
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(_hosts)
+def test_plain_http_is_accepted_exactly_for_the_contracts_loopback_hosts(host):
+    """Every URL setting takes plain http to a host exactly when the contract calls it loopback."""
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:8080/v1"
+    problem = url_problem(url)
+    if _contract_loopback(host):
+        assert problem is None, (url, problem)
+    else:
+        assert problem is not None and "plain http" in problem, (url, problem)
