@@ -57,7 +57,8 @@ def url_problem(url: str) -> str | None:
     URL setting (GRAPH_BASE_URL, SYNC_API_URL, EXO_BASE_URL, KEY_VAULT_URL, the storage URIs).
 
     An absolute http(s) URL with a host name (or IP literal), an optional port that is a whole
-    number in 1-65535, no credentials, no spaces or control characters, and that both HTTP
+    number in 1-65535, no credentials, no query string or fragment (it is a base URL: a
+    request's path is appended to it), no spaces or control characters, and that both HTTP
     clients parse (httpx: Exchange Online; aiohttp's yarl, host included: Graph and the sync API). HTTPS always; plain http only when the host is a loopback
     address (local emulators). The reasons quote no part of the URL but a loopback-checked host:
     a URL may carry a secret where a port or credentials should be."""
@@ -72,6 +73,10 @@ def url_problem(url: str) -> str | None:
         return "must be an absolute http(s) URL"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials in the URL"
+    if "?" in url or "#" in url:
+        # A base URL takes each request's path after it: "{SYNC_API_URL}/domains" with a query
+        # or fragment in the setting (even an empty one) would go somewhere else entirely.
+        return "must be a base URL without a query string or fragment ('?' or '#'): each request's path is appended to it"
     problem = _port_problem(parts.netloc) or _host_problem(host)
     if problem:
         return problem
