@@ -16,9 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .common.errors import DeltaExpiredError
 from .common.netutil import same_origin

@@ -58,3 +58,47 @@ def test_the_same_endpoint_spelled_another_way_keeps_its_delta_links(receiver, t
         assert s["read"]["kind"] == "delta", s["read"]
     finally:
         graph.stop()
+
+
+# --- which saved links may be followed (shared/reading.py ``why_full``), over spellings ---------------
+import datetime as dt  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+
+from shared.reading import fingerprint, graph_endpoint, why_full  # noqa: E402
+
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+SAVED_ON = "https://graph.microsoft.com/v1.0"
+
+
+def _state(base: str) -> SimpleNamespace:
+    links = {c: f"{base}/{c}/delta?$deltatoken=abc" for c in ("users", "groups", "contacts")}
+    return SimpleNamespace(delta_links=links, directory_cache="complete", converted_from=None,
+                           last_full_read=(NOW - dt.timedelta(hours=1)).isoformat(), read_fingerprint=fingerprint(["addresses"], None, frozenset(), base))
+
+
+@pytest.mark.parametrize("configured", ["https://graph.microsoft.com/v1.0", "https://GRAPH.Microsoft.com/v1.0/", "HTTPS://graph.microsoft.com:443/v1.0",
+                                        "https://graph.microsoft.com/beta"])
+def test_links_on_the_configured_endpoints_origin_are_followed(configured):
+    assert why_full(_state(SAVED_ON), fingerprint(["addresses"], None, frozenset(), configured), 24, NOW) is None
+
+
+@pytest.mark.parametrize("configured", ["https://graph.microsoft.us/v1.0", "https://graph.microsoft.com:8443/v1.0", "http://127.0.0.1:8080/v1.0",
+                                        "https://proxy.contoso.com/graph/v1.0"])
+def test_links_on_another_origin_make_the_update_read_in_full(configured):
+    why = why_full(_state(SAVED_ON), fingerprint(["addresses"], None, frozenset(), configured), 24, NOW)
+    assert why is not None and "GRAPH_BASE_URL" in why
+
+
+def test_a_state_saved_before_the_endpoint_was_recorded_is_judged_by_its_links():
+    db = _state(SAVED_ON)
+    db.read_fingerprint = {k: v for k, v in db.read_fingerprint.items() if k != "graph"}
+    assert why_full(db, fingerprint(["addresses"], None, frozenset(), SAVED_ON), 24, NOW) is None
+    assert "GRAPH_BASE_URL" in why_full(db, fingerprint(["addresses"], None, frozenset(), "http://localhost:9/v1.0"), 24, NOW)
+
+
+@pytest.mark.parametrize("a, b", [("https://Graph.Microsoft.com:443/v1.0/", "https://graph.microsoft.com/v1.0"),
+                                  ("http://127.0.0.1:80/v1.0", "http://127.0.0.1/v1.0"), ("http://[::1]:8080/v1.0", "http://[::1]:8080/v1.0/")])
+def test_one_endpoint_spelled_two_ways_is_one_endpoint(a, b):
+    assert graph_endpoint(a) == graph_endpoint(b)
