@@ -112,7 +112,7 @@ def _stdout_takes_any_text() -> None:
     PYTHONIOENCODING) cannot carry every character a group name or an exclusion holds: the
     report escapes what it cannot encode (``\\u2013``) instead of failing a run that succeeded,
     and the ``--json`` line is written in ASCII escapes then (``_json_line``), which parse to the
-    same text (docs/sync-rules.md, "Commands")."""
+    same text (docs/sync-rules.md, "Commands and exit statuses")."""
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(errors="backslashreplace")

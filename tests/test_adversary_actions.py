@@ -106,7 +106,7 @@ def test_a_summary_with_any_text_reaches_a_stdout_of_any_encoding(receiver, tmp_
     """A group name or an exclusion in any script, with standard output in a legacy encoding (a
     Windows console, an ISO-8859 locale, a pipe with PYTHONIOENCODING): ``--json`` still ends
     stdout with the one JSON line, holding the same text, and a run that succeeded exits 0
-    (docs/sync-rules.md, "Commands"); without ``--json`` the report is printed, never a traceback."""
+    (docs/sync-rules.md, "Commands and exit statuses"); without ``--json`` the report is printed, never a traceback."""
     from devstack.graph_emulator import GraphEmulator
 
     graph = GraphEmulator(UNICODE_DIRECTORY)
