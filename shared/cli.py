@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .common.errors import SyncError
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, options: Options | None = None) -> int:
     """``python -m shared``: parse the command line, run the action, print; returns the exit
     status. ``options`` are the engine's run options (defaults in production)."""
+    _stdout_takes_any_text()
     args = build_parser().parse_args(argv)
     args.dataset = getattr(args, "dataset", None)
     args.expect = getattr(args, "expect", None)
@@ -110,6 +111,27 @@ def main(argv: Sequence[str] | None = None, *, options: Options | None = None) -
         return _main(args, options or Options())
     finally:
         flush_telemetry()
+
+
+def _stdout_takes_any_text() -> None:
+    """Standard output in a legacy encoding (a Windows console, an ISO-8859 locale, a pipe with
+    PYTHONIOENCODING) cannot carry every character a group name or an exclusion holds: the
+    report escapes what it cannot encode (``\\u2013``) instead of failing a run that succeeded,
+    and the ``--json`` line is written in ASCII escapes then (``_json_line``), which parse to the
+    same text (docs/sync-rules.md, "Commands and exit statuses")."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
+def _stdout_is_utf8() -> bool:
+    return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8"
+
+
+def _json_line(doc: Any) -> str:
+    """One JSON line for standard output: UTF-8 text where stdout is UTF-8, else ASCII with
+    ``\\uXXXX`` escapes (the same JSON value)."""
+    return json.dumps(doc, ensure_ascii=not _stdout_is_utf8(), separators=(",", ":"))
 
 
 def _main(args: argparse.Namespace, options: Options) -> int:
@@ -124,7 +146,7 @@ def _main(args: argparse.Namespace, options: Options) -> int:
         message = safe_text(scrub(str(exc)), None, backslashes=False)
         summary = RunSummary(args.action).finish(False, message)
         if args.json:
-            print(summary.to_json(), flush=True)
+            print(_json_line(summary.as_dict()), flush=True)
         print(f"error: {message}", file=sys.stderr, flush=True)
         return exc.exit_code
     options.progress_interval = progress_interval
@@ -132,14 +154,14 @@ def _main(args: argparse.Namespace, options: Options) -> int:
     if summary.ok and args.action == "status":
         info = summary.extra["status"]
         if args.json:
-            print(json.dumps(info, ensure_ascii=False, separators=(",", ":")), flush=True)
+            print(_json_line(info), flush=True)
         else:
             held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
             print(format_status(info["runs"], held, info.get("preview")), end="")
         return 0
     if args.action != "status":
         if args.json:
-            print(summary.to_json(), flush=True)
+            print(_json_line(summary.as_dict()), flush=True)
         else:
             print_report(summary)
     if not summary.ok:

@@ -18,8 +18,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .common.errors import DeltaExpiredError
+from .common.netutil import same_origin
 from .model.directory import Affected, Cache, Round
 from .sources.graph import COLLECTIONS, GraphSource
 
@@ -192,13 +194,29 @@ def merge_delta(cache: Cache, read: Read) -> Affected:
     return affected
 
 
-def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozenset[str] | None, provisioned: frozenset[str]) -> dict[str, Any]:
-    """What the cached projection depends on beyond the directory: a change forces a full read."""
-    return {
+def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozenset[str] | None, provisioned: frozenset[str],
+                graph_base_url: str | None = None) -> dict[str, Any]:
+    """What the cached projection depends on beyond the directory: a change forces a full read.
+    ``graph``: the Graph endpoint (``GRAPH_BASE_URL``, ``graph_endpoint``) whose links a saved
+    checkpoint holds; a delta link is judged by its own origin (``why_full``)."""
+    out: dict[str, Any] = {
         "datasets": list(datasets),
         "addressDomains": sorted(address_domains) if address_domains is not None else None,
         "provisioned": sorted(provisioned),
     }
+    if graph_base_url is not None:
+        out["graph"] = graph_endpoint(graph_base_url)
+    return out
+
+
+def graph_endpoint(url: str) -> str:
+    """``GRAPH_BASE_URL`` without what names the same endpoint twice: the case of the scheme and
+    host, the scheme's default port, a trailing slash."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(scheme)) else None
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{netloc}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
 
 
 def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, now: dt.datetime) -> str | None:
@@ -213,6 +231,11 @@ def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, no
         return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
     if not links_complete(links):
         return "a collection has no delta link (its delta endpoint was not served)"
+    endpoint = new_fingerprint.get("graph")
+    if endpoint is not None and not all(same_origin(links[c], endpoint) for c in COLLECTIONS):
+        # The links belong to the endpoint that gave them (a proxy put in front of Graph, a
+        # national cloud fixed, an emulator on another port): they are not followed elsewhere.
+        return "GRAPH_BASE_URL changed since the last full read: the saved delta links are on another endpoint"
     old = db.read_fingerprint or {}
     for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),
                          ("exo", "EXO_MODE or EXO_RECIPIENT_TYPES")):

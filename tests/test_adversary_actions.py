@@ -5,10 +5,14 @@ contract that the lead has to settle: fix the product, or the rule."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from tests.loopback import closed_port
-from tests.stack import EXPECTED, U, base_env, run_cli, service_view
+from tests.stack import EXPECTED, ROOT, U, base_env, run_cli, service_view
 
 
 @pytest.fixture
@@ -80,3 +84,51 @@ def test_every_kind_of_failure_ends_stderr_with_its_one_error_line(graph, receiv
     assert errors == [len(lines) - 1], lines
     assert named in lines[-1], lines[-1]
     assert all(" WARNING " in line for line in lines[:-1]), lines
+
+
+# --- standard output that cannot carry every character --------------------------------------------
+SCOPE, SOUTH = "20000000-0000-0000-0000-000000000001", "20000000-0000-0000-0000-000000000002"
+UNICODE_DIRECTORY = {
+    "users": [{"id": U(1), "mail": "jörg@contoso.com", "proxyAddresses": ["SMTP:joerg@contoso.com"]}],
+    "groups": [{"id": SCOPE, "displayName": "Zürich", "mail": None, "proxyAddresses": [], "members": [U(1)]},
+               {"id": SOUTH, "displayName": "Vertrieb – Süd 🚀", "mail": None, "proxyAddresses": [], "members": []}],
+    "contacts": [],
+}
+
+
+def _run_in(encoding: str, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """The CLI with standard streams in ``encoding`` (their bytes decoded as such)."""
+    p = subprocess.run([sys.executable, "-m", "tests.launcher", *args], cwd=ROOT, env={**env, "PYTHONIOENCODING": encoding},
+                       capture_output=True, timeout=120)
+    return p.returncode, p.stdout.decode(encoding), p.stderr.decode(encoding, "replace")
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1", "cp1252"])
+@pytest.mark.parametrize("action", ["test-update", "update"])
+def test_a_summary_with_any_text_reaches_a_stdout_of_any_encoding(receiver, tmp_path, encoding, action):
+    """A group name or an exclusion in any script, with standard output in a legacy encoding (a
+    Windows console, an ISO-8859 locale, a pipe with PYTHONIOENCODING): ``--json`` still ends
+    stdout with the one JSON line, holding the same text, and a run that succeeded exits 0
+    (docs/sync-rules.md, "Commands and exit statuses"); without ``--json`` the report is printed, never a traceback."""
+    from devstack.graph_emulator import GraphEmulator
+
+    graph = GraphEmulator(UNICODE_DIRECTORY)
+    graph.start()
+    try:
+        # The scope leaves "Vertrieb – Süd 🚀" out: the summary names it among what the rules left out.
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"), "SYNC_SCOPE_GROUPS": SCOPE}
+        code, out, err = _run_in(encoding, env, action, "--json")
+        assert code == 0 and "Traceback" not in err, err
+        s = json.loads(out.strip().splitlines()[-1])
+        assert s["ok"] is True
+        assert "Vertrieb – Süd 🚀" in [e["value"] for e in s["ruleExclusions"]["items"]]
+        if action == "test-update":
+            assert [g["name"] for g in s["changes"]["groups"]["added"]] == ["Zürich"]
+            assert "jörg@contoso.com" in [e["value"] for e in s["exclusions"]]
+        else:
+            assert [g["name"] for g in receiver.records("groups").values()] == ["Zürich"]
+        code, out, err = _run_in(encoding, env, action)  # without --json: the report
+        assert code == 0 and "Traceback" not in err, err
+        assert "Vertrieb" in out or action == "update", out  # (the second update has nothing to send)
+    finally:
+        graph.stop()

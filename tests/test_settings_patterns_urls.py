@@ -10,7 +10,7 @@ import itertools
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shared.common.errors import SettingsError
@@ -143,6 +143,8 @@ PORT_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="/?
 
 @settings(max_examples=300, deadline=None)
 @given(PORT_TEXT, st.sampled_from(sorted(URL_SETTINGS)))
+@example("1 ", "AzureWebJobsStorage__blobServiceUri")  # found by chance: the value is read stripped
+@example("1 ", "GRAPH_BASE_URL")  # mid-URL the blank stays: not a port
 def test_any_port_text_is_accepted_only_when_it_is_a_port(port, setting):
     """Whatever follows the colon up to the end of the authority: accepted exactly when it is
     ASCII digits naming 1-65535, else the settings error naming the setting (never another
@@ -156,7 +158,10 @@ def test_any_port_text_is_accepted_only_when_it_is_a_port(port, setting):
         ok = False
     else:
         ok = True
-    assert ok == bool(re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535)
+    # A setting's value is read stripped (shared/config/values.py): where the port ends the URL,
+    # its trailing whitespace is not part of it ("...:1 " is port 1).
+    seen = port.rstrip() if url.endswith("{port}") else port
+    assert ok == bool(re.fullmatch(r"[0-9]{1,5}", seen) and 1 <= int(seen) <= 65535)
 
 
 @pytest.mark.parametrize("pattern", ["[[a]x@contoso.com", "[0-9--x]@contoso.com", "[a&&b]@contoso.com", "[a||b]@contoso.com", "[a~~b]@contoso.com"])
@@ -186,3 +191,17 @@ def test_a_pattern_python_warns_about_and_then_refuses_is_the_settings_error_alo
         with pytest.raises(SettingsError, match=r"EXCLUDE_ADDRESS_PATTERNS.*\[a--b\]"):
             parse_rules(None, None, f"[a--b]@contoso.com|never{id(caplog)}")
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+# A base URL takes the request's path after it (``{GRAPH_BASE_URL}/users/delta``,
+# ``{SYNC_API_URL}/domains``, ``{EXO_BASE_URL}/adminapi/...``): a query string or a fragment in
+# it, even an empty one, sends every request somewhere else (".../v1#x/domains" is ".../v1").
+QUERY_OR_FRAGMENT = ["?", "?api-version=1", "#", "#frag", "?a=b#c"]
+
+
+@pytest.mark.parametrize("setting,tail", list(itertools.product(URL_SETTINGS, QUERY_OR_FRAGMENT)))
+def test_a_base_url_with_a_query_or_fragment_is_a_settings_error_naming_the_setting(setting, tail):
+    extra, url = URL_SETTINGS[setting]
+    e = _error({**GOOD, **extra, setting: url.format(port="") + tail})
+    assert e.setting == setting
+    assert "a valid value looks like" in str(e)

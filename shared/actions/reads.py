@@ -102,7 +102,8 @@ class ReadStage(RunParts):
 
     def _fingerprint(self, provisioned: frozenset[str]) -> dict[str, Any]:
         # The scope and exclusion settings too: a change of any of them reads in full.
-        out = {**fingerprint(self.datasets, self.settings.address_domains, provisioned), "rules": self.settings.rules.fingerprint()}
+        out = {**fingerprint(self.datasets, self.settings.address_domains, provisioned, self.settings.graph_base_url),
+               "rules": self.settings.rules.fingerprint()}
         if self.settings.exo.enabled:
             out["exo"] = {"mode": self.settings.exo.mode, "types": list(self.settings.exo.recipient_types)}
         return out

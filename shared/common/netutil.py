@@ -19,10 +19,12 @@ import yarl
 
 
 def is_loopback_host(host: str | None) -> bool:
+    """The loopback hosts of docs/sync-api.md ("Transport"): 127.0.0.0/8, ::1 and ``localhost``.
+    A name under ``.localhost`` is not one: the resolver may ask DNS for it like any other name."""
     if not host:
         return False
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -55,14 +57,13 @@ def url_problem(url: str) -> str | None:
     URL setting (GRAPH_BASE_URL, SYNC_API_URL, EXO_BASE_URL, KEY_VAULT_URL, the storage URIs).
 
     An absolute http(s) URL with a host name (or IP literal), an optional port that is a whole
-    number in 1-65535, no credentials, no fragment, no spaces or control characters, and that both HTTP
+    number in 1-65535, no credentials, no query string or fragment (it is a base URL: a
+    request's path is appended to it), no spaces or control characters, and that both HTTP
     clients parse (httpx: Exchange Online; aiohttp's yarl, host included: Graph and the sync API). HTTPS always; plain http only when the host is a loopback
     address (local emulators). The reasons quote no part of the URL but a loopback-checked host:
     a URL may carry a secret where a port or credentials should be."""
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         return "must not contain spaces or control characters"
-    if "#" in url:  # the clients append paths to it; a fragment is never sent, and would swallow them
-        return "must not contain a fragment ('#')"
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -72,6 +73,10 @@ def url_problem(url: str) -> str | None:
         return "must be an absolute http(s) URL"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials in the URL"
+    if "?" in url or "#" in url:
+        # A base URL takes each request's path after it: "{SYNC_API_URL}/domains" with a query
+        # or fragment in the setting (even an empty one) would go somewhere else entirely.
+        return "must be a base URL without a query string or fragment ('?' or '#'): each request's path is appended to it"
     problem = _port_problem(parts.netloc) or _host_problem(host)
     if problem:
         return problem
