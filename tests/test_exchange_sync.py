@@ -195,6 +195,18 @@ def test_only_mode_makes_no_graph_request(exo, receiver, tmp_path):
     assert service_view(receiver)["addresses"] == EXO_ADDRESSES - {"support@contoso.com", "help@contoso.com", "pf@xn--bcher-kva.example"} | {"alice@contoso.com"}
 
 
+def test_only_mode_with_graph_auth_none_runs_without_any_graph_setting(exo, receiver, tmp_path):
+    """A harness of the Exchange source alone sets no GRAPH_BASE_URL: the run reads Exchange
+    Online, registers its addresses and never contacts Graph's default root."""
+    env = {**base_env("http://127.0.0.1:9/v1.0", receiver.base_url, f"file:{tmp_path / 'state'}"),
+           "GRAPH_TENANT_ID": TENANT, "EXO_MODE": "only", "EXO_BASE_URL": exo.base_url, "SYNC_DATASETS": "addresses"}
+    env.pop("GRAPH_BASE_URL")
+    r = run_cli("update", env, "--json")
+    assert r.code == 0, r.stderr
+    assert r.summary["graphRequests"] == 0 and r.summary["exoRequests"] >= 1
+    assert service_view(receiver)["addresses"] == EXO_ADDRESSES | {"alice@contoso.com"}
+
+
 def test_turning_exchange_off_removes_its_addresses(env, receiver, exo):
     assert run_cli("update", env).code == 0
     r = run_cli("update", {**env, "EXO_MODE": "off"}, "--json")

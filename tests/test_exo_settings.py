@@ -51,6 +51,18 @@ def test_national_cloud_scope(host):
     assert s.exo.base_url == f"https://{host}" and s.exo.scope == f"https://{host}/.default"
 
 
+def test_exchange_only_with_graph_auth_none_needs_no_graph_base_url():
+    """EXO_MODE=only reads no Graph: with GRAPH_AUTH=none only EXO_BASE_URL must be a loopback
+    address, and GRAPH_BASE_URL may be left at its default; with Graph read, it may not."""
+    env = {k: v for k, v in LOCAL.items() if k != "GRAPH_BASE_URL"}
+    s = load_settings({**env, "EXO_MODE": "only", "SYNC_DATASETS": "addresses"})
+    assert s.exo.mode == "only" and s.graph_auth == "none"
+    e = error({**env, "EXO_MODE": "only", "SYNC_DATASETS": "addresses", "EXO_BASE_URL": "https://outlook.office365.com"})
+    assert e.setting == "EXO_BASE_URL"
+    for mode in ("off", "augment"):
+        assert error({**env, "EXO_MODE": mode}).setting == "GRAPH_AUTH"
+
+
 def test_unknown_mode():
     e = error({**GOOD, "EXO_MODE": "both"})
     assert e.setting == "EXO_MODE" and "'both'" in str(e) and "augment" in str(e)

@@ -32,7 +32,10 @@ def read_graph(get: Getter) -> dict[str, Any]:
     problem = url_problem(graph_base_url)
     if problem:
         raise SettingsError("GRAPH_BASE_URL", problem, DEFAULT_GRAPH_BASE_URL)
-    if graph_auth == "none" and not is_loopback_host(urlsplit(graph_base_url).hostname):
+    # 'none' sends Graph no token, so Graph must be a local emulator; with EXO_MODE=only Graph is
+    # never read (EXO_BASE_URL then has the same rule, shared/config/exo_settings.py).
+    graph_read = (get("EXO_MODE") or "off").strip().lower() != "only"
+    if graph_auth == "none" and graph_read and not is_loopback_host(urlsplit(graph_base_url).hostname):
         raise SettingsError("GRAPH_AUTH", "'none' is only allowed when GRAPH_BASE_URL is a loopback address", "client_secret")
 
     tenant = get("GRAPH_TENANT_ID")
