@@ -48,10 +48,14 @@ from devstack.http_server import LoopbackService, Response, loopback_parser, par
 ANCHOR = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant}"
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 1000
+# The values Get-Recipient's -RecipientTypeDetails binds (Exchange Online PowerShell reference);
+# any other is refused as the cmdlet refuses it.
 KNOWN_TYPES = frozenset({
-    "UserMailbox", "SharedMailbox", "RoomMailbox", "EquipmentMailbox", "MailUser", "GuestMailUser", "MailContact",
-    "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailNonUniversalGroup", "RoomList",
-    "GroupMailbox", "DynamicDistributionGroup", "PublicFolder", "DiscoveryMailbox", "SchedulingMailbox",
+    "DiscoveryMailbox", "DynamicDistributionGroup", "EquipmentMailbox", "GroupMailbox", "GuestMailUser", "LegacyMailbox",
+    "LinkedMailbox", "LinkedRoomMailbox", "MailContact", "MailForestContact", "MailNonUniversalGroup",
+    "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailUser", "PublicFolder", "PublicFolderMailbox",
+    "RemoteEquipmentMailbox", "RemoteRoomMailbox", "RemoteSharedMailbox", "RemoteTeamMailbox", "RemoteUserMailbox",
+    "RoomList", "RoomMailbox", "SchedulingMailbox", "SharedMailbox", "TeamMailbox", "UserMailbox",
 })
 FAULTS = ("429", "503", "throttle", "malformed", "drop", "401", "403")
 _PATH = re.compile(r"^/adminapi/beta/([^/]+)/InvokeCommand$")

@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from shared.common.errors import SettingsError
+from shared.config.exo_settings import EXO_QUERY_TYPES
 from shared.config.settings import EXO_ALL_TYPES, load_settings
 from tests.stack import base_env, run_cli
 
@@ -121,6 +122,16 @@ def test_only_accepts_the_user_type_and_pattern_rules(caplog):
 def test_unknown_recipient_type(raw, bad):
     e = error({**GOOD, "EXO_MODE": "augment", "EXO_RECIPIENT_TYPES": raw})
     assert e.setting == "EXO_RECIPIENT_TYPES" and repr(bad) in str(e)
+
+
+@pytest.mark.parametrize("name", ["SchedulingMailbox", "teammailbox", "LinkedRoomMailbox", "RemoteUserMailbox", "MailForestContact"])
+def test_any_recipient_type_get_recipient_takes_is_accepted(name):
+    """EXO_RECIPIENT_TYPES may name any RecipientTypeDetails value that Get-Recipient binds, not
+    only the fourteen of EXO_MODE=only's default (which stays as it is)."""
+    s = load_settings({**GOOD, "EXO_MODE": "augment", "EXO_RECIPIENT_TYPES": f"PublicFolder,{name}"})
+    canonical = {t.lower(): t for t in EXO_QUERY_TYPES}[name.lower()]
+    assert s.exo.recipient_types == ("PublicFolder", canonical)
+    assert load_settings({**GOOD, "EXO_MODE": "only", "SYNC_DATASETS": "addresses"}).exo.recipient_types == EXO_ALL_TYPES
 
 
 def test_empty_recipient_type_list():

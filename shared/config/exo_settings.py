@@ -21,6 +21,15 @@ EXO_ALL_TYPES: tuple[str, ...] = (
     "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailNonUniversalGroup", "RoomList",
     "GroupMailbox", "DynamicDistributionGroup", "PublicFolder",
 )
+# Every value Get-Recipient's -RecipientTypeDetails takes (Exchange Online PowerShell reference,
+# "Get-Recipient"): an operator may name any of them; a name outside it is a settings error.
+EXO_QUERY_TYPES: tuple[str, ...] = (
+    "DiscoveryMailbox", "DynamicDistributionGroup", "EquipmentMailbox", "GroupMailbox", "GuestMailUser", "LegacyMailbox",
+    "LinkedMailbox", "LinkedRoomMailbox", "MailContact", "MailForestContact", "MailNonUniversalGroup",
+    "MailUniversalDistributionGroup", "MailUniversalSecurityGroup", "MailUser", "PublicFolder", "PublicFolderMailbox",
+    "RemoteEquipmentMailbox", "RemoteRoomMailbox", "RemoteSharedMailbox", "RemoteTeamMailbox", "RemoteUserMailbox",
+    "RoomList", "RoomMailbox", "SchedulingMailbox", "SharedMailbox", "TeamMailbox", "UserMailbox",
+)
 
 
 @dataclass(frozen=True)
@@ -76,18 +85,18 @@ def read_exo(get: Getter, graph_auth: str, tenant: str | None, datasets: tuple[s
 
 
 def _recipient_types(raw: str | None, mode: str) -> tuple[str, ...]:
-    """EXO_RECIPIENT_TYPES, spelled as Exchange spells them, each once, in the order given;
+    """EXO_RECIPIENT_TYPES (any of ``EXO_QUERY_TYPES``), spelled as Exchange spells them, each once, in the order given;
     unset: every type that receives mail with EXO_MODE=only, else ``EXO_AUGMENT_TYPES``."""
     if raw is None:
         return EXO_ALL_TYPES if mode == "only" else EXO_AUGMENT_TYPES
-    known = {t.lower(): t for t in EXO_ALL_TYPES}
+    known = {t.lower(): t for t in EXO_QUERY_TYPES}
     chosen: list[str] = []
     for part in raw.split(","):
         name = part.strip()
         if not name:
             continue
         if name.lower() not in known:
-            raise SettingsError("EXO_RECIPIENT_TYPES", f"unknown recipient type {name!r}; the types are {', '.join(EXO_ALL_TYPES)}",
+            raise SettingsError("EXO_RECIPIENT_TYPES", f"unknown recipient type {name!r}; the types are Get-Recipient's RecipientTypeDetails values: {', '.join(EXO_QUERY_TYPES)}",
                                 ",".join(EXO_AUGMENT_TYPES))
         if known[name.lower()] not in chosen:
             chosen.append(known[name.lower()])
