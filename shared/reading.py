@@ -237,6 +237,8 @@ def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, no
         # national cloud fixed, an emulator on another port): they are not followed elsewhere.
         return "GRAPH_BASE_URL changed since the last full read: the saved delta links are on another endpoint"
     old = db.read_fingerprint or {}
+    if "tenant" in old and old.get("tenant") != new_fingerprint.get("tenant"):  # a state saved before it was recorded: not judged
+        return "GRAPH_TENANT_ID changed since the last full read: the cache and the delta links are another tenant's"
     for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),
                          ("exo", "EXO_MODE or EXO_RECIPIENT_TYPES")):
         if old.get(key) != new_fingerprint.get(key):

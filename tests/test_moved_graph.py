@@ -102,3 +102,23 @@ def test_a_state_saved_before_the_endpoint_was_recorded_is_judged_by_its_links()
                                   ("http://127.0.0.1:80/v1.0", "http://127.0.0.1/v1.0"), ("http://[::1]:8080/v1.0", "http://[::1]:8080/v1.0/")])
 def test_one_endpoint_spelled_two_ways_is_one_endpoint(a, b):
     assert graph_endpoint(a) == graph_endpoint(b)
+
+
+def test_another_tenant_is_read_in_full(receiver, tmp_path):
+    """GRAPH_TENANT_ID changed with the state kept (an operator reusing a deployment for another
+    tenant, or fixing a wrong one): the saved delta links and the cache are the old tenant's, so
+    the next update reads in full; the same tenant spelled in capitals is no change."""
+    graph = GraphEmulator(nasty_directory())
+    graph.start()
+    try:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"),
+               "GRAPH_TENANT_ID": "11111111-2222-3333-4444-555555555555"}
+        assert update(env)["read"]["kind"] == "full"
+        same = update({**env, "GRAPH_TENANT_ID": env["GRAPH_TENANT_ID"].upper()})
+        assert same["read"]["kind"] == "delta", same["read"]
+        other = update({**env, "GRAPH_TENANT_ID": "contoso.onmicrosoft.com"})
+        assert other["read"]["kind"] == "full" and "GRAPH_TENANT_ID" in other["read"]["reason"], other["read"]
+        assert update({**env, "GRAPH_TENANT_ID": "contoso.onmicrosoft.com"})["read"]["kind"] == "delta"
+        assert service_view(receiver) == EXPECTED
+    finally:
+        graph.stop()

@@ -106,6 +106,8 @@ class ReadStage(RunParts):
                "rules": self.settings.rules.fingerprint()}
         if self.settings.exo.enabled:
             out["exo"] = {"mode": self.settings.exo.mode, "types": list(self.settings.exo.recipient_types)}
+        if self.settings.graph_tenant_id:  # another tenant is another directory: its delta links and cache are not this one's
+            out["tenant"] = self.settings.graph_tenant_id.strip().lower()
         return out
 
     def _why_full(self, db: StateDB, provisioned: frozenset[str]) -> str | None:
