@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.instrumentation.logging.handler import LoggingHandler  # the handler configure_azure_monitor installs
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs import export as _log_export
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
