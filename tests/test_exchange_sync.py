@@ -288,3 +288,18 @@ def test_address_patterns_apply_to_exchange_candidates(env, receiver):
     t = run_cli("test-update", patterned, "--json")
     assert any(e["objectId"] == X(2) and e["value"] == "support@contoso.com" and e["source"] == "Exchange Online"
                and "EXCLUDE_ADDRESS_PATTERNS" in e["reason"] for e in t.summary["exclusions"])
+
+
+def test_a_recipient_listed_twice_counts_as_its_last_entry(env, receiver, exo):
+    """One recipient on two pages of a listing (its Guid in capitals on the first): the later
+    entry is its newer state, as within a Graph round; the earlier entry's alias is not
+    registered, and an unchanged listing sends nothing on the next run."""
+    exo.upsert(recipient(X(7).upper(), "PublicFolder", "Twice@contoso.com", emails=["SMTP:Twice@contoso.com", "smtp:old-alias@contoso.com"]))
+    exo.upsert(recipient(X(7), "PublicFolder", "twice@contoso.com", emails=["SMTP:twice@contoso.com", "smtp:new-alias@contoso.com"]))
+    r = run_cli("update", env, "--json")
+    assert r.code == 0, r.stderr
+    view = service_view(receiver)["addresses"]
+    assert {"twice@contoso.com", "new-alias@contoso.com"} <= view and "old-alias@contoso.com" not in view
+    again = run_cli("update", env, "--json")
+    assert again.code == 0 and again.summary["read"]["kind"] == "delta"
+    assert again.summary["datasets"]["addresses"]["added"] == again.summary["datasets"]["addresses"]["removed"] == 0
