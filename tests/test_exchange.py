@@ -344,3 +344,20 @@ def test_both_sources_implement_the_source_interface():
         assert cls.delta is delta
     assert ExchangeSource.collections == ("recipients",)
     assert GraphSource.collections == ("users", "groups", "contacts")
+
+
+@pytest.mark.parametrize("details,rtype", [
+    ("UserMailbox", "UserMailbox"), ("SharedMailbox", "UserMailbox"), ("RoomMailbox", "UserMailbox"), ("EquipmentMailbox", "UserMailbox"),
+    ("MailUser", "MailUser"), ("GuestMailUser", "MailUser"), ("MailContact", "MailContact"),
+    ("MailUniversalDistributionGroup", "MailUniversalDistributionGroup"), ("MailUniversalSecurityGroup", "MailUniversalSecurityGroup"),
+    ("MailNonUniversalGroup", "MailNonUniversalGroup"), ("RoomList", "MailUniversalDistributionGroup"),
+    ("GroupMailbox", "MailUniversalDistributionGroup"), ("DynamicDistributionGroup", "DynamicDistributionGroup"), ("PublicFolder", "PublicFolder"),
+])
+def test_emulator_recipient_type_is_the_one_exchange_reports_for_its_details(details, rtype):
+    """Get-Recipient's RecipientType is the coarse class of RecipientTypeDetails (a shared or room
+    mailbox is a UserMailbox, a Microsoft 365 group or room list a MailUniversalDistributionGroup),
+    as Exchange Online reports it; the emulator served MailUser for every mailbox and group."""
+    with ExchangeEmulator([recipient(guid(1), details, "a@contoso.com")], tenant=TENANT) as emu:
+        got = httpx.post(f"{emu.base_url}/adminapi/beta/{TENANT}/InvokeCommand", content=invoke_body((details,)),
+                         headers={"X-AnchorMailbox": ANCHOR}).json()["value"]
+    assert [(r["RecipientTypeDetails"], r["RecipientType"]) for r in got] == [(details, rtype)]
