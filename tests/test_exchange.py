@@ -361,3 +361,30 @@ def test_emulator_recipient_type_is_the_one_exchange_reports_for_its_details(det
         got = httpx.post(f"{emu.base_url}/adminapi/beta/{TENANT}/InvokeCommand", content=invoke_body((details,)),
                          headers={"X-AnchorMailbox": ANCHOR}).json()["value"]
     assert [(r["RecipientTypeDetails"], r["RecipientType"]) for r in got] == [(details, rtype)]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_an_answer_echoing_the_access_token_leaks_it_into_no_message(status):
+    """A broken or hostile endpoint (or a proxy in front of it) that echoes the Authorization
+    header in its error body or x-ms-diagnostics: the access token, a secret like the client
+    secret it came from, appears in no error message (the run's stderr line and summary)."""
+    token_value = "eyJ0eXAiOiJKV1QifQ.exo-access-token-canary.c2lnbmF0dXJl"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        echo = request.headers["authorization"]
+        return httpx.Response(status, json={"error": {"code": "BadRequest", "message": f"rejected {echo}"}},
+                              headers={"x-ms-diagnostics": f'2000001;reason="bad token {echo}";error_category="invalid_token"'})
+
+    async def go():
+        async def token(scope):
+            return token_value, 4102444800.0
+
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=token, transport=httpx.MockTransport(handler))
+        try:
+            await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError) as e:
+        asyncio.run(go())
+    assert "exo-access-token-canary" not in str(e.value) and "HTTP %d" % status in str(e.value)
