@@ -388,3 +388,67 @@ def test_an_answer_echoing_the_access_token_leaks_it_into_no_message(status):
     with pytest.raises(ExchangeError) as e:
         asyncio.run(go())
     assert "exo-access-token-canary" not in str(e.value) and "HTTP %d" % status in str(e.value)
+
+
+def _bomb(inflated: int) -> bytes:
+    """A valid, empty Get-Recipient page padded with blanks to ``inflated`` bytes, gzipped (a few KB)."""
+    import gzip
+    import io
+
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb") as gz:
+        gz.write(b'{"value": [')
+        blanks = b" " * (1 << 20)
+        for _ in range(inflated >> 20):
+            gz.write(blanks)
+        gz.write(b"]}")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_an_answer_larger_than_the_page_cap_fails_the_read_at_once(encoding):
+    """A page (or a proxy's answer) that is, or inflates to, more than MAX_PAGE_BYTES is refused
+    as it streams in, without a retry, as Graph's is: the read fails naming the cap instead of
+    holding the whole answer in memory (a gzip bomb of a few KB would take gigabytes)."""
+    from shared.sources.exchange import MAX_PAGE_BYTES
+
+    size = MAX_PAGE_BYTES + (2 << 20)
+    body = _bomb(size) if encoding == "gzip" else b'{"value": [' + b" " * size + b"]}"
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url)
+        headers = {"Content-Type": "application/json", **({"Content-Encoding": "gzip"} if encoding == "gzip" else {})}
+        return httpx.Response(200, content=body, headers=headers)
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=None, backoff_seconds=0, transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError) as e:
+        asyncio.run(go())
+    assert f"more than {MAX_PAGE_BYTES} bytes" in str(e.value) and "nothing was sent" in str(e.value)
+    assert len(calls) == 1  # hostile, not transient: not asked again
+
+
+def test_a_deeply_nested_answer_is_a_malformed_page_not_a_crash():
+    """JSON nested deeper than the parser goes (an error body or a page): a malformed answer,
+    retried and then failing with what it was, not a RecursionError taken for a sign-in failure."""
+    nested = b"[" * 200_000 + b"]" * 200_000
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=nested)
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=None, backoff_seconds=0, max_attempts=2,
+                             transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError, match="malformed page"):
+        asyncio.run(go())
