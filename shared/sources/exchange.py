@@ -133,7 +133,7 @@ class ExchangeSource:
         (``links`` is ignored: a snapshot source has none).
 
         Raises ``ExchangeAuthError`` (401/403) or ``ExchangeError`` (a page that failed for
-        good, a refused request, a nextLink that leaves EXO_BASE_URL's origin)."""
+        good, a refused request, a nextLink that is no URL or leaves EXO_BASE_URL's origin)."""
         body = invoke_body(self.types)
         url: str | None = self.url
         seen: set[str] = set()
@@ -147,7 +147,12 @@ class ExchangeSource:
                 sink.take("recipients", {k: rec.get(k) for k in KEPT_PROPERTIES})
                 self.stats.recipients += 1
             link = page.get("@odata.nextLink")
-            url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
+            try:
+                url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
+                if url is not None:
+                    httpx.URL(url)
+            except (ValueError, httpx.InvalidURL):
+                raise ExchangeError("Exchange Online Get-Recipient: a page's @odata.nextLink is not a valid URL; the read stopped, nothing was sent") from None
             if url is not None and not same_origin(url, self.base_url):
                 # The bearer token goes with every page: never to another host.
                 raise ExchangeError("Exchange Online Get-Recipient: @odata.nextLink points outside EXO_BASE_URL; the read stopped, nothing was sent")
