@@ -20,8 +20,9 @@ One request is in flight at a time. Throttling (429, or a 503, or an answer that
 tenant exceeded the maximum number of concurrent requests) waits ``Retry-After`` or backs
 off; other 5xx, dropped connections and malformed pages are retried with backoff. 401 and 403
 raise ``ExchangeAuthError`` naming ``Exchange.ManageAsApp``, the directory role, and
-Exchange's own ``x-ms-diagnostics`` reason when the answer has one. A page that still fails
-raises ``ExchangeError``: the run fails and sends nothing.
+Exchange's own ``x-ms-diagnostics`` reason when the answer has one. An answer of more than
+``MAX_PAGE_BYTES`` (after gzip) or a nextLink that is no URL fails at once. A page that still
+fails raises ``ExchangeError``: the run fails and sends nothing.
 
 Everything Exchange-specific stays here, so the endpoint can be swapped for another (a
 documented API, when one lists recipients) without touching the rest of the engine.
