@@ -387,7 +387,7 @@ def test_an_answer_echoing_the_access_token_leaks_it_into_no_message(status):
 
     with pytest.raises(ExchangeError) as e:
         asyncio.run(go())
-    assert "exo-access-token-canary" not in str(e.value) and "HTTP %d" % status in str(e.value)
+    assert "exo-access-token-canary" not in str(e.value) and f"HTTP {status}" in str(e.value)
 
 
 def _bomb(inflated: int) -> bytes:
