@@ -9,6 +9,8 @@ import json
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devstack.exchange_emulator import ExchangeEmulator, recipient
 from shared.common.errors import ExchangeAuthError, ExchangeError
@@ -452,3 +454,83 @@ def test_a_deeply_nested_answer_is_a_malformed_page_not_a_crash():
 
     with pytest.raises(ExchangeError, match="malformed page"):
         asyncio.run(go())
+
+
+_FAULTS = ["ok", "429", "429ra0", "429date", "429junk", "503", "503ra", "500", "502", "504", "drop", "cut", "timeout", "malformed", "html", "busy400"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=4), st.lists(st.sampled_from(_FAULTS), max_size=20),
+       st.sampled_from(["absolute", "relative", "port443", "HOST", "escaped"]))
+def test_any_faults_and_link_spellings_give_the_whole_listing_or_a_failed_read(page_sizes, faults, spelling):
+    """Over any sequence of answers (throttling with and without Retry-After in any form, 5xx,
+    dropped or cut connections, timeouts, malformed pages) and any spelling of the nextLink on
+    the same origin: the read returns every recipient of every page in order when no page met
+    ``max_attempts`` failures in a row, else raises ExchangeError (never a partial listing,
+    never another exception); every request is a POST of the same body with the token."""
+    max_attempts = 4
+    pages = [[recipient(f"e0000000-0000-4000-8000-{p:06d}{i:06d}", "PublicFolder", f"a{p}-{i}@contoso.com") for i in range(n)]
+             for p, n in enumerate(page_sizes)]
+    queue, log = list(faults), []
+
+    def link(n: int) -> str:
+        root, query = f"/adminapi/beta/{TENANT}/InvokeCommand", f"$skiptoken={n}"
+        return {"absolute": f"https://outlook.office365.com{root}?{query}", "relative": f"InvokeCommand?{query}",
+                "port443": f"https://outlook.office365.com:443{root}?{query}", "HOST": f"https://OUTLOOK.Office365.com{root}?{query}",
+                "escaped": f"https://outlook.office365.com{root}?%24skiptoken={n}"}[spelling]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append((request.method, request.content, request.headers.get("authorization")))
+        fault = queue.pop(0) if queue else "ok"
+        if fault in ("drop", "cut", "timeout"):
+            raise {"drop": httpx.ReadError, "cut": httpx.RemoteProtocolError, "timeout": httpx.ReadTimeout}[fault]("x", request=request)
+        if fault.startswith("429"):
+            after = {"429ra0": "0", "429date": "Wed, 21 Oct 2015 07:28:00 GMT", "429junk": "soon"}.get(fault)
+            return httpx.Response(429, headers={"Retry-After": after} if after else {}, json={"error": {"code": "TooManyRequests"}})
+        if fault[0] == "5":
+            return httpx.Response(int(fault[:3]), headers={"Retry-After": "0"} if fault == "503ra" else {})
+        if fault in ("malformed", "html"):
+            return httpx.Response(200, content=b'{"value": [{' if fault == "malformed" else b"<html>")
+        if fault == "busy400":
+            return httpx.Response(400, json={"error": {"message": "the tenant has exceeded the maximum number of concurrent requests"}})
+        n = int(request.url.params.get("$skiptoken") or 0)
+        doc = {"value": pages[n], **({"@odata.nextLink": link(n + 1)} if n + 1 < len(pages) else {})}
+        return httpx.Response(200, json=doc)
+
+    left, complete = list(faults), True  # the oracle: a page fails after max_attempts failures in a row
+    for _ in pages:
+        failed = 0
+        while left and left[0] != "ok" and failed < max_attempts:
+            left.pop(0)
+            failed += 1
+        if failed == max_attempts:
+            complete = False
+            break
+        if left:
+            left.pop(0)
+
+    async def token(scope):
+        return "exo-token", 4102444800.0
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=token, backoff_seconds=0, max_attempts=max_attempts,
+                             transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients(), src
+        finally:
+            await src.aclose()
+
+    import shared.sources.exchange as exchange
+
+    real_sleep = exchange.asyncio.sleep
+    exchange.asyncio.sleep = lambda s: real_sleep(0)  # Retry-After and backoff, without the wait
+    try:
+        if complete:
+            got, src = asyncio.run(go())
+            assert [r["Guid"] for r in got] == [r["Guid"] for page in pages for r in page] and src.stats.requests == len(log)
+        else:
+            with pytest.raises(ExchangeError):
+                asyncio.run(go())
+    finally:
+        exchange.asyncio.sleep = real_sleep
+    assert all(m == "POST" and body == invoke_body(TYPES) and auth == "Bearer exo-token" for m, body, auth in log)
