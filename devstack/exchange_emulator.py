@@ -57,6 +57,15 @@ KNOWN_TYPES = frozenset({
     "RemoteEquipmentMailbox", "RemoteRoomMailbox", "RemoteSharedMailbox", "RemoteTeamMailbox", "RemoteUserMailbox",
     "RoomList", "RoomMailbox", "SchedulingMailbox", "SharedMailbox", "TeamMailbox", "UserMailbox",
 })
+# Get-Recipient's RecipientType: the coarse class of each RecipientTypeDetails value (the rest are their own).
+RECIPIENT_TYPE = {
+    **dict.fromkeys(("SharedMailbox", "RoomMailbox", "EquipmentMailbox", "DiscoveryMailbox", "LinkedMailbox", "LinkedRoomMailbox",
+                     "LegacyMailbox", "SchedulingMailbox", "TeamMailbox", "PublicFolderMailbox"), "UserMailbox"),
+    **dict.fromkeys(("GuestMailUser", "RemoteUserMailbox", "RemoteRoomMailbox", "RemoteEquipmentMailbox", "RemoteSharedMailbox",
+                     "RemoteTeamMailbox"), "MailUser"),
+    **dict.fromkeys(("RoomList", "GroupMailbox"), "MailUniversalDistributionGroup"),
+    "MailForestContact": "MailContact",
+}
 FAULTS = ("429", "503", "throttle", "malformed", "drop", "401", "403")
 _PATH = re.compile(r"^/adminapi/beta/([^/]+)/InvokeCommand$")
 
@@ -265,7 +274,7 @@ def recipient(guid: str, kind: str, primary: str, *, emails: Sequence[str] | Non
         "Name": name or primary.split("@")[0],
         "DisplayName": name or primary,
         "Alias": primary.split("@")[0],
-        "RecipientType": "DynamicDistributionGroup" if kind == "DynamicDistributionGroup" else ("PublicFolder" if kind == "PublicFolder" else "MailUser"),
+        "RecipientType": RECIPIENT_TYPE.get(kind, kind),
         "RecipientTypeDetails": kind,
         "PrimarySmtpAddress": primary,
         "EmailAddresses": list(emails) if emails is not None else [f"SMTP:{primary}"],

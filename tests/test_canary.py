@@ -830,3 +830,33 @@ def test_the_cli_prints_no_canary(tmp_path, path):
     for report in state.rglob("*") if state.exists() else ():
         if report.is_file():
             assert_clean(f"file {report}", report.read_bytes())
+
+
+# === an access token echoed back ===========================================================================
+ACCESS_TOKEN = "graph-access-token"  # what the loopback Entra issues, for any scope
+
+
+@pytest.mark.parametrize("source", ["graph", "exchange"])
+@pytest.mark.parametrize("status", [400, 403])
+def test_a_source_echoing_the_access_token_leaks_it_nowhere(tmp_path, logs, entra, graph, receiver, source, status):
+    """Graph or Exchange Online (or a proxy in front of them) answering with the Authorization
+    header in its error body and x-ms-diagnostics: the app's access token, a secret like the
+    client secret it was signed in with, reaches no exception, summary, log line or state file."""
+    hostile = HostileSyncApi(status, '{"error": {"code": "BadRequest", "message": "rejected {auth}"}}',
+                             headers={"x-ms-diagnostics": '2000001;reason="bad {auth}";error_category="invalid_token"'})
+    origin = hostile.base_url.removesuffix("/v1")
+    try:
+        if source == "graph":
+            env = make_env(tmp_path, graph_url=f"{origin}/v1.0", sync_url=receiver.base_url)
+        else:
+            env = {**make_env(tmp_path, graph_url=graph.base_url, sync_url=receiver.base_url), "EXO_MODE": "augment", "EXO_BASE_URL": origin}
+        summary = run_engine(env)
+    finally:
+        hostile.stop()
+    assert summary.ok is False and hostile.requests, summary.error
+    assert [r for r in receiver.request_log if r.method != "GET"] == []
+    texts = [("summary", summary.to_json()), *((f"exception chain {type(e).__name__}", f"{e!s} {e!r}") for e in exception_chain(summary.exception)),
+             *logs.texts(), *((str(p), p.read_text("utf-8", "replace")) for p in Path(env["SYNC_STATE"].removeprefix("file:")).rglob("*") if p.is_file())]
+    leaked = [where for where, text in texts if ACCESS_TOKEN in text]
+    assert not leaked, leaked
+    assert_run_clean(summary, logs, env)

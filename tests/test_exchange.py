@@ -9,6 +9,8 @@ import json
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devstack.exchange_emulator import ExchangeEmulator, recipient
 from shared.common.errors import ExchangeAuthError, ExchangeError
@@ -344,3 +346,191 @@ def test_both_sources_implement_the_source_interface():
         assert cls.delta is delta
     assert ExchangeSource.collections == ("recipients",)
     assert GraphSource.collections == ("users", "groups", "contacts")
+
+
+@pytest.mark.parametrize("details,rtype", [
+    ("UserMailbox", "UserMailbox"), ("SharedMailbox", "UserMailbox"), ("RoomMailbox", "UserMailbox"), ("EquipmentMailbox", "UserMailbox"),
+    ("MailUser", "MailUser"), ("GuestMailUser", "MailUser"), ("MailContact", "MailContact"),
+    ("MailUniversalDistributionGroup", "MailUniversalDistributionGroup"), ("MailUniversalSecurityGroup", "MailUniversalSecurityGroup"),
+    ("MailNonUniversalGroup", "MailNonUniversalGroup"), ("RoomList", "MailUniversalDistributionGroup"),
+    ("GroupMailbox", "MailUniversalDistributionGroup"), ("DynamicDistributionGroup", "DynamicDistributionGroup"), ("PublicFolder", "PublicFolder"),
+])
+def test_emulator_recipient_type_is_the_one_exchange_reports_for_its_details(details, rtype):
+    """Get-Recipient's RecipientType is the coarse class of RecipientTypeDetails (a shared or room
+    mailbox is a UserMailbox, a Microsoft 365 group or room list a MailUniversalDistributionGroup),
+    as Exchange Online reports it; the emulator served MailUser for every mailbox and group."""
+    with ExchangeEmulator([recipient(guid(1), details, "a@contoso.com")], tenant=TENANT) as emu:
+        got = httpx.post(f"{emu.base_url}/adminapi/beta/{TENANT}/InvokeCommand", content=invoke_body((details,)),
+                         headers={"X-AnchorMailbox": ANCHOR}).json()["value"]
+    assert [(r["RecipientTypeDetails"], r["RecipientType"]) for r in got] == [(details, rtype)]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_an_answer_echoing_the_access_token_leaks_it_into_no_message(status):
+    """A broken or hostile endpoint (or a proxy in front of it) that echoes the Authorization
+    header in its error body or x-ms-diagnostics: the access token, a secret like the client
+    secret it came from, appears in no error message (the run's stderr line and summary)."""
+    token_value = "eyJ0eXAiOiJKV1QifQ.exo-access-token-canary.c2lnbmF0dXJl"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        echo = request.headers["authorization"]
+        return httpx.Response(status, json={"error": {"code": "BadRequest", "message": f"rejected {echo}"}},
+                              headers={"x-ms-diagnostics": f'2000001;reason="bad token {echo}";error_category="invalid_token"'})
+
+    async def go():
+        async def token(scope):
+            return token_value, 4102444800.0
+
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=token, transport=httpx.MockTransport(handler))
+        try:
+            await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError) as e:
+        asyncio.run(go())
+    assert "exo-access-token-canary" not in str(e.value) and f"HTTP {status}" in str(e.value)
+
+
+def _bomb(inflated: int) -> bytes:
+    """A valid, empty Get-Recipient page padded with blanks to ``inflated`` bytes, gzipped (a few KB)."""
+    import gzip
+    import io
+
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb") as gz:
+        gz.write(b'{"value": [')
+        blanks = b" " * (1 << 20)
+        for _ in range(inflated >> 20):
+            gz.write(blanks)
+        gz.write(b"]}")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_an_answer_larger_than_the_page_cap_fails_the_read_at_once(encoding):
+    """A page (or a proxy's answer) that is, or inflates to, more than MAX_PAGE_BYTES is refused
+    as it streams in, without a retry, as Graph's is: the read fails naming the cap instead of
+    holding the whole answer in memory (a gzip bomb of a few KB would take gigabytes)."""
+    from shared.sources.exchange import MAX_PAGE_BYTES
+
+    size = MAX_PAGE_BYTES + (2 << 20)
+    body = _bomb(size) if encoding == "gzip" else b'{"value": [' + b" " * size + b"]}"
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url)
+        headers = {"Content-Type": "application/json", **({"Content-Encoding": "gzip"} if encoding == "gzip" else {})}
+        return httpx.Response(200, content=body, headers=headers)
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=None, backoff_seconds=0, transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError) as e:
+        asyncio.run(go())
+    assert f"more than {MAX_PAGE_BYTES} bytes" in str(e.value) and "nothing was sent" in str(e.value)
+    assert len(calls) == 1  # hostile, not transient: not asked again
+
+
+def test_a_deeply_nested_answer_is_a_malformed_page_not_a_crash():
+    """JSON nested deeper than the parser goes (an error body or a page): a malformed answer,
+    retried and then failing with what it was, not a RecursionError taken for a sign-in failure."""
+    nested = b"[" * 200_000 + b"]" * 200_000
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=nested)
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=None, backoff_seconds=0, max_attempts=2,
+                             transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients()
+        finally:
+            await src.aclose()
+
+    with pytest.raises(ExchangeError, match="malformed page"):
+        asyncio.run(go())
+
+
+_FAULTS = ["ok", "429", "429ra0", "429date", "429junk", "503", "503ra", "500", "502", "504", "drop", "cut", "timeout", "malformed", "html", "busy400"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=4), st.lists(st.sampled_from(_FAULTS), max_size=20),
+       st.sampled_from(["absolute", "relative", "port443", "HOST", "escaped"]))
+def test_any_faults_and_link_spellings_give_the_whole_listing_or_a_failed_read(page_sizes, faults, spelling):
+    """Over any sequence of answers (throttling with and without Retry-After in any form, 5xx,
+    dropped or cut connections, timeouts, malformed pages) and any spelling of the nextLink on
+    the same origin: the read returns every recipient of every page in order when no page met
+    ``max_attempts`` failures in a row, else raises ExchangeError (never a partial listing,
+    never another exception); every request is a POST of the same body with the token."""
+    max_attempts = 4
+    pages = [[recipient(f"e0000000-0000-4000-8000-{p:06d}{i:06d}", "PublicFolder", f"a{p}-{i}@contoso.com") for i in range(n)]
+             for p, n in enumerate(page_sizes)]
+    queue, log = list(faults), []
+
+    def link(n: int) -> str:
+        root, query = f"/adminapi/beta/{TENANT}/InvokeCommand", f"$skiptoken={n}"
+        return {"absolute": f"https://outlook.office365.com{root}?{query}", "relative": f"InvokeCommand?{query}",
+                "port443": f"https://outlook.office365.com:443{root}?{query}", "HOST": f"https://OUTLOOK.Office365.com{root}?{query}",
+                "escaped": f"https://outlook.office365.com{root}?%24skiptoken={n}"}[spelling]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append((request.method, request.content, request.headers.get("authorization")))
+        fault = queue.pop(0) if queue else "ok"
+        if fault in ("drop", "cut", "timeout"):
+            raise {"drop": httpx.ReadError, "cut": httpx.RemoteProtocolError, "timeout": httpx.ReadTimeout}[fault]("x", request=request)
+        if fault.startswith("429"):
+            after = {"429ra0": "0", "429date": "Wed, 21 Oct 2015 07:28:00 GMT", "429junk": "soon"}.get(fault)
+            return httpx.Response(429, headers={"Retry-After": after} if after else {}, json={"error": {"code": "TooManyRequests"}})
+        if fault[0] == "5":
+            return httpx.Response(int(fault[:3]), headers={"Retry-After": "0"} if fault == "503ra" else {})
+        if fault in ("malformed", "html"):
+            return httpx.Response(200, content=b'{"value": [{' if fault == "malformed" else b"<html>")
+        if fault == "busy400":
+            return httpx.Response(400, json={"error": {"message": "the tenant has exceeded the maximum number of concurrent requests"}})
+        n = int(request.url.params.get("$skiptoken") or 0)
+        doc = {"value": pages[n], **({"@odata.nextLink": link(n + 1)} if n + 1 < len(pages) else {})}
+        return httpx.Response(200, json=doc)
+
+    left, complete = list(faults), True  # the oracle: a page fails after max_attempts failures in a row
+    for _ in pages:
+        failed = 0
+        while left and left[0] != "ok" and failed < max_attempts:
+            left.pop(0)
+            failed += 1
+        if failed == max_attempts:
+            complete = False
+            break
+        if left:
+            left.pop(0)
+
+    async def token(scope):
+        return "exo-token", 4102444800.0
+
+    async def go():
+        src = ExchangeSource("https://outlook.office365.com", TENANT, TYPES, token=token, backoff_seconds=0, max_attempts=max_attempts,
+                             transport=httpx.MockTransport(handler))
+        try:
+            return await src.read_recipients(), src
+        finally:
+            await src.aclose()
+
+    import shared.sources.exchange as exchange
+
+    real_sleep = exchange.asyncio.sleep
+    exchange.asyncio.sleep = lambda s: real_sleep(0)  # Retry-After and backoff, without the wait
+    try:
+        if complete:
+            got, src = asyncio.run(go())
+            assert [r["Guid"] for r in got] == [r["Guid"] for page in pages for r in page] and src.stats.requests == len(log)
+        else:
+            with pytest.raises(ExchangeError):
+                asyncio.run(go())
+    finally:
+        exchange.asyncio.sleep = real_sleep
+    assert all(m == "POST" and body == invoke_body(TYPES) and auth == "Bearer exo-token" for m, body, auth in log)

@@ -5,7 +5,8 @@
 * the directory cache, fed any sequence of complete Exchange reads (recipients appearing,
   changing, disappearing), ends where a fresh full read of the last one starts, and every
   address whose holding changed between two reads is among the affected keys (so a delta run
-  deletes a vanished recipient's addresses)."""
+  deletes a vanished recipient's addresses);
+* a recipient listed more than once in a read (its Guid in any letter case) is its last entry."""
 
 from __future__ import annotations
 
@@ -76,3 +77,32 @@ def test_cache_follows_any_sequence_of_complete_reads(reads):
         assert {a for a, v in want.items() if v is not None} == after
         assert cache.excluded()["addresses"] == full.excluded("addresses")
         assert sorted(json.dumps(e.as_dict()) for e in cache.exclusions()) == sorted(json.dumps(e.as_dict()) for e in full.exclusions)
+
+
+def last_of_each(listing: list[dict]) -> list[dict]:
+    """A listing with each recipient once: its last entry (its Guid compared in any letter case)."""
+    last: dict[str, dict] = {}
+    for rec in listing:
+        key = rec["Guid"].lower()
+        last.pop(key, None)
+        last[key] = rec
+    return list(last.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(recipients(), st.booleans()), max_size=8), st.lists(recipients(), max_size=4))
+def test_a_recipient_listed_twice_is_its_last_entry(listing, before):
+    """A listing that names a recipient more than once (any Guid letter case) says what its last
+    entry says, as Graph's entries do within a round (docs/sync-rules.md, "Every round is a
+    delta round, and entries are applied in arrival order"): the cache, whether empty or
+    holding an earlier read, ends as with that entry alone."""
+    listing = [{**rec, "Guid": rec["Guid"].upper()} if upper else rec for rec, upper in listing]
+    for start in ([], before):
+        twice, once = scratch_cache(PROVISIONED), scratch_cache(PROVISIONED)
+        for cache in (twice, once):
+            cache.apply_round(Round(), None)
+            cache.apply_recipients(start, None)
+        twice.apply_recipients(listing, Affected())
+        once.apply_recipients(last_of_each(listing), Affected())
+        assert kept_of(twice) == kept_of(once)
+        assert sorted(json.dumps(e.as_dict()) for e in twice.exclusions()) == sorted(json.dumps(e.as_dict()) for e in once.exclusions())

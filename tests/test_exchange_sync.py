@@ -9,6 +9,7 @@ exclusion's source and recipient type."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -288,3 +289,64 @@ def test_address_patterns_apply_to_exchange_candidates(env, receiver):
     t = run_cli("test-update", patterned, "--json")
     assert any(e["objectId"] == X(2) and e["value"] == "support@contoso.com" and e["source"] == "Exchange Online"
                and "EXCLUDE_ADDRESS_PATTERNS" in e["reason"] for e in t.summary["exclusions"])
+
+
+def test_a_recipient_listed_twice_counts_as_its_last_entry(env, receiver, exo):
+    """One recipient on two pages of a listing (its Guid in capitals on the first): the later
+    entry is its newer state, as within a Graph round; the earlier entry's alias is not
+    registered, and an unchanged listing sends nothing on the next run."""
+    exo.upsert(recipient(X(7).upper(), "PublicFolder", "Twice@contoso.com", emails=["SMTP:Twice@contoso.com", "smtp:old-alias@contoso.com"]))
+    exo.upsert(recipient(X(7), "PublicFolder", "twice@contoso.com", emails=["SMTP:twice@contoso.com", "smtp:new-alias@contoso.com"]))
+    r = run_cli("update", env, "--json")
+    assert r.code == 0, r.stderr
+    view = service_view(receiver)["addresses"]
+    assert {"twice@contoso.com", "new-alias@contoso.com"} <= view and "old-alias@contoso.com" not in view
+    again = run_cli("update", env, "--json")
+    assert again.code == 0 and again.summary["read"]["kind"] == "delta"
+    assert again.summary["datasets"]["addresses"]["added"] == again.summary["datasets"]["addresses"]["removed"] == 0
+
+
+class _BadLinkExchange:
+    """Get-Recipient's first page, whose @odata.nextLink is ``link`` (JSON can carry any code point)."""
+
+    def __init__(self, link: str) -> None:
+        from http.server import BaseHTTPRequestHandler
+
+        from tests.loopback import Loopback
+
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = json.dumps({"value": [recipient(X(1), "PublicFolder", "pf@contoso.com")], "@odata.nextLink": owner.link}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.link = link
+        self._server = Loopback(Handler, self)
+        self.base_url = self._server.origin
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.mark.parametrize("link", ["/adminapi/beta/t/InvokeCommand?$skiptoken=a\x00b", "http://[::1/adminapi", "InvokeCommand?$skiptoken=\x7f"])
+def test_a_next_link_that_is_no_url_fails_the_run_naming_it(env, receiver, link):
+    """A page whose @odata.nextLink cannot be a URL (a control character, a broken IPv6 host):
+    the run fails before anything is sent, with an error that names the nextLink, not a sign-in
+    failure pointing at GRAPH_TENANT_ID and GRAPH_CLIENT_ID."""
+    bad = _BadLinkExchange(link)
+    try:
+        r = run_cli("update", {**env, "EXO_BASE_URL": bad.base_url}, "--json")
+    finally:
+        bad.stop()
+    assert r.code != 0 and posts(receiver) == []
+    line = r.stderr.strip().splitlines()[-1]
+    assert "@odata.nextLink" in line and "nothing was sent" in line and "signing in" not in line, line

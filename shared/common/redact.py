@@ -11,6 +11,7 @@ import base64
 import logging
 import re
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -19,6 +20,7 @@ from .textsafe import safe_text
 
 _lock = threading.Lock()
 _values: set[str] = set()
+_recent: deque[frozenset[str]] = deque(maxlen=16)  # short-lived secrets (access tokens), newest last
 MASK = "***"
 MIN_LENGTH = 4
 MAX_LOG_MESSAGE = 64 * 1024  # characters of one log message; the rest is cut with a count
@@ -76,16 +78,25 @@ def register(value: str) -> None:
         _values.update(f for f in found if len(f) >= MIN_LENGTH)
 
 
+def register_short_lived(value: str) -> None:
+    """An access token (it expires within hours): scrubbed like a registered secret while it is
+    among the 16 newest, so that a long-lived host does not scrub against every token it ever had."""
+    if value and len(value) >= MIN_LENGTH:
+        with _lock:
+            _recent.append(frozenset(f for f in _forms(value) if len(f) >= MIN_LENGTH))
+
+
 def forget_all() -> None:
     """Drop every registered value. The registry lives as long as the process, which in
     production runs one configuration; a test suite runs many, one after another."""
     with _lock:
         _values.clear()
+        _recent.clear()
 
 
 def scrub(text: str) -> str:
     with _lock:
-        values = sorted(_values, key=len, reverse=True)
+        values = sorted(_values.union(*_recent), key=len, reverse=True)
     for v in values:
         if v in text:
             text = text.replace(v, MASK)

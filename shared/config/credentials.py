@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..common.errors import SecretError
-from ..common.redact import Secret
+from ..common.redact import Secret, register_short_lived
 from .settings import Settings
 
 # A token getter: scope → (access token, expiry as POSIX seconds). Graph and Exchange Online
@@ -93,6 +93,7 @@ class BearerToken:
         async with self._lock:
             if self._token is None or self._token[1] - self.MARGIN_SECONDS <= time.time():
                 self._token = await self.getter(self.scope)
+                register_short_lived(self._token[0])  # a secret too: an answer that echoes it is scrubbed
         return self._token[0]
 
 

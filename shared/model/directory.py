@@ -283,17 +283,18 @@ class Cache(WholeDirectory):
         """Make the cached Exchange recipients exactly ``recipients`` (a complete read of the
         configured types): a changed one is projected again, one that is gone no longer holds
         its addresses, and the addresses either touches go to ``affected``. A recipient listed
-        twice: the first one stands."""
+        twice (its Guid in any letter case) is what its last entry says: the later entry is its
+        newer state, as within a Graph round (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order")."""
         q = self.conn.execute
         sink = affected if affected is not None else Affected()
         self.start = None  # changes objects no round named
         old = dict(q("SELECT id, data FROM objects WHERE kind='x'").fetchall())
-        seen: set[str] = set()
+        latest: dict[str, tuple[str, dict[str, Any]]] = {}
         for rec in recipients:
             oid, guid, data = recipient_entry(rec)
-            if oid in seen:
-                continue
-            seen.add(oid)
+            latest[oid] = (guid, data)
+        seen = latest.keys()
+        for oid, (guid, data) in latest.items():
             text = encode_data(data)
             if old.get(oid) == text:
                 continue

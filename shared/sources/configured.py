@@ -85,7 +85,11 @@ def snapshot_sources(settings: Any, graph_client_secret: str | None, backoff_sec
 
 
 def exchange_failure(exc: Exception) -> SyncError:
-    """An azure-identity failure to get the Exchange token, without its text beyond the code."""
+    """An azure-identity failure to get the Exchange token, without its text beyond the code;
+    any other exception is named by its type alone, as a failed read (not a sign-in)."""
     found = aadsts_code(exc)
-    code = f" (AADSTS{found})" if found else f" ({type(exc).__name__})"
+    name = type(exc).__name__
+    if not found and not type(exc).__module__.startswith(("azure.", "msal")):  # not from the sign-in (azure-identity, MSAL)
+        return ExchangeError(f"reading Exchange Online failed ({name}); nothing was sent")
+    code = f" (AADSTS{found})" if found else f" ({name})"
     return ExchangeError(f"signing in for Exchange Online failed{code}; check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_AUTH and EXO_BASE_URL; nothing was sent")

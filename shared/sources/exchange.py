@@ -20,8 +20,9 @@ One request is in flight at a time. Throttling (429, or a 503, or an answer that
 tenant exceeded the maximum number of concurrent requests) waits ``Retry-After`` or backs
 off; other 5xx, dropped connections and malformed pages are retried with backoff. 401 and 403
 raise ``ExchangeAuthError`` naming ``Exchange.ManageAsApp``, the directory role, and
-Exchange's own ``x-ms-diagnostics`` reason when the answer has one. A page that still fails
-raises ``ExchangeError``: the run fails and sends nothing.
+Exchange's own ``x-ms-diagnostics`` reason when the answer has one. An answer of more than
+``MAX_PAGE_BYTES`` (after gzip) or a nextLink that is no URL fails at once. A page that still
+fails raises ``ExchangeError``: the run fails and sends nothing.
 
 Everything Exchange-specific stays here, so the endpoint can be swapped for another (a
 documented API, when one lists recipients) without touching the rest of the engine.
@@ -53,6 +54,7 @@ ANCHOR_MAILBOX = "APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{ten
 SOURCE = "Exchange Online"
 CONCURRENCY_THROTTLE = re.compile(r"maximum\s+number\s+of\s+concurrent\s+requests", re.IGNORECASE)
 MAX_RETRY_AFTER_SECONDS = 300.0
+MAX_PAGE_BYTES = 64 * 1024 * 1024  # one answer, as sent and after gzip (a page of 1,000 recipients is a few MB), as Graph's
 # What the engine keeps of a recipient (the rest of Get-Recipient's ~100 properties is dropped).
 KEPT_PROPERTIES = ("Guid", "RecipientTypeDetails", "PrimarySmtpAddress", "EmailAddresses", "DisplayName", "ExternalDirectoryObjectId")
 
@@ -86,7 +88,8 @@ class ExchangeSource:
 
     ``base_url``: EXO_BASE_URL without a trailing slash; ``tenant``: GRAPH_TENANT_ID;
     ``token``: None for GRAPH_AUTH=none; ``backoff_seconds``: base of the exponential
-    backoff; ``max_attempts``: attempts per page (the first included)."""
+    backoff; ``max_attempts``: attempts per page (the first included); ``max_bytes``: the
+    largest answer taken, after decompression."""
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class ExchangeSource:
         max_attempts: int = 6,
         timeout: float = 100.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_bytes: int = MAX_PAGE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tenant = tenant
@@ -107,6 +111,7 @@ class ExchangeSource:
         self.token = None if token is None else BearerToken(token, self.scope)
         self.backoff_seconds = backoff_seconds
         self.max_attempts = max(1, max_attempts)
+        self.max_bytes = max_bytes
         self.stats = ExoStats()
         self._gate = asyncio.Lock()  # one Exchange request in flight at a time
         self._client = http_client(timeout, connect_seconds=timeout, transport=transport)
@@ -129,7 +134,7 @@ class ExchangeSource:
         (``links`` is ignored: a snapshot source has none).
 
         Raises ``ExchangeAuthError`` (401/403) or ``ExchangeError`` (a page that failed for
-        good, a refused request, a nextLink that leaves EXO_BASE_URL's origin)."""
+        good, a refused request, a nextLink that is no URL or leaves EXO_BASE_URL's origin)."""
         body = invoke_body(self.types)
         url: str | None = self.url
         seen: set[str] = set()
@@ -143,7 +148,12 @@ class ExchangeSource:
                 sink.take("recipients", {k: rec.get(k) for k in KEPT_PROPERTIES})
                 self.stats.recipients += 1
             link = page.get("@odata.nextLink")
-            url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
+            try:
+                url = urljoin(url, link) if link is not None else None  # a relative link resolves against this page's URL
+                if url is not None:
+                    httpx.URL(url)
+            except (ValueError, httpx.InvalidURL):
+                raise ExchangeError("Exchange Online Get-Recipient: a page's @odata.nextLink is not a valid URL; the read stopped, nothing was sent") from None
             if url is not None and not same_origin(url, self.base_url):
                 # The bearer token goes with every page: never to another host.
                 raise ExchangeError("Exchange Online Get-Recipient: @odata.nextLink points outside EXO_BASE_URL; the read stopped, nothing was sent")
@@ -191,13 +201,14 @@ class ExchangeSource:
             headers["Authorization"] = f"Bearer {await self.token.value()}"
         self.stats.requests += 1
         try:
-            resp = await self._client.post(url, content=body, headers=headers)
+            async with self._client.stream("POST", url, content=body, headers=headers) as resp:
+                status = resp.status_code
+                if status in (401, 403):
+                    raise ExchangeAuthError(auth_message(status, resp.headers.get("x-ms-diagnostics")))
+                content = await _read_capped(resp, self.max_bytes)
         except (httpx.TransportError, httpx.DecodingError) as exc:
             raise _Retry(f"connection failed ({type(exc).__name__})") from None
-        status = resp.status_code
-        if status in (401, 403):
-            raise ExchangeAuthError(auth_message(status, resp.headers.get("x-ms-diagnostics")))
-        text = resp.text if status >= 400 else ""
+        text = content.decode("utf-8", "replace") if status >= 400 else ""
         if status == 429 or (status >= 400 and CONCURRENCY_THROTTLE.search(text)):
             raise _Retry(f"throttled (HTTP {status})", _retry_after(resp))
         if status == 503:
@@ -207,13 +218,30 @@ class ExchangeSource:
         if status != 200:
             raise ExchangeError(f"Exchange Online refused Get-Recipient (HTTP {status}{_error_text(text)}); nothing was sent")
         try:
-            page = json.loads(resp.content)
-        except (ValueError, UnicodeDecodeError):
+            page = json.loads(content)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _Retry("a malformed page (not JSON)") from None
         problem = _page_problem(page)
         if problem:
             raise _Retry(f"a malformed page ({problem})")
         return page
+
+
+async def _read_capped(resp: httpx.Response, cap: int) -> bytes:
+    """The answer's body, decompressed, refused (``ExchangeError``, no retry: hostile, not
+    transient) as soon as it is, or inflates to, more than ``cap`` bytes."""
+    length = resp.headers.get("Content-Length", "")
+    too_big = f"Exchange Online answered Get-Recipient with more than {cap} bytes (decompressed); the read stopped, nothing was sent"
+    if length.isdigit() and int(length) > cap:
+        raise ExchangeError(too_big)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise ExchangeError(too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def auth_message(status: int, diagnostics: str | None) -> str:
@@ -247,7 +275,7 @@ def _error_text(text: str) -> str:
     try:
         err = json.loads(text).get("error") or {}
         code, message = err.get("code"), err.get("message")
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
     parts = [str(p) for p in (code, message) if isinstance(p, str) and p]
     return (": " + _printable(scrub(": ".join(parts)))[:300]) if parts else ""

@@ -28,6 +28,7 @@ from yarl import URL
 from ..common import fastjson
 from ..common.aio import no_answer, open_session
 from ..common.netutil import parse_retry_after, same_origin
+from ..common.redact import scrub
 from ..common.textsafe import safe_text
 from ..config.credentials import BearerToken, TokenGetter
 
@@ -70,10 +71,11 @@ class GraphHttpError(Exception):
             self.message = message if isinstance(message, str) else None
 
     def text(self) -> str:
-        """``code: message`` for a message, at most 300 printable characters."""
+        """``code: message`` for a message, at most 300 printable characters, without any
+        secret it echoes (the access token sent with the request, the client secret)."""
         if self.code and self.message:
-            return safe_text(f"{self.code}: {self.message}", 300)
-        return safe_text(self.code or f"HTTP {self.status}", 300)
+            return safe_text(scrub(f"{self.code}: {self.message}"), 300)
+        return safe_text(scrub(self.code or f"HTTP {self.status}"), 300)
 
 
 class GraphHttp:
