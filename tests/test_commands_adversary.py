@@ -1,0 +1,101 @@
+"""The commands as an operator runs them (``python -m shared ...`` through tests/launcher.py),
+against the Graph emulator and the strict receiver, in the nastiest legal sequences: what the
+service holds afterwards must be what the directory implies, with no rejection the client's
+own ordering caused (docs/sync-api.md, "Ordering that a client must respect"; 413)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devstack.graph_emulator import GraphEmulator
+from devstack.sync_receiver import SyncReceiver
+from tests.stack import CREDENTIAL, DOMAINS, G, U, base_env, run_cli, service_view
+
+
+def _cycle_directory(n: int) -> dict:
+    """``n`` groups nested in a ring (G1 ∋ G2 ∋ … ∋ Gn ∋ G1), one user in each."""
+    groups = [{"id": G(i), "displayName": f"Ring {i}", "mail": None, "proxyAddresses": [],
+               "members": [G(i % n + 1), U(i)]} for i in range(1, n + 1)]
+    users = [{"id": U(i), "displayName": f"u{i}", "mail": f"u{i}@contoso.com", "proxyAddresses": []} for i in range(1, n + 1)]
+    return {"users": users, "groups": groups, "contacts": []}
+
+
+def _implied(n: int) -> dict:
+    return {
+        "addresses": {f"u{i}@contoso.com" for i in range(1, n + 1)},
+        "groups": {G(i): {"id": G(i), "name": f"Ring {i}", "parentIds": [G((i - 2) % n + 1)]} for i in range(1, n + 1)},
+        "users": {U(i): {"id": U(i), "address": f"u{i}@contoso.com", "groupIds": [G(i)]} for i in range(1, n + 1)},
+    }
+
+
+@pytest.mark.parametrize("n,batch,service_max", [(2, 2, 1), (3, 3, 1), (4, 4, 2), (5, 4, 2), (6, 6, 4), (7, 4, 3)])
+def test_a_413_on_a_batch_holding_a_group_cycle_causes_no_rejection(tmp_path, n, batch, service_max):
+    """The service takes fewer items per request than the client's batches: each batch is
+    split after its 413. A ring of nested groups in one batch must still be applied without
+    an ``unknown_group`` rejection, and the service must end equal to the directory."""
+    with GraphEmulator(_cycle_directory(n)) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, max_items=service_max) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"), "SYNC_TEST_MAX_ITEMS": str(batch)}
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert {d: c["rejected"] for d, c in r.summary["datasets"].items()} == {"addresses": 0, "groups": 0, "users": 0}, r.stderr
+        assert service_view(receiver) == _implied(n)
+
+
+def _nesting_directory(n: int, edges: set[tuple[int, int]]) -> dict:
+    """Groups 1..n, ``(p, c)`` in ``edges``: group p has group c as a direct member."""
+    groups = [{"id": G(i), "displayName": f"N{i}", "mail": None, "proxyAddresses": [],
+               "members": [G(c) for p, c in sorted(edges) if p == i] + [U(i)]} for i in range(1, n + 1)]
+    users = [{"id": U(i), "displayName": f"u{i}", "mail": f"u{i}@contoso.com", "proxyAddresses": []} for i in range(1, n + 1)]
+    return {"users": users, "groups": groups, "contacts": []}
+
+
+def _nesting_implied(n: int, edges: set[tuple[int, int]]) -> dict:
+    return {
+        "addresses": {f"u{i}@contoso.com" for i in range(1, n + 1)},
+        "groups": {G(i): {"id": G(i), "name": f"N{i}", "parentIds": sorted(G(p) for p, c in edges if c == i)} for i in range(1, n + 1)},
+        "users": {U(i): {"id": U(i), "address": f"u{i}@contoso.com", "groupIds": [G(i)]} for i in range(1, n + 1)},
+    }
+
+
+@st.composite
+def _nestings(draw):
+    n = draw(st.integers(2, 7))
+    pairs = st.tuples(st.integers(1, n), st.integers(1, n)).filter(lambda e: e[0] != e[1])
+    first = draw(st.sets(pairs, max_size=3 * n))
+    m = draw(st.integers(2, 9))  # the second round: groups added, or the last ones deleted
+    pairs2 = st.tuples(st.integers(1, m), st.integers(1, m)).filter(lambda e: e[0] != e[1])
+    second = draw(st.sets(pairs2, max_size=3 * m))
+    batch = draw(st.integers(1, 6))
+    service_max = draw(st.integers(1, batch))
+    return n, first, m, second, batch, service_max
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=12, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_nestings())
+def test_any_nesting_reaches_a_service_that_splits_every_batch_without_a_rejection(tmp_path_factory, case):
+    """Any graph of nested groups (cycles, diamonds, self-contained rings), then any other one
+    (groups added, removed, re-nested: a delta round), against a service that takes fewer
+    items per request than the client's batches: each update leaves the service equal to the
+    directory, with no rejection, whatever the 413 splits cut."""
+    n, first, m, second, batch, service_max = case
+    state = tmp_path_factory.mktemp("state")
+    with GraphEmulator(_nesting_directory(n, first)) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, max_items=service_max) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{state}"), "SYNC_TEST_MAX_ITEMS": str(batch)}
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert all(c["rejected"] == 0 for c in r.summary["datasets"].values()), r.stderr
+        assert service_view(receiver) == _nesting_implied(n, first)
+        wanted = _nesting_directory(m, second)
+        for g in wanted["groups"]:
+            graph.upsert_group(g)
+        for u in wanted["users"][n:]:
+            graph.upsert_user(u)
+        for i in range(m + 1, n + 1):
+            graph.delete_group(G(i))
+            graph.delete_user(U(i))
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert all(c["rejected"] == 0 for c in r.summary["datasets"].values()), r.stderr
+        assert service_view(receiver) == _nesting_implied(m, second)
