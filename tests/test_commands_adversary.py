@@ -99,3 +99,67 @@ def test_any_nesting_reaches_a_service_that_splits_every_batch_without_a_rejecti
         assert r.code == 0, r.stderr
         assert all(c["rejected"] == 0 for c in r.summary["datasets"].values()), r.stderr
         assert service_view(receiver) == _nesting_implied(m, second)
+
+
+def _files(root) -> dict[str, bytes]:
+    """Every file of a ``file:`` state but the run reports (``runs/``: each run, a dry run too, leaves one)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] != "runs"}
+
+
+def test_test_update_after_a_nasty_round_changes_no_byte_and_previews_exactly_what_update_sends(tmp_path):
+    """After a first update, one round renames a group while its users move, swaps two users'
+    addresses, deletes a user and recreates it under a new id with the same address, deletes a
+    group, and makes two more departures the deletion guard holds. ``test-update`` then sends
+    nothing and leaves every byte of the state as it was; its changes are exactly the upserts
+    and deletes the next ``update`` sends."""
+    n = 8
+    directory = {
+        "users": [{"id": U(i), "displayName": f"u{i}", "mail": f"u{i}@contoso.com", "proxyAddresses": []} for i in range(1, n + 1)],
+        "groups": [{"id": G(1), "displayName": "One", "mail": None, "proxyAddresses": [], "members": [U(1), U(2), G(2)]},
+                   {"id": G(2), "displayName": "Two", "mail": None, "proxyAddresses": [], "members": [U(3), U(4)]},
+                   {"id": G(3), "displayName": "Three", "mail": None, "proxyAddresses": [], "members": [U(5), G(1)]}],
+        "contacts": [],
+    }
+    state = tmp_path / "state"
+    with GraphEmulator(directory) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{state}"), "SYNC_TEST_MAX_ITEMS": "2"}
+        assert run_cli("update", env).code == 0
+        graph.upsert_group({"id": G(1), "displayName": "One renamed", "mail": None, "proxyAddresses": [], "members": [U(3), U(9), G(2)]})
+        graph.upsert_group({"id": G(2), "displayName": "Two", "mail": None, "proxyAddresses": [], "members": [U(1), U(2)]})
+        graph.delete_group(G(3))
+        graph.upsert_user({"id": U(1), "displayName": "u1", "mail": "u2@contoso.com", "proxyAddresses": []})
+        graph.upsert_user({"id": U(2), "displayName": "u2", "mail": "u1@contoso.com", "proxyAddresses": []})
+        graph.delete_user(U(3))
+        graph.upsert_user({"id": U(9), "displayName": "u3 again", "mail": "u3@contoso.com", "proxyAddresses": []})
+        graph.delete_user(U(7))
+        graph.delete_user(U(8))
+        guarded = {**env, "DELETE_THRESHOLD_COUNT": "1"}
+        held = run_cli("update", guarded, "--json")
+        assert held.code == 4, held.stderr
+        assert held.summary["datasets"]["users"]["rejected"] == 1  # U9 takes an address whose holder's deletion is held
+        digest = run_cli("status", guarded, "--json").summary["heldDigest"]
+        assert run_cli("approve-deletions", guarded, "--json", "--expect", digest).code == 0
+        before = _files(state)
+        receiver.clear_log()
+        preview = run_cli("test-update", guarded, "--json")
+        assert preview.code == 0, preview.stderr
+        assert [p for p in receiver.request_log if p.method != "GET"] == []
+        assert _files(state) == before
+        changes = preview.summary["changes"]
+        run = run_cli("update", guarded, "--json")
+        sent = {d: {"upsert": [], "delete": []} for d in ("addresses", "groups", "users")}
+        for p in receiver.request_log:
+            if p.method == "POST" and p.path.endswith("/changes"):
+                d = p.path.split("/")[3]
+                sent[d]["upsert"] += p.body.get("upsert", [])
+                sent[d]["delete"] += p.body.get("delete", [])
+        assert run.code == 0, run.stderr
+        for d in ("addresses", "groups", "users"):
+            key = "address" if d == "addresses" else "id"
+            assert sorted(r[key] for r in sent[d]["upsert"]) == sorted(r[key] for r in changes[d]["added"]), d
+            assert sorted(sent[d]["delete"]) == sorted(changes[d]["removed"]), d
+            assert preview.summary["datasets"][d]["added"] == run.summary["datasets"][d]["added"], d
+        assert service_view(receiver)["users"][U(9)]["address"] == "u3@contoso.com"
+        assert all(c["rejected"] == 0 for c in run.summary["datasets"].values()), run.stderr
+        after = run_cli("test-update", guarded, "--json").summary
+        assert all(after["datasets"][d]["added"] == 0 and after["datasets"][d]["removed"] == 0 for d in sent), after["changes"]
