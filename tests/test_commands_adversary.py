@@ -163,3 +163,23 @@ def test_test_update_after_a_nasty_round_changes_no_byte_and_previews_exactly_wh
         assert all(c["rejected"] == 0 for c in run.summary["datasets"].values()), run.stderr
         after = run_cli("test-update", guarded, "--json").summary
         assert all(after["datasets"][d]["added"] == 0 and after["datasets"][d]["removed"] == 0 for d in sent), after["changes"]
+
+
+@pytest.mark.parametrize("n,batch,service_max", [(2, 2, 1), (5, 4, 2)])
+def test_replace_over_unknown_groups_with_every_request_split_ends_equal_to_the_directory(tmp_path, n, batch, service_max):
+    """The service holds groups the directory does not know, users in them, and a user that
+    holds an address a directory user has; a ring of nested groups; every staging request is
+    split after its 413. ``replace`` leaves the service equal to the directory without a
+    rejection, and the next ``update`` has nothing to send."""
+    with GraphEmulator(_cycle_directory(n)) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, max_items=service_max) as receiver:
+        receiver.load("groups", [{"id": "stale-a", "name": "Stale A", "parentIds": ["stale-b"]},
+                                 {"id": "stale-b", "name": "Stale B", "parentIds": ["stale-a"]}])
+        receiver.load("users", [{"id": "stale-user", "address": "u1@contoso.com", "groupIds": ["stale-a", "stale-b"]}])
+        receiver.load("addresses", [{"address": "gone@contoso.com"}])
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"), "SYNC_TEST_MAX_ITEMS": str(batch)}
+        r = run_cli("replace", env, "--json")
+        assert r.code == 0, r.stderr
+        assert all(c["rejected"] == 0 for c in r.summary["datasets"].values()), r.stderr
+        assert service_view(receiver) == _implied(n)
+        again = run_cli("update", env, "--json").summary
+        assert all(again["datasets"][d]["added"] == 0 and again["datasets"][d]["removed"] == 0 for d in ("addresses", "groups", "users")), again
