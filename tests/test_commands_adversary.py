@@ -183,3 +183,44 @@ def test_replace_over_unknown_groups_with_every_request_split_ends_equal_to_the_
         assert service_view(receiver) == _implied(n)
         again = run_cli("update", env, "--json").summary
         assert all(again["datasets"][d]["added"] == 0 and again["datasets"][d]["removed"] == 0 for d in ("addresses", "groups", "users")), again
+
+
+@st.composite
+def _address_moves(draw):
+    """Users 1..n with distinct addresses from a pool, then a second round over users 1..m
+    (some gone, some new) that hands the pool's addresses around (swaps, rings, chains)."""
+    pool = [f"a{i}@contoso.com" for i in range(10)]
+    n = draw(st.integers(2, 6))
+    first = draw(st.permutations(pool))[:n]
+    m = draw(st.integers(2, 8))
+    second = draw(st.permutations(pool))[:m]
+    batch = draw(st.integers(1, 4))
+    service_max = draw(st.integers(1, batch))
+    return first, second, batch, service_max
+
+
+def _users(addresses) -> list[dict]:
+    return [{"id": U(i), "displayName": f"u{i}", "mail": a, "proxyAddresses": []} for i, a in enumerate(addresses, 1)]
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=12, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_address_moves())
+def test_addresses_handed_around_among_users_reach_a_splitting_service_without_a_rejection(tmp_path_factory, case):
+    """Addresses move between users in one round (a swap, a ring, a chain, a user deleted and
+    its address given to a new one), the service taking fewer items per request than the
+    client's batches: the update leaves each user with its new address, no rejection."""
+    first, second, batch, service_max = case
+    state = tmp_path_factory.mktemp("state")
+    directory = {"users": _users(first), "groups": [], "contacts": []}
+    with GraphEmulator(directory) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, max_items=service_max) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{state}"), "SYNC_TEST_MAX_ITEMS": str(batch)}
+        assert run_cli("update", env).code == 0
+        for u in _users(second):
+            graph.upsert_user(u)
+        for i in range(len(second) + 1, len(first) + 1):
+            graph.delete_user(U(i))
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert all(c["rejected"] == 0 for c in r.summary["datasets"].values()), r.stderr
+        want = {U(i): {"id": U(i), "address": a, "groupIds": []} for i, a in enumerate(second, 1)}
+        assert service_view(receiver) == {"addresses": set(second), "groups": {}, "users": want}
