@@ -158,7 +158,8 @@ def test_test_update_after_a_nasty_round_changes_no_byte_and_previews_exactly_wh
             key = "address" if d == "addresses" else "id"
             assert sorted(r[key] for r in sent[d]["upsert"]) == sorted(r[key] for r in changes[d]["added"]), d
             assert sorted(sent[d]["delete"]) == sorted(changes[d]["removed"]), d
-            assert preview.summary["datasets"][d]["added"] == run.summary["datasets"][d]["added"], d
+            for figure in ("added", "removed", "excluded"):
+                assert preview.summary["datasets"][d][figure] == run.summary["datasets"][d][figure], (d, figure)
         assert service_view(receiver)["users"][U(9)]["address"] == "u3@contoso.com"
         assert all(c["rejected"] == 0 for c in run.summary["datasets"].values()), run.stderr
         after = run_cli("test-update", guarded, "--json").summary
@@ -224,3 +225,36 @@ def test_addresses_handed_around_among_users_reach_a_splitting_service_without_a
         assert all(c["rejected"] == 0 for c in r.summary["datasets"].values()), r.stderr
         want = {U(i): {"id": U(i), "address": a, "groupIds": []} for i, a in enumerate(second, 1)}
         assert service_view(receiver) == {"addresses": set(second), "groups": {}, "users": want}
+
+
+def test_a_group_deleted_while_a_users_deletion_is_held_is_held_with_it_and_sent_once_approved(tmp_path):
+    """A departure the deletion guard holds; then, run after run, a group of the departed user
+    is deleted too. Nothing is deleted until the operator approves the set ``status`` shows;
+    the users still in that group lose it from their ``groupIds`` meanwhile; once approved,
+    one update leaves the service equal to the directory (no rejection, nothing left)."""
+    from tests.stack import nasty_directory
+
+    with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"),
+               "DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_FLOOR": "0"}
+        assert run_cli("update", env).code == 0
+        graph.delete_user(U(1))  # Alice: a member of G1 and G3
+        first = run_cli("update", env, "--json")
+        assert first.code == 4 and set(first.summary["heldDeletions"]) >= {"users", "addresses"}, first.stderr
+        assert U(1) in receiver.records("users")
+        graph.delete_group(G(3))
+        second = run_cli("update", env, "--json")
+        assert second.code == 4, second.stderr
+        assert G(3) in second.summary["heldDeletions"]["groups"]["keys"]
+        assert G(3) in receiver.records("groups") and U(1) in receiver.records("users")
+        assert all(c["rejected"] == 0 for c in second.summary["datasets"].values()), second.stderr
+        status = run_cli("status", env, "--json").summary
+        assert run_cli("approve-deletions", env, "--json", "--expect", status["heldDigest"]).code == 0
+        done = run_cli("update", env, "--json")
+        assert done.code == 0, done.stderr
+        assert all(c["rejected"] == 0 for c in done.summary["datasets"].values()), done.stderr
+        view = service_view(receiver)
+        assert U(1) not in view["users"] and G(3) not in view["groups"] and "alice@contoso.com" not in view["addresses"]
+        assert view["groups"][G(2)]["parentIds"] == [G(1)]
+        after = run_cli("test-update", env, "--json").summary
+        assert all(after["datasets"][d][f] == 0 for d in ("addresses", "groups", "users") for f in ("added", "removed")), after["changes"]
