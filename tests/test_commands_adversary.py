@@ -258,3 +258,37 @@ def test_a_group_deleted_while_a_users_deletion_is_held_is_held_with_it_and_sent
         assert view["groups"][G(2)]["parentIds"] == [G(1)]
         after = run_cli("test-update", env, "--json").summary
         assert all(after["datasets"][d][f] == 0 for d in ("addresses", "groups", "users") for f in ("added", "removed")), after["changes"]
+
+
+def test_an_update_killed_anywhere_in_a_split_ring_then_undone_converges(tmp_path):
+    """A ring of nested groups appears; the update that sends it through a service that
+    splits every batch is killed at each of its writes in turn (on receipt, or applied with
+    the answer lost), including between a half sent without a reference and the request that
+    completes it; the directory then undoes the ring. The next update leaves the service equal
+    to the directory, and one more has nothing to send."""
+    from tests.test_crash_matrix import Killer, killed_update
+
+    n = 3
+    flat = _nesting_directory(n, set())
+    ring = {(i, i % n + 1) for i in range(1, n + 1)}
+    with GraphEmulator(flat) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, max_items=1) as receiver:
+        env = {**base_env(graph.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"), "SYNC_TEST_MAX_ITEMS": str(n)}
+        assert run_cli("update", env).code == 0
+        killer = Killer(receiver)
+        cases = 0
+        for k in range(1, 40):
+            for mode in ("receipt", "applied"):
+                for g in _nesting_directory(n, ring)["groups"]:
+                    graph.upsert_group(g)
+                try:
+                    killed_update(env, killer, (mode, k))
+                except AssertionError:  # the update finished before its k-th write: every instant was tried
+                    assert cases >= 2 * 4, cases
+                    return
+                cases += 1
+                for g in flat["groups"]:
+                    graph.upsert_group(g)
+                r = run_cli("update", env, "--json")
+                assert r.code == 0, (k, mode, r.stderr)
+                assert service_view(receiver) == _nesting_implied(n, set()), (k, mode)
+        raise AssertionError("the update was killed at 40 writes and never finished")
