@@ -133,7 +133,7 @@ class BatchSender:
         group of a later half in ``parentIds`` (a nested cycle inside the batch, or a parent
         cut off) is sent without that reference, and once more complete after the whole
         batch: every id must name a group that exists once the request is applied
-        (docs/sync-api.md, "Ordering that a client must respect")."""
+        (docs/sync-api.md, "8. Ordering an update")."""
         deferred: dict[str, tuple] = {}
         await send_split(batch, lambda part: self._post(self._without_unsent(part, deferred)), batch_halves)
         if deferred:  # every group they name has been carried by now

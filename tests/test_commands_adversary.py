@@ -1,7 +1,7 @@
 """The commands as an operator runs them (``python -m shared ...`` through tests/launcher.py),
 against the Graph emulator and the strict receiver, in the nastiest legal sequences: what the
 service holds afterwards must be what the directory implies, with no rejection the client's
-own ordering caused (docs/sync-api.md, "Ordering that a client must respect"; 413)."""
+own ordering caused (docs/sync-api.md, "8. Ordering an update"; 413)."""
 
 from __future__ import annotations
 
