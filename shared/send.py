@@ -146,6 +146,7 @@ class BatchSender:
             return batch
         unsent = self.unsent_groups
         here = {k for k, _ in batch.upserts}
+        stripped = False
         out = Batch(batch.dataset, deletes=list(batch.deletes), phase=batch.phase)
         for k, value in batch.upserts:
             name, parents = value
@@ -153,9 +154,10 @@ class BatchSender:
             if len(kept) != len(parents):
                 out.upserts.append((k, (name, kept)))
                 deferred[k] = value
+                stripped = True
             else:
                 out.upserts.append((k, value))
-        return out
+        return out if stripped else batch
 
     async def _post(self, batch: Batch) -> None:
         d = batch.dataset
