@@ -260,6 +260,7 @@ def test_a_group_deleted_while_a_users_deletion_is_held_is_held_with_it_and_sent
         assert all(after["datasets"][d][f] == 0 for d in ("addresses", "groups", "users") for f in ("added", "removed")), after["changes"]
 
 
+@pytest.mark.slow
 def test_an_update_killed_anywhere_in_a_split_ring_then_undone_converges(tmp_path):
     """A ring of nested groups appears; the update that sends it through a service that
     splits every batch is killed at each of its writes in turn (on receipt, or applied with
