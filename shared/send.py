@@ -114,9 +114,12 @@ class BatchSender:
         self.upserted: dict[str, set[str]] = {d: set() for d in DATASETS}
         self.deleted: dict[str, set[str]] = {d: set() for d in DATASETS}
         self.rejected: dict[str, set[str]] = {d: set() for d in DATASETS}  # tried again next run
+        self.unsent_groups: set[str] = set()  # groups this run creates that no request has carried yet
 
     async def send_all(self, batches: list[Batch], progress: Progress) -> None:
         """Send every batch in order (the plan's order, docs/sync-api.md §8), then count."""
+        new = {k for b in batches if b.dataset == "groups" for k, _ in b.upserts}
+        self.unsent_groups = new - self.state.values("groups", new).keys() if new else set()
         progress.sending(len(batches))
         with phase(self.summary, "send"):
             for batch in batches:
@@ -126,7 +129,35 @@ class BatchSender:
         self.finish_counts()
 
     async def send(self, batch: Batch) -> None:
-        await send_split(batch, self._post, batch_halves)
+        """One planned batch, split in halves on 413. A half of a groups batch that names a
+        group of a later half in ``parentIds`` (a nested cycle inside the batch, or a parent
+        cut off) is sent without that reference, and once more complete after the whole
+        batch: every id must name a group that exists once the request is applied
+        (docs/sync-api.md, "8. Ordering an update")."""
+        deferred: dict[str, tuple] = {}
+        await send_split(batch, lambda part: self._post(self._without_unsent(part, deferred)), batch_halves)
+        if deferred:  # every group they name has been carried by now
+            await send_split(Batch("groups", upserts=list(deferred.items()), phase="group references"), self._post, batch_halves)
+
+    def _without_unsent(self, batch: Batch, deferred: dict[str, tuple]) -> Batch:
+        """``batch`` with each ``parentIds`` entry naming a group that neither exists yet nor
+        comes in this request left out; the complete records go to ``deferred``."""
+        if batch.dataset != "groups" or not batch.upserts or not self.unsent_groups:
+            return batch
+        unsent = self.unsent_groups
+        here = {k for k, _ in batch.upserts}
+        stripped = False
+        out = Batch(batch.dataset, deletes=list(batch.deletes), phase=batch.phase)
+        for k, value in batch.upserts:
+            name, parents = value
+            kept = tuple(p for p in parents if p not in unsent or p in here)
+            if len(kept) != len(parents):
+                out.upserts.append((k, (name, kept)))
+                deferred[k] = value
+                stripped = True
+            else:
+                out.upserts.append((k, value))
+        return out if stripped else batch
 
     async def _post(self, batch: Batch) -> None:
         d = batch.dataset
@@ -152,6 +183,8 @@ class BatchSender:
         self.rejected[d] |= rejected
         accepted = dict(batch.upserts) if not rejected else {k: v for k, v in batch.upserts if k not in rejected}
         self.state.confirm(self.store, d, accepted, batch.deletes)
+        if d == "groups" and self.unsent_groups:
+            self.unsent_groups.difference_update(k for k, _ in batch.upserts)
         self.upserted[d].update(accepted)
         self.deleted[d].update(batch.deletes)
         note_rejections(self.summary.datasets[d], d, result.rejected)
