@@ -16,8 +16,6 @@ clients it replaced, driven through the real clients against servers on loopback
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import os
 import ssl
 import threading
@@ -33,7 +31,7 @@ from shared.common.errors import IncompleteReadError, PayloadTooLargeError, Sync
 from shared.common.netutil import tls_context
 from shared.common.redact import Secret
 from shared.target.syncapi import RequestBody, SyncApiClient, request_body
-from tests.loopback import Loopback, closed_port
+from tests.loopback import Loopback, closed_port, self_signed_pair
 from tests.test_graph_gzip import Answer, Server, _Handler, serve  # noqa: F401 - serve: the fixture
 from tests.test_graph_http import _proxied_graph, empty_graph, no_proxy_env, read  # noqa: F401 - no_proxy_env: the fixture
 
@@ -201,27 +199,7 @@ def test_a_socks_all_proxy_is_left_to_the_tools_that_speak_it(serve, no_proxy_en
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 (the proxy's)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    d = tmp_path_factory.mktemp("proxy-tls")
-    cert_file, key_file = d / "cert.pem", d / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
+    return self_signed_pair(tmp_path_factory.mktemp("proxy-tls"))
 
 
 class _TlsProxy(Server):

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -67,7 +65,7 @@ from shared.common.summary import RunSummary
 from shared.config import credentials, vault
 from shared.config.settings import load_settings
 from shared.engine import Options
-from tests.loopback import Loopback, closed_port
+from tests.loopback import Loopback, closed_port, self_signed_pair
 from tests.stack import run_cli
 
 # --- the canaries ---------------------------------------------------------------------------------
@@ -240,27 +238,7 @@ def logs() -> Iterator[Logs]:
 # --- TLS for the fake Entra -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    d = tmp_path_factory.mktemp("tls")
-    cert_file, key_file = d / "cert.pem", d / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
+    return self_signed_pair(tmp_path_factory.mktemp("tls"))
 
 
 # --- a fake Entra ID (v2.0 discovery + token endpoint) --------------------------------------------
