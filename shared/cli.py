@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import os
 import sys
@@ -125,7 +126,10 @@ def _stdout_takes_any_text() -> None:
 
 
 def _stdout_is_utf8() -> bool:
-    return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8"
+    try:
+        return codecs.lookup(getattr(sys.stdout, "encoding", None) or "ascii").name == "utf-8"
+    except LookupError:  # an encoding Python does not know: treated as not UTF-8
+        return False
 
 
 def _json_line(doc: Any) -> str:

@@ -18,10 +18,9 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from .common.errors import DeltaExpiredError
-from .common.netutil import same_origin
+from .common.netutil import endpoint_key, same_origin
 from .model.directory import Affected, Cache, Round
 from .sources.graph import COLLECTIONS, GraphSource
 
@@ -210,13 +209,9 @@ def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozense
 
 
 def graph_endpoint(url: str) -> str:
-    """``GRAPH_BASE_URL`` without what names the same endpoint twice: the case of the scheme and
-    host, the scheme's default port, a trailing slash."""
-    parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    port = parts.port if parts.port not in (None, {"http": 80, "https": 443}.get(scheme)) else None
-    netloc = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{netloc}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
+    """``GRAPH_BASE_URL`` as the fingerprint keeps it (``endpoint_key``): the same endpoint
+    spelled another way is the same key."""
+    return endpoint_key(url)
 
 
 def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, now: dt.datetime) -> str | None:

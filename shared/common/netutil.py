@@ -35,6 +35,23 @@ def is_loopback_host(host: str | None) -> bool:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def endpoint_key(url: str) -> str:
+    """``url`` without what names the same endpoint twice: the case of the scheme and host, the
+    scheme's default port, a trailing slash (``HTTPS://Graph.microsoft.com:443/v1.0/`` is
+    ``https://graph.microsoft.com/v1.0``)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port if parts.port not in (None, _DEFAULT_PORTS.get(scheme)) else None
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{netloc}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
+
+
+def no_answer_hint(url: str, setting: str) -> str:
+    """What an operator checks when ``url`` (a configured root, no secret in it: ``url_problem``)
+    never answered: the setting that names it, and the network between."""
+    return f"no answer came from {url}: check {setting} and that this host can reach it (DNS, firewall, proxy)"
+
+
 def same_origin(url: str, base: str) -> bool:
     """Whether ``url`` (a page's next link) is on the origin of ``base`` (the configured root),
     so that a request with the bearer token may go there. Scheme and host compare

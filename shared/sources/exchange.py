@@ -42,7 +42,7 @@ from urllib.parse import quote, urljoin
 import httpx
 
 from ..common.errors import ExchangeAuthError, ExchangeError
-from ..common.netutil import http_client, jittered_backoff, parse_retry_after, same_origin
+from ..common.netutil import http_client, jittered_backoff, no_answer_hint, parse_retry_after, same_origin
 from ..common.redact import scrub
 from ..config.credentials import BearerToken, TokenGetter, token_getter_for
 from .base import EntrySink, ListSink, SourceRead
@@ -184,7 +184,7 @@ class ExchangeSource:
                 await asyncio.sleep(wait)
         hint = ""
         if last.startswith("connection failed"):  # never an answer: the setting or the network
-            hint = f"; no answer came from {self.base_url}: check EXO_BASE_URL and that this host can reach it (DNS, firewall, proxy)"
+            hint = f"; {no_answer_hint(self.base_url, 'EXO_BASE_URL')}"
         raise ExchangeError(
             f"Exchange Online Get-Recipient: a page could not be read after {self.max_attempts} attempts ({last}); "
             f"the run failed and nothing was sent{hint}"

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 from ..common.aio import NoAnswer, wire_url
 from ..common.errors import DeltaExpiredError, GraphError, IncompleteReadError
-from ..common.netutil import jittered_backoff, same_origin
+from ..common.netutil import jittered_backoff, no_answer_hint, same_origin
 from ..config.credentials import TokenGetter
 from .base import SourceRead
 from .graph_transport import MAX_PAGE_BYTES, GraphHttp, GraphHttpError, _MalformedPage, _RefusedAnswer  # noqa: F401 - MAX_PAGE_BYTES: this module's API
@@ -302,7 +302,7 @@ class GraphSource:
                 await asyncio.sleep(delay)
         hint = ""
         if isinstance(last_fault, NoAnswer):  # never an answer: the setting or the network, not Graph's load
-            hint = f"; no answer came from {self.base_url}: check GRAPH_BASE_URL and that this host can reach it (DNS, firewall, proxy)"
+            hint = f"; {no_answer_hint(self.base_url, 'GRAPH_BASE_URL')}"
         raise IncompleteReadError(f"Graph {what} could not be read after {self.max_attempts} attempts ({last}); nothing was sent{hint}")
 
     @staticmethod

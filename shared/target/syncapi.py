@@ -23,7 +23,7 @@ from ..common import fastjson
 from ..common.aio import NoAnswer, TimedBody, no_answer, open_session, wire_url
 from ..common.carriable import header_credential_problem
 from ..common.errors import SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
-from ..common.netutil import jittered_backoff, url_problem
+from ..common.netutil import jittered_backoff, no_answer_hint, url_problem
 from ..common.redact import Secret
 from ..model.records import to_api_record
 from .responses import Answer, Raw, Rejection, WriteResult, json_body, read_raw, refusal, retry_after, write_result
@@ -258,8 +258,7 @@ class SyncApiClient:
         SYNC_API_URL or the network; a 408/429/5xx to the end is the service's own outage. The
         base URL carries no secret (``url_problem`` refuses credentials in it)."""
         if last.startswith("connection fault"):
-            return (f"no answer came from {self.base_url}: check SYNC_API_URL and that this host can reach it "
-                    "(DNS, firewall, proxy)")
+            return no_answer_hint(self.base_url, "SYNC_API_URL")
         return f"the service at {self.base_url} (SYNC_API_URL) stayed unavailable; the next run tries again"
 
     def _backoff(self, attempt: int) -> float:
