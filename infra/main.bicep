@@ -99,6 +99,7 @@ param syncIntervalMinutes int = 60
 
 @description('Hours between full reads of the directory, the periodic reconcile (FULL_SYNC_INTERVAL_HOURS); other runs read delta rounds.')
 @minValue(0)
+@maxValue(8784)
 param fullSyncIntervalHours int = 24
 
 @description('Deletion guard: hold a dataset\'s deletions when they exceed this percentage of its records and deleteThresholdFloor (DELETE_THRESHOLD_PERCENT).')
@@ -108,10 +109,12 @@ param deleteThresholdPercent int = 10
 
 @description('Deletion guard: hold a dataset\'s deletions when they exceed this count in one run (DELETE_THRESHOLD_COUNT).')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdCount int = 500
 
 @description('Deletion guard: deletions per dataset and run that the percentage never holds; 0 applies the percentage to every deletion (DELETE_THRESHOLD_FLOOR).')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdFloor int = 25
 
 @description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')

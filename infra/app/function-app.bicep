@@ -92,6 +92,7 @@ param syncSchedule string
 
 @description('FULL_SYNC_INTERVAL_HOURS: hours between full reads (a periodic full reconcile); 0 reads in full every run.')
 @minValue(0)
+@maxValue(8784)
 param fullSyncIntervalHours int
 
 @description('DELETE_THRESHOLD_PERCENT: the deletion guard holds a dataset\'s deletions above this share of its records once above DELETE_THRESHOLD_FLOOR.')
@@ -101,10 +102,12 @@ param deleteThresholdPercent int
 
 @description('DELETE_THRESHOLD_COUNT: the deletion guard holds a dataset\'s deletions above this many per run.')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdCount int
 
 @description('DELETE_THRESHOLD_FLOOR: deletions per dataset and run that the deletion guard\'s percentage never holds; 0 applies it to every deletion.')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdFloor int
 
 @description('EXO_MODE: the Exchange Online source (off, augment, only).')
