@@ -51,3 +51,38 @@ def test_a_settings_error_of_status_ends_stdout_with_the_json_summary() -> None:
     assert r.returncode == 2
     doc = _last_json(r.stdout)
     assert doc["action"] == "status" and doc["ok"] is False and "SYNC_STATE" in doc["error"]
+
+
+def _state_holding(tmp_path, held: dict[str, list[str]]):
+    from shared.storage.stores import FileStateStore
+
+    store = FileStateStore(tmp_path)
+    db = store.open()
+    for dataset, keys in held.items():
+        db.set_held(dataset, dict.fromkeys(keys, False))
+    db.commit()
+    store.publish(db)
+    db.close()
+
+
+def test_approving_a_dataset_that_holds_nothing_says_which_dataset_and_does_not_deny_the_others(tmp_path) -> None:
+    """``approve-deletions --dataset groups`` while only users' deletions are held: nothing is
+    approved (exit 0), and the report says that no *groups* deletions are held, naming the
+    dataset. It never says "no deletions are held" while 2 are, which would send an operator
+    away from a held set that still blocks the next update."""
+    _state_holding(tmp_path, {"users": ["u1", "u2"]})
+    r = _cli("approve-deletions", "--dataset", "groups", "--expect", "0123456789abcdef", env=_env(SYNC_STATE=f"file:{tmp_path}"))
+    assert r.returncode == 0, r.stderr
+    assert "no deletions are held" not in r.stdout
+    assert "no groups deletions are held" in r.stdout
+    assert "2 deletions are held in other datasets (users)" in r.stdout
+    r = _cli("approve-deletions", "--dataset", "groups", "--expect", "0123456789abcdef", "--json", env=_env(SYNC_STATE=f"file:{tmp_path}"))
+    doc = _last_json(r.stdout)
+    assert doc["ok"] is True and doc["approved"] == {} and doc["dataset"] == "groups"
+
+
+def test_approving_when_nothing_at_all_is_held_says_so(tmp_path) -> None:
+    _state_holding(tmp_path, {})
+    r = _cli("approve-deletions", env=_env(SYNC_STATE=f"file:{tmp_path}"))
+    assert r.returncode == 0, r.stderr
+    assert "no deletions are held; nothing to approve" in r.stdout
