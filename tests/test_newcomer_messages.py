@@ -21,3 +21,18 @@ def test_blob_state_without_a_storage_account_names_both_ways_out(env: dict[str,
     assert f"SYNC_STATE={env.get('SYNC_STATE', 'blob:sync-state')}" in message
     assert "AzureWebJobsStorage__blobServiceUri" in message
     assert "SYNC_STATE=file:<directory>" in message
+
+
+def test_the_read_reason_without_a_cache_does_not_blame_a_complete_replace() -> None:
+    """A complete ``replace`` keeps the directory cache and delta links of its full read, so
+    the next update reads delta rounds; only one that stopped part-way leaves no cache. The
+    reason an update gives for its full read says so (docs/sync-rules.md, "Full read or delta read")."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from shared.reading import why_full
+
+    db = SimpleNamespace(delta_links=None, directory_cache="partial", converted_from=None,
+                         last_full_read="2026-01-01T00:00:00+00:00", read_fingerprint={})
+    reason = why_full(db, {}, 24.0, dt.datetime.now(dt.UTC))
+    assert reason is not None and "after refresh" in reason and "a replace that did not finish" in reason
