@@ -36,3 +36,20 @@ def test_the_read_reason_without_a_cache_does_not_blame_a_complete_replace() -> 
                          last_full_read="2026-01-01T00:00:00+00:00", read_fingerprint={})
     reason = why_full(db, {}, 24.0, dt.datetime.now(dt.UTC))
     assert reason is not None and "after refresh" in reason and "a replace that did not finish" in reason
+
+
+def test_the_demo_scope_preview_says_what_each_rule_leaves_out_even_nothing() -> None:
+    """README, "The two commands", step 4: the scoped preview lists what each rule leaves out.
+    In the demo's scope every excluded object is already outside SYNC_SCOPE_GROUPS, so the run's
+    ``ruleExclusions`` counts name that setting alone: the guest and no-reply rules must still
+    get their line ("leaves out nothing here"), not vanish below the eight largest reasons."""
+    from devstack.demo import rule_lines
+
+    summary = {"ruleExclusions": {"counts": {"SYNC_SCOPE_GROUPS": {"addresses": 3250, "groups": 260, "users": 2516},
+                                             "EXCLUDE_ADDRESS_PATTERNS": {"addresses": 3}}}}
+    rules = {"SYNC_SCOPE_GROUPS": "g", "EXCLUDE_USER_TYPES": "Guest", "EXCLUDE_ADDRESS_PATTERNS": "no-?reply@.*"}
+    assert rule_lines(summary, rules) == [
+        "    rule SYNC_SCOPE_GROUPS leaves out: addresses 3250, groups 260, users 2516",
+        "    rule EXCLUDE_USER_TYPES leaves out nothing here",
+        "    rule EXCLUDE_ADDRESS_PATTERNS leaves out: addresses 3",
+    ]
