@@ -53,3 +53,24 @@ def test_the_demo_scope_preview_says_what_each_rule_leaves_out_even_nothing() ->
         "    rule EXCLUDE_USER_TYPES leaves out nothing here",
         "    rule EXCLUDE_ADDRESS_PATTERNS leaves out: addresses 3",
     ]
+
+
+@pytest.mark.parametrize(("datasets", "warned"), [("users", True), ("addresses,users", True), ("groups,users", False),
+                                                   ("addresses", False), ("addresses,groups,users", False)])
+def test_users_without_groups_is_warned_about(datasets: str, warned: bool, caplog) -> None:
+    """``SYNC_DATASETS=users`` without ``groups``: every user record's ``groupIds`` names
+    groups this sync does not send, so the service rejects each member of a group with
+    ``unknown_group`` unless something else keeps its groups (docs/sync-api.md, 4.3). The
+    setting is allowed; a warning names both datasets and the way out."""
+    import logging
+
+    from shared.config.settings import load_settings
+
+    env = {"GRAPH_AUTH": "none", "GRAPH_BASE_URL": "http://127.0.0.1:1/v1.0", "SYNC_API_URL": "http://127.0.0.1:1/v1",
+           "SYNC_API_CREDENTIAL": "token", "SYNC_STATE": "file:/nonexistent/state", "SYNC_DATASETS": datasets}
+    with caplog.at_level(logging.WARNING, logger="shared"):
+        load_settings(env)
+    messages = [r.getMessage() for r in caplog.records if "SYNC_DATASETS" in r.getMessage()]
+    assert bool(messages) == warned
+    if warned:
+        assert "unknown_group" in messages[0] and "add groups to SYNC_DATASETS" in messages[0]
