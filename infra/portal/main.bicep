@@ -60,6 +60,12 @@ param graphClientId string
 ])
 param exoMode string = 'off'
 
+@description('Optional comma-separated RecipientTypeDetails values to read from Exchange Online (EXO_RECIPIENT_TYPES); empty for the default of exoMode.')
+param exoRecipientTypes string = ''
+
+@description('Optional Exchange Online endpoint for a national cloud, e.g. https://outlook.office365.us (EXO_BASE_URL); empty for https://outlook.office365.com.')
+param exoBaseUrl string = ''
+
 @description('The Entra directory role that Exchange Online requires for app-only access, assigned to the app\'s service principal by infra/scripts/assign-exchange-role.sh when exoMode is not off. Default: Global Reader (read-only).')
 param exoDirectoryRoleId string = 'f2ef992c-3afb-46b9-b7cf-a126ee74c451'
 
@@ -286,6 +292,8 @@ module functionApp '../app/function-app.bicep' = {
     deleteThresholdPercent: deleteThresholdPercent
     deleteThresholdCount: deleteThresholdCount
     deleteThresholdFloor: deleteThresholdFloor
+    exoRecipientTypes: exoRecipientTypes
+    exoBaseUrl: exoBaseUrl
     exoMode: exoMode
   }
   // The identity must hold its storage role before the host starts and before the
