@@ -13,6 +13,9 @@ and local.settings.json.example):
   accepts exactly the values ``load_settings`` accepts: the template's ``@minValue`` and
   ``@maxValue`` are the code's bounds. A template that accepts a value the code refuses
   deploys a Function whose every run stops with a settings error.
+* **CI**: the deploy workflow (.github/workflows/deploy.yml) passes every environment variable
+  main.bicepparam turns into an app setting. A deployment writes the app settings whole, so a
+  variable the workflow leaves out is reset to its default by every push to main.
 
 Each check also runs on a mutated copy, to show that it fails."""
 
@@ -240,3 +243,52 @@ def test_the_range_check_catches_a_missing_bound(tmp_path: Path, relative: str) 
     assert anchor, f"{relative}: fullSyncIntervalHours has no @maxValue to remove"
     infra = mutated_infra(tmp_path, relative, anchor.group(0), "param fullSyncIntervalHours int")
     assert any("fullSyncIntervalHours" in p and relative in p for p in range_problems(infra))
+
+
+# ----------------------------------------------------------------------------- the CI deployment
+DEPLOY_WORKFLOW = REPO / ".github/workflows/deploy.yml"
+# Passed another way by the workflow: the secret in the deploying step's own env.
+WORKFLOW_PASSED_OTHERWISE = {"SYNC_API_CREDENTIAL"}
+
+
+def bicepparam_variables(infra: Path) -> dict[str, tuple[str, str | None]]:
+    """main.bicepparam: parameter -> (the environment variable it reads, its default; None: required)."""
+    out = {}
+    for name, variable, fallback in re.findall(r"^param (\w+) = (?:\w+\()?readEnvironmentVariable\('([A-Z_]+)'(, '[^']*')?",
+                                               (infra / "main.bicepparam").read_text(), re.M):
+        out[name] = (variable, fallback[3:-1] if fallback else None)
+    return out
+
+
+def workflow_problems(infra: Path, workflow_text: str) -> list[str]:
+    """Every environment variable main.bicepparam turns into an app setting of the Function is
+    set in the deploy workflow's env, from the repository variable of the same name with the
+    bicepparam's default as fallback (an unset repository variable is an empty string, which
+    int() refuses). A variable the workflow leaves out is reset to its default by every push to
+    main: the deployment writes the app settings whole."""
+    import yaml
+
+    from infra_helpers import module_params
+
+    env = yaml.safe_load(workflow_text).get("env") or {}
+    wired = module_params(load(infra, "main.bicep"), "functionApp")
+    feeding = {source for source in wired.values() if re.fullmatch(r"\w+", source)}
+    problems = []
+    for param, (variable, default) in sorted(bicepparam_variables(infra).items()):
+        if param not in feeding or variable in WORKFLOW_PASSED_OTHERWISE:
+            continue
+        want = f"${{{{ vars.{variable} }}}}" if not default else f"${{{{ vars.{variable} || '{default}' }}}}"
+        if env.get(variable) != want:
+            problems.append(f"deploy.yml env {variable} is {env.get(variable)!r}, not {want!r}: every CI deployment would reset it")
+    return problems
+
+
+def test_the_ci_deployment_passes_every_setting_the_templates_write() -> None:
+    assert workflow_problems(INFRA, DEPLOY_WORKFLOW.read_text()) == []
+
+
+def test_the_workflow_check_catches_a_dropped_variable() -> None:
+    text = DEPLOY_WORKFLOW.read_text()
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("SYNC_DATASETS:"))
+    problems = workflow_problems(INFRA, text.replace(line + "\n", ""))
+    assert len(problems) == 1 and "SYNC_DATASETS" in problems[0]
