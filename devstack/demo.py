@@ -129,7 +129,24 @@ def try_scope(graph: GraphEmulator, env: dict[str, str]) -> None:
         rules = {"SYNC_SCOPE_GROUPS": groups["Cycle A"], "EXCLUDE_USER_TYPES": "Guest", "EXCLUDE_ADDRESS_PATTERNS": r"no-?reply@.*"}
     print("\n# a scope: a preview with " + ", ".join(f"{k}={v}" for k, v in rules.items()))
     print("#   (demo groups to try: " + ", ".join(f"{n!r} {groups[n]}" for n in ("Cycle A", "Ring X", "Self Loop") if n in groups) + ")")
-    _run("test-update", {**env, **rules})
+    summary = _run("test-update", {**env, **rules})
+    for line in rule_lines(summary, rules):
+        print(line)
+
+
+def rule_lines(summary: dict, rules: dict[str, str]) -> list[str]:
+    """One line per rule setting that is set: what the run's ``ruleExclusions`` counts say it
+    left out, per dataset, or that it left out nothing (an exclusion already outside the scope
+    counts for the scope alone)."""
+    counts = (summary.get("ruleExclusions") or {}).get("counts") or {}
+    lines = []
+    for setting in (s for s in RULE_SETTINGS if s in rules):
+        per_dataset = {d: n for d, n in sorted((counts.get(setting) or {}).items()) if n}
+        if per_dataset:
+            lines.append(f"    rule {setting} leaves out: " + ", ".join(f"{d} {n}" for d, n in per_dataset.items()))
+        else:
+            lines.append(f"    rule {setting} leaves out nothing here")
+    return lines
 
 
 def main() -> int:

@@ -35,3 +35,5 @@ param deployAppRegistration = bool(readEnvironmentVariable('DEPLOY_APP_REGISTRAT
 param existingGraphClientId = readEnvironmentVariable('GRAPH_CLIENT_ID', '')
 param auditRetentionDays = int(readEnvironmentVariable('AUDIT_RETENTION_DAYS', '365'))
 param exoMode = readEnvironmentVariable('EXO_MODE', 'off')
+param exoRecipientTypes = readEnvironmentVariable('EXO_RECIPIENT_TYPES', '')
+param exoBaseUrl = readEnvironmentVariable('EXO_BASE_URL', '')

@@ -163,11 +163,10 @@ def _main(args: argparse.Namespace, options: Options) -> int:
             held = {d: h["keys"] for d, h in info["heldDeletions"].items()}
             print(format_status(info["runs"], held, info.get("preview")), end="")
         return 0
-    if args.action != "status":
-        if args.json:
-            print(_json_line(summary.as_dict()), flush=True)
-        else:
-            print_report(summary)
+    if args.json:  # a failed status too ends stdout with the run summary, as a settings error does
+        print(_json_line(summary.as_dict()), flush=True)
+    elif args.action != "status":
+        print_report(summary)
     if not summary.ok:
         code = summary.exception.exit_code if isinstance(summary.exception, SyncError) else 1
         print(f"error: {summary.error}", file=sys.stderr, flush=True)

@@ -31,7 +31,7 @@ from .common.summary import RunSummary
 from .common.telemetry import SUMMARY_EVENT, summary_dimensions, tracer
 from .config.settings import Settings
 from .config.vault import Secrets, load_secrets
-from .operations import approve_deletions, status
+from .operations import approve_deletions, held_counts, status
 from .plan.approval import Approver, cli_approver
 from .previews import PreviewRunningError, start_preview
 from .storage.backend import Storage, open_storage
@@ -172,6 +172,10 @@ async def _attempt(action: str, settings: Settings, summary: RunSummary, storage
             who = approver or cli_approver()
             summary.extra["approver"] = who.as_dict()
             summary.extra["approved"] = approve_deletions(store, dataset, expect=expect, approver=who)
+            if dataset is not None:  # what the approval was limited to, and what stays held beside it
+                summary.extra["dataset"] = dataset
+                if not summary.extra["approved"]:
+                    summary.extra["heldElsewhere"] = held_counts(store)
         else:
             secrets = secrets or load_secrets(settings, env)
             if secrets.expiry_warnings:

@@ -71,6 +71,19 @@ def approve_deletions(
         db.close()
 
 
+def held_counts(store: StateStore) -> dict[str, int]:
+    """Deletions held now per dataset (datasets holding none left out): what an approval limited
+    to a dataset that holds nothing reports as held elsewhere, so that its "nothing to approve"
+    never reads as "nothing is held"."""
+    db = store.open(readonly=True) if store.exists() else None
+    if db is None:
+        return {}
+    try:
+        return {d: len(keys) for d, keys in db.held().items() if keys}
+    finally:
+        db.close()
+
+
 # What a run report holds beyond what a compact status needs (with each dataset's rejections): record lists.
 _BULKY_RUN_KEYS = ("changes", "exclusions")
 

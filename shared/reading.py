@@ -223,7 +223,7 @@ def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, no
             return "the state was converted from the previous release and has no directory cache yet"
         if db.last_full_read is None:
             return "first run: no directory cache yet"
-        return "no directory cache (after refresh, replace, or an endpoint that does not serve delta)"
+        return "no directory cache (after refresh, a replace that did not finish, or an endpoint that does not serve delta)"
     if not links_complete(links):
         return "a collection has no delta link (its delta endpoint was not served)"
     endpoint = new_fingerprint.get("graph")

@@ -49,7 +49,12 @@ def print_report(summary: RunSummary) -> None:
     for name, a in summary.extra.get("approved", {}).items():
         print(f"  approved {a['count']} held {name} deletions; the next update sends those still implied")
     if summary.action == "approve-deletions" and summary.ok and not summary.extra.get("approved"):
-        print("  no deletions are held; nothing to approve")
+        dataset = summary.extra.get("dataset")
+        print(f"  no {dataset} deletions are held; nothing to approve" if dataset else "  no deletions are held; nothing to approve")
+        elsewhere = summary.extra.get("heldElsewhere") or {}
+        if elsewhere:
+            print(f"  {sum(elsewhere.values())} deletions are held in other datasets ({', '.join(sorted(elsewhere))}): "
+                  "see 'python -m shared status' for their digests")
     for w in summary.extra.get("credentialWarnings", []):
         print(f"  warning: {w}")
 

@@ -92,6 +92,7 @@ param syncSchedule string
 
 @description('FULL_SYNC_INTERVAL_HOURS: hours between full reads (a periodic full reconcile); 0 reads in full every run.')
 @minValue(0)
+@maxValue(8784)
 param fullSyncIntervalHours int
 
 @description('DELETE_THRESHOLD_PERCENT: the deletion guard holds a dataset\'s deletions above this share of its records once above DELETE_THRESHOLD_FLOOR.')
@@ -101,10 +102,12 @@ param deleteThresholdPercent int
 
 @description('DELETE_THRESHOLD_COUNT: the deletion guard holds a dataset\'s deletions above this many per run.')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdCount int
 
 @description('DELETE_THRESHOLD_FLOOR: deletions per dataset and run that the deletion guard\'s percentage never holds; 0 applies it to every deletion.')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdFloor int
 
 @description('EXO_MODE: the Exchange Online source (off, augment, only).')
@@ -114,6 +117,12 @@ param deleteThresholdFloor int
   'only'
 ])
 param exoMode string = 'off'
+
+@description('EXO_RECIPIENT_TYPES: optional comma-separated RecipientTypeDetails values read from Exchange Online; empty leaves the setting unset (the default of EXO_MODE).')
+param exoRecipientTypes string = ''
+
+@description('EXO_BASE_URL: optional Exchange Online endpoint, for national clouds; empty leaves the setting unset (https://outlook.office365.com).')
+param exoBaseUrl string = ''
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -160,6 +169,9 @@ var appSettingsOptional = empty(addressDomains) ? {} : { ADDRESS_DOMAINS: addres
 var appSettingsScope = empty(syncScopeGroups) ? {} : { SYNC_SCOPE_GROUPS: syncScopeGroups }
 var appSettingsUserTypes = empty(excludeUserTypes) ? {} : { EXCLUDE_USER_TYPES: excludeUserTypes }
 var appSettingsPatterns = empty(excludeAddressPatterns) ? {} : { EXCLUDE_ADDRESS_PATTERNS: excludeAddressPatterns }
+// The Exchange Online source's optional settings: each left unset (not '') when empty.
+var appSettingsExoTypes = empty(exoRecipientTypes) ? {} : { EXO_RECIPIENT_TYPES: exoRecipientTypes }
+var appSettingsExoBaseUrl = empty(exoBaseUrl) ? {} : { EXO_BASE_URL: exoBaseUrl }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -221,7 +233,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 
   resource appSettings 'config' = {
     name: 'appsettings'
-    properties: union(appSettingsAlways, appSettingsOptional, appSettingsScope, appSettingsUserTypes, appSettingsPatterns)
+    properties: union(appSettingsAlways, appSettingsOptional, appSettingsScope, appSettingsUserTypes, appSettingsPatterns, appSettingsExoTypes, appSettingsExoBaseUrl)
   }
 
   // No basic-auth publishing: deployments authenticate with Microsoft Entra ID.

@@ -60,6 +60,12 @@ param graphClientId string
 ])
 param exoMode string = 'off'
 
+@description('Optional comma-separated RecipientTypeDetails values to read from Exchange Online (EXO_RECIPIENT_TYPES); empty for the default of exoMode.')
+param exoRecipientTypes string = ''
+
+@description('Optional Exchange Online endpoint for a national cloud, e.g. https://outlook.office365.us (EXO_BASE_URL); empty for https://outlook.office365.com.')
+param exoBaseUrl string = ''
+
 @description('The Entra directory role that Exchange Online requires for app-only access, assigned to the app\'s service principal by infra/scripts/assign-exchange-role.sh when exoMode is not off. Default: Global Reader (read-only).')
 param exoDirectoryRoleId string = 'f2ef992c-3afb-46b9-b7cf-a126ee74c451'
 
@@ -91,6 +97,7 @@ param syncIntervalMinutes int = 60
 
 @description('Hours between full reads of the directory, the periodic reconcile (FULL_SYNC_INTERVAL_HOURS); other runs read delta rounds.')
 @minValue(0)
+@maxValue(8784)
 param fullSyncIntervalHours int = 24
 
 @description('Deletion guard: hold a dataset\'s deletions when they exceed this percentage of its records and deleteThresholdFloor (DELETE_THRESHOLD_PERCENT).')
@@ -100,10 +107,12 @@ param deleteThresholdPercent int = 10
 
 @description('Deletion guard: hold a dataset\'s deletions when they exceed this count in one run (DELETE_THRESHOLD_COUNT).')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdCount int = 500
 
 @description('Deletion guard: deletions per dataset and run that the percentage never holds; 0 applies the percentage to every deletion (DELETE_THRESHOLD_FLOOR).')
 @minValue(0)
+@maxValue(1000000000)
 param deleteThresholdFloor int = 25
 
 @description('Blob container of the change-tracking state (SYNC_STATE=blob:<container>).')
@@ -283,6 +292,8 @@ module functionApp '../app/function-app.bicep' = {
     deleteThresholdPercent: deleteThresholdPercent
     deleteThresholdCount: deleteThresholdCount
     deleteThresholdFloor: deleteThresholdFloor
+    exoRecipientTypes: exoRecipientTypes
+    exoBaseUrl: exoBaseUrl
     exoMode: exoMode
   }
   // The identity must hold its storage role before the host starts and before the

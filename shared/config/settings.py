@@ -152,8 +152,15 @@ def _read_sync_api(get: Getter) -> str:
 
 def _read_scope(get: Getter) -> tuple[tuple[str, ...], frozenset[str] | None]:
     """SYNC_DATASETS (unset: every dataset, whatever EXO_MODE is; ``read_exo`` refuses that
-    with EXO_MODE=only, docs/sync-rules.md) and ADDRESS_DOMAINS."""
-    return _datasets(get("SYNC_DATASETS")), _domains(get("ADDRESS_DOMAINS"))
+    with EXO_MODE=only, docs/sync-rules.md) and ADDRESS_DOMAINS. ``users`` without ``groups``
+    is allowed (another sync may keep the groups), with a warning: a user record's groupIds
+    must name groups the service holds, else it is rejected with unknown_group (docs/sync-api.md)."""
+    datasets = _datasets(get("SYNC_DATASETS"))
+    if "users" in datasets and "groups" not in datasets:
+        log.warning("SYNC_DATASETS names users without groups: each user record's groupIds names the user's groups, which this sync "
+                    "does not send, so the service rejects every group member with unknown_group unless another sync keeps "
+                    "those groups; add groups to SYNC_DATASETS (e.g. groups,users)")
+    return datasets, _domains(get("ADDRESS_DOMAINS"))
 
 
 def _read_schedule(get: Getter) -> dict[str, Any]:

@@ -54,7 +54,8 @@ def read_storage(get: Getter, state: StateLocation) -> dict[str, Any]:
             raise SettingsError(
                 "AzureWebJobsStorage",
                 f"SYNC_STATE={state.kind}:{state.where} needs the storage account: set AzureWebJobsStorage (a connection "
-                "string) or AzureWebJobsStorage__blobServiceUri (identity-based)",
+                "string) or AzureWebJobsStorage__blobServiceUri (identity-based); or, for a state on this machine, "
+                "SYNC_STATE=file:<directory>",
                 "https://mystorage.blob.core.windows.net for AzureWebJobsStorage__blobServiceUri",
             )
         if conn is not None and conn.lower() != "usedevelopmentstorage=true" and "=" not in conn:
