@@ -267,7 +267,6 @@ def workflow_problems(infra: Path, workflow_text: str) -> list[str]:
     int() refuses). A variable the workflow leaves out is reset to its default by every push to
     main: the deployment writes the app settings whole."""
     import yaml
-
     from infra_helpers import module_params
 
     env = yaml.safe_load(workflow_text).get("env") or {}
