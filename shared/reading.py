@@ -143,13 +143,20 @@ async def read_full(source: GraphSource, reason: str, cache: Cache, checkpoints:
             if links_complete(stats.links):
                 stats = await source.read_changes({c: str(stats.links[c]) for c in COLLECTIONS}, load)
     except DeltaExpiredError as exc:
-        if resume is None or checkpoints is None:
-            raise
-        log.warning("%s: the interrupted full read starts over", exc)
-        reason, resume = f"{reason}; the checkpoint of an interrupted full read was refused ({exc}), read from the start", None
+        # A link of this round refused (a resumed checkpoint's, or a nextLink of the round itself):
+        # Graph says to restart with a full synchronization ("Synchronization reset"), so the
+        # round starts over, once, into the emptied cache; a second refusal fails the read.
+        if resume is not None:
+            log.warning("%s: the interrupted full read starts over", exc)
+            reason = f"{reason}; the checkpoint of an interrupted full read was refused ({exc}), read from the start"
+        else:
+            log.warning("%s: the full read's round starts over", exc)
+            reason = f"{reason}; the round was started over ({exc})"
+        resume = None
         source.stats.links.clear()
         load = cache.load()
-        checkpoints.attach(load)
+        if checkpoints is not None:
+            checkpoints.attach(load)
         stats = await source.read_directory(load)
     if resume is not None:
         reason = f"{reason}; resumed from the checkpoint of an interrupted full read"

@@ -393,6 +393,9 @@ def test_delta_rounds_reproduce_the_directory_under_random_changes(client: httpx
         ("410", 410, "syncStateNotFound"),
         ("410-resync", 410, "resyncRequired"),
         ("400-syncstate", 400, "syncStateNotFound"),
+        ("400-expired-page-token", 400, "Directory_ExpiredPageToken"),
+        ("400-resync-inner", 400, "invalidRequest"),
+        ("401-expired-token", 401, "InvalidAuthenticationToken"),
     ],
 )
 def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, status: int, code: str) -> None:
@@ -406,6 +409,10 @@ def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, 
             assert resp.headers["Retry-After"] == "7"
         if status == 410:
             assert resp.headers["Location"].endswith("/users/delta")
+        if status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+        inner = resp.json()["error"]["innerError"]
+        assert inner.get("code") == ("resyncRequired" if kind == "400-resync-inner" else None) and inner["request-id"]
     assert client.get(f"{emulator.base_url}/users/delta").status_code == 200
 
 

@@ -17,6 +17,9 @@ FAULT_KINDS: tuple[str, ...] = (
     "410",
     "410-resync",
     "400-syncstate",
+    "400-expired-page-token",
+    "400-resync-inner",
+    "401-expired-token",
     "html",
     "not_json",
     "wrong_shape",
@@ -43,7 +46,20 @@ _ERROR_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
     "410": (410, "syncStateNotFound", _SYNC_STATE_GONE, "Location"),
     "410-resync": (410, "resyncRequired", "The delta token is no longer valid, and the app must reset the sync state.", "Location"),
     "400-syncstate": (400, "syncStateNotFound", _SYNC_STATE_GONE, None),
+    # Entra's answer to a page token (a $skiptoken, or a saved link's) it no longer keeps: a 400,
+    # not a 410 (the message as Graph words it; cartography-cncf/cartography restarts its listings
+    # on this code).
+    "400-expired-page-token": (400, "Directory_ExpiredPageToken",
+                               "The specified page token value has expired and can no longer be included in your request.", None),
+    # A sync reset named only by a nested code: Graph's "Error responses" page lists resyncRequired
+    # among the detailed codes of ``innerError`` and tells apps to look through every level.
+    "400-resync-inner": (400, "invalidRequest", "Resync is required.", None),
+    # An access token Graph no longer accepts (expired, or not yet valid by Graph's clock).
+    "401-expired-token": (401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", "WWW-Authenticate"),
 }
+_INNER_CODES = {"400-resync-inner": "resyncRequired"}
+_WWW_AUTHENTICATE = ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+                     'client_id="00000003-0000-0000-c000-000000000000"')
 
 
 @dataclass
@@ -65,7 +81,12 @@ class FaultsMixin:
         Kinds: ``429``/``503`` (with Retry-After), ``500``, ``drop`` (close the socket without
         answering), ``malformed`` (200 with the real body cut in half), ``410`` (expired delta token:
         syncStateNotFound), ``410-resync`` (resyncRequired), ``400-syncstate`` (400 syncStateNotFound,
-        as Graph answered expired directory tokens according to Microsoft's 2020 announcement).
+        as Graph answered expired directory tokens according to Microsoft's 2020 announcement),
+        ``400-expired-page-token`` (400 ``Directory_ExpiredPageToken``: Entra no longer keeps the
+        page token of a nextLink or a saved link), ``400-resync-inner`` (400 ``invalidRequest``
+        whose ``innerError.code`` is ``resyncRequired``), ``401-expired-token`` (401
+        ``InvalidAuthenticationToken``, "Access token has expired or is not yet valid.", with
+        Graph's ``WWW-Authenticate``).
         Hostile 200 answers, as from a broken proxy: ``html`` (a ``text/html`` sign-in page),
         ``not_json`` (Graph's JSON content type over a body that is not JSON), ``wrong_shape``
         (``{"value": {}}``), ``no_value`` (an object without ``value``), ``truncated_gzip`` (the
@@ -124,9 +145,11 @@ class FaultsMixin:
             headers = {header: fault.retry_after}
         elif header == "Location":
             headers = {header: self._reset_location(path)}
+        elif header == "WWW-Authenticate":
+            headers = {header: _WWW_AUTHENTICATE}
         else:
             headers = {}
-        return _error_response(GraphError(status, code, message, headers), request_id)
+        return _error_response(GraphError(status, code, message, headers, _INNER_CODES.get(kind)), request_id)
 
     def _reset_location(self, path: str) -> str:
         """The initial delta request for the collection of ``path`` (Graph's Location on a 410)."""

@@ -67,7 +67,9 @@ def _page(
 
 
 def _error_response(exc: GraphError, request_id: str) -> Response:
-    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": request_id, "client-request-id": request_id}
+    inner: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": request_id, "client-request-id": request_id}
+    if exc.inner_code is not None:
+        inner = {"code": exc.inner_code, **inner}
     body = _dumps({"error": {"code": exc.code, "message": exc.message, "innerError": inner}}).encode()
     return Response(exc.status, body, dict(exc.headers))
 

@@ -45,8 +45,12 @@ MEMBER_SELECT = ["id"]
 COLLECTIONS = ("users", "groups", "contacts")
 PREFER = f"odata.maxpagesize={PAGE_SIZE}"  # every page of a delta round asks for it
 DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
-# Graph's answers to a delta token it no longer honours ("synchronization reset").
-SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
+# Graph's answers to a link (a saved deltaLink, a nextLink) it no longer honours, at any level
+# of the error body (GraphHttpError.codes): a "synchronization reset" (Microsoft Graph, "Use delta
+# query to track changes", "Synchronization reset" and "Token duration"; "Error responses") or
+# Entra's 400 Directory_ExpiredPageToken, a page token it no longer keeps, which asking again
+# cannot mend: only a new round can.
+SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid", "Directory_ExpiredPageToken"})
 
 
 class RoundSink(Protocol):
@@ -238,7 +242,10 @@ class GraphSource:
         page_no = 0
         followed: set[str] = set()  # the round's nextLinks so far: one that comes back would loop forever
         while url is not None:
-            page = await self._fetch(url, f"{what} page {page_no + 1}", prefer=prefer, unsupported_ok=unsupported_ok and page_no == 0, delta=delta)
+            # A link Graph gave (a nextLink, a saved deltaLink) may be refused with a sync reset:
+            # the round cannot go on, and the caller starts one anew (DeltaExpiredError).
+            page = await self._fetch(url, f"{what} page {page_no + 1}", prefer=prefer, unsupported_ok=unsupported_ok and page_no == 0,
+                                     delta=delta or page_no > 0)
             values = page["value"]
             for obj in values:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
@@ -309,16 +316,17 @@ class GraphSource:
     def _refuse(exc: GraphHttpError, what: str, *, unsupported_ok: bool, delta: bool) -> None:
         """Raise for an HTTP error that no retry mends; return for 429 and 5xx (retried)."""
         status = exc.status
-        if delta and (status == 410 or exc.code in SYNC_RESET_CODES):
+        if delta and (status == 410 or not SYNC_RESET_CODES.isdisjoint(exc.codes)):
+            named = next((c for c in exc.codes if c in SYNC_RESET_CODES), exc.code) or ""
             raise DeltaExpiredError(
-                f"Graph no longer honours the saved delta link for {what.split(' page')[0]} "
-                f"(HTTP {status} {exc.code or ''}".rstrip() + ")"
+                f"Graph no longer honours the link of {what} "
+                f"(HTTP {status} {named}".rstrip() + ")"
             ) from None
         if unsupported_ok and status in (400, 404, 405, 501):
             raise _Unsupported(f"HTTP {status}") from None
         if status in (401, 403):
             raise GraphError(
-                f"Graph refused {what} with HTTP {status}: check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
+                f"Graph refused {what} with HTTP {status} ({exc.text()}): check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
                 "secret and the app's admin-consented permissions (User.Read.All, GroupMember.Read.All, "
                 "OrgContact.Read.All; README, 'Graph permissions')"
             ) from None
