@@ -169,3 +169,15 @@ def _prefer_page_size(prefer: str | None) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _prefer_minimal(prefer: str | None) -> bool:
+    """``Prefer: return=minimal`` (possibly among other preferences): a delta round then serves an
+    updated object with only the properties that changed (Graph: "user: delta", "group: delta")."""
+    if not prefer:
+        return False
+    for pref in prefer.split(","):
+        name, _, value = pref.strip().partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"').lower() == "minimal":
+            return True
+    return False
