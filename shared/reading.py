@@ -22,7 +22,7 @@ from typing import Any
 from .common.errors import DeltaExpiredError
 from .common.netutil import endpoint_key, same_origin
 from .model.directory import Affected, Cache, Round
-from .sources.graph import COLLECTIONS, GraphSource
+from .sources.graph import COLLECTIONS, SELECTS, GraphSource
 
 log = logging.getLogger("shared.reading")
 
@@ -203,12 +203,14 @@ def merge_delta(cache: Cache, read: Read) -> Affected:
 def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozenset[str] | None, provisioned: frozenset[str],
                 graph_base_url: str | None = None) -> dict[str, Any]:
     """What the cached projection depends on beyond the directory: a change forces a full read.
+    ``select``: each collection's $select, which Graph encodes into the round's links (``SELECTS``).
     ``graph``: the Graph endpoint (``GRAPH_BASE_URL``, ``graph_endpoint``) whose links a saved
     checkpoint holds; a delta link is judged by its own origin (``why_full``)."""
     out: dict[str, Any] = {
         "datasets": list(datasets),
         "addressDomains": sorted(address_domains) if address_domains is not None else None,
         "provisioned": sorted(provisioned),
+        "select": {c: list(SELECTS[c]) for c in COLLECTIONS},  # what the saved links track
     }
     if graph_base_url is not None:
         out["graph"] = graph_endpoint(graph_base_url)
@@ -241,6 +243,8 @@ def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, no
     old = db.read_fingerprint or {}
     if "tenant" in old and old.get("tenant") != new_fingerprint.get("tenant"):  # a state saved before it was recorded: not judged
         return "GRAPH_TENANT_ID changed since the last full read: the cache and the delta links are another tenant's"
+    if "select" in old and old.get("select") != new_fingerprint.get("select"):  # likewise
+        return "the properties read from Graph ($select) changed since the last full read: the saved delta links track the old ones"
     for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),
                          ("exo", "EXO_MODE or EXO_RECIPIENT_TYPES")):
         if old.get(key) != new_fingerprint.get(key):

@@ -181,3 +181,20 @@ def test_an_error_body_yields_its_code_and_every_nested_code(codes: list[str], s
     exc = GraphHttpError(400, body, None)
     assert exc.code == codes[0]
     assert exc.codes == tuple(codes)
+
+
+def test_links_saved_under_another_select_are_not_followed(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph encodes a round's $select into its links ("user: delta"), so links saved by a release
+    that selected other properties keep tracking those: the first update under a new $select reads
+    in full and saves links that track the new one."""
+    from shared.sources.graph import SELECTS
+
+    assert stack.update()["ok"]
+    assert stack.update()["read"]["kind"] == "delta"
+    monkeypatch.setitem(SELECTS, "users", [*SELECTS["users"], "displayName"])
+    stack.graph.reset_stats()
+    summary = stack.update()
+    assert summary["ok"] and summary["read"]["kind"] == "full" and "$select" in summary["read"]["reason"]
+    assert any(t.startswith("/v1.0/users/delta?$select=") and "displayName" in t for _, t in stack.graph.request_log)
+    assert service_view(stack.receiver) == stack.expected()
+    assert stack.update()["read"]["kind"] == "delta"

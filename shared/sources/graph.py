@@ -43,6 +43,11 @@ CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]
 COLLECTIONS = ("users", "groups", "contacts")
+# What each collection's first delta request selects. Graph encodes the $select of a round's first
+# request into its nextLinks and deltaLink ("user: delta": "you must specify it in the initial
+# delta request ... encoded into the token portion"), so a saved link keeps tracking the
+# properties it was made with: a change here must read in full (shared/reading.py, why_full).
+SELECTS = {"users": USER_SELECT, "groups": [*GROUP_SELECT, "members"], "contacts": CONTACT_SELECT}
 PREFER = f"odata.maxpagesize={PAGE_SIZE}"  # every page of a delta round asks for it
 DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
 # Graph's answers to a link (a saved deltaLink, a nextLink) it no longer honours, at any level
@@ -162,10 +167,10 @@ class GraphSource:
                 raise
 
     async def _read_users(self, sink: RoundSink) -> None:
-        await self._full_collection("users", USER_SELECT, sink)
+        await self._full_collection("users", SELECTS["users"], sink)
 
     async def _read_contacts(self, sink: RoundSink) -> None:
-        await self._full_collection("contacts", CONTACT_SELECT, sink)
+        await self._full_collection("contacts", SELECTS["contacts"], sink)
 
     async def _full_collection(self, collection: str, select: list[str], sink: RoundSink) -> None:
         """A first delta round (it ends with the link for the next one); the plain collection
@@ -179,7 +184,7 @@ class GraphSource:
             await self._each_page(self._url(collection, select, top=True), collection, partial(sink.take, collection), count=collection)
 
     async def _read_groups(self, sink: RoundSink) -> None:
-        first = self._url("groups/delta", [*GROUP_SELECT, "members"])
+        first = self._url("groups/delta", SELECTS["groups"])
         try:
             self.stats.links["groups"] = await self._delta_round("groups", first, sink)
         except _Unsupported as exc:
