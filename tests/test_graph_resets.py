@@ -198,3 +198,22 @@ def test_links_saved_under_another_select_are_not_followed(stack: Stack, monkeyp
     assert any(t.startswith("/v1.0/users/delta?$select=") and "displayName" in t for _, t in stack.graph.request_log)
     assert service_view(stack.receiver) == stack.expected()
     assert stack.update()["read"]["kind"] == "delta"
+
+
+# --- throttling and outages: retried, in every shape Graph answers them --------------------------
+@pytest.mark.parametrize("kind", ["429", "429-unknown", "429-activity", "503", "504", "500"])
+@pytest.mark.parametrize("retry_after", [None, "0"])
+def test_throttled_and_failing_pages_are_retried_and_the_round_completes(stack: Stack, kind: str, retry_after: str | None) -> None:
+    """429 (TooManyRequests; UnknownError with an empty message; activityLimitReached with
+    throttledRequest inside), 503, 504 and 500, with or without Retry-After, on a first page, a
+    nextLink and a saved deltaLink: retried (docs/sync-rules.md, "Failures while reading"), never
+    taken for a sync reset, and the service ends equal to the directory."""
+    for where in ("users/delta?$select", "groups/delta?$skiptoken"):
+        stack.graph.inject_fault(kind, path_contains=where, times=2, retry_after=retry_after)
+    first = stack.update()
+    assert first["ok"] and first["read"]["kind"] == "full" and first["read"]["graphRetries"] == 4
+    _churn(stack.graph)
+    stack.graph.inject_fault(kind, path_contains="contacts/delta?$deltatoken", times=2, retry_after=retry_after)
+    second = stack.update()
+    assert second["ok"] and second["read"]["kind"] == "delta" and second["read"]["graphRetries"] == 2
+    assert service_view(stack.receiver) == stack.expected()

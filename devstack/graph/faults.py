@@ -10,7 +10,10 @@ from devstack.graph.wire import _error_response
 
 FAULT_KINDS: tuple[str, ...] = (
     "429",
+    "429-unknown",
+    "429-activity",
     "503",
+    "504",
     "500",
     "drop",
     "malformed",
@@ -42,6 +45,13 @@ _SYNC_STATE_GONE = "The sync state generation is not found. The delta token is e
 _ERROR_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
     "429": (429, "TooManyRequests", f"Too many requests. {_RETRY_LATER}", "Retry-After"),
     "503": (503, "serviceNotAvailable", f"The service is temporarily unavailable. {_RETRY_LATER}", "Retry-After"),
+    # Throttling as tenants have seen it: code UnknownError with an empty message (Microsoft's
+    # "Gotchas: Microsoft Graph/Outlook REST API throttling best practices"), or
+    # activityLimitReached with the detailed code throttledRequest in innerError (Microsoft Q&A
+    # "Retry-After header upper limit or range").
+    "429-unknown": (429, "UnknownError", "", "Retry-After"),
+    "429-activity": (429, "activityLimitReached", "The request has been throttled", "Retry-After"),
+    "504": (504, "UnknownError", "", None),  # a gateway timeout: no Retry-After
     "500": (500, "generalException", "An unspecified error has occurred.", None),
     "410": (410, "syncStateNotFound", _SYNC_STATE_GONE, "Location"),
     "410-resync": (410, "resyncRequired", "The delta token is no longer valid, and the app must reset the sync state.", "Location"),
@@ -57,7 +67,7 @@ _ERROR_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
     # An access token Graph no longer accepts (expired, or not yet valid by Graph's clock).
     "401-expired-token": (401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", "WWW-Authenticate"),
 }
-_INNER_CODES = {"400-resync-inner": "resyncRequired"}
+_INNER_CODES = {"400-resync-inner": "resyncRequired", "429-activity": "throttledRequest"}
 _WWW_AUTHENTICATE = ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
                      'client_id="00000003-0000-0000-c000-000000000000"')
 
@@ -67,7 +77,7 @@ class _Fault:
     kind: str
     path_contains: str
     times: int
-    retry_after: str
+    retry_after: str | None  # None: the answer carries no Retry-After
 
 
 class FaultsMixin:
@@ -75,10 +85,13 @@ class FaultsMixin:
     ``GraphEmulator._graph`` takes a fault per request and applies it."""
 
     # --- faults and token expiry --------------------------------------------------------------
-    def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str = 1) -> None:
+    def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str | None = 1) -> None:
         """Queue a fault for the next ``times`` Graph requests whose path+query contains ``path_contains``.
 
-        Kinds: ``429``/``503`` (with Retry-After), ``500``, ``drop`` (close the socket without
+        Kinds: ``429``/``503`` (with Retry-After; ``retry_after=None``: without one),
+        ``429-unknown`` (429 ``UnknownError`` with an empty message), ``429-activity`` (429
+        ``activityLimitReached``, ``innerError.code`` ``throttledRequest``), ``504`` (``UnknownError``,
+        no Retry-After), ``500``, ``drop`` (close the socket without
         answering), ``malformed`` (200 with the real body cut in half), ``410`` (expired delta token:
         syncStateNotFound), ``410-resync`` (resyncRequired), ``400-syncstate`` (400 syncStateNotFound,
         as Graph answered expired directory tokens according to Microsoft's 2020 announcement),
@@ -101,7 +114,7 @@ class FaultsMixin:
         if times < 1:
             raise ValueError("times must be >= 1")
         with self._lock:
-            self._faults.append(_Fault(kind, path_contains, times, str(retry_after)))
+            self._faults.append(_Fault(kind, path_contains, times, None if retry_after is None else str(retry_after)))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -142,7 +155,7 @@ class FaultsMixin:
             return Response(200, _dumps(doc).encode())
         status, code, message, header = _ERROR_FAULTS[kind]
         if header == "Retry-After":
-            headers = {header: fault.retry_after}
+            headers = {} if fault.retry_after is None else {header: fault.retry_after}
         elif header == "Location":
             headers = {header: self._reset_location(path)}
         elif header == "WWW-Authenticate":
