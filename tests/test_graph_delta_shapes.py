@@ -28,7 +28,7 @@ from devstack.sync_receiver import SyncReceiver
 from shared.config.settings import load_settings
 from shared.engine import Options, run
 from shared.model.directory import project
-from tests.stack import DOMAINS, G, U, base_env, nasty_directory, service_view
+from tests.stack import DOMAINS, C, G, U, base_env, nasty_directory, service_view
 
 USER = "#microsoft.graph.user"
 
@@ -172,5 +172,38 @@ def test_a_just_created_user_missing_from_a_round_is_sent_when_a_later_round_sho
         stack.update()
         held = service_view(receiver)
         assert held == stack.expected() and held["users"][new] == {"id": new, "address": "late@contoso.com", "groupIds": [G(1)]}
+    finally:
+        stack.graph.stop()
+
+
+# --- members of other types ---------------------------------------------------------------------
+def test_members_of_other_types_come_and_go_without_touching_records_and_a_contact_leaves_the_scope(receiver, tmp_path) -> None:
+    """members@delta entries typed #microsoft.graph.device, #microsoft.graph.servicePrincipal and
+    #microsoft.graph.orgContact ("group: delta": members of any directoryObject type): a device or
+    service principal adds nothing to any record (docs/sync-rules.md); an orgContact member
+    brings its addresses into SYNC_SCOPE_GROUPS' scope and takes them out when it leaves. The
+    delta round and a full read of the same directory agree."""
+    stack = _stack(receiver, tmp_path)
+    stack.env["SYNC_SCOPE_GROUPS"] = G(1)
+    try:
+        stack.update()
+        before = service_view(receiver)
+        assert "ext@fabrikam.com" in before["addresses"]  # C(1), a direct member of G(1)
+        device, sp = "41000000-0000-0000-0000-000000000002", "51000000-0000-0000-0000-000000000002"
+        stack.graph.upsert_device({"id": device, "displayName": "kiosk"})
+        stack.graph.upsert_service_principal({"id": sp, "displayName": "mailer"})
+        stack.graph.add_member(G(1), device)
+        stack.graph.add_member(G(2), sp)
+        summary = stack.update()
+        assert summary["read"]["kind"] == "delta" and service_view(receiver) == before  # nothing to send
+        stack.graph.remove_member(G(1), C(1))
+        stack.graph.remove_member(G(1), "40000000-0000-0000-0000-000000000001")  # the directory's first device
+        summary = stack.update()
+        after = service_view(receiver)
+        assert summary["read"]["kind"] == "delta"
+        assert after["addresses"] == before["addresses"] - {"ext@fabrikam.com"}
+        assert after["groups"] == before["groups"] and after["users"] == before["users"]
+        preview = stack.update("test-update")  # a full read with the same scope: nothing left to change
+        assert all(c["added"] == c["removed"] == 0 for c in preview["datasets"].values())
     finally:
         stack.graph.stop()
