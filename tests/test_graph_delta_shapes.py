@@ -207,3 +207,29 @@ def test_members_of_other_types_come_and_go_without_touching_records_and_a_conta
         assert all(c["added"] == c["removed"] == 0 for c in preview["datasets"].values())
     finally:
         stack.graph.stop()
+
+
+# --- null, missing and empty ----------------------------------------------------------------------
+def test_null_missing_and_empty_mail_and_proxy_addresses_in_first_and_later_rounds(receiver, tmp_path) -> None:
+    """``null`` clears a property (Graph: "This includes properties being set to null value"), a
+    missing one is kept ("If the property has never been set before it will not be included"; under
+    return=minimal: unchanged), and ``[]`` empties proxyAddresses, in the streamed first round and
+    in later rounds alike."""
+    a, b, c = U(1), U(2), U(3)
+    stack = _stack(receiver, tmp_path, {"users": [{"id": a, "mail": None}, {"id": b}, {"id": c, "mail": "c@contoso.com"}]})
+    try:
+        stack.graph.script_round("users", [[{"id": a, "mail": None, "proxyAddresses": None}, {"id": b}],
+                                           [{"id": c, "mail": "c@contoso.com"}]])
+        stack.update()
+        assert service_view(receiver)["addresses"] == {"c@contoso.com"}
+        stack.graph.script_round("users", [[{"id": c, "proxyAddresses": None}, {"id": a, "proxyAddresses": ["SMTP:a@contoso.com"]},
+                                            {"id": b, "proxyAddresses": []}]])
+        stack.update()
+        held = service_view(receiver)
+        assert held["addresses"] == {"a@contoso.com", "c@contoso.com"}  # c kept its mail: not in the entry
+        assert held["users"][a]["address"] == "a@contoso.com" and held["users"][c]["address"] == "c@contoso.com"
+        stack.graph.script_round("users", [[{"id": c, "mail": None}, {"id": a, "proxyAddresses": []}]])
+        stack.update()
+        assert service_view(receiver) == {"addresses": set(), "groups": {}, "users": {}}
+    finally:
+        stack.graph.stop()
