@@ -129,7 +129,8 @@ class GraphSource:
 
         Any page that still fails after retries raises ``IncompleteReadError``: the caller
         must send nothing, because deletions computed from a partial read are wrong. A saved
-        link Graph no longer honours raises ``DeltaExpiredError`` (start the round again)."""
+        link or a nextLink Graph no longer honours (410, a ``SYNC_RESET_CODES`` code at any level
+        of the error) raises ``DeltaExpiredError`` (start the round again)."""
         self.resume = dict(resume or {})
         await self._all(self._read_users(sink), self._read_groups(sink), self._read_contacts(sink))
         return self.stats
