@@ -94,7 +94,10 @@ class Checkpoints:
         saved = self.db.full_read_progress
         if not isinstance(saved, dict) or saved.get("generation") != self.db.generation:
             return None
-        if saved.get("fingerprint") not in (self.fingerprint, {**self.fingerprint, **CACHE_ROWS}):  # plain: saved by the release before
+        # Plain: saved by a release before CACHE_ROWS; without "select": by a release before that
+        # was recorded, which selected what this one does (reading.fingerprint).
+        before = {k: v for k, v in self.fingerprint.items() if k != "select"}
+        if saved.get("fingerprint") not in (self.fingerprint, {**self.fingerprint, **CACHE_ROWS}, before, {**before, **CACHE_ROWS}):
             return None
         links = saved.get("links")
         if not isinstance(links, dict) or not all(c in COLLECTIONS and isinstance(v, dict) for c, v in links.items()):
