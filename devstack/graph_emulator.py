@@ -29,6 +29,9 @@ Choices where Graph leaves room (documented so tests can rely on them):
   (Graph's soft delete; ``permanent=True`` on a delete gives ``"deleted"``); membership changes
   as ``members@delta`` entries, a removed member carrying ``"@removed": {"reason": "deleted"}``.
   A change to a property that is not selected does not make the object appear.
+  ``delta_properties="selected"`` serves Graph's default instead: an updated object with every
+  selected property it ever had set, changed or not (one never set is left out, one set to null
+  is ``null``); ``Prefer: return=minimal`` on a request gives the partial shape in either mode.
 * Page size for delta: the ``Prefer: odata.maxpagesize=N`` header (echoed in
   ``Preference-Applied``), or ``$top``; default 100, capped at ``max_page_size``. A page also
   holds at most ``max_members_per_page`` member entries (default 500, about what Graph was seen

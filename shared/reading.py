@@ -22,7 +22,7 @@ from typing import Any
 from .common.errors import DeltaExpiredError
 from .common.netutil import endpoint_key, same_origin
 from .model.directory import Affected, Cache, Round
-from .sources.graph import COLLECTIONS, GraphSource
+from .sources.graph import COLLECTIONS, SELECTS, GraphSource
 
 log = logging.getLogger("shared.reading")
 
@@ -94,7 +94,10 @@ class Checkpoints:
         saved = self.db.full_read_progress
         if not isinstance(saved, dict) or saved.get("generation") != self.db.generation:
             return None
-        if saved.get("fingerprint") not in (self.fingerprint, {**self.fingerprint, **CACHE_ROWS}):  # plain: saved by the release before
+        # Plain: saved by a release before CACHE_ROWS; without "select": by a release before that
+        # was recorded, which selected what this one does (reading.fingerprint).
+        before = {k: v for k, v in self.fingerprint.items() if k != "select"}
+        if saved.get("fingerprint") not in (self.fingerprint, {**self.fingerprint, **CACHE_ROWS}, before, {**before, **CACHE_ROWS}):
             return None
         links = saved.get("links")
         if not isinstance(links, dict) or not all(c in COLLECTIONS and isinstance(v, dict) for c, v in links.items()):
@@ -143,13 +146,20 @@ async def read_full(source: GraphSource, reason: str, cache: Cache, checkpoints:
             if links_complete(stats.links):
                 stats = await source.read_changes({c: str(stats.links[c]) for c in COLLECTIONS}, load)
     except DeltaExpiredError as exc:
-        if resume is None or checkpoints is None:
-            raise
-        log.warning("%s: the interrupted full read starts over", exc)
-        reason, resume = f"{reason}; the checkpoint of an interrupted full read was refused ({exc}), read from the start", None
+        # A link of this round refused (a resumed checkpoint's, or a nextLink of the round itself):
+        # Graph says to restart with a full synchronization ("Synchronization reset"), so the
+        # round starts over, once, into the emptied cache; a second refusal fails the read.
+        if resume is not None:
+            log.warning("%s: the interrupted full read starts over", exc)
+            reason = f"{reason}; the checkpoint of an interrupted full read was refused ({exc}), read from the start"
+        else:
+            log.warning("%s: the full read's round starts over", exc)
+            reason = f"{reason}; the round was started over ({exc})"
+        resume = None
         source.stats.links.clear()
         load = cache.load()
-        checkpoints.attach(load)
+        if checkpoints is not None:
+            checkpoints.attach(load)
         stats = await source.read_directory(load)
     if resume is not None:
         reason = f"{reason}; resumed from the checkpoint of an interrupted full read"
@@ -196,12 +206,14 @@ def merge_delta(cache: Cache, read: Read) -> Affected:
 def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozenset[str] | None, provisioned: frozenset[str],
                 graph_base_url: str | None = None) -> dict[str, Any]:
     """What the cached projection depends on beyond the directory: a change forces a full read.
+    ``select``: each collection's $select, which Graph encodes into the round's links (``SELECTS``).
     ``graph``: the Graph endpoint (``GRAPH_BASE_URL``, ``graph_endpoint``) whose links a saved
     checkpoint holds; a delta link is judged by its own origin (``why_full``)."""
     out: dict[str, Any] = {
         "datasets": list(datasets),
         "addressDomains": sorted(address_domains) if address_domains is not None else None,
         "provisioned": sorted(provisioned),
+        "select": {c: list(SELECTS[c]) for c in COLLECTIONS},  # what the saved links track
     }
     if graph_base_url is not None:
         out["graph"] = graph_endpoint(graph_base_url)
@@ -234,6 +246,8 @@ def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, no
     old = db.read_fingerprint or {}
     if "tenant" in old and old.get("tenant") != new_fingerprint.get("tenant"):  # a state saved before it was recorded: not judged
         return "GRAPH_TENANT_ID changed since the last full read: the cache and the delta links are another tenant's"
+    if "select" in old and old.get("select") != new_fingerprint.get("select"):  # likewise
+        return "the properties read from Graph ($select) changed since the last full read: the saved delta links track the old ones"
     for key, setting in (("datasets", "SYNC_DATASETS"), ("addressDomains", "ADDRESS_DOMAINS"), ("provisioned", "the provisioned domains (GET /domains)"),
                          ("exo", "EXO_MODE or EXO_RECIPIENT_TYPES")):
         if old.get(key) != new_fingerprint.get(key):

@@ -64,3 +64,12 @@ def test_other_settings_or_a_later_commit_void_the_checkpoint() -> None:
     db = _saved()
     db.generation += 1  # another action committed since
     assert Checkpoints(db, _Store(), dict(FINGERPRINT), 0).resume() is None
+
+
+def test_a_checkpoint_saved_before_the_select_was_recorded_is_resumed() -> None:
+    """The release before did not record each collection's $select (it selected the same)."""
+    db = _saved()
+    db.full_read_progress["fingerprint"] = {k: v for k, v in db.full_read_progress["fingerprint"].items() if k != "select"}
+    assert Checkpoints(db, _Store(), dict(FINGERPRINT), 0).resume() == LINKS
+    db.full_read_progress["fingerprint"]["exo"] = "on"  # anything else that differs still voids it
+    assert Checkpoints(db, _Store(), dict(FINGERPRINT), 0).resume() is None

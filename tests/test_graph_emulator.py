@@ -388,11 +388,17 @@ def test_delta_rounds_reproduce_the_directory_under_random_changes(client: httpx
     ("kind", "status", "code"),
     [
         ("429", 429, "TooManyRequests"),
+        ("429-unknown", 429, "UnknownError"),
+        ("429-activity", 429, "activityLimitReached"),
         ("503", 503, "serviceNotAvailable"),
+        ("504", 504, "UnknownError"),
         ("500", 500, "generalException"),
         ("410", 410, "syncStateNotFound"),
         ("410-resync", 410, "resyncRequired"),
         ("400-syncstate", 400, "syncStateNotFound"),
+        ("400-expired-page-token", 400, "Directory_ExpiredPageToken"),
+        ("400-resync-inner", 400, "invalidRequest"),
+        ("401-expired-token", 401, "InvalidAuthenticationToken"),
     ],
 )
 def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, status: int, code: str) -> None:
@@ -406,7 +412,19 @@ def test_error_faults(emulator: GraphEmulator, client: httpx.Client, kind: str, 
             assert resp.headers["Retry-After"] == "7"
         if status == 410:
             assert resp.headers["Location"].endswith("/users/delta")
+        if status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+        inner = resp.json()["error"]["innerError"]
+        assert inner.get("code") == {"400-resync-inner": "resyncRequired", "429-activity": "throttledRequest"}.get(kind) and inner["request-id"]
+        if status == 504:
+            assert "Retry-After" not in resp.headers
     assert client.get(f"{emulator.base_url}/users/delta").status_code == 200
+
+
+def test_a_throttling_answer_without_retry_after(emulator: GraphEmulator, client: httpx.Client) -> None:
+    emulator.inject_fault("429", path_contains="/users/delta", retry_after=None)
+    resp = client.get(f"{emulator.base_url}/users/delta")
+    assert resp.status_code == 429 and "Retry-After" not in resp.headers
 
 
 def test_a_failed_page_can_be_fetched_again(emulator: GraphEmulator, client: httpx.Client) -> None:

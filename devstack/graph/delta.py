@@ -24,7 +24,7 @@ from devstack.graph.model import (
     _quote_json,
     _unb64,
 )
-from devstack.graph.wire import _page, _parse_top, _prefer_page_size, _value
+from devstack.graph.wire import _page, _parse_top, _prefer_minimal, _prefer_page_size, _value
 
 
 @dataclass
@@ -96,6 +96,7 @@ class DeltaMixin:
                 size = state.get("ps") or min(DEFAULT_PAGE_SIZE, self.max_page_size)
             state["ps"] = size
             props, members = self._selection(coll, state["s"])
+            self._minimal = self.delta_properties == "changed" or _prefer_minimal(headers.get("Prefer"))
             values, cursor = self._delta_values(coll, state, props, members, size)
             if cursor is None:
                 next_link, delta_link = None, self._delta_link(coll, segment, state["s"], state["hi"], size)
@@ -136,6 +137,8 @@ class DeltaMixin:
             if not changed and not ops:
                 return None  # only unselected properties changed: Graph leaves the object out
             obj = self._objects[coll][oid]
+            if not self._minimal:  # Graph's default: every selected property ever set, changed or not
+                changed = [p for p in props if p != "id" and p in obj]
             head = _dumps({"id": oid, **{p: _value(obj, p) for p in changed}})[:-1]
         if not ops:
             return _Entry(head)

@@ -44,9 +44,18 @@ class GraphEmulator(LoopbackService, DirectoryStore, PagingMixin, DeltaMixin, Sc
         max_page_size: int = 999,
         delta_token_ttl: float | None = None,
         max_members_per_page: int = 500,
+        delta_properties: str = "changed",
     ) -> None:
         if max_members_per_page < 1 or max_page_size < 1:
             raise ValueError("max_page_size and max_members_per_page must be >= 1")
+        if delta_properties not in ("changed", "selected"):
+            raise ValueError("delta_properties is 'changed' or 'selected'")
+        # What an incremental round serves for an updated object: "changed", id + the selected
+        # properties that changed (Graph's answer under Prefer: return=minimal); "selected", id +
+        # every selected property the object ever had set, changed or not (Graph's default without
+        # that header: "user: delta", "group: delta"). Prefer: return=minimal always gives "changed".
+        self.delta_properties = delta_properties
+        self._minimal = True
         self.require_auth = require_auth
         self.latency = latency
         self.max_page_size = max_page_size

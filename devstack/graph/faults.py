@@ -10,13 +10,19 @@ from devstack.graph.wire import _error_response
 
 FAULT_KINDS: tuple[str, ...] = (
     "429",
+    "429-unknown",
+    "429-activity",
     "503",
+    "504",
     "500",
     "drop",
     "malformed",
     "410",
     "410-resync",
     "400-syncstate",
+    "400-expired-page-token",
+    "400-resync-inner",
+    "401-expired-token",
     "html",
     "not_json",
     "wrong_shape",
@@ -39,11 +45,31 @@ _SYNC_STATE_GONE = "The sync state generation is not found. The delta token is e
 _ERROR_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
     "429": (429, "TooManyRequests", f"Too many requests. {_RETRY_LATER}", "Retry-After"),
     "503": (503, "serviceNotAvailable", f"The service is temporarily unavailable. {_RETRY_LATER}", "Retry-After"),
+    # Throttling as tenants have seen it: code UnknownError with an empty message (Microsoft's
+    # "Gotchas: Microsoft Graph/Outlook REST API throttling best practices"), or
+    # activityLimitReached with the detailed code throttledRequest in innerError (Microsoft Q&A
+    # "Retry-After header upper limit or range").
+    "429-unknown": (429, "UnknownError", "", "Retry-After"),
+    "429-activity": (429, "activityLimitReached", "The request has been throttled", "Retry-After"),
+    "504": (504, "UnknownError", "", None),  # a gateway timeout: no Retry-After
     "500": (500, "generalException", "An unspecified error has occurred.", None),
     "410": (410, "syncStateNotFound", _SYNC_STATE_GONE, "Location"),
     "410-resync": (410, "resyncRequired", "The delta token is no longer valid, and the app must reset the sync state.", "Location"),
     "400-syncstate": (400, "syncStateNotFound", _SYNC_STATE_GONE, None),
+    # Entra's answer to a page token (a $skiptoken, or a saved link's) it no longer keeps: a 400,
+    # not a 410 (the message as Graph words it; cartography-cncf/cartography restarts its listings
+    # on this code).
+    "400-expired-page-token": (400, "Directory_ExpiredPageToken",
+                               "The specified page token value has expired and can no longer be included in your request.", None),
+    # A sync reset named only by a nested code: Graph's "Error responses" page lists resyncRequired
+    # among the detailed codes of ``innerError`` and tells apps to look through every level.
+    "400-resync-inner": (400, "invalidRequest", "Resync is required.", None),
+    # An access token Graph no longer accepts (expired, or not yet valid by Graph's clock).
+    "401-expired-token": (401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", "WWW-Authenticate"),
 }
+_INNER_CODES = {"400-resync-inner": "resyncRequired", "429-activity": "throttledRequest"}
+_WWW_AUTHENTICATE = ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+                     'client_id="00000003-0000-0000-c000-000000000000"')
 
 
 @dataclass
@@ -51,7 +77,7 @@ class _Fault:
     kind: str
     path_contains: str
     times: int
-    retry_after: str
+    retry_after: str | None  # None: the answer carries no Retry-After
 
 
 class FaultsMixin:
@@ -59,13 +85,21 @@ class FaultsMixin:
     ``GraphEmulator._graph`` takes a fault per request and applies it."""
 
     # --- faults and token expiry --------------------------------------------------------------
-    def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str = 1) -> None:
+    def inject_fault(self, kind: str, *, path_contains: str = "", times: int = 1, retry_after: int | str | None = 1) -> None:
         """Queue a fault for the next ``times`` Graph requests whose path+query contains ``path_contains``.
 
-        Kinds: ``429``/``503`` (with Retry-After), ``500``, ``drop`` (close the socket without
+        Kinds: ``429``/``503`` (with Retry-After; ``retry_after=None``: without one),
+        ``429-unknown`` (429 ``UnknownError`` with an empty message), ``429-activity`` (429
+        ``activityLimitReached``, ``innerError.code`` ``throttledRequest``), ``504`` (``UnknownError``,
+        no Retry-After), ``500``, ``drop`` (close the socket without
         answering), ``malformed`` (200 with the real body cut in half), ``410`` (expired delta token:
         syncStateNotFound), ``410-resync`` (resyncRequired), ``400-syncstate`` (400 syncStateNotFound,
-        as Graph answered expired directory tokens according to Microsoft's 2020 announcement).
+        as Graph answered expired directory tokens according to Microsoft's 2020 announcement),
+        ``400-expired-page-token`` (400 ``Directory_ExpiredPageToken``: Entra no longer keeps the
+        page token of a nextLink or a saved link), ``400-resync-inner`` (400 ``invalidRequest``
+        whose ``innerError.code`` is ``resyncRequired``), ``401-expired-token`` (401
+        ``InvalidAuthenticationToken``, "Access token has expired or is not yet valid.", with
+        Graph's ``WWW-Authenticate``).
         Hostile 200 answers, as from a broken proxy: ``html`` (a ``text/html`` sign-in page),
         ``not_json`` (Graph's JSON content type over a body that is not JSON), ``wrong_shape``
         (``{"value": {}}``), ``no_value`` (an object without ``value``), ``truncated_gzip`` (the
@@ -80,7 +114,7 @@ class FaultsMixin:
         if times < 1:
             raise ValueError("times must be >= 1")
         with self._lock:
-            self._faults.append(_Fault(kind, path_contains, times, str(retry_after)))
+            self._faults.append(_Fault(kind, path_contains, times, None if retry_after is None else str(retry_after)))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -121,12 +155,14 @@ class FaultsMixin:
             return Response(200, _dumps(doc).encode())
         status, code, message, header = _ERROR_FAULTS[kind]
         if header == "Retry-After":
-            headers = {header: fault.retry_after}
+            headers = {} if fault.retry_after is None else {header: fault.retry_after}
         elif header == "Location":
             headers = {header: self._reset_location(path)}
+        elif header == "WWW-Authenticate":
+            headers = {header: _WWW_AUTHENTICATE}
         else:
             headers = {}
-        return _error_response(GraphError(status, code, message, headers), request_id)
+        return _error_response(GraphError(status, code, message, headers, _INNER_CODES.get(kind)), request_id)
 
     def _reset_location(self, path: str) -> str:
         """The initial delta request for the collection of ``path`` (Graph's Location on a 410)."""

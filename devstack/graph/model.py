@@ -112,10 +112,12 @@ _quote_json = json.encoder.encode_basestring  # type: ignore[attr-defined]
 class GraphError(Exception):
     """A Graph error response: ``{"error": {"code", "message"}}`` with an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+                 inner_code: str | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
         self.headers = dict(headers or {})
+        self.inner_code = inner_code  # a more specific code inside ``innerError`` (Graph: "Error responses")
 
 
 def _b64(raw: bytes) -> str:

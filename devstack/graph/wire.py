@@ -67,7 +67,9 @@ def _page(
 
 
 def _error_response(exc: GraphError, request_id: str) -> Response:
-    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": request_id, "client-request-id": request_id}
+    inner: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": request_id, "client-request-id": request_id}
+    if exc.inner_code is not None:
+        inner = {"code": exc.inner_code, **inner}
     body = _dumps({"error": {"code": exc.code, "message": exc.message, "innerError": inner}}).encode()
     return Response(exc.status, body, dict(exc.headers))
 
@@ -167,3 +169,15 @@ def _prefer_page_size(prefer: str | None) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _prefer_minimal(prefer: str | None) -> bool:
+    """``Prefer: return=minimal`` (possibly among other preferences): a delta round then serves an
+    updated object with only the properties that changed (Graph: "user: delta", "group: delta")."""
+    if not prefer:
+        return False
+    for pref in prefer.split(","):
+        name, _, value = pref.strip().partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"').lower() == "minimal":
+            return True
+    return False

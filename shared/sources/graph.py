@@ -43,10 +43,19 @@ CONTACT_SELECT = ["id", "mail", "proxyAddresses"]
 GROUP_SELECT = ["id", "displayName", "mail", "proxyAddresses"]
 MEMBER_SELECT = ["id"]
 COLLECTIONS = ("users", "groups", "contacts")
+# What each collection's first delta request selects. Graph encodes the $select of a round's first
+# request into its nextLinks and deltaLink ("user: delta": "you must specify it in the initial
+# delta request ... encoded into the token portion"), so a saved link keeps tracking the
+# properties it was made with: a change here must read in full (shared/reading.py, why_full).
+SELECTS = {"users": USER_SELECT, "groups": [*GROUP_SELECT, "members"], "contacts": CONTACT_SELECT}
 PREFER = f"odata.maxpagesize={PAGE_SIZE}"  # every page of a delta round asks for it
 DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
-# Graph's answers to a delta token it no longer honours ("synchronization reset").
-SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid"})
+# Graph's answers to a link (a saved deltaLink, a nextLink) it no longer honours, at any level
+# of the error body (GraphHttpError.codes): a "synchronization reset" (Microsoft Graph, "Use delta
+# query to track changes", "Synchronization reset" and "Token duration"; "Error responses") or
+# Entra's 400 Directory_ExpiredPageToken, a page token it no longer keeps, which asking again
+# cannot mend: only a new round can.
+SYNC_RESET_CODES = frozenset({"syncStateNotFound", "resyncRequired", "syncStateInvalid", "Directory_ExpiredPageToken"})
 
 
 class RoundSink(Protocol):
@@ -120,7 +129,8 @@ class GraphSource:
 
         Any page that still fails after retries raises ``IncompleteReadError``: the caller
         must send nothing, because deletions computed from a partial read are wrong. A saved
-        link Graph no longer honours raises ``DeltaExpiredError`` (start the round again)."""
+        link or a nextLink Graph no longer honours (410, a ``SYNC_RESET_CODES`` code at any level
+        of the error) raises ``DeltaExpiredError`` (start the round again)."""
         self.resume = dict(resume or {})
         await self._all(self._read_users(sink), self._read_groups(sink), self._read_contacts(sink))
         return self.stats
@@ -158,10 +168,10 @@ class GraphSource:
                 raise
 
     async def _read_users(self, sink: RoundSink) -> None:
-        await self._full_collection("users", USER_SELECT, sink)
+        await self._full_collection("users", SELECTS["users"], sink)
 
     async def _read_contacts(self, sink: RoundSink) -> None:
-        await self._full_collection("contacts", CONTACT_SELECT, sink)
+        await self._full_collection("contacts", SELECTS["contacts"], sink)
 
     async def _full_collection(self, collection: str, select: list[str], sink: RoundSink) -> None:
         """A first delta round (it ends with the link for the next one); the plain collection
@@ -175,7 +185,7 @@ class GraphSource:
             await self._each_page(self._url(collection, select, top=True), collection, partial(sink.take, collection), count=collection)
 
     async def _read_groups(self, sink: RoundSink) -> None:
-        first = self._url("groups/delta", [*GROUP_SELECT, "members"])
+        first = self._url("groups/delta", SELECTS["groups"])
         try:
             self.stats.links["groups"] = await self._delta_round("groups", first, sink)
         except _Unsupported as exc:
@@ -238,7 +248,10 @@ class GraphSource:
         page_no = 0
         followed: set[str] = set()  # the round's nextLinks so far: one that comes back would loop forever
         while url is not None:
-            page = await self._fetch(url, f"{what} page {page_no + 1}", prefer=prefer, unsupported_ok=unsupported_ok and page_no == 0, delta=delta)
+            # A link Graph gave (a nextLink, a saved deltaLink) may be refused with a sync reset:
+            # the round cannot go on, and the caller starts one anew (DeltaExpiredError).
+            page = await self._fetch(url, f"{what} page {page_no + 1}", prefer=prefer, unsupported_ok=unsupported_ok and page_no == 0,
+                                     delta=delta or page_no > 0)
             values = page["value"]
             for obj in values:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
@@ -309,16 +322,17 @@ class GraphSource:
     def _refuse(exc: GraphHttpError, what: str, *, unsupported_ok: bool, delta: bool) -> None:
         """Raise for an HTTP error that no retry mends; return for 429 and 5xx (retried)."""
         status = exc.status
-        if delta and (status == 410 or exc.code in SYNC_RESET_CODES):
+        if delta and (status == 410 or not SYNC_RESET_CODES.isdisjoint(exc.codes)):
+            named = next((c for c in exc.codes if c in SYNC_RESET_CODES), exc.code) or ""
             raise DeltaExpiredError(
-                f"Graph no longer honours the saved delta link for {what.split(' page')[0]} "
-                f"(HTTP {status} {exc.code or ''}".rstrip() + ")"
+                f"Graph no longer honours the link of {what} "
+                f"(HTTP {status} {named}".rstrip() + ")"
             ) from None
         if unsupported_ok and status in (400, 404, 405, 501):
             raise _Unsupported(f"HTTP {status}") from None
         if status in (401, 403):
             raise GraphError(
-                f"Graph refused {what} with HTTP {status}: check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
+                f"Graph refused {what} with HTTP {status} ({exc.text()}): check GRAPH_TENANT_ID, GRAPH_CLIENT_ID, the client "
                 "secret and the app's admin-consented permissions (User.Read.All, GroupMember.Read.All, "
                 "OrgContact.Read.All; README, 'Graph permissions')"
             ) from None

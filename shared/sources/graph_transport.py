@@ -52,8 +52,13 @@ class _RefusedAnswer(_MalformedPage):
 
 class GraphHttpError(Exception):
     """Graph answered with HTTP ``status`` >= 400. ``code``/``message``: the OData error body's
-    ``error.code`` and ``error.message`` (None when absent or not JSON); ``retry_after``: the
+    ``error.code`` and ``error.message`` (None when absent or not JSON); ``codes``: ``error.code``
+    and the code of every nested ``innerError`` (or ``innererror``), outermost first: Graph puts
+    its more specific codes there (``resyncRequired`` among them) and tells apps to look through
+    every level (Microsoft Graph, "Error responses", "Code property"); ``retry_after``: the
     answer's Retry-After in seconds (None when absent or malformed)."""
+
+    MAX_DEPTH = 16  # nested innerError levels read; a deeper body is not Graph's
 
     def __init__(self, status: int, body: bytes, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status}")
@@ -61,6 +66,7 @@ class GraphHttpError(Exception):
         self.retry_after = retry_after
         self.code: str | None = None
         self.message: str | None = None
+        self.codes: tuple[str, ...] = ()
         try:
             error = fastjson.loads(body).get("error") if body else None
         except (ValueError, AttributeError):
@@ -69,6 +75,15 @@ class GraphHttpError(Exception):
             code, message = error.get("code"), error.get("message")
             self.code = code if isinstance(code, str) else None
             self.message = message if isinstance(message, str) else None
+            codes: list[str] = []
+            level: Any = error
+            for _ in range(self.MAX_DEPTH):
+                if not isinstance(level, dict):
+                    break
+                if isinstance(level.get("code"), str):
+                    codes.append(level["code"])
+                level = level.get("innerError", level.get("innererror"))
+            self.codes = tuple(codes)
 
     def text(self) -> str:
         """``code: message`` for a message, at most 300 printable characters, without any
