@@ -24,14 +24,15 @@ Choices where Graph leaves room (documented so tests can rely on them):
   plus the ``$select``; tokens are HMAC-signed per emulator instance. The deltaLink of a round
   carries the watermark of the round's *start*, so a change made during a round is delivered
   again in the next one (Graph's "replays"). An incremental round serves, for a changed object,
-  only ``id`` plus the changed selected properties (so clients must merge partial objects); a
-  new object is served whole; a deleted one as ``{"id", "@removed": {"reason": "changed"}}``
-  (Graph's soft delete; ``permanent=True`` on a delete gives ``"deleted"``); membership changes
-  as ``members@delta`` entries, a removed member carrying ``"@removed": {"reason": "deleted"}``.
-  A change to a property that is not selected does not make the object appear.
-  ``delta_properties="selected"`` serves Graph's default instead: an updated object with every
-  selected property it ever had set, changed or not (one never set is left out, one set to null
-  is ``null``); ``Prefer: return=minimal`` on a request gives the partial shape in either mode.
+  ``id`` plus every selected property it ever had set, changed or not (one never set is left
+  out, one set to null is ``null``): Graph's default ("user: delta", "group: delta"). Under
+  ``Prefer: return=minimal``, or with ``delta_properties="changed"`` (``--delta-properties
+  changed``), only ``id`` plus the changed selected properties (so clients must merge partial
+  objects). A new object is served whole; a deleted one as ``{"id", "@removed": {"reason":
+  "changed"}}`` (Graph's soft delete; ``permanent=True`` on a delete gives ``"deleted"``);
+  membership changes as ``members@delta`` entries, a removed member carrying ``"@removed":
+  {"reason": "deleted"}``. A change to a property that is not selected does not make the object
+  appear.
 * Page size for delta: the ``Prefer: odata.maxpagesize=N`` header (echoed in
   ``Preference-Applied``), or ``$top``; default 100, capped at ``max_page_size``. A page also
   holds at most ``max_members_per_page`` member entries (default 500, about what Graph was seen
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-page-size", type=int, default=999)
     parser.add_argument("--max-members-per-page", type=int, default=500)
     parser.add_argument("--delta-token-ttl", type=float, default=None)
+    parser.add_argument("--delta-properties", choices=("selected", "changed"), default="selected",
+                        help="an updated object in a delta round: every selected property (Graph's default) or the changed ones")
     args = parse_loopback_args(parser, argv)
     if args.demo:
         directory = demo_tenant(seed=args.seed)
@@ -138,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_page_size=args.max_page_size,
         delta_token_ttl=args.delta_token_ttl,
         max_members_per_page=args.max_members_per_page,
+        delta_properties=args.delta_properties,
     )
     del directory
     emulator.warm()

@@ -44,7 +44,7 @@ class GraphEmulator(LoopbackService, DirectoryStore, PagingMixin, DeltaMixin, Sc
         max_page_size: int = 999,
         delta_token_ttl: float | None = None,
         max_members_per_page: int = 500,
-        delta_properties: str = "changed",
+        delta_properties: str = "selected",
     ) -> None:
         if max_members_per_page < 1 or max_page_size < 1:
             raise ValueError("max_page_size and max_members_per_page must be >= 1")
