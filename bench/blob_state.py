@@ -9,7 +9,8 @@ Printed: the local database's size; the stored size (bytes of every state blob: 
 the manifest), and what compression alone gives at 1 and 4 MiB chunks; the bytes the full
 run's commit uploaded; the bytes a warm instance's incremental run uploaded after 1 % of the
 users changed (the same temp directory, so the CLI finds its local copy), as a share of the
-stored size; a cold instance's open (a new local directory): bytes downloaded and time; and
+stored size; a cold instance's open (a new local directory): bytes downloaded and time; what
+``status`` on another cold instance downloads (the manifest and the small facts part); and
 last a periodic full reconcile on the warm instance (``FULL_SYNC_INTERVAL_HOURS=0``: a full read
 over the existing state, which rewrites its rows). Each update's peak RSS is its process's
 ``ru_maxrss`` (``os.wait4``). Bytes uploaded are read from the container as a user would: the
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             db = cold.open()
             cold_seconds = time.perf_counter() - start
             db.close()
+            # status on another cold instance: the manifest and the facts part it names
+            status_of = BlobStateStore(svc, CONTAINER, "bench", local_dir=tmp / "status")
+            start = time.perf_counter()
+            facts = status_of.facts()
+            status_seconds = time.perf_counter() - start
             reconcile = blob_update(graph, sync, tmp, {**env, "FULL_SYNC_INTERVAL_HOURS": "0"}, "reconcile")
             after_reconcile = blobs(container)
     except BenchError as exc:
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * up_incr / stored:.2f} % of the {stored:,} bytes stored; {len(manifest['logs'])} change log(s) on the base |")
     print(f"| downloaded by a cold instance's open | {cold.image.counters['downloaded']:,} | {cold_seconds:.2f} s wall "
           "(download, check, replay; Azurite on loopback) |")
+    print(f"| downloaded by status on a cold instance | {status_of.image.counters['downloaded']:,} | {status_seconds:.2f} s wall "
+          f"(the manifest and the facts part; {sum((facts or {}).get('records', {}).values()):,} records counted) |")
     print(f"| uploaded by the periodic full reconcile (warm) | {uploaded(after_incr, after_reconcile):,} | "
           f"{len(after_reconcile) - 1} parts and the manifest stored after it |")
     print(f"\nfull update: {full.wall_seconds:.1f} s wall, {full.cpu_seconds:.1f} s CPU, peak RSS {full.peak_rss_mb:.0f} MB; "

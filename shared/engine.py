@@ -245,6 +245,9 @@ class _LockedStore:
     def exists(self) -> bool:
         return self.inner.exists()
 
+    def facts(self) -> dict[str, Any] | None:
+        return self.inner.facts()
+
     def append_journal(self, entry: dict[str, Any], *, durable: bool = True) -> Any:
         self._check()
         return self.inner.append_journal(entry, durable=durable)

@@ -110,18 +110,15 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
     storage = open_storage(settings)  # the store and the reports over one client
     store = store or storage.store()
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
-    db = store.open(readonly=True)
-    if db is not None:
-        try:
-            held = {d: keys for d, keys in db.held().items() if keys}
-            for d, keys in held.items():
-                out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys), "digest": held_digest({d: keys})}
-            out["heldDigest"], out["heldCount"] = held_digest(held), held_count(held)
-            out["lastFullRead"] = db.last_full_read
-            out["savedAt"] = db.saved_at
-            out["records"] = {d: db.count(d) for d in DATASETS}
-        finally:
-            db.close()
+    facts = store.facts()  # the state's small figures, without copying the database when it can (shared/storage/stores.py)
+    if facts is not None:
+        held = {d: keys for d, keys in facts["held"].items() if keys}
+        for d, keys in held.items():
+            out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys), "digest": held_digest({d: keys})}
+        out["heldDigest"], out["heldCount"] = held_digest(held), held_count(held)
+        out["lastFullRead"] = facts["lastFullRead"]
+        out["savedAt"] = facts["savedAt"]
+        out["records"] = {d: facts["records"].get(d, 0) for d in DATASETS}
     try:
         out["runs"] = (reports or storage.reports()).recent(limit)
     except SyncError as exc:

@@ -105,8 +105,10 @@ def test_a_warm_instance_uploads_only_its_change_log_and_downloads_only_the_mani
     after = parts(svc, name)
     new = set(after) - set(before)
     written = [path for method, path in transport.writes if method == "PUT" and path.startswith("state.")]
-    # one new part (the change log), the manifest, and nothing else (the container's own PUT aside)
-    assert len(new) == 1 and sorted(written) == sorted([*new, MANIFEST_NAME])
+    # two new parts (the change log and the facts status reads), the manifest, and nothing else
+    # (the container's own PUT aside)
+    manifest = json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())
+    assert len(new) == 2 and PARTS + manifest["facts"][0][0] in new and sorted(written) == sorted([*new, MANIFEST_NAME])
     assert base <= set(after)  # no chunk of the base rewritten or deleted (only the first commit's leftover may go)
     assert transport.sent <= 0.05 * stored, (transport.sent, stored)
     cold = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "b", chunk_size=CHUNK).open()
@@ -293,8 +295,8 @@ def test_garbage_collection_removes_only_parts_no_manifest_names(blob, tmp_path,
     db.commit()
     store.publish(db)
     manifest = json.loads(svc.get_container_client(name).get_blob_client(MANIFEST_NAME).download_blob().readall())
-    named = {PARTS + h for h, _ in manifest["chunks"]}
-    assert set(parts(svc, name)) == named and first - named  # the old base's own chunks are gone
+    named = {PARTS + h for h, _ in (*manifest["chunks"], *manifest["facts"])}
+    assert set(parts(svc, name)) == named and first - named  # the old base's own chunks and facts are gone
     db.close()
 
 

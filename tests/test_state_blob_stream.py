@@ -102,9 +102,10 @@ def test_a_new_base_is_streamed_with_bounded_uploads_and_only_the_missing_chunks
     new = manifest_of(svc, name)
     assert new["logs"] == [] and new["generation"] == old["generation"] + 1
     # only the chunks the stored base lacked were uploaded, each once, under its content's hash
+    # (and the generation's facts for status)
     missing = [h for h, _ in new["chunks"] if h not in dict(old["chunks"])]
     put = [path for method, path in transport.writes if method == "PUT" and path.startswith(PARTS)]
-    assert sorted(put) == sorted({PARTS + h for h in missing}) and 0 < len(put) < len(new["chunks"])
+    assert sorted(put) == sorted({PARTS + h for h in [*missing, new["facts"][0][0]]}) and 1 < len(put) < len(new["chunks"])
     assert watch.compressed == len(put)  # a chunk the base has is hashed, never compressed
     raw = (store.local / DB_NAME).read_bytes()
     for i, (h, size) in enumerate(new["chunks"]):

@@ -83,20 +83,23 @@ class Manifest:
     chunks: tuple[tuple[str, int], ...]
     logs: tuple[tuple[str, int], ...] = ()
     legacy: bool = False  # the previous release's single blob may still be there: delete it
+    facts: tuple[str, int] | None = None  # the part holding this generation's facts.read_facts (JSON), for status
 
     def names(self) -> set[str]:
-        return {PARTS + h for h, _ in (*self.chunks, *self.logs)}
+        return {PARTS + h for h, _ in (*self.chunks, *self.logs, *((self.facts,) if self.facts else ()))}
 
     @property
     def stored(self) -> int:
         """Bytes of every part it names (the manifest itself aside)."""
-        return sum(n for _, n in (*self.chunks, *self.logs))
+        return sum(n for _, n in (*self.chunks, *self.logs, *((self.facts,) if self.facts else ())))
 
     def to_json(self) -> bytes:
         doc = {"format": FORMAT, "version": VERSION, "generation": self.generation, "schema": self.schema, "length": self.length,
                "chunkSize": self.chunk_size, "chunks": [list(c) for c in self.chunks], "logs": [list(g) for g in self.logs]}
         if self.legacy:
             doc["legacy"] = True
+        if self.facts is not None:
+            doc["facts"] = [list(self.facts)]
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -110,8 +113,11 @@ class Manifest:
                 if not all(len(h) == 64 and all(c in "0123456789abcdef" for c in h) and n >= 0 for h, n in out):
                     raise ValueError(key)
                 return out
+            facts = parts("facts") if "facts" in doc else ()  # a manifest written before it was published: none
+            if len(facts) > 1:
+                raise ValueError("facts")
             m = cls(int(doc["generation"]), str(doc["schema"]), int(doc["length"]), int(doc["chunkSize"]), parts("chunks"), parts("logs"),
-                    doc.get("legacy") is True)
+                    doc.get("legacy") is True, facts[0] if facts else None)
             if m.chunk_size <= 0 or m.length < 0 or len(m.chunks) != -(-m.length // m.chunk_size):
                 raise ValueError("the chunks do not cover the length")
             return m
@@ -229,6 +235,24 @@ class Image:
         if part_name(raw) != name:
             raise StateError(f"the state part {name} at {self.where} is corrupt (not the data its name promises); run 'refresh' to rebuild it")
         return raw
+
+    def read_facts(self) -> tuple[Manifest, bytes | None] | None:
+        """The manifest and the facts part it names (inflated, checked against its name; None
+        when it names none), or ``None`` when there is no manifest. A part collected by a commit
+        that came meanwhile is followed to the newer manifest, as ``load`` does."""
+        for _ in range(READ_ATTEMPTS):
+            manifest, etag, _ = self.read_manifest()
+            if manifest is None:
+                return None
+            if manifest.facts is None:
+                return manifest, None
+            try:
+                return manifest, self._get(PARTS + manifest.facts[0], MAX_LOG_BYTES)
+            except _Missing as missing:
+                if self.read_manifest()[1] == etag:
+                    raise StateError(f"the state part {missing.name} at {self.where} is missing; run 'refresh' to rebuild the "
+                                     "state from the service") from None
+        raise StateError(f"the state at {self.where} kept changing while it was read; try again")
 
     def load(self, target: Path, read: tuple[Manifest, str] | None = None) -> tuple[Manifest, str] | None:
         """The database the manifest names, written to ``target`` (replaced only when whole);

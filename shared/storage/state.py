@@ -38,6 +38,7 @@ from ..model.loading import INDEXES as CACHE_INDEXES
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
 from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode, _upsert_rows  # noqa: F401 - the record values as stored
+from .facts import held_rows, read_facts
 from .journal import good_prefix, parse_journal, replay_journal, snapshot  # noqa: F401 - the journal's side of the state
 
 log = logging.getLogger("shared.state")  # the name its log lines have always carried
@@ -329,15 +330,11 @@ class StateDB:
     # --- held deletions (the deletion guard) -----------------------------------------------------
     def held(self, dataset: str | None = None) -> dict[str, dict[str, bool]]:
         """dataset -> {key: approved}."""
-        out: dict[str, dict[str, bool]] = {}
-        rows = (
-            self.conn.execute("SELECT dataset, key, approved FROM held WHERE dataset=?", (dataset,))
-            if dataset
-            else self.conn.execute("SELECT dataset, key, approved FROM held")
-        )
-        for d, k, approved in rows:
-            out.setdefault(d, {})[k] = bool(approved)
-        return out
+        return held_rows(self.conn, dataset)
+
+    def facts(self) -> dict[str, Any]:
+        """What ``status`` shows of this state (``read_facts``)."""
+        return read_facts(self.conn)
 
     def set_held(self, dataset: str, keys: dict[str, bool]) -> None:
         self.conn.execute("DELETE FROM held WHERE dataset=?", (dataset,))
