@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from infra_helpers import INFRA, expr, lit, load, lookup, module_params, mutated_infra
+from infra_helpers import INFRA, expr, int_bounds, lit, load, lookup, module_params, mutated_infra
 
 from shared.common.summary import RunSummary
 from shared.common.telemetry import summary_dimensions
@@ -125,12 +125,9 @@ def iso_minutes(text: object) -> int | None:
 
 
 def bounds(bicep, name: str) -> tuple[int, int]:
-    found = re.search(r"((?:@\w+\([^\n]*\)[ \t]*\n)+)param " + name + r"\b", bicep.src.decode())
-    decorators = found[1] if found else ""
-    lo = re.search(r"minValue\((\d+)\)", decorators)
-    hi = re.search(r"maxValue\((\d+)\)", decorators)
-    assert lo and hi, f"{bicep.path.name}: {name} needs @minValue and @maxValue"
-    return int(lo[1]), int(hi[1])
+    lo, hi = int_bounds(bicep, name)
+    assert lo is not None and hi is not None, f"{bicep.path.name}: {name} needs @minValue and @maxValue"
+    return lo, hi
 
 
 def first_at_least(choices: list, factor: int, interval: int) -> int | None:
