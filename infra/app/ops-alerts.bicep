@@ -2,7 +2,7 @@
 // group (alert.bicep). Each queries the run summary record the Function writes once per run
 // (shared/common/telemetry.py: message "SyncRunSummary {...}", its fields in customDimensions):
 //
-//   missed runs     no successful timer run (action update, host functions, ok) in about three
+//   missed runs     no successful timer run (action update, host functions, ok) in at least three
 //                   schedule intervals: the app is stopped, a deploy broke an import, the timer
 //                   is disabled, or every run fails
 //   secret expiry   a run warned that a credential in Key Vault expires within 30 days (or has
