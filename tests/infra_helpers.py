@@ -326,6 +326,15 @@ def expr(bicep: BicepFile, node: tree_sitter.Node, dotted: str) -> str:
         return ""
 
 
+def int_bounds(bicep: BicepFile, name: str) -> tuple[int | None, int | None]:
+    """The @minValue and @maxValue of parameter ``name`` (None for each one absent)."""
+    found = re.search(r"((?:@\w+\([^\n]*\)[ \t]*\n)+)param " + re.escape(name) + r"\b", bicep.src.decode())
+    decorators = found[1] if found else ""
+    lo = re.search(r"@minValue\((-?\d+)\)", decorators)
+    hi = re.search(r"@maxValue\((-?\d+)\)", decorators)
+    return (int(lo[1]) if lo else None, int(hi[1]) if hi else None)
+
+
 def module_params(main: BicepFile, module: str) -> dict[str, str]:
     """A module's ``params``: name -> the expression text main.bicep passes."""
     body = main.modules[module].body

@@ -36,6 +36,7 @@ from infra_helpers import (
     checkov_report,
     copy_infra,
     expr,
+    int_bounds,
     lit,
     literal,
     load,
@@ -388,6 +389,14 @@ def check_function_app(root: Path) -> list[str]:
     for key in ("maximumInstanceCount", "instanceMemoryMB"):
         if not expr(fa, site, f"{config}.scaleAndConcurrency.{key}"):
             problems.append(f"scaleAndConcurrency.{key} must be set")
+    # Flex Consumption scales out to at most 1,000 instances and takes a maximum instance count
+    # of 40 or more (learn.microsoft.com flex-consumption-plan, "Scale-out instances (max) 1000";
+    # the Consumption-to-Flex migration guide: "must be set to a value of 40 or higher"): bounds on
+    # the parameter stop a wrong value at validation, not halfway through a deployment.
+    for relative in ("app/function-app.bicep", "main.bicep", "portal/main.bicep"):
+        lo, hi = int_bounds(load(root, relative), "maximumInstanceCount")
+        if lo is None or hi is None or lo < 40 or hi > 1000 or lo > hi:
+            problems.append(f"{relative}: maximumInstanceCount needs @minValue/@maxValue within Flex Consumption's 40..1000, not {lo}..{hi}")
     policies = {
         lit(fa, r.body, "name"): lit(fa, r.body, "properties.allow")
         for r in fa.resources_of_type("Microsoft.Web/sites/basicPublishingCredentialsPolicies")
@@ -968,6 +977,9 @@ MUTATIONS = [
     (check_function_app, "app/function-app.bicep", "ftpsState: 'Disabled'", "ftpsState: 'AllAllowed'"),
     (check_function_app, "app/function-app.bicep", "    name: 'FC1'\n", "    name: 'Y1'\n"),
     (check_function_app, "app/function-app.bicep", "version: '3.11'", "version: '3.12'"),
+    (check_function_app, "app/function-app.bicep", "@maxValue(1000)\nparam maximumInstanceCount", "param maximumInstanceCount"),
+    (check_function_app, "main.bicep", "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount", "@minValue(1)\n@maxValue(1000)\nparam maximumInstanceCount"),
+    (check_function_app, "portal/main.bicep", "@maxValue(1000)\nparam maximumInstanceCount", "@maxValue(2000)\nparam maximumInstanceCount"),
     (check_storage, "app/storage.bicep", "allowSharedKeyAccess: false", "allowSharedKeyAccess: true"),
     (check_storage, "app/storage.bicep", "minimumTlsVersion: 'TLS1_2'", "minimumTlsVersion: 'TLS1_0'"),
     (check_storage, "app/storage.bicep", "supportsHttpsTrafficOnly: true", "supportsHttpsTrafficOnly: false"),

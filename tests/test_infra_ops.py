@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from infra_helpers import INFRA, expr, lit, load, lookup, module_params, mutated_infra
+from infra_helpers import INFRA, expr, int_bounds, lit, load, lookup, module_params, mutated_infra
 
 from shared.common.summary import RunSummary
 from shared.common.telemetry import summary_dimensions
@@ -72,7 +72,7 @@ def check_ops_alerts(root: Path) -> list[str]:
     if (lit(ops, missed, "timeAggregation"), lit(ops, missed, "operator"), lit(ops, missed, "threshold")) != ("Count", "LessThan", 1):
         problems.append("missedRuns must fire when fewer than one successful run was counted")
     if expr(ops, rules["missedRuns"], "properties.windowSize") != "'PT${missedRunWindowMinutes}M'" or \
-            ops.text(ops.variables["missedRunWindowMinutes"]) != "3 * syncIntervalMinutes":
+            "3 * syncIntervalMinutes" not in ops.text(ops.variables["missedRunWindowMinutes"]):
         problems.append("missedRuns must look back three schedule intervals")
 
     # secret expiry: the run's warning, 30 days ahead
@@ -101,6 +101,115 @@ def check_ops_alerts(root: Path) -> list[str]:
     if wired.get("syncIntervalMinutes") != "syncIntervalMinutes":
         problems.append("main.bicep must pass syncIntervalMinutes")
     return problems
+
+
+# The window sizes (minutes) of a log search alert that Azure Monitor accepts; any other is refused
+# at deployment with "Supported granularities are: 5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360,
+# 1440, 2880" (Azure/azure-rest-api-specs#21258; hashicorp/terraform-provider-azurerm#18886).
+LOG_ALERT_WINDOW_MINUTES = (5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880)
+ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?$")
+# missedRunWindowMinutes: the first of a list of windows that is at least N intervals.
+BICEP_WINDOW_CHOICE = re.compile(r"^first\(filter\((\w+), (\w+) => \2 >= (\d+) \* syncIntervalMinutes\)\)$")
+ARM_WINDOW_CHOICE = re.compile(r"^\[first\(filter\(variables\('(\w+)'\), lambda\('(\w+)', greaterOrEquals\("
+                               r"lambdaVariables\('\2'\), mul\((\d+), parameters\('syncIntervalMinutes'\)\)\)\)\)\)\]$")
+BICEP_FREQUENCY_CHOICE = re.compile(r"^syncIntervalMinutes >= (\d+) \? '(\w+)' : '(\w+)'$")
+
+
+def iso_minutes(text: object) -> int | None:
+    """Minutes of an ISO 8601 duration such as PT15M, PT1H or P2D (None for anything else)."""
+    m = ISO_DURATION.match(text) if isinstance(text, str) else None
+    if not m or not any(m.groups()):
+        return None
+    days, hours, minutes = (int(g or 0) for g in m.groups())
+    return days * 1440 + hours * 60 + minutes
+
+
+def bounds(bicep, name: str) -> tuple[int, int]:
+    lo, hi = int_bounds(bicep, name)
+    assert lo is not None and hi is not None, f"{bicep.path.name}: {name} needs @minValue and @maxValue"
+    return lo, hi
+
+
+def first_at_least(choices: list, factor: int, interval: int) -> int | None:
+    """Bicep's first(filter(choices, w => w >= factor * interval)) (null when none is)."""
+    return next((c for c in choices if c >= factor * interval), None)
+
+
+def missed_run_window_problems(intervals: range, window_of, frequency_of) -> list[str]:
+    """Every accepted interval's missed-run window: a size the service accepts, at least three
+    intervals, the smallest such, and no shorter than the evaluation frequency."""
+    problems: list[str] = []
+    for interval in intervals:
+        window = window_of(interval)
+        wanted = min(w for w in LOG_ALERT_WINDOW_MINUTES if w >= 3 * interval)
+        if window not in LOG_ALERT_WINDOW_MINUTES:
+            problems.append(f"syncIntervalMinutes={interval}: window {window} min is not a size log alerts accept")
+        elif window != wanted:
+            problems.append(f"syncIntervalMinutes={interval}: window {window} min, want {wanted} (three intervals, rounded up)")
+        frequency = frequency_of(interval)
+        if frequency is None or window is None or frequency > window:
+            problems.append(f"syncIntervalMinutes={interval}: evaluation every {frequency} min over a {window} min window")
+    return problems
+
+
+def check_alert_windows(root: Path) -> list[str]:
+    """Exhaustive over syncIntervalMinutes: the missed-run alert's window is a size Azure Monitor
+    accepts for every value main.bicep and the portal accept; every other log alert's literal
+    window is one too, and each rule evaluates no less often than its window."""
+    problems: list[str] = []
+    ops = load(root, "app/ops-alerts.bicep")
+    lo, hi = bounds(ops, "syncIntervalMinutes")
+    for relative in ("main.bicep", "portal/main.bicep"):
+        if bounds(load(root, relative), "syncIntervalMinutes") != (lo, hi):
+            problems.append(f"{relative}: syncIntervalMinutes bounds differ from app/ops-alerts.bicep's {lo}..{hi}")
+    window_text = ops.text(ops.variables["missedRunWindowMinutes"])
+    m = BICEP_WINDOW_CHOICE.match(window_text)
+    plain = re.match(r"^(\d+) \* syncIntervalMinutes$", window_text)  # a bare multiple (the shape before the fix)
+    f = BICEP_FREQUENCY_CHOICE.match(ops.text(ops.variables["missedRunFrequency"]))
+    if not (m or plain) or not f:
+        return problems + ["missedRunWindowMinutes must be first(filter(<choices>, w => w >= 3 * syncIntervalMinutes)) "
+                           "and missedRunFrequency syncIntervalMinutes >= N ? '<ISO>' : '<ISO>'"]
+    if m:
+        choices, factor = lit(ops, ops.variables[m[1]]) or [], int(m[3])
+        window_of = lambda i: first_at_least(choices, factor, i)  # noqa: E731
+    else:
+        window_of = lambda i: int(plain[1]) * i  # noqa: E731
+    problems += missed_run_window_problems(range(lo, hi + 1), window_of,
+                                           lambda i: iso_minutes(f[2] if i >= int(f[1]) else f[3]))
+    for relative in ("app/alert.bicep", "app/ops-alerts.bicep"):
+        bicep = load(root, relative)
+        for rule in bicep.resources_of_type("Microsoft.Insights/scheduledQueryRules"):
+            window = lit(bicep, rule.body, "properties.windowSize")
+            frequency = iso_minutes(lit(bicep, rule.body, "properties.evaluationFrequency"))
+            if window is None:
+                continue  # an expression: the missed-run window, checked above
+            if iso_minutes(window) not in LOG_ALERT_WINDOW_MINUTES:
+                problems.append(f"{relative}: {rule.symbol} windowSize {window} is not a size log alerts accept")
+            elif frequency is not None and frequency > iso_minutes(window):
+                problems.append(f"{relative}: {rule.symbol} evaluates less often than its window")
+    return problems
+
+
+def check_portal_alert_windows(root: Path) -> list[str]:
+    """The same matrix, evaluated from the hand-translated ARM JSON of the portal template."""
+    template = json.loads((root / "portal/azuredeploy.json").read_text())
+    nested = {r["name"]: r for r in template["resources"] if r["type"] == "Microsoft.Resources/deployments"}
+    ops = nested["opsAlerts"]["properties"]["template"]
+    variables = ops["variables"]
+    spec = ops["parameters"]["syncIntervalMinutes"]
+    m = ARM_WINDOW_CHOICE.match(variables.get("missedRunWindowMinutes", ""))
+    if not m:
+        return ["azuredeploy.json: missedRunWindowMinutes must be first(filter(variables(<choices>), "
+                "lambda(w, greaterOrEquals(lambdaVariables(w), mul(3, parameters('syncIntervalMinutes'))))))"]
+    choices = variables.get(m[1]) or []
+    factor = int(m[3])
+    freq = re.match(r"^\[if\(greaterOrEquals\(parameters\('syncIntervalMinutes'\), (\d+)\), '(\w+)', '(\w+)'\)\]$",
+                    variables.get("missedRunFrequency", ""))
+    if not freq:
+        return ["azuredeploy.json: missedRunFrequency is not the Bicep's conditional"]
+    return missed_run_window_problems(
+        range(spec["minValue"], spec["maxValue"] + 1), lambda i: first_at_least(choices, factor, i),
+        lambda i: iso_minutes(freq[2] if i >= int(freq[1]) else freq[3]))
 
 
 WORKBOOK_VIEWS = {
@@ -160,7 +269,7 @@ def check_dimensions_exist(root: Path) -> list[str]:
     return problems
 
 
-CHECKS = [check_ops_alerts, check_workbook, check_dimensions_exist]
+CHECKS = [check_ops_alerts, check_workbook, check_dimensions_exist, check_alert_windows, check_portal_alert_windows]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -169,7 +278,20 @@ def test_structural_check_passes(check) -> None:
 
 
 MUTATIONS = [
-    (check_ops_alerts, "app/ops-alerts.bicep", "var missedRunWindowMinutes = 3 * syncIntervalMinutes", "var missedRunWindowMinutes = 30 * syncIntervalMinutes"),
+    (check_ops_alerts, "app/ops-alerts.bicep", "minutes >= 3 * syncIntervalMinutes", "minutes >= 30 * syncIntervalMinutes"),
+    # the window before this fix: 3 x the interval, refused for 30, 45, 240 ... minutes
+    (check_alert_windows, "app/ops-alerts.bicep",
+     "first(filter(missedRunWindowChoices, minutes => minutes >= 3 * syncIntervalMinutes))", "3 * syncIntervalMinutes"),
+    (check_alert_windows, "app/ops-alerts.bicep", "minutes >= 3 * syncIntervalMinutes", "minutes >= 2 * syncIntervalMinutes"),
+    (check_alert_windows, "app/ops-alerts.bicep", "  120\n  180\n", "  90\n  180\n"),
+    (check_alert_windows, "app/ops-alerts.bicep", "  1440\n  2880\n", "  1440\n"),
+    (check_alert_windows, "app/ops-alerts.bicep", "    windowSize: 'PT1H'\n", "    windowSize: 'PT90M'\n"),
+    (check_alert_windows, "app/alert.bicep", "    evaluationFrequency: 'PT15M'\n", "    evaluationFrequency: 'PT1H'\n"),
+    (check_alert_windows, "main.bicep", "@maxValue(960)\nparam syncIntervalMinutes", "@maxValue(1440)\nparam syncIntervalMinutes"),
+    (check_portal_alert_windows, "portal/azuredeploy.json",
+     "\"[first(filter(variables('missedRunWindowChoices'), lambda('minutes', greaterOrEquals(lambdaVariables('minutes'), mul(3, parameters('syncIntervalMinutes'))))))]\"",
+     "\"[mul(3, parameters('syncIntervalMinutes'))]\""),
+    (check_portal_alert_windows, "portal/azuredeploy.json", "              120,\n", "              90,\n"),
     (check_ops_alerts, "app/ops-alerts.bicep", "| where tobool(customDimensions.ok)\n", "\n"),
     (check_ops_alerts, "app/ops-alerts.bicep", "          operator: 'LessThan'\n", "          operator: 'GreaterThan'\n"),
     (check_ops_alerts, "app/ops-alerts.bicep", "param secretExpiryDays int = 30", "param secretExpiryDays int = 7"),

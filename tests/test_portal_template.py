@@ -956,6 +956,23 @@ def test_checkov_arm_scan_catches_a_weakened_storage_account(checkov: str, tmp_p
 UI_REFERENCE = re.compile(r"(?:basics\('(\w+)'\)|steps\('(\w+)'\)\.(\w+))")
 
 
+def range_regex_problems(regex: str, lo: int, hi: int) -> list[str]:
+    """The inputs a bounded int text box's regex gets wrong: every whole number from 0 to
+    min(hi, 20000) + 1 (exhaustive), each side of hi and of every power of ten, and a few
+    non-numbers. Out of range, the form would let the value through to an ARM validation failure
+    after "Create"; the regex is what the portal checks as it is typed (CreateUiDefinition
+    Microsoft.Common.TextBox constraints.regex)."""
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        return [f"invalid regex: {exc}"]
+    numbers = set(range(0, min(hi, 20000) + 2)) | {hi - 1, hi, hi + 1}
+    numbers |= {n for k in range(11) for n in (10**k - 1, 10**k, 10**k + 1)}
+    wrong = [str(n) for n in sorted(numbers) if n >= 0 and bool(pattern.fullmatch(str(n))) != (lo <= n <= hi)]
+    wrong += [text for text in ("", "-1", "1.5", "1e3", " 50", "5O") if pattern.fullmatch(text)]
+    return wrong
+
+
 def ui_problems(ui: dict, template: dict) -> list[str]:
     problems: list[str] = []
     if ui.get("$schema") != UI_SCHEMA or ui.get("handler") != "Microsoft.Azure.CreateUIDef" or ui.get("version") != "0.1.2-preview":
@@ -988,6 +1005,11 @@ def ui_problems(ui: dict, template: dict) -> list[str]:
         control = controls[0]
         if spec["type"] == "int" and control["type"] == "Microsoft.Common.TextBox" and not expression.startswith("[int("):
             problems.append(f"output {name}: an int parameter from a text box needs int()")
+        if spec["type"] == "int" and control["type"] == "Microsoft.Common.TextBox" and ("minValue" in spec or "maxValue" in spec):
+            wrong = range_regex_problems(control.get("constraints", {}).get("regex", ""), spec.get("minValue", 0), spec.get("maxValue", 10**10))
+            if wrong:
+                problems.append(f"output {name}: the text box's regex does not accept exactly {spec.get('minValue')}..{spec.get('maxValue')} "
+                                f"(the template's bounds): {wrong[:3]}")
         if "allowedValues" in spec and control["type"] == "Microsoft.Common.DropDown":
             offered = [v["value"] for v in control["constraints"]["allowedValues"]]
             if offered != spec["allowedValues"]:
@@ -1061,12 +1083,25 @@ def _ui_tags(ui, t):
     ui["parameters"]["outputs"]["tags"] = "[steps('hosting').tags]"
 
 
+def _ui_unbounded(ui, t):
+    next(e for e in ui["parameters"]["steps"][1]["elements"] if e["name"] == "syncIntervalMinutes")["constraints"]["regex"] = "^[0-9]+$"
+
+
+def _ui_off_by_one(ui, t):
+    next(e for e in ui["parameters"]["steps"][2]["elements"] if e["name"] == "maximumInstanceCount")["constraints"]["regex"] = "^([4-9][0-9]|[1-9][0-9]{2})$"
+
+
+def _template_bound(ui, t):
+    t["parameters"]["deleteThresholdPercent"]["maxValue"] = 50
+
+
 def _template_new_required(ui, t):
     t["parameters"]["tenantName"] = {"type": "string"}
 
 
 @pytest.mark.parametrize("mutate", [_ui_drop_required, _ui_unknown_output, _ui_missing_control, _ui_dropdown, _ui_int, _ui_default,
-                                    _ui_floor_default, _ui_floor_int, _ui_dropdown_default, _ui_tags, _template_new_required], ids=lambda f: f.__name__.strip("_"))
+                                    _ui_floor_default, _ui_floor_int, _ui_dropdown_default, _ui_tags, _ui_unbounded, _ui_off_by_one,
+                                    _template_bound, _template_new_required], ids=lambda f: f.__name__.strip("_"))
 def test_the_ui_definition_check_catches_a_mutation(mutate) -> None:
     ui = json.loads(UI_DEFINITION.read_text())
     template = copy.deepcopy(load_template())

@@ -33,6 +33,8 @@ param deploymentContainerName string
 param applicationInsightsName string
 
 @description('Maximum number of instances the plan may scale out to.')
+@minValue(40)
+@maxValue(1000)
 param maximumInstanceCount int = 40
 
 @description('Memory of each instance, in MB.')

@@ -2,7 +2,7 @@
 // group (alert.bicep). Each queries the run summary record the Function writes once per run
 // (shared/common/telemetry.py: message "SyncRunSummary {...}", its fields in customDimensions):
 //
-//   missed runs     no successful timer run (action update, host functions, ok) in about three
+//   missed runs     no successful timer run (action update, host functions, ok) in at least three
 //                   schedule intervals: the app is stopped, a deploy broke an import, the timer
 //                   is disabled, or every run fails
 //   secret expiry   a run warned that a credential in Key Vault expires within 30 days (or has
@@ -27,7 +27,7 @@ param applicationInsightsId string
 @description('Resource id of the action group that mails the operator (alert.bicep).')
 param actionGroupId string
 
-@description('Minutes between two timer runs (the SYNC_SCHEDULE interval). The missed-run alert fires after about three intervals without a successful run; log alert windows end at two days, so at most 960.')
+@description('Minutes between two timer runs (the SYNC_SCHEDULE interval). The missed-run alert fires after at least three intervals without a successful run (three, rounded up to a window size log alerts accept); log alert windows end at two days, so at most 960.')
 @minValue(5)
 @maxValue(960)
 param syncIntervalMinutes int = 60
@@ -62,8 +62,28 @@ traces
 | project timestamp, operation_Id, heldDeletions, addresses = toint(customDimensions['addresses.held']), groups = toint(customDimensions['groups.held']), users = toint(customDimensions['users.held'])
 '''
 
-// About three schedule intervals, the last one's run given time to finish.
-var missedRunWindowMinutes = 3 * syncIntervalMinutes
+// The window sizes (minutes) a log search alert accepts: any other is refused at deployment with
+// "Supported granularities are: 5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880"
+// (Azure/azure-rest-api-specs#21258).
+var missedRunWindowChoices = [
+  5
+  10
+  15
+  30
+  45
+  60
+  120
+  180
+  240
+  300
+  360
+  1440
+  2880
+]
+// At least three schedule intervals (the last one's run given time to finish), rounded up to the
+// next window the service accepts: 180 for the hourly default, 120 for every 30 minutes, 720 would
+// be refused, so every 4 hours looks back 1440.
+var missedRunWindowMinutes = first(filter(missedRunWindowChoices, minutes => minutes >= 3 * syncIntervalMinutes))
 var missedRunFrequency = syncIntervalMinutes >= 60 ? 'PT1H' : 'PT15M'
 
 resource missedRuns 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {

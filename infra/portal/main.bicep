@@ -133,6 +133,8 @@ param secretsOfficerPrincipalId string = ''
 param auditRetentionDays int = 365
 
 @description('Maximum number of Flex Consumption instances.')
+@minValue(40)
+@maxValue(1000)
 param maximumInstanceCount int = 40
 
 @description('Memory of each Flex Consumption instance, in MB.')
