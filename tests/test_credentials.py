@@ -70,6 +70,35 @@ def test_managed_identity_mode_uses_the_identity_token_as_client_assertion(monke
     assert ("scopes", ("api://AzureADTokenExchange/.default",)) in asked
 
 
+@pytest.mark.parametrize(("graph", "exo", "audience"), [
+    ("https://graph.microsoft.com/v1.0", None, "api://AzureADTokenExchange"),
+    ("https://graph.microsoft.us/v1.0", None, "api://AzureADTokenExchangeUSGov"),
+    ("https://dod-graph.microsoft.us/v1.0", None, "api://AzureADTokenExchangeUSGov"),
+    ("https://microsoftgraph.chinacloudapi.cn/v1.0", None, "api://AzureADTokenExchangeChina"),
+    ("https://graph.microsoft.com/v1.0", "https://outlook.office365.us", "api://AzureADTokenExchangeUSGov"),
+    ("https://graph.microsoft.com/v1.0", "https://partner.outlook.cn", "api://AzureADTokenExchangeChina"),
+])
+def test_the_managed_identity_asks_for_its_clouds_token_exchange_audience(monkeypatch, graph, exo, audience):
+    """A national cloud's federated credential accepts its own audience (Microsoft Entra,
+    "Configure an application to trust a managed identity"): the public one would be refused."""
+    asked: list[tuple] = []
+
+    class FakeMI:
+        def __init__(self, client_id=None):
+            pass
+
+        def get_token(self, *scopes):
+            asked.append(scopes)
+            return SimpleNamespace(token="mi-assertion-token")
+
+    monkeypatch.setattr("azure.identity.ManagedIdentityCredential", FakeMI)
+    s = load_settings({**BASE, "GRAPH_AUTH": "managed_identity", "GRAPH_BASE_URL": graph})
+    cred = credentials.graph_token_credential(s, None, base_url=exo)
+    func = cred._func if hasattr(cred, "_func") else cred._client._client_credential.assertion_func  # type: ignore[attr-defined]
+    assert func() == "mi-assertion-token"
+    assert asked == [(audience + "/.default",)]
+
+
 def test_none_mode_is_anonymous():
     s = load_settings({k: v for k, v in BASE.items() if not k.startswith("GRAPH_")} | {"GRAPH_AUTH": "none", "GRAPH_BASE_URL": "http://127.0.0.1:1/v1.0"})
     assert credentials.graph_token_credential(s, None) is None

@@ -17,6 +17,14 @@ from .settings import Settings
 TokenGetter = Callable[[str], Awaitable[tuple[str, float]]]
 
 TOKEN_EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"  # noqa: S105  # nosec B105 - an audience, not a secret
+# The audience of a managed identity's token that a federated identity credential accepts, per
+# cloud (by its sign-in authority): Microsoft Entra, "Configure an application to trust a managed
+# identity" (public cloud, Fairfax, Mooncake). The app's federated credential must name the same.
+_TOKEN_EXCHANGE_SCOPES = {
+    "login.microsoftonline.com": TOKEN_EXCHANGE_SCOPE,
+    "login.microsoftonline.us": "api://AzureADTokenExchangeUSGov/.default",
+    "login.chinacloudapi.cn": "api://AzureADTokenExchangeChina/.default",
+}
 
 _AUTHORITIES = {
     "graph.microsoft.com": "login.microsoftonline.com",
@@ -36,6 +44,12 @@ def authority_for(graph_base_url: str) -> str:
     return _AUTHORITIES.get(host, "login.microsoftonline.com")
 
 
+def token_exchange_scope(authority: str) -> str:
+    """The scope a managed identity asks for the client assertion of a federated identity
+    credential in the cloud of ``authority`` (``authority_for``)."""
+    return _TOKEN_EXCHANGE_SCOPES.get(authority, TOKEN_EXCHANGE_SCOPE)
+
+
 def graph_token_credential(settings: Settings, client_secret: Secret | None, *, base_url: str | None = None):
     """The azure-identity credential for the app registration, or None for GRAPH_AUTH=none.
     ``base_url`` (default GRAPH_BASE_URL) picks the cloud's sign-in authority."""
@@ -53,9 +67,10 @@ def graph_token_credential(settings: Settings, client_secret: Secret | None, *, 
     # managed_identity: the Function's identity signs in as the app through a federated
     # credential, so no client secret exists to expire or leak.
     mi = ManagedIdentityCredential(client_id=settings.managed_identity_client_id)
+    exchange = token_exchange_scope(authority)  # its cloud's audience, which the federated credential names
 
     def assertion() -> str:
-        return mi.get_token(TOKEN_EXCHANGE_SCOPE).token
+        return mi.get_token(exchange).token
 
     return ClientAssertionCredential(settings.graph_tenant_id, settings.graph_client_id, assertion, authority=authority)
 
