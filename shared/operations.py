@@ -75,13 +75,8 @@ def held_counts(store: StateStore) -> dict[str, int]:
     """Deletions held now per dataset (datasets holding none left out): what an approval limited
     to a dataset that holds nothing reports as held elsewhere, so that its "nothing to approve"
     never reads as "nothing is held"."""
-    db = store.open(readonly=True) if store.exists() else None
-    if db is None:
-        return {}
-    try:
-        return {d: len(keys) for d, keys in db.held().items() if keys}
-    finally:
-        db.close()
+    facts = store.facts()  # the state's figures, without a copy of the database when it can
+    return {d: len(keys) for d, keys in facts["held"].items() if keys} if facts is not None else {}
 
 
 # What a run report holds beyond what a compact status needs (with each dataset's rejections): record lists.
