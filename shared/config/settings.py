@@ -83,7 +83,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     schedule = _read_schedule(get)
     guard = _read_guard(get)
     storage = read_storage(get, state)
-    return Settings(
+    settings = Settings(
         **graph,
         **secrets,
         sync_api_url=sync_api_url,
@@ -96,6 +96,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         exo=read_exo(get, graph["graph_auth"], graph["graph_tenant_id"], datasets),
         rules=_rules(get, get("EXO_MODE")),
     )
+    _warn_users_without_groups(datasets)
+    return settings
 
 
 def _read_secret_names(get: Getter, graph_auth: str) -> dict[str, Any]:
@@ -155,12 +157,15 @@ def _read_scope(get: Getter) -> tuple[tuple[str, ...], frozenset[str] | None]:
     with EXO_MODE=only, docs/sync-rules.md) and ADDRESS_DOMAINS. ``users`` without ``groups``
     is allowed (another sync may keep the groups), with a warning: a user record's groupIds
     must name groups the service holds, else it is rejected with unknown_group (docs/sync-api.md)."""
-    datasets = _datasets(get("SYNC_DATASETS"))
+    return _datasets(get("SYNC_DATASETS")), _domains(get("ADDRESS_DOMAINS"))
+
+
+def _warn_users_without_groups(datasets: tuple[str, ...]) -> None:
+    """Once every setting is valid (a run that stops on a settings error prints that error alone)."""
     if "users" in datasets and "groups" not in datasets:
         log.warning("SYNC_DATASETS names users without groups: each user record's groupIds names the user's groups, which this sync "
                     "does not send, so the service rejects every group member with unknown_group unless another sync keeps "
                     "those groups; add groups to SYNC_DATASETS (e.g. groups,users)")
-    return datasets, _domains(get("ADDRESS_DOMAINS"))
 
 
 def _read_schedule(get: Getter) -> dict[str, Any]:
