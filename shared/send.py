@@ -197,11 +197,14 @@ class BatchSender:
 
 
 async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, lineage: str, max_items: int, summary: RunSummary,
-                            progress: Progress) -> None:
+                            progress: Progress) -> set[str]:
     """Replace a dataset on the service: stage ``records`` in a new replacement in requests of
     at most ``max_items``, then commit it; on any failure the replacement is abandoned and the
-    live data stays as it was. Rejections are counted in ``summary.datasets[dataset]``."""
+    live data stays as it was. Rejections are counted in ``summary.datasets[dataset]``.
+    Returns the keys of the records the service did not take as sent: rejected while staged,
+    or changed at the commit (a dropped ``parentIds`` entry), as ``rejection_key`` writes them."""
     counts = summary.datasets[dataset]
+    missed: set[str] = set()
     rid = await api.create_replacement(dataset)
     log.info("replace %s: staging %d records in replacement %s", dataset, len(records), rid)
     try:
@@ -212,6 +215,7 @@ async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, 
             key = idempotency_key(f"{lineage}:replace:{rid}", dataset, body.raw)
             result = await api.post_encoded_replacement_records(dataset, rid, body, key)
             note_rejections(counts, dataset, result.rejected)
+            missed.update(rejection_key(dataset, r.key) for r in result.rejected)
 
         progress.sending(-(-len(items) // max_items))
         with phase(summary, "send"):
@@ -221,9 +225,11 @@ async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, 
         progress.idle()
         result = await api.commit_replacement(dataset, rid)
         note_rejections(counts, dataset, result.rejected)
+        missed.update(rejection_key(dataset, r.key) for r in result.rejected)
     except BaseException:
         try:
             await asyncio.shield(api.abandon_replacement(dataset, rid))
         except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
             log.warning("replace %s: could not abandon replacement %s (%s); it expires by itself", dataset, rid, type(exc).__name__)
         raise
+    return missed

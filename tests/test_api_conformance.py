@@ -1,0 +1,490 @@
+"""The product against a sync API that behaves in every hostile way docs/sync-api.md allows, with
+every request it sends checked against the contract's rules for requests.
+
+The service is devstack's strict receiver behind a front (``Front``) that, per test:
+- checks each request as the independent harness's receiver would (endpoint, Idempotency-Key,
+  exact body shape and field names, 1 to 1,000 items, no key twice in one request, the body
+  size limit, references to groups the service holds, one request at a time);
+- answers the way the contract lets a service answer: unknown extra members in every JSON
+  object (records included), ``Content-Type`` with parameters, gzip-compressed answers, records
+  pages of odd sizes, empty pages that are not the last, an empty last page;
+- rejects chosen records with a chosen rejection code, injects 429/503 (with and without
+  ``Retry-After``), 408, 500 and dropped connections (before and after the request is applied)
+  at one chosen endpoint, and expires a replacement while it is staged or at its commit.
+
+After every run the service must hold what the directory implies, the change-tracking state
+exactly what the service confirmed, and no Idempotency-Key may have stood for two bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import random
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.graph_emulator import GraphEmulator
+from devstack.receiver_http import HttpRequest, HttpResponse, decode_entity, parse_json
+from devstack.receiver_records import FIELDS, Checked, RecordValidator, key_of, rejection
+from devstack.sync_receiver import SyncReceiver
+from shared.model.directory import project
+from shared.storage.state import StateDB
+from tests.stack import CREDENTIAL, DOMAINS, EXPECTED, G, U, base_env, nasty_directory, service_view
+
+MAX_ITEMS = 1000
+MAX_KEY = 128
+CODES = ("invalid_address", "domain_not_provisioned", "duplicate_address", "unknown_group", "invalid_record", "address_in_other_account")
+_DS = r"/v1/datasets/(?P<dataset>addresses|groups|users)"
+ENDPOINTS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
+    ("domains", "GET", re.compile(r"/v1/domains")),
+    ("list", "GET", re.compile(_DS + r"/records")),
+    ("changes", "POST", re.compile(_DS + r"/changes")),
+    ("create", "POST", re.compile(_DS + r"/replacements")),
+    ("receive", "POST", re.compile(_DS + r"/replacements/[^/]+/records")),
+    ("commit", "POST", re.compile(_DS + r"/replacements/[^/]+/commit")),
+    ("abandon", "DELETE", re.compile(_DS + r"/replacements/[^/]+")),
+)
+END = "end"  # a page token of ours: the records are done, an empty last page follows
+
+
+def endpoint_of(request: HttpRequest) -> tuple[str | None, str | None]:
+    for name, method, pattern in ENDPOINTS:
+        match = pattern.fullmatch(request.path)
+        if match and request.method == method:
+            return name, match.groupdict().get("dataset")
+    return None, None
+
+
+def with_unknown_members(value: Any) -> Any:
+    """Every JSON object of an answer with a member the contract does not name."""
+    if isinstance(value, dict):
+        return {**{k: with_unknown_members(v) for k, v in value.items()}, "vendorExtension": {"since": "v1.7", "note": None}}
+    if isinstance(value, list):
+        return [with_unknown_members(v) for v in value]
+    return value
+
+
+class Refusing(RecordValidator):
+    """The receiver's own validation, plus rejections the service may give at any time (another
+    account took the address, the domain was deprovisioned since ``GET /domains``...)."""
+
+    def __init__(self, base: RecordValidator, refuse: dict[str, str]) -> None:
+        super().__init__(base.domains, base.other_account)
+        self.refuse = refuse
+
+    def check(self, dataset: str, item: Any) -> Checked:
+        key = key_of(dataset, item)
+        code = self.refuse.get((key or "").lower() if dataset == "addresses" else key or "")
+        if code is not None:
+            return Checked(None, rejection(key, code, "refused by the service"))
+        return super().check(dataset, item)
+
+
+class Front:
+    """The receiver's request handler wrapped: contract checks, hostile answers, faults."""
+
+    def __init__(self, receiver: SyncReceiver, *, hostile: bool = False, page_cap: int | None = None, seed: int = 0,
+                 body_limit: int = 10_000_000) -> None:
+        self.receiver = receiver
+        self.inner = receiver._api.handle
+        receiver._api.handle = self.handle
+        self.hostile = hostile
+        self.body_limit = body_limit
+        self.rng = random.Random(seed)
+        self.violations: list[str] = []
+        self.seen: list[tuple[str, str | None, int | None]] = []  # (endpoint, dataset, status) of each request
+        self.faults: list[list[Any]] = []  # [endpoint, kind, retry_after, times, before]
+        self.refuse: dict[str, str] = {}
+        store = receiver._store
+        store.validator = Refusing(store.validator, self.refuse)
+        self._inflight = 0
+        self._mutex = threading.Lock()
+        self._pages = 0
+        if page_cap is not None:
+            self._odd_pages(page_cap)
+
+    # ---- configuration ------------------------------------------------------------
+
+    def fault(self, endpoint: str, kind: str | None, *, retry_after: int | str | None = 0, times: int = 1,
+              before: Callable[[], None] | None = None) -> None:
+        """``kind`` (a receiver fault; None: none) at the next ``times`` requests to ``endpoint``;
+        ``retry_after`` None: a 429/503 without the header. ``before`` runs first (e.g. to let the
+        service's clock run past a replacement's expiry)."""
+        self.faults.append([endpoint, kind, retry_after, times, before])
+
+    def _odd_pages(self, cap: int) -> None:
+        """Records pages of 1..cap records whatever pageSize asks, empty pages on the way and at the end."""
+        store = self.receiver._store
+        real = store.page
+
+        def page(dataset: str, size: int, token: str | None) -> dict[str, Any]:
+            self._pages += 1
+            position = None if token is None else token.split("~", 1)[0] or None
+            if position == END:
+                return {"records": [], "nextPageToken": None}
+            if self.rng.random() < 0.3:  # an empty page that is not the last
+                return {"records": [], "nextPageToken": f"{position or ''}~{self._pages}"}
+            result = real(dataset, min(size, self.rng.randint(1, cap)), position)
+            following = result["nextPageToken"]
+            if following is None:
+                if result["records"] and self.rng.random() < 0.5:
+                    return {"records": result["records"], "nextPageToken": f"{END}~{self._pages}"}
+                return result
+            return {"records": result["records"], "nextPageToken": f"{following}~{self._pages}"}
+
+        store.page = page
+
+    # ---- serving ------------------------------------------------------------------
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        endpoint, dataset = endpoint_of(request)
+        with self._mutex:
+            self._inflight += 1
+            if self._inflight > 1:
+                self.violations.append(f"{request.method} {request.path} sent before the previous request was answered")
+        try:
+            if endpoint is None:
+                self.violations.append(f"{request.method} {request.path} is no endpoint of the contract")
+            else:
+                self._check(request, endpoint, dataset)
+            strip_retry_after = False
+            for fault in self.faults:
+                if fault[0] == endpoint and fault[3] > 0:
+                    fault[3] -= 1
+                    if fault[4] is not None:
+                        fault[4]()
+                    if fault[1] is not None:
+                        self.receiver.inject_fault(fault[1], path_contains=request.target, retry_after=fault[2] if fault[2] is not None else 0)
+                        strip_retry_after = fault[2] is None
+                    break
+            response = self.inner(request)
+            if strip_retry_after:
+                response.headers = [(k, v) for k, v in response.headers if k.lower() != "retry-after"]
+            self.seen.append((endpoint or "?", dataset, None if response.drop else response.status))
+            return self._hostile(request, response) if self.hostile else response
+        finally:
+            with self._mutex:
+                self._inflight -= 1
+
+    def _hostile(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if response.drop or not response.body:
+            return response
+        body, ctype = response.body, response.content_type or ""
+        if ctype.endswith("json"):
+            body = json.dumps(with_unknown_members(json.loads(body))).encode()
+            ctype += "; charset=utf-8"
+        headers = list(response.headers)
+        if "gzip" in (request.headers.get("Accept-Encoding") or "").lower():
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
+        return HttpResponse(response.status, body, ctype, headers)
+
+    # ---- the contract's rules for requests ------------------------------------------------
+
+    def _check(self, request: HttpRequest, endpoint: str, dataset: str | None) -> None:
+        what = f"{request.method} {request.path}"
+        bad = self.violations.append
+        if not (request.headers.get("Authorization") or "").startswith(("Basic ", "Bearer ")):
+            bad(f"{what} without Basic or Bearer Authorization")
+        if endpoint == "list":
+            size = dict(p.split("=", 1) for p in request.query.split("&") if "=" in p).get("pageSize")
+            if size is not None and not (size.isdigit() and 1 <= int(size) <= 5000):
+                bad(f"{what} with pageSize {size!r}")
+        if endpoint not in ("changes", "receive"):
+            return
+        key = request.headers.get("Idempotency-Key")
+        if not key or len(key) > MAX_KEY:
+            bad(f"{what} with Idempotency-Key {key!r}")
+        if not (request.headers.get("Content-Type") or "").startswith("application/json"):
+            bad(f"{what} with Content-Type {request.headers.get('Content-Type')!r}")
+        raw = decode_entity(request, 1 << 30)
+        if len(raw) > self.body_limit:
+            bad(f"{what} with a body of {len(raw)} bytes, over {self.body_limit}")
+        if len(raw) > 64 * 1024 and request.headers.get("Content-Encoding") != "gzip":
+            bad(f"{what} with a large body ({len(raw)} bytes) not compressed")
+        body = parse_json(raw)
+        if endpoint == "changes":
+            if not isinstance(body, dict) or set(body) != {"upsert", "delete"}:
+                bad(f"{what} with body members {sorted(body) if isinstance(body, dict) else body!r}")
+                return
+            upserts, deletes = body["upsert"], body["delete"]
+        else:
+            if not isinstance(body, dict) or set(body) != {"records"}:
+                bad(f"{what} with body members {sorted(body) if isinstance(body, dict) else body!r}")
+                return
+            upserts, deletes = body["records"], []
+        count = len(upserts) + len(deletes)
+        if not 1 <= count <= MAX_ITEMS:
+            bad(f"{what} with {count} items")
+        fields = set(FIELDS[dataset])
+        for record in upserts:
+            if set(record) != fields:
+                bad(f"{what}: a record with the fields {sorted(record)}")
+        keyfield = "address" if dataset == "addresses" else "id"
+        keys = [str(r.get(keyfield, "")).lower() if dataset == "addresses" else r.get(keyfield) for r in upserts]
+        if len(set(keys)) != len(keys) or len(set(deletes)) != len(deletes):
+            bad(f"{what}: a key twice in one request")
+        live = set(self.receiver._store.data["groups"])  # the handler holds no lock here: the client sends one request at a time
+        if dataset == "groups" and endpoint == "changes":
+            known = (live - set(deletes)) | set(keys)
+            for record in upserts:
+                missing = set(record.get("parentIds", ())) - known
+                if missing:
+                    bad(f"{what}: group {record.get('id')} names parents the service does not hold: {sorted(missing)}")
+        if dataset == "users":
+            for record in upserts:
+                missing = set(record.get("groupIds", ())) - live
+                if missing:
+                    bad(f"{what}: user {record.get('id')} names groups the service does not hold: {sorted(missing)}")
+
+
+# ---- the stack ---------------------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, tmp_path: Path, directory: dict[str, Any] | None = None, **front: Any) -> None:
+        receiver_args = {k: front.pop(k) for k in ("max_items", "max_body_bytes", "clock", "replacement_ttl") if k in front}
+        self.graph = GraphEmulator(directory or nasty_directory())
+        self.receiver = SyncReceiver(domains=DOMAINS, credential=CREDENTIAL, **receiver_args)
+        self.graph.start()
+        self.receiver.start()
+        self.front = Front(self.receiver, **front)
+        self.state = tmp_path / "state"
+        self.env = base_env(self.graph.base_url, self.receiver.base_url, f"file:{self.state}")
+
+    def close(self) -> None:
+        self.receiver.stop()
+        self.graph.stop()
+
+    def run(self, action: str = "update") -> dict[str, Any]:
+        """One action as the CLI runs it, in this process (the servers answer on their threads)."""
+        from shared.config.settings import load_settings
+        from shared.engine import run
+        from tests.launcher import test_options
+
+        summary = asyncio.run(run(action, load_settings(self.env), env=self.env, options=test_options(self.env)))
+        return summary.as_dict()
+
+    def implied(self) -> dict[str, Any]:
+        p = project(self.graph.snapshot(), DOMAINS)
+        return {
+            "addresses": set(p.datasets["addresses"]),
+            "groups": {k: {"id": k, "name": v[0], "parentIds": sorted(v[1])} for k, v in p.datasets["groups"].items()},
+            "users": {k: {"id": k, "address": v[0], "groupIds": sorted(v[1])} for k, v in p.datasets["users"].items()},
+        }
+
+    def state_view(self) -> dict[str, Any]:
+        """What the change-tracking state says the service holds, in service_view's form."""
+        db = StateDB(self.state / "state.db", "test", readonly=True)
+        try:
+            return {
+                "addresses": set(db.records("addresses")),
+                "groups": {k: {"id": k, "name": v[0], "parentIds": sorted(v[1])} for k, v in db.records("groups").items()},
+                "users": {k: {"id": k, "address": v[0], "groupIds": sorted(v[1])} for k, v in db.records("users").items()},
+            }
+        finally:
+            db.close()
+
+    def check(self, implied: dict[str, Any] | None = None) -> None:
+        """The service holds what the directory implies, the state what the service holds, and
+        no request broke the contract."""
+        assert self.front.violations == []
+        assert self.receiver.keys_reused_with_different_body() == []
+        assert service_view(self.receiver) == (self.implied() if implied is None else implied)
+        assert self.state_view() == service_view(self.receiver)
+
+
+@pytest.fixture
+def make(tmp_path):
+    stacks: list[Stack] = []
+
+    def factory(**front: Any) -> Stack:
+        stack = Stack(tmp_path / str(len(stacks)), **front)
+        stacks.append(stack)
+        return stack
+
+    yield factory
+    for stack in stacks:
+        stack.close()
+
+
+def ok(summary: dict[str, Any]) -> dict[str, Any]:
+    assert summary["ok"], summary.get("error")
+    return summary
+
+
+def rejected(summary: dict[str, Any]) -> dict[str, int]:
+    return {d: c["rejected"] for d, c in summary["datasets"].items()}
+
+
+# ---- hostile but legal answers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_unknown_members_gzip_answers_parameters_and_odd_pages_change_nothing(make, seed):
+    """Every action, against answers with unknown members, ``Content-Type`` parameters, gzip
+    bodies and records pages of 1 to 2 records with empty pages on the way: the same outcome as
+    against a plain service."""
+    stack = make(hostile=True, page_cap=2, seed=seed)
+    s = ok(stack.run())
+    assert rejected(s) == {"addresses": 0, "groups": 0, "users": 0}
+    stack.check(EXPECTED)
+    assert stack.front._pages > 3  # the baseline read went through the odd pages
+    ok(stack.run("refresh"))
+    stack.check(EXPECTED)
+    stack.graph.delete_user(U(8))
+    stack.graph.delete_group(G(3))
+    stack.graph.upsert_group({"id": G(9), "displayName": "New", "mail": None, "proxyAddresses": [], "members": [U(1), G(1)]})
+    ok(stack.run())
+    stack.check()
+    ok(stack.run("replace"))
+    stack.check()
+    again = ok(stack.run())
+    assert all(c["added"] == 0 and c["removed"] == 0 for c in again["datasets"].values())
+
+
+# ---- per-record rejections ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_a_rejected_record_stays_out_of_the_state_and_is_sent_again(make, code):
+    """The service rejects an address and a user (each code the contract lists): the run
+    succeeds, the state holds neither, the next run sends exactly those again, and once the
+    service takes them the state and the service agree with the directory."""
+    stack = make()
+    stack.front.refuse.update({"ext@fabrikam.com": code, U(8): code})
+    s = ok(stack.run())
+    assert rejected(s) == {"addresses": 1, "groups": 0, "users": 1}
+    codes = {(r["key"], r["code"]) for c in s["datasets"].values() for r in c.get("rejections", [])}
+    assert codes == {("ext@fabrikam.com", code), (U(8), code)}
+    held = {**EXPECTED, "addresses": EXPECTED["addresses"] - {"ext@fabrikam.com"},
+            "users": {k: v for k, v in EXPECTED["users"].items() if k != U(8)}}
+    stack.check(held)
+    stack.receiver.clear_log()
+    ok(stack.run())  # still refused: sent again, and only those
+    sent = [r.body for r in stack.receiver.request_log if r.method == "POST"]
+    assert sorted(json.dumps(b, sort_keys=True) for b in sent) == sorted([
+        json.dumps({"upsert": [{"address": "ext@fabrikam.com"}], "delete": []}, sort_keys=True),
+        json.dumps({"upsert": [{"id": U(8), "address": "dave@fabrikam.com", "groupIds": []}], "delete": []}, sort_keys=True),
+    ])
+    stack.check(held)
+    stack.front.refuse.clear()
+    ok(stack.run())
+    stack.check(EXPECTED)
+
+
+@pytest.mark.parametrize("code", ["address_in_other_account", "duplicate_address", "invalid_record"])
+def test_records_rejected_while_staged_leave_the_replaced_dataset_as_confirmed(make, code):
+    stack = make()
+    ok(stack.run())
+    stack.front.refuse.update({"ext@fabrikam.com": code, U(8): code})
+    s = ok(stack.run("replace"))
+    assert rejected(s) == {"addresses": 1, "groups": 0, "users": 1}
+    held = {**EXPECTED, "addresses": EXPECTED["addresses"] - {"ext@fabrikam.com"},
+            "users": {k: v for k, v in EXPECTED["users"].items() if k != U(8)}}
+    stack.check(held)
+    stack.front.refuse.clear()
+    ok(stack.run())  # the next update sends what the replace could not
+    stack.check(EXPECTED)
+
+
+# ---- transient failures at every endpoint ---------------------------------------------------------
+
+ALL_FAULTS = [("429", 0), ("429", None), ("503", 0), ("503", None), ("500", 0), ("408", 0), ("drop_before", 0), ("drop_after", 0)]
+CASES = (
+    # every fault at the two endpoints that carry records under an Idempotency-Key
+    [("changes", k, r) for k, r in ALL_FAULTS] + [("receive", k, r) for k, r in ALL_FAULTS]
+    # a throttle, a server error and a lost answer at the other writes; the reads are not applied
+    + [(e, k, r) for e in ("create", "commit") for k, r in [("429", None), ("503", 0), ("500", 0), ("drop_after", 0)]]
+    + [(e, k, r) for e in ("list", "domains") for k, r in [("429", None), ("503", 0), ("drop_before", 0)]]
+)
+ACTION = {"changes": "update", "create": "replace", "receive": "replace", "commit": "replace", "list": "refresh", "domains": "update"}
+
+
+@pytest.mark.parametrize("endpoint,kind,retry_after", CASES,
+                         ids=[f"{e}-{k}-{'no-retry-after' if r is None else r}" for e, k, r in CASES])
+def test_a_transient_failure_is_retried_with_the_same_request(make, endpoint, kind, retry_after):
+    """Twice in a row at one endpoint: the client retries the same request (same key, same bytes),
+    and a request the service applied before its answer was lost is applied once."""
+    stack = make()
+    ok(stack.run())
+    stack.graph.delete_user(U(8))
+    if endpoint == "list":  # refresh sends nothing: the service keeps U(8), and the state is rebuilt from it
+        stack.receiver.load("addresses", [*stack.receiver.records("addresses").values(), {"address": "extra@contoso.com"}])
+    implied = service_view(stack.receiver) if endpoint == "list" else None
+    stack.front.seen.clear()
+    stack.receiver.clear_log()
+    stack.front.fault(endpoint, kind, retry_after=retry_after, times=2)
+    ok(stack.run(ACTION[endpoint]))
+    stack.check(implied)
+    statuses = [status for e, _, status in stack.front.seen if e == endpoint]
+    assert statuses[:2] == [None if kind.startswith("drop") else int(kind)] * 2 and statuses[2] in (200, 201)
+    if endpoint == "create":  # a retried create opens one replacement, not two (its Idempotency-Key)
+        assert len(stack.receiver._store.replacements) == 3
+    if kind == "drop_after" and endpoint in ("changes", "receive", "create"):
+        replays = [r for r in stack.receiver.request_log if r.replayed]
+        assert len(replays) == 2  # the two retries of the applied request got its first answer
+
+
+# ---- replacements the service lets go -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("at", ["receive", "commit"])
+def test_a_replacement_that_expires_fails_the_run_clearly_and_changes_nothing(make, at):
+    now = [0.0]
+    stack = make(clock=lambda: now[0], replacement_ttl=3600.0)
+    ok(stack.run())
+    before = service_view(stack.receiver)
+    state_before = stack.state_view()
+    stack.graph.delete_group(G(3))  # a change the replace would make
+    stack.front.fault(at, None, before=lambda: now.__setitem__(0, now[0] + 86_400.0))  # a day passes at the service
+    s = stack.run("replace")
+    assert not s["ok"]
+    assert "no longer knows this replacement" in s["error"] and "run 'replace' again" in s["error"]
+    assert "SYNC_API_URL" not in s["error"]
+    assert service_view(stack.receiver) == before and stack.state_view() == state_before
+    assert [e for e in stack.front.seen if e[0] == "abandon"] != []  # it tried to let the replacement go
+    ok(stack.run("replace"))
+    stack.check()
+
+
+# ---- sizes -------------------------------------------------------------------------------------------
+
+
+def test_no_body_over_the_size_limit_is_sent(make, monkeypatch):
+    """The service takes bodies up to a size (docs/sync-api.md, 413): the client splits a request
+    that is over it before sending, for Update and Replace alike, so the service never has to
+    refuse one. Here the limit is made small so that the small directory crosses it."""
+    limit = 300
+    monkeypatch.setattr("shared.target.syncapi.MAX_BODY_BYTES", limit)
+    stack = make(max_body_bytes=limit, body_limit=limit)
+    ok(stack.run())
+    stack.check(EXPECTED)
+    ok(stack.run("replace"))
+    stack.check(EXPECTED)
+    assert [e for e in stack.front.seen if e[2] == 413] == []
+    assert len([e for e in stack.front.seen if e[0] == "changes"]) > 4  # the batches were split
+
+
+def test_a_body_over_ten_megabytes_is_not_sent():
+    """At the contract's own limit: one request whose JSON is over 10,000,000 bytes."""
+    from shared.common.errors import PayloadTooLargeError
+    from shared.common.redact import Secret
+    from shared.target.syncapi import SyncApiClient
+
+    with SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+        async def post() -> None:
+            async with SyncApiClient(receiver.base_url, Secret(CREDENTIAL, "SYNC_API_CREDENTIAL"), backoff_seconds=0.01) as api:
+                users = [{"id": U(i), "address": f"u{i}@contoso.com", "groupIds": [G(g) for g in range(260)]} for i in range(1000)]
+                await api.post_changes("users", users, [], "k-big")
+
+        with pytest.raises(PayloadTooLargeError) as info:
+            asyncio.run(post())
+        assert info.value.maybe_applied is False and "10,000,000" in str(info.value)
+        assert receiver.request_log == []
