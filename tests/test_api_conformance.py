@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.receiver_http import HttpRequest, HttpResponse, decode_entity, parse_json
@@ -50,6 +52,13 @@ ENDPOINTS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("commit", "POST", re.compile(_DS + r"/replacements/[^/]+/commit")),
     ("abandon", "DELETE", re.compile(_DS + r"/replacements/[^/]+")),
 )
+REFUSALS = {  # docs/sync-api.md's refusals, as problem+json: none may be retried
+    "400": ("Bad request", "the request is malformed: parentIds must be a list"),
+    "401": ("Unauthorized", "the credentials were refused"),
+    "403": ("Forbidden", "the account lacks the LDAP User Groups role"),
+    "404": ("Not found", "no such dataset or replacement"),
+    "409": ("Conflict", "the Idempotency-Key was used with a different body"),
+}
 END = "end"  # a page token of ours: the records are done, an empty last page follows
 
 
@@ -159,6 +168,9 @@ class Front:
                     fault[3] -= 1
                     if fault[4] is not None:
                         fault[4]()
+                    if fault[1] in REFUSALS:  # a refusal the service sends instead of applying anything
+                        self.seen.append((endpoint, dataset, int(fault[1])))
+                        return self._refused(int(fault[1]))
                     if fault[1] is not None:
                         self.receiver.inject_fault(fault[1], path_contains=request.target, retry_after=fault[2] if fault[2] is not None else 0)
                         strip_retry_after = fault[2] is None
@@ -171,6 +183,12 @@ class Front:
         finally:
             with self._mutex:
                 self._inflight -= 1
+
+    @staticmethod
+    def _refused(status: int) -> HttpResponse:
+        title, detail = REFUSALS[str(status)]
+        body = json.dumps({"type": f"https://dirsync.example.net/problems/{status}", "title": title, "status": status, "detail": detail})
+        return HttpResponse(status, body.encode(), "application/problem+json; charset=utf-8")
 
     def _hostile(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if response.drop or not response.body:
@@ -326,7 +344,7 @@ def rejected(summary: dict[str, Any]) -> dict[str, int]:
 # ---- hostile but legal answers --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_unknown_members_gzip_answers_parameters_and_odd_pages_change_nothing(make, seed):
     """Every action, against answers with unknown members, ``Content-Type`` parameters, gzip
     bodies and records pages of 1 to 2 records with empty pages on the way: the same outcome as
@@ -379,7 +397,7 @@ def test_a_rejected_record_stays_out_of_the_state_and_is_sent_again(make, code):
     stack.check(EXPECTED)
 
 
-@pytest.mark.parametrize("code", ["address_in_other_account", "duplicate_address", "invalid_record"])
+@pytest.mark.parametrize("code", ["address_in_other_account", "duplicate_address"])
 def test_records_rejected_while_staged_leave_the_replaced_dataset_as_confirmed(make, code):
     stack = make()
     ok(stack.run())
@@ -398,9 +416,9 @@ def test_records_rejected_while_staged_leave_the_replaced_dataset_as_confirmed(m
 
 ALL_FAULTS = [("429", 0), ("429", None), ("503", 0), ("503", None), ("500", 0), ("408", 0), ("drop_before", 0), ("drop_after", 0)]
 CASES = (
-    # every fault at the two endpoints that carry records under an Idempotency-Key
-    [("changes", k, r) for k, r in ALL_FAULTS] + [("receive", k, r) for k, r in ALL_FAULTS]
-    # a throttle, a server error and a lost answer at the other writes; the reads are not applied
+    # every fault where records go under an Idempotency-Key; the likeliest ones at the other endpoints
+    [("changes", k, r) for k, r in ALL_FAULTS]
+    + [("receive", k, r) for k, r in [("429", None), ("503", 0), ("drop_before", 0), ("drop_after", 0)]]
     + [(e, k, r) for e in ("create", "commit") for k, r in [("429", None), ("503", 0), ("500", 0), ("drop_after", 0)]]
     + [(e, k, r) for e in ("list", "domains") for k, r in [("429", None), ("503", 0), ("drop_before", 0)]]
 )
@@ -430,6 +448,42 @@ def test_a_transient_failure_is_retried_with_the_same_request(make, endpoint, ki
     if kind == "drop_after" and endpoint in ("changes", "receive", "create"):
         replays = [r for r in stack.receiver.request_log if r.replayed]
         assert len(replays) == 2  # the two retries of the applied request got its first answer
+
+
+REFUSAL_CASES = (
+    [("changes", c) for c in REFUSALS] + [("receive", "409"), ("commit", "400"), ("commit", "404")]
+    + [("create", "401"), ("list", "400"), ("domains", "403")]
+)
+WHAT = {  # what the run's error must say, per status
+    "400": "parentIds must be a list", "401": "SYNC_API_CREDENTIAL", "403": "SYNC_API_CREDENTIAL",
+    "404": "no such dataset or replacement", "409": "Idempotency-Key",
+}
+
+
+@pytest.mark.parametrize("endpoint,status", REFUSAL_CASES, ids=[f"{e}-{c}" for e, c in REFUSAL_CASES])
+def test_a_refusal_fails_the_run_once_with_its_reason_and_changes_nothing(make, endpoint, status):
+    """Each refusal docs/sync-api.md lists (400, 401/403, 404, 409), at each endpoint where a
+    service may send it: not retried, the run fails naming the reason (the service's detail, or
+    the credential setting), the replacement is let go, the service and the state are as they
+    were, and the next run without the refusal leaves everything as the directory implies."""
+    stack = make()
+    ok(stack.run())
+    before, state_before = service_view(stack.receiver), stack.state_view()
+    stack.graph.delete_user(U(8))
+    stack.graph.delete_group(G(3))
+    stack.front.seen.clear()
+    stack.front.fault(endpoint, status, times=6)
+    s = stack.run(ACTION[endpoint])
+    assert not s["ok"] and WHAT[status] in s["error"], s.get("error")
+    assert CREDENTIAL.split(":")[1] not in s["error"]
+    hits = [status_ for e, _, status_ in stack.front.seen if e == endpoint]
+    assert hits == [int(status)]  # sent once: not retried
+    if endpoint in ("receive", "commit"):
+        assert [e[0] for e in stack.front.seen][-1] == "abandon"
+    assert service_view(stack.receiver) == before and stack.state_view() == state_before
+    stack.front.faults.clear()
+    ok(stack.run(ACTION[endpoint]))
+    stack.check(before if endpoint == "list" else None)
 
 
 # ---- replacements the service lets go -------------------------------------------------------------
@@ -488,3 +542,88 @@ def test_a_body_over_ten_megabytes_is_not_sent():
             asyncio.run(post())
         assert info.value.maybe_applied is False and "10,000,000" in str(info.value)
         assert receiver.request_log == []
+
+
+# ---- any directory, any split, hostile answers ----------------------------------------------------
+
+
+def _directory(users: list[str | None], nesting: set[tuple[int, int]], members: set[tuple[int, int]], groups: int) -> dict[str, Any]:
+    """Users 1..len(users) with these mails (None: no address), groups 1..groups; ``(p, c)`` in
+    ``nesting``: group p holds group c; ``(g, u)`` in ``members``: group g holds user u."""
+    return {
+        "users": [{"id": U(i), "displayName": f"u{i}", "mail": mail, "proxyAddresses": []} for i, mail in enumerate(users, 1)],
+        "groups": [{"id": G(g), "displayName": f"g{g}", "mail": None, "proxyAddresses": [],
+                    "members": [G(c) for p, c in sorted(nesting) if p == g] + [U(u) for h, u in sorted(members) if h == g]}
+                   for g in range(1, groups + 1)],
+        "contacts": [],
+    }
+
+
+@st.composite
+def _rounds(draw):
+    pool = [f"a{i}@contoso.com" for i in range(6)] + ["x@elsewhere.org", None]
+
+    def one(n_users: int, n_groups: int) -> tuple:
+        users = draw(st.lists(st.sampled_from(pool), min_size=n_users, max_size=n_users))
+        pairs = st.tuples(st.integers(1, n_groups), st.integers(1, n_groups)).filter(lambda e: e[0] != e[1])
+        nesting = draw(st.sets(pairs, max_size=2 * n_groups)) if n_groups > 1 else set()
+        members = draw(st.sets(st.tuples(st.integers(1, n_groups), st.integers(1, n_users)), max_size=2 * n_users)) if n_groups else set()
+        return users, nesting, members, n_groups
+
+    first = one(draw(st.integers(1, 6)), draw(st.integers(0, 4)))
+    second = one(draw(st.integers(1, 6)), draw(st.integers(0, 4)))
+    batch = draw(st.integers(1, 4))
+    return first, second, batch, draw(st.integers(1, batch)), draw(st.booleans()), draw(st.integers(0, 2**16))
+
+
+def _become(graph: GraphEmulator, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Change the emulator's directory from ``before`` to ``after`` (a delta round shows it)."""
+    for coll, delete in (("users", graph.delete_user), ("groups", graph.delete_group)):
+        wanted = {o["id"] for o in after[coll]}
+        for obj in before[coll]:
+            if obj["id"] not in wanted:
+                delete(obj["id"])
+    for u in after["users"]:
+        graph.upsert_user(u)
+    for g in after["groups"]:
+        graph.upsert_group({k: v for k, v in g.items() if k != "members"})
+    for g in after["groups"]:
+        old = next((o["members"] for o in before["groups"] if o["id"] == g["id"]), [])
+        for m in old:
+            if m not in g["members"] and (m in {o["id"] for o in after["users"]} or m in {o["id"] for o in after["groups"]}):
+                graph.remove_member(g["id"], m)
+        for m in g["members"]:
+            if m not in old:
+                graph.add_member(g["id"], m)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=8, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_rounds())
+def test_any_directory_reaches_a_hostile_splitting_service_within_the_contract(tmp_path_factory, case):
+    """Any users (shared and foreign addresses among them), any nesting (cycles included), any
+    memberships, then any other directory over the same ids; batches of 1 to 4 items against a
+    service that takes fewer and may answer in every hostile legal way: every request stays
+    within the contract (no group id the service does not hold, no key twice, 1 to 1,000 items,
+    one request at a time), update, replace and refresh leave the service equal to the directory
+    and the state equal to the service, and nothing is rejected."""
+    first, second, batch, service_max, hostile, seed = case
+    stack = Stack(tmp_path_factory.mktemp("conformance"), _directory(*first), hostile=hostile, page_cap=3 if hostile else None,
+                  seed=seed, max_items=service_max)
+    stack.env["SYNC_TEST_MAX_ITEMS"] = str(batch)
+    try:
+        for action in ("update", "replace"):
+            stack.graph.stop()  # a fresh directory for each action, the same stack otherwise
+            stack.graph = GraphEmulator(_directory(*first))
+            stack.graph.start()
+            stack.env["GRAPH_BASE_URL"] = stack.graph.base_url
+            s = ok(stack.run("update"))
+            assert rejected(s) == {"addresses": 0, "groups": 0, "users": 0}
+            stack.check()
+            _become(stack.graph, _directory(*first), _directory(*second))
+            s = ok(stack.run(action))
+            assert rejected(s) == {"addresses": 0, "groups": 0, "users": 0}
+            stack.check()
+            ok(stack.run("refresh"))
+            stack.check()
+    finally:
+        stack.close()
