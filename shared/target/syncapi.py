@@ -179,7 +179,7 @@ class SyncApiClient:
 
     async def create_replacement(self, dataset: str) -> str:
         """``POST /datasets/{dataset}/replacements``: the new replacement's id. Sent with an
-        Idempotency-Key of its own (docs/sync-api.md, "Transport": a retry after a lost answer
+        Idempotency-Key of its own (docs/sync-api.md, "6. Idempotency": a retry after a lost answer
         carries the same key), so a service that honours it opens one replacement, not two."""
         key = f"replacement-{uuid.uuid4().hex}"
         doc = await self._call("POST", f"/datasets/{dataset}/replacements", {}, key=key, expect=(200, 201))
