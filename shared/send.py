@@ -31,6 +31,7 @@ from .common.telemetry import phase
 from .common.textsafe import safe_tree
 from .model.records import DATASETS, Records, to_api_record
 from .plan.diff import Batch
+from .storage.codec import UNKNOWN
 from .storage.state import StateDB
 from .storage.stores import StateStore
 from .target.syncapi import Rejection, SyncApiClient, WriteResult, changes_body, replacement_body, request_body
@@ -188,6 +189,21 @@ class BatchSender:
         self.upserted[d].update(accepted)
         self.deleted[d].update(batch.deletes)
         note_rejections(self.summary.datasets[d], d, result.rejected)
+        if d == "groups" and batch.deletes:
+            self._strip_deleted_groups(set(batch.deletes))
+
+    def _strip_deleted_groups(self, removed: set[str]) -> None:
+        """A deleted group's id leaves every ``parentIds`` and ``groupIds`` at the service
+        (docs/sync-api.md, "3. Datasets and their records"). The records this run sent and the
+        service took leave it out already (group deletes go last); one whose upsert the service
+        rejected keeps its earlier value there, less that id: the state records that value too,
+        journaled like a confirmed batch."""
+        for d in ("groups", "users"):
+            held = self.state.values(d, self.rejected[d]) if self.rejected[d] else {}
+            stale = {k: (v[0], tuple(i for i in v[1] if i not in removed))
+                     for k, v in held.items() if v is not UNKNOWN and not removed.isdisjoint(v[1])}
+            if stale:
+                self.state.confirm(self.store, d, stale, [])
 
     def finish_counts(self) -> None:
         for d in DATASETS:

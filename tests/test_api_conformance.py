@@ -397,6 +397,28 @@ def test_a_rejected_record_stays_out_of_the_state_and_is_sent_again(make, code):
     stack.check(EXPECTED)
 
 
+def test_a_group_deleted_in_the_run_that_a_rejected_user_names_leaves_that_user_in_the_state_as_the_service_holds_it(make):
+    """docs/sync-api.md: a deleted group's id leaves every ``groupIds`` and ``parentIds`` at the
+    service. A user whose upsert the service rejects keeps its earlier record there, without the
+    deleted group; the state must say so too, or a later run that finds the user back in a group
+    of that id (restored from the recycle bin) sees nothing to send while the service lacks it."""
+    stack = make()
+    ok(stack.run())
+    stack.graph.delete_group(G(3))  # Alice (U1) is in G1 and G3; Bob (U2) in G2, whose parent G3 was
+    stack.front.refuse.update({U(1): "address_in_other_account", G(2): "invalid_record"})
+    s = ok(stack.run())
+    assert rejected(s) == {"addresses": 0, "groups": 1, "users": 1}
+    view = service_view(stack.receiver)
+    assert view["users"][U(1)]["groupIds"] == [G(1)] and view["groups"][G(2)]["parentIds"] == [G(1)]
+    assert stack.state_view() == view
+    stack.front.refuse.clear()
+    restored = next(g for g in nasty_directory()["groups"] if g["id"] == G(3))
+    stack.graph.upsert_group(restored)  # restored with its members (Alice among them), as from the recycle bin
+    ok(stack.run())
+    stack.check()
+    assert service_view(stack.receiver)["users"][U(1)]["groupIds"] == sorted([G(1), G(3)])
+
+
 @pytest.mark.parametrize("code", ["address_in_other_account", "duplicate_address"])
 def test_records_rejected_while_staged_leave_the_replaced_dataset_as_confirmed(make, code):
     """A replace whose service rejects an address and a user while they are staged: the commit
