@@ -194,7 +194,7 @@ class BatchSender:
 
     def _strip_deleted_groups(self, removed: set[str]) -> None:
         """A deleted group's id leaves every ``parentIds`` and ``groupIds`` at the service
-        (docs/sync-api.md, "3. Datasets and their records"). The records this run sent and the
+        (docs/sync-api.md, "4.3 Relations"). The records this run sent and the
         service took leave it out already (group deletes go last); one whose upsert the service
         rejected keeps its earlier value there, less that id: the state records that value too,
         journaled like a confirmed batch."""
