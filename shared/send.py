@@ -31,6 +31,7 @@ from .common.telemetry import phase
 from .common.textsafe import safe_tree
 from .model.records import DATASETS, Records, to_api_record
 from .plan.diff import Batch
+from .storage.codec import UNKNOWN
 from .storage.state import StateDB
 from .storage.stores import StateStore
 from .target.syncapi import Rejection, SyncApiClient, WriteResult, changes_body, replacement_body, request_body
@@ -188,6 +189,21 @@ class BatchSender:
         self.upserted[d].update(accepted)
         self.deleted[d].update(batch.deletes)
         note_rejections(self.summary.datasets[d], d, result.rejected)
+        if d == "groups" and batch.deletes:
+            self._strip_deleted_groups(set(batch.deletes))
+
+    def _strip_deleted_groups(self, removed: set[str]) -> None:
+        """A deleted group's id leaves every ``parentIds`` and ``groupIds`` at the service
+        (docs/sync-api.md, "4.3 Relations"). The records this run sent and the
+        service took leave it out already (group deletes go last); one whose upsert the service
+        rejected keeps its earlier value there, less that id: the state records that value too,
+        journaled like a confirmed batch."""
+        for d in ("groups", "users"):
+            held = self.state.values(d, self.rejected[d]) if self.rejected[d] else {}
+            stale = {k: (v[0], tuple(i for i in v[1] if i not in removed))
+                     for k, v in held.items() if v is not UNKNOWN and not removed.isdisjoint(v[1])}
+            if stale:
+                self.state.confirm(self.store, d, stale, [])
 
     def finish_counts(self) -> None:
         for d in DATASETS:
@@ -197,11 +213,14 @@ class BatchSender:
 
 
 async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, lineage: str, max_items: int, summary: RunSummary,
-                            progress: Progress) -> None:
+                            progress: Progress) -> set[str]:
     """Replace a dataset on the service: stage ``records`` in a new replacement in requests of
     at most ``max_items``, then commit it; on any failure the replacement is abandoned and the
-    live data stays as it was. Rejections are counted in ``summary.datasets[dataset]``."""
+    live data stays as it was. Rejections are counted in ``summary.datasets[dataset]``.
+    Returns the keys of the records the service did not take as sent: rejected while staged,
+    or changed at the commit (a dropped ``parentIds`` entry), as ``rejection_key`` writes them."""
     counts = summary.datasets[dataset]
+    missed: set[str] = set()
     rid = await api.create_replacement(dataset)
     log.info("replace %s: staging %d records in replacement %s", dataset, len(records), rid)
     try:
@@ -212,6 +231,7 @@ async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, 
             key = idempotency_key(f"{lineage}:replace:{rid}", dataset, body.raw)
             result = await api.post_encoded_replacement_records(dataset, rid, body, key)
             note_rejections(counts, dataset, result.rejected)
+            missed.update(rejection_key(dataset, r.key) for r in result.rejected)
 
         progress.sending(-(-len(items) // max_items))
         with phase(summary, "send"):
@@ -221,9 +241,11 @@ async def stage_replacement(api: SyncApiClient, dataset: str, records: Records, 
         progress.idle()
         result = await api.commit_replacement(dataset, rid)
         note_rejections(counts, dataset, result.rejected)
+        missed.update(rejection_key(dataset, r.key) for r in result.rejected)
     except BaseException:
         try:
             await asyncio.shield(api.abandon_replacement(dataset, rid))
         except Exception as exc:  # noqa: BLE001 - the first failure is the one to report
             log.warning("replace %s: could not abandon replacement %s (%s); it expires by itself", dataset, rid, type(exc).__name__)
         raise
+    return missed

@@ -42,7 +42,7 @@ class ReplaceStage(UpdateStage):
                 continue
             before = db.records(d)
             counts = self.summary.datasets[d]
-            await self._replace_dataset(d, cache.records(d), db)
+            missed = await self._replace_dataset(d, cache.records(d), db)
             try:
                 after = await self._read_service(d)
             except SyncError as exc:
@@ -55,6 +55,8 @@ class ReplaceStage(UpdateStage):
             db.replace_records(d, after)
             db.set_held(d, {})  # an operator's replace supersedes held deletions
             db.clear_recheck(d)
+            if missed:  # sent again by the next update, as its own rejections are: a delta round names only what changed
+                db.rejected = {**(db.rejected or {}), d: sorted(set((db.rejected or {}).get(d, ())) | missed)}
             # Durable now: a later dataset's failure must not leave this one's state behind the service.
             db.commit()
             self.store.publish(db)
@@ -65,8 +67,9 @@ class ReplaceStage(UpdateStage):
         db.commit()
         self.store.publish(db)
 
-    async def _replace_dataset(self, dataset: str, records: Records, db: StateDB) -> None:
-        await stage_replacement(self.api, dataset, records, db.lineage, self.options.max_items, self.summary, self.progress)
+    async def _replace_dataset(self, dataset: str, records: Records, db: StateDB) -> set[str]:
+        """Stage and commit ``records``; the keys the service did not take as sent (``stage_replacement``)."""
+        return await stage_replacement(self.api, dataset, records, db.lineage, self.options.max_items, self.summary, self.progress)
 
     # --- refresh -------------------------------------------------------------------------
     async def _refresh(self, db: StateDB) -> None:

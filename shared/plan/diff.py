@@ -6,7 +6,8 @@ deletes. Within that, two references need care:
   go first; a cycle that spans two requests is sent once without the missing reference and
   once more, complete, after every group exists;
 - ``users.address`` is unique, so a user taking an address another user gives up goes after
-  that user; a swap (a cycle) is broken by deleting one user first and upserting it last.
+  that user; a swap (a cycle) is broken by deleting one user first and upserting it last,
+  in a later request than its delete.
 """
 
 from __future__ import annotations
@@ -73,13 +74,18 @@ def plan_update(diffs: dict[str, DatasetDiff], held: dict[str, Records], max_ite
 
 
 def _chunk(dataset: str, deletes: list[str], upserts: list[tuple[str, tuple]], max_items: int, phase: str) -> list[Batch]:
-    """Deletes first (they free addresses), then upserts in order, ``max_items`` per batch."""
+    """Deletes first (they free addresses), then upserts in order, ``max_items`` per batch. No
+    batch names a key twice: a user deleted to break an address swap is upserted again in a
+    later request than its delete (docs/sync-api.md defines the order inside a request, but a
+    key named twice in one request is what a strict service may refuse as malformed)."""
     out: list[Batch] = []
     for start in range(0, len(deletes), max_items):
         out.append(Batch(dataset, deletes=deletes[start : start + max_items], phase=phase))
     first = 0
     if out and len(out[-1]) < max_items and upserts:  # the last deletes' batch is topped up with upserts
-        first = max_items - len(out[-1])
+        room, deleted = min(max_items - len(out[-1]), len(upserts)), set(out[-1].deletes)
+        while first < room and upserts[first][0] not in deleted:
+            first += 1
         out[-1].upserts = upserts[:first]
     for start in range(first, len(upserts), max_items):
         out.append(Batch(dataset, upserts=upserts[start : start + max_items], phase=phase))

@@ -185,6 +185,12 @@ def refusal(resp: Answer, raw: Raw, what: str, credential_where: str, credential
         )
     if status == 413:
         return PayloadTooLargeError(f"sync API {what}: request too large (HTTP 413)", status)
+    if status == 404 and "/replacements/" in what:
+        # The replacement this run opened is gone (docs/sync-api.md: expired after 24 hours, or
+        # abandoned): the URL is right, and the live dataset is as it was before the replace.
+        return SyncApiRequestError(
+            f"sync API {what}: the service no longer knows this replacement (HTTP 404: {detail}): it expired or was "
+            "abandoned, so nothing of it was applied and the live dataset is unchanged; run 'replace' again", status)
     if status == 404:
         return SyncApiRequestError(f"sync API {what}: not found (HTTP 404): {detail}; check SYNC_API_URL", status)
     if status == 409:

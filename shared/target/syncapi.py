@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -22,20 +23,24 @@ from yarl import URL
 from ..common import fastjson
 from ..common.aio import NoAnswer, TimedBody, no_answer, open_session, wire_url
 from ..common.carriable import header_credential_problem
-from ..common.errors import SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
+from ..common.errors import PayloadTooLargeError, SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
 from ..common.netutil import jittered_backoff, no_answer_hint, url_problem
 from ..common.redact import Secret
 from ..model.records import to_api_record
 from .responses import Answer, Raw, Rejection, WriteResult, json_body, read_raw, refusal, retry_after, write_result
 
 __all__ = [
-    "GZIP_ABOVE_BYTES", "Rejection", "RequestBody", "SyncApiClient", "WriteResult", "auth_header", "changes_body", "encode_body",
+    "GZIP_ABOVE_BYTES", "MAX_BODY_BYTES", "Rejection", "RequestBody", "SyncApiClient", "WriteResult", "auth_header", "changes_body", "encode_body",
     "replacement_body", "request_body",
 ]
 
 log = logging.getLogger("shared.syncapi")  # the name its log lines have always carried
 
 GZIP_ABOVE_BYTES = 16 * 1024
+MAX_BODY_BYTES = 10_000_000
+"""The largest request body the service takes, uncompressed (docs/sync-api.md, 413: "a body over
+10 MB (uncompressed)"), read as 10,000,000 bytes, the smaller reading of "10 MB". A body over it
+is refused here, before it is sent, as the service would refuse it: the caller splits it."""
 MAX_BACKOFF_SECONDS = 30.0
 CREDENTIAL_HINT = "SYNC_API_CREDENTIAL (or the Key Vault secret named by SYNC_API_CREDENTIAL_NAME)"
 
@@ -173,7 +178,11 @@ class SyncApiClient:
         return write_result(doc, "applied", f"POST {dataset} changes")
 
     async def create_replacement(self, dataset: str) -> str:
-        doc = await self._call("POST", f"/datasets/{dataset}/replacements", {}, expect=(200, 201))
+        """``POST /datasets/{dataset}/replacements``: the new replacement's id. Sent with an
+        Idempotency-Key of its own (docs/sync-api.md, "6. Idempotency": a retry after a lost answer
+        carries the same key), so a service that honours it opens one replacement, not two."""
+        key = f"replacement-{uuid.uuid4().hex}"
+        doc = await self._call("POST", f"/datasets/{dataset}/replacements", {}, key=key, expect=(200, 201))
         rid = doc.get("replacementId")
         if not isinstance(rid, str) or not rid:
             raise SyncApiProtocolError(f"POST {dataset} replacements answered without a replacementId")
@@ -214,6 +223,10 @@ class SyncApiClient:
         if key is not None:
             headers["Idempotency-Key"] = key
         what = f"{method} {path.split('?')[0]}"
+        if encoded.raw is not None and len(encoded.raw) > MAX_BODY_BYTES:  # the service's 413, without the upload
+            raise PayloadTooLargeError(
+                f"sync API {what}: the request body is {len(encoded.raw):,} bytes uncompressed, over the {MAX_BODY_BYTES:,} "
+                "the service takes (docs/sync-api.md, 413); it was not sent", 413)
         last = ""
         uncertain = False  # an attempt may have been applied without our seeing the answer
         for attempt in range(1, self.max_attempts + 1):
