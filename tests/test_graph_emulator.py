@@ -207,15 +207,20 @@ def test_users_delta_first_round_then_partial_changes(emulator: GraphEmulator, c
     emulator.upsert_user({"id": "u-new", "displayName": "New", "mail": "new@contoso.com", "proxyAddresses": []})
     emulator.delete_user("u-00006")
     emulator.delete_user("u-00007", permanent=True)
-    changes, _, next_link = read_all(client, delta_link)
+    changes, _, next_link = read_all(client, delta_link, headers={"Prefer": "return=minimal"})
     assert {c["id"]: c for c in changes} == {
-        "u-00003": {"id": "u-00003", "mail": "renamed@contoso.com"},  # partial: id + what changed
+        "u-00003": {"id": "u-00003", "mail": "renamed@contoso.com"},  # return=minimal: id + what changed
         "u-new": {"id": "u-new", "mail": "new@contoso.com", "proxyAddresses": []},
         "u-00006": {"id": "u-00006", "@removed": {"reason": "changed"}},
         "u-00007": {"id": "u-00007", "@removed": {"reason": "deleted"}},
     }
     assert read_all(client, next_link)[0] == []
-    assert read_all(client, delta_link)[0] == changes  # an old link can be replayed
+    assert read_all(client, delta_link, headers={"Prefer": "return=minimal"})[0] == changes  # an old link can be replayed
+    # Graph's default shape: an updated object with every selected property it has, changed or not
+    default = {c["id"]: c for c in read_all(client, delta_link)[0]}
+    assert default["u-00003"] == {"id": "u-00003", "mail": "renamed@contoso.com",
+                                  "proxyAddresses": ["SMTP:user3@contoso.com", "smtp:u3@contoso.onmicrosoft.com"]}
+    assert {k: v for k, v in default.items() if k != "u-00003"} == {c["id"]: c for c in changes if c["id"] != "u-00003"}
 
 
 def test_groups_delta_splits_big_groups_and_tracks_members(emulator: GraphEmulator, client: httpx.Client) -> None:
@@ -235,8 +240,12 @@ def test_groups_delta_splits_big_groups_and_tracks_members(emulator: GraphEmulat
     emulator.remove_member("g-mixed", "c-1")
     emulator.delete_user("u-00001")  # also leaves g-big and g-mixed
     emulator.upsert_group({"id": "g-empty", "members": ["u-00002"], "mail": "empty@contoso.com"})
-    changes, _, _ = read_all(client, delta_link)
+    changes, _, _ = read_all(client, delta_link, headers={"Prefer": "return=minimal"})
     by_id = {c["id"]: c for c in changes}
+    # Graph's default shape adds each slice's selected properties; the members@delta are the same
+    default = {c["id"]: c for c in read_all(client, delta_link)[0]}
+    assert default.keys() == by_id.keys() and all(default[k]["members@delta"] == by_id[k]["members@delta"] for k in by_id)
+    assert default["g-mixed"]["displayName"] == next(v for v in values if v["id"] == "g-mixed")["displayName"]
     assert by_id["g-mixed"] == {
         "id": "g-mixed",
         "members@delta": [
