@@ -1,0 +1,244 @@
+"""The Functions door under attack, called as the host calls it (the decorated functions from the
+app's index, real ``func.HttpRequest``s): malformed requests to each endpoint, a preview whose
+instance was recycled before it recorded its outcome, and run reports that a crash or a hand
+left unreadable. No Graph read happens here: ``status`` and the request checks stop before one.
+
+Facts the door relies on (the sources are cited in the docstrings of the code they shaped):
+the host stops a language worker with ``Process.Kill`` (SIGKILL, no handler runs), and a thread
+left running after a function returns is not an execution, so nothing keeps its instance alive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from shared.config.state_settings import load_state_settings
+from shared.previews import preview_lock, preview_records
+from shared.storage.backend import open_storage
+from tests.stack import CREDENTIAL, app_functions, base_env
+
+FUNCTIONS = app_functions()
+PASSWORD = CREDENTIAL.split(":", 1)[1]
+ROUTES = {"operator_status": ("status", "GET"), "operator_test_update": ("test-update", "POST"),
+          "operator_approve_deletions": ("approve-deletions", "POST")}
+
+
+def call(name: str, method: str | None = None, *, params: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    route, declared = ROUTES[name]
+    req = func.HttpRequest(method or declared, f"http://localhost:7071/api/{route}", params=params or {}, body=body)
+    resp = FUNCTIONS[name].get_user_function()(req)
+    assert isinstance(resp, func.HttpResponse) and resp.mimetype == "application/json"
+    text = resp.get_body().decode("utf-8")
+    assert PASSWORD not in text
+    return resp.status_code, json.loads(text)
+
+
+@pytest.fixture
+def state(monkeypatch, tmp_path) -> Path:
+    """The app's settings on ``file:`` state; Graph and the sync API point at a closed port
+    (nothing here may reach them)."""
+    where = tmp_path / "state"
+    for k, v in base_env("http://127.0.0.1:9/v1.0", "http://127.0.0.1:9/v1", f"file:{where}").items():
+        monkeypatch.setenv(k, v)
+    return where
+
+
+def storage_of(where: Path):
+    return open_storage(load_state_settings({"SYNC_STATE": f"file:{where}"}))
+
+
+# --- malformed requests ----------------------------------------------------------------------------
+MALFORMED_BODIES = {
+    "truncated": b'{"dataset": "us',
+    "not UTF-8": b'{"dataset": "\xff\xfe"}',
+    "nested arrays past the parser's depth": b"[" * 100_000 + b"]" * 100_000,
+    "nested objects past the parser's depth": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    "a list": b'["users"]',
+    "null": b"null",
+    "an unknown key": b'{"dataset": "users", "approveAll": true}',
+    "a BOM then JSON": b'\xef\xbb\xbf{"dataset": "users"}',
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
+def test_a_malformed_approval_body_is_a_400_naming_the_body(state, body):
+    code, doc = call("operator_approve_deletions", params={"expect": "3f9a0c1d2e4b5a69"}, body=body)
+    assert code == 400 and doc["ok"] is False and doc["parameter"] == "dataset", doc
+    assert "body" in doc["error"]
+    assert not state.exists()  # refused before any state was opened
+
+
+def test_a_huge_body_approves_nothing_and_is_not_echoed(state):
+    body = b'{"dataset": "users", "expect": "' + b"f" * (8 * 1024 * 1024) + b'"}'
+    code, doc = call("operator_approve_deletions", body=body)
+    assert code == 500 and doc["ok"] is False and doc["error"].startswith("no state at "), doc  # no update ran here
+    assert len(json.dumps(doc)) < 64 * 1024 and "f" * 100 not in json.dumps(doc)
+
+
+@pytest.mark.parametrize("name", ROUTES)
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "get", "POST", "GET"])
+def test_a_wrong_method_is_a_405_naming_the_right_one(state, name, method):
+    declared = ROUTES[name][1]
+    if method.upper() == declared:
+        return  # the right method is exercised elsewhere
+    code, doc = call(name, method)
+    assert code == 405 and doc == {"ok": False, "error": f"use {declared}"}
+    assert not state.exists()
+
+
+def test_unknown_query_parameters_are_ignored_like_the_function_key_and_known_ones_still_checked(state):
+    code, doc = call("operator_status", params={"code": "the-function-key", "verbose": "1"})
+    assert code == 200 and doc["runs"] == [] and "the-function-key" not in json.dumps(doc)
+    code, doc = call("operator_status", params={"code": "k", "limit": "0"})
+    assert code == 400 and doc["parameter"] == "limit"
+
+
+# --- a preview whose instance was recycled ---------------------------------------------------------
+def _orphan(where: Path, preview_id: str = "00000000000000ab") -> dict[str, Any]:
+    """What a preview leaves when its worker is killed (SIGKILL) after it started: its
+    ``running`` record, and a lock nobody holds any more (the kernel dropped the flock)."""
+    storage = storage_of(where)
+    holder = preview_lock(storage, f"test-update {preview_id} by pid 1 on host gone")
+    holder.acquire()
+    record = {"action": "test-update", "id": preview_id, "state": "running", "startedAt": holder.since}
+    preview_records(storage).write(record)
+    holder.release()
+    return record
+
+
+def test_status_says_a_preview_whose_instance_stopped_failed_not_running_forever(state):
+    orphan = _orphan(state)
+    code, doc = call("operator_status")
+    assert code == 200, doc
+    block = doc["preview"]
+    assert block["id"] == orphan["id"] and block["startedAt"] == orphan["startedAt"]
+    assert block["state"] == "failed", block
+    assert "stopped before it recorded its outcome" in block["error"] and "POST test-update" in block["error"]
+    lock = preview_lock(storage_of(state), "test-update 00000000000000ac by pid 2 on host here")
+    lock.acquire()  # and the next preview may start at once: nothing holds the lock
+    lock.release()
+
+
+def test_on_blob_state_a_preview_whose_lease_is_gone_shows_failed_and_a_leased_one_running(state, monkeypatch, azurite):
+    """Flex Consumption's case: the preview's lock is a lease on ``preview/run.lock``. A live
+    preview's lease is renewed (running); a killed instance's lease expires within 60 s
+    (broken here, as it would be after expiring): then status says failed."""
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.config.state_settings import load_state_settings as settings_of
+
+    monkeypatch.setenv("SYNC_STATE", "blob:orphan-preview")
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    storage = open_storage(settings_of({"SYNC_STATE": "blob:orphan-preview", "AzureWebJobsStorage": azurite.connection_string}))
+    holder = preview_lock(storage, "test-update 00000000000000b1 by pid 1 on host elsewhere")
+    holder.acquire()
+    preview_records(storage).write({"action": "test-update", "id": "00000000000000b1", "state": "running", "startedAt": holder.since})
+    code, doc = call("operator_status")
+    assert code == 200 and doc["preview"]["state"] == "running" and "error" not in doc["preview"], doc
+    holder._stop_renewal()  # the instance is gone: nobody renews, nobody releases
+    blob = BlobServiceClient.from_connection_string(azurite.connection_string).get_blob_client("orphan-preview", "preview/run.lock")
+    from azure.storage.blob import BlobLeaseClient
+
+    BlobLeaseClient(blob).break_lease(lease_break_period=0)
+    code, doc = call("operator_status")
+    assert code == 200 and doc["preview"]["id"] == "00000000000000b1" and doc["preview"]["state"] == "failed", doc
+    assert "stopped before it recorded its outcome" in doc["preview"]["error"]
+    again = preview_lock(storage, "test-update 00000000000000b2 by pid 2 on host here")
+    again.acquire()  # the next preview may start
+    again.release()
+
+
+def test_status_still_says_running_while_the_preview_holds_its_lock(state):
+    storage = storage_of(state)
+    holder = preview_lock(storage, "test-update 00000000000000cd by pid 1 on host elsewhere")
+    holder.acquire()
+    try:
+        preview_records(storage).write({"action": "test-update", "id": "00000000000000cd", "state": "running", "startedAt": holder.since})
+        code, doc = call("operator_status")
+        assert code == 200 and doc["preview"]["state"] == "running" and "error" not in doc["preview"], doc
+        code, refused = call("operator_test_update")
+        assert code == 409 and refused["running"]["id"] == "00000000000000cd"
+    finally:
+        holder.release()
+
+
+def test_a_lock_the_status_probe_holds_for_an_instant_is_taken_not_refused(state, monkeypatch):
+    """The probe that tells a dead preview from a live one (a shared ``flock`` for an instant,
+    no name written) must not look like a holder: a POST test-update meeting it is not told
+    that "an unnamed run" holds the lock."""
+    import fcntl
+    import os
+    from types import SimpleNamespace
+
+    import shared.storage.lock as lock_module
+
+    storage = storage_of(state)
+    lock = preview_lock(storage, "test-update 00000000000000ef by pid 1 on host here")
+    lock.acquire()
+    lock.release()  # the lock file exists and names nobody, as after any preview
+    probe = [os.open(lock.path, os.O_RDONLY)]
+    fcntl.flock(probe[0], fcntl.LOCK_SH | fcntl.LOCK_NB)  # the probe's instant, caught as it happens
+
+    def sleep(seconds: float) -> None:  # the starter waits for a name; meanwhile the probe lets go
+        if probe:
+            os.close(probe.pop())
+
+    monkeypatch.setattr(lock_module, "time", SimpleNamespace(sleep=sleep))
+    lock.acquire()  # raised RunLockedError('"an unnamed run"') before the lock retried a nameless holder
+    assert lock.held
+    lock.release()
+    assert probe == []
+
+
+# --- run reports a crash or a hand left unreadable --------------------------------------------------
+UNREADABLE_REPORTS = {
+    "half-written": b'{"action": "update", "ok": tr',
+    "empty": b"",
+    "not UTF-8": b"\xff\xfe\x00",
+    "nested past the parser's depth": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    "an array": b"[1, 2]",
+}
+
+
+@pytest.mark.parametrize("data", UNREADABLE_REPORTS.values(), ids=UNREADABLE_REPORTS.keys())
+def test_status_on_a_cold_instance_skips_an_unreadable_report_and_shows_the_others(state, data):
+    reports = storage_of(state).reports()
+    reports.write({"action": "update", "ok": True})
+    (state / "runs").mkdir(parents=True, exist_ok=True)
+    (state / "runs" / "29991231T235959999999Z-update-0badbeef.json").write_bytes(data)  # the newest name
+    code, doc = call("operator_status")
+    assert code == 200, doc
+    assert [r["action"] for r in doc["runs"]] == ["update"]
+
+
+@pytest.mark.parametrize("data", UNREADABLE_REPORTS.values(), ids=UNREADABLE_REPORTS.keys())
+def test_status_skips_an_unreadable_preview_record(state, data):
+    records = preview_records(storage_of(state))
+    records.write({"action": "test-update", "id": "00000000000000aa", "state": "finished", "startedAt": "2026-01-01T00:00:00+00:00"})
+    (state / "preview" / "runs" / "29991231T235959999999Z-test-update-0badbeef.json").write_bytes(data)
+    code, doc = call("operator_status")
+    assert code == 200, doc
+    assert doc["preview"]["id"] == "00000000000000aa" and doc["preview"]["state"] == "finished"
+
+
+# --- JSON nested past the parser's depth -------------------------------------------------------------
+@pytest.mark.parametrize("depth", [1, 1023, 1024, 1025, 3000, 100_000])
+@pytest.mark.parametrize("shape", ["array", "object"])
+def test_fastjson_reads_deep_json_or_raises_value_error_never_recursion_error(depth, shape):
+    """``shared/common/fastjson.loads`` is what Graph pages and error bodies go through: its
+    callers catch ``ValueError`` (a malformed page is a clear error, not a crash)."""
+    from shared.common import fastjson
+
+    text = ("[" * depth + "]" * depth) if shape == "array" else ('{"a":' * depth + "1" + "}" * depth)
+    try:
+        doc = fastjson.loads(text)
+    except ValueError as exc:
+        assert depth > 1024 and "deep" in str(exc)
+    else:
+        for _ in range(depth - (shape == "array")):
+            doc = doc[0] if shape == "array" else doc["a"]
+        assert doc == ([] if shape == "array" else 1)
