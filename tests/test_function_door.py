@@ -242,3 +242,43 @@ def test_fastjson_reads_deep_json_or_raises_value_error_never_recursion_error(de
         for _ in range(depth - (shape == "array")):
             doc = doc[0] if shape == "array" else doc["a"]
         assert doc == ([] if shape == "array" else 1)
+
+
+# --- what leaves the door when something unexpected breaks ------------------------------------------
+CANARY = "client_secret=hunter2-canary-value"
+
+
+def _as_the_worker_reports(exc: BaseException) -> str:
+    """What the Python worker sends the host for a function that raised (its
+    ``_serialize_exception``: ``f"{type}: {exc}"`` and the formatted frames), outside Python
+    logging, so no log redaction ever sees it."""
+    import traceback
+
+    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.extract_tb(exc.__traceback__).format())
+
+
+def _broken(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError(f"token request for {CANARY} failed")  # an SDK's text echoing a request
+
+
+def test_an_unexpected_failure_in_the_timer_fails_the_execution_without_its_text(state, monkeypatch, caplog):
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+
+    monkeypatch.setattr(function_app, "perform_blocking", _broken)
+    with pytest.raises(function_app.SyncRunFailed) as raised:
+        FUNCTIONS["sync_timer"].get_user_function()(TimerRequest(past_due=False))
+    reported = _as_the_worker_reports(raised.value)
+    assert "RuntimeError" in reported and "hunter2" not in reported, reported
+    assert "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ROUTES)
+def test_an_unexpected_failure_in_an_endpoint_is_a_500_json_answer_without_its_text(state, monkeypatch, caplog, name):
+    import operator_endpoints
+
+    monkeypatch.setattr(operator_endpoints, "perform_blocking", _broken)
+    code, doc = call(name)
+    assert code == 500 and doc["ok"] is False and "RuntimeError" in doc["error"], doc
+    assert "hunter2" not in json.dumps(doc) and "hunter2" not in caplog.text
