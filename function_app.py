@@ -32,7 +32,7 @@ configure_telemetry()
 app = func.FunctionApp()
 app.register_functions(operators)
 log = logging.getLogger("sync")
-install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/common/shutdown.py)
+install_sigterm_handler()  # a SIGTERM cancels a run, which still writes its report; the host's own kill is SIGKILL (shared/common/shutdown.py)
 
 
 class SyncRunFailed(RuntimeError):

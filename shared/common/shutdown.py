@@ -2,9 +2,14 @@
 report and its ``SyncRunSummary`` log line and releases the run lock (for ``blob:`` state, the
 lease: the next run need not wait the 60 s for it to expire).
 
-A scale-in, a deployment or a timeout sends SIGTERM before it kills the process. What was
-confirmed by the service is already journaled (``shared/storage/state.py``), so cancelling between
-two awaits loses nothing; the next run replays the journal.
+SIGTERM is what a service manager, ``docker stop`` or Kubernetes send before they kill a
+process. The Functions host does not: it stops its language worker with ``Process.Kill``
+(SIGKILL on Linux; azure-functions-host ``WorkerProcess.Dispose``), for instance when an
+execution exceeds ``functionTimeout`` ("the language worker process restarts"), and then no
+handler runs. Either way nothing is lost: what the service confirmed is already journaled
+(``shared/storage/state.py``), so a cancel between two awaits, or a kill anywhere, leaves the
+next run to replay the journal; a killed run's lease expires within 60 s, and a killed
+preview shows ``failed`` in ``status`` (``shared/previews.py``).
 
 * ``run_cancellable(coro)``: for ``python -m shared`` (the asyncio loop runs on the main
   thread): SIGTERM cancels the run's task from the loop itself.
