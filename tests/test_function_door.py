@@ -282,3 +282,107 @@ def test_an_unexpected_failure_in_an_endpoint_is_a_500_json_answer_without_its_t
     code, doc = call(name)
     assert code == 500 and doc["ok"] is False and "RuntimeError" in doc["error"], doc
     assert "hunter2" not in json.dumps(doc) and "hunter2" not in caplog.text
+
+
+# --- a run cancelled mid-send ------------------------------------------------------------------------
+def _timer_run_on_a_worker_thread() -> BaseException | None:
+    """The timer's user function on a thread of its own, as the worker runs a sync function
+    (its thread pool); what it raised, if anything."""
+    import threading
+
+    from azure.functions.timer import TimerRequest
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            FUNCTIONS["sync_timer"].get_user_function()(TimerRequest(past_due=False))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, name="worker-pool")
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    return raised[0] if raised else None
+
+
+def test_a_timer_run_cancelled_at_each_send_leaves_the_state_consistent_and_the_next_run_finishes(monkeypatch, tmp_path):
+    """SIGTERM's cancel (``shared/common/shutdown.cancel_all``, what the handler calls) lands
+    while the service applies the k-th write, for every k: the run fails as cancelled, writes
+    its report and gives the lock back; the next timer run brings the service to the directory,
+    and the one after sends nothing."""
+    import function_app
+    from devstack.graph_emulator import GraphEmulator
+    from devstack.sync_receiver import SyncReceiver
+    from shared.common import shutdown
+    from tests.stack import DOMAINS, EXPECTED, nasty_directory, posts, service_view
+
+    with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as probe:
+        for k, v in base_env(graph.base_url, probe.base_url, f"file:{tmp_path / 'probe'}").items():
+            monkeypatch.setenv(k, v)
+        assert _timer_run_on_a_worker_thread() is None
+        writes = len(posts(probe))
+    assert writes >= 2
+    for k in range(1, writes + 1):
+        state = tmp_path / f"state-{k}"
+        with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+            for name, value in base_env(graph.base_url, receiver.base_url, f"file:{state}").items():
+                monkeypatch.setenv(name, value)
+            original, seen = receiver.handle, []
+
+            def handle(request, original=original, seen=seen, k=k):
+                if request.method != "GET":
+                    seen.append(request.method)
+                    if len(seen) == k:
+                        assert shutdown.cancel_all() == 1  # the run in flight, and only it
+                return original(request)
+
+            monkeypatch.setattr(receiver, "handle", handle)
+            failed = _timer_run_on_a_worker_thread()
+            assert isinstance(failed, function_app.SyncRunFailed) and "cancelled" in str(failed), (k, failed)
+            report = json.loads(sorted((state / "runs").glob("*.json"))[-1].read_text())
+            assert report["ok"] is False and "cancelled" in report["error"]
+            monkeypatch.setattr(receiver, "handle", original)
+            assert _timer_run_on_a_worker_thread() is None, k  # the lock was given back; the next run finishes the job
+            assert service_view(receiver) == EXPECTED, k
+            before = len(posts(receiver))
+            assert _timer_run_on_a_worker_thread() is None
+            assert len(posts(receiver)) == before, k  # nothing left to send: the state agrees with the service
+
+
+def test_a_preview_started_while_the_timer_sends_runs_beside_it_and_both_finish(monkeypatch, tmp_path):
+    """POST test-update while the timer's update is writing: 202 at once (the preview has its
+    own lock and reads a snapshot); the update finishes the service, the preview finishes too,
+    and what it shows to add is part of what the update sent."""
+    import threading
+
+    from devstack.graph_emulator import GraphEmulator
+    from devstack.sync_receiver import SyncReceiver
+    from tests.stack import DOMAINS, EXPECTED, nasty_directory, posts, service_view
+
+    state = tmp_path / "state"
+    with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+        for name, value in base_env(graph.base_url, receiver.base_url, f"file:{state}").items():
+            monkeypatch.setenv(name, value)
+        original, answers = receiver.handle, []
+
+        def handle(request):
+            if request.method != "GET" and not answers:
+                answers.append(call("operator_test_update"))
+            return original(request)
+
+        monkeypatch.setattr(receiver, "handle", handle)
+        assert _timer_run_on_a_worker_thread() is None
+        code, started = answers[0]
+        assert code == 202, started
+        for thread in [t for t in threading.enumerate() if t.name.startswith("preview ")]:
+            thread.join(60)
+        assert service_view(receiver) == EXPECTED
+        sent = len(posts(receiver))
+        code, doc = call("operator_status", params={"preview": "full"})
+        block = doc["preview"]
+        assert block["id"] == started["preview"]["id"] and block["state"] == "finished", block
+        added = {r["address"] for r in block["result"]["changes"]["addresses"]["added"]}
+        assert added <= EXPECTED["addresses"]
+        assert len(posts(receiver)) == sent  # the preview sent nothing
