@@ -21,6 +21,7 @@ from shared.common.logs import configure_logging
 from shared.common.redact import scrub
 from shared.common.shutdown import install_sigterm_handler
 from shared.common.telemetry import configure_telemetry
+from shared.config.host import run_time_limit
 from shared.config.schedule import DEFAULT_SCHEDULE
 from shared.config.settings import load_settings, progress_interval_seconds
 from shared.engine import Options, perform_blocking
@@ -57,7 +58,8 @@ def sync_timer(timer: func.TimerRequest) -> None:
     except SyncError as exc:
         raise SyncRunFailed(scrub(str(exc))) from None
     try:
-        summary = perform_blocking("update", settings, options=options)
+        # Ended before functionTimeout, whose kill would leave no report (shared/config/host.py).
+        summary = perform_blocking("update", settings, options=options, time_limit=run_time_limit(os.environ))
     except Exception as exc:
         # A failure the engine did not map (a bug, an SDK's own exception). The worker sends a
         # raised exception's text to the host outside Python logging, so no log redaction sees

@@ -386,3 +386,71 @@ def test_a_preview_started_while_the_timer_sends_runs_beside_it_and_both_finish(
         added = {r["address"] for r in block["result"]["changes"]["addresses"]["added"]}
         assert added <= EXPECTED["addresses"]
         assert len(posts(receiver)) == sent  # the preview sent nothing
+
+
+# --- functionTimeout ---------------------------------------------------------------------------------
+def test_a_timer_run_that_would_outlast_function_timeout_ends_itself_first_with_its_report(monkeypatch, tmp_path):
+    """Past ``functionTimeout`` the host restarts the worker (a kill: no report, no summary
+    record, the lease left to expire). The timer ends its run before that, as a cancel does:
+    it fails naming the time limit, leaves its report and gives the lock back. The limit is
+    read as the host reads it: the app setting ``AzureFunctionsJobHost__functionTimeout``
+    over host.json."""
+    import time
+
+    import function_app
+    from devstack.graph_emulator import GraphEmulator
+    from devstack.sync_receiver import SyncReceiver
+    from shared.storage.lock import FileRunLock
+    from tests.stack import DOMAINS, nasty_directory, posts
+
+    state = tmp_path / "state"
+    with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential=CREDENTIAL) as receiver:
+        for name, value in base_env(graph.base_url, receiver.base_url, f"file:{state}").items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AzureFunctionsJobHost__functionTimeout", "00:00:02")
+        graph.latency = 3600  # the read would never end by itself
+        try:
+            started = time.monotonic()
+            failed = _timer_run_on_a_worker_thread()
+            spent = time.monotonic() - started
+        finally:
+            graph.latency = 0.0
+        assert isinstance(failed, function_app.SyncRunFailed) and "functionTimeout" in str(failed), failed
+        assert 1.8 <= spent < 3.0  # its own limit: functionTimeout (2 s) less a tenth, 1.8 s
+        report = json.loads(sorted((state / "runs").glob("*.json"))[-1].read_text())
+        assert report["ok"] is False and "functionTimeout" in report["error"], report["error"]
+        assert posts(receiver) == []
+        lock = FileRunLock(state, "the next run")
+        lock.acquire()  # given back at once, not left to a dead process
+        lock.release()
+
+
+@pytest.mark.parametrize(("setting", "host_json", "limit"), [
+    (None, {"functionTimeout": "00:30:00"}, 30 * 60 - 120),
+    ("01:00:00", {"functionTimeout": "00:30:00"}, 60 * 60 - 120),
+    (None, {"functionTimeout": "1.00:00:00"}, 24 * 3600 - 120),
+    (None, {"functionTimeout": "00:05:00"}, 300 - 30),
+    (None, {"functionTimeout": "00:00:10"}, 9.0),
+    (None, {}, 30 * 60 - 120),  # Flex Consumption's default
+    (None, {"functionTimeout": "-1"}, None),  # unbounded
+    (" -1 ", {"functionTimeout": "00:30:00"}, None),
+    (None, None, 30 * 60 - 120),  # no host.json to read: the plan's default
+])
+def test_the_time_limit_follows_function_timeout_less_a_margin(tmp_path, setting, host_json, limit):
+    from shared.config.host import run_time_limit
+
+    path = tmp_path / "host.json"
+    if host_json is not None:
+        path.write_text(json.dumps({"version": "2.0", **host_json}))
+    env = {} if setting is None else {"AzureFunctionsJobHost__functionTimeout": setting}
+    assert run_time_limit(env, path) == limit
+
+
+@pytest.mark.parametrize("bad", ["soon", "00:61:00", "1:2", "", "00:00:00", "{", "[1]"])
+def test_an_unreadable_function_timeout_is_reported_and_the_default_kept(tmp_path, caplog, bad):
+    from shared.config.host import run_time_limit
+
+    path = tmp_path / "host.json"
+    path.write_text(bad if bad in ("{", "[1]") else json.dumps({"functionTimeout": bad}))
+    assert run_time_limit({}, path) == 30 * 60 - 120
+    assert "functionTimeout" in caplog.text

@@ -32,6 +32,8 @@ log = logging.getLogger("shared.shutdown")
 T = TypeVar("T")
 GRACE_SECONDS = 20.0
 CANCEL_MESSAGE = "SIGTERM (the host is stopping this instance)"
+TIME_LIMIT_MESSAGE = ("it reached its time limit of {:g} s, set below functionTimeout so that it ends before the host "
+                      "restarts the worker")
 
 _lock = threading.Lock()
 _running: dict[asyncio.Task[Any], tuple[asyncio.AbstractEventLoop, threading.Event]] = {}
@@ -61,10 +63,13 @@ def cancel_all() -> int:
     return len(items)
 
 
-async def run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro`` as a registered task; on the main thread, SIGTERM cancels it."""
+async def run_cancellable(coro: Coroutine[Any, Any, T], time_limit: float | None = None) -> T:
+    """Await ``coro`` as a registered task; on the main thread, SIGTERM cancels it. With
+    ``time_limit`` (seconds) it is cancelled then too, as SIGTERM would (``TIME_LIMIT_MESSAGE``):
+    the timer's run ends before the host's ``functionTimeout`` kills its worker."""
     task = asyncio.ensure_future(coro)
     loop = asyncio.get_running_loop()
+    deadline = None if time_limit is None else loop.call_later(max(0.0, time_limit), task.cancel, TIME_LIMIT_MESSAGE.format(time_limit))
     handled = False
     if threading.current_thread() is threading.main_thread():
         try:
@@ -79,6 +84,8 @@ async def run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
         with _registered(task):
             return await task
     finally:
+        if deadline is not None:
+            deadline.cancel()
         if handled:
             loop.remove_signal_handler(signal.SIGTERM)
 
