@@ -454,3 +454,19 @@ def test_an_unreadable_function_timeout_is_reported_and_the_default_kept(tmp_pat
     path.write_text(bad if bad in ("{", "[1]") else json.dumps({"functionTimeout": bad}))
     assert run_time_limit({}, path) == 30 * 60 - 120
     assert "functionTimeout" in caplog.text
+
+
+@pytest.mark.parametrize("principal", [b"not base64 at all!", b'{"claims": 5}', b"[" * 100_000 + b"]" * 100_000,
+                                       b'{"claims": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"])
+def test_with_app_service_authentication_an_unreadable_principal_is_a_403_not_a_crash(state, monkeypatch, principal):
+    """``X-MS-CLIENT-PRINCIPAL`` (base64 JSON, set by App Service authentication) that cannot
+    be read names no principal: 403, as when none came."""
+    import base64
+
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    raw = principal.decode() if principal.startswith(b"not") else base64.b64encode(principal).decode()
+    req = func.HttpRequest("POST", "http://localhost:7071/api/approve-deletions", params={"expect": "3f9a0c1d2e4b5a69"},
+                           headers={"X-MS-CLIENT-PRINCIPAL": raw}, body=b"")
+    resp = FUNCTIONS["operator_approve_deletions"].get_user_function()(req)
+    doc = json.loads(resp.get_body())
+    assert resp.status_code == 403 and "signed-in Entra principal" in doc["error"], doc
