@@ -36,7 +36,7 @@ from .plan.approval import Approver, cli_approver
 from .previews import PreviewRunningError, start_preview
 from .storage.backend import Storage, open_storage
 from .storage.history import ReportStore
-from .storage.lock import RunLock, default_holder
+from .storage.lock import RunLock, RunLockedError, default_holder
 from .storage.state import StateDB
 from .storage.stores import StateStore
 from .target.syncapi import SyncApiClient
@@ -192,6 +192,8 @@ async def _attempt(action: str, settings: Settings, summary: RunSummary, storage
         summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
+        if isinstance(exc, RunLockedError) and taken is None:  # another run holds the lock: this one changed nothing
+            summary.extra["skipped"] = True
         summary.finish(False, scrub(str(exc)))
     except asyncio.CancelledError as exc:  # SIGTERM (shared/common/shutdown.py): report, summary and lock release still happen
         summary.exception = RunCancelledError(f"the run was cancelled: {exc.args[0] if exc.args else 'cancelled'}; "

@@ -470,3 +470,48 @@ def test_with_app_service_authentication_an_unreadable_principal_is_a_403_not_a_
     resp = FUNCTIONS["operator_approve_deletions"].get_user_function()(req)
     doc = json.loads(resp.get_body())
     assert resp.status_code == 403 and "signed-in Entra principal" in doc["error"], doc
+
+
+# --- a timer run skipped for a held lock is not a failed run --------------------------------------------
+def _summary_records(caplog) -> list[Any]:
+    return [r for r in caplog.records if r.getMessage().startswith("SyncRunSummary ")]
+
+
+def test_a_timer_run_skipped_for_a_held_lock_is_marked_skipped_and_the_failure_alert_leaves_it_out(monkeypatch, tmp_path, caplog):
+    """The timer treats a run another holds the lock for (the CLI's first full sync, say, which
+    docs/deployment.md advises above 1,000,000 users) as not a failure; its summary record says
+    ``skipped``, and the failed-run alert, which counts summary records with ``ok`` false, leaves
+    those out. A run that fails is not skipped."""
+    import logging
+    import re
+
+    import function_app
+    from devstack.graph_emulator import GraphEmulator
+    from devstack.sync_receiver import SyncReceiver
+    from shared.storage.lock import FileRunLock
+    from tests.stack import DOMAINS, ROOT, nasty_directory
+
+    state = tmp_path / "state"
+    with GraphEmulator(nasty_directory()) as graph, SyncReceiver(domains=DOMAINS, credential="someone:else") as receiver:
+        for name, value in base_env(graph.base_url, receiver.base_url, f"file:{state}").items():
+            monkeypatch.setenv(name, value)
+        holder = FileRunLock(state, "update by an operator's command line")
+        holder.acquire()
+        try:
+            with caplog.at_level(logging.INFO):
+                assert _timer_run_on_a_worker_thread() is None
+        finally:
+            holder.release()
+        (skipped,) = _summary_records(caplog)
+        assert skipped.ok is False and skipped.skipped is True and skipped.host == "functions" and skipped.action == "update"
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert isinstance(_timer_run_on_a_worker_thread(), function_app.SyncRunFailed)  # the receiver refuses the credential
+        (failed,) = _summary_records(caplog)
+        assert failed.ok is False and failed.skipped is False
+
+    bicep = (ROOT / "infra" / "app" / "alert.bicep").read_text(encoding="utf-8")
+    portal = (ROOT / "infra" / "portal" / "azuredeploy.json").read_text(encoding="utf-8")
+    for text, quote in ((bicep, "\\'"), (portal, "''")):
+        query = re.search(r"failedRunsQuery\W+(.*)", text)[1]
+        assert f"not(tobool(customDimensions.ok)) and tostring(customDimensions.skipped) !~ {quote}true{quote}" in query, query[:400]
