@@ -18,8 +18,10 @@ import azure.functions as func
 from operator_endpoints import operators
 from shared.common.errors import SyncError
 from shared.common.logs import configure_logging
+from shared.common.redact import scrub
 from shared.common.shutdown import install_sigterm_handler
 from shared.common.telemetry import configure_telemetry
+from shared.config.host import run_time_limit
 from shared.config.schedule import DEFAULT_SCHEDULE
 from shared.config.settings import load_settings, progress_interval_seconds
 from shared.engine import Options, perform_blocking
@@ -31,7 +33,7 @@ configure_telemetry()
 app = func.FunctionApp()
 app.register_functions(operators)
 log = logging.getLogger("sync")
-install_sigterm_handler()  # a scale-in cancels a run, which still writes its report (shared/common/shutdown.py)
+install_sigterm_handler()  # a SIGTERM cancels a run, which still writes its report; the host's own kill is SIGKILL (shared/common/shutdown.py)
 
 
 class SyncRunFailed(RuntimeError):
@@ -54,8 +56,17 @@ def sync_timer(timer: func.TimerRequest) -> None:
         settings = load_settings()
         options = Options(progress_interval=progress_interval_seconds(), host="functions")
     except SyncError as exc:
-        raise SyncRunFailed(str(exc)) from None
-    summary = perform_blocking("update", settings, options=options)
+        raise SyncRunFailed(scrub(str(exc))) from None
+    try:
+        # Ended before functionTimeout, whose kill would leave no report (shared/config/host.py).
+        summary = perform_blocking("update", settings, options=options, time_limit=run_time_limit(os.environ))
+    except Exception as exc:
+        # A failure the engine did not map (a bug, an SDK's own exception). The worker sends a
+        # raised exception's text to the host outside Python logging, so no log redaction sees
+        # it, and an SDK's text can echo a request (secrets included): its type and frames go on.
+        name = type(exc).__name__
+        log.error("sync update stopped unexpectedly (%s)", name)
+        raise SyncRunFailed(f"sync update stopped unexpectedly ({name}); the frames show where").with_traceback(exc.__traceback__) from None
     if isinstance(summary.exception, RunLockedError):
         log.warning("sync update skipped: %s", summary.error)
         return

@@ -21,9 +21,12 @@ Every answer is JSON, with any registered secret value scrubbed and every list b
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
@@ -54,6 +57,25 @@ def _json(doc: dict[str, Any], status_code: int = 200, headers: dict[str, str] |
 
 def _problem(status_code: int, message: str, **detail: Any) -> func.HttpResponse:
     return _json({"ok": False, "error": message, **detail}, status_code)
+
+
+def _answers_every_failure(endpoint: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+    """The endpoint, answering a failure the engine did not map (a bug, an SDK's own exception)
+    with a 500 JSON answer naming its type. Raised, its text would go to the host (the worker
+    sends it outside Python logging, unredacted) and an SDK's text can echo a request, secrets
+    included: the log line has the type and the frames, never the text."""
+
+    @functools.wraps(endpoint)
+    def answered(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return endpoint(req)
+        except Exception as exc:
+            name = type(exc).__name__
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("operator endpoint %s stopped unexpectedly (%s) at\n%s", endpoint.__name__, name, frames)
+            return _problem(500, f"the endpoint stopped unexpectedly ({name}); its logs show where")
+
+    return answered
 
 
 def _failure_status(summary: RunSummary) -> int:
@@ -100,6 +122,7 @@ def _status_query(req: func.HttpRequest) -> tuple[int, bool] | func.HttpResponse
 
 @operators.function_name(name="operator_status")
 @operators.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@_answers_every_failure
 def operator_status(req: func.HttpRequest) -> func.HttpResponse:
     """The last runs (their counts, without record lists), the held deletions and the newest
     preview started in the background."""
@@ -120,6 +143,7 @@ def operator_status(req: func.HttpRequest) -> func.HttpResponse:
 
 @operators.function_name(name="operator_test_update")
 @operators.route(route="test-update", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@_answers_every_failure
 def operator_test_update(req: func.HttpRequest) -> func.HttpResponse:
     """Start the preview (what an update would add and remove, exclusions, held deletions) in
     the background: 202 at once, its result in ``GET status``; 409 while one runs."""
@@ -159,6 +183,7 @@ def _requested_dataset(req: func.HttpRequest) -> str | func.HttpResponse | None:
 
 @operators.function_name(name="operator_approve_deletions")
 @operators.route(route="approve-deletions", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@_answers_every_failure
 def operator_approve_deletions(req: func.HttpRequest) -> func.HttpResponse:
     """Approve the deletions held now (every dataset, or one); the next update sends them."""
     if (wrong := _start(req, "POST")) is not None:

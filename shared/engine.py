@@ -36,7 +36,7 @@ from .plan.approval import Approver, cli_approver
 from .previews import PreviewRunningError, start_preview
 from .storage.backend import Storage, open_storage
 from .storage.history import ReportStore
-from .storage.lock import RunLock, default_holder
+from .storage.lock import RunLock, RunLockedError, default_holder
 from .storage.state import StateDB
 from .storage.stores import StateStore
 from .target.syncapi import SyncApiClient
@@ -77,21 +77,22 @@ async def perform(action: str, settings: Settings, *, limit: int = STATUS_LIMIT,
     return await run(action, settings, **run_args)
 
 
-def perform_blocking(action: str, settings: Settings, **kwargs: Any) -> RunSummary:
+def perform_blocking(action: str, settings: Settings, *, time_limit: float | None = None, **kwargs: Any) -> RunSummary:
     """``perform`` for a synchronous caller (the Functions worker runs its functions on a thread
-    pool): the same arguments and result."""
-    return run_to_end(perform(action, settings, **kwargs))
+    pool): the same arguments and result. ``time_limit`` (seconds): the run is cancelled then,
+    as by SIGTERM (it fails with ``RunCancelledError`` and still writes its report)."""
+    return run_to_end(perform(action, settings, **kwargs), time_limit=time_limit)
 
 
-def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` of a cancellable task (SIGTERM cancels it: shared/common/shutdown.py), or
-    the same on a fresh thread when this thread already runs a loop."""
+def run_to_end(coro: Coroutine[Any, Any, T], *, time_limit: float | None = None) -> T:
+    """``asyncio.run`` of a cancellable task (SIGTERM, or ``time_limit``, cancels it:
+    shared/common/shutdown.py), or the same on a fresh thread when this thread already runs a loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run_cancellable(coro))
+        return asyncio.run(run_cancellable(coro, time_limit))
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, run_cancellable(coro)).result()
+        return pool.submit(asyncio.run, run_cancellable(coro, time_limit)).result()
 
 
 async def _status(settings: Settings, limit: int, *, compact: bool, full_preview: bool) -> RunSummary:
@@ -191,6 +192,8 @@ async def _attempt(action: str, settings: Settings, summary: RunSummary, storage
         summary.finish(True)
     except SyncError as exc:
         summary.exception = exc
+        if isinstance(exc, RunLockedError) and taken is None:  # another run holds the lock: this one changed nothing
+            summary.extra["skipped"] = True
         summary.finish(False, scrub(str(exc)))
     except asyncio.CancelledError as exc:  # SIGTERM (shared/common/shutdown.py): report, summary and lock release still happen
         summary.exception = RunCancelledError(f"the run was cancelled: {exc.args[0] if exc.args else 'cancelled'}; "

@@ -14,7 +14,7 @@ from .config.settings import Settings
 from .model.records import DATASETS
 from .plan.approval import Approver, check_expected, held_count, held_digest, normalize_digest
 from .plan.guard import approve
-from .previews import newest_preview
+from .previews import preview_status
 from .storage.backend import open_storage
 from .storage.history import ReportStore
 from .storage.stores import StateStore
@@ -119,7 +119,7 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
     except SyncError as exc:
         out["runsError"] = scrub(str(exc))
     try:
-        if (preview := newest_preview(storage)) is not None:
+        if (preview := preview_status(storage)) is not None:
             out["preview"] = preview
     except SyncError as exc:
         out["previewError"] = scrub(str(exc))

@@ -13,7 +13,11 @@ minutes a full read takes, and a running update must not refuse a preview. The l
 before the answer, so a second ``POST`` finds it held and gets 409 with the running preview's
 id and start (``PreviewRunningError``); it is released after the outcome is recorded. A worker
 that dies without a word leaves no held lock for long (the kernel drops an OS lock, a lease
-expires), but its ``running`` record stays the newest until the next preview starts.
+expires), and its ``running`` record with it: ``status`` shows such a record ``failed``
+(``preview_status``), since a live preview holds its lock until its outcome is recorded. On
+Azure the host stops a language worker with a kill (no signal handler runs) and a thread left
+running after its request was answered keeps no instance alive, so a scale-in ends a preview
+this way.
 
 **Its records.** The run reports (``shared/storage/history.py``) of the previews, kept apart
 from the runs' own reports in ``preview/runs/`` (so they never count as an earlier run of the
@@ -43,7 +47,7 @@ from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
 from .storage.backend import Storage
 from .storage.history import ReportStore
-from .storage.lock import RunLock, RunLockedError, default_holder
+from .storage.lock import UNNAMED, RunLock, RunLockedError, default_holder
 
 log = logging.getLogger("shared.previews")
 
@@ -51,6 +55,9 @@ PREVIEW_DIR = "preview"  # beside the state: the preview's lock and its records
 MAX_RECORDS = 50  # previews' records kept (and 30 days at most, as run reports)
 _ENDING_TRIES = 5  # an ended preview's lock is given back right after its record is written
 _ENDING_WAIT_SECONDS = 0.2
+STOPPED_UNRECORDED = ("the preview stopped before it recorded its outcome (its worker or instance was stopped or recycled "
+                      "while it ran, or its last record could not be written); nothing was changed; start it again with "
+                      "POST test-update")
 _ID = re.compile(r"\btest-update ([0-9a-f]{16})\b")
 
 Work = Callable[[], Coroutine[Any, Any, RunSummary]]
@@ -89,6 +96,26 @@ def newest_preview(storage: Storage) -> dict[str, Any] | None:
         return None
     record = {k: v for k, v in found[0].items() if k != "finishedAt"}  # the store's write time, not the preview's end
     return record
+
+
+def preview_status(storage: Storage) -> dict[str, Any] | None:
+    """The newest preview as ``status`` shows it: ``newest_preview``, except that a ``running``
+    record whose lock nobody holds any more is shown ``failed`` with ``STOPPED_UNRECORDED``.
+    A preview records its outcome before it gives its lock back, so that pair means it never
+    will: its worker was killed (the host stops a language worker with a kill, no signal handler
+    runs), or its instance was recycled (a preview runs after its request was answered, so no
+    execution keeps that instance alive), or its final record could not be written. While the
+    lock cannot be probed (``None``) the record is shown as it is. Raises ``StateError`` as
+    ``newest_preview``; writes nothing."""
+    record = newest_preview(storage)
+    if record is None or record.get("state") != "running":
+        return record
+    if preview_lock(storage, UNNAMED).held_by_anyone() is not False:
+        return record
+    again = newest_preview(storage)  # it may have ended, or another started, since the first read
+    if again is None or again.get("id") != record.get("id") or again.get("state") != "running":
+        return again
+    return {**again, "state": "failed", "error": STOPPED_UNRECORDED}
 
 
 def start_preview(storage: Storage, work: Work) -> dict[str, Any]:

@@ -22,8 +22,9 @@ param functionName string = 'sync_timer'
 
 // A failed execution of the timer function is a failed request in Application Insights; in the
 // Functions OpenTelemetry mode a timer execution may have no request row, so the run's own
-// summary record (shared/common/telemetry.py) that says ok == false counts too.
-var failedRunsQuery = 'union (requests\n| where operation_Name == \'${functionName}\' and success == false\n| project timestamp, operation_Id, resultCode, duration), (traces\n| where customDimensions.event == \'SyncRunSummary\' and customDimensions.host == \'functions\' and customDimensions.action == \'update\' and not(tobool(customDimensions.ok))\n| project timestamp, operation_Id, resultCode = \'failed\', duration = totimespan(0s))'
+// summary record (shared/common/telemetry.py) that says ok == false counts too, unless it says
+// skipped (another run held the lock, so the timer's run changed nothing and did not fail).
+var failedRunsQuery = 'union (requests\n| where operation_Name == \'${functionName}\' and success == false\n| project timestamp, operation_Id, resultCode, duration), (traces\n| where customDimensions.event == \'SyncRunSummary\' and customDimensions.host == \'functions\' and customDimensions.action == \'update\' and not(tobool(customDimensions.ok)) and tostring(customDimensions.skipped) !~ \'true\'\n| project timestamp, operation_Id, resultCode = \'failed\', duration = totimespan(0s))'
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: '${namePrefix}-ag'

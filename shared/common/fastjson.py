@@ -69,10 +69,15 @@ def dumps_sorted_bytes(value: Any) -> bytes:
 
 def loads(data: str | bytes) -> Any:
     """``json.loads``: what orjson cannot parse (a lone surrogate escape, NaN, a BOM) is parsed
-    by ``json``, which raises ``ValueError`` for what is not JSON at all. One difference: an
+    by ``json``, which raises ``ValueError`` for what is not JSON at all (and for JSON nested
+    deeper than its recursion allows, which it would raise as ``RecursionError``). One difference: an
     integer literal outside the 64-bit range comes back as a float (orjson's reading); nothing
     this product reads carries one (Graph pages, the state's record values)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(data)
+    except RecursionError:  # nested past both parsers' depth: not JSON this product can read
+        raise ValueError("JSON nested too deeply to read") from None

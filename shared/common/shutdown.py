@@ -2,9 +2,14 @@
 report and its ``SyncRunSummary`` log line and releases the run lock (for ``blob:`` state, the
 lease: the next run need not wait the 60 s for it to expire).
 
-A scale-in, a deployment or a timeout sends SIGTERM before it kills the process. What was
-confirmed by the service is already journaled (``shared/storage/state.py``), so cancelling between
-two awaits loses nothing; the next run replays the journal.
+SIGTERM is what a service manager, ``docker stop`` or Kubernetes send before they kill a
+process. The Functions host does not: it stops its language worker with ``Process.Kill``
+(SIGKILL on Linux; azure-functions-host ``WorkerProcess.Dispose``), for instance when an
+execution exceeds ``functionTimeout`` ("the language worker process restarts"), and then no
+handler runs. Either way nothing is lost: what the service confirmed is already journaled
+(``shared/storage/state.py``), so a cancel between two awaits, or a kill anywhere, leaves the
+next run to replay the journal; a killed run's lease expires within 60 s, and a killed
+preview shows ``failed`` in ``status`` (``shared/previews.py``).
 
 * ``run_cancellable(coro)``: for ``python -m shared`` (the asyncio loop runs on the main
   thread): SIGTERM cancels the run's task from the loop itself.
@@ -27,6 +32,8 @@ log = logging.getLogger("shared.shutdown")
 T = TypeVar("T")
 GRACE_SECONDS = 20.0
 CANCEL_MESSAGE = "SIGTERM (the host is stopping this instance)"
+TIME_LIMIT_MESSAGE = ("it reached its time limit of {:g} s, set below functionTimeout so that it ends before the host "
+                      "restarts the worker")
 
 _lock = threading.Lock()
 _running: dict[asyncio.Task[Any], tuple[asyncio.AbstractEventLoop, threading.Event]] = {}
@@ -56,10 +63,13 @@ def cancel_all() -> int:
     return len(items)
 
 
-async def run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro`` as a registered task; on the main thread, SIGTERM cancels it."""
+async def run_cancellable(coro: Coroutine[Any, Any, T], time_limit: float | None = None) -> T:
+    """Await ``coro`` as a registered task; on the main thread, SIGTERM cancels it. With
+    ``time_limit`` (seconds) it is cancelled then too, as SIGTERM would (``TIME_LIMIT_MESSAGE``):
+    the timer's run ends before the host's ``functionTimeout`` kills its worker."""
     task = asyncio.ensure_future(coro)
     loop = asyncio.get_running_loop()
+    deadline = None if time_limit is None else loop.call_later(max(0.0, time_limit), task.cancel, TIME_LIMIT_MESSAGE.format(time_limit))
     handled = False
     if threading.current_thread() is threading.main_thread():
         try:
@@ -74,6 +84,8 @@ async def run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
         with _registered(task):
             return await task
     finally:
+        if deadline is not None:
+            deadline.cancel()
         if handled:
             loop.remove_signal_handler(signal.SIGTERM)
 

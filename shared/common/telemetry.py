@@ -55,6 +55,8 @@ def summary_dimensions(summary: RunSummary, *, host: str = "cli") -> dict[str, s
     (all datasets); ``<phase>Seconds`` for read, plan, send, commit when the phase ran;
     ``secretExpiresInDays`` (days to the soonest expiry among the run's credential warnings,
     negative once expired; absent when none warned: ``shared/config/vault.py`` warns 30 days ahead);
+    ``skipped`` (true when another run held the lock, so this one changed nothing: the timer
+    does not count it as failed, nor does the failed-run alert in infra/app/alert.bicep);
     ``error`` (at most 2,000 characters, secrets already scrubbed)."""
     d = summary.as_dict()
     read = d.get("read") or {}
@@ -71,6 +73,7 @@ def summary_dimensions(summary: RunSummary, *, host: str = "cli") -> dict[str, s
         "readKind": str(read.get("kind") or ""),
         "readReason": str(read.get("reason") or ""),
         "objectsRead": int(sum((read.get("objects") or {}).values())),
+        "skipped": bool(d.get("skipped")),
     }
     total_held = 0
     for name in DATASETS:

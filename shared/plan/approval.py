@@ -123,7 +123,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 def _principal(raw: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(base64.b64decode(raw, validate=False))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, RecursionError):  # not base64, not UTF-8 JSON, or nested past the parser's depth
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("claims"), list) else None
 

@@ -164,7 +164,7 @@ def _encode(doc: dict[str, Any]) -> bytes:
 def _parse_report(data: bytes) -> dict[str, Any] | None:
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
         return None
     return doc if isinstance(doc, dict) else None
 

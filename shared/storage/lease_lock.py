@@ -198,6 +198,21 @@ class BlobRunLock(_LockBase):
             return False
         return True
 
+    def held_by_anyone(self) -> bool | None:
+        """Whether a lease is on the lock blob now (a read of its properties; a lease being
+        broken counts as held until it is). ``None`` when the storage cannot be read."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        if self._lease is not None:
+            return True
+        try:
+            lease = self.blob.get_blob_properties(**self._call_options()).lease
+        except ResourceNotFoundError:
+            return False
+        except AzureError:
+            return None
+        return getattr(lease, "state", None) in ("leased", "breaking")
+
     def _read_holder(self) -> tuple[str, str | None, int]:
         from azure.core.exceptions import AzureError
 

@@ -33,6 +33,7 @@ log = logging.getLogger("shared.lock")  # the name its log lines have always car
 
 LOCK_NAME = "run.lock"
 UNNAMED = "an unnamed run"
+_UNNAMED_TRIES = 5  # a lock held by no named holder is tried this often (each after _read_holder's wait)
 
 
 
@@ -58,7 +59,8 @@ class RunLockedError(StateError):
 
 class RunLock(Protocol):
     """What the engine needs: take the lock or fail at once, give it back, and know whether
-    it was lost while held (then the state must not be written)."""
+    it was lost while held (then the state must not be written); and, for a reader such as
+    ``status``, whether anyone holds it now without taking it (``None``: cannot tell)."""
 
     where: str
 
@@ -67,6 +69,8 @@ class RunLock(Protocol):
 
     @property
     def lost(self) -> bool: ...
+
+    def held_by_anyone(self) -> bool | None: ...
 
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
@@ -151,16 +155,10 @@ class FileRunLock(_LockBase):
         except OSError as exc:
             raise StateError(f"cannot open the run lock at {self.where}: {exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder, since = self._read_holder(fd)
-            finally:
-                os.close(fd)
-            raise RunLockedError(self.where, holder, since) from None
-        except OSError as exc:
+            self._lock_or_name_holder(fd, fcntl)
+        except BaseException:
             os.close(fd)
-            raise StateError(f"cannot lock {self.where}: {exc.strerror}") from None
+            raise
         self._fd = fd
         self.since = _now()
         info = {"holder": self.holder, "since": self.since, "pid": os.getpid(), "host": socket.gethostname()}
@@ -169,6 +167,45 @@ class FileRunLock(_LockBase):
             os.pwrite(fd, json.dumps(info).encode("utf-8") + b"\n", 0)
         except OSError as exc:  # the lock is held; only the name shown to others is missing
             log.warning("run lock %s: could not record the holder (%s)", self.where, exc.strerror)
+
+    def _lock_or_name_holder(self, fd: int, fcntl: Any) -> None:
+        """``flock`` the open lock file, or raise ``RunLockedError`` naming its holder. A lock
+        whose file names nobody may be held for an instant by ``held_by_anyone`` (a status
+        probe, which writes no name): it is tried again briefly before it counts as held."""
+        for attempt in range(_UNNAMED_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                holder, since = self._read_holder(fd)
+                if holder != UNNAMED or attempt == _UNNAMED_TRIES - 1:
+                    raise RunLockedError(self.where, holder, since) from None
+            except OSError as exc:
+                raise StateError(f"cannot lock {self.where}: {exc.strerror}") from None
+
+    def held_by_anyone(self) -> bool | None:
+        """Whether some process holds this lock now (a read-only probe: it takes a shared lock
+        for an instant when the lock is free, and never writes). ``None`` when it cannot tell."""
+        if self._fd is not None:
+            return True
+        fcntl = _fcntl()
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _read_holder(fd: int) -> tuple[str, str | None]:
