@@ -162,6 +162,13 @@ class BicepFile:
         return names
 
 
+def descendants(node: tree_sitter.Node):
+    """Every named node below ``node``, depth first."""
+    for child in node.named_children:
+        yield child
+        yield from descendants(child)
+
+
 def object_properties(bicep: BicepFile, node: tree_sitter.Node) -> dict[str, tree_sitter.Node]:
     """The key -> value nodes of an object literal (nested resources are left out)."""
     if node.type != "object":

@@ -129,3 +129,41 @@ def app_functions() -> dict[str, Any]:
 
 def posts(receiver) -> list:
     return [r for r in receiver.request_log if r.method != "GET"]
+
+
+class EngineStack:
+    """The product's engine run in this process against a Graph emulator and a receiver
+    (``file:`` state under ``state``): ``run`` returns the run summary as ``--json`` prints it,
+    ``update`` the same and asserts that the run succeeded, ``expected`` is what the service
+    must hold for the emulator's directory now (``project``, the rules' reference path)."""
+
+    def __init__(self, graph: Any, receiver: Any, state: Path) -> None:
+        self.graph, self.receiver = graph, receiver
+        self.env = base_env(graph.base_url, receiver.base_url, f"file:{state}")
+
+    def run(self, action: str = "update") -> dict[str, Any]:
+        import asyncio
+        import datetime as dt
+
+        from shared.config.settings import load_settings
+        from shared.engine import Options, run
+
+        options = Options(graph_backoff_seconds=0.01, sync_backoff_seconds=0.01,
+                          now=lambda: dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC))
+        summary = asyncio.run(run(action, load_settings(self.env), env=self.env, options=options))
+        return json.loads(summary.to_json())
+
+    def update(self, action: str = "update") -> dict[str, Any]:
+        out = self.run(action)
+        assert out["ok"], out.get("error")
+        return out
+
+    def expected(self) -> dict[str, Any]:
+        from shared.model.directory import project
+
+        p = project(self.graph.snapshot(), DOMAINS)
+        return {
+            "addresses": set(p.datasets["addresses"]),
+            "groups": {k: {"id": k, "name": v[0], "parentIds": list(v[1])} for k, v in p.datasets["groups"].items()},
+            "users": {k: {"id": k, "address": v[0], "groupIds": list(v[1])} for k, v in p.datasets["users"].items()},
+        }

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 import pytest
-from infra_helpers import INFRA, REPO, load, mutated_infra, object_properties
+from infra_helpers import INFRA, REPO, descendants, load, mutated_infra, object_properties
 
 from shared.common.errors import SettingsError
 from shared.config.settings import load_settings
@@ -84,16 +84,10 @@ def bicep_app_settings(infra: Path) -> dict[str, str]:
     settings: dict[str, str] = {}
     for variable in (v.strip() for v in union.group(1).split(",")):
         node = fa.variables[variable]
-        objects = [node] if node.type == "object" else [c for c in _walk(node) if c.type == "object"]
+        objects = [node] if node.type == "object" else [c for c in descendants(node) if c.type == "object"]
         for obj in objects:
             settings.update({k: fa.text(v) for k, v in object_properties(fa, obj).items()})
     return settings
-
-
-def _walk(node):
-    for child in node.named_children:
-        yield child
-        yield from _walk(child)
 
 
 def _arguments(text: str) -> list[str]:

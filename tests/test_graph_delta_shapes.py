@@ -13,9 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -25,34 +22,12 @@ import pytest
 
 from devstack.graph_emulator import GraphEmulator
 from devstack.sync_receiver import SyncReceiver
-from shared.config.settings import load_settings
-from shared.engine import Options, run
-from shared.model.directory import project
-from tests.stack import DOMAINS, C, G, U, base_env, nasty_directory, service_view
+from tests.stack import C, EngineStack, G, U, nasty_directory, service_view
 
 USER = "#microsoft.graph.user"
 
 
-class Stack:
-    def __init__(self, graph: GraphEmulator, receiver: SyncReceiver, state: Path) -> None:
-        self.graph, self.receiver = graph, receiver
-        self.env = base_env(graph.base_url, receiver.base_url, f"file:{state}")
-
-    def update(self, action: str = "update") -> dict[str, Any]:
-        options = Options(graph_backoff_seconds=0.01, sync_backoff_seconds=0.01,
-                          now=lambda: dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC))
-        summary = asyncio.run(run(action, load_settings(self.env), env=self.env, options=options))
-        out = json.loads(summary.to_json())
-        assert out["ok"], out.get("error")
-        return out
-
-    def expected(self) -> dict[str, Any]:
-        p = project(self.graph.snapshot(), DOMAINS)
-        return {
-            "addresses": set(p.datasets["addresses"]),
-            "groups": {k: {"id": k, "name": v[0], "parentIds": list(v[1])} for k, v in p.datasets["groups"].items()},
-            "users": {k: {"id": k, "address": v[0], "groupIds": list(v[1])} for k, v in p.datasets["users"].items()},
-        }
+Stack = EngineStack
 
 
 def _stack(receiver: SyncReceiver, tmp_path: Path, directory: dict[str, Any] | None = None, **kw: Any) -> Stack:

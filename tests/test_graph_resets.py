@@ -22,10 +22,7 @@ run is ``ok``, it says why it read in full, and the service equals the directory
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,12 +30,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.graph_emulator import GraphEmulator
-from devstack.sync_receiver import SyncReceiver
-from shared.config.settings import load_settings
-from shared.engine import Options, run
-from shared.model.directory import project
 from shared.sources.graph_transport import GraphHttpError
-from tests.stack import DOMAINS, C, U, base_env, nasty_directory, service_view
+from tests.stack import C, EngineStack, U, nasty_directory, service_view
 
 # kind -> (what the summary's reason names, Graph's code as the product reads it)
 RESETS = {
@@ -51,24 +44,7 @@ RESETS = {
 COLLECTIONS = ("users", "groups", "contacts")
 
 
-class Stack:
-    def __init__(self, graph: GraphEmulator, receiver: SyncReceiver, state: Path) -> None:
-        self.graph, self.receiver = graph, receiver
-        self.env = base_env(graph.base_url, receiver.base_url, f"file:{state}")
-
-    def update(self, action: str = "update") -> dict[str, Any]:
-        options = Options(graph_backoff_seconds=0.01, sync_backoff_seconds=0.01,
-                          now=lambda: dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC))
-        summary = asyncio.run(run(action, load_settings(self.env), env=self.env, options=options))
-        return json.loads(summary.to_json())
-
-    def expected(self) -> dict[str, Any]:
-        p = project(self.graph.snapshot(), DOMAINS)
-        return {
-            "addresses": set(p.datasets["addresses"]),
-            "groups": {k: {"id": k, "name": v[0], "parentIds": list(v[1])} for k, v in p.datasets["groups"].items()},
-            "users": {k: {"id": k, "address": v[0], "groupIds": list(v[1])} for k, v in p.datasets["users"].items()},
-        }
+Stack = EngineStack
 
 
 @pytest.fixture
@@ -98,14 +74,14 @@ def _churn(graph: GraphEmulator) -> None:
 def test_a_delta_round_whose_link_graph_refuses_reads_in_full(stack: Stack, kind: str, collection: str, where: str) -> None:
     """A saved deltaLink, or a nextLink within the incremental round, answered with any of
     Graph's reset shapes: the run reads in full at once and leaves the service right."""
-    assert stack.update()["ok"]
+    assert stack.run()["ok"]
     _churn(stack.graph)
     stack.graph.inject_fault(kind, path_contains=f"{collection}/delta?{where}", times=1)
-    summary = stack.update()
+    summary = stack.run()
     assert summary["ok"], summary.get("error")
     assert summary["read"]["kind"] == "full" and RESETS[kind] in summary["read"]["reason"], summary["read"]
     assert service_view(stack.receiver) == stack.expected()
-    again = stack.update()  # the full read saved fresh links
+    again = stack.run()  # the full read saved fresh links
     assert again["ok"] and again["read"]["kind"] == "delta"
     assert all(c["added"] == c["removed"] == 0 for c in again["datasets"].values())
 
@@ -116,48 +92,48 @@ def test_a_first_round_whose_next_link_graph_refuses_starts_over(stack: Stack, k
     (Graph: "the application must restart with a full synchronization"), completes, and the
     service holds the whole directory; the summary says the round was restarted."""
     stack.graph.inject_fault(kind, path_contains="users/delta?$skiptoken", times=1)
-    summary = stack.update()
+    summary = stack.run()
     assert summary["ok"], summary.get("error")
     assert summary["read"]["kind"] == "full" and "started over" in summary["read"]["reason"], summary["read"]
     assert service_view(stack.receiver) == stack.expected()
     firsts = [t for m, t in stack.graph.request_log if t.startswith("/v1.0/users/delta?$select=")]
     assert len(firsts) == 2  # the users round was asked for from its start again
-    assert stack.update()["read"]["kind"] == "delta"
+    assert stack.run()["read"]["kind"] == "delta"
 
 
 def test_a_first_round_refused_again_after_starting_over_fails_and_sends_nothing(stack: Stack) -> None:
     """One restart per read: a Graph that keeps refusing fails the run before anything is sent."""
     stack.graph.inject_fault("410", path_contains="users/delta?$skiptoken", times=2)
-    summary = stack.update()
+    summary = stack.run()
     assert not summary["ok"] and "410" in summary["error"]
     assert service_view(stack.receiver) == {"addresses": set(), "groups": {}, "users": {}}
-    assert stack.update()["ok"] and service_view(stack.receiver) == stack.expected()
+    assert stack.run()["ok"] and service_view(stack.receiver) == stack.expected()
 
 
 def test_an_access_token_refused_mid_round_fails_the_run_naming_graphs_reason(stack: Stack) -> None:
     """401 InvalidAuthenticationToken on a nextLink (the token expired by Graph's clock): nothing
     is sent, the message carries Graph's code and message besides the settings to check, and the
     next run completes."""
-    assert stack.update()["ok"]
+    assert stack.run()["ok"]
     _churn(stack.graph)
     stack.graph.inject_fault("401-expired-token", path_contains="groups/delta?$skiptoken", times=1)
     before = service_view(stack.receiver)
-    summary = stack.update()
+    summary = stack.run()
     assert not summary["ok"]
     message = summary["error"]
     assert "HTTP 401" in message and "InvalidAuthenticationToken: Access token has expired or is not yet valid." in message
     assert service_view(stack.receiver) == before
-    after = stack.update()
+    after = stack.run()
     assert after["ok"] and after["read"]["kind"] == "delta"
     assert service_view(stack.receiver) == stack.expected()
 
 
 def test_a_deleted_user_comes_back_and_goes_again_across_resets(stack: Stack) -> None:
     """A reset between a deletion and the next run: the full read that follows deletes it."""
-    assert stack.update()["ok"]
+    assert stack.run()["ok"]
     stack.graph.delete_user(U(2))
     stack.graph.inject_fault("400-expired-page-token", path_contains="users/delta?$deltatoken", times=1)
-    summary = stack.update()
+    summary = stack.run()
     assert summary["ok"] and summary["read"]["kind"] == "full"
     assert U(2) not in service_view(stack.receiver)["users"]
     assert service_view(stack.receiver) == stack.expected()
@@ -189,15 +165,15 @@ def test_links_saved_under_another_select_are_not_followed(stack: Stack, monkeyp
     in full and saves links that track the new one."""
     from shared.sources.graph import SELECTS
 
-    assert stack.update()["ok"]
-    assert stack.update()["read"]["kind"] == "delta"
+    assert stack.run()["ok"]
+    assert stack.run()["read"]["kind"] == "delta"
     monkeypatch.setitem(SELECTS, "users", [*SELECTS["users"], "displayName"])
     stack.graph.reset_stats()
-    summary = stack.update()
+    summary = stack.run()
     assert summary["ok"] and summary["read"]["kind"] == "full" and "$select" in summary["read"]["reason"]
     assert any(t.startswith("/v1.0/users/delta?$select=") and "displayName" in t for _, t in stack.graph.request_log)
     assert service_view(stack.receiver) == stack.expected()
-    assert stack.update()["read"]["kind"] == "delta"
+    assert stack.run()["read"]["kind"] == "delta"
 
 
 # --- throttling and outages: retried, in every shape Graph answers them --------------------------
@@ -210,10 +186,10 @@ def test_throttled_and_failing_pages_are_retried_and_the_round_completes(stack: 
     taken for a sync reset, and the service ends equal to the directory."""
     for where in ("users/delta?$select", "groups/delta?$skiptoken"):
         stack.graph.inject_fault(kind, path_contains=where, times=2, retry_after=retry_after)
-    first = stack.update()
+    first = stack.run()
     assert first["ok"] and first["read"]["kind"] == "full" and first["read"]["graphRetries"] == 4
     _churn(stack.graph)
     stack.graph.inject_fault(kind, path_contains="contacts/delta?$deltatoken", times=2, retry_after=retry_after)
-    second = stack.update()
+    second = stack.run()
     assert second["ok"] and second["read"]["kind"] == "delta" and second["read"]["graphRetries"] == 2
     assert service_view(stack.receiver) == stack.expected()

@@ -35,6 +35,7 @@ from infra_helpers import (
     blank_extension_lines,
     checkov_report,
     copy_infra,
+    descendants,
     expr,
     int_bounds,
     lit,
@@ -587,7 +588,7 @@ def check_graph_app(root: Path) -> list[str]:
         problems.append("the app registration needs its stable uniqueName")
     rra = lookup(graph, app, "requiredResourceAccess")
     if rra.type != "array":  # concat([Microsoft Graph], exchangeRequiredAccess)
-        arrays = [n for n in _descendants(rra) if n.type == "array"]
+        arrays = [n for n in descendants(rra) if n.type == "array"]
         rra = arrays[0] if arrays else rra
     entries = [c for c in rra.named_children if c.type == "object"]
     if len(entries) != 1 or expr(graph, entries[0], "resourceAppId") != "microsoftGraphAppId":
@@ -675,12 +676,6 @@ def check_audit(root: Path) -> list[str]:
     if module_params(main, "audit").get("auditRetentionDays") != "auditRetentionDays" or "auditRetentionDays" not in main.params:
         problems.append("main.bicep must pass its auditRetentionDays parameter to the audit module")
     return problems
-
-
-def _descendants(node):
-    for child in node.named_children:
-        yield child
-        yield from _descendants(child)
 
 
 def check_exchange_app(root: Path) -> list[str]:

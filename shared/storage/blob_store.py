@@ -57,6 +57,7 @@ from ..common.errors import StateConflictError, StateError
 from ..common.localdir import default_base, private_dir
 from . import changelog
 from .blob import azure_reason, ensure_container, if_not_modified, storage_problem
+from .facts import copy_facts
 from .image import CHUNK_SIZE, MANIFEST_NAME, Image, Manifest, compress
 from .legacy import convert_v1, load_v1
 from .state import DB_NAME, JOURNAL_NAME, V1_NAME, StateDB, replay_journal
@@ -231,13 +232,7 @@ class BlobStateStore:
                     facts = None  # checked against its name, so written so: read the full way
                 if isinstance(facts, dict) and facts.get("generation") == manifest.generation:
                     return facts
-        db = self._open_snapshot()
-        if db is None:
-            return None
-        try:
-            return db.facts()
-        finally:
-            db.close()
+        return copy_facts(self._open_snapshot())
 
     def _open_snapshot(self) -> StateDB | None:
         """A dry run's own copy: it never touches the local copy a running update works on."""

@@ -40,6 +40,17 @@ def read_facts(conn: sqlite3.Connection) -> dict[str, Any]:
             "lastFullRead": meta.get("lastFullRead"), "savedAt": meta.get("savedAt"), "records": records}
 
 
+def copy_facts(db: Any) -> dict[str, Any] | None:
+    """``read_facts`` of ``db``, the copy a dry run reads (``StateStore.open(readonly=True)``),
+    which is closed (and so removed) after; ``None`` for no copy (there is no state)."""
+    if db is None:
+        return None
+    try:
+        return read_facts(db.conn)
+    finally:
+        db.close()
+
+
 def live_facts(path: Path, ident: tuple[str, int]) -> dict[str, Any] | None:
     """``read_facts`` of the committed state at ``path``, read in place in one read transaction:
     in WAL mode it neither waits for a running update nor makes one wait. ``ident``: the

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ..common import fastjson
 from ..common.errors import StateError
 from .blob_store import BlobStateStore
-from .facts import live_facts
+from .facts import copy_facts, live_facts
 from .legacy import convert_v1, load_v1
 from .state import DB_NAME, FORMAT, JOURNAL_NAME, V1_NAME, VERSION, StateDB, good_prefix, replay_journal, snapshot
 
@@ -61,13 +61,7 @@ class FileStateStore:
             raise StateError(f"cannot read the journal at {self.where}: {exc.strerror}") from None
         if not journal and (facts := live_facts(self.path, (FORMAT, VERSION))) is not None:
             return facts
-        db = self.open(readonly=True)
-        if db is None:
-            return None
-        try:
-            return db.facts()
-        finally:
-            db.close()
+        return copy_facts(self.open(readonly=True))
 
     def open(self, *, readonly: bool = False, rebuild: bool = False) -> StateDB | None:
         """The state, with the journal of an interrupted run folded in; ``None`` when there is
