@@ -288,3 +288,31 @@ def test_scripted_rounds_fold_as_the_contract_says(data, rules):
             assert r.code == 0, r.stderr
             assert r.summary["read"]["kind"] == ("full" if first else "delta")
             assert view(s.receiver) == expected(folded(state), DOMAINS, **rules)
+
+
+# --- test-update reports the records update sends ----------------------------------------------
+
+# Group names as Entra holds them: right-to-left names carry marks (U+200F, U+200E), copied text
+# zero-width spaces and no-break spaces, and a name may hold a tab, a backslash or an
+# isolate/override. Each is 1 to 256 characters, so the service takes it as it is.
+MARKED_NAMES = ["\u05de\u05db\u05d9\u05e8\u05d5\u05ea\u200f", "\u200eSales (EMEA)\u200e", "Team\u200bA", "R&D\u00a0Lab", "Ops\tNight",
+                "C:\\Shares\\x09", "\u202eevil\u202c", "line\u2028sep", "del\x7fete", "\ufeffBOM"]
+
+
+def test_test_update_lists_exactly_the_group_records_update_sends():
+    # docs/sync-rules.md, "Actions": test-update reports what update would send, records per
+    # dataset. A group's name is its displayName as it is; the --json line carries it as the
+    # same JSON value (a terminal-safe \uXXXX escape is that value, a backslash spelled out is not).
+    groups = [{"id": G(n), "displayName": name, "mail": None, "proxyAddresses": [], "members": []}
+              for n, name in enumerate(MARKED_NAMES, start=1)]
+    with Stack({"groups": groups}, {}) as s:
+        dry = run_cli("test-update", s.env, "--json")
+        assert dry.code == 0, dry.stderr
+        line = dry.stdout.strip().splitlines()[-1]
+        assert not any(ch in line for ch in "\u200f\u200e\u200b\u202e\u202c\u2028\x7f\ufeff\t")  # still safe on a terminal
+        previewed = {r["id"]: r for r in dry.summary["changes"]["groups"]["added"]}
+        s.receiver.clear_log()
+        assert run_cli("update", s.env, "--json").code == 0
+        sent = {r["id"]: r for q in s.receiver.request_log if q.method == "POST" for r in q.body.get("upsert", [])}
+        assert previewed == sent == {g["id"]: {"id": g["id"], "name": g["displayName"], "parentIds": []} for g in groups}
+        assert view(s.receiver) == s.oracle()

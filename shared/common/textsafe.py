@@ -11,7 +11,12 @@ with one that already spelled ``\\n``.
 
 ``safe_tree`` applies it to every string (keys and values) of a JSON-shaped document, leaving
 backslashes as they are: JSON already escapes them, so nothing there can pass for an escape,
-and a reason that quotes a pattern (``EXCLUDE_ADDRESS_PATTERNS``) quotes it exactly."""
+and a reason that quotes a pattern (``EXCLUDE_ADDRESS_PATTERNS``) quotes it exactly.
+
+``terminal_json`` makes JSON text safe to print without changing its value: each of those
+characters becomes a JSON ``\\uXXXX`` escape, which parses back to the same character. It is how
+records that must stay exact (the records ``test-update`` lists, which are what ``update``
+sends: a group name with a right-to-left mark is that name) reach the terminal."""
 
 from __future__ import annotations
 
@@ -43,6 +48,17 @@ def safe_text(value: Any, limit: int | None = MAX_TEXT, *, backslashes: bool = T
         text = text[:limit]
     text = (_UNSAFE if backslashes else _UNSAFE_LOG).sub(_escape, text)
     return f"{text}…[{cut} more characters]" if cut > 0 else text
+
+
+def terminal_json(text: str) -> str:
+    """JSON ``text`` with every character ``safe_text`` escapes written as a JSON ``\\uXXXX``
+    escape: the same JSON value, with nothing that moves or hides text on a terminal. Outside
+    its strings, JSON text is ASCII punctuation, so only string contents change."""
+    return _UNSAFE_LOG.sub(_json_escape, text)
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group(0)):04x}"
 
 
 def safe_tree(doc: Any, limit: int = MAX_TEXT) -> Any:
