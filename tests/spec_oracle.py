@@ -123,6 +123,7 @@ def expected(
     groups = {g["id"]: g for g in directory.get("groups") or ()}
     contacts = {c["id"]: c for c in directory.get("contacts") or ()}
     members = {gid: [m for m in (g.get("members") or ())] for gid, g in groups.items()}
+    holds = {gid: set(ms) for gid, ms in members.items()}
 
     # scope: the named groups, every group nested in them, and their user and contact members
     if SYNC_SCOPE_GROUPS is not None and split_setting(SYNC_SCOPE_GROUPS):
@@ -178,7 +179,7 @@ def expected(
                     addresses.add(k)
 
     def parents(oid: str) -> list[str]:
-        return sorted(gid for gid in scoped_groups if oid in members[gid])
+        return sorted(gid for gid in scoped_groups if oid in holds[gid])
 
     group_records = {}
     for gid in scoped_groups:
