@@ -1,6 +1,7 @@
 """An independent oracle of what the service should hold, written from the contract alone
-(docs/sync-rules.md, "From directory objects to the three datasets" and "Scope and exclusions";
-docs/sync-api.md, "Datasets"), without reading the engine.
+(docs/sync-rules.md, "Candidate addresses", "The three datasets" and "Scope and exclusions";
+docs/sync-api.md, "4.2 Address syntax (`address` in `addresses` and `users`)"), without reading
+the engine.
 
 ``expected(directory, domains, **settings)`` takes the emulator's directory model (the plain data
 of devstack/tenant.py) and the receiver's provisioned domains, and returns

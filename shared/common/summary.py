@@ -65,7 +65,7 @@ class RunSummary:
         report, the terminal or an HTTP answer. The records of ``changes`` stay exactly the
         records ``update`` sends (docs/sync-rules.md, "Actions": test-update reports what update
         would send); the JSON encoders make them terminal-safe losslessly (``terminal_json``)."""
-        self.extra = {k: v if k == "changes" else safe_tree(v) for k, v in self.extra.items()}
+        self.extra = safe_tree(self.extra, keep_records=True)
         if self.error is not None:
             self.error = safe_text(self.error, MAX_ERROR_TEXT)
         for counts in self.datasets.values():
