@@ -35,6 +35,7 @@ from shared.common.errors import SettingsError, SyncError
 from shared.common.logs import configure_logging
 from shared.common.redact import register, scrub
 from shared.common.summary import RunSummary
+from shared.common.textsafe import terminal_json
 from shared.config.settings import Settings, load_settings
 from shared.engine import Options, perform_blocking
 from shared.model.records import DATASETS
@@ -51,7 +52,7 @@ STATUS_PATH = "/api/status"
 
 def _json(doc: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     """A bounded JSON answer; no registered secret value survives into it."""
-    body = scrub(json.dumps(bounded(doc), ensure_ascii=False, default=str))
+    body = terminal_json(scrub(json.dumps(bounded(doc), ensure_ascii=False, default=str)))
     return func.HttpResponse(body, status_code=status_code, mimetype="application/json", charset="utf-8", headers=headers)
 
 

@@ -18,7 +18,7 @@ from .common.redact import scrub
 from .common.shutdown import run_cancellable
 from .common.summary import RunSummary
 from .common.telemetry import configure_telemetry, flush_telemetry
-from .common.textsafe import safe_text
+from .common.textsafe import safe_text, terminal_json
 from .config.settings import load_settings, progress_interval_seconds
 from .config.state_settings import load_state_settings
 from .engine import ACTIONS, Options, perform
@@ -134,8 +134,9 @@ def _stdout_is_utf8() -> bool:
 
 def _json_line(doc: Any) -> str:
     """One JSON line for standard output: UTF-8 text where stdout is UTF-8, else ASCII with
-    ``\\uXXXX`` escapes (the same JSON value)."""
-    return json.dumps(doc, ensure_ascii=not _stdout_is_utf8(), separators=(",", ":"))
+    ``\\uXXXX`` escapes (the same JSON value). Either way a character that moves or hides text
+    on a terminal is a ``\\uXXXX`` escape (``terminal_json``), so the records it lists stay exact."""
+    return terminal_json(json.dumps(doc, ensure_ascii=not _stdout_is_utf8(), separators=(",", ":")))
 
 
 def _main(args: argparse.Namespace, options: Options) -> int:

@@ -123,7 +123,9 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
             out["preview"] = preview
     except SyncError as exc:
         out["previewError"] = scrub(str(exc))
-    doc = safe_tree(out)  # keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py)
+    # Keys and reports carry outside text: escaped and bounded (shared/common/textsafe.py); the
+    # records a test-update listed stay what update sends (their JSON is escaped losslessly).
+    doc = safe_tree(out, keep_records=True)
     if compact:
         doc["runs"] = [compact_run(r) for r in doc.get("runs", []) if isinstance(r, dict)]
         preview = doc.get("preview")

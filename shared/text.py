@@ -40,7 +40,7 @@ def print_report(summary: RunSummary) -> None:
                 for rec in ch["added"][:5]:
                     print(f"    + {rec}")
                 for key in ch["removed"][:5]:
-                    print(f"    - {key}")
+                    print(f"    - {safe_text(key)}")
     _print_exclusions(summary.extra.get("exclusions"))
     for name, h in summary.extra.get("heldDeletions", {}).items():
         print(f"  HELD: {h['count']} {name} deletions (deletion guard); first: {', '.join(h['keys'][:5])}")

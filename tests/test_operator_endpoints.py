@@ -544,3 +544,18 @@ def test_each_failure_carries_the_http_status_the_endpoints_answer_with():
     input, 502 when a service the sync depends on failed, 500 otherwise."""
     got = [(type(exc).__name__, exc.http_status) for exc, _ in _http_status_cases()]
     assert got == [(type(exc).__name__, status) for exc, status in _http_status_cases()]
+
+
+def test_the_preview_lists_group_names_exactly_as_update_sends_them(stack):
+    # docs/sync-rules.md, "Actions": test-update reports what update would send. Right-to-left
+    # names carry marks (U+200F), copied text zero-width spaces; a name is its displayName as it is.
+    names = ["\u05de\u05db\u05d9\u05e8\u05d5\u05ea\u200f", "Team\u200bA", "line\u2028sep", "Ops\tNight"]
+    groups = [{"id": f"20000000-0000-4000-8000-{n:012d}", "displayName": name, "mail": None, "proxyAddresses": [], "members": []}
+              for n, name in enumerate(names, start=1)]
+    _, receiver, state = stack({"users": [], "groups": groups, "contacts": []})
+    result = preview()
+    assert {r["id"]: r["name"] for r in result["changes"]["groups"]["added"]} == {g["id"]: g["displayName"] for g in groups}
+    # the preview's record, as status lists it and as it is stored, parses to the same names
+    assert [r["changes"]["groups"]["added"] for r in reports(state) if r["action"] == "test-update"] in ([], [result["changes"]["groups"]["added"]])
+    timer()
+    assert {k: v["name"] for k, v in receiver.records("groups").items()} == {g["id"]: g["displayName"] for g in groups}

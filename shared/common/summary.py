@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model.records import DATASETS
-from .textsafe import safe_text, safe_tree
+from .textsafe import safe_text, safe_tree, terminal_json
 
 MAX_LISTED_REJECTIONS = 1000
 MAX_ERROR_TEXT = 4000  # characters of a run's error message (it may quote several outside texts)
@@ -62,8 +62,10 @@ class RunSummary:
     def sanitize(self) -> RunSummary:
         """Every string from outside (Graph ids and names, the sync API's messages) escaped
         and truncated (``shared/common/textsafe.py``), before the summary reaches a log line, a run
-        report, the terminal or an HTTP answer."""
-        self.extra = safe_tree(self.extra)
+        report, the terminal or an HTTP answer. The records of ``changes`` stay exactly the
+        records ``update`` sends (docs/sync-rules.md, "Actions": test-update reports what update
+        would send); the JSON encoders make them terminal-safe losslessly (``terminal_json``)."""
+        self.extra = safe_tree(self.extra, keep_records=True)
         if self.error is not None:
             self.error = safe_text(self.error, MAX_ERROR_TEXT)
         for counts in self.datasets.values():
@@ -98,4 +100,4 @@ class RunSummary:
             for listing in ("heldDeletions", "approved"):
                 if isinstance(doc.get(listing), dict):
                     doc[listing] = {d: _first_keys(e) for d, e in doc[listing].items()}
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        return terminal_json(json.dumps(doc, separators=(",", ":"), ensure_ascii=False))

@@ -11,7 +11,13 @@ with one that already spelled ``\\n``.
 
 ``safe_tree`` applies it to every string (keys and values) of a JSON-shaped document, leaving
 backslashes as they are: JSON already escapes them, so nothing there can pass for an escape,
-and a reason that quotes a pattern (``EXCLUDE_ADDRESS_PATTERNS``) quotes it exactly."""
+and a reason that quotes a pattern (``EXCLUDE_ADDRESS_PATTERNS``) quotes it exactly.
+
+The records ``test-update`` lists (under a ``changes`` key) are what ``update`` sends, so they
+stay exact: a group name with a right-to-left mark is that name. ``safe_tree(...,
+keep_records=True)`` leaves them as they are, and ``terminal_json`` makes the JSON text that
+carries them safe to print without changing its value: each of those characters becomes a JSON
+``\\uXXXX`` escape, which parses back to the same character."""
 
 from __future__ import annotations
 
@@ -45,14 +51,33 @@ def safe_text(value: Any, limit: int | None = MAX_TEXT, *, backslashes: bool = T
     return f"{text}…[{cut} more characters]" if cut > 0 else text
 
 
-def safe_tree(doc: Any, limit: int = MAX_TEXT) -> Any:
-    """Every string in a JSON-shaped ``doc`` (dict keys too) through ``safe_text``."""
+# What json.dumps leaves as it is: C0 controls are always escaped inside strings, and outside
+# them JSON text is ASCII punctuation and whitespace (indentation), which must stay.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+RECORDS_KEY = "changes"  # the records test-update lists (shared/actions/preview.py)
+
+
+def terminal_json(text: str) -> str:
+    """JSON ``text`` (from ``json.dumps``, compact or indented) with every character that moves
+    or hides text on a terminal written as a JSON ``\\uXXXX`` escape: the same JSON value."""
+    return _UNSAFE_IN_JSON.sub(_json_escape, text)
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group(0)):04x}"
+
+
+def safe_tree(doc: Any, limit: int = MAX_TEXT, *, keep_records: bool = False) -> Any:
+    """Every string in a JSON-shaped ``doc`` (dict keys too) through ``safe_text``;
+    ``keep_records`` leaves the value of every ``changes`` key as it is (the records update
+    sends; their JSON goes out through ``terminal_json``)."""
     if isinstance(doc, str):
         return _safe(doc, limit)
     if isinstance(doc, dict):
-        return {_safe(k, limit) if isinstance(k, str) else k: safe_tree(v, limit) for k, v in doc.items()}
+        return {_safe(k, limit) if isinstance(k, str) else k:
+                v if keep_records and k == RECORDS_KEY else safe_tree(v, limit, keep_records=keep_records) for k, v in doc.items()}
     if isinstance(doc, (list, tuple)):
-        return [safe_tree(v, limit) for v in doc]
+        return [safe_tree(v, limit, keep_records=keep_records) for v in doc]
     return doc
 
 

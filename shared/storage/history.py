@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..common.errors import StateError
-from ..common.textsafe import safe_tree
+from ..common.textsafe import safe_tree, terminal_json
 from .blob import azure_reason, ensure_container, storage_problem
 
 log = logging.getLogger("shared.history")  # the name its log lines have always carried
@@ -131,7 +131,7 @@ def _document(report: dict[str, Any], now: dt.datetime, max_bytes: int | None = 
     max_bytes = MAX_REPORT_BYTES if max_bytes is None else max_bytes
     # finishedAt comes first for a human reading the file, and always matches the name.
     doc = {"finishedAt": now.isoformat(timespec="seconds"), **{k: v for k, v in report.items() if k != "finishedAt"}}
-    doc = safe_tree(bounded(doc))
+    doc = safe_tree(bounded(doc), keep_records=True)  # test-update's records stay what update sends
     data = _encode(doc)
     if len(data) <= max_bytes:
         return doc, data
@@ -158,7 +158,7 @@ def _document(report: dict[str, Any], now: dt.datetime, max_bytes: int | None = 
 
 def _encode(doc: dict[str, Any]) -> bytes:
     # default=str: an odd value in a summary must not cost the run its report.
-    return json.dumps(doc, ensure_ascii=False, indent=1, default=str).encode("utf-8")
+    return terminal_json(json.dumps(doc, ensure_ascii=False, indent=1, default=str)).encode("utf-8")
 
 
 def _parse_report(data: bytes) -> dict[str, Any] | None:
