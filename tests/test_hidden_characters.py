@@ -55,7 +55,7 @@ def test_safe_text_leaves_none_of_them_in_a_name():
 
 
 def test_terminal_json_escapes_each_losslessly_compact_and_indented():
-    names = ["".join(HIDDEN), "tags\U000e0001\U000e0041\U000e007f end", "wj\u2060 shy\u00ad fvs\u180e iaa\ufff9"]
+    names = ["".join(HIDDEN), "tags\U000e0001\U000e0041\U000e007f end", "wj\u2060 shy\u00ad fvs\u180e iaa\ufff9", "del\x7fete"]
     for doc in ({"changes": {"groups": {"added": [{"name": n} for n in names]}}}, names):
         for dumped in (json.dumps(doc, ensure_ascii=False), json.dumps(doc, ensure_ascii=False, indent=1)):
             out = terminal_json(dumped)
@@ -74,3 +74,11 @@ def test_a_summary_keeps_a_test_update_name_exact_and_its_json_line_hides_nothin
     doc = json.loads(line)
     assert doc["changes"]["groups"]["added"][0]["name"] == name  # exact, as update sends it
     assert "\u2060" not in doc["exclusions"][0]["name"] and "\U000e0049" not in doc["exclusions"][0]["name"]
+
+
+def test_terminal_json_of_plain_ascii_only_spells_out_delete():
+    for doc in ({"a": "del\x7fete", "b": ["x" * 3]}, ["plain"]):
+        text = json.dumps(doc)
+        out = terminal_json(text)
+        assert "\x7f" not in out and json.loads(out) == doc
+        assert out == text.replace("\x7f", "\\u007f")
