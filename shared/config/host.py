@@ -26,8 +26,9 @@ SETTING = "AzureFunctionsJobHost__functionTimeout"
 DEFAULT_SECONDS = 30 * 60  # Flex Consumption's default functionTimeout
 MAX_MARGIN_SECONDS = 120.0
 HOST_JSON = Path(__file__).resolve().parents[2] / "host.json"
-# TimeSpan as host.json writes it: [d.]hh:mm:ss[.fraction]
-_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):([0-5]\d):([0-5]\d)(\.\d+)?$")
+# A TimeSpan as the host reads it (TimeSpan.Parse, invariant culture): [ws]{ d | [d.]hh:mm[:ss[.ff]] }[ws],
+# a lone number being days (.NET, "System.TimeSpan.Parse method"); hh 0-23, mm and ss 0-59, ff 1-7 digits.
+_TIMESPAN = re.compile(r"^(?:(?P<days>\d+)|(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2})(?::(?P<s>\d{1,2})(?P<f>\.\d{1,7})?)?)$", re.ASCII)
 
 
 def function_timeout_seconds(env: Mapping[str, str], host_json: Path = HOST_JSON) -> float | None:
@@ -54,13 +55,26 @@ def function_timeout_seconds(env: Mapping[str, str], host_json: Path = HOST_JSON
     text = str(raw).strip()
     if text == "-1":
         return None
-    m = _TIMESPAN.match(text)
-    seconds = (int(m[1] or 0) * 86400 + int(m[2]) * 3600 + int(m[3]) * 60 + int(m[4]) + float(m[5] or 0)) if m and int(m[2]) < 24 else 0
+    seconds = _timespan_seconds(text)
     if seconds <= 0:
         log.warning("%s is %r, not a TimeSpan like 00:30:00 (or -1, unbounded); assuming the plan's default of %d s",
                     where, text[:40], DEFAULT_SECONDS)
         return DEFAULT_SECONDS
     return seconds
+
+
+def _timespan_seconds(text: str) -> float:
+    """``text`` as TimeSpan.Parse reads it, in seconds; 0 for what it refuses (or a component
+    out of its range)."""
+    m = _TIMESPAN.match(text)
+    if m is None:
+        return 0
+    if m["days"] is not None:
+        return int(m["days"]) * 86400
+    hours, minutes, secs = int(m["h"]), int(m["m"]), int(m["s"] or 0)
+    if hours > 23 or minutes > 59 or secs > 59:
+        return 0
+    return int(m["d"] or 0) * 86400 + hours * 3600 + minutes * 60 + secs + float(m["f"] or 0)
 
 
 def run_time_limit(env: Mapping[str, str], host_json: Path = HOST_JSON) -> float | None:
