@@ -200,6 +200,21 @@ def test_a_blob_state_without_facts_or_with_a_journal_is_read_from_the_copy(blob
     assert reader2.facts() == _copy_facts(writer2) and reader2.image.counters["downloaded"] > 4096
 
 
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_missing_or_damaged_facts_part_is_read_from_the_copy(blob, tmp_path, damage):
+    """The figures are a convenience: the database's parts may be whole, and the copy says."""
+    svc, _ = blob
+    name = container_name("facts-bad")
+    writer = _published(svc, name, tmp_path / "a", {"users": {"u00001": True}})
+    part = svc.get_container_client(name).get_blob_client("state.parts/" + _manifest(svc, name)["facts"][0][0])
+    if damage == "missing":
+        part.delete_blob()
+    else:
+        part.upload_blob(b"not zstandard", overwrite=True)
+    reader = BlobStateStore(svc, name, "azurite", local_dir=tmp_path / "b", chunk_size=64 * 1024)
+    assert reader.facts() == _copy_facts(writer) and reader.image.counters["downloaded"] > 4096
+
+
 def test_facts_of_another_generation_are_not_believed(blob, tmp_path):
     """A manifest whose facts part names another generation (a hand-copied manifest) is read
     the full way rather than shown wrong."""

@@ -220,10 +220,15 @@ class BlobStateStore:
         """What ``status`` shows of the state (``facts.read_facts``), ``None`` when there is
         none: the manifest and the small facts part it names, not the database (at 100,000
         users its parts are 38 MB, which a copy downloads and inflates to 144 MB). From the copy
-        a dry run reads when a journal is there to fold in (a run in flight or interrupted) or
-        the manifest predates the facts (an earlier release's)."""
+        a dry run reads when a journal is there to fold in (a run in flight or interrupted), the
+        manifest predates the facts (an earlier release's), or its facts part is missing or
+        damaged (the database's parts may be whole: the copy says whether they are)."""
         with self._azure("read"):
-            read = self.image.read_facts() if self._etag_of(JOURNAL_NAME) is None else None
+            try:
+                read = self.image.read_facts() if self._etag_of(JOURNAL_NAME) is None else None
+            except StateError as exc:
+                log.warning("state %s: its figures for status cannot be read (%s); reading the whole state", self.where, exc)
+                read = None
             if read is not None and read[1] is not None:
                 manifest, raw = read
                 try:
