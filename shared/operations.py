@@ -76,7 +76,7 @@ def held_counts(store: StateStore) -> dict[str, int]:
     to a dataset that holds nothing reports as held elsewhere, so that its "nothing to approve"
     never reads as "nothing is held"."""
     facts = store.facts()  # the state's figures, without a copy of the database when it can
-    return {d: len(keys) for d, keys in facts["held"].items() if keys} if facts is not None else {}
+    return {d: len(keys) for d, keys in facts["held"].items()} if facts is not None else {}  # read_facts leaves out empty ones
 
 
 # What a run report holds beyond what a compact status needs (with each dataset's rejections): record lists.
@@ -107,7 +107,7 @@ async def status(settings: Settings, *, store: StateStore | None = None, reports
     out: dict[str, Any] = {"state": store.where, "heldDeletions": {}, "runs": []}
     facts = store.facts()  # the state's small figures, without copying the database when it can (shared/storage/stores.py)
     if facts is not None:
-        held = {d: keys for d, keys in facts["held"].items() if keys}
+        held = facts["held"]  # datasets holding none are left out (facts.read_facts)
         for d, keys in held.items():
             out["heldDeletions"][d] = {"count": len(keys), "approved": sum(keys.values()), "keys": sorted(keys), "digest": held_digest({d: keys})}
         out["heldDigest"], out["heldCount"] = held_digest(held), held_count(held)

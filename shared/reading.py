@@ -207,7 +207,7 @@ def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozense
                 graph_base_url: str | None = None) -> dict[str, Any]:
     """What the cached projection depends on beyond the directory: a change forces a full read.
     ``select``: each collection's $select, which Graph encodes into the round's links (``SELECTS``).
-    ``graph``: the Graph endpoint (``GRAPH_BASE_URL``, ``graph_endpoint``) whose links a saved
+    ``graph``: the Graph endpoint (``GRAPH_BASE_URL``, ``netutil.endpoint_key``) whose links a saved
     checkpoint holds; a delta link is judged by its own origin (``why_full``)."""
     out: dict[str, Any] = {
         "datasets": list(datasets),
@@ -216,14 +216,8 @@ def fingerprint(datasets: tuple[str, ...] | list[str], address_domains: frozense
         "select": {c: list(SELECTS[c]) for c in COLLECTIONS},  # what the saved links track
     }
     if graph_base_url is not None:
-        out["graph"] = graph_endpoint(graph_base_url)
+        out["graph"] = endpoint_key(graph_base_url)  # the same endpoint spelled another way is the same key
     return out
-
-
-def graph_endpoint(url: str) -> str:
-    """``GRAPH_BASE_URL`` as the fingerprint keeps it (``endpoint_key``): the same endpoint
-    spelled another way is the same key."""
-    return endpoint_key(url)
 
 
 def why_full(db: Any, new_fingerprint: dict[str, Any], interval_hours: float, now: dt.datetime) -> str | None:

@@ -66,7 +66,8 @@ from types import SimpleNamespace  # noqa: E402
 
 import pytest  # noqa: E402
 
-from shared.reading import fingerprint, graph_endpoint, why_full  # noqa: E402
+from shared.common.netutil import endpoint_key  # noqa: E402
+from shared.reading import fingerprint, why_full  # noqa: E402
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 SAVED_ON = "https://graph.microsoft.com/v1.0"
@@ -101,7 +102,7 @@ def test_a_state_saved_before_the_endpoint_was_recorded_is_judged_by_its_links()
 @pytest.mark.parametrize("a, b", [("https://Graph.Microsoft.com:443/v1.0/", "https://graph.microsoft.com/v1.0"),
                                   ("http://127.0.0.1:80/v1.0", "http://127.0.0.1/v1.0"), ("http://[::1]:8080/v1.0", "http://[::1]:8080/v1.0/")])
 def test_one_endpoint_spelled_two_ways_is_one_endpoint(a, b):
-    assert graph_endpoint(a) == graph_endpoint(b)
+    assert endpoint_key(a) == endpoint_key(b)
 
 
 def test_another_tenant_is_read_in_full(receiver, tmp_path):

@@ -63,9 +63,8 @@ def safe_text(value: Any, limit: int | None = MAX_TEXT, *, backslashes: bool = T
 
 # What json.dumps leaves as it is: C0 controls are always escaped inside strings, and outside
 # them JSON text is ASCII punctuation and whitespace (indentation), which must stay.
-_UNSAFE_IN_JSON = re.compile(f"[{_HIDING}]")
-# The same in two passes, for a long JSON text: a class with characters past U+FFFF is matched
-# about three times slower, and most texts have none (measured on 11 MB of records).
+# In two passes, for a long JSON text: a class with characters past U+FFFF is matched about
+# three times slower, and most texts have none (measured on 11 MB of records).
 _UNSAFE_IN_JSON_BMP = re.compile(f"[{_HIDING_BMP}]")
 _UNSAFE_IN_JSON_ASTRAL = re.compile(f"[{_HIDING_ASTRAL}]")
 _ANY_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
