@@ -144,6 +144,14 @@ class Stack:
         counted = {d: (v["added"], v["removed"]) for d, v in s["datasets"].items()}
         assert counted == changed(before, after)
         assert {d: (v["added"], v["removed"]) for d, v in dry.summary["datasets"].items()} == counted
+        # test-update lists each candidate and user it counts as excluded, an Exchange recipient's
+        # by its Guid and RecipientTypeDetails, with the reason (naming the setting for a rule)
+        listed = dry.summary["exclusions"]
+        assert {d: sum(1 for e in listed if e["dataset"] == d) for d in s["datasets"]} == {d: v["excluded"] for d, v in dry.summary["datasets"].items()}
+        types = {r["Guid"]: r["RecipientTypeDetails"] for r in self.oracle_recipients()}
+        for e in listed:
+            if e["source"] == "Exchange Online":
+                assert e["dataset"] == "addresses" and types[e["objectId"]] == e["objectType"], e
         # a delta round counts what is left out as a full read of both sources does
         assert {d: v["excluded"] for d, v in s["datasets"].items()} == {d: v["excluded"] for d, v in dry.summary["datasets"].items()}
 
