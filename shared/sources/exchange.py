@@ -18,7 +18,9 @@ source")::
 The next page is read by POSTing the same body to ``@odata.nextLink``, until there is none.
 One request is in flight at a time. Throttling (429, or a 503, or an answer that says the
 tenant exceeded the maximum number of concurrent requests) waits ``Retry-After`` or backs
-off; other 5xx, dropped connections and malformed pages are retried with backoff. 401 and 403
+off; other 5xx, dropped connections and malformed pages (not JSON, no ``value`` list, a
+recipient without a ``Guid``) are retried with backoff; a recipient's odd-typed field is its
+data, not a malformed page: warned about with its Guid and read as Graph's would be. 401 and 403
 raise ``ExchangeAuthError`` naming ``Exchange.ManageAsApp``, the directory role, and
 Exchange's own ``x-ms-diagnostics`` reason when the answer has one. An answer of more than
 ``MAX_PAGE_BYTES`` (after gzip) or a nextLink that is no URL fails at once. A page that still
