@@ -65,7 +65,8 @@ def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     = RecipientTypeDetails)."""
     oid = recipient_id(rec)
     data = compact("x", recipient_object(rec))
-    data["type"] = str(rec.get("RecipientTypeDetails") or "")
+    rtype = rec.get("RecipientTypeDetails")
+    data["type"] = rtype if isinstance(rtype, str) else ""
     # The Entra object the recipient is (a mailbox's user, a synced group), if any: with scope
     # or user-type rules the recipient follows that object's verdict (shared/model/rules.py judge).
     entra = rec.get("ExternalDirectoryObjectId")

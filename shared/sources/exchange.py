@@ -18,7 +18,9 @@ source")::
 The next page is read by POSTing the same body to ``@odata.nextLink``, until there is none.
 One request is in flight at a time. Throttling (429, or a 503, or an answer that says the
 tenant exceeded the maximum number of concurrent requests) waits ``Retry-After`` or backs
-off; other 5xx, dropped connections and malformed pages are retried with backoff. 401 and 403
+off; other 5xx, dropped connections and malformed pages (not JSON, no ``value`` list, a
+recipient without a ``Guid``) are retried with backoff; a recipient's odd-typed field is its
+data, not a malformed page: warned about with its Guid and read as Graph's would be. 401 and 403
 raise ``ExchangeAuthError`` naming ``Exchange.ManageAsApp``, the directory role, and
 Exchange's own ``x-ms-diagnostics`` reason when the answer has one. An answer of more than
 ``MAX_PAGE_BYTES`` (after gzip) or a nextLink that is no URL fails at once. A page that still
@@ -145,6 +147,7 @@ class ExchangeSource:
             page = await self._page(url, body)
             self.stats.pages += 1
             for rec in page["value"]:
+                _warn_odd(rec)
                 sink.take("recipients", {k: rec.get(k) for k in KEPT_PROPERTIES})
                 self.stats.recipients += 1
             link = page.get("@odata.nextLink")
@@ -295,13 +298,19 @@ def _page_problem(page: Any) -> str | None:
             return "a recipient that is not an object"
         guid = rec.get("Guid")
         if not isinstance(guid, str) or not guid.strip():
-            return "a recipient without a Guid"
-        if not isinstance(rec.get("RecipientTypeDetails"), str):
-            return f"recipient {guid} without RecipientTypeDetails"
-        addresses = rec.get("EmailAddresses")
-        if addresses is not None and not isinstance(addresses, list):
-            return f"recipient {guid} whose EmailAddresses is not a list"
+            return "a recipient without a Guid"  # nothing to know it by from one read to the next
     return None
+
+
+def _warn_odd(rec: dict[str, Any]) -> None:
+    """A recipient's odd-typed fields are its data, not a broken page: it offers the candidates
+    it can, as a Graph object whose ``proxyAddresses`` is not a list offers none of them, with
+    a warning naming its Guid, and the run goes on (docs/sync-rules.md: exactly the rules of
+    Graph candidates; an invalid value never fails the run)."""
+    for name, kind, what in (("RecipientTypeDetails", str, "a string"), ("PrimarySmtpAddress", str, "a string"), ("EmailAddresses", list, "a list")):
+        value = rec.get(name)
+        if value is not None and not isinstance(value, kind):
+            log.warning("Exchange Online recipient %s: %s is not %s (%s), so it is ignored", _printable(rec["Guid"])[:64], name, what, type(value).__name__)
 
 
 __all__ = ["ExchangeSource", "ExoStats", "SOURCE", "auth_message", "invoke_body", "token_getter_for"]
