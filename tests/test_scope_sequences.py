@@ -24,7 +24,7 @@ import os
 import tempfile
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from devstack.graph_emulator import GraphEmulator
@@ -199,8 +199,35 @@ def check_update(d: Directory, receiver: SyncReceiver, env: dict[str, str], rule
     return True
 
 
+# The brief's cases, always run: U1 and U2 share a primary address and U1 (the smaller id) leaves the scope
+# through a nested group's removal, then comes back; U3's mail matches a pattern (its SMTP: value is the
+# primary) and its userType changes case; the scope group is soft-deleted (the run fails, nothing is sent),
+# restored, hard-deleted as the scope moves to another group (typed in capitals), and the rules unset.
+WALKTHROUGH = {
+    "users": [_user(U(1), "shared@contoso.com", [], "Member"), _user(U(2), "Shared@Contoso.com ", [], "absent"),
+              _user(U(3), "noreply@contoso.com", ["SMTP:fallback@contoso.com"], "Guest")],
+    "groups": [{"id": G(1), "displayName": "Scope", "mail": None, "members": [U(2), G(2), C(1)]},
+               {"id": G(2), "displayName": "", "mail": "nested@contoso.com", "members": [U(1), G(3)]},
+               {"id": G(3), "displayName": None, "mail": None, "members": [G(2), U(3)]},
+               {"id": G(4), "displayName": "Outer", "mail": "outer@contoso.com", "members": [G(1), DEVICE, C(2)]}],
+    "contacts": [{"id": C(1), "displayName": "c", "mail": "partner@fabrikam.com"}, {"id": C(2), "displayName": "c", "mail": "b@fabrikam.com"}],
+    "devices": [{"id": DEVICE, "displayName": "laptop"}],
+}
+WALKTHROUGH_STEPS = [
+    ([("member-", G(1), 1)], False, None),  # G2 out of G1: G2, G3, U1 and U3 leave; U2 keeps shared@
+    ([("type", U(3), "GUEST"), ("member+", G(1), G(2))], False, None),  # back: U1 (smaller id) takes shared@ again
+    ([("delete", G(1), False)], False, None),  # the scope group soft-deleted: the run fails, nothing is sent
+    ([("type", U(3), "Member")], True, None),  # restored with its members and parents
+    ([("delete", G(1), True)], False, {"SYNC_SCOPE_GROUPS": G(2).upper(), "EXCLUDE_ADDRESS_PATTERNS": r"noreply@.*"}),
+    ([("mail", U(3), "b@fabrikam.com")], False, {}),
+]
+
+
 @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.generate])
+@example(WALKTHROUGH, {"SYNC_SCOPE_GROUPS": G(1), "EXCLUDE_USER_TYPES": "guest", "EXCLUDE_ADDRESS_PATTERNS": r"noreply@.*"},
+         WALKTHROUGH_STEPS, "changed", "1")
+@example(WALKTHROUGH, {"SYNC_SCOPE_GROUPS": f"{G(3)},{G(4)}"}, WALKTHROUGH_STEPS, "selected", None)
 @given(directories(), rule_sets(), st.lists(STEP, min_size=1, max_size=4), st.sampled_from(["selected", "changed"]), st.sampled_from([None, "1", "2"]))
 def test_any_sequence_of_changes_and_updates_leaves_the_service_as_a_full_read_implies(directory, rules, steps, props, items):
     graph = GraphEmulator(directory, max_page_size=2, max_members_per_page=2, delta_properties=props)
