@@ -12,9 +12,16 @@ door against the strict receiver. After every run:
 * a scope id that names no group of the directory fails the run (exit status 2, a message that
   names ``SYNC_SCOPE_GROUPS`` and the id) and nothing is sent;
 * otherwise the service equals ``tests/spec_oracle.py`` for the directory as it then is, the
-  summary's ``added``/``removed`` count what changed at the service, and its ``excluded`` equal
-  what a fresh state's full read counts (``test-update`` on an empty state);
-* a change of a rule setting reads in full, naming the setting.
+  summary's ``added``/``removed`` count what changed at the service and what ``test-update``
+  predicted, and its ``excluded`` and ``ruleExclusions`` equal what a full read counts (the
+  preview's, and ``test-update`` on an empty state);
+* a change of a rule setting reads in full, and the read's reason names exactly the settings
+  that changed.
+
+A second property scripts the rounds themselves (objects repeated with partial newer state,
+``@removed`` in the first round, member removals in later slices) under a scope, and a third
+checks every pair of rule settings set or unset for the settings a change names. The suite runs
+``SCOPE_SEQUENCE_EXAMPLES`` (12) examples of each property; a longer search sets more.
 
 Hypothesis runs derandomized, without an example database, with bounded example counts."""
 
@@ -194,6 +201,8 @@ def check_update(d: Directory, receiver: SyncReceiver, env: dict[str, str], rule
         assert read["kind"] == "full", read
         named = {name for name in ("SYNC_SCOPE_GROUPS", "EXCLUDE_USER_TYPES", "EXCLUDE_ADDRESS_PATTERNS") if name in read["reason"]}
         assert named == moved, read["reason"]
+    # What each setting left out (the run report, status) is what a full read says.
+    assert r.summary.get("ruleExclusions") == dry.summary.get("ruleExclusions")
     excluded = {k: v["excluded"] for k, v in r.summary["datasets"].items()}
     assert excluded == {k: v["excluded"] for k, v in dry.summary["datasets"].items()} == excluded_by_a_fresh_full_read({**env, **rules})
     return True
