@@ -18,6 +18,7 @@ from ..plan.diff import DatasetDiff, diff_records, plan_update
 from ..plan.guard import Thresholds, judge_all
 from ..reading import Checkpoints, Read, merge_delta, merge_full, read_delta
 from ..send import BatchSender
+from ..storage.codec import UNKNOWN
 from ..storage.state import StateDB
 from ..target.syncapi import service_address
 from .base import Plan
@@ -77,6 +78,8 @@ class UpdateStage(ReadStage):
             if self.settings.rules.judges_objects:
                 cache.verdict()  # a scope id that names no group fails the run here, before anything is sent
                 cache.rescope(before, affected)  # users and subtrees the round moved in or out of scope
+            # A user that waits for a held deletion's address (_wait_for_held) is looked at again.
+            affected.primaries.update(r[0] for r in db.values("users", held_keys.get("users", ())).values() if r is not UNKNOWN)
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -130,6 +133,7 @@ class UpdateStage(ReadStage):
                 reasons.append(f"{d}: {len(verdict.hold)} held ({verdict.reason})")
                 # INFO: the run's error says the same (a failure's stderr is its one error line); the Function logs INFO.
                 log.info("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
+        self._wait_for_held(plan, held)
         if held:
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
@@ -139,6 +143,25 @@ class UpdateStage(ReadStage):
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
         return held
+
+    @staticmethod
+    def _wait_for_held(plan: Plan, held: dict[str, list[str]]) -> None:
+        """A user whose primary address a user with a held deletion still holds is not sent: the
+        service keeps ``users.address`` unique (docs/sync-api.md, "4.3 Relations") and would reject it
+        as ``duplicate_address``, run after run. It waits with that deletion: while the deletion
+        is held each delta round looks at it again (``_delta_plan``: the held users' addresses
+        are claimed again), and it is sent in the run that sends the approved deletion."""
+        users = plan.diffs.get("users")
+        have = plan.held_view.get("users", {})
+        if users is None or not held.get("users"):
+            return
+        taken = {have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN}
+        waiting = [k for k, v in users.upserts.items() if v[0] in taken]
+        for k in waiting:
+            del users.upserts[k]
+        if waiting:
+            log.info("deletion guard: %d users wait for a held deletion of the user that holds their address; first: %s",
+                     len(waiting), ", ".join(waiting[:10]))
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
