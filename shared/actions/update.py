@@ -30,6 +30,7 @@ log = logging.getLogger("shared.engine")  # the name its log lines have always c
 class UpdateStage(ReadStage):
     """``update``, the plan and the deletion guard (a part of the engine's run class)."""
 
+    waiting: tuple[str, ...] = ()  # set by _guard: users that wait for a held deletion (_wait_for_held)
     moved: str | None = None  # set by _baseline: the state's records were another sync API's (why), and are now this one's
 
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> Plan:
@@ -78,8 +79,6 @@ class UpdateStage(ReadStage):
             if self.settings.rules.judges_objects:
                 cache.verdict()  # a scope id that names no group fails the run here, before anything is sent
                 cache.rescope(before, affected)  # users and subtrees the round moved in or out of scope
-            # A user that waits for a held deletion's address (_wait_for_held) is looked at again.
-            affected.primaries.update(r[0] for r in db.values("users", held_keys.get("users", ())).values() if r is not UNKNOWN)
             affected.users |= cache.claimants(affected.primaries)
             diffs: dict[str, DatasetDiff] = {}
             held_view: dict[str, Records] = {}
@@ -144,24 +143,28 @@ class UpdateStage(ReadStage):
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
         return held
 
-    @staticmethod
-    def _wait_for_held(plan: Plan, held: dict[str, list[str]]) -> None:
+    def _wait_for_held(self, plan: Plan, held: dict[str, list[str]]) -> None:
         """A user whose primary address a user with a held deletion still holds is not sent: the
-        service keeps ``users.address`` unique (docs/sync-api.md, "4.3 Relations") and would reject it
-        as ``duplicate_address``, run after run. It waits with that deletion: while the deletion
-        is held each delta round looks at it again (``_delta_plan``: the held users' addresses
-        are claimed again), and it is sent in the run that sends the approved deletion."""
+        service keeps ``users.address`` unique (docs/sync-api.md, "4.3 Relations") and would reject
+        it as ``duplicate_address``, run after run. It waits with that deletion (keeping its
+        record at the service, so a user that would take its old address waits too), and is
+        looked at again by the next run, as a rejected record is (``_update``), until the
+        deletion is approved and sent. Sets ``self.waiting``."""
         users = plan.diffs.get("users")
         have = plan.held_view.get("users", {})
+        self.waiting = ()
         if users is None or not held.get("users"):
             return
         taken = {have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN}
-        waiting = [k for k, v in users.upserts.items() if v[0] in taken]
-        for k in waiting:
-            del users.upserts[k]
-        if waiting:
+        while waiting := [k for k, v in users.upserts.items() if v[0] in taken]:
+            for k in waiting:
+                del users.upserts[k]
+                if k in have and have[k] is not UNKNOWN:
+                    taken.add(have[k][0])
+            self.waiting += tuple(waiting)
+        if self.waiting:
             log.info("deletion guard: %d users wait for a held deletion of the user that holds their address; first: %s",
-                     len(waiting), ", ".join(waiting[:10]))
+                     len(self.waiting), ", ".join(self.waiting[:10]))
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
@@ -175,7 +178,9 @@ class UpdateStage(ReadStage):
         sender = BatchSender(self.api, self.store, db, self.summary)  # the sending stage (shared/send.py)
         await sender.send_all(batches, self.progress)
         with phase(self.summary, "commit"):
-            db.rejected = {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None
+            again = {d: set(keys) for d, keys in sender.rejected.items()}  # rejections, and users that wait (_wait_for_held)
+            again["users"].update(self.waiting)
+            db.rejected = {d: sorted(keys) for d, keys in again.items() if keys} or None
             # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
             self._save_read(db, plan, provisioned)
             for d in DATASETS:
