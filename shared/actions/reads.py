@@ -19,7 +19,7 @@ from ..config.credentials import graph_token_getter
 from ..config.settings import Settings
 from ..model.directory import Cache, Round
 from ..model.records import Records, from_api_record
-from ..model.rules import RULE_SETTINGS, rule_exclusions_summary
+from ..model.rules import changed_settings, rule_exclusions_summary
 from ..reading import Checkpoints, Read, fingerprint, read_full, why_full
 from ..sources.configured import snapshot_sources
 from ..sources.graph import GraphSource, gather_or_cancel
@@ -116,9 +116,7 @@ class ReadStage(RunParts):
             return "EXO_MODE=only: Exchange Online has no delta query, so every run reads it in full"
         reason = why_full(db, self._fingerprint(provisioned), self.settings.full_sync_interval_hours, self.options.now())
         if reason is None or reason.startswith(("periodic", "FULL_SYNC_INTERVAL_HOURS")):
-            was = (db.read_fingerprint or {}).get("rules") or {}
-            now = self.settings.rules.fingerprint() or {}
-            changed = [setting for key, setting in RULE_SETTINGS if was.get(key) != now.get(key)]
+            changed = changed_settings((db.read_fingerprint or {}).get("rules"), self.settings.rules.fingerprint())
             if changed:
                 return f"{', '.join(changed)} changed since the last full read"
         return reason

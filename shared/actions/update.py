@@ -18,6 +18,7 @@ from ..plan.diff import DatasetDiff, diff_records, plan_update
 from ..plan.guard import Thresholds, judge_all
 from ..reading import Checkpoints, Read, merge_delta, merge_full, read_delta
 from ..send import BatchSender
+from ..storage.codec import UNKNOWN
 from ..storage.state import StateDB
 from ..target.syncapi import service_address
 from .base import Plan
@@ -29,6 +30,7 @@ log = logging.getLogger("shared.engine")  # the name its log lines have always c
 class UpdateStage(ReadStage):
     """``update``, the plan and the deletion guard (a part of the engine's run class)."""
 
+    waiting: tuple[str, ...] = ()  # set by _guard: users that wait for a held deletion (_wait_for_held)
     moved: str | None = None  # set by _baseline: the state's records were another sync API's (why), and are now this one's
 
     async def _plan(self, db: StateDB, provisioned: frozenset[str]) -> Plan:
@@ -130,6 +132,7 @@ class UpdateStage(ReadStage):
                 reasons.append(f"{d}: {len(verdict.hold)} held ({verdict.reason})")
                 # INFO: the run's error says the same (a failure's stderr is its one error line); the Function logs INFO.
                 log.info("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
+        self._wait_for_held(plan, held)
         if held:
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
@@ -139,6 +142,29 @@ class UpdateStage(ReadStage):
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
         return held
+
+    def _wait_for_held(self, plan: Plan, held: dict[str, list[str]]) -> None:
+        """A user whose primary address a user with a held deletion still holds is not sent: the
+        service keeps ``users.address`` unique (docs/sync-api.md, "4.3 Relations") and would reject
+        it as ``duplicate_address``, run after run. It waits with that deletion (keeping its
+        record at the service, so a user that would take its old address waits too), and is
+        looked at again by the next run, as a rejected record is (``_update``), until the
+        deletion is approved and sent. Sets ``self.waiting``."""
+        users = plan.diffs.get("users")
+        have = plan.held_view.get("users", {})
+        self.waiting = ()
+        if users is None or not held.get("users"):
+            return
+        taken = {have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN}
+        while waiting := [k for k, v in users.upserts.items() if v[0] in taken]:
+            for k in waiting:
+                del users.upserts[k]
+                if k in have and have[k] is not UNKNOWN:
+                    taken.add(have[k][0])
+            self.waiting += tuple(waiting)
+        if self.waiting:
+            log.info("deletion guard: %d users wait for a held deletion of the user that holds their address; first: %s",
+                     len(self.waiting), ", ".join(self.waiting[:10]))
 
     # --- update --------------------------------------------------------------------------
     async def _update(self, db: StateDB, provisioned: frozenset[str]) -> None:
@@ -152,7 +178,9 @@ class UpdateStage(ReadStage):
         sender = BatchSender(self.api, self.store, db, self.summary)  # the sending stage (shared/send.py)
         await sender.send_all(batches, self.progress)
         with phase(self.summary, "commit"):
-            db.rejected = {d: sorted(keys) for d, keys in sender.rejected.items() if keys} or None
+            again = {d: set(keys) for d, keys in sender.rejected.items()}  # rejections, and users that wait (_wait_for_held)
+            again["users"].update(self.waiting)
+            db.rejected = {d: sorted(keys) for d, keys in again.items() if keys} or None
             # Everything was confirmed: this read's cache and links, and the held deletions, become the state.
             self._save_read(db, plan, provisioned)
             for d in DATASETS:

@@ -259,6 +259,16 @@ RULE_SETTINGS: tuple[tuple[str, str], ...] = (
 MAX_LISTED_RULE_EXCLUSIONS = 200
 
 
+def changed_settings(was: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> list[str]:
+    """The rule settings whose values differ between two read fingerprints' ``rules``
+    (``Rules.fingerprint``; ``None``: no rule was set), in ``RULE_SETTINGS`` order. A setting
+    that is unset is unset whatever the others are: ``None`` (no rule at all), an empty list
+    and a missing key all mean it, so unsetting one setting names that setting alone
+    (docs/sync-rules.md, "Scope and exclusions": a change of any of them reads in full)."""
+    was, now = was or {}, now or {}
+    return [setting for key, setting in RULE_SETTINGS if (was.get(key) or None) != (now.get(key) or None)]
+
+
 def rule_of(reason: str) -> str | None:
     """The setting an exclusion's reason names, or ``None`` (another cause: invalid, domain...)."""
     for _, setting in RULE_SETTINGS:
