@@ -2,7 +2,7 @@
 
 ``tests/test_read_path.py`` generates legal rounds (repeated objects, ``@removed`` in any round,
 group slices whose ``members@delta`` add up) with every member typed and every page full. Real
-Graph also sends, within the same rules (docs/sync-rules.md, "Reading the directory"):
+Graph also sends, within the same rules (docs/sync-rules.md, "Every round is a delta round, and entries are applied in arrival order"):
 
 * pages that hold no entry but carry a nextLink, any number of them, anywhere in the round, the
   first and the last page before the deltaLink included (Microsoft Graph docs issue
