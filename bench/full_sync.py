@@ -159,9 +159,9 @@ async def raw_read(graph_url: str) -> tuple[int, float]:
     return sink.objects, seconds
 
 
-async def typed_read(graph_url: str, limit: int) -> tuple[int, float]:
+async def typed_read(graph_url: str, limit: int, top: int = 999) -> tuple[int, float]:
     """The first ``limit`` users through msgraph-sdk's typed models, the way the SDK's docs
-    page through ``/users``: (users, seconds)."""
+    page through ``/users`` (``top`` users a page): (users, seconds)."""
     from kiota_abstractions.authentication import AnonymousAuthenticationProvider
     from kiota_abstractions.base_request_configuration import RequestConfiguration
     from msgraph import GraphRequestAdapter, GraphServiceClient
@@ -170,7 +170,7 @@ async def typed_read(graph_url: str, limit: int) -> tuple[int, float]:
     adapter = GraphRequestAdapter(AnonymousAuthenticationProvider())
     adapter.base_url = graph_url
     client = GraphServiceClient(request_adapter=adapter)
-    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id", "mail", "proxyAddresses"], top=999)
+    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(select=["id", "mail", "proxyAddresses"], top=top)
     users = 0
     start, cpu = time.perf_counter(), time.process_time()
     page = await client.users.get(request_configuration=RequestConfiguration(query_parameters=query))
