@@ -25,6 +25,7 @@ from .base import Plan
 from .reads import ReadStage
 
 log = logging.getLogger("shared.engine")  # the name its log lines have always carried
+_NONE = (None,)  # the address of a user the service does not hold
 
 
 class UpdateStage(ReadStage):
@@ -155,14 +156,25 @@ class UpdateStage(ReadStage):
         self.waiting = ()
         if users is None or not held.get("users"):
             return
-        taken = {have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN}
-        while waiting := [k for k, v in users.upserts.items() if v[0] in taken]:
-            for k in waiting:
-                del users.upserts[k]
+        # One pass over the upserts, then the chain along the index: a rescan per link would be
+        # quadratic in a long chain of address moves (tests/test_wait_for_held.py).
+        # Only users that take an address they do not hold already (users.address is unique at
+        # the service, so one that keeps its own is no other user's): a groupIds rewrite is no index.
+        taking: dict[str, list[str]] = {}  # address -> the upserted users that take it
+        for k, v in users.upserts.items():
+            if have.get(k, _NONE)[0] != v[0]:
+                taking.setdefault(v[0], []).append(k)
+        taken = [have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN]
+        waits: set[str] = set()
+        while taken:  # addresses a held or waiting user still holds at the service
+            for k in taking.pop(taken.pop(), ()):
+                waits.add(k)
                 if k in have and have[k] is not UNKNOWN:
-                    taken.add(have[k][0])
-            self.waiting += tuple(waiting)
-        if self.waiting:
+                    taken.append(have[k][0])
+        if waits:
+            self.waiting = tuple(k for k in users.upserts if k in waits)
+            for k in self.waiting:
+                del users.upserts[k]
             log.info("deletion guard: %d users wait for a held deletion of the user that holds their address; first: %s",
                      len(self.waiting), ", ".join(self.waiting[:10]))
 
