@@ -100,3 +100,42 @@ def test_a_long_chain_is_found_in_passes_over_the_upserts_not_a_pass_per_link():
     waiting, left = wait(upserts, have, [f"k{n}"])
     assert sorted(waiting) == sorted(f"k{i}" for i in range(n)) and not left
     assert Visits.visits <= 4 * n, f"{Visits.visits} upsert visits for a chain of {n} users"
+
+
+def test_an_update_that_leaves_users_waiting_says_so_and_not_that_every_update_was_sent(tmp_path):
+    """U1 leaves with a@ (its deletion held: a third of the users), U2 moves from b@ to a@
+    and waits, U3 takes b@ and waits too. The run's error and summary name the waiting users
+    (what a user checks against the service: neither was sent) instead of saying that every
+    addition and update was sent; test-update counts what update sends."""
+    from devstack.graph_emulator import GraphEmulator
+    from devstack.sync_receiver import SyncReceiver
+    from tests.spec_oracle import view
+    from tests.stack import CREDENTIAL, base_env
+    from tests.test_conformance_oracle import run_cli
+
+    def user(n: int, mail: str) -> dict:
+        return {"id": f"1a000000-0000-4000-8000-{n:012d}", "displayName": "u", "mail": mail, "proxyAddresses": []}
+
+    directory = {"users": [user(1, "a@contoso.com"), user(2, "b@contoso.com"), user(3, "c@contoso.com")], "groups": [], "contacts": []}
+    graph = GraphEmulator(directory)
+    receiver = SyncReceiver(domains=["contoso.com"], credential=CREDENTIAL)
+    try:
+        env = {**base_env(graph.start(), receiver.start(), f"file:{tmp_path / 'state'}"),
+               "DELETE_THRESHOLD_PERCENT": "10", "DELETE_THRESHOLD_FLOOR": "0", "DELETE_THRESHOLD_COUNT": "1000000"}
+        assert run_cli("update", env).code == 0
+        graph.delete_user(user(1, "")["id"], permanent=True)
+        graph.upsert_user({"id": user(2, "")["id"], "mail": "a@contoso.com"})
+        graph.upsert_user({"id": user(3, "")["id"], "mail": "b@contoso.com"})
+        before = view(receiver)
+        preview = run_cli("test-update", env, "--json")
+        r = run_cli("update", env, "--json")
+        assert r.code == 4, r.stderr
+        assert view(receiver) == before  # nothing could be sent: each user waits for the one before it
+        waiting = [user(2, "")["id"], user(3, "")["id"]]
+        assert r.summary["waitingUsers"] == {"count": 2, "keys": waiting}
+        assert preview.summary["waitingUsers"] == r.summary["waitingUsers"]
+        assert preview.summary["datasets"]["users"]["added"] == r.summary["datasets"]["users"]["added"] == 0
+        assert "additions and updates were sent, except that 2 users wait" in r.stderr, r.stderr
+    finally:
+        graph.stop()
+        receiver.stop()

@@ -135,13 +135,18 @@ class UpdateStage(ReadStage):
                 log.info("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
         self._wait_for_held(plan, held)
         if held:
+            # Not every update was sent when users wait: the summary's waitingUsers names them.
+            waits = (f", except that {len(self.waiting)} users wait for the held deletion of the user that holds their "
+                     "address (waitingUsers), sent with it once approved") if self.waiting else ""
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
                 + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve the set you "
                 "reviewed with 'python -m shared approve-deletions --expect DIGEST' (the digest status shows; optionally "
-                "--dataset NAME) or POST /api/approve-deletions?expect=DIGEST; additions and updates were sent"
+                "--dataset NAME) or POST /api/approve-deletions?expect=DIGEST; additions and updates were sent" + waits
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
+        if self.waiting:
+            self.summary.extra["waitingUsers"] = {"count": len(self.waiting), "keys": list(self.waiting)}
         return held
 
     def _wait_for_held(self, plan: Plan, held: dict[str, list[str]]) -> None:
