@@ -136,7 +136,8 @@ def test_test_update_after_a_nasty_round_changes_no_byte_and_previews_exactly_wh
         guarded = {**env, "DELETE_THRESHOLD_COUNT": "1"}
         held = run_cli("update", guarded, "--json")
         assert held.code == 4, held.stderr
-        assert held.summary["datasets"]["users"]["rejected"] == 1  # U9 takes an address whose holder's deletion is held
+        # U9 takes an address whose holder's deletion is held: it waits with that deletion, not sent to be rejected
+        assert held.summary["datasets"]["users"]["rejected"] == 0 and held.summary["waitingUsers"]["keys"] == [U(9)]
         digest = run_cli("status", guarded, "--json").summary["heldDigest"]
         assert run_cli("approve-deletions", guarded, "--json", "--expect", digest).code == 0
         before = _files(state)

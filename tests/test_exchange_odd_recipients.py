@@ -117,3 +117,21 @@ def test_a_recipient_without_a_guid_leaves_the_page_unreadable(guid, caplog):
         with caplog.at_level(logging.WARNING), pytest.raises(ExchangeError) as e:
             read(emu)
     assert "without a Guid" in str(e.value) and "nothing was sent" in str(e.value)
+
+
+# (RecipientTypeDetails too, but Exchange lists only the recipients of the types asked for: an odd one never comes.)
+@pytest.mark.parametrize("field", ["PrimarySmtpAddress", "EmailAddresses", "ExternalDirectoryObjectId"])
+@pytest.mark.parametrize("value", [7, 1.5, True, {"password": "S3cr3t-v4lue"}, ["S3cr3t-v4lue"]])
+def test_each_odd_field_the_rules_read_is_warned_with_the_guid_and_never_its_value(field, value, caplog):
+    """Every field the rules read (ExternalDirectoryObjectId decides which Entra object's
+    verdict a recipient follows under the scope and user-type rules) is warned about when odd,
+    naming the Guid and the field; the value itself never reaches the log (it may be anything)."""
+    if field == "EmailAddresses" and isinstance(value, list):
+        value = "S3cr3t-v4lue"  # a list is what EmailAddresses should be
+    odd = {**recipient(X(5), "PublicFolder", "pf@contoso.com"), "Guid": X(5) + "\x1b[31m", field: value}
+    with ExchangeEmulator([odd], tenant=TENANT) as emu, caplog.at_level(logging.WARNING):
+        got = read(emu)
+    assert [r["Guid"] for r in got] == [odd["Guid"]]
+    warned = [r.getMessage() for r in caplog.records if field in r.getMessage()]
+    assert len(warned) == 1 and X(5) in warned[0], [r.getMessage() for r in caplog.records]
+    assert "S3cr3t" not in caplog.text and "\x1b" not in caplog.text

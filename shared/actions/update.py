@@ -25,6 +25,7 @@ from .base import Plan
 from .reads import ReadStage
 
 log = logging.getLogger("shared.engine")  # the name its log lines have always carried
+_NONE = (None,)  # the address of a user the service does not hold
 
 
 class UpdateStage(ReadStage):
@@ -134,13 +135,18 @@ class UpdateStage(ReadStage):
                 log.info("deletion guard: holding %d %s deletions (%s); first: %s", len(verdict.hold), d, verdict.reason, ", ".join(verdict.hold[:10]))
         self._wait_for_held(plan, held)
         if held:
+            # Not every update was sent when users wait: the summary's waitingUsers names them.
+            waits = (f", except that {len(self.waiting)} users wait for the held deletion of the user that holds their "
+                     "address (waitingUsers), sent with it once approved") if self.waiting else ""
             self.held_error = DeletionsHeldError(
                 "deletion guard tripped, deletions held and not sent: " + "; ".join(reasons)
                 + ". Review them with 'python -m shared test-update' or 'python -m shared status', then approve the set you "
                 "reviewed with 'python -m shared approve-deletions --expect DIGEST' (the digest status shows; optionally "
-                "--dataset NAME) or POST /api/approve-deletions?expect=DIGEST; additions and updates were sent"
+                "--dataset NAME) or POST /api/approve-deletions?expect=DIGEST; additions and updates were sent" + waits
             )
         self.summary.extra["heldDeletions"] = {d: {"count": len(keys), "keys": keys} for d, keys in held.items()}
+        if self.waiting:
+            self.summary.extra["waitingUsers"] = {"count": len(self.waiting), "keys": list(self.waiting)}
         return held
 
     def _wait_for_held(self, plan: Plan, held: dict[str, list[str]]) -> None:
@@ -155,14 +161,25 @@ class UpdateStage(ReadStage):
         self.waiting = ()
         if users is None or not held.get("users"):
             return
-        taken = {have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN}
-        while waiting := [k for k, v in users.upserts.items() if v[0] in taken]:
-            for k in waiting:
-                del users.upserts[k]
+        # One pass over the upserts, then the chain along the index: a rescan per link would be
+        # quadratic in a long chain of address moves (tests/test_wait_for_held.py).
+        # Only users that take an address they do not hold already (users.address is unique at
+        # the service, so one that keeps its own is no other user's): a groupIds rewrite is no index.
+        taking: dict[str, list[str]] = {}  # address -> the upserted users that take it
+        for k, v in users.upserts.items():
+            if have.get(k, _NONE)[0] != v[0]:
+                taking.setdefault(v[0], []).append(k)
+        taken = [have[k][0] for k in held["users"] if k in have and have[k] is not UNKNOWN]
+        waits: set[str] = set()
+        while taken:  # addresses a held or waiting user still holds at the service
+            for k in taking.pop(taken.pop(), ()):
+                waits.add(k)
                 if k in have and have[k] is not UNKNOWN:
-                    taken.add(have[k][0])
-            self.waiting += tuple(waiting)
-        if self.waiting:
+                    taken.append(have[k][0])
+        if waits:
+            self.waiting = tuple(k for k in users.upserts if k in waits)
+            for k in self.waiting:
+                del users.upserts[k]
             log.info("deletion guard: %d users wait for a held deletion of the user that holds their address; first: %s",
                      len(self.waiting), ", ".join(self.waiting[:10]))
 

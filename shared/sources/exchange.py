@@ -307,7 +307,8 @@ def _warn_odd(rec: dict[str, Any]) -> None:
     it can, as a Graph object whose ``proxyAddresses`` is not a list offers none of them, with
     a warning naming its Guid, and the run goes on (docs/sync-rules.md: exactly the rules of
     Graph candidates; an invalid value never fails the run)."""
-    for name, kind, what in (("RecipientTypeDetails", str, "a string"), ("PrimarySmtpAddress", str, "a string"), ("EmailAddresses", list, "a list")):
+    for name, kind, what in (("RecipientTypeDetails", str, "a string"), ("PrimarySmtpAddress", str, "a string"), ("EmailAddresses", list, "a list"),
+                             ("ExternalDirectoryObjectId", str, "a string")):  # read as no Entra object (shared/model/fold.py)
         value = rec.get(name)
         if value is not None and not isinstance(value, kind):
             log.warning("Exchange Online recipient %s: %s is not %s (%s), so it is ignored", _printable(rec["Guid"])[:64], name, what, type(value).__name__)
