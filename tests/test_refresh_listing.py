@@ -1,5 +1,5 @@
 """``refresh`` against record pages of ``GET /datasets/{dataset}/records`` that break the
-contract's record shapes (docs/sync-api.md, "Datasets": every field of a record required, ids,
+contract's record shapes (docs/sync-api.md, "3. Datasets and their records", "4.1 Shape": every field of a record required, ids,
 names and addresses strings, ``parentIds`` / ``groupIds`` lists of group ids) or name a key twice
 across the pages of one listing. Refresh rebuilds the change-tracking state from the service's
 copy (docs/sync-rules.md, "Actions"): from such a listing it must fail, naming the dataset and the

@@ -58,7 +58,7 @@ def to_api_record(dataset: str, key: str, value: tuple) -> dict[str, Any]:
 def from_api_record(dataset: str, record: dict[str, Any]) -> tuple[str, tuple]:
     """A record as the service returns it (``GET .../records``) → (key, canonical value).
 
-    Every field docs/sync-api.md ("Datasets") shows for the dataset is required: ``id``,
+    Every field docs/sync-api.md ("3. Datasets and their records", "4.1 Shape") shows for the dataset is required: ``id``,
     ``address`` and ``name`` strings (an id or address not empty), ``parentIds`` / ``groupIds``
     lists of non-empty strings; members the contract does not name are ignored. A value of
     another shape raises ``ValueError`` naming the field, never a coerced record (a string
