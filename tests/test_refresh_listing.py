@@ -100,3 +100,27 @@ def test_a_listing_in_pages_with_empty_pages_rebuilds_the_state_exactly(synced, 
     out = stack.run("refresh")
     assert out["ok"], out.get("error")
     assert state_of(state_dir) == before
+
+
+@pytest.mark.parametrize("token", ["", 7, {"t": "p1"}, "same"], ids=["empty", "number", "object", "repeated"])
+def test_a_bad_or_repeated_page_token_fails_refresh_by_name_and_changes_no_state(synced, receiver, token):
+    """A ``nextPageToken`` that is not a non-empty string, or names a page already listed, cannot
+    continue the listing: the run fails naming ``nextPageToken``; the first page is not re-read
+    as if the token were absent."""
+    stack, state_dir = synced
+    held = [copy.deepcopy(r) for r in receiver.records("users").values()]
+    store = receiver._store
+
+    def page(ds: str, size: int, tok: str | None) -> dict[str, Any]:
+        if ds != "users":
+            return real(ds, size, tok)
+        if tok is None:
+            return {"records": held[:1], "nextPageToken": "same" if token == "same" else token}
+        return {"records": held[1:], "nextPageToken": "same"}
+
+    real, store.page = store.page, page
+    before = state_of(state_dir)
+    out = stack.run("refresh")
+    assert not out["ok"], f"refresh followed a nextPageToken of {token!r}"
+    assert "users" in out["error"] and "nextPageToken" in out["error"], out["error"]
+    assert state_of(state_dir) == before
