@@ -1,6 +1,6 @@
 """``replace`` under every ``SYNC_DATASETS`` subset of a small matrix, after the directory and
 the service have both moved on from the state: each replaced dataset's summary counts are what
-docs/sync-rules.md ("The run summary": ``added``, records that differ from the state before;
+docs/sync-rules.md ("The run summary (`--json`)": ``added``, records that differ from the state before;
 ``removed``, keys of the state before that the service no longer holds) says, computed here from
 the state before and the service after; the state after equals the service's copy of every
 replaced dataset; a dataset outside ``SYNC_DATASETS`` is neither sent, nor counted, nor touched in
