@@ -75,3 +75,25 @@ def test_replace_counts_each_replaced_dataset_against_the_state_before_and_touch
         removed = sum(1 for k in before[d] if k not in service_after[d])
         assert (counts["added"], counts["removed"]) == (added, removed), (d, counts)
     assert "extra@contoso.com" not in service_after["addresses"] or "addresses" not in chosen
+
+
+@pytest.mark.parametrize("at", ["addresses/replacements", "addresses/replacements/"], ids=["create", "staging"])
+@pytest.mark.parametrize("kind", ["applied_wrong_shape", "401", "drop_after"])
+def test_a_replace_interrupted_after_two_datasets_then_an_update_converges(nasty_graph, receiver, tmp_path, at, kind):
+    """groups and users are replaced and committed, then the addresses step fails (the request
+    applied with its answer lost, refused, or dropped every time): the run fails, the state
+    keeps what the service confirmed, and the next ``update`` (with the directory moved on again)
+    leaves the service as the directory implies and the state equal to the service's copy."""
+    stack = EngineStack(nasty_graph, receiver, tmp_path)
+    stack.update()
+    nasty_graph.delete_group(G(3))
+    receiver.inject_fault(kind, path_contains=at, times=50, retry_after=0)
+    out = stack.run("replace")
+    assert not out["ok"], "the addresses step failed every time, yet the replace succeeded"
+    receiver.clear_faults()
+    assert {d: {k: tuple(v) for k, v in recs.items()} for d, recs in state_of(tmp_path).items() if d != "addresses"} == {
+        d: recs for d, recs in service_records(receiver).items() if d != "addresses"}
+    nasty_graph.delete_user(U(8))
+    stack.update()
+    assert service_view(receiver) == stack.expected()
+    assert {d: {k: tuple(v) for k, v in recs.items()} for d, recs in state_of(tmp_path).items()} == service_records(receiver)
