@@ -133,8 +133,11 @@ class ReadStage(RunParts):
             for rec in page:
                 try:
                     key, value = from_api_record(dataset, rec)
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape") from None
+                except ValueError as exc:  # the state is left as it was: nothing is written from this listing
+                    raise SyncApiProtocolError(f"GET {dataset} records returned a record of the wrong shape: {exc}") from None
+                if key in out:  # one listing of a keyed set names each key once (docs/sync-api.md, "3. Datasets and their records")
+                    raise SyncApiProtocolError(f"GET {dataset} records listed a key twice across its pages, "
+                                               f"so the listing is not one copy of the dataset; nothing was rebuilt from it")
                 out[key] = value
         return out
 

@@ -56,17 +56,45 @@ def to_api_record(dataset: str, key: str, value: tuple) -> dict[str, Any]:
 
 
 def from_api_record(dataset: str, record: dict[str, Any]) -> tuple[str, tuple]:
-    """A record as the service returns it → (key, canonical value)."""
+    """A record as the service returns it (``GET .../records``) → (key, canonical value).
+
+    Every field docs/sync-api.md ("3. Datasets and their records", "4.1 Shape") shows for the dataset is required: ``id``,
+    ``address`` and ``name`` strings (an id or address not empty), ``parentIds`` / ``groupIds``
+    lists of non-empty strings; members the contract does not name are ignored. A value of
+    another shape raises ``ValueError`` naming the field, never a coerced record (a string
+    ``parentIds`` read as its characters, a number read as an address)."""
     if dataset == "addresses":
-        return str(record["address"]).lower(), AddressRecord()
+        return _text(record, "address").lower(), AddressRecord()
     if dataset == "groups":
-        return str(record["id"]), GroupRecord(str(record["name"]), tuple(sorted(map(str, record.get("parentIds") or ()))))
+        return _text(record, "id"), GroupRecord(_text(record, "name"), _ids(record, "parentIds"))
     if dataset == "users":
-        return str(record["id"]), UserRecord(
-            str(record["address"]).lower(),
-            tuple(sorted(map(str, record.get("groupIds") or ()))),
-        )
+        return _text(record, "id"), UserRecord(_text(record, "address").lower(), _ids(record, "groupIds"))
     raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def _text(record: dict[str, Any], field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{field}' is {_shape(record, field)}, not a non-empty string")
+    return value
+
+
+def _ids(record: dict[str, Any], field: str) -> tuple[str, ...]:
+    value = record.get(field)
+    if not isinstance(value, list) or not all(isinstance(i, str) and i for i in value):
+        raise ValueError(f"'{field}' is {_shape(record, field)}, not a list of group ids (non-empty strings)")
+    return tuple(sorted(value))
+
+
+def _shape(record: dict[str, Any], field: str) -> str:
+    """What ``record[field]`` is, by type alone (a value from the service is not echoed)."""
+    if field not in record:
+        return "missing"
+    value = record[field]
+    return "empty" if value in ("", []) else "null" if value is None else f"a JSON {_JSON_TYPES.get(type(value), 'value')}"
+
+
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "array", dict: "object"}
 
 
 __all__ = ["DATASETS", "MAX_ITEMS", "AddressRecord", "GroupRecord", "Records", "UserRecord", "from_api_record", "to_api_record"]

@@ -164,7 +164,7 @@ class SyncApiClient:
             token = doc.get("nextPageToken")
             if token is None:
                 return
-            if not isinstance(token, str) or token in seen_tokens:
+            if not isinstance(token, str) or not token or token in seen_tokens:  # "" would list the first page again
                 raise SyncApiProtocolError(f"GET {dataset} records answered a bad or repeated nextPageToken")
             seen_tokens.add(token)
 
