@@ -45,12 +45,22 @@ def recipient_object(rec: dict[str, Any]) -> dict[str, Any]:
     """A recipient in the shape the candidate rules read (``mail`` and ``proxyAddresses``):
     ``PrimarySmtpAddress`` plays ``mail`` and ``EmailAddresses`` plays ``proxyAddresses``
     (docs/sync-rules.md: exactly the rules of Graph candidates)."""
-    primary = rec.get("PrimarySmtpAddress")
-    addresses = rec.get("EmailAddresses")
+    addresses = recipient_field(rec, "EmailAddresses")
     return {
-        "mail": primary if isinstance(primary, str) else None,
-        "proxyAddresses": [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else [],
+        "mail": recipient_field(rec, "PrimarySmtpAddress"),
+        "proxyAddresses": [a for a in addresses if isinstance(a, str)] if addresses is not None else [],
     }
+
+
+# The recipient fields the rules read, and the JSON type each must have: a value of another type
+# is read as absent (and warned about with the Guid: shared/sources/exchange.py).
+RECIPIENT_FIELDS: dict[str, type] = {"RecipientTypeDetails": str, "PrimarySmtpAddress": str, "EmailAddresses": list, "ExternalDirectoryObjectId": str}
+
+
+def recipient_field(rec: dict[str, Any], name: str) -> Any:
+    """``rec[name]`` when it has its type in ``RECIPIENT_FIELDS``, else ``None``."""
+    value = rec.get(name)
+    return value if isinstance(value, RECIPIENT_FIELDS[name]) else None
 
 
 def recipient_id(rec: dict[str, Any]) -> str:
@@ -65,12 +75,11 @@ def recipient_entry(rec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     = RecipientTypeDetails)."""
     oid = recipient_id(rec)
     data = compact("x", recipient_object(rec))
-    rtype = rec.get("RecipientTypeDetails")
-    data["type"] = rtype if isinstance(rtype, str) else ""
+    data["type"] = recipient_field(rec, "RecipientTypeDetails") or ""
     # The Entra object the recipient is (a mailbox's user, a synced group), if any: with scope
     # or user-type rules the recipient follows that object's verdict (shared/model/rules.py judge).
-    entra = rec.get("ExternalDirectoryObjectId")
-    data["entraId"] = entra.strip().lower() if isinstance(entra, str) and entra.strip() else None
+    entra = recipient_field(rec, "ExternalDirectoryObjectId")
+    data["entraId"] = entra.strip().lower() if entra is not None and entra.strip() else None
     return oid, oid[4:], data
 
 

@@ -47,6 +47,7 @@ from ..common.errors import ExchangeAuthError, ExchangeError
 from ..common.netutil import http_client, jittered_backoff, no_answer_hint, parse_retry_after, same_origin
 from ..common.redact import scrub
 from ..config.credentials import BearerToken, TokenGetter, token_getter_for
+from ..model.fold import RECIPIENT_FIELDS
 from .base import EntrySink, ListSink, SourceRead
 
 log = logging.getLogger("shared.exchange")  # the name its log lines have always carried
@@ -307,10 +308,10 @@ def _warn_odd(rec: dict[str, Any]) -> None:
     it can, as a Graph object whose ``proxyAddresses`` is not a list offers none of them, with
     a warning naming its Guid, and the run goes on (docs/sync-rules.md: exactly the rules of
     Graph candidates; an invalid value never fails the run)."""
-    for name, kind, what in (("RecipientTypeDetails", str, "a string"), ("PrimarySmtpAddress", str, "a string"), ("EmailAddresses", list, "a list"),
-                             ("ExternalDirectoryObjectId", str, "a string")):  # read as no Entra object (shared/model/fold.py)
+    for name, kind in RECIPIENT_FIELDS.items():  # the types the rules read them with (shared/model/fold.py)
         value = rec.get(name)
         if value is not None and not isinstance(value, kind):
+            what = "a list" if kind is list else "a string"
             log.warning("Exchange Online recipient %s: %s is not %s (%s), so it is ignored", _printable(rec["Guid"])[:64], name, what, type(value).__name__)
 
 
