@@ -75,6 +75,7 @@ class UpdateRun:
     peak_rss_mb: float
     summary: dict[str, Any]
     cpu_seconds: float = 0.0  # user + system CPU time of the update process (less sensitive to load than wall time)
+    system_seconds: float = 0.0  # the system part of cpu_seconds
 
     @property
     def objects(self) -> int:
@@ -85,9 +86,9 @@ class UpdateRun:
         return sum(c["added"] + c["removed"] for c in self.summary["datasets"].values())
 
 
-def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, tag: str) -> UpdateRun:
-    """``python -m shared update --json`` as a direct child; wall time and its own peak RSS."""
-    env = {
+def update_env(graph_url: str, sync_url: str, state_dir: Path) -> dict[str, str]:
+    """The environment of an ``update`` against the emulator and the receiver, with its state in ``state_dir``."""
+    return {
         **os.environ,
         "GRAPH_AUTH": "none",
         "GRAPH_BASE_URL": graph_url,
@@ -95,6 +96,11 @@ def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, ta
         "SYNC_API_CREDENTIAL": CREDENTIAL,
         "SYNC_STATE": f"file:{state_dir}",
     }
+
+
+def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, tag: str) -> UpdateRun:
+    """``python -m shared update --json`` as a direct child; wall time and its own peak RSS."""
+    env = update_env(graph_url, sync_url, state_dir)
     out_path, err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
@@ -110,7 +116,7 @@ def run_update(graph_url: str, sync_url: str, state_dir: Path, log_dir: Path, ta
     summary = json.loads(lines[-1])
     if not summary.get("ok"):
         raise BenchError(f"update ({tag}) failed: {summary.get('error')}")
-    return UpdateRun(wall, usage.ru_maxrss / 1024, summary, usage.ru_utime + usage.ru_stime)  # ru_maxrss is in KiB on Linux
+    return UpdateRun(wall, usage.ru_maxrss / 1024, summary, usage.ru_utime + usage.ru_stime, usage.ru_stime)  # ru_maxrss is in KiB on Linux
 
 
 def tenant_ids(users: int, seed: int) -> tuple[list[str], list[str], int]:

@@ -13,7 +13,8 @@ seconds, which drift by tens of percent within minutes on this shared 2-core mac
 - **ratio**: typed instructions per user × N ÷ the product's instructions.
 
 Instructions are user-space work only. The kernel's share (socket and file system calls) is
-not in them: the native update's system CPU share is printed beside (``os.wait4``). Hash seeds are fixed (``PYTHONHASHSEED=0``), so two runs of the same code agree
+not in them: the native update's system CPU share is printed beside (``os.wait4``, through
+``bench/full_sync.py``'s ``run_update``). Hash seeds are fixed (``PYTHONHASHSEED=0``), so two runs of the same code agree
 to about 0.01 %: an A/B of a change is one run of each.
 
     .venv/bin/python bench/instructions.py --users 100000      # about 20-30 minutes
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from full_sync import CREDENTIAL, DOMAINS, PYTHON, ROOT, BenchError, service  # noqa: E402
+from full_sync import CREDENTIAL, DOMAINS, PYTHON, ROOT, BenchError, run_update, service, update_env  # noqa: E402
 
 TYPED = """import asyncio, sys
 sys.path.insert(0, {bench!r})
@@ -55,17 +56,6 @@ def callgrind(cmd: list[str], env: dict[str, str], out: Path) -> tuple[int, str]
     if found is None:
         raise BenchError(f"no instruction total in {out}")
     return int(found.group(1)), proc.stdout
-
-
-def native_update(env: dict[str, str]) -> tuple[float, float]:
-    """The same update without valgrind: (user, system) CPU seconds (``os.wait4``)."""
-    proc = subprocess.Popen([PYTHON, "-m", "shared", "update", "--json"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise BenchError(f"the native update exited {proc.returncode}")
-    return usage.ru_utime, usage.ru_stime
 
 
 def typed(url: str, users: int, top: int, tmp: Path, tag: str) -> tuple[int, int]:
@@ -92,17 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start; files in {tmp}", flush=True)
     try:
         with service(emulator, tmp / "emulator.err") as graph_url:
-            base = {**os.environ, "GRAPH_AUTH": "none", "GRAPH_BASE_URL": graph_url, "SYNC_API_CREDENTIAL": CREDENTIAL,
-                    "DELETE_THRESHOLD_COUNT": str(10**9), "DELETE_THRESHOLD_PERCENT": "100"}
-            runs = {}
-            for tag in ("callgrind", "native"):  # each update: a fresh state and receiver
-                state = tmp / f"state.{tag}"
-                state.mkdir()
-                with service(receiver, tmp / f"receiver.{tag}.err") as sync_url:
-                    env = {**base, "SYNC_API_URL": sync_url, "SYNC_STATE": f"file:{state}"}
-                    runs[tag] = callgrind([PYTHON, "-m", "shared", "update", "--json"], env, tmp / "update.out") if tag == "callgrind" else native_update(env)
-            product = runs["callgrind"][0]
-            user, system = runs["native"]
+            # The guard must let a first full update through (as in bench/full_sync.py).
+            os.environ["DELETE_THRESHOLD_COUNT"], os.environ["DELETE_THRESHOLD_PERCENT"] = str(10**9), "100"
+            with service(receiver, tmp / "receiver.callgrind.err") as sync_url:
+                (tmp / "state.callgrind").mkdir()
+                env = update_env(graph_url, sync_url, tmp / "state.callgrind")
+                product, _ = callgrind([PYTHON, "-m", "shared", "update", "--json"], env, tmp / "update.out")
+            with service(receiver, tmp / "receiver.native.err") as sync_url:  # the same update without valgrind: its system CPU share
+                (tmp / "state.native").mkdir()
+                native = run_update(graph_url, sync_url, tmp / "state.native", tmp, "native")
             small = typed(graph_url, args.typed_top, args.typed_top, tmp, "small")
             large = typed(graph_url, 2 * args.typed_top, args.typed_top, tmp, "large")
     except BenchError as exc:
@@ -112,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| N users | product: instructions | typed SDK: instructions per user | × N | ratio | product system CPU share (native) |")
     print("| --- | --- | --- | --- | --- | --- |")
     print(f"| {args.users:,} | {product:,} | {per_user:,.0f} | {per_user * args.users:,.0f} | {per_user * args.users / product:,.0f}x "
-          f"| {100 * system / (user + system):.1f} % |")
+          f"| {100 * native.system_seconds / native.cpu_seconds:.1f} % |")
     print(f"typed reads: {small[1]:,} users {small[0]:,} instructions, {large[1]:,} users {large[0]:,} instructions")
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     if not args.keep:
