@@ -113,10 +113,10 @@ def test_upsert_rows_store_what_encode_writes(records_table: sqlite3.Connection,
     if isinstance(reference, type):
         assert statement is reference
         return
-    sql, rows = statement
+    bulk, rows = statement
     records_table.execute("DELETE FROM records")
     try:
-        records_table.executemany(sql, rows)
+        bulk.run(records_table, rows)  # multi-row statements (shared/common/bulkinsert.py)
     except UnicodeEncodeError:  # a lone surrogate: SQLite cannot hold it either way
         with pytest.raises(UnicodeEncodeError):
             records_table.executemany("INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)", reference)

@@ -26,7 +26,7 @@ from typing import Any
 from ..common.fastjson import loads
 from .counts import start_of
 from .fold import KIND_OF, OTYPE, Net, Round, member_kind, merge, recipient_entry  # noqa: F401 - Round, member_kind: this module's API
-from .loading import CACHE_TABLES, FLUSH_ENTRIES, Before, StreamLoad, chunks, encode_data, prefetch
+from .loading import CACHE_TABLES, FLUSH_ENTRIES, PUT_KEPT, Before, StreamLoad, chunks, encode_data, prefetch
 from .projection import EXCHANGE_SOURCE, GRAPH_SOURCE, Projection, candidates
 from .rules import EVERYTHING, NO_RULES, Rules, Shape, Verdict, judge
 from .views import WholeDirectory
@@ -294,6 +294,7 @@ class Cache(WholeDirectory):
             oid, guid, data = recipient_entry(rec)
             latest[oid] = (guid, data)
         seen = latest.keys()
+        kept: list[tuple[str, str]] = []  # each recipient's kept rows, inserted after the loop (only its own rows are read in it)
         for oid, (guid, data) in latest.items():
             text = encode_data(data)
             if old.get(oid) == text:
@@ -302,8 +303,9 @@ class Cache(WholeDirectory):
             cands = candidates(guid, data["type"], data, self.provisioned, self.rules, source=EXCHANGE_SOURCE)
             q("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, 'x', ?, ?)", (oid, text, len(cands.exclusions)))
             q("DELETE FROM kept WHERE object_id=?", (oid,))
-            self.conn.executemany("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", ((a, oid) for a in cands.kept))
+            kept.extend([(a, oid) for a in cands.kept])
             sink.addresses.update(cands.kept)
+        PUT_KEPT.run(self.conn, kept)
         for oid in old.keys() - seen:
             sink.addresses.update(a for (a,) in q("SELECT address FROM kept WHERE object_id=?", (oid,)))
             q("DELETE FROM objects WHERE id=?", (oid,))

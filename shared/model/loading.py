@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..common.bulkinsert import BulkInsert
 from ..common.fastjson import dumps_ascii, loads
 from .fold import KIND_OF, OTYPE, Net, Round
 from .projection import tally, warn_invalid
@@ -119,6 +120,13 @@ class StreamLoad:
         return {c: counted.get(k, 0) for c, k in KIND_OF.items()}
 
 
+# The cache's bulk inserts (multi-row statements; shared/common/bulkinsert.py).
+PUT_OBJECTS = BulkInsert("objects", ("id", "kind", "data", "excluded"), conflict="OR REPLACE")
+PUT_KEPT = BulkInsert("kept", ("address", "object_id"), conflict="OR IGNORE")
+PUT_USERS = BulkInsert("users", ("id", "primary_address"), conflict="OR REPLACE")
+PUT_MEMBERS = BulkInsert("members", ("group_id", "member_id", "kind"), conflict="OR REPLACE")
+
+
 class _Rows:
     """The statements' parameters of one merged batch, applied in ``apply``'s order."""
 
@@ -137,17 +145,18 @@ class _Rows:
 
     def apply(self, conn: sqlite3.Connection) -> None:
         """Deletions first, then the new rows, each sorted by its table's key (a B-tree fed
-        in key order touches each page once per batch)."""
+        in key order touches each page once per batch), as multi-row statements
+        (shared/common/bulkinsert.py: the same rows as one ``executemany`` each)."""
         em = conn.executemany
         em("DELETE FROM objects WHERE id=?", self.gone)
         em("DELETE FROM members WHERE group_id=?", self.reset_groups)
         em("DELETE FROM kept WHERE address=? AND object_id=?", self.unkept)
         em("DELETE FROM users WHERE id=?", self.unusers)
-        em("INSERT OR REPLACE INTO objects (id, kind, data, excluded) VALUES (?, ?, ?, ?)", sorted(self.objects))
-        em("INSERT OR IGNORE INTO kept (address, object_id) VALUES (?, ?)", sorted(self.kept))
-        em("INSERT OR REPLACE INTO users (id, primary_address) VALUES (?, ?)", sorted(self.users))
+        PUT_OBJECTS.run(conn, sorted(self.objects))
+        PUT_KEPT.run(conn, sorted(self.kept))
+        PUT_USERS.run(conn, sorted(self.users))
         em("DELETE FROM members WHERE group_id=? AND member_id=?", self.removed)
-        em("INSERT OR REPLACE INTO members (group_id, member_id, kind) VALUES (?, ?, ?)", sorted(self.added))
+        PUT_MEMBERS.run(conn, sorted(self.added))
 
 
 def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provisioned: frozenset[str], rules: Rules = NO_RULES) -> None:

@@ -7,6 +7,7 @@ shared/common/fastjson.py); an address is the empty string."""
 from __future__ import annotations
 
 from ..common import fastjson
+from ..common.bulkinsert import BulkInsert
 
 # A record whose state at the service is unknown: a batch naming it was sent, and its answer
 # was never recorded (the process died in between). It equals no projected value, so the next
@@ -24,19 +25,20 @@ def _encode(dataset: str, value: tuple) -> str:
     return fastjson.dumps([value[0], list(value[1])])  # byte for byte json.dumps(..., separators=(",", ":"), ensure_ascii=False)
 
 
-_UPSERT = "INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)"
+_UPSERT = BulkInsert("records", ("dataset", "key", "value"), conflict="OR REPLACE")
 # The same for one dataset: its name (and an address's empty value) in the statement, not bound per row.
-_UPSERT_ADDRESSES = "INSERT OR REPLACE INTO records (dataset, key, value) VALUES ('addresses', ?, '')"
-_UPSERT_NAMED = {
-    "groups": "INSERT OR REPLACE INTO records (dataset, key, value) VALUES ('groups', ?, ?)",
-    "users": "INSERT OR REPLACE INTO records (dataset, key, value) VALUES ('users', ?, ?)",
-}
+_UPSERT_ADDRESSES = BulkInsert("records", ("dataset", "key", "value"), conflict="OR REPLACE", constants={"dataset": "addresses", "value": ""})
+_UPSERT_NAMED = {d: BulkInsert("records", ("dataset", "key", "value"), conflict="OR REPLACE", constants={"dataset": d}) for d in ("groups", "users")}
+# A record marked unknown (``StateDB.mark_unknown``): only its key is bound.
+UPSERT_UNKNOWN = {d: BulkInsert("records", ("dataset", "key", "value"), conflict="OR REPLACE", constants={"dataset": d, "value": UNKNOWN_TEXT})
+                  for d in ("addresses", "groups", "users")}
 
 
-def _upsert_rows(dataset: str, upsert: dict[str, tuple]) -> tuple[str, list[tuple[str, ...]]]:
-    """The statement and its rows that store ``upsert`` as the rows ``(dataset, key,
-    _encode(dataset, value))`` of ``records`` (``_UPSERT``), without a call per record and with
-    one or two values bound per row (tests/test_send_fast.py holds the stored rows equal)."""
+def _upsert_rows(dataset: str, upsert: dict[str, tuple]) -> tuple[BulkInsert, list[tuple[str, ...]]]:
+    """The statement (``BulkInsert``: multi-row, shared/common/bulkinsert.py) and its rows that
+    store ``upsert`` as the rows ``(dataset, key, _encode(dataset, value))`` of ``records``
+    (``_UPSERT``), without a call per record and with one or two values bound per row
+    (tests/test_send_fast.py holds the stored rows equal)."""
     if dataset == "addresses" and not any(v is UNKNOWN for v in upsert.values()):
         return _UPSERT_ADDRESSES, [(k,) for k in upsert]
     if dataset in _UPSERT_NAMED:

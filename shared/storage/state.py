@@ -37,7 +37,7 @@ from ..model.directory import Cache
 from ..model.loading import INDEXES as CACHE_INDEXES
 from ..model.records import DATASETS, Records
 from ..model.rules import NO_RULES, Rules
-from .codec import UNKNOWN, UNKNOWN_TEXT, _decode, _encode, _upsert_rows  # noqa: F401 - the record values as stored
+from .codec import _UPSERT, UNKNOWN, UNKNOWN_TEXT, UPSERT_UNKNOWN, _decode, _encode, _upsert_rows  # noqa: F401 - the record values as stored
 from .facts import held_rows, read_facts
 from .journal import good_prefix, parse_journal, replay_journal, snapshot  # noqa: F401 - the journal's side of the state
 
@@ -237,7 +237,8 @@ class StateDB:
 
     def apply(self, dataset: str, upsert: dict[str, tuple], delete: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM records WHERE dataset=? AND key=?", ((dataset, k) for k in delete))
-        self.conn.executemany(*_upsert_rows(dataset, upsert))
+        bulk, rows = _upsert_rows(dataset, upsert)
+        bulk.run(self.conn, rows)
         self.changed = True
 
     def replace_records(self, dataset: str, records: Records) -> None:
@@ -255,9 +256,10 @@ class StateDB:
         return [k for (k,) in self.conn.execute("SELECT key FROM records INDEXED BY records_unknown WHERE dataset=? AND value='?'", (dataset,))]
 
     def mark_unknown(self, dataset: str, keys: Iterable[str]) -> None:
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO records (dataset, key, value) VALUES (?, ?, ?)", ((dataset, k, UNKNOWN_TEXT) for k in keys)
-        )
+        if dataset in UPSERT_UNKNOWN:
+            UPSERT_UNKNOWN[dataset].run(self.conn, [(k,) for k in keys])
+        else:
+            _UPSERT.run(self.conn, [(dataset, k, UNKNOWN_TEXT) for k in keys])
         self.changed = True
 
     def mark_recheck(self, dataset: str, keys: Iterable[str]) -> None:
