@@ -1,5 +1,5 @@
 """Edge cases of "From directory objects to the three datasets" (docs/sync-rules.md) and of the
-sync API's address grammar (docs/sync-api.md, "Datasets"), through the real CLI
+sync API's address grammar (docs/sync-api.md, "4.2 Address syntax (`address` in `addresses` and `users`)"), through the real CLI
 (``python -m shared test-update|update --json``) against the Graph emulator and the strict
 receiver. Every expected value below is derived by hand from the two pages, not from the
 product's code; each comment names the sentence it follows.
@@ -30,7 +30,7 @@ from tests.spec_oracle import view
 from tests.stack import CREDENTIAL, base_env, run_cli
 
 # A 189-character domain: a 64-octet local part, "@" and it make exactly 254 octets; one more
-# character makes 255 (docs/sync-api.md: "at most 254 octets in all").
+# character makes 255 (an address has at most 254 octets in all: docs/sync-api.md, "4.2 Address syntax (`address` in `addresses` and `users`)").
 D189 = "b" * 63 + "." + "c" * 63 + "." + "d" * 57 + ".com"
 D190 = "b" * 63 + "." + "c" * 63 + "." + "d" * 58 + ".com"
 L64 = "a" * 64
@@ -197,7 +197,7 @@ def test_a_delta_round_moves_the_shared_primary_and_memberships(stack):
     (" , contoso.com , sub.contoso.com", {"y@contoso.com"}),  # empty items; a domain GET /domains lacks
 ])
 def test_address_domains_in_any_case_and_idn_form_intersect_the_provisioned_domains(tmp_path, setting, kept):
-    # docs/sync-rules.md: "If the ADDRESS_DOMAINS setting is set, *provisioned* is intersected with it."
+    # docs/sync-rules.md, "Candidate addresses": the provisioned domains are GET /domains intersected with ADDRESS_DOMAINS.
     users = [{"id": "u1", "mail": "x@b\u00fccher.example"}, {"id": "u2", "mail": "y@contoso.com"},
              {"id": "u3", "mail": "z@fabrikam.com"}, {"id": "u4", "mail": "w@sub.contoso.com"}]
     graph = GraphEmulator({"users": users})
@@ -210,3 +210,40 @@ def test_address_domains_in_any_case_and_idn_form_intersect_the_provisioned_doma
     finally:
         graph.stop()
         receiver.stop()
+
+
+SCOPE = "SYNC_SCOPE_GROUPS"
+
+
+def test_test_update_reports_every_object_the_scope_leaves_out_even_one_with_no_kept_candidate(tmp_path):
+    # docs/sync-rules.md, "Scope and exclusions": "Each object, address or user that a setting
+    # leaves out is reported by test-update among the exclusions, with a reason that names the
+    # setting." Contacts are external by nature, so an out-of-scope contact often has only
+    # addresses of unprovisioned domains, or none: it is still an object the scope leaves out,
+    # as an out-of-scope user without an address is. The same holds for an Exchange Online
+    # recipient that is no Entra object. The counts stay those of candidates and users.
+    from devstack.exchange_emulator import ExchangeEmulator, recipient
+
+    directory = {"users": [{"id": "u1", "mail": "a@contoso.com"}, {"id": "u2", "mail": None}],
+                 "groups": [{"id": "g1", "displayName": "S", "members": ["u1", "c1"]},
+                            {"id": "g2", "displayName": "T", "members": ["u2", "c2", "c3", "c4"]}],
+                 "contacts": [{"id": "c1", "mail": "in@partner.org"}, {"id": "c2", "mail": "out@partner.org"},
+                              {"id": "c3", "mail": None}, {"id": "c4", "mail": "ok@contoso.com"}]}
+    tenant = "contoso.onmicrosoft.com"
+    exo = ExchangeEmulator([recipient("e1", "DynamicDistributionGroup", "dyn@partner.org"),
+                            recipient("e2", "PublicFolder", "pf@contoso.com")], tenant=tenant)
+    graph = GraphEmulator(directory)
+    receiver = SyncReceiver(domains=["contoso.com"], credential=CREDENTIAL)
+    env = {**base_env(graph.start(), receiver.start(), f"file:{tmp_path / 'state'}"), SCOPE: "g1",
+           "EXO_MODE": "augment", "GRAPH_TENANT_ID": tenant, "EXO_BASE_URL": exo.start()}
+    try:
+        s = _ok("test-update", env).summary
+    finally:
+        graph.stop()
+        receiver.stop()
+        exo.stop()
+    by_scope = {e["objectId"] for e in s["exclusions"] if SCOPE in e["reason"]}
+    assert by_scope == {"u2", "g2", "c2", "c3", "c4", "e1", "e2"}
+    assert "c1" not in by_scope  # in scope; its address is left out only for its domain
+    # excluded: the candidates in@, out@ and dyn@ (domain), ok@ and pf@ (scope); u2; g2
+    assert {d: c["excluded"] for d, c in s["datasets"].items()} == {"addresses": 5, "groups": 1, "users": 1}
