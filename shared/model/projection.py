@@ -35,6 +35,13 @@ class Exclusion:
     reason: str
     source: str = "Graph"  # or "Exchange Online"; object_type is then its RecipientTypeDetails
 
+    @property
+    def counted(self) -> bool:
+        """False for a contact or recipient that a rule leaves out while it would keep no
+        address (an ``addresses`` exclusion without a value): listed, but the ``excluded``
+        counts are of candidates, groups and users (docs/sync-rules.md, "Scope and exclusions")."""
+        return self.dataset != "addresses" or self.value is not None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
@@ -52,7 +59,7 @@ class Projection:
     exclusions: list[Exclusion] = field(default_factory=list)
 
     def excluded(self, dataset: str) -> int:
-        return sum(1 for e in self.exclusions if e.dataset == dataset)
+        return sum(1 for e in self.exclusions if e.dataset == dataset and e.counted)
 
 
 @dataclass

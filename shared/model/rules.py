@@ -280,7 +280,9 @@ def rule_of(reason: str) -> str | None:
 def rule_exclusions_summary(exclusions: Iterable[Any], listed: int = MAX_LISTED_RULE_EXCLUSIONS) -> dict[str, Any]:
     """What the rules left out, for the run report and ``status``: per setting and dataset the
     count, and the first ``listed`` exclusions (object id, type, dataset, value, reason).
-    ``test-update`` lists every exclusion under ``exclusions``. Input: ``projection.Exclusion``s."""
+    ``test-update`` lists every exclusion under ``exclusions``. Input: ``projection.Exclusion``s.
+    An ``addresses`` exclusion without a value (a contact or recipient left out that would keep
+    no address) is listed, not counted: the counts are of addresses, groups and users."""
     counts: dict[str, dict[str, int]] = {}
     items: list[dict[str, Any]] = []
     total = 0
@@ -288,8 +290,9 @@ def rule_exclusions_summary(exclusions: Iterable[Any], listed: int = MAX_LISTED_
         setting = rule_of(e.reason)
         if setting is None:
             continue
-        per = counts.setdefault(setting, {})
-        per[e.dataset] = per.get(e.dataset, 0) + 1
+        if e.counted:
+            per = counts.setdefault(setting, {})
+            per[e.dataset] = per.get(e.dataset, 0) + 1
         total += 1
         if len(items) < listed:
             items.append(e.as_dict())

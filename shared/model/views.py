@@ -225,11 +225,14 @@ class WholeDirectory:
                 why = left.get(oid)
                 if why is None:
                     continue
+                # An object that gives only addresses (a contact, a recipient) and would keep none is
+                # still an object the setting leaves out: reported once, with no value.
+                held = (kept_by.get(oid) or (None,)) if kind in ("c", "x") else kept_by.get(oid, ())
                 if kind == "x":  # an Exchange Online recipient: its Guid and RecipientTypeDetails
                     rtype = str(json.loads(data).get("type"))
-                    out.extend(Exclusion("addresses", oid[4:], rtype, a, why, EXCHANGE_SOURCE) for a in kept_by.get(oid, ()))
+                    out.extend(Exclusion("addresses", oid[4:], rtype, a, why, EXCHANGE_SOURCE) for a in held)
                     continue
-                out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in kept_by.get(oid, ()))
+                out.extend(Exclusion("addresses", oid, OTYPE[kind], a, why) for a in held)
                 if kind == "g":
                     out.append(Exclusion("groups", oid, "group", group_name(oid, json.loads(data)), why))
         owner: dict[str, str] = {}
