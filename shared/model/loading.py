@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..common.bulkinsert import BulkInsert
@@ -80,6 +80,23 @@ class StreamLoad:
         self._pending += 1
         if self._pending >= self.flush_entries:
             self.flush()
+
+    def take_page(self, collection: str, objs: Sequence[Any]) -> int:
+        """``take`` of a page's entries in order, up to the first that is not an object with an
+        id (a non-empty string); returns how many were taken (``Round.take_page``). Merged at
+        the same entries as ``take`` merges them."""
+        taken = 0
+        while taken < len(objs):
+            part = objs[taken : taken + max(self.flush_entries - self._pending, 1)]  # up to the next merge
+            n = self._buf.take_page(collection, part)
+            taken += n
+            self.entries[collection] += n
+            self._pending += n
+            if self._pending >= self.flush_entries:
+                self.flush()
+            if n < len(part):
+                break
+        return taken
 
     def page_done(self, collection: str, next_link: str | None, delta_link: str | None) -> None:
         """After each Graph page: where the collection's round stands; every ``interval``
