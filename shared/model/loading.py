@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 from ..common.bulkinsert import BulkInsert
@@ -31,6 +32,8 @@ from .rules import NO_RULES, Rules
 FLUSH_ENTRIES = 2000  # entries folded in memory before they are merged into the cache tables
 CHUNK = 500  # ids per SELECT ... IN (...) query, well under SQLite's limit on host parameters
 REDERIVE_ROWS = 4096  # objects rows per step of the pass that derives a resumed checkpoint's rows (_derive_all)
+
+_NOTHING_LOGGED: frozenset[str] = frozenset()  # an object's invalid values logged so far in the round: none
 
 CACHE_TABLES = ("objects", "kept", "users", "members")
 INDEXES = {  # the cache's secondary indexes: dropped for a load, built once after it
@@ -185,9 +188,10 @@ def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provis
         marks = ",".join("?" * len(part))
         old.update((oid, (k, data)) for oid, k, data in conn.execute(f"SELECT id, kind, data FROM objects WHERE id IN ({marks})", part))  # noqa: S608
     rows = _Rows()
+    added, removed = rows.added, rows.removed
     for oid, net in nets.items():
-        prev = old.get(oid)
-        quiet: frozenset[str] = frozenset()
+        prev = old.get(oid) if old else None  # a first batch of a full read finds no row
+        quiet = _NOTHING_LOGGED
         if prev is not None and (net.reset or not net.present):
             rows.gone.append((oid,))
             if prev[0] == "g":
@@ -196,11 +200,12 @@ def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provis
             prev = None
         if net.present:
             _write(rows, oid, kind, net.props, prev, provisioned, rules, quiet)
-        for mid, (add, mkind) in net.members.items():
-            if add:
-                rows.added.append((oid, mid, mkind))
-            else:
-                rows.removed.append((oid, mid))
+        if net.members:
+            for mid, (add, mkind) in net.members.items():
+                if add:
+                    added.append((oid, mid, mkind))
+                else:
+                    removed.append((oid, mid))
     rows.apply(conn)
 
 
@@ -219,13 +224,14 @@ def _write(rows: _Rows, oid: str, kind: str, props: dict[str, Any], prev: tuple[
         quiet = _forget(rows, oid, prev[0], old, provisioned, rules, kind)
     else:
         text = encode_data(data)
-    t = tally(data, provisioned, rules)
-    if t.invalid:
-        warn_invalid(OTYPE[kind], oid, t.invalid, quiet)
-    rows.objects.append((oid, kind, text, t.excluded))
-    rows.kept.extend([(a, oid) for a in t.kept])
+    kept, primary, excluded, invalid = tally(data, provisioned, rules)
+    if invalid:
+        warn_invalid(OTYPE[kind], oid, invalid, quiet)
+    rows.objects.append((oid, kind, text, excluded))
+    if kept:
+        rows.kept.extend(zip(kept, repeat(oid)))  # (address, oid) rows, without a comprehension's frame
     if kind == "u":
-        rows.users.append((oid, t.primary))
+        rows.users.append((oid, primary))
 
 
 def _forget(rows: _Rows, oid: str, prev_kind: str, prev_data: dict[str, Any], provisioned: frozenset[str], rules: Rules,
@@ -234,11 +240,11 @@ def _forget(rows: _Rows, oid: str, prev_kind: str, prev_data: dict[str, Any], pr
     again from that state, by key: the load runs without the index by object) and its users
     row, unless a users row of the new state (``kind`` ``u``) replaces it. Returns the invalid
     values that state had (they were logged then)."""
-    t = tally(prev_data, provisioned, rules)
-    rows.unkept.extend([(a, oid) for a in t.kept])
+    kept, _, _, invalid = tally(prev_data, provisioned, rules)
+    rows.unkept.extend(zip(kept, repeat(oid)))
     if prev_kind == "u" and kind != "u":
         rows.unusers.append((oid,))
-    return frozenset(value for value, _ in t.invalid)
+    return frozenset(value for value, _ in invalid)
 
 
 def _underived(conn: sqlite3.Connection) -> bool:
