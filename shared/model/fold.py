@@ -199,13 +199,16 @@ class Round:
         return sum(self.entries.values())
 
 
-_MEMBER_KINDS = {USER_TYPE: "u", GROUP_TYPE: "g", "": "?"}  # member_kind of a string, by lookup
+# (added, member kind) of a member entry by its @odata.type string (member_kind, by lookup):
+# one shared tuple per case instead of one per member.
+_ADDED = {USER_TYPE: (True, "u"), GROUP_TYPE: (True, "g"), "": (True, "?")}
+_REMOVED = {USER_TYPE: (False, "u"), GROUP_TYPE: (False, "g"), "": (False, "?")}
+_ADDED_OTHER, _REMOVED_OTHER = (True, "o"), (False, "o")
 
 
 def _fold_members(net: Net, ops: list[Any]) -> None:
     members = net.members
     present = net.present
-    kinds = _MEMBER_KINDS
     for m in ops:
         if not isinstance(m, dict):
             continue
@@ -213,8 +216,7 @@ def _fold_members(net: Net, ops: list[Any]) -> None:
         if not isinstance(mid, str) or not mid:
             continue
         otype = m.get("@odata.type")
-        mkind = kinds.get(otype, "o") if type(otype) is str else member_kind(otype)
         if "@removed" in m:
-            members[mid] = (False, mkind)
+            members[mid] = _REMOVED.get(otype, _REMOVED_OTHER) if type(otype) is str else (False, member_kind(otype))
         elif present:
-            members[mid] = (True, mkind)
+            members[mid] = _ADDED.get(otype, _ADDED_OTHER) if type(otype) is str else (True, member_kind(otype))
