@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.model.directory import SCHEMA, Cache
+from shared.model.loading import WrittenIds
 from shared.model.rules import NO_RULES, Rules, parse_rules
 from tests.load_reference import derive, merge_entries
 from tests.test_properties import mail as any_mail
@@ -163,3 +165,45 @@ def test_an_invalid_address_is_logged_once_per_object_with_its_id(batch: int, ca
         "user u2: skipped invalid address 'bad..dot@contoso.com': local part has an empty dot-atom (leading, trailing or double dot)",
     ])
     assert tables(conn) == expected(entries, NO_RULES, batch, len(entries))
+
+
+def _pages(entries: list[tuple[str, dict[str, Any]]], size: int) -> list[tuple[str, list[Any]]]:
+    """Runs of one collection's entries, at most ``size`` each (Graph's pages)."""
+    out: list[tuple[str, list[Any]]] = []
+    for collection, obj in entries:
+        if out and out[-1][0] == collection and len(out[-1][1]) < size:
+            out[-1][1].append(obj)
+        else:
+            out.append((collection, [obj]))
+    return out
+
+
+@props(150)
+@given(st.lists(entry(), max_size=30), st.integers(1, 7), st.integers(1, 9), st.sampled_from(RULES), st.booleans())
+def test_pages_taken_at_once_leave_the_rows_of_their_entries_taken_one_by_one(entries: list[tuple[str, dict[str, Any]]], batch: int,
+                                                                               size: int, rules: Rules, collide: bool) -> None:
+    """``take_page`` (what the Graph read feeds) against ``take`` of each entry; ``collide``:
+    every id the load wrote shares its bit with every other (``WrittenIds``), so each one is
+    looked up, as without the table."""
+    conn = database()
+    load = Cache(conn, PROVISIONED, rules, empty=True).load(flush_entries=batch)
+    for collection, obj in entries:
+        load.take(collection, obj)
+    load.finish()
+    paged = database()
+    with patch.object(WrittenIds, "BITS", 8 if collide else WrittenIds.BITS):
+        load = Cache(paged, PROVISIONED, rules, empty=True).load(flush_entries=batch)
+        for collection, page in _pages(entries, size):
+            assert load.take_page(collection, page) == len(page)
+        load.finish()
+    assert tables(paged) == tables(conn)
+
+
+def test_a_page_is_taken_up_to_its_first_entry_without_an_id() -> None:
+    load = Cache(database(), PROVISIONED, empty=True).load(flush_entries=2)
+    page = [{"id": "u1", "mail": "a@contoso.com"}, {"id": "u2"}, {"id": "u3"}, {"id": ""}, {"id": "u4"}]
+    assert load.take_page("users", page) == 3
+    assert load.take_page("users", [["not an object"]]) == 0
+    assert load.entries["users"] == 3
+    with pytest.raises(ValueError, match="a users delta entry without an id"):
+        load.take("users", page[3])

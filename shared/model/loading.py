@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 from ..common.bulkinsert import BulkInsert
@@ -31,6 +32,8 @@ from .rules import NO_RULES, Rules
 FLUSH_ENTRIES = 2000  # entries folded in memory before they are merged into the cache tables
 CHUNK = 500  # ids per SELECT ... IN (...) query, well under SQLite's limit on host parameters
 REDERIVE_ROWS = 4096  # objects rows per step of the pass that derives a resumed checkpoint's rows (_derive_all)
+
+_NOTHING_LOGGED: frozenset[str] = frozenset()  # an object's invalid values logged so far in the round: none
 
 CACHE_TABLES = ("objects", "kept", "users", "members")
 INDEXES = {  # the cache's secondary indexes: dropped for a load, built once after it
@@ -60,6 +63,9 @@ class StreamLoad:
         self.entries: dict[str, int] = dict.fromkeys(KIND_OF, 0)
         self._buf = Round()
         self._pending = 0
+        # The ids this load wrote, as bits of their hashes (``WrittenIds``); None: a resumed
+        # round, whose cache holds rows of any id.
+        self._written: WrittenIds | None = None if keep else WrittenIds()
         # Checkpoints (a full read that outlives one invocation): where each collection's round
         # stands ({"next": nextLink} or {"delta": deltaLink}), and what saves it (``checkpoint``).
         self.progress: dict[str, dict[str, str | None]] = {}
@@ -81,6 +87,23 @@ class StreamLoad:
         if self._pending >= self.flush_entries:
             self.flush()
 
+    def take_page(self, collection: str, objs: Sequence[Any]) -> int:
+        """``take`` of a page's entries in order, up to the first that is not an object with an
+        id (a non-empty string); returns how many were taken (``Round.take_page``). Merged at
+        the same entries as ``take`` merges them."""
+        taken = 0
+        while taken < len(objs):
+            part = objs[taken : taken + max(self.flush_entries - self._pending, 1)]  # up to the next merge
+            n = self._buf.take_page(collection, part)
+            taken += n
+            self.entries[collection] += n
+            self._pending += n
+            if self._pending >= self.flush_entries:
+                self.flush()
+            if n < len(part):
+                break
+        return taken
+
     def page_done(self, collection: str, next_link: str | None, delta_link: str | None) -> None:
         """After each Graph page: where the collection's round stands; every ``interval``
         seconds the merged pages and the links are saved (``checkpoint``), at a page boundary,
@@ -99,7 +122,7 @@ class StreamLoad:
         """Merge the folded entries into the cache tables (a checkpoint calls this first)."""
         for collection, nets in self._buf.nets.items():
             if nets:
-                merge_nets(self.conn, KIND_OF[collection], nets, self.provisioned, self.rules)
+                merge_nets(self.conn, KIND_OF[collection], nets, self.provisioned, self.rules, self._written)
         self._buf = Round()
         self._pending = 0
 
@@ -159,18 +182,48 @@ class _Rows:
         PUT_MEMBERS.run(conn, sorted(self.added))
 
 
-def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provisioned: frozenset[str], rules: Rules = NO_RULES) -> None:
+class WrittenIds:
+    """The ids a load into an emptied cache wrote so far, as one bit of each id's hash in a
+    fixed table (256 KB): an id whose bit is clear has no row, so only the others are looked
+    up (a few percent of a full read's ids share a bit with an earlier one: looked up, as
+    without the table). Memory does not grow with the tenant."""
+
+    BITS = 1 << 21
+
+    def __init__(self) -> None:
+        self.bits = bytearray(self.BITS >> 3)
+
+    def maybe(self, oids: Iterable[str]) -> list[str]:
+        """The ids of ``oids`` that may have rows (each one written has)."""
+        bits, mask = self.bits, self.BITS - 1
+        return [oid for oid in oids if bits[(h := hash(oid) & mask) >> 3] & (1 << (h & 7))]
+
+    def add(self, oids: Iterable[str]) -> None:
+        bits, mask = self.bits, self.BITS - 1
+        for oid in oids:
+            h = hash(oid) & mask
+            bits[h >> 3] |= 1 << (h & 7)
+
+
+def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provisioned: frozenset[str], rules: Rules = NO_RULES,
+               written: WrittenIds | None = None) -> None:
     """One folded batch of one kind merged into the cache tables, with each written object's
     candidate rows (the rows of an object an earlier batch wrote are its state so far in this
-    round: they are replaced, or left as they are when the merged row is unchanged)."""
+    round: they are replaced, or left as they are when the merged row is unchanged).
+    ``written``: the ids the load wrote before (only those are looked up), updated with this
+    batch's; ``None``: every id is looked up."""
     old: dict[str, tuple[str, str]] = {}
-    for part in chunks(list(nets)):
+    ids = list(nets) if written is None else written.maybe(nets)
+    if written is not None:
+        written.add(nets)
+    for part in chunks(ids):
         marks = ",".join("?" * len(part))
         old.update((oid, (k, data)) for oid, k, data in conn.execute(f"SELECT id, kind, data FROM objects WHERE id IN ({marks})", part))  # noqa: S608
     rows = _Rows()
+    added, removed = rows.added, rows.removed
     for oid, net in nets.items():
-        prev = old.get(oid)
-        quiet: frozenset[str] = frozenset()
+        prev = old.get(oid) if old else None  # a first batch of a full read finds no row
+        quiet = _NOTHING_LOGGED
         if prev is not None and (net.reset or not net.present):
             rows.gone.append((oid,))
             if prev[0] == "g":
@@ -179,11 +232,12 @@ def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provis
             prev = None
         if net.present:
             _write(rows, oid, kind, net.props, prev, provisioned, rules, quiet)
-        for mid, (add, mkind) in net.members.items():
-            if add:
-                rows.added.append((oid, mid, mkind))
-            else:
-                rows.removed.append((oid, mid))
+        if net.members:
+            for mid, (add, mkind) in net.members.items():
+                if add:
+                    added.append((oid, mid, mkind))
+                else:
+                    removed.append((oid, mid))
     rows.apply(conn)
 
 
@@ -202,13 +256,14 @@ def _write(rows: _Rows, oid: str, kind: str, props: dict[str, Any], prev: tuple[
         quiet = _forget(rows, oid, prev[0], old, provisioned, rules, kind)
     else:
         text = encode_data(data)
-    t = tally(data, provisioned, rules)
-    if t.invalid:
-        warn_invalid(OTYPE[kind], oid, t.invalid, quiet)
-    rows.objects.append((oid, kind, text, t.excluded))
-    rows.kept.extend([(a, oid) for a in t.kept])
+    kept, primary, excluded, invalid = tally(data, provisioned, rules)
+    if invalid:
+        warn_invalid(OTYPE[kind], oid, invalid, quiet)
+    rows.objects.append((oid, kind, text, excluded))
+    if kept:
+        rows.kept.extend(zip(kept, repeat(oid)))  # (address, oid) rows, without a comprehension's frame
     if kind == "u":
-        rows.users.append((oid, t.primary))
+        rows.users.append((oid, primary))
 
 
 def _forget(rows: _Rows, oid: str, prev_kind: str, prev_data: dict[str, Any], provisioned: frozenset[str], rules: Rules,
@@ -217,11 +272,11 @@ def _forget(rows: _Rows, oid: str, prev_kind: str, prev_data: dict[str, Any], pr
     again from that state, by key: the load runs without the index by object) and its users
     row, unless a users row of the new state (``kind`` ``u``) replaces it. Returns the invalid
     values that state had (they were logged then)."""
-    t = tally(prev_data, provisioned, rules)
-    rows.unkept.extend([(a, oid) for a in t.kept])
+    kept, _, _, invalid = tally(prev_data, provisioned, rules)
+    rows.unkept.extend(zip(kept, repeat(oid)))
     if prev_kind == "u" and kind != "u":
         rows.unusers.append((oid,))
-    return frozenset(value for value, _ in t.invalid)
+    return frozenset(value for value, _ in invalid)
 
 
 def _underived(conn: sqlite3.Connection) -> bool:

@@ -102,11 +102,14 @@ class Tally(NamedTuple):
     invalid: list[tuple[str, InvalidAddress]]
 
 
+_new_tally = tuple.__new__
+
+
 def tally(obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES) -> Tally:
     """``candidates`` without building ``Exclusion``s, and without logging (``warn_invalid``):
     the same rules, through the same code (``_sift``)."""
     kept, primary_proxy, kept_mail, excluded, invalid = _sift(obj, provisioned, rules, None)
-    return Tally(kept, kept_mail or primary_proxy, excluded, invalid)
+    return _new_tally(Tally, (kept, kept_mail or primary_proxy, excluded, invalid))  # Tally(...) without its __new__'s frame
 
 
 def warn_invalid(otype: str, oid: str, invalid: list[tuple[str, InvalidAddress]], quiet: frozenset[str] | set[str] = frozenset()) -> None:

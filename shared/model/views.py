@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from itertools import chain
 
@@ -112,7 +112,7 @@ class WholeDirectory:
             return self._group_records(keeps)
         if dataset != "users":
             raise ValueError(f"unknown dataset {dataset!r}")
-        return self._user_records(keeps)
+        return self._user_records(verdict.left_out)
 
     def _group_records(self, keeps: Callable[[str], bool]) -> Records:
         """Kept groups in id order, each with the sorted ids of the kept groups it is a direct member of."""
@@ -126,21 +126,23 @@ class WholeDirectory:
                 parents.setdefault(mid, []).append(gid)
         return {gid: _make(GroupRecord, (name, tuple(sorted(set(parents[gid]))) if gid in parents else ())) for gid, name in names.items()}
 
-    def _user_records(self, keeps: Callable[[str], bool]) -> Records:
+    def _user_records(self, left: Mapping[str, str]) -> Records:
         """Users in id order, merged with their memberships read through ``members_by_member``
         in (member, group) order: each record's group ids come out sorted, and each group id
         is one shared string (memory grows with the users, not with their memberships).
         (Measured with callgrind: gathering each user's memberships in SQLite, a correlated
         ``json_group_array`` or ``group_concat`` per user, or JSON arrays a chunk of users at a
-        time, costs more instructions than these rows do.)"""
+        time, costs more instructions than these rows do; so do ``groupby`` over them and the
+        objects it makes per user.) ``left``: what the rules leave out (``Verdict.left_out``),
+        looked up without a call per user."""
         q = self.conn.execute
-        groups = {gid: gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'") if keeps(gid)}
+        groups = {gid: gid for (gid,) in q("SELECT id FROM objects WHERE kind='g'") if gid not in left}
         owner: dict[str, str] = {}  # primary address -> the user with the smallest id
         out: Records = {}
         rows = q("SELECT member_id, group_id FROM members WHERE kind IN ('u', '?') ORDER BY member_id, group_id")
         row = next(rows, None)
         for uid, primary in q("SELECT id, primary_address FROM users WHERE primary_address IS NOT NULL ORDER BY id"):
-            if not keeps(uid):
+            if left and uid in left:
                 continue
             first = owner.setdefault(primary, uid)
             if first != uid:

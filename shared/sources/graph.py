@@ -150,10 +150,12 @@ class GraphSource:
         hook = None if page_done is None else lambda nxt, link: page_done(collection, nxt, link)
 
         take = partial(sink.take, collection)
+        pages = _page_taker(sink, collection)
         what = f"{collection}/delta"
         if "next" in saved:
-            return await self._each_page(self._follow(saved["next"], what), what, take, prefer=PREFER, count=collection, delta=True, on_page=hook)
-        return await self._each_page(first, what, take, prefer=PREFER, count=collection, unsupported_ok=True, on_page=hook)
+            return await self._each_page(self._follow(saved["next"], what), what, take, prefer=PREFER, count=collection, delta=True, on_page=hook,
+                                         take_page=pages)
+        return await self._each_page(first, what, take, prefer=PREFER, count=collection, unsupported_ok=True, on_page=hook, take_page=pages)
 
     async def _all(self, *aws: Coroutine[Any, Any, Any]) -> None:
         if self.concurrent:
@@ -204,7 +206,8 @@ class GraphSource:
         async def one(collection: str) -> None:
             first = self._follow(links[collection], f"{collection}/delta")
             take = partial(sink.take, collection)
-            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, prefer=PREFER, count=collection, delta=True)
+            self.stats.links[collection] = await self._each_page(first, f"{collection}/delta", take, prefer=PREFER, count=collection, delta=True,
+                                                                 take_page=_page_taker(sink, collection))
 
         await self._all(*(one(c) for c in COLLECTIONS))
         return self.stats
@@ -239,11 +242,14 @@ class GraphSource:
         unsupported_ok: bool = False,
         delta: bool = False,
         on_page: Callable[[str | None, str | None], None] | None = None,
+        take_page: Callable[[list[Any]], int] | None = None,
     ) -> str | None:
         """Follow ``@odata.nextLink`` from the URL ``first`` to the end; returns the final
         ``@odata.deltaLink``. Each entry goes to ``take``; ``prefer``: every request's Prefer
         header; ``count`` names the collection whose ``stats.entries`` the page adds to;
-        ``on_page(nextLink, deltaLink)`` after each page's entries were taken."""
+        ``on_page(nextLink, deltaLink)`` after each page's entries were taken. ``take_page``:
+        takes a page's entries in order up to the first without an id and returns how many it
+        took (the sink's ``take_page``); ``take`` then gets the rest, with the same errors."""
         url: str | None = first
         page_no = 0
         followed: set[str] = set()  # the round's nextLinks so far: one that comes back would loop forever
@@ -253,7 +259,8 @@ class GraphSource:
             page = await self._fetch(url, f"{what} page {page_no + 1}", prefer=prefer, unsupported_ok=unsupported_ok and page_no == 0,
                                      delta=delta or page_no > 0)
             values = page["value"]
-            for obj in values:
+            taken = 0 if take_page is None else take_page(values)
+            for obj in values[taken:] if taken else values:
                 if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
                     raise IncompleteReadError(f"Graph {what} page {page_no + 1} holds an object without an id")
                 take(obj)
@@ -340,6 +347,12 @@ class GraphSource:
             # 404 for a whole collection: most often GRAPH_BASE_URL without its version (/v1.0).
             hint = "; check GRAPH_BASE_URL: Graph's root with its version, e.g. https://graph.microsoft.com/v1.0" if status == 404 else ""
             raise IncompleteReadError(f"Graph answered {what} with HTTP {status}: {exc.text()}{hint}") from None
+
+
+def _page_taker(sink: RoundSink, collection: str) -> Callable[[list[Any]], int] | None:
+    """The sink's ``take_page`` for ``collection`` (a page's entries at once), if it has one."""
+    take_page = getattr(sink, "take_page", None)
+    return None if take_page is None else partial(take_page, collection)
 
 
 def _unresumable(sink: RoundSink) -> None:
