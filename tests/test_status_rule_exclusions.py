@@ -53,3 +53,24 @@ def test_status_says_how_many_exclusions_it_does_not_show(graph, receiver, tmp_p
     more = re.search(r"\.\.\. and ([\d,]+) more", status.stdout)
     assert more is not None, status.stdout
     assert int(more.group(1).replace(",", "")) == len(listed) - len(shown)
+
+
+def test_status_does_not_say_nothing_was_left_out_while_it_lists_what_was(tmp_path, receiver):
+    """Only contacts with no address outside the scope: nothing is counted, but each is listed."""
+    em = GraphEmulator({"users": [{"id": U(1), "mail": "in@contoso.com", "proxyAddresses": []}],
+                        "groups": [{"id": G(1), "displayName": "Scope", "mail": None, "members": [U(1)]}],
+                        "contacts": [{"id": C(1), "displayName": "contact", "mail": None, "proxyAddresses": []}]})
+    em.start()
+    try:
+        env = {**base_env(em.base_url, receiver.base_url, f"file:{tmp_path / 'state'}"), "SYNC_SCOPE_GROUPS": G(1)}
+        r = run_cli("update", env, "--json")
+        assert r.code == 0, r.stderr
+        assert r.summary["ruleExclusions"]["counts"] == {}
+        assert [(i["objectId"], i["value"]) for i in r.summary["ruleExclusions"]["items"]] == [(C(1), None)]
+        status = run_cli("status", env)
+    finally:
+        em.stop()
+    assert status.code == 0, status.stderr
+    assert C(1) in status.stdout
+    block = status.stdout.split("left out by the scope and exclusion settings", 1)[1]
+    assert "  nothing" not in block.split(C(1), 1)[0], status.stdout
