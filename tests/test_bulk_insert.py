@@ -100,8 +100,28 @@ def test_the_two_statements_are_fixed_strings() -> None:
     assert BulkInsert("t", ("a",)).many.startswith("INSERT INTO t (a) VALUES (?),(?)")
 
 
+class _Rendered(str):
+    """A name or word that passes the checks as itself but renders as other SQL text."""
+
+    def __format__(self, spec: str) -> str:
+        return "x'),(1,2); --"
+
+    __str__ = __format__
+
+
+class _RenderedInt(int):
+    def __str__(self) -> str:
+        return "0),(1"
+
+    __repr__ = __format__ = lambda self, *_: "0),(1"  # noqa: E731 - every way it could be rendered
+
+
 @pytest.mark.parametrize("kwargs", [
     {"table": "t; DROP TABLE x", "columns": ("a",)},
+    {"table": _Rendered("t"), "columns": ("a",)},
+    {"table": "t", "columns": ("a", _Rendered("b"))},
+    {"table": "t", "columns": ("a", "b"), "constants": {"b": _Rendered("ok")}},
+    {"table": "t", "columns": ("a", "b"), "constants": {"b": _RenderedInt(1)}},
     {"table": "t", "columns": ("a b",)},
     {"table": "t", "columns": ()},
     {"table": "t", "columns": ("a", "a")},

@@ -26,8 +26,9 @@ its transaction, so no caller sees the difference.
 
 SQL injection: the statements are built once, from table and column names that must be plain
 identifiers and from constant values of a closed set (a short word of letters, digits, ``_``,
-``-`` or ``?``, the empty string, an integer, or ``None``); anything else raises ``ValueError``
-when the ``BulkInsert`` is made. Row values are always bound."""
+``-`` or ``?``, the empty string, an integer, or ``None``), each of the exact type ``str`` or
+``int`` (a subclass could render as other text than the value checked); anything else raises
+``ValueError`` when the ``BulkInsert`` is made. Row values are always bound."""
 
 from __future__ import annotations
 
@@ -49,9 +50,11 @@ def _literal(value: str | int | None) -> str:
     """A constant column's value as SQL text; ``ValueError`` outside the closed set."""
     if value is None:
         return "NULL"
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    # Exactly str or int: a subclass (bool, an enum, any other) can render as other text than the
+    # value checked here (its __str__ or __format__), which would then be what the statement holds.
+    if type(value) not in (str, int):
         raise ValueError(f"a constant column value must be a short word, an integer or None, not {type(value).__name__}")
-    if isinstance(value, int):
+    if type(value) is int:
         return str(value)
     if not _WORD.match(value):
         raise ValueError(f"a constant column value must be a short word of letters, digits, '_', '-' or '?': {value!r}")
@@ -73,9 +76,9 @@ class BulkInsert:
     def __init__(self, table: str, columns: Sequence[str], *, conflict: str = "", constants: Mapping[str, str | int | None] | None = None,
                  rows_per_statement: int = ROWS_PER_STATEMENT) -> None:
         consts = dict(constants or {})
-        if conflict not in CONFLICTS:
+        if type(conflict) is not str or conflict not in CONFLICTS:
             raise ValueError(f"conflict must be one of {CONFLICTS}: {conflict!r}")
-        if not all(_NAME.match(n) for n in (table, *columns)) or len(set(columns)) != len(columns) or not columns:
+        if not all(type(n) is str and _NAME.match(n) for n in (table, *columns)) or len(set(columns)) != len(columns) or not columns:
             raise ValueError(f"table and columns must be distinct plain identifiers: {table!r} {list(columns)!r}")
         if not set(consts) <= set(columns) or len(consts) == len(columns):
             raise ValueError(f"the constant columns must be some of the columns, and not all: {sorted(consts)!r}")

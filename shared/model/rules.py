@@ -311,16 +311,19 @@ def rule_exclusion_lines(reports: Iterable[Any], shown: int = 10) -> list[str]:
             continue
         lines = [f"left out by the scope and exclusion settings (run finished {report.get('finishedAt') or '?'}):"]
         counts = rules.get("counts") if isinstance(rules.get("counts"), dict) else {}
-        if not counts:
+        items = rules.get("items") if isinstance(rules.get("items"), list) else []
+        if not counts and not items:  # listed, not counted: a contact or recipient with no address
             lines.append("  nothing")
         for setting, per in sorted(counts.items()):
             if isinstance(per, dict):
                 lines.append(f"  {setting}: " + ", ".join(f"{n:,} {d}" for d, n in sorted(per.items()) if isinstance(n, int)))
-        items = rules.get("items") if isinstance(rules.get("items"), list) else []
         for item in items[:shown]:
             if isinstance(item, dict):
                 lines.append(f"    {item.get('dataset')} {item.get('objectType')} {item.get('objectId')} {item.get('value') or ''}: {item.get('reason')}")
-        more = sum(sum(v for v in per.values() if isinstance(v, int)) for per in counts.values() if isinstance(per, dict)) - min(len(items), shown)
+        # Listed, not only counted: a contact or recipient left out with no address to keep is
+        # listed without being counted (rule_exclusions_summary), so the counts can be fewer.
+        truncated = rules.get("itemsTruncated")
+        more = len(items) + (truncated if isinstance(truncated, int) else 0) - min(len(items), shown)
         if more > 0:
             lines.append(f"    ... and {more:,} more (python -m shared test-update lists every exclusion)")
         return ["", *lines]
