@@ -280,10 +280,14 @@ class StateDB:
         self.changed = True
 
     def journal_entry(self, dataset: str, upsert: dict[str, tuple], delete: list[str]) -> dict[str, Any]:
-        """A confirmed batch. ``upsert`` goes in as it is: its values, tuples of (first, ids) or
-        empty, are written as the lists ``[first, [ids...]]`` or ``[]`` (JSON writes a tuple so)."""
+        """A confirmed batch. ``upsert``'s values, tuples of (first, ids) for a group or user and
+        empty for an address, are written as the lists ``[first, [ids...]]`` or ``[]`` (JSON
+        writes a tuple so). A group's or user's goes in as the plain tuple ``(first, ids)``: orjson
+        writes that itself, where a ``GroupRecord``/``UserRecord`` cost a call of its ``default``
+        hook per record (shared/common/fastjson.py); an address's as it is."""
+        values = upsert if dataset == "addresses" else {k: (v[0], v[1]) for k, v in upsert.items()}
         return {"lineage": self.lineage, "generation": self.generation, "seq": self.seq + 1, "run": self.run_id,
-                "dataset": dataset, "upsert": upsert, "delete": list(delete)}
+                "dataset": dataset, "upsert": values, "delete": list(delete)}
 
     def replay(self, entry: dict[str, Any]) -> bool:
         """Apply a journal entry if it is the next one for this state."""

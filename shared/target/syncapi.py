@@ -78,15 +78,16 @@ def changes_body(dataset: str, upserts: list[tuple[str, tuple]], deletes: list[s
 
 
 def api_records(dataset: str, upserts: list[tuple[str, tuple]]) -> list[dict[str, Any]]:
-    """``[to_api_record(dataset, k, v) for k, v in upserts]`` (shared/model/records.py), one
-    comprehension per dataset instead of a call per record; tests/test_send_fast.py holds the
-    two equal over generated records."""
+    """``[to_api_record(dataset, k, v) for k, v in upserts]`` (shared/model/records.py) as JSON,
+    one comprehension per dataset instead of a call per record. The id lists stay the records'
+    tuples, which JSON (and orjson, without a list copy per record) writes as the same arrays;
+    tests/test_send_fast.py holds the two documents' JSON equal over generated records."""
     if dataset == "addresses":
         return [{"address": k} for k, _ in upserts]
     if dataset == "groups":
-        return [{"id": k, "name": v[0], "parentIds": list(v[1])} for k, v in upserts]
+        return [{"id": k, "name": v[0], "parentIds": v[1]} for k, v in upserts]
     if dataset == "users":
-        return [{"id": k, "address": v[0], "groupIds": list(v[1])} for k, v in upserts]
+        return [{"id": k, "address": v[0], "groupIds": v[1]} for k, v in upserts]
     return [to_api_record(dataset, k, v) for k, v in upserts]  # its error for an unknown dataset
 
 
