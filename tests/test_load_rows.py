@@ -207,3 +207,15 @@ def test_a_page_is_taken_up_to_its_first_entry_without_an_id() -> None:
     assert load.entries["users"] == 3
     with pytest.raises(ValueError, match="a users delta entry without an id"):
         load.take("users", page[3])
+
+
+def test_every_member_kind_the_fold_gives_has_its_member_statement() -> None:
+    """The member rows go a statement per kind (``PUT_MEMBERS``, the kind a constant): every kind
+    the fold can give a member has one."""
+    from shared.model import fold
+    from shared.model.loading import MEMBER_KINDS, PUT_MEMBERS
+
+    kinds = {fold.member_kind(t) for t in (fold.USER_TYPE, fold.GROUP_TYPE, "#microsoft.graph.device", "", None, 7)}
+    kinds |= {k for _, k in (*fold._ADDED.values(), *fold._REMOVED.values(), fold._ADDED_OTHER, fold._REMOVED_OTHER)}
+    assert kinds == set(MEMBER_KINDS) == set(PUT_MEMBERS)
+    assert all(f"'{k}')" in PUT_MEMBERS[k].one for k in MEMBER_KINDS)

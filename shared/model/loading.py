@@ -147,7 +147,10 @@ class StreamLoad:
 PUT_OBJECTS = BulkInsert("objects", ("id", "kind", "data", "excluded"), conflict="OR REPLACE")
 PUT_KEPT = BulkInsert("kept", ("address", "object_id"), conflict="OR IGNORE")
 PUT_USERS = BulkInsert("users", ("id", "primary_address"), conflict="OR REPLACE")
-PUT_MEMBERS = BulkInsert("members", ("group_id", "member_id", "kind"), conflict="OR REPLACE")
+# Member rows a statement per member kind (shared/model/fold.py's ``member_kind``), the kind a
+# constant of the statement: one value fewer bound per row.
+MEMBER_KINDS = ("u", "g", "o", "?")
+PUT_MEMBERS = {k: BulkInsert("members", ("group_id", "member_id", "kind"), conflict="OR REPLACE", constants={"kind": k}) for k in MEMBER_KINDS}
 
 
 class _Rows:
@@ -163,7 +166,7 @@ class _Rows:
         self.objects: list[tuple[str, str, str, int]] = []
         self.kept: list[tuple[str, str]] = []
         self.users: list[tuple[str, str | None]] = []
-        self.added: list[tuple[str, str, str]] = []
+        self.added: dict[str, list[tuple[str, str]]] = {k: [] for k in MEMBER_KINDS}  # (group, member) rows per member kind
         self.removed: list[tuple[str, str]] = []
 
     def apply(self, conn: sqlite3.Connection) -> None:
@@ -179,7 +182,9 @@ class _Rows:
         PUT_KEPT.run(conn, sorted(self.kept))
         PUT_USERS.run(conn, sorted(self.users))
         em("DELETE FROM members WHERE group_id=? AND member_id=?", self.removed)
-        PUT_MEMBERS.run(conn, sorted(self.added))
+        for kind, added in self.added.items():  # a batch adds each (group, member) once: any order of kinds gives the same rows
+            if added:
+                PUT_MEMBERS[kind].run(conn, sorted(added))
 
 
 class WrittenIds:
@@ -235,7 +240,7 @@ def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provis
         if net.members:
             for mid, (add, mkind) in net.members.items():
                 if add:
-                    added.append((oid, mid, mkind))
+                    added[mkind].append((oid, mid))
                 else:
                     removed.append((oid, mid))
     rows.apply(conn)
