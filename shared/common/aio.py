@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 from urllib.request import getproxies, proxy_bypass
 
-import aiohttp
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import strip_auth_from_url
 from yarl import URL
 
 from .. import __version__
-from .netutil import tls_context
+from .netutil import default_cas_deferred, tls_context
+
+with default_cas_deferred():  # aiohttp's own default contexts load the CA bundle only if ever used
+    import aiohttp  # the product's modules take aiohttp from here, so this import is the first
 
 # Who is asking, on every request (Microsoft Graph's guidance: a User-Agent that names the app).
 USER_AGENT = f"entra-dirsync/{__version__} aiohttp/{aiohttp.__version__}"
@@ -64,7 +64,7 @@ def env_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
     value = proxies.get(url.scheme) or _http_proxy(proxies.get("all"))
     if not value:
         return None, None
-    return strip_auth_from_url(URL(value if "://" in value else f"http://{value}"))
+    return aiohttp.helpers.strip_auth_from_url(URL(value if "://" in value else f"http://{value}"))
 
 
 def _http_proxy(value: str | None) -> str | None:
@@ -91,10 +91,10 @@ class TimedBody(aiohttp.BytesPayload):
         super().__init__(value, content_type=content_type)
         self._seconds = seconds
 
-    async def write(self, writer: AbstractStreamWriter) -> None:
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
 
-    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+    async def write_with_length(self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None) -> None:
         data = memoryview(self._value)[:content_length]
         for start in range(0, len(data), self.SLICE):
             try:

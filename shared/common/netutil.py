@@ -1,8 +1,10 @@
 """Network helpers shared by settings and clients: URL checks (plain http only to loopback),
-``Retry-After`` and backoff, and the one construction of an httpx client."""
+``Retry-After`` and backoff, the one construction of an httpx client, and the process's TLS
+client context (with aiohttp's own default contexts loading their CA certificates only if used)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import ipaddress
@@ -10,8 +12,10 @@ import math
 import random
 import re
 import ssl
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -192,3 +196,66 @@ def tls_context() -> ssl.SSLContext:
     (certifi's CA bundle; SSL_CERT_FILE and SSL_CERT_DIR honoured). Loading the CA bundle costs
     about 0.1 s per client, which every run of a warm Function would otherwise pay again."""
     return httpx.create_ssl_context()
+
+
+_SET_DEFAULT_VERIFY_PATHS = ssl.SSLContext.set_default_verify_paths  # OpenSSL's default CA file and directory
+_DEFERRED = threading.Lock()
+
+
+class _DeferredDefaultCAs(ssl.SSLContext):
+    """A context that asked for the default CA certificates (``set_default_verify_paths``:
+    SSL_CERT_FILE and SSL_CERT_DIR, else the system's bundle and directory, as OpenSSL reads
+    them) and gets them the first time it verifies a peer (``wrap_socket``, ``wrap_bio``) or
+    shows its store; then it is a plain ``ssl.SSLContext`` again. Nothing else about it differs:
+    verify mode, host-name check and protocols are as it was made. Made only by
+    ``default_cas_deferred``."""
+
+    def wrap_socket(self, *args: object, **kwargs: object) -> ssl.SSLSocket:
+        _load_default_cas(self)
+        return ssl.SSLContext.wrap_socket(self, *args, **kwargs)
+
+    def wrap_bio(self, *args: object, **kwargs: object) -> ssl.SSLObject:
+        _load_default_cas(self)
+        return ssl.SSLContext.wrap_bio(self, *args, **kwargs)
+
+    def get_ca_certs(self, binary_form: bool = False) -> list[Any]:
+        _load_default_cas(self)
+        return ssl.SSLContext.get_ca_certs(self, binary_form)
+
+    def cert_store_stats(self) -> dict[str, int]:
+        _load_default_cas(self)
+        return ssl.SSLContext.cert_store_stats(self)
+
+
+def _load_default_cas(context: ssl.SSLContext) -> None:
+    """Load the default CA certificates a ``_DeferredDefaultCAs`` put off, once, whichever
+    thread asks first."""
+    with _DEFERRED:
+        if type(context) is _DeferredDefaultCAs:
+            _SET_DEFAULT_VERIFY_PATHS(context)
+            context.__class__ = ssl.SSLContext
+
+
+@contextlib.contextmanager
+def default_cas_deferred() -> Iterator[None]:
+    """While the block runs, a context made in this thread that asks for the default CA
+    certificates loads them at its first use instead (``_DeferredDefaultCAs``); a context
+    made in another thread meanwhile loads them at once, as ever.
+
+    For ``import aiohttp`` (``shared/common/aio.py``): its connector module makes two default
+    contexts at import (one verifying, one not) for requests that bring none. Each load parses
+    the CA bundle, about 0.24 billion instructions (docs/performance.md, *aiohttp's CA bundles at import*), and the
+    product's sessions never use either: they verify with ``tls_context``."""
+    owner = threading.get_ident()
+
+    def defer(context: ssl.SSLContext) -> None:
+        if threading.get_ident() == owner and type(context) is ssl.SSLContext:
+            context.__class__ = _DeferredDefaultCAs
+        else:
+            _SET_DEFAULT_VERIFY_PATHS(context)
+
+    ssl.SSLContext.set_default_verify_paths = defer
+    try:
+        yield
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the inherited method again

@@ -21,12 +21,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import aiohttp
 from isal import isal_zlib
 from yarl import URL
 
 from ..common import fastjson
-from ..common.aio import no_answer, open_session
+from ..common.aio import aiohttp, no_answer, open_session
 from ..common.netutil import parse_retry_after, same_origin
 from ..common.redact import scrub
 from ..common.textsafe import safe_text

@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import aiohttp
-
+from ..common.aio import aiohttp
 from ..common.errors import (
     PayloadTooLargeError,
     SyncApiAuthError,

@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-import aiohttp
 import httpx
 from isal import igzip
 from yarl import URL
 
 from ..common import fastjson
-from ..common.aio import NoAnswer, TimedBody, no_answer, open_session, wire_url
+from ..common.aio import NoAnswer, TimedBody, aiohttp, no_answer, open_session, wire_url
 from ..common.carriable import header_credential_problem
 from ..common.errors import PayloadTooLargeError, SecretError, SyncApiError, SyncApiProtocolError, SyncApiUnavailableError
 from ..common.netutil import jittered_backoff, no_answer_hint, url_problem
