@@ -8,16 +8,18 @@ before the count-only path (``tests/load_reference.py``)."""
 
 from __future__ import annotations
 
+from itertools import product
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.model.addresses import SMTP_PREFIXES, InvalidAddress, domain_of, normalize_address_fully, split_address
-from shared.model.projection import candidates, tally
+from shared.model.fold import KIND_OF, Round, compact
+from shared.model.projection import _sift, candidates, tally
 from shared.model.rules import NO_RULES, Rules, parse_rules
 from tests.load_reference import reference_candidates
-from tests.test_properties import address_like, candidate, mail, prefix, props, proxies
+from tests.test_properties import address_like, candidate, display_name, mail, prefix, props, proxies
 
 PROVISIONED = frozenset({"contoso.com", "fabrikam.com", "xn--bcher-kva.example"})
 RULES = [NO_RULES, parse_rules(None, None, r"noreply@.*,.*@fabrikam\.com,[a-c].*")]
@@ -75,3 +77,48 @@ def test_the_smtp_prefix_set_is_the_lowercase_comparison_for_every_code_point() 
     assert [hex(i) for i in range(0x110000) if targets & set(chr(i).lower()) and chr(i) not in "smtpSMTP:"] == []
     assert all((chr(i).strip() == "") == chr(i).isspace() for i in range(0x110000))
     assert SMTP_PREFIXES == {p for p in SMTP_PREFIXES if p.lower() == "smtp:"} and len(SMTP_PREFIXES) == 16
+
+
+def test_split_address_equals_the_full_normalization_on_every_short_nasty_string() -> None:
+    """Exhaustively: every string of up to 5 characters over a nasty alphabet (dots, "@",
+    hyphen, blank, the Kelvin sign that lowercases to ASCII), and every local part of up to 4
+    over another before a set of good and bad domains, with the length limits' edges."""
+    values = ["".join(t) for n in range(6) for t in product("a.@-_K\u212a ", repeat=n)]
+    domains = ["contoso.com", "a.b", "-a.com", "a-.com", "a..com", ".a.com", "a.com.", "a.123", "1.com", "xn--bcher-kva.example",
+               "xn--a.com", "a_b.com", "A.COM", "c\u00f6.com", "a", "a@b.com", " a.com", "a.com "]
+    values += [f"{''.join(t)}@{d}" for n in range(5) for t in product("a.+-\u00e9", repeat=n) for d in domains]
+    for local, label in [(63, 57), (64, 57), (65, 57), (64, 58), (63, 58), (64, 56)]:  # 64 + "@" + 63.63.57.com is 254 octets
+        domain = ".".join(["b" * 63, "c" * 63, "d" * label, "com"])
+        values += [f"{'a' * local}@{domain}", f"{'a' * (local - 2)}.x@{domain}"]
+    for v in values:
+        assert _fast(v) == _slow(v), v
+
+
+# A small pool, so that an object's mail and proxies often repeat one another (in other cases,
+# with blanks, unprovisioned or invalid): the one-pass count's reuse of the mail's split and its
+# dedup of kept, excluded and invalid values.
+pool = st.sampled_from(["a@contoso.com", "A@Contoso.COM", " a@contoso.com", "a@gmail.com", "A@GMAIL.com", "b@fabrikam.com", "bad@@x",
+                        "BAD@@X", " bad@@x ", "a..b@contoso.com", "k@b\u00fccher.example", "k@xn--bcher-kva.example", "\u212a@contoso.com",
+                        "a\ud800@contoso.com", "", " "])
+
+
+@props(1500)
+@given(st.fixed_dictionaries({}, optional={"mail": st.one_of(pool, mail), "proxyAddresses": st.lists(st.builds(str.__add__, prefix, pool), max_size=6)}),
+       st.sampled_from(RULES))
+def test_the_count_only_candidates_equal_the_listed_ones_when_values_repeat(obj: dict[str, Any], rules: Rules) -> None:
+    listed = candidates("o1", "user", obj, PROVISIONED, rules, warn=False)
+    counted = tally(obj, PROVISIONED, rules)
+    assert (counted.kept, counted.primary, counted.excluded) == (listed.kept, listed.primary, len(listed.exclusions))
+    assert [(v, str(exc)) for v, exc in counted.invalid] == [(v, str(exc)) for v, exc in _sift(obj, PROVISIONED, rules, None)[4]]
+    assert (counted.kept, counted.primary, counted.excluded) == reference_candidates(obj, PROVISIONED, rules)[:3]
+
+
+@props(1500)
+@given(st.sampled_from(sorted(KIND_OF)), st.dictionaries(st.sampled_from(["mail", "proxyAddresses", "displayName", "userType", "other"]),
+                                                          st.one_of(mail, proxies, display_name), max_size=5))
+def test_a_folded_page_keeps_each_property_as_compact_value(collection: str, entry: dict[str, Any]) -> None:
+    """``Round.take_page`` compacts inline: the same as ``compact`` (``compact_value``)."""
+    rnd = Round()
+    obj = {"id": "o1", **entry}
+    assert rnd.take_page(collection, [obj]) == 1
+    assert rnd.nets[collection]["o1"].props == compact(KIND_OF[collection], obj)

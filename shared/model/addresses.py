@@ -51,6 +51,10 @@ def normalize_domain(domain: str) -> str:
         raise InvalidAddress(f"domain {domain!r} is not a valid internationalized domain ({exc})") from None
 
 
+# Domains check_domain passed (at most 4,096: a tenant has few; past that, its own cache).
+_GOOD_DOMAINS: set[str] = set()
+
+
 def check_local_part(local: str) -> None:
     if not local:
         raise InvalidAddress("empty local part")
@@ -110,10 +114,15 @@ def split_address(value: str) -> tuple[str, str]:
     plain ASCII takes a compiled fast path, anything else ``normalize_address_fully``."""
     lowered = value.strip().lower()
     plain = _PLAIN.fullmatch(lowered)
-    if plain is not None and plain.start(1) <= 65 and len(lowered) <= 254:  # the local part's 64 octets, the "@"
-        domain = plain.group(1)
-        check_domain(domain)
-        return lowered, domain
+    if plain is not None:
+        domain = plain[1]
+        n = len(lowered)
+        if n <= 254 and n - len(domain) <= 65:  # the local part's 64 octets, the "@"
+            if domain not in _GOOD_DOMAINS:  # check_domain, without its cache's call
+                check_domain(domain)
+                if len(_GOOD_DOMAINS) < 4096:
+                    _GOOD_DOMAINS.add(domain)
+            return lowered, domain
     address = normalize_address_fully(value)
     return address, domain_of(address)
 

@@ -63,7 +63,7 @@ class StreamLoad:
         self.entries: dict[str, int] = dict.fromkeys(KIND_OF, 0)
         self._buf = Round()
         self._pending = 0
-        # The ids this load wrote, as bits of their hashes (``WrittenIds``); None: a resumed
+        # The ids this load wrote, as marks at their hashes (``WrittenIds``); None: a resumed
         # round, whose cache holds rows of any id.
         self._written: WrittenIds | None = None if keep else WrittenIds()
         # Checkpoints (a full read that outlives one invocation): where each collection's round
@@ -188,26 +188,28 @@ class _Rows:
 
 
 class WrittenIds:
-    """The ids a load into an emptied cache wrote so far, as one bit of each id's hash in a
-    fixed table (256 KB): an id whose bit is clear has no row, so only the others are looked
-    up (a few percent of a full read's ids share a bit with an earlier one: looked up, as
-    without the table). Memory does not grow with the tenant."""
+    """The ids a load into an emptied cache wrote so far, as one byte per slot of a fixed table
+    (``BITS`` slots, 2 MB) marked at each id's hash: an id whose slot is clear has no row, so
+    only the others are looked up (a few percent of a full read's ids share a slot with an
+    earlier one: looked up, as without the table). Memory does not grow with the tenant."""
 
-    BITS = 1 << 21
+    BITS = 1 << 21  # slots (a byte each: marked and tested without the bit arithmetic)
 
     def __init__(self) -> None:
-        self.bits = bytearray(self.BITS >> 3)
+        self.bits = bytearray(self.BITS)
 
-    def maybe(self, oids: Iterable[str]) -> list[str]:
-        """The ids of ``oids`` that may have rows (each one written has)."""
+    def take(self, oids: Iterable[str]) -> list[str]:
+        """Mark each of ``oids`` written, in order; returns those that may have had rows
+        before (their slot was marked: by an earlier id, or by one of ``oids`` before it)."""
         bits, mask = self.bits, self.BITS - 1
-        return [oid for oid in oids if bits[(h := hash(oid) & mask) >> 3] & (1 << (h & 7))]
-
-    def add(self, oids: Iterable[str]) -> None:
-        bits, mask = self.bits, self.BITS - 1
+        maybe = []
         for oid in oids:
             h = hash(oid) & mask
-            bits[h >> 3] |= 1 << (h & 7)
+            if bits[h]:
+                maybe.append(oid)
+            else:
+                bits[h] = 1
+        return maybe
 
 
 def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provisioned: frozenset[str], rules: Rules = NO_RULES,
@@ -215,12 +217,10 @@ def merge_nets(conn: sqlite3.Connection, kind: str, nets: dict[str, Net], provis
     """One folded batch of one kind merged into the cache tables, with each written object's
     candidate rows (the rows of an object an earlier batch wrote are its state so far in this
     round: they are replaced, or left as they are when the merged row is unchanged).
-    ``written``: the ids the load wrote before (only those are looked up), updated with this
+    ``written``: the ids the load wrote before (only those may be looked up), updated with this
     batch's; ``None``: every id is looked up."""
     old: dict[str, tuple[str, str]] = {}
-    ids = list(nets) if written is None else written.maybe(nets)
-    if written is not None:
-        written.add(nets)
+    ids = list(nets) if written is None else written.take(nets)
     for part in chunks(ids):
         marks = ",".join("?" * len(part))
         old.update((oid, (k, data)) for oid, k, data in conn.execute(f"SELECT id, kind, data FROM objects WHERE id IN ({marks})", part))  # noqa: S608

@@ -107,9 +107,63 @@ _new_tally = tuple.__new__
 
 def tally(obj: dict[str, Any], provisioned: frozenset[str], rules: Rules = NO_RULES) -> Tally:
     """``candidates`` without building ``Exclusion``s, and without logging (``warn_invalid``):
-    the same rules, through the same code (``_sift``)."""
-    kept, primary_proxy, kept_mail, excluded, invalid = _sift(obj, provisioned, rules, None)
-    return _new_tally(Tally, (kept, kept_mail or primary_proxy, excluded, invalid))  # Tally(...) without its __new__'s frame
+    the same rules (``_sift``; without exclusion patterns, in one pass that builds no list of
+    raw values: tests/test_candidate_paths.py holds it equal). Without patterns a candidate's
+    verdict is its domain's alone, so kept and excluded addresses never meet: ``kept`` dedups
+    the one, ``gone`` the other (and the invalid values as lowered: never a valid address)."""
+    if rules.exclude_address_patterns:
+        kept, primary_proxy, kept_mail, excluded, invalid = _sift(obj, provisioned, rules, None)
+        return _new_tally(Tally, (kept, kept_mail or primary_proxy, excluded, invalid))  # Tally(...) without its __new__'s frame
+    kept: list[str] = []
+    invalid: list[tuple[str, InvalidAddress]] = []
+    gone: set[str] | None = None
+    excluded, primary, split = 0, None, None
+    mail = obj.get("mail")
+    if isinstance(mail, str) and mail and not mail.isspace():  # mail.strip() is not empty
+        try:
+            split = address, domain = split_address(mail)
+        except InvalidAddress as exc:
+            gone = {mail.strip().lower()}
+            excluded = 1
+            invalid.append((mail, exc))
+        else:
+            if domain in provisioned:
+                kept.append(address)
+                primary = address  # the kept mail
+            else:
+                gone = {address}
+                excluded = 1
+    proxies = obj.get("proxyAddresses")
+    if proxies and isinstance(proxies, list):
+        for p in proxies:
+            if isinstance(p, str) and (head := p[:5]) in SMTP_PREFIXES:  # head.lower() == "smtp:"
+                value = p[5:]
+                if split is not None and value == mail:
+                    address, domain = split
+                else:
+                    try:
+                        address, domain = split_address(value)
+                    except InvalidAddress as exc:
+                        shown = value.strip().lower()
+                        if gone is None:
+                            gone = set()
+                        if shown not in gone:
+                            gone.add(shown)
+                            excluded += 1
+                            invalid.append((value, exc))
+                        continue
+                if domain in provisioned:
+                    if address not in kept:
+                        kept.append(address)
+                    if primary is None and head == "SMTP:":
+                        primary = address
+                elif gone is None:
+                    gone = {address}
+                    excluded += 1
+                elif address not in gone:
+                    gone.add(address)
+                    excluded += 1
+    return _new_tally(Tally, (kept, primary, excluded, invalid))
 
 
 def warn_invalid(otype: str, oid: str, invalid: list[tuple[str, InvalidAddress]], quiet: frozenset[str] | set[str] = frozenset()) -> None:
