@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.model.addresses import SMTP_PREFIXES, InvalidAddress, domain_of, normalize_address_fully, split_address
-from shared.model.fold import KIND_OF, Round, compact
-from shared.model.projection import _sift, candidates, tally
+from shared.model.fold import KIND_OF, Net, Round, _fold_members, compact, member_kind
+from shared.model.projection import GROUP_TYPE, USER_TYPE, _sift, candidates, tally
 from shared.model.rules import NO_RULES, Rules, parse_rules
 from tests.load_reference import reference_candidates
 from tests.test_properties import address_like, candidate, display_name, mail, prefix, props, proxies
@@ -94,6 +94,24 @@ def test_split_address_equals_the_full_normalization_on_every_short_nasty_string
         assert _fast(v) == _slow(v), v
 
 
+# Every code point str.strip removes (the fast path does not strip: such a value takes the full path).
+BLANKS = [chr(i) for i in range(0x110000) if chr(i).isspace()]
+
+
+def test_split_address_equals_the_full_normalization_with_every_blank_around() -> None:
+    """Leading and trailing whitespace of every kind ``str.strip`` removes (``\x1c``-``\x1f``,
+    ``\x85``, ``\u3000``, ...), around good, bad, upper-case and Kelvin-sign addresses; and no
+    blank lowercases to anything else (the fast path's pattern never sees one at an end)."""
+    assert {"\t", "\x1c", "\x1f", "\x85", "\xa0", "\u2028", "\u3000", " "} <= set(BLANKS) and all(b.lower() == b for b in BLANKS)
+    assert all((b + "a").strip() == "a" and ("a" + b).strip() == "a" for b in BLANKS)
+    cores = ["a@contoso.com", "A.B@CONTOSO.COM", "\u212a@contoso.com", "a..b@contoso.com", "a@contoso.com.", "", "@", "a@b@c.com",
+             "a@" + "b" * 64 + ".com", "a" * 64 + "@contoso.com"]
+    for b in BLANKS:
+        for core in cores:
+            for v in (b + core, core + b, b + core + b, b + b + core + "\t"):
+                assert _fast(v) == _slow(v), repr(v)
+
+
 # A small pool, so that an object's mail and proxies often repeat one another (in other cases,
 # with blanks, unprovisioned or invalid): the one-pass count's reuse of the mail's split and its
 # dedup of kept, excluded and invalid values.
@@ -121,4 +139,36 @@ def test_a_folded_page_keeps_each_property_as_compact_value(collection: str, ent
     rnd = Round()
     obj = {"id": "o1", **entry}
     assert rnd.take_page(collection, [obj]) == 1
-    assert rnd.nets[collection]["o1"].props == compact(KIND_OF[collection], obj)
+    assert list(rnd.nets[collection]["o1"].props.items()) == list(compact(KIND_OF[collection], obj).items())  # the same keys in the same order
+    again = {"id": "o1", **{k: v for k, v in reversed(entry.items()) if k != "mail"}}  # a later entry: updated in place, in the same order
+    rnd.take_page(collection, [again])
+    assert list(rnd.nets[collection]["o1"].props.items()) == list({**compact(KIND_OF[collection], obj), **compact(KIND_OF[collection], again)}.items())
+
+
+def _reference_members(present: bool, ops: list[Any]) -> dict[str, tuple[bool, str]]:
+    """``_fold_members`` as member_kind states it, without the lookup tables."""
+    members: dict[str, tuple[bool, str]] = {}
+    for m in ops:
+        mid = m.get("id") if isinstance(m, dict) else None
+        if isinstance(mid, str) and mid:
+            if "@removed" in m:
+                members[mid] = (False, member_kind(m.get("@odata.type")))
+            elif present:
+                members[mid] = (True, member_kind(m.get("@odata.type")))
+    return members
+
+
+otype = st.one_of(st.sampled_from([USER_TYPE, GROUP_TYPE, "#microsoft.graph.orgContact", "#microsoft.graph.device", "", "#x", None, 0, 7, [], ["a"]]),
+                  st.text(max_size=3))
+member = st.one_of(st.fixed_dictionaries({}, optional={"id": st.one_of(st.sampled_from(["m1", "m2", "m3", "", None, 5]), st.text(max_size=2)),
+                                                       "@odata.type": otype, "@removed": st.just({"reason": "deleted"})}),
+                   st.sampled_from([None, "m1", 3, ["m1"]]))
+
+
+@props(1500)
+@given(st.booleans(), st.lists(member, max_size=8))
+def test_folded_members_are_member_kind_of_each_entry(present: bool, ops: list[Any]) -> None:
+    net = Net()
+    net.present = present
+    _fold_members(net, ops)
+    assert net.members == _reference_members(present, ops)

@@ -219,3 +219,13 @@ def test_every_member_kind_the_fold_gives_has_its_member_statement() -> None:
     kinds |= {k for _, k in (*fold._ADDED.values(), *fold._REMOVED.values(), fold._ADDED_OTHER, fold._REMOVED_OTHER)}
     assert kinds == set(MEMBER_KINDS) == set(PUT_MEMBERS)
     assert all(f"'{k}')" in PUT_MEMBERS[k].one for k in MEMBER_KINDS)
+
+
+def test_every_kind_a_load_writes_has_its_objects_statement() -> None:
+    """Objects rows without excluded candidates go a statement per kind (``PUT_PLAIN_OBJECTS``,
+    the kind and ``excluded`` 0 constants): every kind a load or a re-derivation writes has one."""
+    from shared.model.fold import KIND_OF
+    from shared.model.loading import PUT_PLAIN_OBJECTS
+
+    assert set(PUT_PLAIN_OBJECTS) == set(KIND_OF.values()) == {"u", "g", "c"}
+    assert all(PUT_PLAIN_OBJECTS[k].one.endswith(f"VALUES (?,'{k}',?,0)") and PUT_PLAIN_OBJECTS[k].width == 2 for k in PUT_PLAIN_OBJECTS)

@@ -111,8 +111,13 @@ def normalize_address(value: str) -> str:
 
 def split_address(value: str) -> tuple[str, str]:
     """``normalize_address`` and the normalized address's domain (``domain_of``), in one step:
-    plain ASCII takes a compiled fast path, anything else ``normalize_address_fully``."""
-    lowered = value.strip().lower()
+    plain ASCII takes a compiled fast path, anything else ``normalize_address_fully``.
+
+    The fast path does not strip: a value the pattern matches once lowercased has no whitespace
+    at either end (no whitespace code point lowercases to another, and none is in the pattern),
+    so stripping would not change it; a value with surrounding whitespace takes the full path,
+    which strips it."""
+    lowered = value.lower()
     plain = _PLAIN.fullmatch(lowered)
     if plain is not None:
         domain = plain[1]

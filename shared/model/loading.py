@@ -145,6 +145,11 @@ class StreamLoad:
 
 # The cache's bulk inserts (multi-row statements; shared/common/bulkinsert.py).
 PUT_OBJECTS = BulkInsert("objects", ("id", "kind", "data", "excluded"), conflict="OR REPLACE")
+# Objects rows with no excluded candidate (most of them) a statement per kind, the kind and the
+# ``excluded`` 0 constants of the statement: two values fewer bound per row.
+OBJECT_KINDS = tuple(KIND_OF.values())
+PUT_PLAIN_OBJECTS = {k: BulkInsert("objects", ("id", "kind", "data", "excluded"), conflict="OR REPLACE", constants={"kind": k, "excluded": 0})
+                     for k in OBJECT_KINDS}
 PUT_KEPT = BulkInsert("kept", ("address", "object_id"), conflict="OR IGNORE")
 PUT_USERS = BulkInsert("users", ("id", "primary_address"), conflict="OR REPLACE")
 # Member rows a statement per member kind (shared/model/fold.py's ``member_kind``), the kind a
@@ -156,14 +161,15 @@ PUT_MEMBERS = {k: BulkInsert("members", ("group_id", "member_id", "kind"), confl
 class _Rows:
     """The statements' parameters of one merged batch, applied in ``apply``'s order."""
 
-    __slots__ = ("gone", "reset_groups", "unkept", "unusers", "objects", "kept", "users", "added", "removed")
+    __slots__ = ("gone", "reset_groups", "unkept", "unusers", "objects", "plain", "kept", "users", "added", "removed")
 
     def __init__(self) -> None:
         self.gone: list[tuple[str]] = []  # objects rows an @removed entry drops
         self.reset_groups: list[tuple[str]] = []  # groups whose member rows go with them
         self.unkept: list[tuple[str, str]] = []  # kept rows of an object's earlier state
         self.unusers: list[tuple[str]] = []  # users rows of an object that is no user now
-        self.objects: list[tuple[str, str, str, int]] = []
+        self.objects: list[tuple[str, str, str, int]] = []  # objects rows with excluded candidates
+        self.plain: dict[str, list[tuple[str, str]]] = {k: [] for k in OBJECT_KINDS}  # (id, data) rows without, per kind
         self.kept: list[tuple[str, str]] = []
         self.users: list[tuple[str, str | None]] = []
         self.added: dict[str, list[tuple[str, str]]] = {k: [] for k in MEMBER_KINDS}  # (group, member) rows per member kind
@@ -179,6 +185,9 @@ class _Rows:
         em("DELETE FROM kept WHERE address=? AND object_id=?", self.unkept)
         em("DELETE FROM users WHERE id=?", self.unusers)
         PUT_OBJECTS.run(conn, sorted(self.objects))
+        for kind, plain in self.plain.items():  # a batch writes each id once: any order of statements gives the same rows
+            if plain:
+                PUT_PLAIN_OBJECTS[kind].run(conn, sorted(plain))
         PUT_KEPT.run(conn, sorted(self.kept))
         PUT_USERS.run(conn, sorted(self.users))
         em("DELETE FROM members WHERE group_id=? AND member_id=?", self.removed)
@@ -264,9 +273,14 @@ def _write(rows: _Rows, oid: str, kind: str, props: dict[str, Any], prev: tuple[
     kept, primary, excluded, invalid = tally(data, provisioned, rules)
     if invalid:
         warn_invalid(OTYPE[kind], oid, invalid, quiet)
-    rows.objects.append((oid, kind, text, excluded))
+    if excluded:
+        rows.objects.append((oid, kind, text, excluded))
+    else:
+        rows.plain[kind].append((oid, text))
     if kept:
-        rows.kept.extend(zip(kept, repeat(oid)))  # (address, oid) rows, without a comprehension's frame
+        append = rows.kept.append
+        for address in kept:  # (address, oid) rows, without a comprehension's frame
+            append((address, oid))
     if kind == "u":
         rows.users.append((oid, primary))
 
@@ -306,7 +320,10 @@ def _derive_all(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Ru
         for oid, kind, text in step:
             t = tally(loads(text), provisioned, rules)
             warn_invalid(OTYPE[kind], oid, t.invalid)
-            rows.objects.append((oid, kind, text, t.excluded))
+            if t.excluded:
+                rows.objects.append((oid, kind, text, t.excluded))
+            else:
+                rows.plain[kind].append((oid, text))
             rows.kept.extend([(a, oid) for a in t.kept])
             if kind == "u":
                 rows.users.append((oid, t.primary))
