@@ -8,6 +8,7 @@ ratios within one run are comparable.
 
     .venv/bin/python bench/warm_runs.py --users 100000
     .venv/bin/python bench/warm_runs.py --users 1000000 --fractions 0.001
+    .venv/bin/python bench/warm_runs.py --users 100000 --state blob   # the deployed Function's state, on Azurite
 
 Per run: wall seconds (``time.perf_counter`` around the engine call), CPU seconds of this
 process (``time.process_time``: the product's only; the emulator and the receiver are other
@@ -37,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from full_sync import CREDENTIAL, DOMAINS, BenchError, service, tenant_ids  # noqa: E402
 from incremental_sync import mutate  # noqa: E402
 
+from devstack.azurite import Azurite  # noqa: E402
+
 HEADER = ("| run | changed users | read | wall s | CPU s | peak RSS MB (so far) | Graph req | sync req | records sent "
           "| wall vs full | CPU vs full | Graph req vs full |")
 
@@ -48,13 +51,16 @@ def _rss_mb() -> float:
 class Warm:
     """The engine, imported once, run again and again in this process."""
 
-    def __init__(self, graph_url: str, sync_url: str, state: Path) -> None:
+    def __init__(self, graph_url: str, sync_url: str, state: Path, blob: str | None = None) -> None:
+        """``state``: the ``file:`` state's directory; ``blob``: Azurite's connection string for a
+        ``blob:`` state instead (the deployed Function's), its local copy in this process's
+        temp directory, kept from run to run as on a warm instance."""
         env = {
             "GRAPH_AUTH": "none",
             "GRAPH_BASE_URL": graph_url,
             "SYNC_API_URL": sync_url,
             "SYNC_API_CREDENTIAL": CREDENTIAL,
-            "SYNC_STATE": f"file:{state}",
+            **({"SYNC_STATE": "blob:sync-state", "AzureWebJobsStorage": blob} if blob else {"SYNC_STATE": f"file:{state}"}),
             "DELETE_THRESHOLD_COUNT": str(10**9),
             "DELETE_THRESHOLD_PERCENT": "100",
         }
@@ -90,21 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fractions", default="0.001,0.01")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state)")
+    parser.add_argument("--state", choices=("file", "blob"), default="file",
+                        help="file: a state directory (WAL, fsync); blob: a blob container on Azurite, as the deployed Function keeps it")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="warm_runs."))
     groups_n = args.users // 10
     emulator = ["devstack.graph_emulator", "--port", "0", "--users", str(args.users), "--groups", str(groups_n), "--seed", str(args.seed)]
     receiver = ["devstack.sync_receiver", "--port", "0", "--domains", DOMAINS, "--credential", CREDENTIAL, "--no-log-bodies"]
     print(f"# python {platform.python_version()}, nproc {os.cpu_count()}, {platform.machine()}, one warm process, "
-          f"load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
+          f"{args.state}: state, load average {os.getloadavg()[0]:.1f} at start; logs in {tmp}", flush=True)
     users, groups, _ = tenant_ids(args.users, args.seed)  # built in a child: this process holds only the ids
     rng = random.Random(args.seed)
     lines = [HEADER, "|" + " --- |" * (HEADER.count("|") - 1)]
+    azurite = Azurite().start() if args.state == "blob" else None
     try:
         with service(emulator, tmp / "emulator.err") as graph_url, service(receiver, tmp / "receiver.err") as sync_url:
             state = tmp / "state"
             state.mkdir()
-            warm = Warm(graph_url, sync_url, state)
+            warm = Warm(graph_url, sync_url, state, azurite.connection_string if azurite else None)
             print(f"# imports done, RSS {_rss_mb():.0f} MB", flush=True)
             full = warm.update()
             lines.append(row("full (first run)", "all", full, full))
@@ -120,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if azurite is not None:
+            azurite.stop()
     print()
     print("\n".join(lines))
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
