@@ -14,7 +14,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.model.addresses import SMTP_PREFIXES, InvalidAddress, domain_of, normalize_address_fully, split_address
+from shared.model import addresses
+from shared.model.addresses import SMTP_PREFIXES, InvalidAddress, check_domain, domain_of, normalize_address_fully, split_address
 from shared.model.fold import KIND_OF, Net, Round, _fold_members, compact, member_kind
 from shared.model.projection import GROUP_TYPE, USER_TYPE, _sift, candidates, tally
 from shared.model.rules import NO_RULES, Rules, parse_rules
@@ -92,6 +93,34 @@ def test_split_address_equals_the_full_normalization_on_every_short_nasty_string
         values += [f"{'a' * local}@{domain}", f"{'a' * (local - 2)}.x@{domain}"]
     for v in values:
         assert _fast(v) == _slow(v), v
+
+
+def test_split_address_equals_the_full_normalization_when_the_domain_cache_is_full(monkeypatch: Any) -> None:
+    """check_domain's cache (``_GOOD_DOMAINS``, also read by split_address's fast path) at a bound
+    of 3: a fourth good domain empties it first, a domain emptied out is checked again and still
+    passes, a bad domain never enters it and fails every time, by either path."""
+    monkeypatch.setattr(addresses, "_GOOD_DOMAINS", set())
+    monkeypatch.setattr(addresses, "_GOOD_DOMAINS_MAX", 3)
+    good = [f"d{i}.com" for i in range(7)]
+    bad = ["a..com", "-a.com", "a.123", "xn--a.com"]
+    for turn in range(3):
+        for d in good + bad:
+            for v in (f"a@{d}", f"A.B@{d.upper()}", f"a@{d}\t"):
+                assert _fast(v) == _slow(v), v
+                assert len(addresses._GOOD_DOMAINS) <= 3 and not addresses._GOOD_DOMAINS & set(bad)
+            if d in bad:
+                try:
+                    check_domain(d)
+                    raise AssertionError(d)
+                except InvalidAddress:
+                    pass
+        if turn == 0:
+            assert addresses._GOOD_DOMAINS == {"d6.com"}  # d3 and d6 each found it full
+    assert addresses._GOOD_DOMAINS == {"d4.com", "d5.com", "d6.com"}
+    check_domain("d6.com")  # a hit leaves it as it is
+    assert addresses._GOOD_DOMAINS == {"d4.com", "d5.com", "d6.com"}
+    check_domain("d0.com")
+    assert addresses._GOOD_DOMAINS == {"d0.com"}
 
 
 # Every code point str.strip removes (the fast path does not strip: such a value takes the full path).

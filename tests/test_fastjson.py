@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -89,3 +90,33 @@ def test_every_ascii_character_is_written_as_json_writes_it() -> None:
         for value in (c, f"a{c}b", {c: [c, 1]}):
             assert fastjson.dumps_ascii(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=True)
             assert fastjson.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+MARK = ("\x00mark", ())  # a marker equal to a pair but not the same object: only ``is`` makes its text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(text, written, written).map(lambda t: (t[0], (t[1], t[2]))) | st.tuples(text, st.just(MARK)), max_size=6))
+def test_pairs_are_written_as_json_writes_each(items: list[tuple[str, Any]]) -> None:
+    """``dumps_pairs``: each value ``[first, second]`` as json writes it, or the marker's text;
+    generated values include lone surrogates, integers past 64 bits and NamedTuples, which send
+    the whole batch through the fallback."""
+    pairs = dict(items)
+    assert fastjson.dumps_pairs(pairs, MARK, "?") == [
+        (k, "?" if v is MARK else json.dumps([v[0], v[1]], separators=(",", ":"), ensure_ascii=False)) for k, v in pairs.items()]
+
+
+def test_pairs_orjson_refuses_take_the_json_path() -> None:
+    """One pair orjson refuses (a lone surrogate, an integer over 64 bits, a NamedTuple inside)
+    among plain ones and a NamedTuple pair (a state record): every text is still json's."""
+    rec = Record("a@contoso.com", ("g1",))
+    for odd in (("a\ud800", ("g1",)), ("b", (2**70,)), ("c", (rec,))):
+        with pytest.raises(TypeError):
+            orjson.dumps(odd)
+        pairs = {"k1": ("Zürich – 東京", ("g0",)), "k2": odd, "k3": rec, "k4": MARK, "k5": ("x", [])}
+        assert fastjson.dumps_pairs(pairs, MARK, "?") == [
+            ("k1", '["Zürich – 東京",["g0"]]'), ("k2", json.dumps(list(odd), separators=(",", ":"), ensure_ascii=False)),
+            ("k3", '["a@contoso.com",["g1"]]'), ("k4", "?"), ("k5", '["x",[]]')]
+    equal = tuple(["\x00mark", ()])
+    assert equal == MARK and equal is not MARK
+    assert fastjson.dumps_pairs({"k": equal}, MARK, "?") == [("k", '["\\u0000mark",[]]')]  # equal is not the marker

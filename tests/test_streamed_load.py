@@ -56,11 +56,12 @@ def entry(draw: Any) -> tuple[str, dict[str, Any]]:
     return collection, obj
 
 
-def member_ops(draw: Any, ids: list[str]) -> list[dict[str, Any]]:
-    """A group slice's ``members@delta``: members of ``ids`` added or ``@removed``, with or
-    without their ``@odata.type``."""
+def member_ops(draw: Any, ids: list[str], most: int = 4) -> list[dict[str, Any]]:
+    """A group slice's ``members@delta``: up to ``most`` members of ``ids`` added or
+    ``@removed``, with or without their ``@odata.type`` (also tests/test_load_rows.py,
+    tests/test_user_records.py)."""
     ops = []
-    for _ in range(draw(st.integers(0, 4))):
+    for _ in range(draw(st.integers(0, most))):
         op: dict[str, Any] = {"id": draw(st.sampled_from(ids))}
         otype = draw(st.sampled_from(MEMBER_TYPES))
         if otype:

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from shared.model.directory import Round, scratch_cache
 from shared.model.rules import NO_RULES, parse_rules
 from tests.test_properties import props
+from tests.test_streamed_load import member_ops
 
 PROVISIONED = ["contoso.com"]
-TYPES = ["#microsoft.graph.user", "#microsoft.graph.group", "#microsoft.graph.orgContact", None]
 ID = st.text(st.sampled_from("ab,1é"), min_size=1, max_size=4)
 
 
@@ -31,16 +31,8 @@ def directories(draw: st.DrawFn) -> tuple[list[tuple[str, dict[str, Any]]], Any]
     for uid in users:
         mail = draw(st.sampled_from([None, "a@contoso.com", "b@contoso.com", f"{len(entries)}@contoso.com"]))
         entries.append(("users", {"id": uid, "mail": mail, "userType": draw(st.sampled_from(["Member", "Guest"]))}))
-    for gid in groups:
-        members = []
-        for _ in range(draw(st.integers(0, 6))):
-            member: dict[str, Any] = {"id": draw(st.sampled_from([*ids, "nobody", ",", ",,"]))}
-            otype = draw(st.sampled_from(TYPES))
-            if otype:
-                member["@odata.type"] = otype
-            if draw(st.integers(0, 5)) == 0:
-                member["@removed"] = {"reason": "deleted"}
-            members.append(member)
+    for gid in groups:  # members that are no cached object, or ids holding only the separator, beside the drawn ids
+        members = member_ops(draw, [*ids, "nobody", ",", ",,"], most=6)
         entries.append(("groups", {"id": gid, "displayName": f"G{gid}", "members@delta": members}))
     removed = draw(st.lists(st.sampled_from(groups), max_size=2, unique=True))
     for gid in removed:  # a group removed after its members

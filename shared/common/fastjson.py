@@ -14,13 +14,16 @@ over 64 bits, a type neither serializes) goes through ``json``, so every result 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import orjson
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 _SORTED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+_orjson_dumps = orjson.dumps
+K = TypeVar("K")
 
 
 def _tuple_as_list(value: Any) -> Any:
@@ -35,6 +38,29 @@ def dumps(value: Any) -> str:
     """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``."""
     try:
         return orjson.dumps(value, default=_tuple_as_list).decode("utf-8")
+    except TypeError:
+        return _COMPACT(value)
+
+
+def dumps_pairs(pairs: Mapping[K, Any], marker: Any, marker_text: str) -> list[tuple[K, str]]:
+    """``[(k, marker_text if v is marker else dumps([v[0], v[1]])) for k, v in pairs.items()]``:
+    each value a pair (a tuple, NamedTuple or list of two) of plain types (str, int, bool, None,
+    list, plain tuple, dict with str keys), which orjson writes itself as the array
+    ``[first, second]``: no ``default`` hook and no Python call per value (the state's record
+    values, shared/storage/codec.py, where ``marker`` is UNKNOWN). When orjson refuses one (a
+    lone surrogate, an integer over 64 bits, a NamedTuple or another type inside), every pair is
+    written again, each through orjson or else ``json``: each text is always
+    ``json.dumps([first, second], separators=(",", ":"), ensure_ascii=False)``."""
+    encode = _orjson_dumps
+    try:
+        return [(k, marker_text if v is marker else encode((v[0], v[1])).decode()) for k, v in pairs.items()]
+    except TypeError:
+        return [(k, marker_text if v is marker else _plain((v[0], v[1]))) for k, v in pairs.items()]
+
+
+def _plain(value: Any) -> str:
+    try:
+        return _orjson_dumps(value).decode()
     except TypeError:
         return _COMPACT(value)
 

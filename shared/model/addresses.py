@@ -15,7 +15,7 @@ _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 
 # A plain ASCII address that needs no IDNA step: dot-atoms of _ATEXT, one "@", a domain of
-# letters, digits, hyphens and dots (judged by the cached check_domain). Whatever this pattern
+# letters, digits, hyphens and dots (judged by check_domain, through its cache). Whatever this pattern
 # accepts, the full path below would accept the same way; everything else takes the full path.
 # Possessive quantifiers: an atom's characters exclude "." and "@", and the domain runs to the
 # end, so giving characters back can never make a match; the matcher then keeps no state to
@@ -51,10 +51,6 @@ def normalize_domain(domain: str) -> str:
         raise InvalidAddress(f"domain {domain!r} is not a valid internationalized domain ({exc})") from None
 
 
-# Domains check_domain passed (at most 4,096: a tenant has few; past that, its own cache).
-_GOOD_DOMAINS: set[str] = set()
-
-
 def check_local_part(local: str) -> None:
     if not local:
         raise InvalidAddress("empty local part")
@@ -67,9 +63,27 @@ def check_local_part(local: str) -> None:
             raise InvalidAddress("local part has a character outside the RFC 5322 dot-atom set")
 
 
-@lru_cache(maxsize=4096)
+# Domains check_domain passed: its cache, which split_address's fast path also reads without a
+# call. Bounded: a tenant has few domains; when a new one would pass _GOOD_DOMAINS_MAX the set
+# starts again empty (a long-lived worker never keeps a stale full set that caches nothing new).
+_GOOD_DOMAINS: set[str] = set()
+_GOOD_DOMAINS_MAX = 4096
+
+
 def check_domain(domain: str) -> None:
-    """Host-name rules of docs/sync-api.md; ``domain`` must already be ASCII."""
+    """Host-name rules of docs/sync-api.md; ``domain`` must already be ASCII.
+
+    Raises ``InvalidAddress`` naming the rule broken. Cached in ``_GOOD_DOMAINS`` (a domain that
+    passed is not checked again; one that fails is checked again each time)."""
+    if domain in _GOOD_DOMAINS:
+        return
+    _check_host_name(domain)
+    if len(_GOOD_DOMAINS) >= _GOOD_DOMAINS_MAX:
+        _GOOD_DOMAINS.clear()
+    _GOOD_DOMAINS.add(domain)
+
+
+def _check_host_name(domain: str) -> None:
     if not domain:
         raise InvalidAddress("empty domain")
     if len(domain) > 253:
@@ -123,10 +137,8 @@ def split_address(value: str) -> tuple[str, str]:
         domain = plain[1]
         n = len(lowered)
         if n <= 254 and n - len(domain) <= 65:  # the local part's 64 octets, the "@"
-            if domain not in _GOOD_DOMAINS:  # check_domain, without its cache's call
+            if domain not in _GOOD_DOMAINS:  # check_domain's own cache, read without the call
                 check_domain(domain)
-                if len(_GOOD_DOMAINS) < 4096:
-                    _GOOD_DOMAINS.add(domain)
             return lowered, domain
     address = normalize_address_fully(value)
     return address, domain_of(address)

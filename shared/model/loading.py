@@ -175,6 +175,15 @@ class _Rows:
         self.added: dict[str, list[tuple[str, str]]] = {k: [] for k in MEMBER_KINDS}  # (group, member) rows per member kind
         self.removed: list[tuple[str, str]] = []
 
+    def put_object(self, oid: str, kind: str, text: str, excluded: int) -> None:
+        """The object's ``objects`` row: with excluded candidates, in ``objects`` (PUT_OBJECTS);
+        without (most), in its kind's ``plain`` rows (PUT_PLAIN_OBJECTS, ``excluded`` 0).
+        ``_write`` writes the same split inline (its hot path: no call per object)."""
+        if excluded:
+            self.objects.append((oid, kind, text, excluded))
+        else:
+            self.plain[kind].append((oid, text))
+
     def apply(self, conn: sqlite3.Connection) -> None:
         """Deletions first, then the new rows, each sorted by its table's key (a B-tree fed
         in key order touches each page once per batch), as multi-row statements
@@ -273,7 +282,7 @@ def _write(rows: _Rows, oid: str, kind: str, props: dict[str, Any], prev: tuple[
     kept, primary, excluded, invalid = tally(data, provisioned, rules)
     if invalid:
         warn_invalid(OTYPE[kind], oid, invalid, quiet)
-    if excluded:
+    if excluded:  # _Rows.put_object, inline: a full read's hot path, without a call per object
         rows.objects.append((oid, kind, text, excluded))
     else:
         rows.plain[kind].append((oid, text))
@@ -320,10 +329,7 @@ def _derive_all(conn: sqlite3.Connection, provisioned: frozenset[str], rules: Ru
         for oid, kind, text in step:
             t = tally(loads(text), provisioned, rules)
             warn_invalid(OTYPE[kind], oid, t.invalid)
-            if t.excluded:
-                rows.objects.append((oid, kind, text, t.excluded))
-            else:
-                rows.plain[kind].append((oid, text))
+            rows.put_object(oid, kind, text, t.excluded)  # the split _write writes inline
             rows.kept.extend([(a, oid) for a in t.kept])
             if kind == "u":
                 rows.users.append((oid, t.primary))

@@ -6,8 +6,6 @@ shared/common/fastjson.py); an address is the empty string."""
 
 from __future__ import annotations
 
-import orjson
-
 from ..common import fastjson
 from ..common.bulkinsert import BulkInsert
 
@@ -43,13 +41,8 @@ def _upsert_rows(dataset: str, upsert: dict[str, tuple]) -> tuple[BulkInsert, li
     (tests/test_send_fast.py holds the stored rows equal)."""
     if dataset == "addresses" and not any(v is UNKNOWN for v in upsert.values()):
         return _UPSERT_ADDRESSES, [(k,) for k in upsert]
-    if dataset in _UPSERT_NAMED:
-        try:  # orjson itself (a plain tuple is the list json writes of it), without fastjson's call per record
-            orjson_dumps = orjson.dumps
-            return _UPSERT_NAMED[dataset], [(k, UNKNOWN_TEXT if v is UNKNOWN else orjson_dumps((v[0], v[1])).decode()) for k, v in upsert.items()]
-        except TypeError:  # what orjson refuses (a lone surrogate, an id list of another type): fastjson, record by record, as json writes it
-            dumps = fastjson.dumps
-            return _UPSERT_NAMED[dataset], [(k, UNKNOWN_TEXT if v is UNKNOWN else dumps((v[0], v[1]))) for k, v in upsert.items()]
+    if dataset in _UPSERT_NAMED:  # (first, ids) as the list json writes of it, one call for all
+        return _UPSERT_NAMED[dataset], fastjson.dumps_pairs(upsert, UNKNOWN, UNKNOWN_TEXT)
     return _UPSERT, [(dataset, k, _encode(dataset, v)) for k, v in upsert.items()]
 
 
