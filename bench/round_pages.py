@@ -34,7 +34,7 @@ from full_sync import CREDENTIAL, DOMAINS, BenchError, service, tenant_ids  # no
 from incremental_sync import mutate  # noqa: E402
 from warm_runs import Warm  # noqa: E402
 
-DB_NAME = "state.db"  # the file: state's database (shared/storage/stores.py)
+from shared.storage.state import DB_NAME  # noqa: E402 - the file: state's database
 
 
 def changed_pages(before: Path, after: Path) -> Counter[str]:

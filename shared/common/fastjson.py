@@ -49,20 +49,13 @@ def dumps_pairs(pairs: Mapping[K, Any], marker: Any, marker_text: str) -> list[t
     ``[first, second]``: no ``default`` hook and no Python call per value (the state's record
     values, shared/storage/codec.py, where ``marker`` is UNKNOWN). When orjson refuses one (a
     lone surrogate, an integer over 64 bits, a NamedTuple or another type inside), every pair is
-    written again, each through orjson or else ``json``: each text is always
+    written again, each by ``dumps`` (orjson, or else ``json``): each text is always
     ``json.dumps([first, second], separators=(",", ":"), ensure_ascii=False)``."""
     encode = _orjson_dumps
     try:
         return [(k, marker_text if v is marker else encode((v[0], v[1])).decode()) for k, v in pairs.items()]
     except TypeError:
-        return [(k, marker_text if v is marker else _plain((v[0], v[1]))) for k, v in pairs.items()]
-
-
-def _plain(value: Any) -> str:
-    try:
-        return _orjson_dumps(value).decode()
-    except TypeError:
-        return _COMPACT(value)
+        return [(k, marker_text if v is marker else dumps((v[0], v[1]))) for k, v in pairs.items()]
 
 
 def dumps_bytes(value: Any) -> bytes:
